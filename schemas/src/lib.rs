@@ -1,0 +1,67 @@
+//! The dtee wire protocol, shared by workers, submitters and verifiers.
+//!
+//! - [`job`]: the job spec `dtee.job/v1` and its validation;
+//! - [`result`]: the result `dtee.result/v1`;
+//! - [`error`]: the stable error codes of failed results;
+//! - [`canonical`]: RFC 8785 canonical JSON, from which job ids are computed;
+//! - [`digest`]: `sha256:` content digests;
+//! - [`protocol`]: exchange, queue, header and Redis key names;
+//! - [`json_schema`]: the JSON Schemas generated from these types (committed in `schemas/json/`).
+//!
+//! **Invariant:** this crate does no I/O. It is pure data and pure functions, so that any
+//! embedding (a worker, a client, an offline verifier) can use it.
+#![forbid(unsafe_code)]
+
+pub mod canonical;
+pub mod digest;
+pub mod error;
+pub mod job;
+pub mod json_schema;
+pub mod protocol;
+pub mod result;
+
+pub use digest::Digest;
+pub use error::ErrorCode;
+pub use job::JobSpec;
+pub use result::JobResult;
+
+/// Why a message is not a valid job.
+#[derive(Debug, thiserror::Error)]
+pub enum JobParseError {
+    /// Not JSON, or JSON with duplicate keys.
+    #[error("not valid JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON without a canonical form (integers beyond ±2^53).
+    #[error("no canonical form: {0}")]
+    Canonical(#[from] canonical::CanonicalError),
+    /// JSON that does not fit the schema.
+    #[error("does not match dtee.job/v1: {0}")]
+    Schema(serde_json::Error),
+    /// A spec that fits the schema but breaks a rule the schema cannot express.
+    #[error("invalid job: {0}")]
+    Invalid(#[from] job::ValidationError),
+}
+
+/// A parsed, validated job and its id.
+#[derive(Debug, Clone)]
+pub struct ParsedJob {
+    /// `sha256:` of the canonical JSON of the spec.
+    pub id: Digest,
+    /// The spec.
+    pub spec: JobSpec,
+}
+
+/// Parses a job message body: strict JSON, canonical id, schema, validation.
+pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
+    let value = canonical::parse_strict(body).map_err(JobParseError::Json)?;
+    let id = canonical::canonical_digest(&value)?;
+    let spec: JobSpec = serde_json::from_value(value).map_err(JobParseError::Schema)?;
+    spec.validate()?;
+    Ok(ParsedJob { id, spec })
+}
+
+/// The job id of a spec: the digest of its canonical JSON.
+pub fn job_id(spec: &JobSpec) -> Result<Digest, canonical::CanonicalError> {
+    let value = serde_json::to_value(spec).expect("a JobSpec always serializes");
+    canonical::canonical_digest(&value)
+}

@@ -1,0 +1,216 @@
+use std::time::Duration;
+
+use dtee_schemas::protocol::{self, Namespace};
+use dtee_schemas::{Digest, JobResult, JobSpec};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use redis::aio::ConnectionManager;
+
+use crate::waiter::ResultWaiter;
+
+/// Where the client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// AMQP URL of RabbitMQ.
+    pub amqp_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Namespace of exchanges, queues and keys.
+    pub namespace: Namespace,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
+            redis_url: "redis://127.0.0.1:6379/".to_owned(),
+            namespace: Namespace::default(),
+        }
+    }
+}
+
+/// What can go wrong talking to dtee.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// RabbitMQ failed or refused.
+    #[error("rabbitmq: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The job is not valid; nothing was sent.
+    #[error("{0}")]
+    InvalidJob(#[from] dtee_schemas::JobParseError),
+    /// No queue is bound for the job's target: no worker has declared it.
+    #[error("no queue serves target {target:?} in namespace {namespace:?}: start a worker for it (or load deploy/rabbitmq definitions) first")]
+    NoRoute {
+        /// The job's target.
+        target: String,
+        /// The namespace.
+        namespace: String,
+    },
+    /// The broker refused responsibility for the message.
+    #[error("the broker did not confirm the job (nack); it was not accepted")]
+    Nacked,
+    /// No result arrived in time.
+    #[error("no result for {0} arrived in time")]
+    Timeout(Digest),
+    /// A message that is not a valid result arrived.
+    #[error("malformed result: {0}")]
+    MalformedResult(serde_json::Error),
+}
+
+impl ClientError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Amqp(_) | ClientError::Redis(_) | ClientError::Nacked | ClientError::Timeout(_))
+    }
+}
+
+/// A connection to RabbitMQ and Redis.
+pub struct Client {
+    config: ClientConfig,
+    connection: Connection,
+    /// Publishes jobs, in confirm mode.
+    channel: Channel,
+    redis: ConnectionManager,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("namespace", &self.config.namespace).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to RabbitMQ and Redis.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let connection = Connection::connect(
+            &config.amqp_url,
+            ConnectionProperties::default().with_connection_name("dtee client".into()),
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let redis = redis::Client::open(config.redis_url.as_str())?
+            .get_connection_manager()
+            .await?;
+        Ok(Client { config, connection, channel, redis })
+    }
+
+    /// The namespace in use.
+    pub fn namespace(&self) -> &Namespace {
+        &self.config.namespace
+    }
+
+    /// The underlying AMQP connection (for tools that open their own channels).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// A Redis connection (cheap clone).
+    pub fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// Stores `bytes` under their digest, only if absent. Returns the digest and whether
+    /// this call stored it.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<(Digest, bool), ClientError> {
+        let digest = Digest::of(bytes);
+        let stored: Option<String> = redis::cmd("SET")
+            .arg(self.config.namespace.blob_key(&digest))
+            .arg(bytes)
+            .arg("NX")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((digest, stored.is_some()))
+    }
+
+    /// Submits a job and returns its id once the broker confirmed it.
+    pub async fn submit(&self, spec: &JobSpec) -> Result<Digest, ClientError> {
+        let value = serde_json::to_value(spec).expect("a JobSpec serializes");
+        let body = dtee_schemas::canonical::to_canonical_vec(&value)
+            .map_err(dtee_schemas::JobParseError::Canonical)?;
+        self.submit_json(&body).await
+    }
+
+    /// Submits a job given as JSON text: it is parsed, validated and sent in canonical form.
+    pub async fn submit_json(&self, json: &[u8]) -> Result<Digest, ClientError> {
+        let parsed = dtee_schemas::parse_job(json)?;
+        let value = dtee_schemas::canonical::parse_strict(json).map_err(dtee_schemas::JobParseError::Json)?;
+        let body = dtee_schemas::canonical::to_canonical_vec(&value)
+            .map_err(dtee_schemas::JobParseError::Canonical)?;
+        self.publish_job(&body, parsed.id.as_str(), &parsed.spec.kernel.target).await?;
+        Ok(parsed.id)
+    }
+
+    /// Publishes raw bytes as a job message, without any check: for tests of hostile input.
+    pub async fn publish_job(&self, body: &[u8], message_id: &str, target: &str) -> Result<(), ClientError> {
+        let properties = BasicProperties::default()
+            .with_content_type(protocol::CONTENT_TYPE_JSON.into())
+            .with_message_id(message_id.into())
+            .with_type(protocol::JOB_MESSAGE_TYPE.into())
+            .with_delivery_mode(2);
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.config.namespace.jobs_exchange().into(),
+                target.into(),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(ClientError::NoRoute {
+                target: target.to_owned(),
+                namespace: self.config.namespace.to_string(),
+            }),
+            Confirmation::Nack(_) => Err(ClientError::Nacked),
+        }
+    }
+
+    /// Checks that the namespace's exchanges exist (a worker or the deploy definitions
+    /// declared them), for a clear error before submitting.
+    pub async fn check_topology(&self) -> Result<(), ClientError> {
+        let channel = self.connection.create_channel().await?;
+        let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+        channel
+            .exchange_declare(self.config.namespace.jobs_exchange().into(), ExchangeKind::Direct, passive, FieldTable::default())
+            .await?;
+        let _ = channel.close(200, "ok".into()).await;
+        Ok(())
+    }
+
+    /// The cached result of a job, if any.
+    pub async fn cached_result(&self, job_id: &Digest) -> Result<Option<JobResult>, ClientError> {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.config.namespace.result_key(job_id))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        bytes
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult))
+            .transpose()
+    }
+
+    /// A waiter with its own exclusive result queue.
+    pub async fn waiter(&self) -> Result<ResultWaiter, ClientError> {
+        ResultWaiter::new(&self.connection, self.config.namespace.clone(), self.redis.clone()).await
+    }
+
+    /// Waits for one job's result.
+    pub async fn wait(&self, job_id: &Digest, timeout: Duration) -> Result<JobResult, ClientError> {
+        let waiter = self.waiter().await?;
+        let result = waiter.wait(job_id, timeout).await;
+        waiter.close().await;
+        result
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}

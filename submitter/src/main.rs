@@ -1,0 +1,286 @@
+//! `dtee`: store kernels, submit jobs, wait for results.
+//!
+//! Exit codes: 0 the job succeeded (or the command worked); 1 the job failed (its result is
+//! printed); 3 no result arrived before the timeout; 4 RabbitMQ or Redis failed; 64 bad input
+//! (an invalid job, an unreadable file); 2 bad command-line usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Parser, Subcommand};
+use dtee_schemas::job::Limits;
+use dtee_schemas::protocol::Namespace;
+use dtee_schemas::{Digest, JobResult, JobSpec};
+use dtee_submitter::builder::{self, InputSource};
+use dtee_submitter::{Client, ClientConfig, ClientError};
+
+#[derive(Debug, Parser)]
+#[command(name = "dtee", version, about = "Submit attested kernel jobs to dtee workers and fetch their results")]
+struct Cli {
+    /// AMQP URL of RabbitMQ.
+    #[arg(long, global = true, env = "DTEE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Redis URL.
+    #[arg(long, global = true, env = "DTEE_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    redis_url: String,
+    /// Namespace of exchanges, queues and Redis keys.
+    #[arg(long, global = true, env = "DTEE_NAMESPACE", default_value = "dtee")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Kernels: `dtee kernel put FILE` stores a kernel binary and prints its digest.
+    Kernel {
+        #[command(subcommand)]
+        action: BlobAction,
+    },
+    /// Blobs (large inputs): `dtee blob put FILE` stores a file and prints its digest.
+    Blob {
+        #[command(subcommand)]
+        action: BlobAction,
+    },
+    /// Submits a job and prints its id once the broker has confirmed it.
+    Submit(JobArgs),
+    /// Waits for a job's result and prints it.
+    Wait {
+        /// The job id (sha256:...).
+        job_id: String,
+        /// Seconds to wait.
+        #[arg(long, default_value = "60")]
+        timeout: f64,
+        /// Write each output to DIR/NAME.
+        #[arg(long, value_name = "DIR")]
+        save_outputs: Option<PathBuf>,
+    },
+    /// Submits a job, waits for its result and prints it.
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Seconds to wait.
+        #[arg(long, default_value = "60")]
+        timeout: f64,
+        /// Write each output to DIR/NAME.
+        #[arg(long, value_name = "DIR")]
+        save_outputs: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobAction {
+    /// Stores FILE under its digest (only if absent) and prints the digest.
+    Put {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct JobArgs {
+    /// A job spec (dtee.job/v1 JSON); the flags below build one instead.
+    job_file: Option<PathBuf>,
+    /// Kernel binary to store and run.
+    #[arg(long, conflicts_with = "job_file")]
+    kernel: Option<PathBuf>,
+    /// Digest of an already stored kernel.
+    #[arg(long, conflicts_with_all = ["job_file", "kernel"])]
+    kernel_digest: Option<String>,
+    /// Exported function to call.
+    #[arg(long, default_value = "run")]
+    entry: String,
+    /// Input buffer: NAME=@FILE, NAME=blob:@FILE, NAME=blob:sha256:..., NAME=text:..., NAME=base64:...,
+    /// NAME=hex:..., NAME=f32:1,2,3, NAME=u32:1,2, NAME=u64:1,2 (repeatable).
+    #[arg(long = "input", value_name = "NAME=VALUE")]
+    inputs: Vec<String>,
+    /// Output buffer NAME:SIZE, e.g. out:4096 or out:1m (repeatable).
+    #[arg(long = "output", value_name = "NAME:SIZE")]
+    outputs: Vec<String>,
+    /// Scalar parameter NAME:TYPE=VALUE, e.g. a:f32=2.5 (repeatable).
+    #[arg(long = "param", value_name = "NAME:TYPE=VALUE")]
+    params: Vec<String>,
+    /// Wall-clock limit, milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Memory limit, bytes.
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+    /// Fuel limit.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Output limit, bytes.
+    #[arg(long)]
+    output_bytes: Option<u64>,
+    /// Nonce: makes otherwise identical work a new job.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// Print the job spec instead of submitting it.
+    #[arg(long)]
+    print_job: bool,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 64, error }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        let code = match &error {
+            ClientError::InvalidJob(_) | ClientError::NoRoute { .. } => 64,
+            ClientError::Timeout(_) => 3,
+            _ => 4,
+        };
+        Failure { code, error: error.into() }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dtee: starting the runtime: {error}");
+            return ExitCode::from(4);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("dtee: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let namespace = Namespace::new(cli.namespace.clone()).map_err(|e| usage(e.into()))?;
+    let config = ClientConfig { amqp_url: cli.amqp_url.clone(), redis_url: cli.redis_url.clone(), namespace };
+    Ok(Client::connect(config).await?)
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Kernel { action: BlobAction::Put { file } } | Command::Blob { action: BlobAction::Put { file } } => {
+            let bytes = read(file)?;
+            let client = connect(&cli).await?;
+            let (digest, _stored) = client.put_blob(&bytes).await?;
+            println!("{digest}");
+            client.close().await;
+            Ok(0)
+        }
+        Command::Submit(job) => {
+            let client = connect(&cli).await?;
+            let Some(body) = job_body(&client, job).await? else {
+                return Ok(0);
+            };
+            let id = client.submit_json(&body).await?;
+            println!("{id}");
+            client.close().await;
+            Ok(0)
+        }
+        Command::Wait { job_id, timeout, save_outputs } => {
+            let id: Digest = job_id.parse().map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?;
+            let client = connect(&cli).await?;
+            let result = client.wait(&id, seconds(*timeout)?).await?;
+            client.close().await;
+            report(&result, save_outputs.as_deref())
+        }
+        Command::Run { job, timeout, save_outputs } => {
+            let client = connect(&cli).await?;
+            let Some(body) = job_body(&client, job).await? else {
+                return Ok(0);
+            };
+            // Bind before submitting, so even a very fast result is not missed.
+            let waiter = client.waiter().await?;
+            let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
+            let wait = waiter.wait(&parsed.id, seconds(*timeout)?);
+            let submit = client.submit_json(&body);
+            let (result, submitted) = tokio::join!(wait, submit);
+            let id = submitted?;
+            eprintln!("submitted {id}");
+            let result = result?;
+            waiter.close().await;
+            client.close().await;
+            report(&result, save_outputs.as_deref())
+        }
+    }
+}
+
+fn seconds(value: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(value).map_err(|_| usage(anyhow!("--timeout {value} is not a number of seconds")))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display())).map_err(usage)
+}
+
+/// The job's JSON text: the file as given, or a spec built from the flags (uploading the
+/// kernel and blob inputs first). `None` when the spec was only printed.
+async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Failure> {
+    if let Some(path) = &job.job_file {
+        return Ok(Some(read(path)?));
+    }
+    let kernel = match (&job.kernel, &job.kernel_digest) {
+        (Some(path), _) => client.put_blob(&read(path)?).await?.0,
+        (None, Some(digest)) => digest.parse().map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?,
+        (None, None) => return Err(usage(anyhow!("give a JOB.json, --kernel FILE or --kernel-digest DIGEST"))),
+    };
+    let mut spec: JobSpec = builder::wasm_job(kernel, &job.entry);
+    for text in &job.inputs {
+        let input = builder::parse_input(text).map_err(|e| usage(anyhow!(e)))?;
+        spec.buffers.push(match input.source {
+            InputSource::Inline(bytes) => builder::inline_input(&input.name, &bytes),
+            InputSource::File(path) => builder::inline_input(&input.name, &read(Path::new(&path))?),
+            InputSource::Blob(digest) => builder::blob_input(&input.name, digest),
+            InputSource::BlobFile(path) => {
+                let (digest, _) = client.put_blob(&read(Path::new(&path))?).await?;
+                builder::blob_input(&input.name, digest)
+            }
+        });
+    }
+    for text in &job.outputs {
+        let (name, size) = builder::parse_output(text).map_err(|e| usage(anyhow!(e)))?;
+        spec.buffers.push(builder::output(&name, size));
+    }
+    for text in &job.params {
+        let (name, ty, value) = builder::parse_param(text).map_err(|e| usage(anyhow!(e)))?;
+        spec.params.push(builder::param(&name, ty, value));
+    }
+    spec.limits = Limits {
+        timeout_ms: job.timeout_ms,
+        memory_bytes: job.memory_bytes,
+        fuel: job.fuel,
+        output_bytes: job.output_bytes,
+    };
+    spec.nonce = job.nonce.clone();
+    let value = serde_json::to_value(&spec).expect("a JobSpec serializes");
+    let body = dtee_schemas::canonical::to_canonical_vec(&value).map_err(|e| usage(e.into()))?;
+    if job.print_job {
+        println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
+fn report(result: &JobResult, save_outputs: Option<&Path>) -> Result<u8, Failure> {
+    println!("{}", serde_json::to_string_pretty(result).expect("a result serializes"));
+    if let Some(dir) = save_outputs {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(usage)?;
+        for output in &result.outputs {
+            let bytes = output.bytes().map_err(|e| Failure { code: 4, error: anyhow!("output {}: {e}", output.name) })?;
+            let path = dir.join(&output.name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display())).map_err(usage)?;
+        }
+    }
+    Ok(if result.succeeded() { 0 } else { 1 })
+}

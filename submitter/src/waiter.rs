@@ -1,0 +1,157 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dtee_schemas::protocol::Namespace;
+use dtee_schemas::{Digest, JobResult};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ClientError;
+
+type Pending = Arc<Mutex<HashMap<Digest, Vec<oneshot::Sender<JobResult>>>>>;
+
+/// Waits for results on one exclusive, auto-deleted queue bound to the results exchange.
+///
+/// [`ResultWaiter::wait`] binds the queue to one job id, then checks the result cache, then
+/// waits: no result can slip between the two. [`ResultWaiter::subscribe_all`] instead binds
+/// `#` and streams every result of the namespace (load tests and monitors).
+pub struct ResultWaiter {
+    channel: Channel,
+    queue: String,
+    namespace: Namespace,
+    redis: ConnectionManager,
+    pending: Pending,
+    all: Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>>,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ResultWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultWaiter").field("queue", &self.queue).finish_non_exhaustive()
+    }
+}
+
+impl ResultWaiter {
+    pub(crate) async fn new(
+        connection: &Connection,
+        namespace: Namespace,
+        redis: ConnectionManager,
+    ) -> Result<ResultWaiter, ClientError> {
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = queue.name().as_str().to_owned();
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, exclusive: true, ..BasicConsumeOptions::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let pending: Pending = Arc::default();
+        let all: Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>> = Arc::default();
+        let dispatcher = {
+            let pending = Arc::clone(&pending);
+            let all = Arc::clone(&all);
+            tokio::spawn(async move {
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let Ok(result) = serde_json::from_slice::<JobResult>(&delivery.data) else {
+                        continue;
+                    };
+                    let cached = delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|headers| headers.inner().get(dtee_schemas::protocol::HEADER_CACHED).cloned())
+                        .is_some_and(|value| matches!(value, lapin::types::AMQPValue::Boolean(true)));
+                    if let Some(sender) = all.lock().expect("lock").as_ref() {
+                        let _ = sender.send((result.clone(), cached));
+                    }
+                    let waiters = pending.lock().expect("lock").remove(&result.job_id);
+                    for waiter in waiters.into_iter().flatten() {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            })
+        };
+        Ok(ResultWaiter { channel, queue, namespace, redis, pending, all, dispatcher })
+    }
+
+    /// Waits for the result of `job_id`, up to `timeout`.
+    pub async fn wait(&self, job_id: &Digest, timeout: Duration) -> Result<JobResult, ClientError> {
+        let (sender, receiver) = oneshot::channel();
+        self.pending.lock().expect("lock").entry(job_id.clone()).or_default().push(sender);
+        let outcome = async {
+            self.channel
+                .queue_bind(
+                    self.queue.as_str().into(),
+                    self.namespace.results_exchange().into(),
+                    job_id.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let cached: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(self.namespace.result_key(job_id))
+                .query_async(&mut self.redis.clone())
+                .await?;
+            if let Some(bytes) = cached {
+                return serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult);
+            }
+            match tokio::time::timeout(timeout, receiver).await {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(_)) => Err(ClientError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Closed,
+                    "result queue",
+                )))),
+                Err(_) => Err(ClientError::Timeout(job_id.clone())),
+            }
+        }
+        .await;
+        self.pending.lock().expect("lock").remove(job_id);
+        let _ = self
+            .channel
+            .queue_unbind(
+                self.queue.as_str().into(),
+                self.namespace.results_exchange().into(),
+                job_id.as_str().into(),
+                FieldTable::default(),
+            )
+            .await;
+        outcome
+    }
+
+    /// Binds `#` and returns every result of the namespace from now on, with whether it was
+    /// republished from the cache. Only one subscription per waiter.
+    pub async fn subscribe_all(&self) -> Result<mpsc::UnboundedReceiver<(JobResult, bool)>, ClientError> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.all.lock().expect("lock") = Some(sender);
+        self.channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.namespace.results_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(receiver)
+    }
+
+    /// Deletes the queue.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+        self.dispatcher.abort();
+    }
+}

@@ -1,0 +1,306 @@
+//! Worker configuration: every setting has a flag, an environment variable and a default, and
+//! is parsed into one typed [`Config`]. A bad setting is reported as `NAME=value is not valid:
+//! why`; the binary then exits with status 64 (EX_USAGE).
+
+use std::time::Duration;
+
+use clap::Parser;
+use dtee_schemas::protocol::{Namespace, DEFAULT_DELIVERY_LIMIT};
+use dtee_schemas::result::EffectiveLimits;
+
+/// A setting that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value} is not valid: {why}")]
+pub struct ConfigError {
+    /// The environment variable naming the setting.
+    pub name: &'static str,
+    /// The offending value.
+    pub value: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Command-line flags; each falls back to its environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dtee-worker", version, about = "Runs dtee kernel jobs from RabbitMQ under hard limits")]
+pub struct Args {
+    /// AMQP URL of RabbitMQ.
+    #[arg(long, env = "DTEE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(long, env = "DTEE_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// Namespace of exchanges, queues and Redis keys.
+    #[arg(long, env = "DTEE_NAMESPACE", default_value = "dtee")]
+    pub namespace: String,
+    /// Comma-separated targets to serve (queues to consume).
+    #[arg(long, env = "DTEE_TARGETS", default_value = "wasm")]
+    pub targets: String,
+    /// Kernels running at once (default: the number of cores).
+    #[arg(long, env = "DTEE_CONCURRENCY")]
+    pub concurrency: Option<String>,
+    /// Unacknowledged deliveries the broker may push to this worker (default: 8 per kernel slot).
+    #[arg(long, env = "DTEE_PREFETCH")]
+    pub prefetch: Option<String>,
+    /// Result cache lifetime in seconds.
+    #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
+    pub result_ttl_secs: String,
+    /// Largest job message accepted, in bytes.
+    #[arg(long, env = "DTEE_MAX_JOB_BYTES", default_value = "16777216")]
+    pub max_job_bytes: String,
+    /// Largest kernel accepted, in bytes.
+    #[arg(long, env = "DTEE_MAX_KERNEL_BYTES", default_value = "67108864")]
+    pub max_kernel_bytes: String,
+    /// Compiled modules kept in memory.
+    #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
+    pub module_cache_size: String,
+    /// Default wall-clock limit, milliseconds.
+    #[arg(long, env = "DTEE_DEFAULT_TIMEOUT_MS", default_value = "10000")]
+    pub default_timeout_ms: String,
+    /// Largest wall-clock limit a job may ask for, milliseconds.
+    #[arg(long, env = "DTEE_MAX_TIMEOUT_MS", default_value = "300000")]
+    pub max_timeout_ms: String,
+    /// Default memory limit, bytes.
+    #[arg(long, env = "DTEE_DEFAULT_MEMORY_BYTES", default_value = "67108864")]
+    pub default_memory_bytes: String,
+    /// Largest memory limit a job may ask for, bytes.
+    #[arg(long, env = "DTEE_MAX_MEMORY_BYTES", default_value = "1073741824")]
+    pub max_memory_bytes: String,
+    /// Default fuel.
+    #[arg(long, env = "DTEE_DEFAULT_FUEL", default_value = "10000000000")]
+    pub default_fuel: String,
+    /// Largest fuel a job may ask for.
+    #[arg(long, env = "DTEE_MAX_FUEL", default_value = "1000000000000")]
+    pub max_fuel: String,
+    /// Default output limit, bytes.
+    #[arg(long, env = "DTEE_DEFAULT_OUTPUT_BYTES", default_value = "16777216")]
+    pub default_output_bytes: String,
+    /// Largest output limit a job may ask for, bytes.
+    #[arg(long, env = "DTEE_MAX_OUTPUT_BYTES", default_value = "67108864")]
+    pub max_output_bytes: String,
+    /// Delivery limit of the quorum job queues this worker declares.
+    #[arg(long, env = "DTEE_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT.to_string())]
+    pub delivery_limit: String,
+    /// Seconds in-flight jobs get to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "DTEE_SHUTDOWN_GRACE_SECS", default_value = "30")]
+    pub shutdown_grace_secs: String,
+    /// Worker id (default: host name and a random suffix).
+    #[arg(long, env = "DTEE_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "DTEE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// The worker's typed configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// AMQP URL of RabbitMQ.
+    pub amqp_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Namespace of every name the worker uses.
+    pub namespace: Namespace,
+    /// Targets served; one queue each.
+    pub targets: Vec<String>,
+    /// Kernels running at once.
+    pub concurrency: usize,
+    /// Broker prefetch (unacknowledged deliveries in flight).
+    pub prefetch: u16,
+    /// Result cache lifetime.
+    pub result_ttl: Duration,
+    /// Largest job message accepted.
+    pub max_job_bytes: usize,
+    /// Largest kernel accepted.
+    pub max_kernel_bytes: usize,
+    /// Compiled modules kept in memory.
+    pub module_cache_size: usize,
+    /// Limits applied when a job does not ask for one.
+    pub default_limits: EffectiveLimits,
+    /// Largest limits a job may ask for.
+    pub max_limits: EffectiveLimits,
+    /// Delivery limit of declared job queues.
+    pub delivery_limit: u32,
+    /// Time in-flight jobs get to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// This worker's id.
+    pub worker_id: String,
+    /// Emit logs as JSON lines.
+    pub log_json: bool,
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    let error = |why: String| ConfigError { name, value: value.to_owned(), why };
+    let parsed: T = value
+        .trim()
+        .parse()
+        .map_err(|_| error("expected a whole number".to_owned()))?;
+    if parsed < min {
+        return Err(error(format!("must be at least {min}")));
+    }
+    Ok(parsed)
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "worker".to_owned());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+impl Config {
+    /// Parses flags and environment into a typed configuration.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let namespace = Namespace::new(args.namespace.clone()).map_err(|error| ConfigError {
+            name: "DTEE_NAMESPACE",
+            value: args.namespace.clone(),
+            why: error.to_string(),
+        })?;
+        let mut targets = Vec::new();
+        for target in args.targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !dtee_schemas::job::is_valid_target(target) {
+                return Err(ConfigError {
+                    name: "DTEE_TARGETS",
+                    value: args.targets.clone(),
+                    why: format!("{target:?} is not a valid target"),
+                });
+            }
+            if target != "wasm" {
+                return Err(ConfigError {
+                    name: "DTEE_TARGETS",
+                    value: args.targets.clone(),
+                    why: format!("this worker has no backend for target {target:?} (it serves: wasm)"),
+                });
+            }
+            targets.push(target.to_owned());
+        }
+        if targets.is_empty() {
+            return Err(ConfigError {
+                name: "DTEE_TARGETS",
+                value: args.targets.clone(),
+                why: "needs at least one target".to_owned(),
+            });
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let concurrency = match &args.concurrency {
+            Some(value) => number("DTEE_CONCURRENCY", value, 1usize)?,
+            None => cores,
+        };
+        let prefetch = match &args.prefetch {
+            Some(value) => number("DTEE_PREFETCH", value, 1u16)?,
+            None => u16::try_from(concurrency.saturating_mul(8)).unwrap_or(u16::MAX),
+        };
+        let default_limits = EffectiveLimits {
+            timeout_ms: number("DTEE_DEFAULT_TIMEOUT_MS", &args.default_timeout_ms, 1)?,
+            memory_bytes: number("DTEE_DEFAULT_MEMORY_BYTES", &args.default_memory_bytes, 65536)?,
+            fuel: number("DTEE_DEFAULT_FUEL", &args.default_fuel, 1)?,
+            output_bytes: number("DTEE_DEFAULT_OUTPUT_BYTES", &args.default_output_bytes, 1)?,
+        };
+        let max_limits = EffectiveLimits {
+            timeout_ms: number("DTEE_MAX_TIMEOUT_MS", &args.max_timeout_ms, 1)?,
+            memory_bytes: number("DTEE_MAX_MEMORY_BYTES", &args.max_memory_bytes, 65536)?,
+            fuel: number("DTEE_MAX_FUEL", &args.max_fuel, 1)?,
+            output_bytes: number("DTEE_MAX_OUTPUT_BYTES", &args.max_output_bytes, 1)?,
+        };
+        for (name, value, default, max) in [
+            ("DTEE_DEFAULT_TIMEOUT_MS", &args.default_timeout_ms, default_limits.timeout_ms, max_limits.timeout_ms),
+            ("DTEE_DEFAULT_MEMORY_BYTES", &args.default_memory_bytes, default_limits.memory_bytes, max_limits.memory_bytes),
+            ("DTEE_DEFAULT_FUEL", &args.default_fuel, default_limits.fuel, max_limits.fuel),
+            ("DTEE_DEFAULT_OUTPUT_BYTES", &args.default_output_bytes, default_limits.output_bytes, max_limits.output_bytes),
+        ] {
+            if default > max {
+                return Err(ConfigError {
+                    name,
+                    value: value.clone(),
+                    why: format!("the default exceeds the maximum ({max})"),
+                });
+            }
+        }
+        if max_limits.memory_bytes > 4 << 30 {
+            return Err(ConfigError {
+                name: "DTEE_MAX_MEMORY_BYTES",
+                value: args.max_memory_bytes.clone(),
+                why: "a 32-bit WebAssembly memory cannot exceed 4 GiB".to_owned(),
+            });
+        }
+        let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+        if worker_id.is_empty() || worker_id.len() > 128 || worker_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError {
+                name: "DTEE_WORKER_ID",
+                value: worker_id,
+                why: "must be 1 to 128 printable characters without spaces".to_owned(),
+            });
+        }
+        let log_json = match args.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            _ => {
+                return Err(ConfigError {
+                    name: "DTEE_LOG_FORMAT",
+                    value: args.log_format.clone(),
+                    why: "expected text or json".to_owned(),
+                })
+            }
+        };
+        Ok(Config {
+            amqp_url: args.amqp_url,
+            redis_url: args.redis_url,
+            namespace,
+            targets,
+            concurrency,
+            prefetch,
+            result_ttl: Duration::from_secs(number("DTEE_RESULT_TTL_SECS", &args.result_ttl_secs, 1)?),
+            max_job_bytes: number("DTEE_MAX_JOB_BYTES", &args.max_job_bytes, 1024)?,
+            max_kernel_bytes: number("DTEE_MAX_KERNEL_BYTES", &args.max_kernel_bytes, 8)?,
+            module_cache_size: number("DTEE_MODULE_CACHE_SIZE", &args.module_cache_size, 1)?,
+            default_limits,
+            max_limits,
+            delivery_limit: number("DTEE_DELIVERY_LIMIT", &args.delivery_limit, 1)?,
+            shutdown_grace: Duration::from_secs(number("DTEE_SHUTDOWN_GRACE_SECS", &args.shutdown_grace_secs, 0)?),
+            worker_id,
+            log_json,
+        })
+    }
+
+    /// The configuration from the environment (`DTEE_*`) and the defaults, without flags; for
+    /// tests and embedding.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_args(Args::parse_from(["dtee-worker"]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["dtee-worker"];
+        argv.extend_from_slice(extra);
+        Config::from_args(Args::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable_and_the_value() {
+        let error = parse(&["--concurrency", "many"]).unwrap_err();
+        assert_eq!(error.to_string(), "DTEE_CONCURRENCY=many is not valid: expected a whole number");
+        let error = parse(&["--prefetch", "0"]).unwrap_err();
+        assert_eq!(error.to_string(), "DTEE_PREFETCH=0 is not valid: must be at least 1");
+        let error = parse(&["--default-fuel", "5", "--max-fuel", "4"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_DEFAULT_FUEL");
+        let error = parse(&["--targets", "hip.gfx90a"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_TARGETS");
+        let error = parse(&["--namespace", "Bad.Name"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_NAMESPACE");
+    }
+
+    #[test]
+    fn defaults_are_consistent() {
+        let config = parse(&[]).unwrap();
+        assert!(config.concurrency >= 1);
+        assert_eq!(config.prefetch as usize, config.concurrency * 8);
+        assert_eq!(config.targets, vec!["wasm".to_owned()]);
+    }
+}

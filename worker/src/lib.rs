@@ -1,0 +1,228 @@
+//! The dtee worker: consumes kernel jobs from RabbitMQ, runs them under hard limits, and
+//! publishes their results.
+//!
+//! Entry points: [`Worker::start`] returns a [`WorkerHandle`] (tests use it directly), and
+//! [`run`] serves until a shutdown future completes (the binary passes SIGTERM/SIGINT).
+//!
+//! Modules, in the order a job meets them:
+//! - [`config`]: typed configuration from flags and environment;
+//! - [`broker`]: RabbitMQ connection, topology, result publishing with confirms;
+//! - [`store`]: Redis blobs and result cache;
+//! - [`pipeline`]: the path of one job;
+//! - [`backend`]: kernel execution (WebAssembly today);
+//! - [`failure`]: what each failure means (retry or fail the job);
+//! - [`stats`]: counters.
+//!
+//! **Invariant:** a delivery is acked only after its result is cached and confirmed by the
+//! broker.
+
+pub mod backend;
+pub mod broker;
+pub mod config;
+pub mod failure;
+pub mod pipeline;
+pub mod stats;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::stream::{SelectAll, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::backend::wasm::WasmBackend;
+use crate::config::Config;
+use crate::failure::Backoff;
+use crate::pipeline::Context;
+use crate::stats::Stats;
+
+pub use crate::config::{Args, ConfigError};
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Counters of what the worker did.
+    pub stats: Arc<Stats>,
+    /// The worker's id, as published in results.
+    pub worker_id: String,
+    /// Flipped to `true` to ask the consumer loop to stop.
+    shutdown: watch::Sender<bool>,
+    /// The consumer loop; it returns once in-flight jobs are done or the grace period ends.
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl WorkerHandle {
+    /// Stops consuming, lets in-flight jobs finish (up to the grace period), returns the rest
+    /// to the queue, and closes the connection.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("the worker task panicked")?
+    }
+}
+
+/// Serves jobs until `shutdown` completes, then shuts down gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let worker = Worker::start(config).await?;
+    info!(worker_id = %worker.worker_id, "worker started");
+    shutdown.await;
+    info!("shutting down");
+    worker.shutdown().await
+}
+
+/// Builds and starts workers.
+#[derive(Debug)]
+pub struct Worker;
+
+impl Worker {
+    /// Connects to Redis and RabbitMQ, declares the topology, and starts consuming.
+    pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
+        let store = store::Store::connect(&config.redis_url, config.namespace.clone())
+            .await
+            .with_context(|| format!("connecting to redis at {}", redact(&config.redis_url)))?;
+        let connection = broker::connect(&config.amqp_url, &format!("dtee-worker {}", config.worker_id))
+            .await
+            .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
+        let setup = connection.create_channel().await.context("opening a channel")?;
+        broker::declare_topology(&setup, &config.namespace, &config.targets, config.delivery_limit)
+            .await
+            .context("declaring the topology")?;
+        let publisher = broker::ResultPublisher::new(
+            connection.create_channel().await.context("opening the result channel")?,
+            &config.namespace,
+            &config.worker_id,
+        )
+        .await
+        .context("enabling publisher confirms")?;
+        let consume = connection.create_channel().await.context("opening the consumer channel")?;
+        consume
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let mut consumers = SelectAll::new();
+        let mut consumer_tags = Vec::new();
+        for target in &config.targets {
+            let tag = format!("{}.{target}", config.worker_id);
+            let consumer = consume
+                .basic_consume(
+                    config.namespace.job_queue(target).into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {}", config.namespace.job_queue(target)))?;
+            consumers.push(consumer);
+            consumer_tags.push(tag);
+        }
+        let wasm = Arc::new(WasmBackend::new(config.module_cache_size)?);
+        let stats = Arc::new(Stats::default());
+        let worker_id = config.worker_id.clone();
+        let ctx = Arc::new(Context {
+            kernel_slots: Semaphore::new(config.concurrency),
+            config,
+            store,
+            publisher,
+            wasm,
+            stats: Arc::clone(&stats),
+        });
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut in_flight = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = shutdown_rx.changed() => break,
+                    Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                        if let Err(error) = finished {
+                            warn!(%error, "a job task failed");
+                        }
+                    }
+                    next = consumers.next() => match next {
+                        Some(Ok(delivery)) => {
+                            Stats::bump(&ctx.stats.received);
+                            let ctx = Arc::clone(&ctx);
+                            let shutdown = shutdown_rx.clone();
+                            in_flight.spawn(handle(ctx, delivery, shutdown));
+                        }
+                        Some(Err(error)) => {
+                            warn!(%error, "the consumer failed");
+                            break;
+                        }
+                        None => {
+                            warn!("the broker cancelled the consumer");
+                            break;
+                        }
+                    }
+                }
+            }
+            // Graceful shutdown: no new deliveries; in-flight jobs get the grace period.
+            for tag in &consumer_tags {
+                let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+            let grace = ctx.config.shutdown_grace;
+            let drained = tokio::time::timeout(grace, async {
+                while in_flight.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                warn!(unfinished = in_flight.len(), "grace period over; unfinished jobs return to the queue");
+                in_flight.abort_all();
+            }
+            // Closing the channels returns every unacknowledged delivery to its queue.
+            let _ = consume.close(200, "worker shutting down".into()).await;
+            let _ = connection.close(200, "worker shutting down".into()).await;
+            Ok(())
+        });
+        Ok(WorkerHandle { stats, worker_id, shutdown, task })
+    }
+}
+
+/// Processes one delivery, retrying transient failures with backoff until it is answered or
+/// the worker stops.
+async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver<bool>) {
+    let span = tracing::debug_span!("job", message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()));
+    async move {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            let attempt = async {
+                let outcome = pipeline::evaluate(&ctx, &delivery).await?;
+                pipeline::deliver(&ctx, &delivery, outcome).await
+            };
+            match attempt.await {
+                Ok(()) => return,
+                Err(error) => {
+                    Stats::bump(&ctx.stats.retried);
+                    let delay = backoff.next_delay();
+                    warn!(%error, retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
+                    if *shutdown.borrow() {
+                        debug!("shutting down: returning the job to the queue");
+                        let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+                        let _ = delivery.acker.nack(requeue).await;
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The URL without its password, for error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
