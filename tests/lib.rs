@@ -1,1 +1,217 @@
+//! Test harness for the end-to-end suites: every test gets its own namespace (so its own
+//! exchanges, queues and Redis keys) on the real RabbitMQ and Redis, and in-process workers.
+//!
+//! The broker and Redis come from `DTEE_TEST_AMQP_URL` and `DTEE_TEST_REDIS_URL`, with
+//! loopback defaults.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dtee_schemas::protocol::Namespace;
+use dtee_schemas::{Digest, JobResult, JobSpec};
+use dtee_submitter::{Client, ClientConfig};
+use dtee_worker::config::Config;
+use dtee_worker::{Worker, WorkerHandle};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+
+/// How long a test waits for one result before failing.
+pub const RESULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The AMQP URL tests use.
+pub fn amqp_url() -> String {
+    std::env::var("DTEE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The Redis URL tests use.
+pub fn redis_url() -> String {
+    std::env::var("DTEE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The bytes of `kernels/wasm/NAME.wasm`.
+pub fn kernel(name: &str) -> Vec<u8> {
+    let path = repo_root()
+        .join("kernels/wasm")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+}
+
+/// A built binary of the workspace (`dtee`, `dtee-worker`, `dtee-loadtest`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// One test's world: a unique namespace and a client.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// The namespace; every exchange, queue and key of this test lives in it.
+    pub namespace: Namespace,
+    /// A connected client.
+    pub client: Client,
+}
+
+impl TestEnv {
+    /// A fresh namespace named after the test.
+    pub async fn new(test: &str) -> TestEnv {
+        let slug: String = test
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(24)
+            .collect();
+        let namespace = Namespace::new(format!("t-{slug}-{:08x}", rand::random::<u32>()))
+            .expect("valid namespace");
+        let client = Client::connect(ClientConfig {
+            amqp_url: amqp_url(),
+            redis_url: redis_url(),
+            namespace: namespace.clone(),
+        })
+        .await
+        .expect("connecting to RabbitMQ and Redis (are they running? see README)");
+        TestEnv { namespace, client }
+    }
+
+    /// A worker configuration for this namespace: environment defaults, 2 kernel slots,
+    /// a short shutdown grace.
+    pub fn worker_config(&self) -> Config {
+        let mut config = Config::from_env().expect("worker defaults");
+        config.amqp_url = amqp_url();
+        config.redis_url = redis_url();
+        config.namespace = self.namespace.clone();
+        config.concurrency = 2;
+        config.prefetch = 16;
+        config.shutdown_grace = Duration::from_secs(5);
+        config
+    }
+
+    /// Starts an in-process worker with the default test configuration.
+    pub async fn start_worker(&self) -> WorkerHandle {
+        self.start_worker_with(|_| {}).await
+    }
+
+    /// Starts an in-process worker after `adjust` changed its configuration.
+    pub async fn start_worker_with(&self, adjust: impl FnOnce(&mut Config)) -> WorkerHandle {
+        let mut config = self.worker_config();
+        adjust(&mut config);
+        Worker::start(config).await.expect("starting a worker")
+    }
+
+    /// Stores a kernel from kernels/wasm and returns its digest.
+    pub async fn put_kernel(&self, name: &str) -> Digest {
+        self.client
+            .put_blob(&kernel(name))
+            .await
+            .expect("storing the kernel")
+            .0
+    }
+
+    /// Submits a job and waits for its result (watching before submitting).
+    pub async fn run(&self, spec: &JobSpec) -> JobResult {
+        let waiter = self.client.waiter().await.expect("waiter");
+        let id = dtee_schemas::job_id(spec).expect("job id");
+        let watch = waiter.watch(&id).await.expect("watch");
+        let submitted = self.client.submit(spec).await.expect("submit");
+        assert_eq!(submitted, id);
+        let result = watch.result(RESULT_TIMEOUT).await.expect("result");
+        waiter.close().await;
+        result
+    }
+
+    /// Messages ready in the target's queue (not counting unacknowledged ones).
+    pub async fn queue_depth(&self, target: &str) -> u32 {
+        let channel = self
+            .client
+            .connection()
+            .create_channel()
+            .await
+            .expect("channel");
+        let queue = channel
+            .queue_declare(
+                self.namespace.job_queue(target).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        let _ = channel.close(200, "ok".into()).await;
+        queue.message_count()
+    }
+
+    /// Deletes the namespace's queues, exchanges and Redis keys.
+    pub async fn cleanup(self) {
+        let channel = self
+            .client
+            .connection()
+            .create_channel()
+            .await
+            .expect("channel");
+        for queue in [
+            self.namespace.job_queue("wasm"),
+            self.namespace.dead_letter_queue(),
+        ] {
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            self.namespace.jobs_exchange(),
+            self.namespace.results_exchange(),
+            self.namespace.dead_letter_exchange(),
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let mut redis = self.client.redis();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.namespace))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await;
+        }
+        self.client.close().await;
+    }
+}
+
+/// Little-endian f32 bytes.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Decodes little-endian f32 bytes.
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}

@@ -41,7 +41,11 @@ fn split<'a>(text: &'a str, sep: char, what: &str) -> Result<(&'a str, &'a str),
 fn list<T: std::str::FromStr>(text: &str, what: &str) -> Result<Vec<T>, String> {
     text.split(',')
         .filter(|item| !item.trim().is_empty())
-        .map(|item| item.trim().parse::<T>().map_err(|_| format!("{item:?} is not a valid {what}")))
+        .map(|item| {
+            item.trim()
+                .parse::<T>()
+                .map_err(|_| format!("{item:?} is not a valid {what}"))
+        })
         .collect()
 }
 
@@ -51,27 +55,52 @@ pub fn parse_input(text: &str) -> Result<InputArg, String> {
     let source = if let Some(path) = value.strip_prefix("blob:@") {
         InputSource::BlobFile(path.to_owned())
     } else if let Some(digest) = value.strip_prefix("blob:") {
-        InputSource::Blob(digest.parse().map_err(|e: dtee_schemas::digest::DigestParseError| e.to_string())?)
+        InputSource::Blob(
+            digest
+                .parse()
+                .map_err(|e: dtee_schemas::digest::DigestParseError| e.to_string())?,
+        )
     } else if let Some(path) = value.strip_prefix('@') {
         InputSource::File(path.to_owned())
     } else if let Some(text) = value.strip_prefix("text:") {
         InputSource::Inline(text.as_bytes().to_vec())
     } else if let Some(b64) = value.strip_prefix("base64:") {
-        InputSource::Inline(dtee_schemas::job::decode_base64(b64).map_err(|e| format!("input {name}: bad base64: {e}"))?)
+        InputSource::Inline(
+            dtee_schemas::job::decode_base64(b64)
+                .map_err(|e| format!("input {name}: bad base64: {e}"))?,
+        )
     } else if let Some(hex) = value.strip_prefix("hex:") {
         InputSource::Inline(hex::decode(hex).map_err(|e| format!("input {name}: bad hex: {e}"))?)
     } else if let Some(floats) = value.strip_prefix("f32:") {
-        InputSource::Inline(list::<f32>(floats, "f32")?.iter().flat_map(|f| f.to_le_bytes()).collect())
+        InputSource::Inline(
+            list::<f32>(floats, "f32")?
+                .iter()
+                .flat_map(|f| f.to_le_bytes())
+                .collect(),
+        )
     } else if let Some(ints) = value.strip_prefix("u32:") {
-        InputSource::Inline(list::<u32>(ints, "u32")?.iter().flat_map(|i| i.to_le_bytes()).collect())
+        InputSource::Inline(
+            list::<u32>(ints, "u32")?
+                .iter()
+                .flat_map(|i| i.to_le_bytes())
+                .collect(),
+        )
     } else if let Some(ints) = value.strip_prefix("u64:") {
-        InputSource::Inline(list::<u64>(ints, "u64")?.iter().flat_map(|i| i.to_le_bytes()).collect())
+        InputSource::Inline(
+            list::<u64>(ints, "u64")?
+                .iter()
+                .flat_map(|i| i.to_le_bytes())
+                .collect(),
+        )
     } else {
         return Err(format!(
             "input {name}: {value:?} must start with @, blob:, text:, base64:, hex:, f32:, u32: or u64:"
         ));
     };
-    Ok(InputArg { name: name.to_owned(), source })
+    Ok(InputArg {
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// Parses a size such as `4096`, `64k` or `16m`.
@@ -87,7 +116,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("{text:?} is not a size (a whole number, optionally with k, m or g)"))
+        .ok_or_else(|| {
+            format!("{text:?} is not a size (a whole number, optionally with k, m or g)")
+        })
 }
 
 /// Parses an `--output NAME:SIZE` argument.
@@ -109,30 +140,51 @@ pub fn parse_param(text: &str) -> Result<(String, ScalarType, f64), String> {
         "u64" => ScalarType::U64,
         "f32" => ScalarType::F32,
         "f64" => ScalarType::F64,
-        other => return Err(format!("param {name}: unknown type {other:?} (i32, u32, i64, u64, f32, f64)")),
+        other => {
+            return Err(format!(
+                "param {name}: unknown type {other:?} (i32, u32, i64, u64, f32, f64)"
+            ))
+        }
     };
-    let value: f64 = value.parse().map_err(|_| format!("param {name}: {value:?} is not a number"))?;
+    let value: f64 = value
+        .parse()
+        .map_err(|_| format!("param {name}: {value:?} is not a number"))?;
     Ok((name.to_owned(), ty, value))
 }
 
 /// An inline input buffer.
 pub fn inline_input(name: &str, bytes: &[u8]) -> dtee_schemas::job::Buffer {
-    dtee_schemas::job::Buffer::Input { name: name.to_owned(), inline: Some(encode_base64(bytes)), blob: None }
+    dtee_schemas::job::Buffer::Input {
+        name: name.to_owned(),
+        inline: Some(encode_base64(bytes)),
+        blob: None,
+    }
 }
 
 /// A blob input buffer.
 pub fn blob_input(name: &str, digest: Digest) -> dtee_schemas::job::Buffer {
-    dtee_schemas::job::Buffer::Input { name: name.to_owned(), inline: None, blob: Some(digest) }
+    dtee_schemas::job::Buffer::Input {
+        name: name.to_owned(),
+        inline: None,
+        blob: Some(digest),
+    }
 }
 
 /// An output buffer.
 pub fn output(name: &str, size: u64) -> dtee_schemas::job::Buffer {
-    dtee_schemas::job::Buffer::Output { name: name.to_owned(), size }
+    dtee_schemas::job::Buffer::Output {
+        name: name.to_owned(),
+        size,
+    }
 }
 
 /// A scalar parameter.
 pub fn param(name: &str, ty: ScalarType, value: f64) -> dtee_schemas::job::Param {
-    dtee_schemas::job::Param { name: name.to_owned(), ty, value }
+    dtee_schemas::job::Param {
+        name: name.to_owned(),
+        ty,
+        value,
+    }
 }
 
 /// A wasm job skeleton for `kernel` and `entry` with no buffers, params or limits.
@@ -160,14 +212,26 @@ mod tests {
 
     #[test]
     fn inputs_parse_every_form() {
-        assert_eq!(parse_input("x=text:hi").unwrap().source, InputSource::Inline(b"hi".to_vec()));
-        assert_eq!(parse_input("x=hex:00ff").unwrap().source, InputSource::Inline(vec![0, 255]));
+        assert_eq!(
+            parse_input("x=text:hi").unwrap().source,
+            InputSource::Inline(b"hi".to_vec())
+        );
+        assert_eq!(
+            parse_input("x=hex:00ff").unwrap().source,
+            InputSource::Inline(vec![0, 255])
+        );
         assert_eq!(
             parse_input("x=f32:1,2").unwrap().source,
             InputSource::Inline([1f32.to_le_bytes(), 2f32.to_le_bytes()].concat())
         );
-        assert_eq!(parse_input("x=@a.bin").unwrap().source, InputSource::File("a.bin".into()));
-        assert_eq!(parse_input("x=blob:@a.bin").unwrap().source, InputSource::BlobFile("a.bin".into()));
+        assert_eq!(
+            parse_input("x=@a.bin").unwrap().source,
+            InputSource::File("a.bin".into())
+        );
+        assert_eq!(
+            parse_input("x=blob:@a.bin").unwrap().source,
+            InputSource::BlobFile("a.bin".into())
+        );
         assert!(parse_input("x=blob:sha256:00").is_err());
         assert!(parse_input("x=raw").is_err());
         assert!(parse_input("=text:a").is_err());
@@ -177,7 +241,10 @@ mod tests {
     fn outputs_and_params_parse() {
         assert_eq!(parse_output("out:64k").unwrap(), ("out".into(), 65536));
         assert!(parse_output("out:lots").is_err());
-        assert_eq!(parse_param("a:f32=2.5").unwrap(), ("a".into(), ScalarType::F32, 2.5));
+        assert_eq!(
+            parse_param("a:f32=2.5").unwrap(),
+            ("a".into(), ScalarType::F32, 2.5)
+        );
         assert!(parse_param("a:f16=1").is_err());
         assert!(parse_param("a=1").is_err());
     }

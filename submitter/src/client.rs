@@ -4,7 +4,9 @@ use dtee_schemas::protocol::{self, Namespace};
 use dtee_schemas::{Digest, JobResult, JobSpec};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use redis::aio::ConnectionManager;
 
 use crate::waiter::ResultWaiter;
@@ -64,7 +66,13 @@ pub enum ClientError {
 impl ClientError {
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Amqp(_) | ClientError::Redis(_) | ClientError::Nacked | ClientError::Timeout(_))
+        matches!(
+            self,
+            ClientError::Amqp(_)
+                | ClientError::Redis(_)
+                | ClientError::Nacked
+                | ClientError::Timeout(_)
+        )
     }
 }
 
@@ -79,7 +87,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("namespace", &self.config.namespace).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("namespace", &self.config.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,11 +102,18 @@ impl Client {
         )
         .await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let redis = redis::Client::open(config.redis_url.as_str())?
             .get_connection_manager()
             .await?;
-        Ok(Client { config, connection, channel, redis })
+        Ok(Client {
+            config,
+            connection,
+            channel,
+            redis,
+        })
     }
 
     /// The namespace in use.
@@ -138,15 +155,22 @@ impl Client {
     /// Submits a job given as JSON text: it is parsed, validated and sent in canonical form.
     pub async fn submit_json(&self, json: &[u8]) -> Result<Digest, ClientError> {
         let parsed = dtee_schemas::parse_job(json)?;
-        let value = dtee_schemas::canonical::parse_strict(json).map_err(dtee_schemas::JobParseError::Json)?;
+        let value = dtee_schemas::canonical::parse_strict(json)
+            .map_err(dtee_schemas::JobParseError::Json)?;
         let body = dtee_schemas::canonical::to_canonical_vec(&value)
             .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.publish_job(&body, parsed.id.as_str(), &parsed.spec.kernel.target).await?;
+        self.publish_job(&body, parsed.id.as_str(), &parsed.spec.kernel.target)
+            .await?;
         Ok(parsed.id)
     }
 
     /// Publishes raw bytes as a job message, without any check: for tests of hostile input.
-    pub async fn publish_job(&self, body: &[u8], message_id: &str, target: &str) -> Result<(), ClientError> {
+    pub async fn publish_job(
+        &self,
+        body: &[u8],
+        message_id: &str,
+        target: &str,
+    ) -> Result<(), ClientError> {
         let properties = BasicProperties::default()
             .with_content_type(protocol::CONTENT_TYPE_JSON.into())
             .with_message_id(message_id.into())
@@ -157,7 +181,10 @@ impl Client {
             .basic_publish(
                 self.config.namespace.jobs_exchange().into(),
                 target.into(),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 body,
                 properties,
             )
@@ -177,9 +204,17 @@ impl Client {
     /// declared them), for a clear error before submitting.
     pub async fn check_topology(&self) -> Result<(), ClientError> {
         let channel = self.connection.create_channel().await?;
-        let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
         channel
-            .exchange_declare(self.config.namespace.jobs_exchange().into(), ExchangeKind::Direct, passive, FieldTable::default())
+            .exchange_declare(
+                self.config.namespace.jobs_exchange().into(),
+                ExchangeKind::Direct,
+                passive,
+                FieldTable::default(),
+            )
             .await?;
         let _ = channel.close(200, "ok".into()).await;
         Ok(())
@@ -198,7 +233,12 @@ impl Client {
 
     /// A waiter with its own exclusive result queue.
     pub async fn waiter(&self) -> Result<ResultWaiter, ClientError> {
-        ResultWaiter::new(&self.connection, self.config.namespace.clone(), self.redis.clone()).await
+        ResultWaiter::new(
+            &self.connection,
+            self.config.namespace.clone(),
+            self.redis.clone(),
+        )
+        .await
     }
 
     /// Waits for one job's result.

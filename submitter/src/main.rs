@@ -17,13 +17,27 @@ use dtee_submitter::builder::{self, InputSource};
 use dtee_submitter::{Client, ClientConfig, ClientError};
 
 #[derive(Debug, Parser)]
-#[command(name = "dtee", version, about = "Submit attested kernel jobs to dtee workers and fetch their results")]
+#[command(
+    name = "dtee",
+    version,
+    about = "Submit attested kernel jobs to dtee workers and fetch their results"
+)]
 struct Cli {
     /// AMQP URL of RabbitMQ.
-    #[arg(long, global = true, env = "DTEE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        global = true,
+        env = "DTEE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     amqp_url: String,
     /// Redis URL.
-    #[arg(long, global = true, env = "DTEE_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(
+        long,
+        global = true,
+        env = "DTEE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
     redis_url: String,
     /// Namespace of exchanges, queues and Redis keys.
     #[arg(long, global = true, env = "DTEE_NAMESPACE", default_value = "dtee")]
@@ -139,13 +153,19 @@ impl From<ClientError> for Failure {
             ClientError::Timeout(_) => 3,
             _ => 4,
         };
-        Failure { code, error: error.into() }
+        Failure {
+            code,
+            error: error.into(),
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -164,13 +184,22 @@ fn main() -> ExitCode {
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
     let namespace = Namespace::new(cli.namespace.clone()).map_err(|e| usage(e.into()))?;
-    let config = ClientConfig { amqp_url: cli.amqp_url.clone(), redis_url: cli.redis_url.clone(), namespace };
+    let config = ClientConfig {
+        amqp_url: cli.amqp_url.clone(),
+        redis_url: cli.redis_url.clone(),
+        namespace,
+    };
     Ok(Client::connect(config).await?)
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
-        Command::Kernel { action: BlobAction::Put { file } } | Command::Blob { action: BlobAction::Put { file } } => {
+        Command::Kernel {
+            action: BlobAction::Put { file },
+        }
+        | Command::Blob {
+            action: BlobAction::Put { file },
+        } => {
             let bytes = read(file)?;
             let client = connect(&cli).await?;
             let (digest, _stored) = client.put_blob(&bytes).await?;
@@ -188,14 +217,24 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             client.close().await;
             Ok(0)
         }
-        Command::Wait { job_id, timeout, save_outputs } => {
-            let id: Digest = job_id.parse().map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?;
+        Command::Wait {
+            job_id,
+            timeout,
+            save_outputs,
+        } => {
+            let id: Digest = job_id
+                .parse()
+                .map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?;
             let client = connect(&cli).await?;
             let result = client.wait(&id, seconds(*timeout)?).await?;
             client.close().await;
             report(&result, save_outputs.as_deref())
         }
-        Command::Run { job, timeout, save_outputs } => {
+        Command::Run {
+            job,
+            timeout,
+            save_outputs,
+        } => {
             let client = connect(&cli).await?;
             let Some(body) = job_body(&client, job).await? else {
                 return Ok(0);
@@ -203,12 +242,10 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             // Bind before submitting, so even a very fast result is not missed.
             let waiter = client.waiter().await?;
             let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
-            let wait = waiter.wait(&parsed.id, seconds(*timeout)?);
-            let submit = client.submit_json(&body);
-            let (result, submitted) = tokio::join!(wait, submit);
-            let id = submitted?;
+            let watch = waiter.watch(&parsed.id).await?;
+            let id = client.submit_json(&body).await?;
             eprintln!("submitted {id}");
-            let result = result?;
+            let result = watch.result(seconds(*timeout)?).await?;
             waiter.close().await;
             client.close().await;
             report(&result, save_outputs.as_deref())
@@ -217,11 +254,14 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
 }
 
 fn seconds(value: f64) -> Result<Duration, Failure> {
-    Duration::try_from_secs_f64(value).map_err(|_| usage(anyhow!("--timeout {value} is not a number of seconds")))
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| usage(anyhow!("--timeout {value} is not a number of seconds")))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display())).map_err(usage)
+    std::fs::read(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .map_err(usage)
 }
 
 /// The job's JSON text: the file as given, or a spec built from the flags (uploading the
@@ -232,8 +272,14 @@ async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Fai
     }
     let kernel = match (&job.kernel, &job.kernel_digest) {
         (Some(path), _) => client.put_blob(&read(path)?).await?.0,
-        (None, Some(digest)) => digest.parse().map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?,
-        (None, None) => return Err(usage(anyhow!("give a JOB.json, --kernel FILE or --kernel-digest DIGEST"))),
+        (None, Some(digest)) => digest
+            .parse()
+            .map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?,
+        (None, None) => {
+            return Err(usage(anyhow!(
+                "give a JOB.json, --kernel FILE or --kernel-digest DIGEST"
+            )))
+        }
     };
     let mut spec: JobSpec = builder::wasm_job(kernel, &job.entry);
     for text in &job.inputs {
@@ -266,20 +312,33 @@ async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Fai
     let value = serde_json::to_value(&spec).expect("a JobSpec serializes");
     let body = dtee_schemas::canonical::to_canonical_vec(&value).map_err(|e| usage(e.into()))?;
     if job.print_job {
-        println!("{}", serde_json::to_string_pretty(&value).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serializes")
+        );
         return Ok(None);
     }
     Ok(Some(body))
 }
 
 fn report(result: &JobResult, save_outputs: Option<&Path>) -> Result<u8, Failure> {
-    println!("{}", serde_json::to_string_pretty(result).expect("a result serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(result).expect("a result serializes")
+    );
     if let Some(dir) = save_outputs {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(usage)?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .map_err(usage)?;
         for output in &result.outputs {
-            let bytes = output.bytes().map_err(|e| Failure { code: 4, error: anyhow!("output {}: {e}", output.name) })?;
+            let bytes = output.bytes().map_err(|e| Failure {
+                code: 4,
+                error: anyhow!("output {}: {e}", output.name),
+            })?;
             let path = dir.join(&output.name);
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display())).map_err(usage)?;
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("writing {}", path.display()))
+                .map_err(usage)?;
         }
     }
     Ok(if result.succeeded() { 0 } else { 1 })

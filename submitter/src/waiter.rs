@@ -32,7 +32,9 @@ pub struct ResultWaiter {
 
 impl std::fmt::Debug for ResultWaiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultWaiter").field("queue", &self.queue).finish_non_exhaustive()
+        f.debug_struct("ResultWaiter")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,7 +48,11 @@ impl ResultWaiter {
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -55,7 +61,11 @@ impl ResultWaiter {
             .basic_consume(
                 queue.as_str().into(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, exclusive: true, ..BasicConsumeOptions::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -73,8 +83,15 @@ impl ResultWaiter {
                         .properties
                         .headers()
                         .as_ref()
-                        .and_then(|headers| headers.inner().get(dtee_schemas::protocol::HEADER_CACHED).cloned())
-                        .is_some_and(|value| matches!(value, lapin::types::AMQPValue::Boolean(true)));
+                        .and_then(|headers| {
+                            headers
+                                .inner()
+                                .get(dtee_schemas::protocol::HEADER_CACHED)
+                                .cloned()
+                        })
+                        .is_some_and(|value| {
+                            matches!(value, lapin::types::AMQPValue::Boolean(true))
+                        });
                     if let Some(sender) = all.lock().expect("lock").as_ref() {
                         let _ = sender.send((result.clone(), cached));
                     }
@@ -85,56 +102,64 @@ impl ResultWaiter {
                 }
             })
         };
-        Ok(ResultWaiter { channel, queue, namespace, redis, pending, all, dispatcher })
+        Ok(ResultWaiter {
+            channel,
+            queue,
+            namespace,
+            redis,
+            pending,
+            all,
+            dispatcher,
+        })
     }
 
     /// Waits for the result of `job_id`, up to `timeout`.
     pub async fn wait(&self, job_id: &Digest, timeout: Duration) -> Result<JobResult, ClientError> {
+        self.watch(job_id).await?.result(timeout).await
+    }
+
+    /// Starts watching for the result of `job_id`: binds the queue, then checks the cache.
+    /// Once this returns, no result for the job can be missed, so a caller may submit the job
+    /// (or publish anything for that id) and then await [`Watch::result`].
+    pub async fn watch(&self, job_id: &Digest) -> Result<Watch<'_>, ClientError> {
         let (sender, receiver) = oneshot::channel();
-        self.pending.lock().expect("lock").entry(job_id.clone()).or_default().push(sender);
-        let outcome = async {
-            self.channel
-                .queue_bind(
-                    self.queue.as_str().into(),
-                    self.namespace.results_exchange().into(),
-                    job_id.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let cached: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(self.namespace.result_key(job_id))
-                .query_async(&mut self.redis.clone())
-                .await?;
-            if let Some(bytes) = cached {
-                return serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult);
-            }
-            match tokio::time::timeout(timeout, receiver).await {
-                Ok(Ok(result)) => Ok(result),
-                Ok(Err(_)) => Err(ClientError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                    lapin::ChannelState::Closed,
-                    "result queue",
-                )))),
-                Err(_) => Err(ClientError::Timeout(job_id.clone())),
-            }
-        }
-        .await;
-        self.pending.lock().expect("lock").remove(job_id);
-        let _ = self
-            .channel
-            .queue_unbind(
+        self.pending
+            .lock()
+            .expect("lock")
+            .entry(job_id.clone())
+            .or_default()
+            .push(sender);
+        let mut watch = Watch {
+            waiter: self,
+            job_id: job_id.clone(),
+            receiver,
+            cached: None,
+        };
+        self.channel
+            .queue_bind(
                 self.queue.as_str().into(),
                 self.namespace.results_exchange().into(),
                 job_id.as_str().into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await;
-        outcome
+            .await?;
+        let cached: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.namespace.result_key(job_id))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        if let Some(bytes) = cached {
+            watch.cached =
+                Some(serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult)?);
+        }
+        Ok(watch)
     }
 
     /// Binds `#` and returns every result of the namespace from now on, with whether it was
     /// republished from the cache. Only one subscription per waiter.
-    pub async fn subscribe_all(&self) -> Result<mpsc::UnboundedReceiver<(JobResult, bool)>, ClientError> {
+    pub async fn subscribe_all(
+        &self,
+    ) -> Result<mpsc::UnboundedReceiver<(JobResult, bool)>, ClientError> {
         let (sender, receiver) = mpsc::unbounded_channel();
         *self.all.lock().expect("lock") = Some(sender);
         self.channel
@@ -153,5 +178,55 @@ impl ResultWaiter {
     pub async fn close(self) {
         let _ = self.channel.close(200, "done".into()).await;
         self.dispatcher.abort();
+    }
+}
+
+/// A result being watched for; see [`ResultWaiter::watch`].
+#[derive(Debug)]
+pub struct Watch<'a> {
+    waiter: &'a ResultWaiter,
+    job_id: Digest,
+    receiver: oneshot::Receiver<JobResult>,
+    cached: Option<JobResult>,
+}
+
+impl Watch<'_> {
+    /// The job id watched.
+    pub fn job_id(&self) -> &Digest {
+        &self.job_id
+    }
+
+    /// The result: from the cache if it was there when watching began, else the first one
+    /// published, up to `timeout`.
+    pub async fn result(mut self, timeout: Duration) -> Result<JobResult, ClientError> {
+        let outcome = match self.cached.take() {
+            Some(result) => Ok(result),
+            None => match tokio::time::timeout(timeout, &mut self.receiver).await {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(_)) => Err(ClientError::Amqp(lapin::Error::from(
+                    lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                        "result queue",
+                    ),
+                ))),
+                Err(_) => Err(ClientError::Timeout(self.job_id.clone())),
+            },
+        };
+        self.waiter
+            .pending
+            .lock()
+            .expect("lock")
+            .remove(&self.job_id);
+        let _ = self
+            .waiter
+            .channel
+            .queue_unbind(
+                self.waiter.queue.as_str().into(),
+                self.waiter.namespace.results_exchange().into(),
+                self.job_id.as_str().into(),
+                FieldTable::default(),
+            )
+            .await;
+        outcome
     }
 }

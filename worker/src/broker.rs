@@ -10,27 +10,46 @@
 use dtee_schemas::protocol::{self, Namespace};
 use dtee_schemas::Digest;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 
 /// Connects to RabbitMQ with a connection name that shows up in the management UI.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    Connection::connect(url, ConnectionProperties::default().with_connection_name(name.into())).await
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
 }
 
 /// The arguments of a job queue.
 pub fn job_queue_arguments(namespace: &Namespace, delivery_limit: u32) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(delivery_limit)));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(delivery_limit)),
+    );
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(LongString::from(namespace.dead_letter_exchange())),
     );
-    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString(LongString::from("at-least-once")));
-    args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString(LongString::from("at-least-once")),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
     args
 }
 
@@ -41,20 +60,45 @@ pub async fn declare_topology(
     targets: &[String],
     delivery_limit: u32,
 ) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
     channel
-        .exchange_declare(namespace.jobs_exchange().into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .exchange_declare(
+            namespace.jobs_exchange().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(namespace.results_exchange().into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            namespace.results_exchange().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(namespace.dead_letter_exchange().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            namespace.dead_letter_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     let mut quorum = FieldTable::default();
-    quorum.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
     channel
-        .queue_declare(namespace.dead_letter_queue().into(), QueueDeclareOptions::durable(), quorum)
+        .queue_declare(
+            namespace.dead_letter_queue().into(),
+            QueueDeclareOptions::durable(),
+            quorum,
+        )
         .await?;
     channel
         .queue_bind(
@@ -108,22 +152,42 @@ pub struct ResultPublisher {
 
 impl std::fmt::Debug for ResultPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultPublisher").field("exchange", &self.exchange).finish_non_exhaustive()
+        f.debug_struct("ResultPublisher")
+            .field("exchange", &self.exchange)
+            .finish_non_exhaustive()
     }
 }
 
 impl ResultPublisher {
     /// Puts `channel` in confirm mode and publishes to the namespace's results exchange.
-    pub async fn new(channel: Channel, namespace: &Namespace, worker_id: &str) -> Result<ResultPublisher, lapin::Error> {
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(ResultPublisher { channel, exchange: namespace.results_exchange().into(), worker_id: worker_id.to_owned() })
+    pub async fn new(
+        channel: Channel,
+        namespace: &Namespace,
+        worker_id: &str,
+    ) -> Result<ResultPublisher, lapin::Error> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(ResultPublisher {
+            channel,
+            exchange: namespace.results_exchange().into(),
+            worker_id: worker_id.to_owned(),
+        })
     }
 
     /// Publishes one result and waits for the broker's confirm.
-    pub async fn publish(&self, job_id: &Digest, body: &[u8], cached: bool) -> Result<(), PublishError> {
+    pub async fn publish(
+        &self,
+        job_id: &Digest,
+        body: &[u8],
+        cached: bool,
+    ) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
         headers.insert(protocol::HEADER_CACHED.into(), AMQPValue::Boolean(cached));
-        headers.insert(protocol::HEADER_WORKER.into(), AMQPValue::LongString(LongString::from(self.worker_id.as_str())));
+        headers.insert(
+            protocol::HEADER_WORKER.into(),
+            AMQPValue::LongString(LongString::from(self.worker_id.as_str())),
+        );
         let properties = BasicProperties::default()
             .with_content_type(protocol::CONTENT_TYPE_JSON.into())
             .with_message_id(job_id.as_str().into())

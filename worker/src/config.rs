@@ -22,13 +22,25 @@ pub struct ConfigError {
 
 /// Command-line flags; each falls back to its environment variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dtee-worker", version, about = "Runs dtee kernel jobs from RabbitMQ under hard limits")]
+#[command(
+    name = "dtee-worker",
+    version,
+    about = "Runs dtee kernel jobs from RabbitMQ under hard limits"
+)]
 pub struct Args {
     /// AMQP URL of RabbitMQ.
-    #[arg(long, env = "DTEE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "DTEE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Redis URL.
-    #[arg(long, env = "DTEE_REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(
+        long,
+        env = "DTEE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
     pub redis_url: String,
     /// Namespace of exchanges, queues and Redis keys.
     #[arg(long, env = "DTEE_NAMESPACE", default_value = "dtee")]
@@ -133,7 +145,11 @@ fn number<T: std::str::FromStr>(name: &'static str, value: &str, min: T) -> Resu
 where
     T: PartialOrd + std::fmt::Display + Copy,
 {
-    let error = |why: String| ConfigError { name, value: value.to_owned(), why };
+    let error = |why: String| ConfigError {
+        name,
+        value: value.to_owned(),
+        why,
+    };
     let parsed: T = value
         .trim()
         .parse()
@@ -160,7 +176,12 @@ impl Config {
             why: error.to_string(),
         })?;
         let mut targets = Vec::new();
-        for target in args.targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for target in args
+            .targets
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             if !dtee_schemas::job::is_valid_target(target) {
                 return Err(ConfigError {
                     name: "DTEE_TARGETS",
@@ -172,7 +193,9 @@ impl Config {
                 return Err(ConfigError {
                     name: "DTEE_TARGETS",
                     value: args.targets.clone(),
-                    why: format!("this worker has no backend for target {target:?} (it serves: wasm)"),
+                    why: format!(
+                        "this worker has no backend for target {target:?} (it serves: wasm)"
+                    ),
                 });
             }
             targets.push(target.to_owned());
@@ -195,7 +218,11 @@ impl Config {
         };
         let default_limits = EffectiveLimits {
             timeout_ms: number("DTEE_DEFAULT_TIMEOUT_MS", &args.default_timeout_ms, 1)?,
-            memory_bytes: number("DTEE_DEFAULT_MEMORY_BYTES", &args.default_memory_bytes, 65536)?,
+            memory_bytes: number(
+                "DTEE_DEFAULT_MEMORY_BYTES",
+                &args.default_memory_bytes,
+                65536,
+            )?,
             fuel: number("DTEE_DEFAULT_FUEL", &args.default_fuel, 1)?,
             output_bytes: number("DTEE_DEFAULT_OUTPUT_BYTES", &args.default_output_bytes, 1)?,
         };
@@ -206,10 +233,30 @@ impl Config {
             output_bytes: number("DTEE_MAX_OUTPUT_BYTES", &args.max_output_bytes, 1)?,
         };
         for (name, value, default, max) in [
-            ("DTEE_DEFAULT_TIMEOUT_MS", &args.default_timeout_ms, default_limits.timeout_ms, max_limits.timeout_ms),
-            ("DTEE_DEFAULT_MEMORY_BYTES", &args.default_memory_bytes, default_limits.memory_bytes, max_limits.memory_bytes),
-            ("DTEE_DEFAULT_FUEL", &args.default_fuel, default_limits.fuel, max_limits.fuel),
-            ("DTEE_DEFAULT_OUTPUT_BYTES", &args.default_output_bytes, default_limits.output_bytes, max_limits.output_bytes),
+            (
+                "DTEE_DEFAULT_TIMEOUT_MS",
+                &args.default_timeout_ms,
+                default_limits.timeout_ms,
+                max_limits.timeout_ms,
+            ),
+            (
+                "DTEE_DEFAULT_MEMORY_BYTES",
+                &args.default_memory_bytes,
+                default_limits.memory_bytes,
+                max_limits.memory_bytes,
+            ),
+            (
+                "DTEE_DEFAULT_FUEL",
+                &args.default_fuel,
+                default_limits.fuel,
+                max_limits.fuel,
+            ),
+            (
+                "DTEE_DEFAULT_OUTPUT_BYTES",
+                &args.default_output_bytes,
+                default_limits.output_bytes,
+                max_limits.output_bytes,
+            ),
         ] {
             if default > max {
                 return Err(ConfigError {
@@ -227,7 +274,12 @@ impl Config {
             });
         }
         let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
-        if worker_id.is_empty() || worker_id.len() > 128 || worker_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if worker_id.is_empty()
+            || worker_id.len() > 128
+            || worker_id
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
             return Err(ConfigError {
                 name: "DTEE_WORKER_ID",
                 value: worker_id,
@@ -252,14 +304,22 @@ impl Config {
             targets,
             concurrency,
             prefetch,
-            result_ttl: Duration::from_secs(number("DTEE_RESULT_TTL_SECS", &args.result_ttl_secs, 1)?),
+            result_ttl: Duration::from_secs(number(
+                "DTEE_RESULT_TTL_SECS",
+                &args.result_ttl_secs,
+                1,
+            )?),
             max_job_bytes: number("DTEE_MAX_JOB_BYTES", &args.max_job_bytes, 1024)?,
             max_kernel_bytes: number("DTEE_MAX_KERNEL_BYTES", &args.max_kernel_bytes, 8)?,
             module_cache_size: number("DTEE_MODULE_CACHE_SIZE", &args.module_cache_size, 1)?,
             default_limits,
             max_limits,
             delivery_limit: number("DTEE_DELIVERY_LIMIT", &args.delivery_limit, 1)?,
-            shutdown_grace: Duration::from_secs(number("DTEE_SHUTDOWN_GRACE_SECS", &args.shutdown_grace_secs, 0)?),
+            shutdown_grace: Duration::from_secs(number(
+                "DTEE_SHUTDOWN_GRACE_SECS",
+                &args.shutdown_grace_secs,
+                0,
+            )?),
             worker_id,
             log_json,
         })
@@ -285,9 +345,15 @@ mod tests {
     #[test]
     fn bad_settings_name_the_variable_and_the_value() {
         let error = parse(&["--concurrency", "many"]).unwrap_err();
-        assert_eq!(error.to_string(), "DTEE_CONCURRENCY=many is not valid: expected a whole number");
+        assert_eq!(
+            error.to_string(),
+            "DTEE_CONCURRENCY=many is not valid: expected a whole number"
+        );
         let error = parse(&["--prefetch", "0"]).unwrap_err();
-        assert_eq!(error.to_string(), "DTEE_PREFETCH=0 is not valid: must be at least 1");
+        assert_eq!(
+            error.to_string(),
+            "DTEE_PREFETCH=0 is not valid: must be at least 1"
+        );
         let error = parse(&["--default-fuel", "5", "--max-fuel", "4"]).unwrap_err();
         assert_eq!(error.name, "DTEE_DEFAULT_FUEL");
         let error = parse(&["--targets", "hip.gfx90a"]).unwrap_err();

@@ -25,17 +25,26 @@ pub struct Transient {
 impl Transient {
     /// Redis failed.
     pub fn redis(error: redis::RedisError) -> Transient {
-        Transient { what: "redis", detail: error.to_string() }
+        Transient {
+            what: "redis",
+            detail: error.to_string(),
+        }
     }
 
     /// Publishing a result failed.
     pub fn publish(error: crate::broker::PublishError) -> Transient {
-        Transient { what: "rabbitmq", detail: error.to_string() }
+        Transient {
+            what: "rabbitmq",
+            detail: error.to_string(),
+        }
     }
 
     /// The worker itself failed (a task panicked or was cancelled).
     pub fn internal(detail: String) -> Transient {
-        Transient { what: "worker", detail }
+        Transient {
+            what: "worker",
+            detail,
+        }
     }
 }
 
@@ -50,12 +59,19 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubling up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff { attempt: 0, base, cap }
+        Backoff {
+            attempt: 0,
+            base,
+            cap,
+        }
     }
 
     /// The next delay: uniform in `[0, min(cap, base * 2^attempt)]`, and never below 1 ms.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.cap);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         let nanos = rand::random_range(0..=ceiling.as_nanos().max(1) as u64);
         Duration::from_nanos(nanos).max(Duration::from_millis(1))
@@ -70,7 +86,9 @@ mod tests {
     fn backoff_grows_and_stays_under_the_cap() {
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
         let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(500) && *d >= Duration::from_millis(1)));
+        assert!(delays
+            .iter()
+            .all(|d| *d <= Duration::from_millis(500) && *d >= Duration::from_millis(1)));
         // With full jitter the late delays are drawn from [0, 500 ms]; their mean is far above
         // the first one's ceiling of 10 ms.
         let late_mean = delays[10..].iter().sum::<Duration>() / 10;

@@ -86,21 +86,38 @@ impl Worker {
         let store = store::Store::connect(&config.redis_url, config.namespace.clone())
             .await
             .with_context(|| format!("connecting to redis at {}", redact(&config.redis_url)))?;
-        let connection = broker::connect(&config.amqp_url, &format!("dtee-worker {}", config.worker_id))
+        let connection = broker::connect(
+            &config.amqp_url,
+            &format!("dtee-worker {}", config.worker_id),
+        )
+        .await
+        .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
+        let setup = connection
+            .create_channel()
             .await
-            .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
-        let setup = connection.create_channel().await.context("opening a channel")?;
-        broker::declare_topology(&setup, &config.namespace, &config.targets, config.delivery_limit)
-            .await
-            .context("declaring the topology")?;
+            .context("opening a channel")?;
+        broker::declare_topology(
+            &setup,
+            &config.namespace,
+            &config.targets,
+            config.delivery_limit,
+        )
+        .await
+        .context("declaring the topology")?;
         let publisher = broker::ResultPublisher::new(
-            connection.create_channel().await.context("opening the result channel")?,
+            connection
+                .create_channel()
+                .await
+                .context("opening the result channel")?,
             &config.namespace,
             &config.worker_id,
         )
         .await
         .context("enabling publisher confirms")?;
-        let consume = connection.create_channel().await.context("opening the consumer channel")?;
+        let consume = connection
+            .create_channel()
+            .await
+            .context("opening the consumer channel")?;
         consume
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
@@ -163,7 +180,9 @@ impl Worker {
             }
             // Graceful shutdown: no new deliveries; in-flight jobs get the grace period.
             for tag in &consumer_tags {
-                let _ = consume.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                let _ = consume
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
             }
             let grace = ctx.config.shutdown_grace;
             let drained = tokio::time::timeout(grace, async {
@@ -171,7 +190,10 @@ impl Worker {
             })
             .await;
             if drained.is_err() {
-                warn!(unfinished = in_flight.len(), "grace period over; unfinished jobs return to the queue");
+                warn!(
+                    unfinished = in_flight.len(),
+                    "grace period over; unfinished jobs return to the queue"
+                );
                 in_flight.abort_all();
             }
             // Closing the channels returns every unacknowledged delivery to its queue.
@@ -179,7 +201,12 @@ impl Worker {
             let _ = connection.close(200, "worker shutting down".into()).await;
             Ok(())
         });
-        Ok(WorkerHandle { stats, worker_id, shutdown, task })
+        Ok(WorkerHandle {
+            stats,
+            worker_id,
+            shutdown,
+            task,
+        })
     }
 }
 

@@ -54,7 +54,9 @@ pub struct Outcome {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Decides the result for one delivery. Errors are transient: the caller retries.
@@ -63,28 +65,72 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
     let body = &delivery.data;
     if body.len() > ctx.config.max_job_bytes {
         let id = fallback_id(delivery);
-        let message = format!("the job is {} bytes; this worker accepts at most {}", body.len(), ctx.config.max_job_bytes);
-        return Ok(failed_outcome(ctx, id, false, ErrorCode::InvalidJob, message, None, None, started_at));
+        let message = format!(
+            "the job is {} bytes; this worker accepts at most {}",
+            body.len(),
+            ctx.config.max_job_bytes
+        );
+        return Ok(failed_outcome(
+            ctx,
+            id,
+            false,
+            ErrorCode::InvalidJob,
+            message,
+            None,
+            None,
+            started_at,
+        ));
     }
     let parsed = match dtee_schemas::parse_job(body) {
         Ok(parsed) => parsed,
         Err(error) => {
             let id = fallback_id(delivery);
-            return Ok(failed_outcome(ctx, id, false, ErrorCode::InvalidJob, error.to_string(), None, None, started_at));
+            return Ok(failed_outcome(
+                ctx,
+                id,
+                false,
+                ErrorCode::InvalidJob,
+                error.to_string(),
+                None,
+                None,
+                started_at,
+            ));
         }
     };
-    if let Some(cached) = ctx.store.cached_result(&parsed.id).await.map_err(Transient::redis)? {
+    if let Some(cached) = ctx
+        .store
+        .cached_result(&parsed.id)
+        .await
+        .map_err(Transient::redis)?
+    {
         Stats::bump(&ctx.stats.deduplicated);
         debug!(job_id = %parsed.id, "answered from the result cache");
-        let succeeded = serde_json::from_slice::<JobResult>(&cached).map(|r| r.succeeded()).unwrap_or(false);
-        return Ok(Outcome { job_id: parsed.id, body: cached, cacheable: false, from_cache: true, succeeded });
+        let succeeded = serde_json::from_slice::<JobResult>(&cached)
+            .map(|r| r.succeeded())
+            .unwrap_or(false);
+        return Ok(Outcome {
+            job_id: parsed.id,
+            body: cached,
+            cacheable: false,
+            from_cache: true,
+            succeeded,
+        });
     }
     let id = parsed.id.clone();
     match run(ctx, &parsed).await? {
-        Ok((completed, limits, attempts)) => Ok(succeeded_outcome(ctx, &parsed, completed, limits, attempts, started_at)),
-        Err((error, limits)) => {
-            Ok(failed_outcome(ctx, id, true, error.code, error.message, limits, Some(error.usage), started_at))
-        }
+        Ok((completed, limits, attempts)) => Ok(succeeded_outcome(
+            ctx, &parsed, completed, limits, attempts, started_at,
+        )),
+        Err((error, limits)) => Ok(failed_outcome(
+            ctx,
+            id,
+            true,
+            error.code,
+            error.message,
+            limits,
+            Some(error.usage),
+            started_at,
+        )),
     }
 }
 
@@ -104,14 +150,25 @@ type RunOutput = Result<(Completed, EffectiveLimits, u32), (KernelError, Option<
 async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> {
     let spec = &parsed.spec;
     let fail = |code, message: String| Ok(Err((KernelError::before_run(code, message), None)));
-    if !ctx.config.targets.iter().any(|target| *target == spec.kernel.target) {
+    if !ctx
+        .config
+        .targets
+        .iter()
+        .any(|target| *target == spec.kernel.target)
+    {
         return fail(
             ErrorCode::UnsupportedTarget,
-            format!("this worker serves {:?}, not target {:?}", ctx.config.targets, spec.kernel.target),
+            format!(
+                "this worker serves {:?}, not target {:?}",
+                ctx.config.targets, spec.kernel.target
+            ),
         );
     }
     if spec.kernel.format != KernelFormat::Wasm {
-        return fail(ErrorCode::UnsupportedTarget, format!("target {:?} runs wasm kernels only", spec.kernel.target));
+        return fail(
+            ErrorCode::UnsupportedTarget,
+            format!("target {:?} runs wasm kernels only", spec.kernel.target),
+        );
     }
     let limits = match resolve_limits(&ctx.config, spec) {
         Ok(limits) => limits,
@@ -125,8 +182,15 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
             );
         }
     }
-    if spec.buffers.iter().any(|buffer| matches!(buffer, Buffer::State { .. })) {
-        return fail(ErrorCode::InvalidJob, "state bindings are not supported by this worker version".to_owned());
+    if spec
+        .buffers
+        .iter()
+        .any(|buffer| matches!(buffer, Buffer::State { .. }))
+    {
+        return fail(
+            ErrorCode::InvalidJob,
+            "state bindings are not supported by this worker version".to_owned(),
+        );
     }
 
     // The kernel: from the module cache, or from Redis by digest (checked) and compiled.
@@ -135,18 +199,28 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         Some(prepared) => prepared,
         None => {
             let Some(bytes) = ctx.store.blob(digest).await.map_err(Transient::redis)? else {
-                return fail(ErrorCode::KernelNotFound, format!("no blob is stored under {digest}"));
+                return fail(
+                    ErrorCode::KernelNotFound,
+                    format!("no blob is stored under {digest}"),
+                );
             };
             if bytes.len() > ctx.config.max_kernel_bytes {
                 return fail(
                     ErrorCode::KernelInvalid,
-                    format!("the kernel is {} bytes; this worker accepts at most {}", bytes.len(), ctx.config.max_kernel_bytes),
+                    format!(
+                        "the kernel is {} bytes; this worker accepts at most {}",
+                        bytes.len(),
+                        ctx.config.max_kernel_bytes
+                    ),
                 );
             }
             if !digest.matches(&bytes) {
                 return fail(
                     ErrorCode::KernelHashMismatch,
-                    format!("the bytes stored under {digest} hash to {}", Digest::of(&bytes)),
+                    format!(
+                        "the bytes stored under {digest} hash to {}",
+                        Digest::of(&bytes)
+                    ),
                 );
             }
             let wasm = Arc::clone(&ctx.wasm);
@@ -166,33 +240,67 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         .buffers
         .iter()
         .filter_map(|buffer| match buffer {
-            Buffer::Input { blob: Some(digest), .. } => Some(digest),
+            Buffer::Input {
+                blob: Some(digest), ..
+            } => Some(digest),
             _ => None,
         })
         .collect();
-    let mut blobs = ctx.store.blobs(&blob_digests).await.map_err(Transient::redis)?.into_iter();
+    let mut blobs = ctx
+        .store
+        .blobs(&blob_digests)
+        .await
+        .map_err(Transient::redis)?
+        .into_iter();
     let mut slots = Vec::with_capacity(spec.buffers.len());
     for buffer in &spec.buffers {
         slots.push(match buffer {
-            Buffer::Input { name, inline: Some(text), .. } => Slot::Input {
+            Buffer::Input {
+                name,
+                inline: Some(text),
+                ..
+            } => Slot::Input {
                 name: name.clone(),
                 data: decode_base64(text).expect("validated by parse_job").into(),
             },
-            Buffer::Input { name, blob: Some(digest), .. } => {
+            Buffer::Input {
+                name,
+                blob: Some(digest),
+                ..
+            } => {
                 let Some(bytes) = blobs.next().flatten() else {
-                    return fail(ErrorCode::InputNotFound, format!("input {name:?}: no blob is stored under {digest}"));
+                    return fail(
+                        ErrorCode::InputNotFound,
+                        format!("input {name:?}: no blob is stored under {digest}"),
+                    );
                 };
                 if !digest.matches(&bytes) {
                     return fail(
                         ErrorCode::InputNotFound,
-                        format!("input {name:?}: the bytes stored under {digest} hash to {}", Digest::of(&bytes)),
+                        format!(
+                            "input {name:?}: the bytes stored under {digest} hash to {}",
+                            Digest::of(&bytes)
+                        ),
                     );
                 }
-                Slot::Input { name: name.clone(), data: bytes.into() }
+                Slot::Input {
+                    name: name.clone(),
+                    data: bytes.into(),
+                }
             }
-            Buffer::Input { name, .. } => unreachable!("input {name} validated to have inline or blob"),
-            Buffer::Output { name, size } => Slot::Output { name: name.clone(), capacity: *size },
-            Buffer::State { name, mode, max_size, .. } => Slot::State {
+            Buffer::Input { name, .. } => {
+                unreachable!("input {name} validated to have inline or blob")
+            }
+            Buffer::Output { name, size } => Slot::Output {
+                name: name.clone(),
+                capacity: *size,
+            },
+            Buffer::State {
+                name,
+                mode,
+                max_size,
+                ..
+            } => Slot::State {
                 name: name.clone(),
                 mode: *mode,
                 current: Arc::from(Vec::new()),
@@ -206,12 +314,20 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         params: spec
             .params
             .iter()
-            .map(|param| ParamValue { name: param.name.clone(), ty: param.ty, value: param.value })
+            .map(|param| ParamValue {
+                name: param.name.clone(),
+                ty: param.ty,
+                value: param.value,
+            })
             .collect(),
         limits,
     };
 
-    let _permit = ctx.kernel_slots.acquire().await.map_err(|_| Transient::internal("kernel slots closed".to_owned()))?;
+    let _permit = ctx
+        .kernel_slots
+        .acquire()
+        .await
+        .map_err(|_| Transient::internal("kernel slots closed".to_owned()))?;
     Stats::bump(&ctx.stats.executed);
     let wasm = Arc::clone(&ctx.wasm);
     let outcome = tokio::task::spawn_blocking(move || wasm.run(&prepared, &invocation))
@@ -224,18 +340,38 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
 }
 
 /// The job's limits with the worker's defaults filled in, or why they exceed its maximums.
-pub fn resolve_limits(config: &Config, spec: &dtee_schemas::JobSpec) -> Result<EffectiveLimits, String> {
+pub fn resolve_limits(
+    config: &Config,
+    spec: &dtee_schemas::JobSpec,
+) -> Result<EffectiveLimits, String> {
     let (asked, defaults, max) = (&spec.limits, &config.default_limits, &config.max_limits);
     let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
-        Some(value) if value > max => Err(format!("limits.{name} = {value} exceeds this worker's maximum of {max}")),
+        Some(value) if value > max => Err(format!(
+            "limits.{name} = {value} exceeds this worker's maximum of {max}"
+        )),
         Some(value) => Ok(value),
         None => Ok(default),
     };
     Ok(EffectiveLimits {
-        timeout_ms: pick("timeout_ms", asked.timeout_ms, defaults.timeout_ms, max.timeout_ms)?,
-        memory_bytes: pick("memory_bytes", asked.memory_bytes, defaults.memory_bytes, max.memory_bytes)?,
+        timeout_ms: pick(
+            "timeout_ms",
+            asked.timeout_ms,
+            defaults.timeout_ms,
+            max.timeout_ms,
+        )?,
+        memory_bytes: pick(
+            "memory_bytes",
+            asked.memory_bytes,
+            defaults.memory_bytes,
+            max.memory_bytes,
+        )?,
         fuel: pick("fuel", asked.fuel, defaults.fuel, max.fuel)?,
-        output_bytes: pick("output_bytes", asked.output_bytes, defaults.output_bytes, max.output_bytes)?,
+        output_bytes: pick(
+            "output_bytes",
+            asked.output_bytes,
+            defaults.output_bytes,
+            max.output_bytes,
+        )?,
     })
 }
 
@@ -331,7 +467,11 @@ fn failed_outcome(
 }
 
 /// Caches (first result wins), publishes with a confirm, and only then acks.
-pub async fn deliver(ctx: &Context, delivery: &Delivery, mut outcome: Outcome) -> Result<(), Transient> {
+pub async fn deliver(
+    ctx: &Context,
+    delivery: &Delivery,
+    mut outcome: Outcome,
+) -> Result<(), Transient> {
     if outcome.cacheable {
         let stored = ctx
             .store
@@ -341,15 +481,31 @@ pub async fn deliver(ctx: &Context, delivery: &Delivery, mut outcome: Outcome) -
         if !stored {
             // Another execution of the same job cached first; publish that one, so every
             // result published for a job id is the same.
-            if let Some(existing) = ctx.store.cached_result(&outcome.job_id).await.map_err(Transient::redis)? {
+            if let Some(existing) = ctx
+                .store
+                .cached_result(&outcome.job_id)
+                .await
+                .map_err(Transient::redis)?
+            {
                 outcome.body = existing;
                 outcome.from_cache = true;
             }
         }
     }
-    ctx.publisher.publish(&outcome.job_id, &outcome.body, outcome.from_cache).await.map_err(Transient::publish)?;
-    Stats::bump(if outcome.succeeded { &ctx.stats.succeeded } else { &ctx.stats.failed });
-    if let Err(error) = delivery.acker.ack(lapin::options::BasicAckOptions::default()).await {
+    ctx.publisher
+        .publish(&outcome.job_id, &outcome.body, outcome.from_cache)
+        .await
+        .map_err(Transient::publish)?;
+    Stats::bump(if outcome.succeeded {
+        &ctx.stats.succeeded
+    } else {
+        &ctx.stats.failed
+    });
+    if let Err(error) = delivery
+        .acker
+        .ack(lapin::options::BasicAckOptions::default())
+        .await
+    {
         // The result is out and cached: a redelivery will be answered from the cache.
         warn!(job_id = %outcome.job_id, %error, "ack failed; the job will be redelivered and answered from the cache");
     } else {

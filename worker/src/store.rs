@@ -19,7 +19,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,26 +39,49 @@ impl Store {
 
     /// The blob stored under `digest`, if any.
     pub async fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        self.redis.clone().get(self.namespace.blob_key(digest)).await
+        self.redis
+            .clone()
+            .get(self.namespace.blob_key(digest))
+            .await
     }
 
     /// The blobs stored under `digests`, in order.
-    pub async fn blobs(&self, digests: &[&Digest]) -> Result<Vec<Option<Vec<u8>>>, redis::RedisError> {
+    pub async fn blobs(
+        &self,
+        digests: &[&Digest],
+    ) -> Result<Vec<Option<Vec<u8>>>, redis::RedisError> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = digests.iter().map(|digest| self.namespace.blob_key(digest)).collect();
-        redis::cmd("MGET").arg(keys).query_async(&mut self.redis.clone()).await
+        let keys: Vec<String> = digests
+            .iter()
+            .map(|digest| self.namespace.blob_key(digest))
+            .collect();
+        redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut self.redis.clone())
+            .await
     }
 
     /// The cached result of `job_id`, if any.
-    pub async fn cached_result(&self, job_id: &Digest) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        self.redis.clone().get(self.namespace.result_key(job_id)).await
+    pub async fn cached_result(
+        &self,
+        job_id: &Digest,
+    ) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        self.redis
+            .clone()
+            .get(self.namespace.result_key(job_id))
+            .await
     }
 
     /// Caches a result. The first result cached for a job wins: a second execution (after a
     /// crash between caching and acking) does not overwrite it.
-    pub async fn cache_result(&self, job_id: &Digest, result: &[u8], ttl: Duration) -> Result<bool, redis::RedisError> {
+    pub async fn cache_result(
+        &self,
+        job_id: &Digest,
+        result: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, redis::RedisError> {
         let stored: Option<String> = redis::cmd("SET")
             .arg(self.namespace.result_key(job_id))
             .arg(result)

@@ -99,6 +99,10 @@ pub struct KernelError {
 impl KernelError {
     /// An error with no resource usage (the kernel never ran).
     pub fn before_run(code: ErrorCode, message: impl Into<String>) -> KernelError {
-        KernelError { code, message: message.into(), usage: ResourceUsage::default() }
+        KernelError {
+            code,
+            message: message.into(),
+            usage: ResourceUsage::default(),
+        }
     }
 }

@@ -36,7 +36,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 #[derive(Debug, Clone, thiserror::Error)]
 enum HostTrap {
     #[error("output {name:?} holds at most {capacity} bytes; the kernel wrote up to byte {end}")]
-    OutputCapacity { name: String, capacity: u64, end: u64 },
+    OutputCapacity {
+        name: String,
+        capacity: u64,
+        end: u64,
+    },
     #[error("the job's output limit of {limit} bytes was exceeded")]
     OutputLimit { limit: u64 },
     #[error("linear memory limit of {limit} bytes exceeded (asked for {desired})")]
@@ -96,16 +100,29 @@ impl HostState {
 }
 
 impl ResourceLimiter for HostState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let desired = desired as u64;
         if desired > self.memory_limit {
-            return Err(self.trip(HostTrap::MemoryLimit { limit: self.memory_limit, desired }));
+            return Err(self.trip(HostTrap::MemoryLimit {
+                limit: self.memory_limit,
+                desired,
+            }));
         }
         self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 
@@ -141,7 +158,10 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -190,7 +210,12 @@ impl ModuleCache {
 
     fn insert(&mut self, digest: Digest, prepared: Arc<Prepared>) {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&digest) {
-            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| d.clone()) {
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(d, _)| d.clone())
+            {
                 self.entries.remove(&oldest);
             }
         }
@@ -206,7 +231,11 @@ fn memory_of(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<Memory> {
     }
 }
 
-fn read_name(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<Option<String>> {
+fn read_name(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<Option<String>> {
     let memory = memory_of(caller)?;
     let (Ok(ptr), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
         return Ok(None);
@@ -220,27 +249,63 @@ fn read_name(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime
 }
 
 fn define_host_abi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap("dtee", "buffer_find", |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-        let Some(name) = read_name(&mut caller, ptr, len)? else { return Ok(-1) };
-        Ok(caller.data().slots.iter().position(|slot| slot.name == name).map_or(-1, |idx| idx as i32))
-    })?;
-    linker.func_wrap("dtee", "buffer_len", |caller: Caller<'_, HostState>, idx: i32| -> i64 {
-        let Some(slot) = usize::try_from(idx).ok().and_then(|idx| caller.data().slots.get(idx)) else { return -1 };
-        match (&slot.readable, slot.capacity) {
-            (Some(bytes), _) => bytes.len() as i64,
-            (None, Some(capacity)) => capacity.min(i64::MAX as u64) as i64,
-            (None, None) => -1,
-        }
-    })?;
+    linker.func_wrap(
+        "dtee",
+        "buffer_find",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let Some(name) = read_name(&mut caller, ptr, len)? else {
+                return Ok(-1);
+            };
+            Ok(caller
+                .data()
+                .slots
+                .iter()
+                .position(|slot| slot.name == name)
+                .map_or(-1, |idx| idx as i32))
+        },
+    )?;
+    linker.func_wrap(
+        "dtee",
+        "buffer_len",
+        |caller: Caller<'_, HostState>, idx: i32| -> i64 {
+            let Some(slot) = usize::try_from(idx)
+                .ok()
+                .and_then(|idx| caller.data().slots.get(idx))
+            else {
+                return -1;
+            };
+            match (&slot.readable, slot.capacity) {
+                (Some(bytes), _) => bytes.len() as i64,
+                (None, Some(capacity)) => capacity.min(i64::MAX as u64) as i64,
+                (None, None) => -1,
+            }
+        },
+    )?;
     linker.func_wrap(
         "dtee",
         "buffer_read",
-        |mut caller: Caller<'_, HostState>, idx: i32, offset: i64, dst: i32, len: i32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         idx: i32,
+         offset: i64,
+         dst: i32,
+         len: i32|
+         -> wasmtime::Result<i32> {
             let memory = memory_of(&mut caller)?;
             let (mem, state) = memory.data_and_store_mut(&mut caller);
-            let Some(slot) = usize::try_from(idx).ok().and_then(|idx| state.slots.get(idx)) else { return Ok(-1) };
-            let Some(bytes) = &slot.readable else { return Ok(-2) };
-            let (Ok(offset), Ok(len), Ok(dst)) = (usize::try_from(offset), usize::try_from(len), usize::try_from(dst as u32)) else {
+            let Some(slot) = usize::try_from(idx)
+                .ok()
+                .and_then(|idx| state.slots.get(idx))
+            else {
+                return Ok(-1);
+            };
+            let Some(bytes) = &slot.readable else {
+                return Ok(-2);
+            };
+            let (Ok(offset), Ok(len), Ok(dst)) = (
+                usize::try_from(offset),
+                usize::try_from(len),
+                usize::try_from(dst as u32),
+            ) else {
                 return Ok(-3);
             };
             if offset > bytes.len() {
@@ -257,27 +322,49 @@ fn define_host_abi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "dtee",
         "buffer_write",
-        |mut caller: Caller<'_, HostState>, idx: i32, offset: i64, src: i32, len: i32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, HostState>,
+         idx: i32,
+         offset: i64,
+         src: i32,
+         len: i32|
+         -> wasmtime::Result<i32> {
             let memory = memory_of(&mut caller)?;
             let (mem, state) = memory.data_and_store_mut(&mut caller);
-            let Some(slot_idx) = usize::try_from(idx).ok().filter(|idx| *idx < state.slots.len()) else { return Ok(-1) };
-            let Some(capacity) = state.slots[slot_idx].capacity else { return Ok(-2) };
-            let (Ok(offset), Ok(len), Ok(src)) = (u64::try_from(offset), usize::try_from(len), usize::try_from(src as u32)) else {
+            let Some(slot_idx) = usize::try_from(idx)
+                .ok()
+                .filter(|idx| *idx < state.slots.len())
+            else {
+                return Ok(-1);
+            };
+            let Some(capacity) = state.slots[slot_idx].capacity else {
+                return Ok(-2);
+            };
+            let (Ok(offset), Ok(len), Ok(src)) = (
+                u64::try_from(offset),
+                usize::try_from(len),
+                usize::try_from(src as u32),
+            ) else {
                 return Ok(-3);
             };
             let end = offset.saturating_add(len as u64);
             if end > capacity {
                 let name = state.slots[slot_idx].name.clone();
-                return Err(state.trip(HostTrap::OutputCapacity { name, capacity, end }));
+                return Err(state.trip(HostTrap::OutputCapacity {
+                    name,
+                    capacity,
+                    end,
+                }));
             }
             let source = mem
                 .get(src..src.saturating_add(len))
                 .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
             let slot = &mut state.slots[slot_idx];
-            let image = slot.written.get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
-                (Some(bytes), true) => bytes.to_vec(),
-                _ => Vec::new(),
-            });
+            let image =
+                slot.written
+                    .get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
+                        (Some(bytes), true) => bytes.to_vec(),
+                        _ => Vec::new(),
+                    });
             let before = image.len() as u64;
             if end as usize > image.len() {
                 image.resize(end as usize, 0);
@@ -293,49 +380,93 @@ fn define_host_abi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(len as i32)
         },
     )?;
-    linker.func_wrap("dtee", "buffer_set_len", |mut caller: Caller<'_, HostState>, idx: i32, len: i64| -> wasmtime::Result<i32> {
-        let state = caller.data_mut();
-        let Some(slot_idx) = usize::try_from(idx).ok().filter(|idx| *idx < state.slots.len()) else { return Ok(-1) };
-        let Some(capacity) = state.slots[slot_idx].capacity else { return Ok(-2) };
-        let Ok(len) = u64::try_from(len) else { return Ok(-3) };
-        if len > capacity {
-            let name = state.slots[slot_idx].name.clone();
-            return Err(state.trip(HostTrap::OutputCapacity { name, capacity, end: len }));
-        }
-        let slot = &mut state.slots[slot_idx];
-        let image = slot.written.get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
-            (Some(bytes), true) => bytes.to_vec(),
-            _ => Vec::new(),
-        });
-        let before = image.len() as u64;
-        image.resize(len as usize, 0);
-        if len > before {
-            if state.output_used.saturating_add(len - before) > state.output_limit {
-                let limit = state.output_limit;
-                return Err(state.trip(HostTrap::OutputLimit { limit }));
+    linker.func_wrap(
+        "dtee",
+        "buffer_set_len",
+        |mut caller: Caller<'_, HostState>, idx: i32, len: i64| -> wasmtime::Result<i32> {
+            let state = caller.data_mut();
+            let Some(slot_idx) = usize::try_from(idx)
+                .ok()
+                .filter(|idx| *idx < state.slots.len())
+            else {
+                return Ok(-1);
+            };
+            let Some(capacity) = state.slots[slot_idx].capacity else {
+                return Ok(-2);
+            };
+            let Ok(len) = u64::try_from(len) else {
+                return Ok(-3);
+            };
+            if len > capacity {
+                let name = state.slots[slot_idx].name.clone();
+                return Err(state.trip(HostTrap::OutputCapacity {
+                    name,
+                    capacity,
+                    end: len,
+                }));
             }
-            state.output_used += len - before;
-        } else {
-            state.output_used -= before - len;
-        }
-        Ok(0)
-    })?;
-    linker.func_wrap("dtee", "param_find", |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
-        let Some(name) = read_name(&mut caller, ptr, len)? else { return Ok(-1) };
-        Ok(caller.data().params.iter().position(|(param, _, _)| *param == name).map_or(-1, |idx| idx as i32))
-    })?;
-    linker.func_wrap("dtee", "param_i64", |mut caller: Caller<'_, HostState>, idx: i32| -> wasmtime::Result<i64> {
-        match usize::try_from(idx).ok().and_then(|idx| caller.data().params.get(idx)) {
-            Some((_, int, _)) => Ok(*int),
-            None => Err(caller.data_mut().trip(HostTrap::BadParam(idx))),
-        }
-    })?;
-    linker.func_wrap("dtee", "param_f64", |mut caller: Caller<'_, HostState>, idx: i32| -> wasmtime::Result<f64> {
-        match usize::try_from(idx).ok().and_then(|idx| caller.data().params.get(idx)) {
-            Some((_, _, float)) => Ok(*float),
-            None => Err(caller.data_mut().trip(HostTrap::BadParam(idx))),
-        }
-    })?;
+            let slot = &mut state.slots[slot_idx];
+            let image =
+                slot.written
+                    .get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
+                        (Some(bytes), true) => bytes.to_vec(),
+                        _ => Vec::new(),
+                    });
+            let before = image.len() as u64;
+            image.resize(len as usize, 0);
+            if len > before {
+                if state.output_used.saturating_add(len - before) > state.output_limit {
+                    let limit = state.output_limit;
+                    return Err(state.trip(HostTrap::OutputLimit { limit }));
+                }
+                state.output_used += len - before;
+            } else {
+                state.output_used -= before - len;
+            }
+            Ok(0)
+        },
+    )?;
+    linker.func_wrap(
+        "dtee",
+        "param_find",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> wasmtime::Result<i32> {
+            let Some(name) = read_name(&mut caller, ptr, len)? else {
+                return Ok(-1);
+            };
+            Ok(caller
+                .data()
+                .params
+                .iter()
+                .position(|(param, _, _)| *param == name)
+                .map_or(-1, |idx| idx as i32))
+        },
+    )?;
+    linker.func_wrap(
+        "dtee",
+        "param_i64",
+        |mut caller: Caller<'_, HostState>, idx: i32| -> wasmtime::Result<i64> {
+            match usize::try_from(idx)
+                .ok()
+                .and_then(|idx| caller.data().params.get(idx))
+            {
+                Some((_, int, _)) => Ok(*int),
+                None => Err(caller.data_mut().trip(HostTrap::BadParam(idx))),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        "dtee",
+        "param_f64",
+        |mut caller: Caller<'_, HostState>, idx: i32| -> wasmtime::Result<f64> {
+            match usize::try_from(idx)
+                .ok()
+                .and_then(|idx| caller.data().params.get(idx))
+            {
+                Some((_, _, float)) => Ok(*float),
+                None => Err(caller.data_mut().trip(HostTrap::BadParam(idx))),
+            }
+        },
+    )?;
     Ok(())
 }
 
@@ -349,14 +480,20 @@ impl WasmBackend {
             // Deterministic NaN bit patterns, so a result does not depend on the host CPU.
             .cranelift_nan_canonicalization(true)
             .max_wasm_stack(1 << 20);
-        let engine = Engine::new(&config).map_err(|error| anyhow::anyhow!("creating the wasmtime engine: {error}"))?;
+        let engine = Engine::new(&config)
+            .map_err(|error| anyhow::anyhow!("creating the wasmtime engine: {error}"))?;
         let mut linker = Linker::new(&engine);
-        define_host_abi(&mut linker).map_err(|error| anyhow::anyhow!("defining the host ABI: {error}"))?;
+        define_host_abi(&mut linker)
+            .map_err(|error| anyhow::anyhow!("defining the host ABI: {error}"))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(WasmBackend {
             engine,
             linker,
-            cache: Mutex::new(ModuleCache { capacity: module_cache_size, clock: 0, entries: HashMap::new() }),
+            cache: Mutex::new(ModuleCache {
+                capacity: module_cache_size,
+                clock: 0,
+                entries: HashMap::new(),
+            }),
             _ticker: ticker,
         })
     }
@@ -370,7 +507,10 @@ impl WasmBackend {
     /// including a deterministic failure. Blocking: call from a blocking thread.
     pub fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Arc<Prepared> {
         let prepared = Arc::new(self.compile(bytes));
-        self.cache.lock().expect("module cache lock").insert(digest.clone(), Arc::clone(&prepared));
+        self.cache
+            .lock()
+            .expect("module cache lock")
+            .insert(digest.clone(), Arc::clone(&prepared));
         prepared
     }
 
@@ -382,16 +522,26 @@ impl WasmBackend {
             ));
         }
         let module = Module::new(&self.engine, bytes).map_err(|error| {
-            KernelError::before_run(ErrorCode::KernelInvalid, format!("the kernel does not compile: {error}"))
+            KernelError::before_run(
+                ErrorCode::KernelInvalid,
+                format!("the kernel does not compile: {error}"),
+            )
         })?;
         self.linker.instantiate_pre(&module).map_err(|error| {
-            KernelError::before_run(ErrorCode::KernelLinkFailed, format!("the kernel cannot be linked: {error}"))
+            KernelError::before_run(
+                ErrorCode::KernelLinkFailed,
+                format!("the kernel cannot be linked: {error}"),
+            )
         })
     }
 
     /// Runs one invocation to completion or to its first failure. Blocking: call from a
     /// blocking thread.
-    pub fn run(&self, prepared: &InstancePre<HostState>, invocation: &Invocation) -> Result<Completed, KernelError> {
+    pub fn run(
+        &self,
+        prepared: &InstancePre<HostState>,
+        invocation: &Invocation,
+    ) -> Result<Completed, KernelError> {
         let limits = invocation.limits;
         let slots = invocation
             .slots
@@ -411,9 +561,15 @@ impl WasmBackend {
                     copy_on_write: false,
                     written: None,
                 },
-                Slot::State { name, mode, current, capacity } => HostSlot {
+                Slot::State {
+                    name,
+                    mode,
+                    current,
+                    capacity,
+                } => HostSlot {
                     name: name.clone(),
-                    readable: matches!(mode, AccessMode::ReadOnly | AccessMode::ReadWrite).then(|| Arc::clone(current)),
+                    readable: matches!(mode, AccessMode::ReadOnly | AccessMode::ReadWrite)
+                        .then(|| Arc::clone(current)),
                     capacity: (*mode != AccessMode::ReadOnly).then_some(*capacity),
                     copy_on_write: *mode == AccessMode::ReadWrite,
                     written: None,
@@ -453,7 +609,10 @@ impl WasmBackend {
             output_bytes: state.output_used,
         };
         match outcome {
-            Ok(0) => Ok(Completed { written: state.slots.into_iter().map(|slot| slot.written).collect(), usage }),
+            Ok(0) => Ok(Completed {
+                written: state.slots.into_iter().map(|slot| slot.written).collect(),
+                usage,
+            }),
             Ok(status) => Err(KernelError {
                 code: ErrorCode::KernelFailed,
                 message: format!("the kernel returned status {status}"),
@@ -461,7 +620,11 @@ impl WasmBackend {
             }),
             Err(error) => {
                 let (code, message) = classify(&error, state.tripped.as_ref());
-                Err(KernelError { code, message, usage })
+                Err(KernelError {
+                    code,
+                    message,
+                    usage,
+                })
             }
         }
     }
@@ -480,22 +643,35 @@ enum CallError {
     Run(wasmtime::Error),
 }
 
-fn call_entry(store: &mut Store<HostState>, prepared: &InstancePre<HostState>, entry: &str) -> Result<i32, CallError> {
+fn call_entry(
+    store: &mut Store<HostState>,
+    prepared: &InstancePre<HostState>,
+    entry: &str,
+) -> Result<i32, CallError> {
     let instance = prepared.instantiate(&mut *store).map_err(CallError::Run)?;
     let Some(func) = instance.get_func(&mut *store, entry) else {
-        return Err(CallError::Link(format!("the kernel exports no function named {entry:?}")));
+        return Err(CallError::Link(format!(
+            "the kernel exports no function named {entry:?}"
+        )));
     };
     let ty = func.ty(&*store);
     if ty.params().len() != 0 {
-        return Err(CallError::Link(format!("entry {entry:?} must take no parameters")));
+        return Err(CallError::Link(format!(
+            "entry {entry:?} must take no parameters"
+        )));
     }
     let results: Vec<ValType> = ty.results().collect();
     let mut out = match results.as_slice() {
         [] => vec![],
         [ValType::I32] => vec![Val::I32(0)],
-        _ => return Err(CallError::Link(format!("entry {entry:?} must return nothing or an i32"))),
+        _ => {
+            return Err(CallError::Link(format!(
+                "entry {entry:?} must return nothing or an i32"
+            )))
+        }
     };
-    func.call(&mut *store, &[], &mut out).map_err(CallError::Run)?;
+    func.call(&mut *store, &[], &mut out)
+        .map_err(CallError::Run)?;
     Ok(out.first().and_then(Val::i32).unwrap_or(0))
 }
 
@@ -520,5 +696,8 @@ fn classify(error: &CallError, tripped: Option<&HostTrap>) -> (ErrorCode, String
         };
         return (code, message);
     }
-    (ErrorCode::KernelTrapped, format!("the kernel failed: {error:#}"))
+    (
+        ErrorCode::KernelTrapped,
+        format!("the kernel failed: {error:#}"),
+    )
 }

@@ -1,0 +1,108 @@
+//! The `dtee` command line: put, submit, wait, run, and its exit codes.
+
+use std::process::Command;
+
+use dtee_tests::{binary, repo_root, TestEnv};
+
+fn dtee(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    Command::new(binary("dtee"))
+        .args(args)
+        .env("DTEE_NAMESPACE", env.namespace.as_str())
+        .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
+        .env("DTEE_REDIS_URL", dtee_tests::redis_url())
+        .output()
+        .expect("running dtee")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
+    let env = TestEnv::new("cli").await;
+    let worker = env.start_worker().await;
+    let kernel = repo_root().join("kernels/wasm/saxpy.wasm");
+    let kernel = kernel.to_str().unwrap();
+
+    let put = dtee(&env, &["kernel", "put", kernel]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let digest = String::from_utf8(put.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        digest,
+        dtee_schemas::Digest::of(&dtee_tests::kernel("saxpy")).to_string()
+    );
+
+    let job = [
+        "--kernel-digest",
+        &digest,
+        "--entry",
+        "saxpy",
+        "--input",
+        "x=f32:1,2",
+        "--input",
+        "y=f32:10,20",
+        "--param",
+        "a:f32=3",
+        "--output",
+        "out:8",
+    ];
+    let submit = dtee(&env, &[&["submit"][..], &job].concat());
+    assert_eq!(
+        submit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let job_id = String::from_utf8(submit.stdout).unwrap().trim().to_owned();
+    assert!(job_id.starts_with("sha256:"));
+
+    let wait = dtee(&env, &["wait", &job_id, "--timeout", "30"]);
+    assert_eq!(wait.status.code(), Some(0));
+    let result: dtee_schemas::JobResult = serde_json::from_slice(&wait.stdout).unwrap();
+    let out = dtee_tests::f32_values(&result.output("out").unwrap().bytes().unwrap());
+    assert_eq!(out, vec![13.0, 26.0]);
+
+    // A failing job exits 1 and still prints its result.
+    let run = dtee(
+        &env,
+        &[
+            "run",
+            "--kernel-digest",
+            &digest,
+            "--entry",
+            "missing_entry",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let result: dtee_schemas::JobResult = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        result.error_code(),
+        Some(dtee_schemas::ErrorCode::KernelLinkFailed)
+    );
+
+    // Waiting for a job nobody submitted times out with 3.
+    let never = dtee_schemas::Digest::of(b"never submitted").to_string();
+    let wait = dtee(&env, &["wait", &never, "--timeout", "0.5"]);
+    assert_eq!(wait.status.code(), Some(3));
+
+    // An invalid job file is refused before anything is sent: 64.
+    let dir = std::env::temp_dir().join(format!("dtee-cli-{}", env.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, br#"{"schema":"dtee.job/v1"}"#).unwrap();
+    let submit = dtee(&env, &["submit", bad.to_str().unwrap()]);
+    assert_eq!(submit.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&submit.stderr).contains("kernel"));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

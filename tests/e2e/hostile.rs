@@ -1,0 +1,154 @@
+//! Bad kernels and bad messages get their error codes; invalid messages are acked, not
+//! redelivered forever.
+
+use dtee_schemas::{Digest, ErrorCode};
+use dtee_submitter::builder::{blob_input, inline_input, output, wasm_job};
+use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+use dtee_worker::stats::Stats;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_problems_have_their_codes() {
+    let env = TestEnv::new("kernels").await;
+    let worker = env.start_worker().await;
+    let mut redis = env.client.redis();
+
+    // A kernel that was never stored.
+    let missing = Digest::of(b"never stored");
+    let result = env.run(&wasm_job(missing, "run")).await;
+    assert_eq!(result.error_code(), Some(ErrorCode::KernelNotFound));
+
+    // Bytes stored under a digest they do not hash to.
+    let claimed = Digest::of(b"the kernel the submitter meant");
+    let _: () = redis::cmd("SET")
+        .arg(env.namespace.blob_key(&claimed))
+        .arg(dtee_tests::kernel("echo"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let result = env.run(&wasm_job(claimed, "noop")).await;
+    assert_eq!(
+        result.error_code(),
+        Some(ErrorCode::KernelHashMismatch),
+        "{:?}",
+        result.error
+    );
+
+    // Not WebAssembly at all.
+    let (junk, _) = env.client.put_blob(b"#!/bin/sh\nrm -rf /\n").await.unwrap();
+    assert_eq!(
+        env.run(&wasm_job(junk, "run")).await.error_code(),
+        Some(ErrorCode::KernelInvalid)
+    );
+
+    // An import the host does not provide; a missing entry point.
+    let bad_import = env.put_kernel("badimport").await;
+    assert_eq!(
+        env.run(&wasm_job(bad_import, "run")).await.error_code(),
+        Some(ErrorCode::KernelLinkFailed)
+    );
+    let echo = env.put_kernel("echo").await;
+    assert_eq!(
+        env.run(&wasm_job(echo.clone(), "nope")).await.error_code(),
+        Some(ErrorCode::KernelLinkFailed)
+    );
+
+    // A trap, unbounded recursion, and a non-zero status.
+    let trap = env.put_kernel("trap").await;
+    assert_eq!(
+        env.run(&wasm_job(trap, "boom")).await.error_code(),
+        Some(ErrorCode::KernelTrapped)
+    );
+    let recurse = env.put_kernel("recurse").await;
+    let result = env.run(&wasm_job(recurse, "deep")).await;
+    assert_eq!(result.error_code(), Some(ErrorCode::KernelTrapped));
+    assert!(
+        result.error.unwrap().message.contains("stack"),
+        "stack overflow is named"
+    );
+    let fail = env.put_kernel("fail").await;
+    let result = env.run(&wasm_job(fail, "fail")).await;
+    assert_eq!(result.error_code(), Some(ErrorCode::KernelFailed));
+    assert!(result.error.unwrap().message.contains('7'));
+
+    // A blob input that is missing.
+    let mut spec = wasm_job(echo.clone(), "echo");
+    spec.buffers = vec![
+        blob_input("in", Digest::of(b"no such input")),
+        output("out", 8),
+    ];
+    assert_eq!(
+        env.run(&spec).await.error_code(),
+        Some(ErrorCode::InputNotFound)
+    );
+
+    // After all that, a normal job.
+    let mut spec = wasm_job(echo, "echo");
+    spec.buffers = vec![inline_input("in", b"still here"), output("out", 64)];
+    let result = env.run(&spec).await;
+    assert_eq!(
+        result.output("out").unwrap().bytes().unwrap(),
+        b"still here"
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_messages_fail_as_invalid_job_and_are_acked() {
+    let env = TestEnv::new("invalid").await;
+    let worker = env.start_worker().await;
+    let echo = env.put_kernel("echo").await;
+    let good = serde_json::to_value(wasm_job(echo, "echo")).unwrap();
+    let mut unknown_field = good.clone();
+    unknown_field["colour"] = "red".into();
+    let mut wrong_version = good.clone();
+    wrong_version["schema"] = "dtee.job/v9".into();
+    let mut bad_digest = good.clone();
+    bad_digest["kernel"]["digest"] = "sha256:1234".into();
+    let mut missing_kernel = good.clone();
+    missing_kernel.as_object_mut().unwrap().remove("kernel");
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        b"".to_vec(),
+        b"[1,2,3]".to_vec(),
+        br#"{"schema":"dtee.job/v1","schema":"dtee.job/v1"}"#.to_vec(),
+        serde_json::to_vec(&unknown_field).unwrap(),
+        serde_json::to_vec(&wrong_version).unwrap(),
+        serde_json::to_vec(&bad_digest).unwrap(),
+        serde_json::to_vec(&missing_kernel).unwrap(),
+    ];
+    let waiter = env.client.waiter().await.unwrap();
+    for (idx, body) in bodies.iter().enumerate() {
+        // The submitter waits on the message id it sent; the worker answers under it.
+        let message_id = Digest::of(format!("invalid message {idx}").as_bytes());
+        let watch = waiter.watch(&message_id).await.unwrap();
+        env.client
+            .publish_job(body, message_id.as_str(), "wasm")
+            .await
+            .unwrap();
+        let result = watch.result(RESULT_TIMEOUT).await.unwrap();
+        assert_eq!(result.job_id, message_id);
+        assert_eq!(
+            result.error_code(),
+            Some(ErrorCode::InvalidJob),
+            "body {idx}"
+        );
+        assert!(!result.error.unwrap().message.is_empty());
+    }
+    waiter.close().await;
+    // Every delivery was acked exactly once: after a graceful stop nothing is left or
+    // returned to the queue, and nothing was redelivered.
+    let stats = std::sync::Arc::clone(&worker.stats);
+    worker.shutdown().await.unwrap();
+    assert_eq!(Stats::get(&stats.received), bodies.len() as u64);
+    assert_eq!(Stats::get(&stats.acked), bodies.len() as u64);
+    assert_eq!(env.queue_depth("wasm").await, 0);
+    // Invalid jobs are never cached under the id they claimed.
+    let cached = env
+        .client
+        .cached_result(&Digest::of(b"invalid message 0"))
+        .await
+        .unwrap();
+    assert!(cached.is_none());
+    env.cleanup().await;
+}

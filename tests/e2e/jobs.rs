@@ -1,0 +1,125 @@
+//! Jobs run end to end and their outputs are right; identical jobs run once.
+
+use dtee_schemas::job::ScalarType;
+use dtee_schemas::Digest;
+use dtee_submitter::builder::{blob_input, inline_input, output, param, wasm_job};
+use dtee_tests::{f32_bytes, f32_values, TestEnv};
+use dtee_worker::stats::Stats;
+use sha2::Digest as _;
+
+fn matmul_reference(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            for j in 0..n {
+                c[i * n + j] += a[i * k + p] * b[p * n + j];
+            }
+        }
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matmul_sha256_and_saxpy_outputs_match_rust_references() {
+    let env = TestEnv::new("outputs").await;
+    let worker = env.start_worker().await;
+
+    // matmul: 17x23 times 23x11, values chosen to exercise rounding.
+    let (m, n, k) = (17usize, 11usize, 23usize);
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 104_729 % 1000) as f32 - 500.0) / 91.0)
+        .collect();
+    let mut spec = wasm_job(env.put_kernel("matmul").await, "matmul");
+    spec.buffers = vec![
+        inline_input("a", &f32_bytes(&a)),
+        inline_input("b", &f32_bytes(&b)),
+        output("c", (m * n * 4) as u64),
+    ];
+    spec.params = vec![
+        param("m", ScalarType::U32, m as f64),
+        param("n", ScalarType::U32, n as f64),
+        param("k", ScalarType::U32, k as f64),
+    ];
+    let result = env.run(&spec).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    let c = f32_values(&result.output("c").expect("output c").bytes().unwrap());
+    let expected = matmul_reference(&a, &b, m, n, k);
+    assert_eq!(c.len(), expected.len());
+    for (idx, (got, want)) in c.iter().zip(&expected).enumerate() {
+        assert_eq!(got.to_bits(), want.to_bits(), "c[{idx}]: {got} != {want}");
+    }
+
+    // sha256 of a 1 MiB + 3 byte blob input (not a multiple of the block size).
+    let data: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i * 31 % 251) as u8).collect();
+    let (data_digest, _) = env.client.put_blob(&data).await.unwrap();
+    let mut spec = wasm_job(env.put_kernel("sha256").await, "sha256");
+    spec.buffers = vec![blob_input("data", data_digest), output("digest", 32)];
+    let result = env.run(&spec).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    let digest = result.output("digest").unwrap();
+    assert_eq!(
+        digest.bytes().unwrap(),
+        sha2::Sha256::digest(&data).to_vec()
+    );
+    assert_eq!(digest.digest, Digest::of(&digest.bytes().unwrap()));
+
+    // saxpy.
+    let x = [1.5f32, -2.0, 3.25, 1e-3];
+    let y = [10.0f32, 20.0, -30.0, 4.0];
+    let mut spec = wasm_job(env.put_kernel("saxpy").await, "saxpy");
+    spec.buffers = vec![
+        inline_input("x", &f32_bytes(&x)),
+        inline_input("y", &f32_bytes(&y)),
+        output("out", 16),
+    ];
+    spec.params = vec![param("a", ScalarType::F32, 2.5)];
+    let result = env.run(&spec).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    let out = f32_values(&result.output("out").unwrap().bytes().unwrap());
+    let expected: Vec<f32> = x.iter().zip(&y).map(|(x, y)| 2.5f32 * x + y).collect();
+    assert_eq!(out, expected);
+    let resources = result.resources.expect("resources reported");
+    assert!(resources.fuel_consumed > 0 && resources.peak_memory_bytes >= 65536);
+
+    assert_eq!(Stats::get(&worker.stats.executed), 3);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_job_is_answered_from_the_cache_not_run_again() {
+    let env = TestEnv::new("dedup").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"hello dtee"), output("out", 64)];
+
+    let first = env.run(&spec).await;
+    assert!(first.succeeded());
+    assert_eq!(first.output("out").unwrap().bytes().unwrap(), b"hello dtee");
+    let second = env.run(&spec).await;
+    assert_eq!(
+        second, first,
+        "the republished result is the cached one, execution id included"
+    );
+    assert_eq!(Stats::get(&worker.stats.executed), 1, "the kernel ran once");
+    assert_eq!(
+        Stats::get(&worker.stats.deduplicated),
+        1,
+        "the second delivery hit the cache"
+    );
+
+    // A nonce makes it a new job, and a new execution.
+    spec.nonce = Some("again".to_owned());
+    let third = env.run(&spec).await;
+    assert_ne!(third.job_id, first.job_id);
+    assert_ne!(
+        third.execution.unwrap().execution_id,
+        first.execution.unwrap().execution_id
+    );
+    assert_eq!(Stats::get(&worker.stats.executed), 2);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
