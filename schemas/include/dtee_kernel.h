@@ -112,6 +112,14 @@ int32_t dtee_raw_buffer_read(int32_t buffer, int64_t offset, void *dst, int32_t 
 DTEE__IMPORT("buffer_write")
 int32_t dtee_raw_buffer_write(int32_t buffer, int64_t offset, const void *src, int32_t len);
 
+/*
+ * buffer_set_len: sets the final length of a writable buffer (truncating, or zero-filling).
+ * Returns 0, -1 for a bad index, -2 if not writable, -3 if len is negative. A length past the
+ * capacity or the job's output limit TRAPS (output_limit_exceeded).
+ */
+DTEE__IMPORT("buffer_set_len")
+int32_t dtee_raw_buffer_set_len(int32_t buffer, int64_t len);
+
 /* param_find: the index of the scalar parameter called name[0..name_len), or -1. */
 DTEE__IMPORT("param_find")
 int32_t dtee_raw_param_find(const char *name, int32_t name_len);

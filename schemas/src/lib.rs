@@ -1,12 +1,12 @@
 //! The dtee wire protocol, shared by workers, submitters and verifiers.
 //!
-//! - [`job`]: the job spec `dtee.job/v1` and its validation;
-//! - [`result`]: the result `dtee.result/v1`;
-//! - [`error`]: the stable error codes of failed results;
-//! - [`canonical`]: RFC 8785 canonical JSON, from which job ids are computed;
-//! - [`digest`]: `sha256:` content digests;
-//! - [`protocol`]: exchange, queue, header and Redis key names;
-//! - [`json_schema`]: the JSON Schemas generated from these types (committed in `schemas/json/`).
+//! - [`job`] — the job spec `dtee.job/v1` and its validation;
+//! - [`result`] — the result `dtee.result/v1`;
+//! - [`error`] — the stable error codes of failed results;
+//! - [`canonical`] — RFC 8785 canonical JSON, from which job ids are computed;
+//! - [`digest`] — `sha256:` content digests;
+//! - [`protocol`] — exchange, queue, header and Redis key names;
+//! - [`json_schema`] — the JSON Schemas generated from these types (committed in `schemas/json/`).
 //!
 //! **Invariant:** this crate does no I/O. It is pure data and pure functions, so that any
 //! embedding (a worker, a client, an offline verifier) can use it.

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ClientError;
 
 type Pending = Arc<Mutex<HashMap<Digest, Vec<oneshot::Sender<JobResult>>>>>;
+/// Where a `subscribe_all` subscriber receives every result, with its `dtee-cached` flag.
+type AllResults = Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>>;
 
 /// Waits for results on one exclusive, auto-deleted queue bound to the results exchange.
 ///
@@ -26,7 +28,7 @@ pub struct ResultWaiter {
     namespace: Namespace,
     redis: ConnectionManager,
     pending: Pending,
-    all: Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>>,
+    all: AllResults,
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
@@ -70,7 +72,7 @@ impl ResultWaiter {
             )
             .await?;
         let pending: Pending = Arc::default();
-        let all: Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>> = Arc::default();
+        let all: AllResults = Arc::default();
         let dispatcher = {
             let pending = Arc::clone(&pending);
             let all = Arc::clone(&all);

@@ -141,9 +141,9 @@ pub struct Config {
     pub log_json: bool,
 }
 
-fn number<T: std::str::FromStr>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
+fn number<T>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     let error = |why: String| ConfigError {
         name,

@@ -5,13 +5,13 @@
 //! [`run`] serves until a shutdown future completes (the binary passes SIGTERM/SIGINT).
 //!
 //! Modules, in the order a job meets them:
-//! - [`config`]: typed configuration from flags and environment;
-//! - [`broker`]: RabbitMQ connection, topology, result publishing with confirms;
-//! - [`store`]: Redis blobs and result cache;
-//! - [`pipeline`]: the path of one job;
-//! - [`backend`]: kernel execution (WebAssembly today);
-//! - [`failure`]: what each failure means (retry or fail the job);
-//! - [`stats`]: counters.
+//! - [`config`] — typed configuration from flags and environment;
+//! - [`broker`] — RabbitMQ connection, topology, result publishing with confirms;
+//! - [`store`] — Redis blobs and result cache;
+//! - [`pipeline`] — the path of one job;
+//! - [`backend`] — kernel execution (WebAssembly today);
+//! - [`failure`] — what each failure means (retry or fail the job);
+//! - [`stats`] — counters.
 //!
 //! **Invariant:** a delivery is acked only after its result is cached and confirmed by the
 //! broker.

@@ -150,12 +150,7 @@ type RunOutput = Result<(Completed, EffectiveLimits, u32), (KernelError, Option<
 async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> {
     let spec = &parsed.spec;
     let fail = |code, message: String| Ok(Err((KernelError::before_run(code, message), None)));
-    if !ctx
-        .config
-        .targets
-        .iter()
-        .any(|target| *target == spec.kernel.target)
-    {
+    if !ctx.config.targets.contains(&spec.kernel.target) {
         return fail(
             ErrorCode::UnsupportedTarget,
             format!(

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up the machine (deploy/local/setup.sh) and runs every check CI runs: kernel
+# reproducibility, formatting, clippy, and the full test suite against the real RabbitMQ,
+# Redis and swtpm. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash deploy/local/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== kernels: committed .wasm files match their sources"
+bash kernels/build.sh --check
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked
