@@ -134,7 +134,7 @@ impl TestEnv {
     pub async fn run(&self, spec: &JobSpec) -> JobResult {
         let waiter = self.client.waiter().await.expect("waiter");
         let id = dtee_schemas::job_id(spec).expect("job id");
-        let watch = waiter.watch(&id).await.expect("watch");
+        let watch = waiter.watch_fresh(&id).await.expect("watch");
         let submitted = self.client.submit(spec).await.expect("submit");
         assert_eq!(submitted, id);
         let result = watch.result(RESULT_TIMEOUT).await.expect("result");

@@ -95,6 +95,40 @@ impl ErrorCode {
         ErrorCode::InternalError,
     ];
 
+    /// Whether this failure is a property of the job itself, so running the same job again
+    /// gives the same answer. Final failures are cached like successes (identical jobs run
+    /// once); the others (a missing kernel or input, a worker's maximums, an unavailable
+    /// platform, a state conflict) are not, and the job runs again when resubmitted.
+    pub fn is_final(self) -> bool {
+        match self {
+            ErrorCode::InvalidJob
+            | ErrorCode::KernelInvalid
+            | ErrorCode::KernelLinkFailed
+            | ErrorCode::KernelTrapped
+            | ErrorCode::KernelFailed
+            | ErrorCode::ExecutionTimeout
+            | ErrorCode::FuelExhausted
+            | ErrorCode::MemoryLimitExceeded
+            | ErrorCode::OutputLimitExceeded
+            | ErrorCode::StateAccessDenied
+            | ErrorCode::DeadLettered
+            | ErrorCode::Cancelled => true,
+            ErrorCode::KernelNotFound
+            | ErrorCode::KernelHashMismatch
+            | ErrorCode::InputNotFound
+            | ErrorCode::ExcessiveResourceRequirements
+            | ErrorCode::UnsupportedTarget
+            | ErrorCode::StateBindingNotFound
+            | ErrorCode::StateConflict
+            | ErrorCode::AttestationFailed
+            | ErrorCode::AttestationUnsatisfiable
+            | ErrorCode::UnsupportedProvider
+            | ErrorCode::ProviderNotInitialized
+            | ErrorCode::SecureExecutionFailed
+            | ErrorCode::InternalError => false,
+        }
+    }
+
     /// The code as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

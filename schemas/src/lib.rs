@@ -54,8 +54,11 @@ pub struct ParsedJob {
 /// Parses a job message body: strict JSON, canonical id, schema, validation.
 pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
     let value = canonical::parse_strict(body).map_err(JobParseError::Json)?;
-    let id = canonical::canonical_digest(&value)?;
-    let spec: JobSpec = serde_json::from_value(value).map_err(JobParseError::Schema)?;
+    // The spec is read from the canonical form, so that validity depends only on the id: `1e8`
+    // and `100000000` are the same job.
+    let canonical = canonical::to_canonical_vec(&value)?;
+    let id = Digest::of(&canonical);
+    let spec: JobSpec = serde_json::from_slice(&canonical).map_err(JobParseError::Schema)?;
     spec.validate()?;
     Ok(ParsedJob { id, spec })
 }

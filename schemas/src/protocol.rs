@@ -87,7 +87,13 @@ impl Namespace {
         format!("{}:blob:{digest}", self.0)
     }
 
-    /// Redis key of a cached result: `<ns>:result:<job id>`.
+    /// Redis key of the latest failure that is not final (the job may succeed when run again,
+    /// e.g. `kernel_not_found`): `<ns>:failure:<job id>`, kept briefly and overwritten.
+    pub fn failure_key(&self, job_id: &Digest) -> String {
+        format!("{}:failure:{job_id}", self.0)
+    }
+
+    /// Redis key of a cached final result: `<ns>:result:<job id>`.
     pub fn result_key(&self, job_id: &Digest) -> String {
         format!("{}:result:{job_id}", self.0)
     }

@@ -160,7 +160,8 @@ pub struct EffectiveLimits {
 /// Resources used by the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ResourceUsage {
-    /// Fuel consumed.
+    /// Fuel consumed. For a run stopped by its wall-clock deadline this is a lower bound:
+    /// Wasmtime flushes its fuel counter at calls, not at the epoch interrupt.
     pub fuel_consumed: u64,
     /// Largest linear memory size reached, bytes.
     pub peak_memory_bytes: u64,

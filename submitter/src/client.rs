@@ -45,7 +45,7 @@ pub enum ClientError {
     #[error("{0}")]
     InvalidJob(#[from] dtee_schemas::JobParseError),
     /// No queue is bound for the job's target: no worker has declared it.
-    #[error("no queue serves target {target:?} in namespace {namespace:?}: start a worker for it (or load deploy/rabbitmq definitions) first")]
+    #[error("no queue serves target {target:?} in namespace {namespace:?}: start a worker that serves it first")]
     NoRoute {
         /// The job's target.
         target: String,
@@ -220,7 +220,7 @@ impl Client {
         Ok(())
     }
 
-    /// The cached result of a job, if any.
+    /// The cached final result of a job, if any.
     pub async fn cached_result(&self, job_id: &Digest) -> Result<Option<JobResult>, ClientError> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.config.namespace.result_key(job_id))

@@ -242,7 +242,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             // Bind before submitting, so even a very fast result is not missed.
             let waiter = client.waiter().await?;
             let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
-            let watch = waiter.watch(&parsed.id).await?;
+            let watch = waiter.watch_fresh(&parsed.id).await?;
             let id = client.submit_json(&body).await?;
             eprintln!("submitted {id}");
             let result = watch.result(seconds(*timeout)?).await?;
@@ -331,6 +331,17 @@ fn report(result: &JobResult, save_outputs: Option<&Path>) -> Result<u8, Failure
             .with_context(|| format!("creating {}", dir.display()))
             .map_err(usage)?;
         for output in &result.outputs {
+            // Output names are buffer names ([A-Za-z_][A-Za-z0-9_.-]*), but the result came
+            // over the network: refuse anything that could leave the directory.
+            if output.name.is_empty()
+                || output.name.starts_with('.')
+                || output.name.contains(['/', '\\'])
+            {
+                return Err(Failure {
+                    code: 4,
+                    error: anyhow!("refusing to save output named {:?}", output.name),
+                });
+            }
             let bytes = output.bytes().map_err(|e| Failure {
                 code: 4,
                 error: anyhow!("output {}: {e}", output.name),

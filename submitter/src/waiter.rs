@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::ClientError;
 
-type Pending = Arc<Mutex<HashMap<Digest, Vec<oneshot::Sender<JobResult>>>>>;
+/// Waiters by job id, each with a number so that one can withdraw without disturbing others.
+type Pending = Arc<Mutex<HashMap<Digest, Vec<(u64, oneshot::Sender<JobResult>)>>>>;
 /// Where a `subscribe_all` subscriber receives every result, with its `dtee-cached` flag.
 type AllResults = Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>>;
 
@@ -29,6 +30,7 @@ pub struct ResultWaiter {
     redis: ConnectionManager,
     pending: Pending,
     all: AllResults,
+    next_waiter: std::sync::atomic::AtomicU64,
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
@@ -98,7 +100,7 @@ impl ResultWaiter {
                         let _ = sender.send((result.clone(), cached));
                     }
                     let waiters = pending.lock().expect("lock").remove(&result.job_id);
-                    for waiter in waiters.into_iter().flatten() {
+                    for (_, waiter) in waiters.into_iter().flatten() {
                         let _ = waiter.send(result.clone());
                     }
                 }
@@ -111,6 +113,7 @@ impl ResultWaiter {
             redis,
             pending,
             all,
+            next_waiter: std::sync::atomic::AtomicU64::new(0),
             dispatcher,
         })
     }
@@ -120,20 +123,40 @@ impl ResultWaiter {
         self.watch(job_id).await?.result(timeout).await
     }
 
-    /// Starts watching for the result of `job_id`: binds the queue, then checks the cache.
-    /// Once this returns, no result for the job can be missed, so a caller may submit the job
-    /// (or publish anything for that id) and then await [`Watch::result`].
+    /// Starts watching for the result of `job_id`: binds the queue, then checks the result
+    /// cache and the failure slot. Once this returns, no result for the job can be missed, so
+    /// a caller may submit the job (or publish anything for that id) and then await
+    /// [`Watch::result`].
     pub async fn watch(&self, job_id: &Digest) -> Result<Watch<'_>, ClientError> {
+        self.watch_inner(job_id, true).await
+    }
+
+    /// Like [`ResultWaiter::watch`], for a caller about to submit the job itself: a failure
+    /// that is not final (say `kernel_not_found` from before the kernel was stored) is not
+    /// taken as the answer, since the new submission runs the job again.
+    pub async fn watch_fresh(&self, job_id: &Digest) -> Result<Watch<'_>, ClientError> {
+        self.watch_inner(job_id, false).await
+    }
+
+    async fn watch_inner(
+        &self,
+        job_id: &Digest,
+        accept_failure: bool,
+    ) -> Result<Watch<'_>, ClientError> {
         let (sender, receiver) = oneshot::channel();
+        let number = self
+            .next_waiter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.pending
             .lock()
             .expect("lock")
             .entry(job_id.clone())
             .or_default()
-            .push(sender);
+            .push((number, sender));
         let mut watch = Watch {
             waiter: self,
             job_id: job_id.clone(),
+            number,
             receiver,
             cached: None,
         };
@@ -146,11 +169,13 @@ impl ResultWaiter {
                 FieldTable::default(),
             )
             .await?;
-        let cached: Option<Vec<u8>> = redis::cmd("GET")
+        let (result, failure): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
             .arg(self.namespace.result_key(job_id))
+            .arg(self.namespace.failure_key(job_id))
             .query_async(&mut self.redis.clone())
             .await?;
-        if let Some(bytes) = cached {
+        let found = result.or(if accept_failure { failure } else { None });
+        if let Some(bytes) = found {
             watch.cached =
                 Some(serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult)?);
         }
@@ -188,6 +213,7 @@ impl ResultWaiter {
 pub struct Watch<'a> {
     waiter: &'a ResultWaiter,
     job_id: Digest,
+    number: u64,
     receiver: oneshot::Receiver<JobResult>,
     cached: Option<JobResult>,
 }
@@ -214,21 +240,39 @@ impl Watch<'_> {
                 Err(_) => Err(ClientError::Timeout(self.job_id.clone())),
             },
         };
-        self.waiter
-            .pending
-            .lock()
-            .expect("lock")
-            .remove(&self.job_id);
-        let _ = self
-            .waiter
-            .channel
-            .queue_unbind(
-                self.waiter.queue.as_str().into(),
-                self.waiter.namespace.results_exchange().into(),
-                self.job_id.as_str().into(),
-                FieldTable::default(),
-            )
-            .await;
+        self.withdraw().await;
         outcome
+    }
+}
+
+impl Watch<'_> {
+    /// Withdraws this waiter; unbinds only when no other waiter watches the same id.
+    async fn withdraw(&self) {
+        let others_remain = {
+            let mut pending = self.waiter.pending.lock().expect("lock");
+            match pending.get_mut(&self.job_id) {
+                Some(waiters) => {
+                    waiters.retain(|(number, _)| *number != self.number);
+                    let remain = !waiters.is_empty();
+                    if !remain {
+                        pending.remove(&self.job_id);
+                    }
+                    remain
+                }
+                None => false,
+            }
+        };
+        if !others_remain {
+            let _ = self
+                .waiter
+                .channel
+                .queue_unbind(
+                    self.waiter.queue.as_str().into(),
+                    self.waiter.namespace.results_exchange().into(),
+                    self.job_id.as_str().into(),
+                    FieldTable::default(),
+                )
+                .await;
+        }
     }
 }

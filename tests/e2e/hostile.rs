@@ -152,3 +152,47 @@ async fn invalid_messages_fail_as_invalid_job_and_are_acked() {
     assert!(cached.is_none());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_may_not_recur_is_not_cached_as_the_answer() {
+    let env = TestEnv::new("not-final").await;
+    let worker = env.start_worker().await;
+    let echo_bytes = dtee_tests::kernel("echo");
+    let mut spec = wasm_job(Digest::of(&echo_bytes), "echo");
+    spec.buffers = vec![inline_input("in", b"late kernel"), output("out", 64)];
+
+    // Submitted before its kernel is stored: kernel_not_found, which is not final.
+    let first = env.run(&spec).await;
+    assert_eq!(first.error_code(), Some(ErrorCode::KernelNotFound));
+    assert!(!ErrorCode::KernelNotFound.is_final());
+    assert!(
+        env.client
+            .cached_result(&first.job_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "not in the result cache"
+    );
+    // A plain wait (say `dtee wait` after `dtee submit`) still finds that answer.
+    let waiter = env.client.waiter().await.unwrap();
+    let found = waiter.wait(&first.job_id, RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(found.error_code(), Some(ErrorCode::KernelNotFound));
+    waiter.close().await;
+
+    // Once the kernel is stored, the same job runs and its success is cached.
+    env.client.put_blob(&echo_bytes).await.unwrap();
+    let second = env.run(&spec).await;
+    assert_eq!(second.job_id, first.job_id);
+    assert!(second.succeeded(), "{:?}", second.error);
+    assert_eq!(
+        second.output("out").unwrap().bytes().unwrap(),
+        b"late kernel"
+    );
+    assert_eq!(
+        env.client.cached_result(&first.job_id).await.unwrap(),
+        Some(second)
+    );
+    assert_eq!(Stats::get(&worker.stats.executed), 1);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -57,6 +57,9 @@ pub struct Args {
     /// Result cache lifetime in seconds.
     #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
     pub result_ttl_secs: String,
+    /// Lifetime, in seconds, of a failure that is not final (kernel_not_found, ...).
+    #[arg(long, env = "DTEE_FAILURE_TTL_SECS", default_value = "60")]
+    pub failure_ttl_secs: String,
     /// Largest job message accepted, in bytes.
     #[arg(long, env = "DTEE_MAX_JOB_BYTES", default_value = "16777216")]
     pub max_job_bytes: String,
@@ -121,6 +124,8 @@ pub struct Config {
     pub prefetch: u16,
     /// Result cache lifetime.
     pub result_ttl: Duration,
+    /// Lifetime of a failure that is not final.
+    pub failure_ttl: Duration,
     /// Largest job message accepted.
     pub max_job_bytes: usize,
     /// Largest kernel accepted.
@@ -307,6 +312,11 @@ impl Config {
             result_ttl: Duration::from_secs(number(
                 "DTEE_RESULT_TTL_SECS",
                 &args.result_ttl_secs,
+                1,
+            )?),
+            failure_ttl: Duration::from_secs(number(
+                "DTEE_FAILURE_TTL_SECS",
+                &args.failure_ttl_secs,
                 1,
             )?),
             max_job_bytes: number("DTEE_MAX_JOB_BYTES", &args.max_job_bytes, 1024)?,

@@ -69,11 +69,22 @@ impl WorkerHandle {
 
 /// Serves jobs until `shutdown` completes, then shuts down gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let worker = Worker::start(config).await?;
+    let mut worker = Worker::start(config).await?;
     info!(worker_id = %worker.worker_id, "worker started");
-    shutdown.await;
-    info!("shutting down");
-    worker.shutdown().await
+    tokio::select! {
+        _ = shutdown => {
+            info!("shutting down");
+            worker.shutdown().await
+        }
+        // The consumer loop only ends by itself when the broker connection or consumer is
+        // lost; exit non-zero so the supervisor restarts the worker rather than leave a
+        // process that is up but consumes nothing.
+        ended = &mut worker.task => match ended {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the consumer stopped")),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(anyhow::anyhow!("the consumer task failed: {error}")),
+        },
+    }
 }
 
 /// Builds and starts workers.
@@ -152,6 +163,7 @@ impl Worker {
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut in_flight = JoinSet::new();
+            let mut lost: Option<String> = None;
             loop {
                 tokio::select! {
                     _ = shutdown_rx.changed() => break,
@@ -169,10 +181,12 @@ impl Worker {
                         }
                         Some(Err(error)) => {
                             warn!(%error, "the consumer failed");
+                            lost = Some(format!("the consumer failed: {error}"));
                             break;
                         }
                         None => {
                             warn!("the broker cancelled the consumer");
+                            lost = Some("the broker cancelled the consumer".to_owned());
                             break;
                         }
                     }
@@ -199,7 +213,10 @@ impl Worker {
             // Closing the channels returns every unacknowledged delivery to its queue.
             let _ = consume.close(200, "worker shutting down".into()).await;
             let _ = connection.close(200, "worker shutting down".into()).await;
-            Ok(())
+            match lost {
+                Some(reason) => Err(anyhow::anyhow!(reason)),
+                None => Ok(()),
+            }
         });
         Ok(WorkerHandle {
             stats,

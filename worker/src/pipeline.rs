@@ -38,6 +38,18 @@ pub struct Context {
     pub stats: Arc<Stats>,
 }
 
+/// Where a result is cached before it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Not at all: the id is not the job's own (an unparseable message's claimed id).
+    Never,
+    /// In the result cache, first result wins: a success or a final failure.
+    Final,
+    /// In the short-lived failure slot, replacing what is there: a failure that may not
+    /// recur when the job is resubmitted.
+    Failure,
+}
+
 /// A result ready to go out.
 #[derive(Debug)]
 pub struct Outcome {
@@ -45,8 +57,8 @@ pub struct Outcome {
     pub job_id: Digest,
     /// The serialized result.
     pub body: Vec<u8>,
-    /// Whether to cache it under `job_id` (only for ids computed from the job itself).
-    pub cacheable: bool,
+    /// Where to cache it.
+    pub cache: CachePolicy,
     /// Whether it came from the cache.
     pub from_cache: bool,
     /// Whether it is a success.
@@ -73,7 +85,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
         return Ok(failed_outcome(
             ctx,
             id,
-            false,
+            CachePolicy::Never,
             ErrorCode::InvalidJob,
             message,
             None,
@@ -88,7 +100,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             return Ok(failed_outcome(
                 ctx,
                 id,
-                false,
+                CachePolicy::Never,
                 ErrorCode::InvalidJob,
                 error.to_string(),
                 None,
@@ -111,7 +123,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
         return Ok(Outcome {
             job_id: parsed.id,
             body: cached,
-            cacheable: false,
+            cache: CachePolicy::Never,
             from_cache: true,
             succeeded,
         });
@@ -121,16 +133,23 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
         Ok((completed, limits, attempts)) => Ok(succeeded_outcome(
             ctx, &parsed, completed, limits, attempts, started_at,
         )),
-        Err((error, limits)) => Ok(failed_outcome(
-            ctx,
-            id,
-            true,
-            error.code,
-            error.message,
-            limits,
-            Some(error.usage),
-            started_at,
-        )),
+        Err(refusal) => {
+            let cache = if refusal.error.code.is_final() {
+                CachePolicy::Final
+            } else {
+                CachePolicy::Failure
+            };
+            Ok(failed_outcome(
+                ctx,
+                id,
+                cache,
+                refusal.error.code,
+                refusal.error.message,
+                refusal.limits,
+                refusal.ran.then_some(refusal.error.usage),
+                started_at,
+            ))
+        }
     }
 }
 
@@ -145,11 +164,26 @@ fn fallback_id(delivery: &Delivery) -> Digest {
         .unwrap_or_else(|| Digest::of(&delivery.data))
 }
 
-type RunOutput = Result<(Completed, EffectiveLimits, u32), (KernelError, Option<EffectiveLimits>)>;
+/// Why a job did not complete.
+struct Refusal {
+    error: KernelError,
+    /// The limits, once resolved.
+    limits: Option<EffectiveLimits>,
+    /// Whether the kernel ran (and so `error.usage` means something).
+    ran: bool,
+}
+
+type RunOutput = Result<(Completed, EffectiveLimits, u32), Refusal>;
 
 async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> {
     let spec = &parsed.spec;
-    let fail = |code, message: String| Ok(Err((KernelError::before_run(code, message), None)));
+    let fail = |code, message: String| {
+        Ok(Err(Refusal {
+            error: KernelError::before_run(code, message),
+            limits: None,
+            ran: false,
+        }))
+    };
     if !ctx.config.targets.contains(&spec.kernel.target) {
         return fail(
             ErrorCode::UnsupportedTarget,
@@ -169,9 +203,16 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         Ok(limits) => limits,
         Err(message) => return fail(ErrorCode::ExcessiveResourceRequirements, message),
     };
+    let refuse = |code, message: String| {
+        Ok(Err(Refusal {
+            error: KernelError::before_run(code, message),
+            limits: Some(limits),
+            ran: false,
+        }))
+    };
     if let Some(requirement) = &spec.attestation {
         if requirement.platform != PlatformRequirement::Any {
-            return fail(
+            return refuse(
                 ErrorCode::AttestationUnsatisfiable,
                 format!("this worker has no {:?} attestation", requirement.platform),
             );
@@ -182,7 +223,7 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         .iter()
         .any(|buffer| matches!(buffer, Buffer::State { .. }))
     {
-        return fail(
+        return refuse(
             ErrorCode::InvalidJob,
             "state bindings are not supported by this worker version".to_owned(),
         );
@@ -194,13 +235,13 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         Some(prepared) => prepared,
         None => {
             let Some(bytes) = ctx.store.blob(digest).await.map_err(Transient::redis)? else {
-                return fail(
+                return refuse(
                     ErrorCode::KernelNotFound,
                     format!("no blob is stored under {digest}"),
                 );
             };
             if bytes.len() > ctx.config.max_kernel_bytes {
-                return fail(
+                return refuse(
                     ErrorCode::KernelInvalid,
                     format!(
                         "the kernel is {} bytes; this worker accepts at most {}",
@@ -210,7 +251,7 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
                 );
             }
             if !digest.matches(&bytes) {
-                return fail(
+                return refuse(
                     ErrorCode::KernelHashMismatch,
                     format!(
                         "the bytes stored under {digest} hash to {}",
@@ -227,7 +268,13 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
     };
     let prepared = match prepared.as_ref() {
         Ok(prepared) => prepared.clone(),
-        Err(error) => return Ok(Err((error.clone(), Some(limits)))),
+        Err(error) => {
+            return Ok(Err(Refusal {
+                error: error.clone(),
+                limits: Some(limits),
+                ran: false,
+            }))
+        }
     };
 
     // The buffers.
@@ -264,13 +311,13 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
                 ..
             } => {
                 let Some(bytes) = blobs.next().flatten() else {
-                    return fail(
+                    return refuse(
                         ErrorCode::InputNotFound,
                         format!("input {name:?}: no blob is stored under {digest}"),
                     );
                 };
                 if !digest.matches(&bytes) {
-                    return fail(
+                    return refuse(
                         ErrorCode::InputNotFound,
                         format!(
                             "input {name:?}: the bytes stored under {digest} hash to {}",
@@ -330,7 +377,11 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         .map_err(|error| Transient::internal(format!("running the kernel: {error}")))?;
     Ok(match outcome {
         Ok(completed) => Ok((completed, limits, 1)),
-        Err(error) => Err((error, Some(limits))),
+        Err(error) => Err(Refusal {
+            error,
+            limits: Some(limits),
+            ran: true,
+        }),
     })
 }
 
@@ -422,7 +473,7 @@ fn succeeded_outcome(
     Outcome {
         job_id: parsed.id.clone(),
         body: serde_json::to_vec(&result).expect("a result serializes"),
-        cacheable: true,
+        cache: CachePolicy::Final,
         from_cache: false,
         succeeded: true,
     }
@@ -432,7 +483,7 @@ fn succeeded_outcome(
 fn failed_outcome(
     ctx: &Context,
     job_id: Digest,
-    cacheable: bool,
+    cache: CachePolicy,
     code: ErrorCode,
     message: String,
     limits: Option<EffectiveLimits>,
@@ -455,7 +506,7 @@ fn failed_outcome(
     Outcome {
         job_id,
         body: serde_json::to_vec(&result).expect("a result serializes"),
-        cacheable,
+        cache,
         from_cache: false,
         succeeded: false,
     }
@@ -467,23 +518,32 @@ pub async fn deliver(
     delivery: &Delivery,
     mut outcome: Outcome,
 ) -> Result<(), Transient> {
-    if outcome.cacheable {
-        let stored = ctx
-            .store
-            .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
-            .await
-            .map_err(Transient::redis)?;
-        if !stored {
-            // Another execution of the same job cached first; publish that one, so every
-            // result published for a job id is the same.
-            if let Some(existing) = ctx
-                .store
-                .cached_result(&outcome.job_id)
+    match outcome.cache {
+        CachePolicy::Never => {}
+        CachePolicy::Failure => {
+            ctx.store
+                .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
                 .await
-                .map_err(Transient::redis)?
-            {
-                outcome.body = existing;
-                outcome.from_cache = true;
+                .map_err(Transient::redis)?;
+        }
+        CachePolicy::Final => {
+            let stored = ctx
+                .store
+                .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
+                .await
+                .map_err(Transient::redis)?;
+            if !stored {
+                // Another execution of the same job cached first; publish that one, so every
+                // result published for a job id is the same.
+                if let Some(existing) = ctx
+                    .store
+                    .cached_result(&outcome.job_id)
+                    .await
+                    .map_err(Transient::redis)?
+                {
+                    outcome.body = existing;
+                    outcome.from_cache = true;
+                }
             }
         }
     }

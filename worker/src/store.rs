@@ -74,7 +74,24 @@ impl Store {
             .await
     }
 
-    /// Caches a result. The first result cached for a job wins: a second execution (after a
+    /// Records a failure that is not final, replacing any earlier one, for `ttl`: waiters find
+    /// it, but the job runs again when resubmitted.
+    pub async fn cache_failure(
+        &self,
+        job_id: &Digest,
+        result: &[u8],
+        ttl: Duration,
+    ) -> Result<(), redis::RedisError> {
+        redis::cmd("SET")
+            .arg(self.namespace.failure_key(job_id))
+            .arg(result)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
+    /// Caches a final result. The first result cached for a job wins: a second execution (after a
     /// crash between caching and acking) does not overwrite it.
     pub async fn cache_result(
         &self,

@@ -91,6 +91,37 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// The length of a writable slot's write image: what it wrote so far, or for read_write
+    /// state the value it starts from.
+    fn image_len(&self, idx: usize) -> u64 {
+        let slot = &self.slots[idx];
+        match (&slot.written, &slot.readable, slot.copy_on_write) {
+            (Some(image), _, _) => image.len() as u64,
+            (None, Some(bytes), true) => bytes.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// The write image of a writable slot, created on first use.
+    fn image_mut(&mut self, idx: usize) -> &mut Vec<u8> {
+        let slot = &mut self.slots[idx];
+        slot.written
+            .get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
+                (Some(bytes), true) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+    }
+
+    /// Counts `growth` more output bytes against the job's output limit, or trips it.
+    fn charge(&mut self, growth: u64) -> wasmtime::Result<()> {
+        if self.output_used.saturating_add(growth) > self.output_limit {
+            let limit = self.output_limit;
+            return Err(self.trip(HostTrap::OutputLimit { limit }));
+        }
+        self.output_used += growth;
+        Ok(())
+    }
+
     fn trip(&mut self, trap: HostTrap) -> wasmtime::Error {
         if self.tripped.is_none() {
             self.tripped = Some(trap.clone());
@@ -358,25 +389,14 @@ fn define_host_abi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let source = mem
                 .get(src..src.saturating_add(len))
                 .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
-            let slot = &mut state.slots[slot_idx];
-            let image =
-                slot.written
-                    .get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
-                        (Some(bytes), true) => bytes.to_vec(),
-                        _ => Vec::new(),
-                    });
-            let before = image.len() as u64;
-            if end as usize > image.len() {
+            // Charge the output limit before allocating anything.
+            let before = state.image_len(slot_idx);
+            state.charge(end.saturating_sub(before))?;
+            let image = state.image_mut(slot_idx);
+            if end > before {
                 image.resize(end as usize, 0);
             }
-            let after = image.len() as u64;
-            let growth = after - before;
             image[offset as usize..end as usize].copy_from_slice(source);
-            if state.output_used.saturating_add(growth) > state.output_limit {
-                let limit = state.output_limit;
-                return Err(state.trip(HostTrap::OutputLimit { limit }));
-            }
-            state.output_used += growth;
             Ok(len as i32)
         },
     )?;
@@ -405,24 +425,13 @@ fn define_host_abi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     end: len,
                 }));
             }
-            let slot = &mut state.slots[slot_idx];
-            let image =
-                slot.written
-                    .get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
-                        (Some(bytes), true) => bytes.to_vec(),
-                        _ => Vec::new(),
-                    });
-            let before = image.len() as u64;
-            image.resize(len as usize, 0);
+            let before = state.image_len(slot_idx);
             if len > before {
-                if state.output_used.saturating_add(len - before) > state.output_limit {
-                    let limit = state.output_limit;
-                    return Err(state.trip(HostTrap::OutputLimit { limit }));
-                }
-                state.output_used += len - before;
+                state.charge(len - before)?;
             } else {
-                state.output_used -= before - len;
+                state.output_used = state.output_used.saturating_sub(before - len);
             }
+            state.image_mut(slot_idx).resize(len as usize, 0);
             Ok(0)
         },
     )?;
@@ -479,6 +488,8 @@ impl WasmBackend {
             .epoch_interruption(true)
             // Deterministic NaN bit patterns, so a result does not depend on the host CPU.
             .cranelift_nan_canonicalization(true)
+            // Relaxed SIMD with one deterministic semantics on every host.
+            .relaxed_simd_deterministic(true)
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&config)
             .map_err(|error| anyhow::anyhow!("creating the wasmtime engine: {error}"))?;
@@ -527,6 +538,15 @@ impl WasmBackend {
                 format!("the kernel does not compile: {error}"),
             )
         })?;
+        let exports_memory = module.exports().any(|export| {
+            export.name() == "memory" && matches!(export.ty(), wasmtime::ExternType::Memory(_))
+        });
+        if !exports_memory {
+            return Err(KernelError::before_run(
+                ErrorCode::KernelLinkFailed,
+                "the kernel must export its linear memory as \"memory\"",
+            ));
+        }
         self.linker.instantiate_pre(&module).map_err(|error| {
             KernelError::before_run(
                 ErrorCode::KernelLinkFailed,
@@ -700,4 +720,116 @@ fn classify(error: &CallError, tripped: Option<&HostTrap>) -> (ErrorCode, String
         ErrorCode::KernelTrapped,
         format!("the kernel failed: {error:#}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtee_schemas::result::EffectiveLimits;
+
+    fn kernel(name: &str) -> Vec<u8> {
+        let path = format!("{}/../kernels/wasm/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+    }
+
+    fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, KernelError> {
+        let backend = WasmBackend::new(4).unwrap();
+        let bytes = kernel(name);
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let Ok(prepared) = prepared.as_ref() else {
+            panic!("{name} does not compile")
+        };
+        let invocation = Invocation {
+            entry: entry.to_owned(),
+            slots: vec![],
+            params: vec![],
+            limits,
+        };
+        backend.run(prepared, &invocation)
+    }
+
+    const LIMITS: EffectiveLimits = EffectiveLimits {
+        timeout_ms: 10_000,
+        memory_bytes: 1 << 24,
+        fuel: 1 << 40,
+        output_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn a_timed_out_kernel_stops_at_its_deadline() {
+        let error = run(
+            "spin",
+            "spin",
+            EffectiveLimits {
+                timeout_ms: 50,
+                ..LIMITS
+            },
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::ExecutionTimeout);
+        assert!(error.usage.wall_time_us >= 50_000, "{:?}", error.usage);
+        assert!(error.usage.wall_time_us < 5_000_000, "{:?}", error.usage);
+        // Wasmtime 48 does not flush its fuel counter before the epoch-deadline trap, so the
+        // fuel of an interrupted run is only what was flushed at the last call: a lower bound
+        // (documented on ResourceUsage::fuel_consumed).
+        assert!(error.usage.fuel_consumed <= LIMITS.fuel);
+    }
+
+    #[test]
+    fn a_module_without_memory_is_a_link_failure() {
+        let backend = WasmBackend::new(1).unwrap();
+        // (module (func (export "run") (result i32) i32.const 0))
+        let bytes = [
+            0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01,
+            0x7f, 0x03, 0x02, 0x01, 0x00, 0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00,
+            0x0a, 0x06, 0x01, 0x04, 0x00, 0x41, 0x00, 0x0b,
+        ];
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        assert_eq!(
+            prepared.as_ref().as_ref().err().map(|e| e.code),
+            Some(ErrorCode::KernelLinkFailed)
+        );
+    }
+
+    #[test]
+    fn a_write_far_past_the_output_limit_traps_before_allocating() {
+        // out has a huge declared size; the job's output limit is 1 MiB. flood writes 64 KiB
+        // chunks until it hits the limit: it must stop at 1 MiB, not allocate the declared size.
+        let backend = WasmBackend::new(1).unwrap();
+        let bytes = kernel("flood");
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let Ok(prepared) = prepared.as_ref() else {
+            panic!("flood does not compile")
+        };
+        let invocation = Invocation {
+            entry: "flood".to_owned(),
+            slots: vec![Slot::Output {
+                name: "out".to_owned(),
+                capacity: 1 << 40,
+            }],
+            params: vec![],
+            limits: EffectiveLimits {
+                output_bytes: 1 << 20,
+                ..LIMITS
+            },
+        };
+        let error = backend.run(prepared, &invocation).unwrap_err();
+        assert_eq!(error.code, ErrorCode::OutputLimitExceeded);
+        assert!(error.usage.output_bytes <= 1 << 20, "{:?}", error.usage);
+    }
+
+    #[test]
+    fn the_cache_keeps_a_deterministic_failure() {
+        let backend = WasmBackend::new(1).unwrap();
+        let digest = Digest::of(b"junk");
+        let prepared = backend.prepare(&digest, b"junk");
+        assert_eq!(
+            prepared.as_ref().as_ref().err().map(|e| e.code),
+            Some(ErrorCode::KernelInvalid)
+        );
+        assert!(backend.cached(&digest).is_some());
+        // Capacity 1: a second module evicts the first.
+        backend.prepare(&Digest::of(b"other"), b"other");
+        assert!(backend.cached(&digest).is_none());
+    }
 }
