@@ -45,7 +45,9 @@ pub fn kernel(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 
-/// A built binary of the workspace (`dtee`, `dtee-worker`, `dtee-loadtest`).
+/// A built binary of the workspace (`dtee`, `dtee-worker`, `dtee-loadtest`). `cargo test`
+/// does not build other packages' binaries: run `cargo build --workspace --bins` first (as
+/// deploy/local/test.sh does).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe

@@ -16,5 +16,8 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo build (the tests run the dtee and dtee-worker binaries)"
+cargo build --workspace --bins --locked
+
 echo "== cargo test"
 cargo test --workspace --locked

@@ -110,7 +110,6 @@ impl ErrorCode {
             | ErrorCode::FuelExhausted
             | ErrorCode::MemoryLimitExceeded
             | ErrorCode::OutputLimitExceeded
-            | ErrorCode::StateAccessDenied
             | ErrorCode::DeadLettered
             | ErrorCode::Cancelled => true,
             ErrorCode::KernelNotFound
@@ -120,6 +119,8 @@ impl ErrorCode {
             | ErrorCode::UnsupportedTarget
             | ErrorCode::StateBindingNotFound
             | ErrorCode::StateConflict
+            // Depends on who submitted the job, not on the job: never cached under its id.
+            | ErrorCode::StateAccessDenied
             | ErrorCode::AttestationFailed
             | ErrorCode::AttestationUnsatisfiable
             | ErrorCode::UnsupportedProvider

@@ -323,6 +323,7 @@ impl JobSpec {
         }
 
         let mut names = HashSet::new();
+        let mut state_tag: Option<String> = None;
         for (idx, buffer) in self.buffers.iter().enumerate() {
             let name = buffer.name();
             if !is_name(name) {
@@ -357,15 +358,16 @@ impl JobSpec {
                     }
                 }
                 Buffer::State { key, max_size, .. } => {
-                    if key.is_empty() || key.len() > 256 {
-                        return Err(invalid(format!(
-                            "buffers[{idx}] ({name}): state key must be 1 to 256 bytes"
-                        )));
-                    }
-                    if key.chars().any(char::is_control) {
-                        return Err(invalid(format!(
-                            "buffers[{idx}] ({name}): state key must not contain control characters"
-                        )));
+                    let key = crate::state::StateKey::parse(key)
+                        .map_err(|error| invalid(format!("buffers[{idx}] ({name}): {error}")))?;
+                    match &state_tag {
+                        None => state_tag = Some(key.hash_tag()),
+                        Some(tag) if *tag != key.hash_tag() => {
+                            return Err(invalid(format!(
+                                "buffers[{idx}] ({name}): every state key of a job must have the same tenant and hash group (one commit, one Redis Cluster slot); {key} does not match {tag:?}"
+                            )));
+                        }
+                        Some(_) => {}
                     }
                     if *max_size == Some(0) {
                         return Err(invalid(format!(

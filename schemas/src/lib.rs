@@ -5,6 +5,7 @@
 //! - [`error`] — the stable error codes of failed results;
 //! - [`canonical`] — RFC 8785 canonical JSON, from which job ids are computed;
 //! - [`digest`] — `sha256:` content digests;
+//! - [`state`] — state keys, their Redis layout and the Redis Cluster rule;
 //! - [`protocol`] — exchange, queue, header and Redis key names;
 //! - [`json_schema`] — the JSON Schemas generated from these types (committed in `schemas/json/`).
 //!
@@ -19,6 +20,7 @@ pub mod job;
 pub mod json_schema;
 pub mod protocol;
 pub mod result;
+pub mod state;
 
 pub use digest::Digest;
 pub use error::ErrorCode;

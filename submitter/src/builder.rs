@@ -5,7 +5,9 @@
 //!   `NAME=base64:...`, `NAME=hex:...`, `NAME=f32:1,2.5,-3` (little-endian f32s),
 //!   `NAME=u32:1,2` (little-endian u32s), `NAME=u64:1,2`;
 //! - output: `NAME:SIZE` (bytes; `k`, `m` suffixes allowed);
-//! - param: `NAME:TYPE=VALUE` with TYPE one of i32, u32, i64, u64, f32, f64.
+//! - param: `NAME:TYPE=VALUE` with TYPE one of i32, u32, i64, u64, f32, f64;
+//! - state: `NAME=MODE:KEY`, MODE one of read_only, write_only, read_write, append_only, with
+//!   a `?` after it when the key may be absent.
 
 use dtee_schemas::job::{encode_base64, ScalarType};
 use dtee_schemas::Digest;
@@ -152,6 +154,49 @@ pub fn parse_param(text: &str) -> Result<(String, ScalarType, f64), String> {
     Ok((name.to_owned(), ty, value))
 }
 
+/// Parses a `--state NAME=MODE:KEY` argument; a `?` after the mode means the key may be
+/// absent (`counter=read_write?:alice/hits`).
+pub fn parse_state(text: &str) -> Result<dtee_schemas::job::Buffer, String> {
+    use dtee_schemas::job::AccessMode;
+    let (name, rest) = split(text, '=', "state")?;
+    let (mode, key) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("state {text:?} is not of the form NAME=MODE:KEY"))?;
+    let (mode, may_be_absent) = match mode.strip_suffix('?') {
+        Some(mode) => (mode, true),
+        None => (mode, false),
+    };
+    let mode = match mode {
+        "read_only" => AccessMode::ReadOnly,
+        "write_only" => AccessMode::WriteOnly,
+        "read_write" => AccessMode::ReadWrite,
+        "append_only" => AccessMode::AppendOnly,
+        other => {
+            return Err(format!(
+            "state {name}: unknown mode {other:?} (read_only, write_only, read_write, append_only)"
+        ))
+        }
+    };
+    dtee_schemas::state::StateKey::parse(key).map_err(|e| e.to_string())?;
+    Ok(state(name, key, mode, may_be_absent))
+}
+
+/// A state buffer.
+pub fn state(
+    name: &str,
+    key: &str,
+    mode: dtee_schemas::job::AccessMode,
+    may_be_absent: bool,
+) -> dtee_schemas::job::Buffer {
+    dtee_schemas::job::Buffer::State {
+        name: name.to_owned(),
+        key: key.to_owned(),
+        mode,
+        may_be_absent,
+        max_size: None,
+    }
+}
+
 /// An inline input buffer.
 pub fn inline_input(name: &str, bytes: &[u8]) -> dtee_schemas::job::Buffer {
     dtee_schemas::job::Buffer::Input {
@@ -247,5 +292,14 @@ mod tests {
         );
         assert!(parse_param("a:f16=1").is_err());
         assert!(parse_param("a=1").is_err());
+        assert!(matches!(
+            parse_state("c=read_write?:alice/hits").unwrap(),
+            dtee_schemas::job::Buffer::State {
+                may_be_absent: true,
+                ..
+            }
+        ));
+        assert!(parse_state("c=rw:alice/hits").is_err());
+        assert!(parse_state("c=read_only:nohits").is_err());
     }
 }

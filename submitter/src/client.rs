@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use dtee_schemas::protocol::{self, Namespace};
+use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, JobResult, JobSpec};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
@@ -83,6 +84,8 @@ pub struct Client {
     /// Publishes jobs, in confirm mode.
     channel: Channel,
     redis: ConnectionManager,
+    /// The AMQP user, sent as `user_id` on every job: the job's tenant.
+    user: String,
 }
 
 impl std::fmt::Debug for Client {
@@ -108,12 +111,23 @@ impl Client {
         let redis = redis::Client::open(config.redis_url.as_str())?
             .get_connection_manager()
             .await?;
+        let user = config
+            .amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.authority.userinfo.username)
+            .unwrap_or_else(|_| "guest".to_owned());
         Ok(Client {
             config,
             connection,
             channel,
             redis,
+            user,
         })
+    }
+
+    /// The tenant: the AMQP user, sent as `user_id` on every job.
+    pub fn tenant(&self) -> &str {
+        &self.user
     }
 
     /// The namespace in use.
@@ -171,7 +185,25 @@ impl Client {
         message_id: &str,
         target: &str,
     ) -> Result<(), ClientError> {
-        let properties = BasicProperties::default()
+        self.publish_job_as(body, message_id, target, Some(&self.user))
+            .await
+    }
+
+    /// Publishes raw bytes as a job message with the given `user_id` (or none): for tests of
+    /// tenant isolation. RabbitMQ closes the channel when `user_id` is not the connection's
+    /// user, so this client cannot publish again afterwards.
+    pub async fn publish_job_as(
+        &self,
+        body: &[u8],
+        message_id: &str,
+        target: &str,
+        user_id: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let mut properties = BasicProperties::default();
+        if let Some(user) = user_id {
+            properties = properties.with_user_id(user.into());
+        }
+        let properties = properties
             .with_content_type(protocol::CONTENT_TYPE_JSON.into())
             .with_message_id(message_id.into())
             .with_type(protocol::JOB_MESSAGE_TYPE.into())
@@ -218,6 +250,30 @@ impl Client {
             .await?;
         let _ = channel.close(200, "ok".into()).await;
         Ok(())
+    }
+
+    /// A state key's value (`None` when absent) and version (0 when never written), read
+    /// atomically. For operators and examples; jobs read state through their bindings.
+    pub async fn state_get(&self, key: &StateKey) -> Result<(Option<Vec<u8>>, u64), ClientError> {
+        let (value, version): (Option<Vec<u8>>, Option<u64>) = redis::cmd("MGET")
+            .arg(key.value_key(&self.config.namespace))
+            .arg(key.version_key(&self.config.namespace))
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok((value, version.unwrap_or(0)))
+    }
+
+    /// Replaces a state key's value and bumps its version atomically; returns the new version.
+    /// Jobs that read the old version and commit later see a conflict and run again.
+    pub async fn state_put(&self, key: &StateKey, value: &[u8]) -> Result<u64, ClientError> {
+        let (version,): (u64,) = redis::pipe()
+            .atomic()
+            .set(key.value_key(&self.config.namespace), value)
+            .ignore()
+            .incr(key.version_key(&self.config.namespace), 1)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(version)
     }
 
     /// The cached final result of a job, if any.

@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 use dtee_schemas::job::Limits;
 use dtee_schemas::protocol::Namespace;
+use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, JobResult, JobSpec};
 use dtee_submitter::builder::{self, InputSource};
 use dtee_submitter::{Client, ClientConfig, ClientError};
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         action: BlobAction,
     },
+    /// Bound state, for operators: `dtee state get KEY`, `dtee state put KEY FILE`.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// Submits a job and prints its id once the broker has confirmed it.
     Submit(JobArgs),
     /// Waits for a job's result and prints it.
@@ -93,6 +99,25 @@ enum BlobAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum StateAction {
+    /// Prints a key's version, size, digest and value (base64), or the raw value with --raw.
+    Get {
+        /// The key, `<tenant>/<path>`.
+        key: String,
+        /// Write the raw value to standard output instead.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Replaces a key's value with FILE's bytes and prints the new version.
+    Put {
+        /// The key, `<tenant>/<path>`.
+        key: String,
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
 struct JobArgs {
     /// A job spec (dtee.job/v1 JSON); the flags below build one instead.
@@ -110,6 +135,10 @@ struct JobArgs {
     /// NAME=hex:..., NAME=f32:1,2,3, NAME=u32:1,2, NAME=u64:1,2 (repeatable).
     #[arg(long = "input", value_name = "NAME=VALUE")]
     inputs: Vec<String>,
+    /// Bound state NAME=MODE:KEY, e.g. counter=read_write?:alice/hits ('?': may be absent)
+    /// (repeatable).
+    #[arg(long = "state", value_name = "NAME=MODE:KEY")]
+    states: Vec<String>,
     /// Output buffer NAME:SIZE, e.g. out:4096 or out:1m (repeatable).
     #[arg(long = "output", value_name = "NAME:SIZE")]
     outputs: Vec<String>,
@@ -207,6 +236,47 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             client.close().await;
             Ok(0)
         }
+        Command::State { action } => {
+            let key_text = match action {
+                StateAction::Get { key, .. } | StateAction::Put { key, .. } => key,
+            };
+            let key = StateKey::parse(key_text).map_err(|e| usage(e.into()))?;
+            let client = connect(&cli).await?;
+            match action {
+                StateAction::Get { raw: true, .. } => {
+                    let (value, _) = client.state_get(&key).await?;
+                    use std::io::Write as _;
+                    std::io::stdout()
+                        .write_all(&value.unwrap_or_default())
+                        .map_err(|e| Failure {
+                            code: 4,
+                            error: e.into(),
+                        })?;
+                }
+                StateAction::Get { .. } => {
+                    let (value, version) = client.state_get(&key).await?;
+                    let view = serde_json::json!({
+                        "key": key.to_string(),
+                        "exists": value.is_some(),
+                        "version": version,
+                        "size": value.as_ref().map_or(0, Vec::len),
+                        "digest": value.as_deref().map(Digest::of),
+                        "value": value.as_deref().map(dtee_schemas::job::encode_base64),
+                    });
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&view).expect("serializes")
+                    );
+                }
+                StateAction::Put { file, .. } => {
+                    let bytes = read(file)?;
+                    let version = client.state_put(&key, &bytes).await?;
+                    println!("{key} version {version}");
+                }
+            }
+            client.close().await;
+            Ok(0)
+        }
         Command::Submit(job) => {
             let client = connect(&cli).await?;
             let Some(body) = job_body(&client, job).await? else {
@@ -293,6 +363,10 @@ async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Fai
                 builder::blob_input(&input.name, digest)
             }
         });
+    }
+    for text in &job.states {
+        spec.buffers
+            .push(builder::parse_state(text).map_err(|e| usage(anyhow!(e)))?);
     }
     for text in &job.outputs {
         let (name, size) = builder::parse_output(text).map_err(|e| usage(anyhow!(e)))?;

@@ -6,3 +6,4 @@ mod hostile;
 mod jobs;
 mod limits;
 mod scale;
+mod state;

@@ -102,9 +102,30 @@ pub struct Args {
     /// Worker id (default: host name and a random suffix).
     #[arg(long, env = "DTEE_WORKER_ID")]
     pub worker_id: Option<String>,
+    /// Serve a single tenant: every job belongs to it, whatever its user_id (otherwise the
+    /// tenant is the AMQP user_id, and a job without one is refused).
+    #[arg(long, env = "DTEE_SINGLE_TENANT")]
+    pub single_tenant: Option<String>,
+    /// Runs of a job whose bound state keeps changing, before it fails with state_conflict.
+    #[arg(long, env = "DTEE_STATE_MAX_ATTEMPTS", default_value = "50")]
+    pub state_max_attempts: String,
+    /// Seconds a job's applied record (exactly-once guard and first result) is kept.
+    #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
+    pub applied_ttl_secs: String,
+    /// Test hook, for the test suite only: `pause-after-commit`.
+    #[arg(long, env = "DTEE_TEST_HOOK", hide = true)]
+    pub test_hook: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "DTEE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// Points where the test suite can stop a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestHook {
+    /// Block forever right after a state commit, before the result is cached, published and
+    /// acked (the test then kills the process).
+    PauseAfterCommit,
 }
 
 /// The worker's typed configuration.
@@ -144,6 +165,14 @@ pub struct Config {
     pub worker_id: String,
     /// Emit logs as JSON lines.
     pub log_json: bool,
+    /// The single tenant, if the worker serves one.
+    pub single_tenant: Option<String>,
+    /// Runs of a job on conflicting state before `state_conflict`.
+    pub state_max_attempts: u32,
+    /// Lifetime of applied records.
+    pub applied_ttl: Duration,
+    /// Test hook.
+    pub test_hook: Option<TestHook>,
 }
 
 fn number<T>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
@@ -302,7 +331,35 @@ impl Config {
                 })
             }
         };
+        if let Some(tenant) = &args.single_tenant {
+            if !dtee_schemas::state::is_valid_tenant(tenant) {
+                return Err(ConfigError {
+                    name: "DTEE_SINGLE_TENANT",
+                    value: tenant.clone(),
+                    why: "a tenant is 1 to 64 letters, digits, '_', '.', '@', '-'".to_owned(),
+                });
+            }
+        }
+        let test_hook = match args.test_hook.as_deref() {
+            None | Some("") => None,
+            Some("pause-after-commit") => Some(TestHook::PauseAfterCommit),
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "DTEE_TEST_HOOK",
+                    value: other.to_owned(),
+                    why: "the only hook is pause-after-commit".to_owned(),
+                })
+            }
+        };
         Ok(Config {
+            single_tenant: args.single_tenant.clone(),
+            state_max_attempts: number("DTEE_STATE_MAX_ATTEMPTS", &args.state_max_attempts, 1)?,
+            applied_ttl: Duration::from_secs(number(
+                "DTEE_APPLIED_TTL_SECS",
+                &args.applied_ttl_secs,
+                1,
+            )?),
+            test_hook,
             amqp_url: args.amqp_url,
             redis_url: args.redis_url,
             namespace,

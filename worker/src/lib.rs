@@ -9,6 +9,7 @@
 //! - [`broker`] — RabbitMQ connection, topology, result publishing with confirms;
 //! - [`store`] — Redis blobs and result cache;
 //! - [`pipeline`] — the path of one job;
+//! - [`state`] — bound Redis state: snapshots and atomic commits;
 //! - [`backend`] — kernel execution (WebAssembly today);
 //! - [`failure`] — what each failure means (retry or fail the job);
 //! - [`stats`] — counters.
@@ -21,6 +22,7 @@ pub mod broker;
 pub mod config;
 pub mod failure;
 pub mod pipeline;
+pub mod state;
 pub mod stats;
 pub mod store;
 
@@ -152,8 +154,10 @@ impl Worker {
         let wasm = Arc::new(WasmBackend::new(config.module_cache_size)?);
         let stats = Arc::new(Stats::default());
         let worker_id = config.worker_id.clone();
+        let state = state::StateStore::new(store.connection(), config.namespace.clone());
         let ctx = Arc::new(Context {
             kernel_slots: Semaphore::new(config.concurrency),
+            state,
             config,
             store,
             publisher,

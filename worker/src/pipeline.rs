@@ -1,13 +1,18 @@
 //! The path of one job through a worker: parse, deduplicate, fetch, execute, cache, publish,
 //! ack. [`failure`](crate::failure) decides what each error means.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dtee_schemas::job::{decode_base64, encode_base64, Buffer, KernelFormat, PlatformRequirement};
+use dtee_schemas::job::{
+    decode_base64, encode_base64, AccessMode, Buffer, KernelFormat, PlatformRequirement,
+};
 use dtee_schemas::result::{
     EffectiveLimits, Execution, JobError, JobStatus, OutputData, ResourceUsage, ResultSchema,
 };
+use dtee_schemas::result::{StateRead, StateReport, StateWritten};
+use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, ErrorCode, JobResult, ParsedJob};
 use lapin::message::Delivery;
 use tokio::sync::Semaphore;
@@ -17,7 +22,9 @@ use crate::backend::wasm::WasmBackend;
 use crate::backend::{Completed, Invocation, KernelError, ParamValue, Slot};
 use crate::broker::ResultPublisher;
 use crate::config::Config;
-use crate::failure::Transient;
+use crate::config::TestHook;
+use crate::failure::{Backoff, Transient};
+use crate::state::{Commit, CommitEntry, StateStore, WriteOp};
 use crate::stats::Stats;
 use crate::store::Store;
 
@@ -26,8 +33,10 @@ use crate::store::Store;
 pub struct Context {
     /// The worker's configuration.
     pub config: Config,
-    /// Redis.
+    /// Redis: blobs and the result cache.
     pub store: Store,
+    /// Redis: bound state.
+    pub state: StateStore,
     /// Result publishing with confirms.
     pub publisher: ResultPublisher,
     /// The WebAssembly backend.
@@ -75,38 +84,56 @@ fn unix_ms() -> u64 {
 pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Transient> {
     let started_at = unix_ms();
     let body = &delivery.data;
-    if body.len() > ctx.config.max_job_bytes {
+    let refuse_message = |code, message: String, cache| {
         let id = fallback_id(delivery);
+        Ok(failed_outcome(
+            ctx, id, cache, code, message, None, None, started_at,
+        ))
+    };
+    if body.len() > ctx.config.max_job_bytes {
         let message = format!(
             "the job is {} bytes; this worker accepts at most {}",
             body.len(),
             ctx.config.max_job_bytes
         );
-        return Ok(failed_outcome(
-            ctx,
-            id,
-            CachePolicy::Never,
-            ErrorCode::InvalidJob,
-            message,
-            None,
-            None,
-            started_at,
-        ));
+        return refuse_message(ErrorCode::InvalidJob, message, CachePolicy::Never);
     }
     let parsed = match dtee_schemas::parse_job(body) {
         Ok(parsed) => parsed,
         Err(error) => {
-            let id = fallback_id(delivery);
+            return refuse_message(ErrorCode::InvalidJob, error.to_string(), CachePolicy::Never)
+        }
+    };
+    // Who may do what is decided before anything is read, the result cache included: a
+    // cached result must not answer another tenant's forged copy of a job.
+    let tenant = match tenant_of(ctx, delivery) {
+        Ok(tenant) => tenant,
+        Err(message) => {
             return Ok(failed_outcome(
                 ctx,
-                id,
+                parsed.id,
                 CachePolicy::Never,
-                ErrorCode::InvalidJob,
-                error.to_string(),
+                ErrorCode::StateAccessDenied,
+                message,
                 None,
                 None,
                 started_at,
-            ));
+            ))
+        }
+    };
+    let bindings = match bindings_of(&parsed.spec, tenant.as_deref()) {
+        Ok(bindings) => bindings,
+        Err(message) => {
+            return Ok(failed_outcome(
+                ctx,
+                parsed.id,
+                CachePolicy::Never,
+                ErrorCode::StateAccessDenied,
+                message,
+                None,
+                None,
+                started_at,
+            ))
         }
     };
     if let Some(cached) = ctx
@@ -129,10 +156,8 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
         });
     }
     let id = parsed.id.clone();
-    match run(ctx, &parsed).await? {
-        Ok((completed, limits, attempts)) => Ok(succeeded_outcome(
-            ctx, &parsed, completed, limits, attempts, started_at,
-        )),
+    match run(ctx, &parsed, &bindings, started_at).await? {
+        Ok(success) => Ok(success),
         Err(refusal) => {
             let cache = if refusal.error.code.is_final() {
                 CachePolicy::Final
@@ -151,6 +176,62 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             ))
         }
     }
+}
+
+/// The tenant of a delivery: the worker's single tenant if it has one, else the AMQP
+/// `user_id`, which RabbitMQ checked against the publishing connection's user.
+fn tenant_of(ctx: &Context, delivery: &Delivery) -> Result<Option<String>, String> {
+    if let Some(tenant) = &ctx.config.single_tenant {
+        return Ok(Some(tenant.clone()));
+    }
+    match delivery.properties.user_id() {
+        Some(user) if dtee_schemas::state::is_valid_tenant(user.as_str()) => Ok(Some(user.as_str().to_owned())),
+        Some(user) => Err(format!("user_id {:?} cannot name a tenant", user.as_str())),
+        None => Err("the message has no user_id property, so its tenant is unknown (publish with user_id, or run the worker in single-tenant mode)".to_owned()),
+    }
+}
+
+/// A state buffer of the job.
+#[derive(Debug, Clone)]
+struct Binding {
+    /// Index in the job's buffers.
+    buffer: usize,
+    name: String,
+    key: StateKey,
+    mode: AccessMode,
+    may_be_absent: bool,
+}
+
+/// The job's state bindings, each checked to lie in the tenant's namespace.
+fn bindings_of(spec: &dtee_schemas::JobSpec, tenant: Option<&str>) -> Result<Vec<Binding>, String> {
+    let mut bindings = Vec::new();
+    for (buffer, entry) in spec.buffers.iter().enumerate() {
+        let Buffer::State {
+            name,
+            key,
+            mode,
+            may_be_absent,
+            ..
+        } = entry
+        else {
+            continue;
+        };
+        let key = StateKey::parse(key).map_err(|error| error.to_string())?;
+        if Some(key.tenant()) != tenant {
+            return Err(format!(
+                "buffer {name:?} binds {key}, outside the namespace of tenant {:?}",
+                tenant.unwrap_or("(none)")
+            ));
+        }
+        bindings.push(Binding {
+            buffer,
+            name: name.clone(),
+            key,
+            mode: *mode,
+            may_be_absent: *may_be_absent,
+        });
+    }
+    Ok(bindings)
 }
 
 /// The id to answer under when the job itself cannot be parsed: its `message_id` if that is a
@@ -173,43 +254,95 @@ struct Refusal {
     ran: bool,
 }
 
-type RunOutput = Result<(Completed, EffectiveLimits, u32), Refusal>;
-
-async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> {
-    let spec = &parsed.spec;
-    let fail = |code, message: String| {
-        Ok(Err(Refusal {
+impl Refusal {
+    fn before_run(code: ErrorCode, message: String, limits: Option<EffectiveLimits>) -> Refusal {
+        Refusal {
             error: KernelError::before_run(code, message),
-            limits: None,
+            limits,
             ran: false,
-        }))
+        }
+    }
+}
+
+/// The kernel, compiled and linked, from the module cache or from Redis by digest.
+async fn kernel_of(
+    ctx: &Context,
+    digest: &Digest,
+) -> Result<Result<Arc<crate::backend::wasm::Prepared>, Refusal>, Transient> {
+    if let Some(prepared) = ctx.wasm.cached(digest) {
+        return Ok(Ok(prepared));
+    }
+    let refuse = |code, message| Ok(Err(Refusal::before_run(code, message, None)));
+    let Some(bytes) = ctx.store.blob(digest).await.map_err(Transient::redis)? else {
+        return refuse(
+            ErrorCode::KernelNotFound,
+            format!("no blob is stored under {digest}"),
+        );
     };
+    if bytes.len() > ctx.config.max_kernel_bytes {
+        return refuse(
+            ErrorCode::KernelInvalid,
+            format!(
+                "the kernel is {} bytes; this worker accepts at most {}",
+                bytes.len(),
+                ctx.config.max_kernel_bytes
+            ),
+        );
+    }
+    if !digest.matches(&bytes) {
+        return refuse(
+            ErrorCode::KernelHashMismatch,
+            format!(
+                "the bytes stored under {digest} hash to {}",
+                Digest::of(&bytes)
+            ),
+        );
+    }
+    let wasm = Arc::clone(&ctx.wasm);
+    let digest = digest.clone();
+    let prepared = tokio::task::spawn_blocking(move || wasm.prepare(&digest, &bytes))
+        .await
+        .map_err(|error| Transient::internal(format!("compiling the kernel: {error}")))?;
+    Ok(Ok(prepared))
+}
+
+type RunOutput = Result<Outcome, Refusal>;
+
+async fn run(
+    ctx: &Context,
+    parsed: &ParsedJob,
+    bindings: &[Binding],
+    started_at: u64,
+) -> Result<RunOutput, Transient> {
+    let spec = &parsed.spec;
     if !ctx.config.targets.contains(&spec.kernel.target) {
-        return fail(
+        return Ok(Err(Refusal::before_run(
             ErrorCode::UnsupportedTarget,
             format!(
                 "this worker serves {:?}, not target {:?}",
                 ctx.config.targets, spec.kernel.target
             ),
-        );
+            None,
+        )));
     }
     if spec.kernel.format != KernelFormat::Wasm {
-        return fail(
+        return Ok(Err(Refusal::before_run(
             ErrorCode::UnsupportedTarget,
             format!("target {:?} runs wasm kernels only", spec.kernel.target),
-        );
+            None,
+        )));
     }
     let limits = match resolve_limits(&ctx.config, spec) {
         Ok(limits) => limits,
-        Err(message) => return fail(ErrorCode::ExcessiveResourceRequirements, message),
+        Err(message) => {
+            return Ok(Err(Refusal::before_run(
+                ErrorCode::ExcessiveResourceRequirements,
+                message,
+                None,
+            )))
+        }
     };
-    let refuse = |code, message: String| {
-        Ok(Err(Refusal {
-            error: KernelError::before_run(code, message),
-            limits: Some(limits),
-            ran: false,
-        }))
-    };
+    let refuse = |code, message: String| Ok(Err(Refusal::before_run(code, message, Some(limits))));
     if let Some(requirement) = &spec.attestation {
         if requirement.platform != PlatformRequirement::Any {
             return refuse(
@@ -218,52 +351,12 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
             );
         }
     }
-    if spec
-        .buffers
-        .iter()
-        .any(|buffer| matches!(buffer, Buffer::State { .. }))
-    {
-        return refuse(
-            ErrorCode::InvalidJob,
-            "state bindings are not supported by this worker version".to_owned(),
-        );
-    }
 
-    // The kernel: from the module cache, or from Redis by digest (checked) and compiled.
-    let digest = &spec.kernel.digest;
-    let prepared = match ctx.wasm.cached(digest) {
-        Some(prepared) => prepared,
-        None => {
-            let Some(bytes) = ctx.store.blob(digest).await.map_err(Transient::redis)? else {
-                return refuse(
-                    ErrorCode::KernelNotFound,
-                    format!("no blob is stored under {digest}"),
-                );
-            };
-            if bytes.len() > ctx.config.max_kernel_bytes {
-                return refuse(
-                    ErrorCode::KernelInvalid,
-                    format!(
-                        "the kernel is {} bytes; this worker accepts at most {}",
-                        bytes.len(),
-                        ctx.config.max_kernel_bytes
-                    ),
-                );
-            }
-            if !digest.matches(&bytes) {
-                return refuse(
-                    ErrorCode::KernelHashMismatch,
-                    format!(
-                        "the bytes stored under {digest} hash to {}",
-                        Digest::of(&bytes)
-                    ),
-                );
-            }
-            let wasm = Arc::clone(&ctx.wasm);
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || wasm.prepare(&digest, &bytes))
-                .await
-                .map_err(|error| Transient::internal(format!("compiling the kernel: {error}")))?
+    let prepared = match kernel_of(ctx, &spec.kernel.digest).await? {
+        Ok(prepared) => prepared,
+        Err(mut refusal) => {
+            refusal.limits = Some(limits);
+            return Ok(Err(refusal));
         }
     };
     let prepared = match prepared.as_ref() {
@@ -277,7 +370,7 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
         }
     };
 
-    // The buffers.
+    // Inputs, fetched once: they are content-addressed and cannot change between attempts.
     let blob_digests: Vec<&Digest> = spec
         .buffers
         .iter()
@@ -333,9 +426,10 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
             Buffer::Input { name, .. } => {
                 unreachable!("input {name} validated to have inline or blob")
             }
+            // The output limit also caps what any one buffer can hold.
             Buffer::Output { name, size } => Slot::Output {
                 name: name.clone(),
-                capacity: *size,
+                capacity: (*size).min(limits.output_bytes),
             },
             Buffer::State {
                 name,
@@ -346,43 +440,174 @@ async fn run(ctx: &Context, parsed: &ParsedJob) -> Result<RunOutput, Transient> 
                 name: name.clone(),
                 mode: *mode,
                 current: Arc::from(Vec::new()),
-                capacity: max_size.unwrap_or(limits.output_bytes),
+                capacity: max_size
+                    .unwrap_or(limits.output_bytes)
+                    .min(limits.output_bytes),
             },
         });
     }
-    let invocation = Invocation {
-        entry: spec.kernel.entry.clone(),
-        slots,
-        params: spec
-            .params
-            .iter()
-            .map(|param| ParamValue {
-                name: param.name.clone(),
-                ty: param.ty,
-                value: param.value,
-            })
-            .collect(),
-        limits,
-    };
+    let params: Vec<ParamValue> = spec
+        .params
+        .iter()
+        .map(|param| ParamValue {
+            name: param.name.clone(),
+            ty: param.ty,
+            value: param.value,
+        })
+        .collect();
 
-    let _permit = ctx
-        .kernel_slots
-        .acquire()
-        .await
-        .map_err(|_| Transient::internal("kernel slots closed".to_owned()))?;
-    Stats::bump(&ctx.stats.executed);
-    let wasm = Arc::clone(&ctx.wasm);
-    let outcome = tokio::task::spawn_blocking(move || wasm.run(&prepared, &invocation))
-        .await
-        .map_err(|error| Transient::internal(format!("running the kernel: {error}")))?;
-    Ok(match outcome {
-        Ok(completed) => Ok((completed, limits, 1)),
-        Err(error) => Err(Refusal {
-            error,
-            limits: Some(limits),
-            ran: true,
-        }),
-    })
+    // Snapshot, run, commit; a conflict re-runs against fresh state, a bounded number of times.
+    let hash_tag = bindings.first().map(|binding| binding.key.hash_tag());
+    let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+    for attempt in 1..=ctx.config.state_max_attempts {
+        let seen = if bindings.is_empty() {
+            Vec::new()
+        } else {
+            let keys: Vec<(&StateKey, bool)> = bindings
+                .iter()
+                .map(|b| {
+                    (
+                        &b.key,
+                        matches!(b.mode, AccessMode::ReadOnly | AccessMode::ReadWrite),
+                    )
+                })
+                .collect();
+            ctx.state.snapshot(&keys).await.map_err(Transient::redis)?
+        };
+        for (binding, seen) in bindings.iter().zip(&seen) {
+            if !seen.exists && !binding.may_be_absent {
+                return refuse(
+                    ErrorCode::StateBindingNotFound,
+                    format!(
+                        "state key {} (buffer {:?}) does not exist and may_be_absent is false",
+                        binding.key, binding.name
+                    ),
+                );
+            }
+            if let Slot::State { current, .. } = &mut slots[binding.buffer] {
+                *current = Arc::from(seen.value.clone().unwrap_or_default());
+            }
+        }
+        let invocation = Invocation {
+            entry: spec.kernel.entry.clone(),
+            slots: slots.clone(),
+            params: params.clone(),
+            limits,
+        };
+        let completed = {
+            let _permit = ctx
+                .kernel_slots
+                .acquire()
+                .await
+                .map_err(|_| Transient::internal("kernel slots closed".to_owned()))?;
+            Stats::bump(&ctx.stats.executed);
+            let wasm = Arc::clone(&ctx.wasm);
+            let prepared = prepared.clone();
+            tokio::task::spawn_blocking(move || wasm.run(&prepared, &invocation))
+                .await
+                .map_err(|error| Transient::internal(format!("running the kernel: {error}")))?
+        };
+        let completed = match completed {
+            Ok(completed) => completed,
+            Err(error) => {
+                return Ok(Err(Refusal {
+                    error,
+                    limits: Some(limits),
+                    ran: true,
+                }))
+            }
+        };
+
+        // What the commit writes, and what the result reports.
+        let mut report = StateReport::default();
+        let mut entries = Vec::with_capacity(bindings.len());
+        for (binding, seen) in bindings.iter().zip(&seen) {
+            if let Some(value) = &seen.value {
+                report.read.push(StateRead {
+                    name: binding.name.clone(),
+                    key: binding.key.to_string(),
+                    version: seen.version,
+                    digest: Digest::of(value),
+                });
+            }
+            let written = completed.written[binding.buffer].clone();
+            let op = match (binding.mode, written) {
+                (AccessMode::ReadOnly, _) | (_, None) => WriteOp::None,
+                (AccessMode::AppendOnly, Some(bytes)) => WriteOp::Append(bytes),
+                (_, Some(bytes)) => WriteOp::Set(bytes),
+            };
+            if let WriteOp::Set(bytes) | WriteOp::Append(bytes) = &op {
+                report.written.push(StateWritten {
+                    name: binding.name.clone(),
+                    key: binding.key.to_string(),
+                    version: seen.version + 1,
+                    digest: Digest::of(bytes),
+                });
+            }
+            entries.push(CommitEntry {
+                key: binding.key.clone(),
+                seen_version: seen.version,
+                op,
+            });
+        }
+        let writes = !report.written.is_empty();
+        let state = (!bindings.is_empty()).then_some(report);
+        let outcome = succeeded_outcome(ctx, parsed, completed, limits, attempt, state, started_at);
+        if !writes {
+            return Ok(Ok(outcome));
+        }
+        let hash_tag = hash_tag.as_deref().expect("writes imply bindings");
+        let commit_started = Instant::now();
+        let commit = ctx
+            .state
+            .commit(
+                hash_tag,
+                &parsed.id,
+                &entries,
+                &outcome.body,
+                ctx.config.applied_ttl,
+            )
+            .await
+            .map_err(Transient::redis)?;
+        ctx.stats.commit_micros.fetch_add(
+            commit_started.elapsed().as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        match commit {
+            Commit::Committed => {
+                Stats::bump(&ctx.stats.commits);
+                if ctx.config.test_hook == Some(TestHook::PauseAfterCommit) {
+                    eprintln!("dtee-test-hook: paused after commit of {}", parsed.id);
+                    std::future::pending::<()>().await;
+                }
+                return Ok(Ok(outcome));
+            }
+            Commit::AlreadyApplied(first) => {
+                // A redelivery after a crash between commit and ack: nothing is applied again,
+                // and the result recorded the first time is the answer.
+                Stats::bump(&ctx.stats.already_applied);
+                return Ok(Ok(Outcome {
+                    job_id: parsed.id.clone(),
+                    body: first,
+                    cache: CachePolicy::Final,
+                    from_cache: true,
+                    succeeded: true,
+                }));
+            }
+            Commit::Conflict(key) => {
+                Stats::bump(&ctx.stats.conflicts);
+                debug!(job_id = %parsed.id, %key, attempt, "state conflict; running again on fresh state");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    refuse(
+        ErrorCode::StateConflict,
+        format!(
+            "the bound state kept changing; gave up after {} attempts",
+            ctx.config.state_max_attempts
+        ),
+    )
 }
 
 /// The job's limits with the worker's defaults filled in, or why they exceed its maximums.
@@ -438,6 +663,7 @@ fn succeeded_outcome(
     completed: Completed,
     limits: EffectiveLimits,
     attempts: u32,
+    state: Option<StateReport>,
     started_at: u64,
 ) -> Outcome {
     let outputs = parsed
@@ -464,7 +690,7 @@ fn succeeded_outcome(
         status: JobStatus::Succeeded,
         error: None,
         outputs,
-        state: None,
+        state,
         limits: Some(limits),
         resources: Some(completed.usage),
         execution: Some(execution(ctx, started_at, attempts)),

@@ -20,6 +20,14 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// Deliveries acknowledged.
     pub acked: AtomicU64,
+    /// State commits applied.
+    pub commits: AtomicU64,
+    /// Commits refused because bound state changed since the snapshot (each re-runs the job).
+    pub conflicts: AtomicU64,
+    /// Commits answered "already applied" (redeliveries after a crash).
+    pub already_applied: AtomicU64,
+    /// Time spent in commit scripts, microseconds.
+    pub commit_micros: AtomicU64,
 }
 
 impl Stats {

@@ -37,6 +37,11 @@ impl Store {
         Ok(Store { redis, namespace })
     }
 
+    /// The underlying connection (cheap to clone).
+    pub fn connection(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
     /// The blob stored under `digest`, if any.
     pub async fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, redis::RedisError> {
         self.redis

@@ -1,0 +1,242 @@
+//! Bound state in Redis: consistent snapshots and atomic, exactly-once commits.
+//!
+//! Layout and the Redis Cluster rule: see [`dtee_schemas::state`]. Two Lua scripts, loaded
+//! once and called by hash ([`redis::Script`] loads them again after a Redis restart):
+//! - the *snapshot* reads the version (and, for readable modes, the value) of every bound key
+//!   in one atomic step;
+//! - the *commit* checks that no bound key changed since the snapshot, applies every write and
+//!   append, bumps the versions, and records the job as applied together with its result, in
+//!   one atomic step. It answers ok, conflict, or already-applied (with the result recorded the
+//!   first time).
+
+use std::time::Duration;
+
+use dtee_schemas::protocol::Namespace;
+use dtee_schemas::state::{applied_key, StateKey};
+use dtee_schemas::Digest;
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+
+const SNAPSHOT: &str = r#"
+-- KEYS: value and version key of each binding, in pairs. ARGV[i]: '1' to read value i.
+local out = {}
+for i = 1, #ARGV do
+  local version = redis.call('GET', KEYS[2 * i]) or '0'
+  local exists = redis.call('EXISTS', KEYS[2 * i - 1])
+  local value = false
+  if ARGV[i] == '1' then value = redis.call('GET', KEYS[2 * i - 1]) end
+  out[i] = {version, exists, value}
+end
+return out
+"#;
+
+const COMMIT: &str = r#"
+-- KEYS[1]: the applied record; then the value and version key of each binding, in pairs.
+-- ARGV[1]: the result; ARGV[2]: the applied record's TTL in seconds; then, per binding:
+-- the version seen by the snapshot, the operation (none, set, append), the bytes.
+local applied = redis.call('GET', KEYS[1])
+if applied then return {'applied', applied} end
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  local seen = tonumber(ARGV[3 * i])
+  local now = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
+  if now ~= seen then return {'conflict', KEYS[2 * i]} end
+end
+for i = 1, n do
+  local op = ARGV[3 * i + 1]
+  if op == 'set' then
+    redis.call('SET', KEYS[2 * i], ARGV[3 * i + 2])
+    redis.call('INCR', KEYS[2 * i + 1])
+  elseif op == 'append' then
+    redis.call('APPEND', KEYS[2 * i], ARGV[3 * i + 2])
+    redis.call('INCR', KEYS[2 * i + 1])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {'ok'}
+"#;
+
+/// One key as the snapshot saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Version (0 when the key never existed).
+    pub version: u64,
+    /// Whether the key exists.
+    pub exists: bool,
+    /// The value, when the binding's mode reads it (empty when absent).
+    pub value: Option<Vec<u8>>,
+}
+
+/// What a commit does to one binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Nothing: the key is only checked for changes.
+    None,
+    /// Replace the value.
+    Set(Vec<u8>),
+    /// Append to the value.
+    Append(Vec<u8>),
+}
+
+/// One binding in a commit.
+#[derive(Debug, Clone)]
+pub struct CommitEntry {
+    /// The key.
+    pub key: StateKey,
+    /// The version the snapshot saw.
+    pub seen_version: u64,
+    /// The write.
+    pub op: WriteOp,
+}
+
+/// The outcome of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commit {
+    /// Applied.
+    Committed,
+    /// A bound key changed since the snapshot (the Redis key named).
+    Conflict(String),
+    /// The job was applied before; this is the result recorded then.
+    AlreadyApplied(Vec<u8>),
+}
+
+/// Why a Redis reply made no sense.
+fn malformed(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply",
+        what.to_owned(),
+    ))
+}
+
+fn as_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        Value::SimpleString(text) => Some(text.as_bytes().to_vec()),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// The worker's access to bound state.
+#[derive(Clone)]
+pub struct StateStore {
+    redis: ConnectionManager,
+    namespace: Namespace,
+    snapshot: Script,
+    commit: Script,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// A store on an existing Redis connection.
+    pub fn new(redis: ConnectionManager, namespace: Namespace) -> StateStore {
+        StateStore {
+            redis,
+            namespace,
+            snapshot: Script::new(SNAPSHOT),
+            commit: Script::new(COMMIT),
+        }
+    }
+
+    /// Reads every key in one atomic step; `read_value[i]` says whether to fetch key i's value.
+    pub async fn snapshot(
+        &self,
+        keys: &[(&StateKey, bool)],
+    ) -> Result<Vec<Seen>, redis::RedisError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.snapshot.prepare_invoke();
+        for (key, read) in keys {
+            invocation
+                .key(key.value_key(&self.namespace))
+                .key(key.version_key(&self.namespace));
+            invocation.arg(if *read { "1" } else { "0" });
+        }
+        let reply: Value = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let Value::Array(entries) = reply else {
+            return Err(malformed("snapshot reply is not an array"));
+        };
+        if entries.len() != keys.len() {
+            return Err(malformed("snapshot reply has the wrong length"));
+        }
+        entries
+            .iter()
+            .zip(keys)
+            .map(|(entry, (_, read))| {
+                let Value::Array(fields) = entry else {
+                    return Err(malformed("snapshot entry is not an array"));
+                };
+                let version = fields
+                    .first()
+                    .and_then(as_bytes)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| malformed("snapshot version is not a number"))?;
+                let exists = matches!(fields.get(1), Some(Value::Int(n)) if *n > 0) || version > 0;
+                let value = if *read {
+                    Some(fields.get(2).and_then(as_bytes).unwrap_or_default())
+                } else {
+                    None
+                };
+                Ok(Seen {
+                    version,
+                    exists,
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// Commits a job's writes atomically, recording `result` as the job's applied result.
+    pub async fn commit(
+        &self,
+        hash_tag: &str,
+        job_id: &Digest,
+        entries: &[CommitEntry],
+        result: &[u8],
+        applied_ttl: Duration,
+    ) -> Result<Commit, redis::RedisError> {
+        let mut invocation = self.commit.prepare_invoke();
+        invocation.key(applied_key(&self.namespace, hash_tag, job_id));
+        invocation.arg(result).arg(applied_ttl.as_secs().max(1));
+        for entry in entries {
+            invocation
+                .key(entry.key.value_key(&self.namespace))
+                .key(entry.key.version_key(&self.namespace));
+            invocation.arg(entry.seen_version);
+            match &entry.op {
+                WriteOp::None => invocation.arg("none").arg(""),
+                WriteOp::Set(bytes) => invocation.arg("set").arg(bytes.as_slice()),
+                WriteOp::Append(bytes) => invocation.arg("append").arg(bytes.as_slice()),
+            };
+        }
+        let reply: Value = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let Value::Array(fields) = reply else {
+            return Err(malformed("commit reply is not an array"));
+        };
+        let status = fields.first().and_then(as_bytes).unwrap_or_default();
+        match status.as_slice() {
+            b"ok" => Ok(Commit::Committed),
+            b"conflict" => Ok(Commit::Conflict(
+                fields
+                    .get(1)
+                    .and_then(as_bytes)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default(),
+            )),
+            b"applied" => Ok(Commit::AlreadyApplied(
+                fields.get(1).and_then(as_bytes).unwrap_or_default(),
+            )),
+            _ => Err(malformed("commit reply has an unknown status")),
+        }
+    }
+}
