@@ -89,6 +89,10 @@ struct JobsArgs {
     /// Seconds to wait for all results.
     #[arg(long, default_value = "600")]
     timeout: u64,
+    /// Give each job one read_write state binding: it increments one of this many counters
+    /// (kernels/wasm/increment.wasm; 0 = no state, the noop kernel).
+    #[arg(long, default_value = "0")]
+    state_keys: usize,
     /// Prefetch of the baseline's consumer (match the worker's).
     #[arg(long, default_value = "16")]
     prefetch: u16,
@@ -236,8 +240,14 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
         .check_topology()
         .await
         .context("no dtee topology in this namespace: start a worker first")?;
-    let kernel = std::fs::read(&args.kernel)
-        .with_context(|| format!("reading {}", args.kernel.display()))?;
+    let kernel_path = if args.state_keys > 0 {
+        args.kernel.with_file_name("increment.wasm")
+    } else {
+        args.kernel.clone()
+    };
+    let kernel = std::fs::read(&kernel_path)
+        .with_context(|| format!("reading {}", kernel_path.display()))?;
+    let tenant = client.tenant().to_owned();
     let (digest, _) = client.put_blob(&kernel).await?;
     let waiter = client.waiter().await?;
     let mut results = waiter.subscribe_all().await?;
@@ -253,11 +263,22 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
             Arc::clone(&slots),
             args.clone(),
         );
+        let tenant = tenant.clone();
         tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for idx in 0..args.jobs {
                 slots.acquire().await.expect("open").forget();
                 let mut spec = wasm_job(digest.clone(), &args.entry);
+                if args.state_keys > 0 {
+                    spec.kernel.entry = "increment".to_owned();
+                    let key = format!("{tenant}/loadtest/{run_id:016x}/{}", idx % args.state_keys);
+                    spec.buffers = vec![dtee_submitter::builder::state(
+                        "counter",
+                        &key,
+                        dtee_schemas::job::AccessMode::ReadWrite,
+                        true,
+                    )];
+                }
                 spec.nonce = Some(format!("{run_id:016x}-{idx}"));
                 let id = dtee_schemas::job_id(&spec).expect("job id");
                 sent.lock().await.insert(id, Instant::now());
@@ -301,7 +322,8 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
     if failed > 0 {
         bail!("{failed} jobs failed");
     }
-    Ok(Report::new("jobs", args.in_flight, elapsed, latencies))
+    let mode = if args.state_keys > 0 { "state" } else { "jobs" };
+    Ok(Report::new(mode, args.in_flight, elapsed, latencies))
 }
 
 async fn amqp(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {

@@ -232,7 +232,7 @@ impl Client {
         }
     }
 
-    /// Checks that the namespace's exchanges exist (a worker or the deploy definitions
+    /// Checks that the namespace's exchanges exist (a worker
     /// declared them), for a clear error before submitting.
     pub async fn check_topology(&self) -> Result<(), ClientError> {
         let channel = self.connection.create_channel().await?;

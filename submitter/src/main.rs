@@ -404,18 +404,19 @@ fn report(result: &JobResult, save_outputs: Option<&Path>) -> Result<u8, Failure
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {}", dir.display()))
             .map_err(usage)?;
-        for output in &result.outputs {
-            // Output names are buffer names ([A-Za-z_][A-Za-z0-9_.-]*), but the result came
-            // over the network: refuse anything that could leave the directory.
-            if output.name.is_empty()
+        // Output names are buffer names ([A-Za-z_][A-Za-z0-9_.-]*), but the result came over
+        // the network: refuse, before writing anything, any name that could leave the directory.
+        if let Some(bad) = result.outputs.iter().find(|output| {
+            output.name.is_empty()
                 || output.name.starts_with('.')
-                || output.name.contains(['/', '\\'])
-            {
-                return Err(Failure {
-                    code: 4,
-                    error: anyhow!("refusing to save output named {:?}", output.name),
-                });
-            }
+                || output.name.contains(['/', '\\', ':'])
+        }) {
+            return Err(Failure {
+                code: 4,
+                error: anyhow!("refusing to save output named {:?}", bad.name),
+            });
+        }
+        for output in &result.outputs {
             let bytes = output.bytes().map_err(|e| Failure {
                 code: 4,
                 error: anyhow!("output {}: {e}", output.name),

@@ -31,6 +31,9 @@ pub struct ResultWaiter {
     pending: Pending,
     all: AllResults,
     next_waiter: std::sync::atomic::AtomicU64,
+    /// Held while a binding is added or removed, so that a watch starting on an id cannot
+    /// have its new binding removed by a watch on the same id that is finishing.
+    binding_lock: tokio::sync::Mutex<()>,
     dispatcher: tokio::task::JoinHandle<()>,
 }
 
@@ -114,6 +117,7 @@ impl ResultWaiter {
             pending,
             all,
             next_waiter: std::sync::atomic::AtomicU64::new(0),
+            binding_lock: tokio::sync::Mutex::new(()),
             dispatcher,
         })
     }
@@ -143,6 +147,7 @@ impl ResultWaiter {
         job_id: &Digest,
         accept_failure: bool,
     ) -> Result<Watch<'_>, ClientError> {
+        let binding = self.binding_lock.lock().await;
         let (sender, receiver) = oneshot::channel();
         let number = self
             .next_waiter
@@ -169,6 +174,7 @@ impl ResultWaiter {
                 FieldTable::default(),
             )
             .await?;
+        drop(binding);
         let (result, failure): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
             .arg(self.namespace.result_key(job_id))
             .arg(self.namespace.failure_key(job_id))
@@ -248,6 +254,7 @@ impl Watch<'_> {
 impl Watch<'_> {
     /// Withdraws this waiter; unbinds only when no other waiter watches the same id.
     async fn withdraw(&self) {
+        let _binding = self.waiter.binding_lock.lock().await;
         let others_remain = {
             let mut pending = self.waiter.pending.lock().expect("lock");
             match pending.get_mut(&self.job_id) {

@@ -165,6 +165,7 @@ impl Worker {
             stats: Arc::clone(&stats),
         });
         let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let stop_retrying = shutdown.clone();
         let task = tokio::spawn(async move {
             let mut in_flight = JoinSet::new();
             let mut lost: Option<String> = None;
@@ -196,7 +197,9 @@ impl Worker {
                     }
                 }
             }
-            // Graceful shutdown: no new deliveries; in-flight jobs get the grace period.
+            // Graceful shutdown: no new deliveries; in-flight jobs get the grace period. Jobs
+            // retrying a transient failure give up and return to the queue.
+            let _ = stop_retrying.send(true);
             for tag in &consumer_tags {
                 let _ = consume
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
@@ -214,6 +217,21 @@ impl Worker {
                 );
                 in_flight.abort_all();
             }
+            let stats = &ctx.stats;
+            let commits = Stats::get(&stats.commits);
+            info!(
+                received = Stats::get(&stats.received),
+                executed = Stats::get(&stats.executed),
+                succeeded = Stats::get(&stats.succeeded),
+                failed = Stats::get(&stats.failed),
+                deduplicated = Stats::get(&stats.deduplicated),
+                commits,
+                conflicts = Stats::get(&stats.conflicts),
+                mean_commit_us = Stats::get(&stats.commit_micros)
+                    .checked_div(commits)
+                    .unwrap_or(0),
+                "worker totals"
+            );
             // Closing the channels returns every unacknowledged delivery to its queue.
             let _ = consume.close(200, "worker shutting down".into()).await;
             let _ = connection.close(200, "worker shutting down".into()).await;

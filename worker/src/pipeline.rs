@@ -280,8 +280,9 @@ async fn kernel_of(
         );
     };
     if bytes.len() > ctx.config.max_kernel_bytes {
+        // A worker setting, not a property of the kernel: not final.
         return refuse(
-            ErrorCode::KernelInvalid,
+            ErrorCode::ExcessiveResourceRequirements,
             format!(
                 "the kernel is {} bytes; this worker accepts at most {}",
                 bytes.len(),
@@ -747,10 +748,24 @@ pub async fn deliver(
     match outcome.cache {
         CachePolicy::Never => {}
         CachePolicy::Failure => {
-            ctx.store
-                .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
+            // A final result cached meanwhile (another delivery of the same job succeeded)
+            // wins over this failure.
+            if let Some(existing) = ctx
+                .store
+                .cached_result(&outcome.job_id)
                 .await
-                .map_err(Transient::redis)?;
+                .map_err(Transient::redis)?
+            {
+                outcome.body = existing;
+                outcome.from_cache = true;
+                outcome.succeeded =
+                    serde_json::from_slice::<JobResult>(&outcome.body).is_ok_and(|r| r.succeeded());
+            } else {
+                ctx.store
+                    .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
+                    .await
+                    .map_err(Transient::redis)?;
+            }
         }
         CachePolicy::Final => {
             let stored = ctx

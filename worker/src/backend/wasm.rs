@@ -426,10 +426,10 @@ fn define_host_abi(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 }));
             }
             let before = state.image_len(slot_idx);
+            // Output bytes count what was written at its largest: shrinking refunds nothing
+            // (a read_write image starts from a value that was never charged).
             if len > before {
                 state.charge(len - before)?;
-            } else {
-                state.output_used = state.output_used.saturating_sub(before - len);
             }
             state.image_mut(slot_idx).resize(len as usize, 0);
             Ok(0)
