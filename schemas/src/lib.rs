@@ -1,5 +1,6 @@
 //! The dtee wire protocol, shared by workers, submitters and verifiers.
 //!
+//! - [`attestation`] — evidence and its verification (SEV-SNP, TPM, software);
 //! - [`job`] — the job spec `dtee.job/v1` and its validation;
 //! - [`result`] — the result `dtee.result/v1`;
 //! - [`error`] — the stable error codes of failed results;
@@ -13,6 +14,7 @@
 //! embedding (a worker, a client, an offline verifier) can use it.
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod canonical;
 pub mod digest;
 pub mod error;
