@@ -108,6 +108,7 @@ impl TestEnv {
         config.concurrency = 2;
         config.prefetch = 16;
         config.shutdown_grace = Duration::from_secs(5);
+        config.attestation = dtee_worker::attestation::ProviderChoice::Software;
         config
     }
 

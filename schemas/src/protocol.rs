@@ -93,6 +93,12 @@ impl Namespace {
         format!("{}:failure:{job_id}", self.0)
     }
 
+    /// Redis key of a worker's registry entry (its identity and evidence, with a heartbeat
+    /// TTL): `<ns>:worker:<worker id>`.
+    pub fn worker_key(&self, worker_id: &str) -> String {
+        format!("{}:worker:{worker_id}", self.0)
+    }
+
     /// Redis key of a cached final result: `<ns>:result:<job id>`.
     pub fn result_key(&self, job_id: &Digest) -> String {
         format!("{}:result:{job_id}", self.0)
@@ -108,6 +114,35 @@ impl Default for Namespace {
 impl fmt::Display for Namespace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The routing key of a job: its target, with the attestation platform it requires appended
+/// (`wasm`, `wasm.tpm`, `wasm.snp`, `wasm.any-hardware`). Workers bind a queue for each key they
+/// can serve, so a job that requires a platform only reaches workers that have it.
+pub fn job_routing_key(spec: &crate::JobSpec) -> String {
+    use crate::job::PlatformRequirement;
+    match spec
+        .attestation
+        .as_ref()
+        .map(|requirement| requirement.platform)
+    {
+        None | Some(PlatformRequirement::Any) => spec.kernel.target.clone(),
+        Some(PlatformRequirement::Tpm) => format!("{}.tpm", spec.kernel.target),
+        Some(PlatformRequirement::Snp) => format!("{}.snp", spec.kernel.target),
+        Some(PlatformRequirement::AnyHardware) => format!("{}.any-hardware", spec.kernel.target),
+    }
+}
+
+/// The routing keys a worker serves for `target` on `platform` (`software`, `tpm`, `snp`).
+pub fn served_routing_keys(target: &str, platform: &str) -> Vec<String> {
+    match platform {
+        "tpm" | "snp" => vec![
+            target.to_owned(),
+            format!("{target}.{platform}"),
+            format!("{target}.any-hardware"),
+        ],
+        _ => vec![target.to_owned()],
     }
 }
 

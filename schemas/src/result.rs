@@ -45,9 +45,9 @@ pub struct JobResult {
     /// Which worker ran it, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution: Option<Execution>,
-    /// The signed execution attestation (see issue 4 / ATTESTATION.md when present).
+    /// The signed execution attestation and the worker's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attestation: Option<serde_json::Value>,
+    pub attestation: Option<crate::attestation::execution::Attestation>,
 }
 
 impl JobResult {

@@ -45,8 +45,9 @@ pub enum ClientError {
     /// The job is not valid; nothing was sent.
     #[error("{0}")]
     InvalidJob(#[from] dtee_schemas::JobParseError),
-    /// No queue is bound for the job's target: no worker has declared it.
-    #[error("no queue serves target {target:?} in namespace {namespace:?}: start a worker that serves it first")]
+    /// No queue is bound for the job's routing key: no worker that serves the target (with the
+    /// attestation platform the job requires) has declared it.
+    #[error("no queue serves routing key {target:?} in namespace {namespace:?}: start a worker that serves this target (with the attestation platform the job requires) first")]
     NoRoute {
         /// The job's target.
         target: String,
@@ -173,8 +174,12 @@ impl Client {
             .map_err(dtee_schemas::JobParseError::Json)?;
         let body = dtee_schemas::canonical::to_canonical_vec(&value)
             .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.publish_job(&body, parsed.id.as_str(), &parsed.spec.kernel.target)
-            .await?;
+        self.publish_job(
+            &body,
+            parsed.id.as_str(),
+            &dtee_schemas::protocol::job_routing_key(&parsed.spec),
+        )
+        .await?;
         Ok(parsed.id)
     }
 

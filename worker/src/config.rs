@@ -115,6 +115,21 @@ pub struct Args {
     /// Test hook, for the test suite only: `pause-after-commit`.
     #[arg(long, env = "DTEE_TEST_HOOK", hide = true)]
     pub test_hook: Option<String>,
+    /// Attestation provider: snp, tpm, software or auto (the strongest available).
+    #[arg(long, env = "DTEE_ATTESTATION", default_value = "auto")]
+    pub attestation: String,
+    /// TPM TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
+    #[arg(long, env = "DTEE_TPM_TCTI", default_value = "device:/dev/tpmrm0")]
+    pub tpm_tcti: String,
+    /// PCR the worker extends with its measurement (23: resettable, for applications).
+    #[arg(long, env = "DTEE_TPM_PCR", default_value = "23")]
+    pub tpm_pcr: String,
+    /// Seconds between evidence refreshes.
+    #[arg(long, env = "DTEE_EVIDENCE_REFRESH_SECS", default_value = "300")]
+    pub evidence_refresh_secs: String,
+    /// Seconds between registry heartbeats (the entry lives three heartbeats).
+    #[arg(long, env = "DTEE_HEARTBEAT_SECS", default_value = "10")]
+    pub heartbeat_secs: String,
     /// Log format: text or json.
     #[arg(long, env = "DTEE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -173,6 +188,14 @@ pub struct Config {
     pub applied_ttl: Duration,
     /// Test hook.
     pub test_hook: Option<TestHook>,
+    /// Attestation provider.
+    pub attestation: crate::attestation::ProviderChoice,
+    /// TPM settings.
+    pub provider_settings: crate::attestation::ProviderSettings,
+    /// Evidence refresh period.
+    pub evidence_refresh: Duration,
+    /// Registry heartbeat period.
+    pub heartbeat: Duration,
 }
 
 fn number<T>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
@@ -351,7 +374,31 @@ impl Config {
                 })
             }
         };
+        let attestation = args.attestation.parse().map_err(|why| ConfigError {
+            name: "DTEE_ATTESTATION",
+            value: args.attestation.clone(),
+            why,
+        })?;
+        let tpm_pcr: u32 = number("DTEE_TPM_PCR", &args.tpm_pcr, 0)?;
+        if tpm_pcr > 23 {
+            return Err(ConfigError {
+                name: "DTEE_TPM_PCR",
+                value: args.tpm_pcr.clone(),
+                why: "PCRs are 0 to 23".to_owned(),
+            });
+        }
         Ok(Config {
+            attestation,
+            provider_settings: crate::attestation::ProviderSettings {
+                tpm_tcti: args.tpm_tcti.clone(),
+                tpm_pcr,
+            },
+            evidence_refresh: Duration::from_secs(number(
+                "DTEE_EVIDENCE_REFRESH_SECS",
+                &args.evidence_refresh_secs,
+                1,
+            )?),
+            heartbeat: Duration::from_secs(number("DTEE_HEARTBEAT_SECS", &args.heartbeat_secs, 1)?),
             single_tenant: args.single_tenant.clone(),
             state_max_attempts: number("DTEE_STATE_MAX_ATTEMPTS", &args.state_max_attempts, 1)?,
             applied_ttl: Duration::from_secs(number(

@@ -11,17 +11,21 @@
 //! - [`pipeline`] — the path of one job;
 //! - [`state`] — bound Redis state: snapshots and atomic commits;
 //! - [`backend`] — kernel execution (WebAssembly today);
+//! - [`attestation`] — the worker key, its evidence, and signed execution statements;
+//! - [`registry`] — the worker's entry in Redis, with a heartbeat and evidence refresh;
 //! - [`failure`] — what each failure means (retry or fail the job);
 //! - [`stats`] — counters.
 //!
 //! **Invariant:** a delivery is acked only after its result is cached and confirmed by the
 //! broker.
 
+pub mod attestation;
 pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod failure;
 pub mod pipeline;
+pub mod registry;
 pub mod state;
 pub mod stats;
 pub mod store;
@@ -105,6 +109,23 @@ impl Worker {
         )
         .await
         .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
+        // Identity first: a worker that cannot attest as asked does not consume.
+        let measurement = attestation::measure(&measured_configuration(&config));
+        let provider =
+            attestation::open_provider(config.attestation, &config.provider_settings, &measurement)
+                .context("opening the attestation provider")?;
+        let attestor = Arc::new(
+            attestation::Attestor::start(&config.worker_id, measurement, provider)
+                .context("attesting the worker key")?,
+        );
+        info!(platform = attestor.platform(), "worker key attested");
+        let routing_keys: Vec<String> = config
+            .targets
+            .iter()
+            .flat_map(|target| {
+                dtee_schemas::protocol::served_routing_keys(target, attestor.platform())
+            })
+            .collect();
         let setup = connection
             .create_channel()
             .await
@@ -112,7 +133,7 @@ impl Worker {
         broker::declare_topology(
             &setup,
             &config.namespace,
-            &config.targets,
+            &routing_keys,
             config.delivery_limit,
         )
         .await
@@ -137,7 +158,7 @@ impl Worker {
             .context("setting the prefetch")?;
         let mut consumers = SelectAll::new();
         let mut consumer_tags = Vec::new();
-        for target in &config.targets {
+        for target in &routing_keys {
             let tag = format!("{}.{target}", config.worker_id);
             let consumer = consume
                 .basic_consume(
@@ -155,7 +176,16 @@ impl Worker {
         let stats = Arc::new(Stats::default());
         let worker_id = config.worker_id.clone();
         let state = state::StateStore::new(store.connection(), config.namespace.clone());
+        let registry = tokio::spawn(registry::run(
+            store.connection(),
+            config.namespace.clone(),
+            Arc::clone(&attestor),
+            routing_keys.clone(),
+            config.heartbeat,
+            config.evidence_refresh,
+        ));
         let ctx = Arc::new(Context {
+            attestor,
             kernel_slots: Semaphore::new(config.concurrency),
             state,
             config,
@@ -232,6 +262,13 @@ impl Worker {
                     .unwrap_or(0),
                 "worker totals"
             );
+            registry.abort();
+            registry::deregister(
+                ctx.store.connection(),
+                &ctx.config.namespace,
+                &ctx.config.worker_id,
+            )
+            .await;
             // Closing the channels returns every unacknowledged delivery to its queue.
             let _ = consume.close(200, "worker shutting down".into()).await;
             let _ = connection.close(200, "worker shutting down".into()).await;
@@ -291,4 +328,19 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The configuration that the worker's measurement covers: everything that changes what a job
+/// does or may do, nothing secret and nothing instance-specific.
+fn measured_configuration(config: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "namespace": config.namespace.as_str(),
+        "targets": config.targets,
+        "default_limits": config.default_limits,
+        "max_limits": config.max_limits,
+        "max_job_bytes": config.max_job_bytes,
+        "max_kernel_bytes": config.max_kernel_bytes,
+        "single_tenant": config.single_tenant,
+        "state_max_attempts": config.state_max_attempts,
+    })
 }

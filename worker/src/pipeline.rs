@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dtee_schemas::job::{
-    decode_base64, encode_base64, AccessMode, Buffer, KernelFormat, PlatformRequirement,
+use dtee_schemas::attestation::execution::{
+    ExecutionStatement, NamedDigest, OutputDigest, EXECUTION_SCHEMA,
 };
+use dtee_schemas::job::{decode_base64, encode_base64, AccessMode, Buffer, KernelFormat};
 use dtee_schemas::result::{
     EffectiveLimits, Execution, JobError, JobStatus, OutputData, ResourceUsage, ResultSchema,
 };
@@ -18,6 +19,7 @@ use lapin::message::Delivery;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::attestation::Attestor;
 use crate::backend::wasm::WasmBackend;
 use crate::backend::{Completed, Invocation, KernelError, ParamValue, Slot};
 use crate::broker::ResultPublisher;
@@ -45,6 +47,8 @@ pub struct Context {
     pub kernel_slots: Semaphore,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// The worker's key, identity and attestation provider.
+    pub attestor: Arc<Attestor>,
 }
 
 /// Where a result is cached before it is published.
@@ -87,7 +91,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
     let refuse_message = |code, message: String, cache| {
         let id = fallback_id(delivery);
         Ok(failed_outcome(
-            ctx, id, cache, code, message, None, None, started_at,
+            ctx, id, None, cache, code, message, None, None, started_at,
         ))
     };
     if body.len() > ctx.config.max_job_bytes {
@@ -112,6 +116,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             return Ok(failed_outcome(
                 ctx,
                 parsed.id,
+                Some(&parsed.spec),
                 CachePolicy::Never,
                 ErrorCode::StateAccessDenied,
                 message,
@@ -127,6 +132,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             return Ok(failed_outcome(
                 ctx,
                 parsed.id,
+                Some(&parsed.spec),
                 CachePolicy::Never,
                 ErrorCode::StateAccessDenied,
                 message,
@@ -167,6 +173,7 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             Ok(failed_outcome(
                 ctx,
                 id,
+                Some(&parsed.spec),
                 cache,
                 refusal.error.code,
                 refusal.error.message,
@@ -345,10 +352,14 @@ async fn run(
     };
     let refuse = |code, message: String| Ok(Err(Refusal::before_run(code, message, Some(limits))));
     if let Some(requirement) = &spec.attestation {
-        if requirement.platform != PlatformRequirement::Any {
+        if !ctx.attestor.satisfies(requirement.platform) {
             return refuse(
                 ErrorCode::AttestationUnsatisfiable,
-                format!("this worker has no {:?} attestation", requirement.platform),
+                format!(
+                    "the job requires {:?} attestation; this worker attests with {}",
+                    requirement.platform,
+                    ctx.attestor.platform()
+                ),
             );
         }
     }
@@ -699,7 +710,7 @@ fn succeeded_outcome(
     };
     Outcome {
         job_id: parsed.id.clone(),
-        body: serde_json::to_vec(&result).expect("a result serializes"),
+        body: seal(ctx, result, Some(&parsed.spec)),
         cache: CachePolicy::Final,
         from_cache: false,
         succeeded: true,
@@ -710,6 +721,7 @@ fn succeeded_outcome(
 fn failed_outcome(
     ctx: &Context,
     job_id: Digest,
+    spec: Option<&dtee_schemas::JobSpec>,
     cache: CachePolicy,
     code: ErrorCode,
     message: String,
@@ -732,11 +744,73 @@ fn failed_outcome(
     };
     Outcome {
         job_id,
-        body: serde_json::to_vec(&result).expect("a result serializes"),
+        body: seal(ctx, result, spec),
         cache,
         from_cache: false,
         succeeded: false,
     }
+}
+
+/// Signs the result's execution statement, attaches the attestation, and serializes.
+fn seal(ctx: &Context, mut result: JobResult, spec: Option<&dtee_schemas::JobSpec>) -> Vec<u8> {
+    let execution = result
+        .execution
+        .clone()
+        .expect("every result built here has an execution");
+    let inputs = spec
+        .map(|spec| {
+            spec.buffers
+                .iter()
+                .filter_map(|buffer| match buffer {
+                    Buffer::Input {
+                        name,
+                        inline: Some(text),
+                        ..
+                    } => Some(NamedDigest {
+                        name: name.clone(),
+                        digest: Digest::of(&decode_base64(text).unwrap_or_default()),
+                    }),
+                    Buffer::Input {
+                        name,
+                        blob: Some(digest),
+                        ..
+                    } => Some(NamedDigest {
+                        name: name.clone(),
+                        digest: digest.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let statement = ExecutionStatement {
+        schema: EXECUTION_SCHEMA.to_owned(),
+        job_id: result.job_id.clone(),
+        kernel: spec.map(|spec| spec.kernel.clone()),
+        nonce: spec.and_then(|spec| spec.nonce.clone()),
+        inputs,
+        state: result.state.clone(),
+        outputs: result
+            .outputs
+            .iter()
+            .map(|output| OutputDigest {
+                name: output.name.clone(),
+                size: output.size,
+                digest: output.digest.clone(),
+            })
+            .collect(),
+        limits: result.limits,
+        resources: result.resources,
+        status: result.status,
+        error_code: result.error_code(),
+        execution_id: execution.execution_id,
+        started_at_unix_ms: execution.started_at_unix_ms,
+        finished_at_unix_ms: execution.finished_at_unix_ms,
+        worker: ctx.attestor.worker_ref(),
+        tcb: ctx.attestor.tcb(),
+    };
+    result.attestation = Some(ctx.attestor.attest(statement));
+    serde_json::to_vec(&result).expect("a result serializes")
 }
 
 /// Caches (first result wins), publishes with a confirm, and only then acks.

@@ -10,6 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256, Sha512};
 
+pub mod dsse;
+pub mod evidence;
+pub mod execution;
 pub mod snp;
 pub mod tpm;
 
@@ -38,17 +41,26 @@ pub struct Check {
 impl Check {
     /// A passed check.
     pub fn pass(name: impl Into<String>) -> Check {
-        Check { name: name.into(), outcome: Outcome::Pass }
+        Check {
+            name: name.into(),
+            outcome: Outcome::Pass,
+        }
     }
 
     /// A failed check.
     pub fn fail(name: impl Into<String>, why: impl Into<String>) -> Check {
-        Check { name: name.into(), outcome: Outcome::Fail(why.into()) }
+        Check {
+            name: name.into(),
+            outcome: Outcome::Fail(why.into()),
+        }
     }
 
     /// A skipped check.
     pub fn skipped(name: impl Into<String>, why: impl Into<String>) -> Check {
-        Check { name: name.into(), outcome: Outcome::Skipped(why.into()) }
+        Check {
+            name: name.into(),
+            outcome: Outcome::Skipped(why.into()),
+        }
     }
 
     /// `pass` if `ok`, else `fail` with `why`.

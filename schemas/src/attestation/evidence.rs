@@ -1,0 +1,68 @@
+//! What a worker publishes about itself: its key, its measurement, and the platform's evidence
+//! that binds them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+
+/// The statement software evidence makes, verbatim: nothing vouches for it.
+pub const SOFTWARE_STATEMENT: &str = "software identity: no hardware root of trust vouches for this worker; its measurement and key are self-reported";
+
+/// Platform evidence binding a worker key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "platform", rename_all = "snake_case")]
+pub enum Evidence {
+    /// No hardware root: a self-reported measurement.
+    Software(SoftwareEvidence),
+}
+
+impl Evidence {
+    /// The platform name: `software`, `tpm` or `snp`.
+    pub fn platform(&self) -> &'static str {
+        match self {
+            Evidence::Software(_) => "software",
+        }
+    }
+
+    /// Whether a hardware root of trust vouches for the evidence.
+    pub fn is_hardware(&self) -> bool {
+        !matches!(self, Evidence::Software(_))
+    }
+
+    /// The digest of the evidence's canonical JSON, which the execution attestation names.
+    pub fn digest(&self) -> Digest {
+        let value = serde_json::to_value(self).expect("evidence serializes");
+        crate::canonical::canonical_digest(&value).expect("evidence has no out-of-range integers")
+    }
+}
+
+/// Software evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SoftwareEvidence {
+    /// Always [`SOFTWARE_STATEMENT`].
+    pub statement: String,
+}
+
+/// A worker's identity as it publishes it (registry) and as it travels in every result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerIdentity {
+    /// The worker's id.
+    pub worker_id: String,
+    /// Its Ed25519 public key, hex; the private key never leaves the worker's memory.
+    pub public_key: String,
+    /// Digest of the worker binary and its effective configuration.
+    pub measurement: Digest,
+    /// When the evidence was produced, Unix milliseconds.
+    pub evidence_created_at_unix_ms: u64,
+    /// The platform's evidence.
+    pub evidence: Evidence,
+}
+
+impl WorkerIdentity {
+    /// The public key bytes, if the hex is a 32-byte key.
+    pub fn public_key_bytes(&self) -> Option<[u8; 32]> {
+        let bytes = hex::decode(&self.public_key).ok()?;
+        bytes.try_into().ok()
+    }
+}

@@ -1,0 +1,116 @@
+//! The execution attestation: a DSSE envelope whose payload, [`ExecutionStatement`], binds what
+//! ran, on what, under which limits, with what result, on which attested worker.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::dsse::Envelope;
+use super::evidence::WorkerIdentity;
+use crate::job::KernelRef;
+use crate::result::{EffectiveLimits, JobStatus, ResourceUsage, StateReport};
+use crate::{Digest, ErrorCode};
+
+/// The statement's schema tag.
+pub const EXECUTION_SCHEMA: &str = "dtee.execution/v1";
+
+/// The attestation carried in a result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Attestation {
+    /// The signed statement.
+    pub envelope: Envelope,
+    /// The signing worker's identity and evidence, so the result verifies offline.
+    pub identity: WorkerIdentity,
+}
+
+/// What a worker attests about one execution. Serialized in canonical JSON as the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "dtee.execution/v1")]
+pub struct ExecutionStatement {
+    /// Always `dtee.execution/v1`.
+    pub schema: String,
+    /// The job.
+    pub job_id: Digest,
+    /// The kernel (absent when the message could not be parsed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelRef>,
+    /// The job's nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Digest of each input buffer's bytes.
+    pub inputs: Vec<NamedDigest>,
+    /// Bound state read and written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateReport>,
+    /// Each output's size and digest.
+    pub outputs: Vec<OutputDigest>,
+    /// Limits enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<EffectiveLimits>,
+    /// Resources used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceUsage>,
+    /// The outcome.
+    pub status: JobStatus,
+    /// The error code of a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// This execution's id.
+    pub execution_id: String,
+    /// Unix milliseconds when processing started.
+    pub started_at_unix_ms: u64,
+    /// Unix milliseconds when processing ended.
+    pub finished_at_unix_ms: u64,
+    /// The worker.
+    pub worker: WorkerRef,
+    /// What the platform protected during this execution.
+    pub tcb: Tcb,
+}
+
+/// A named digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NamedDigest {
+    /// Buffer name.
+    pub name: String,
+    /// Digest of its bytes.
+    pub digest: Digest,
+}
+
+/// An output's size and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OutputDigest {
+    /// Buffer name.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Digest of the bytes.
+    pub digest: Digest,
+}
+
+/// The worker as the statement names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerRef {
+    /// Worker id.
+    pub worker_id: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    /// Measurement of the worker binary and configuration.
+    pub measurement: Digest,
+    /// `software`, `tpm` or `snp`.
+    pub platform: String,
+    /// Digest of the evidence's canonical JSON.
+    pub evidence_digest: Digest,
+}
+
+/// Honest flags about what was inside the trusted computing base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Tcb {
+    /// A hardware root of trust vouches for the worker key (TPM or SEV-SNP).
+    pub hardware_rooted: bool,
+    /// Guest memory is encrypted and integrity-protected against the host (SEV-SNP).
+    pub memory_protected: bool,
+    /// The accelerator that ran the kernel is inside the trusted boundary. Always false today:
+    /// a GPU used through HIP sits outside an SEV-SNP guest's protection.
+    pub gpu_in_tcb: bool,
+    /// The backend that ran the kernel (`wasm`, `hip`).
+    pub backend: String,
+}

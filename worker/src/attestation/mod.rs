@@ -1,0 +1,283 @@
+//! Attestation providers: each worker makes a fresh Ed25519 signing key at start-up (never
+//! written anywhere), and a provider binds its public key to the platform:
+//! - `software`: no hardware root; the evidence says so plainly;
+//! - `tpm`: a TPM 2.0 quote by a restricted attestation key (feature `tpm`);
+//! - `snp`: an SEV-SNP report from inside an SNP guest.
+//!
+//! [`Attestor`] holds the key and the current evidence, signs every result's execution
+//! statement, and refreshes the evidence periodically.
+
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dtee_schemas::attestation::dsse::{Envelope, EXECUTION_PAYLOAD_TYPE};
+use dtee_schemas::attestation::evidence::{
+    Evidence, SoftwareEvidence, WorkerIdentity, SOFTWARE_STATEMENT,
+};
+use dtee_schemas::attestation::execution::{Attestation, ExecutionStatement, Tcb, WorkerRef};
+use dtee_schemas::job::PlatformRequirement;
+use dtee_schemas::{Digest, ErrorCode};
+use ed25519_dalek::SigningKey;
+
+pub mod snp;
+
+/// Which provider to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderChoice {
+    /// No hardware root.
+    Software,
+    /// A TPM 2.0.
+    Tpm,
+    /// An SEV-SNP guest.
+    Snp,
+    /// The strongest available: SNP, then TPM, then software.
+    Auto,
+}
+
+impl std::str::FromStr for ProviderChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "software" => Ok(ProviderChoice::Software),
+            "tpm" => Ok(ProviderChoice::Tpm),
+            "snp" => Ok(ProviderChoice::Snp),
+            "auto" => Ok(ProviderChoice::Auto),
+            _ => Err("expected snp, tpm, software or auto".to_owned()),
+        }
+    }
+}
+
+/// Why attestation failed; each kind maps to its stable error code.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestationError {
+    /// The provider does not exist on this platform (no device, or not compiled in).
+    #[error("unsupported_provider: {0}")]
+    UnsupportedProvider(String),
+    /// The provider was used before it was set up.
+    #[error("provider_not_initialized: {0}")]
+    ProviderNotInitialized(String),
+    /// The provider failed to produce evidence.
+    #[error("attestation_failed: {0}")]
+    Failed(String),
+}
+
+impl AttestationError {
+    /// The error code of a failed result caused by this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AttestationError::UnsupportedProvider(_) => ErrorCode::UnsupportedProvider,
+            AttestationError::ProviderNotInitialized(_) => ErrorCode::ProviderNotInitialized,
+            AttestationError::Failed(_) => ErrorCode::AttestationFailed,
+        }
+    }
+}
+
+/// A platform that can bind a public key.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// `software`, `tpm` or `snp`.
+    fn platform(&self) -> &'static str;
+
+    /// Fresh evidence that binds `public_key`, with `nonce` where the platform supports one.
+    fn evidence(&self, public_key: &[u8; 32], nonce: &[u8]) -> Result<Evidence, AttestationError>;
+
+    /// What the platform protects.
+    fn tcb(&self) -> Tcb;
+}
+
+/// The software provider: nothing vouches for the worker.
+#[derive(Debug)]
+pub struct SoftwareProvider;
+
+impl Provider for SoftwareProvider {
+    fn platform(&self) -> &'static str {
+        "software"
+    }
+
+    fn evidence(
+        &self,
+        _public_key: &[u8; 32],
+        _nonce: &[u8],
+    ) -> Result<Evidence, AttestationError> {
+        Ok(Evidence::Software(SoftwareEvidence {
+            statement: SOFTWARE_STATEMENT.to_owned(),
+        }))
+    }
+
+    fn tcb(&self) -> Tcb {
+        Tcb {
+            hardware_rooted: false,
+            memory_protected: false,
+            gpu_in_tcb: false,
+            backend: "wasm".to_owned(),
+        }
+    }
+}
+
+/// Settings the hardware providers need.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// TCTI of the TPM, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tpm_tcti: String,
+    /// PCR the worker extends with its measurement.
+    pub tpm_pcr: u32,
+}
+
+/// Opens the chosen provider; `auto` tries SNP, then TPM, then software, and says which.
+pub fn open_provider(
+    choice: ProviderChoice,
+    settings: &ProviderSettings,
+    measurement: &Digest,
+) -> Result<Box<dyn Provider>, AttestationError> {
+    match choice {
+        ProviderChoice::Software => Ok(Box::new(SoftwareProvider)),
+        ProviderChoice::Snp => Ok(Box::new(snp::SnpProvider::open()?)),
+        ProviderChoice::Tpm => open_tpm(settings, measurement),
+        ProviderChoice::Auto => {
+            if let Ok(provider) = snp::SnpProvider::open() {
+                tracing::info!("attestation: auto chose snp");
+                return Ok(Box::new(provider));
+            }
+            match open_tpm(settings, measurement) {
+                Ok(provider) => {
+                    tracing::info!(tcti = %settings.tpm_tcti, "attestation: auto chose tpm");
+                    Ok(provider)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "attestation: auto found no SEV-SNP guest device and no usable TPM; using the software identity, which nothing vouches for");
+                    Ok(Box::new(SoftwareProvider))
+                }
+            }
+        }
+    }
+}
+
+fn open_tpm(
+    _settings: &ProviderSettings,
+    _measurement: &Digest,
+) -> Result<Box<dyn Provider>, AttestationError> {
+    Err(AttestationError::UnsupportedProvider(
+        "the TPM provider is not wired in yet".to_owned(),
+    ))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The worker's key, identity and provider.
+#[derive(Debug)]
+pub struct Attestor {
+    key: SigningKey,
+    provider: Box<dyn Provider>,
+    identity: RwLock<WorkerIdentity>,
+}
+
+impl Attestor {
+    /// Makes a fresh key and the first evidence.
+    pub fn start(
+        worker_id: &str,
+        measurement: Digest,
+        provider: Box<dyn Provider>,
+    ) -> Result<Attestor, AttestationError> {
+        let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let public = key.verifying_key().to_bytes();
+        let evidence = provider.evidence(&public, &rand::random::<[u8; 32]>())?;
+        let identity = WorkerIdentity {
+            worker_id: worker_id.to_owned(),
+            public_key: hex::encode(public),
+            measurement,
+            evidence_created_at_unix_ms: unix_ms(),
+            evidence,
+        };
+        Ok(Attestor {
+            key,
+            provider,
+            identity: RwLock::new(identity),
+        })
+    }
+
+    /// The platform: `software`, `tpm` or `snp`.
+    pub fn platform(&self) -> &'static str {
+        self.provider.platform()
+    }
+
+    /// The current identity.
+    pub fn identity(&self) -> WorkerIdentity {
+        self.identity.read().expect("identity lock").clone()
+    }
+
+    /// Produces fresh evidence (with a new nonce) for the same key.
+    pub fn refresh(&self) -> Result<(), AttestationError> {
+        let public = self.key.verifying_key().to_bytes();
+        let evidence = self
+            .provider
+            .evidence(&public, &rand::random::<[u8; 32]>())?;
+        let mut identity = self.identity.write().expect("identity lock");
+        identity.evidence = evidence;
+        identity.evidence_created_at_unix_ms = unix_ms();
+        Ok(())
+    }
+
+    /// Whether this worker can satisfy a job's platform requirement.
+    pub fn satisfies(&self, requirement: PlatformRequirement) -> bool {
+        match requirement {
+            PlatformRequirement::Any => true,
+            PlatformRequirement::Tpm => self.platform() == "tpm",
+            PlatformRequirement::Snp => self.platform() == "snp",
+            PlatformRequirement::AnyHardware => self.platform() != "software",
+        }
+    }
+
+    /// The worker as execution statements name it.
+    pub fn worker_ref(&self) -> WorkerRef {
+        let identity = self.identity();
+        WorkerRef {
+            worker_id: identity.worker_id.clone(),
+            public_key: identity.public_key.clone(),
+            measurement: identity.measurement.clone(),
+            platform: self.platform().to_owned(),
+            evidence_digest: identity.evidence.digest(),
+        }
+    }
+
+    /// What the platform protects.
+    pub fn tcb(&self) -> Tcb {
+        self.provider.tcb()
+    }
+
+    /// Signs a statement. The identity is read once, so the statement's evidence digest and the
+    /// identity carried beside it agree even across a concurrent refresh.
+    pub fn attest(&self, mut statement: ExecutionStatement) -> Attestation {
+        let identity = self.identity();
+        statement.worker = WorkerRef {
+            worker_id: identity.worker_id.clone(),
+            public_key: identity.public_key.clone(),
+            measurement: identity.measurement.clone(),
+            platform: self.platform().to_owned(),
+            evidence_digest: identity.evidence.digest(),
+        };
+        let value = serde_json::to_value(&statement).expect("a statement serializes");
+        let payload = dtee_schemas::canonical::to_canonical_vec(&value)
+            .expect("a statement has a canonical form");
+        Attestation {
+            envelope: Envelope::sign(EXECUTION_PAYLOAD_TYPE, &payload, &self.key),
+            identity,
+        }
+    }
+}
+
+/// The worker's measurement: SHA-256 over the worker binary and its effective configuration.
+pub fn measure(configuration: &serde_json::Value) -> Digest {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let binary = std::env::current_exe()
+        .and_then(std::fs::read)
+        .unwrap_or_default();
+    hasher.update(sha2::Sha256::digest(&binary));
+    let config = dtee_schemas::canonical::to_canonical_vec(configuration).unwrap_or_default();
+    hasher.update(sha2::Sha256::digest(&config));
+    Digest::from_sha256(hasher.finalize().into())
+}

@@ -1,0 +1,90 @@
+//! The worker registry: each worker keeps an entry in Redis with its identity and evidence,
+//! refreshed on a heartbeat (the entry expires three heartbeats after the last one), and
+//! produces fresh evidence periodically. `dtee workers` lists the entries.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dtee_schemas::attestation::evidence::WorkerIdentity;
+use dtee_schemas::protocol::Namespace;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::attestation::Attestor;
+
+/// A registry entry, as stored under `<ns>:worker:<worker id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Identity and current evidence.
+    pub identity: WorkerIdentity,
+    /// `software`, `tpm` or `snp`.
+    pub platform: String,
+    /// Routing keys the worker consumes.
+    pub routing_keys: Vec<String>,
+    /// When the worker started, Unix milliseconds.
+    pub started_at_unix_ms: u64,
+    /// The last heartbeat, Unix milliseconds.
+    pub heartbeat_at_unix_ms: u64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Heartbeats and refreshes evidence until aborted.
+pub async fn run(
+    redis: ConnectionManager,
+    namespace: Namespace,
+    attestor: Arc<Attestor>,
+    routing_keys: Vec<String>,
+    heartbeat: Duration,
+    evidence_refresh: Duration,
+) {
+    let started_at = unix_ms();
+    let mut last_refresh = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(heartbeat);
+    loop {
+        ticker.tick().await;
+        if last_refresh.elapsed() >= evidence_refresh {
+            let attestor_for_refresh = Arc::clone(&attestor);
+            match tokio::task::spawn_blocking(move || attestor_for_refresh.refresh()).await {
+                Ok(Ok(())) => last_refresh = tokio::time::Instant::now(),
+                Ok(Err(error)) => {
+                    warn!(%error, "refreshing the evidence failed; keeping the previous evidence")
+                }
+                Err(error) => warn!(%error, "the evidence refresh task failed"),
+            }
+        }
+        let identity = attestor.identity();
+        let entry = Entry {
+            platform: attestor.platform().to_owned(),
+            routing_keys: routing_keys.clone(),
+            started_at_unix_ms: started_at,
+            heartbeat_at_unix_ms: unix_ms(),
+            identity,
+        };
+        let body = serde_json::to_vec(&entry).expect("an entry serializes");
+        let ttl = (heartbeat.as_secs() * 3).max(3);
+        let stored: Result<(), redis::RedisError> = redis::cmd("SET")
+            .arg(namespace.worker_key(&entry.identity.worker_id))
+            .arg(body)
+            .arg("EX")
+            .arg(ttl)
+            .query_async(&mut redis.clone())
+            .await;
+        if let Err(error) = stored {
+            warn!(%error, "registry heartbeat failed");
+        }
+    }
+}
+
+/// Removes a worker's entry (on graceful shutdown).
+pub async fn deregister(redis: ConnectionManager, namespace: &Namespace, worker_id: &str) {
+    let _: Result<(), redis::RedisError> = redis::cmd("DEL")
+        .arg(namespace.worker_key(worker_id))
+        .query_async(&mut redis.clone())
+        .await;
+}
