@@ -281,6 +281,38 @@ impl Client {
         Ok(version)
     }
 
+    /// The registry entries of the namespace's live workers (JSON, as workers write them).
+    pub async fn workers(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        let mut redis = self.redis.clone();
+        let pattern = format!("{}:worker:*", self.config.namespace);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut redis)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
+            let body: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+            if let Some(entry) = body.and_then(|body| serde_json::from_slice(&body).ok()) {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
     /// The cached final result of a job, if any.
     pub async fn cached_result(&self, job_id: &Digest) -> Result<Option<JobResult>, ClientError> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")

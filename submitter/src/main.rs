@@ -1,7 +1,7 @@
 //! `dtee`: store kernels, submit jobs, wait for results.
 //!
-//! Exit codes: 0 the job succeeded (or the command worked); 1 the job failed (its result is
-//! printed); 3 no result arrived before the timeout; 4 RabbitMQ or Redis failed; 64 bad input
+//! Exit codes: 0 the job succeeded (or the command worked, or `verify` accepted); 1 the job
+//! failed (its result is printed), or `verify` rejected; 3 no result arrived before the timeout; 4 RabbitMQ or Redis failed; 64 bad input
 //! (an invalid job, an unreadable file); 2 bad command-line usage.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
+use dtee_schemas::attestation::verify::{self, Policy};
+use dtee_schemas::attestation::Outcome;
 use dtee_schemas::job::Limits;
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::StateKey;
@@ -64,6 +66,21 @@ enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Checks a result's attestation offline against a policy; prints every check and exits 0
+    /// only when all pass.
+    Verify {
+        /// The result (dtee.result/v1 JSON), as `dtee wait` or `dtee run` print it.
+        result: PathBuf,
+        /// The policy (TOML; see deploy/policies/).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Verify as of this Unix time (default: now), e.g. to check certificate validity.
+        #[arg(long)]
+        at: Option<i64>,
+    },
+    /// Lists the workers registered in the namespace, with platform, measurement and evidence
+    /// age.
+    Workers,
     /// Submits a job and prints its id once the broker has confirmed it.
     Submit(JobArgs),
     /// Waits for a job's result and prints it.
@@ -233,6 +250,65 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let client = connect(&cli).await?;
             let (digest, _stored) = client.put_blob(&bytes).await?;
             println!("{digest}");
+            client.close().await;
+            Ok(0)
+        }
+        Command::Verify { result, policy, at } => {
+            let result: JobResult = serde_json::from_slice(&read(result)?)
+                .map_err(|e| usage(anyhow!("the result is not dtee.result/v1 JSON: {e}")))?;
+            let policy_text = String::from_utf8(read(policy)?).map_err(|e| usage(e.into()))?;
+            let policy: Policy = toml::from_str(&policy_text)
+                .map_err(|e| usage(anyhow!("{}: {e}", policy_path_display(&cli))))?;
+            let now = at.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+            });
+            let checks = verify::verify_result(&result, &policy, now);
+            for check in &checks {
+                match &check.outcome {
+                    Outcome::Pass => println!("PASS  {}", check.name),
+                    Outcome::Fail(why) => println!("FAIL  {}: {why}", check.name),
+                    Outcome::Skipped(why) => println!("SKIP  {}: {why}", check.name),
+                }
+            }
+            let accepted = verify::accepted(&checks);
+            println!(
+                "{}",
+                if accepted {
+                    "verdict: ACCEPTED"
+                } else {
+                    "verdict: REJECTED"
+                }
+            );
+            Ok(if accepted { 0 } else { 1 })
+        }
+        Command::Workers => {
+            let client = connect(&cli).await?;
+            let entries = client.workers().await?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            println!(
+                "{:<32} {:<9} {:<73} {:>12} {:>14}",
+                "worker", "platform", "measurement", "evidence age", "last heartbeat"
+            );
+            for entry in &entries {
+                let identity = &entry["identity"];
+                let age = |ms: &serde_json::Value| {
+                    ms.as_u64().map_or("-".to_owned(), |ms| {
+                        format!("{:.0} s", now_ms.saturating_sub(ms) as f64 / 1000.0)
+                    })
+                };
+                println!(
+                    "{:<32} {:<9} {:<73} {:>12} {:>14}",
+                    identity["worker_id"].as_str().unwrap_or("?"),
+                    entry["platform"].as_str().unwrap_or("?"),
+                    identity["measurement"].as_str().unwrap_or("?"),
+                    age(&identity["evidence_created_at_unix_ms"]),
+                    age(&entry["heartbeat_at_unix_ms"]),
+                );
+            }
             client.close().await;
             Ok(0)
         }
@@ -428,4 +504,11 @@ fn report(result: &JobResult, save_outputs: Option<&Path>) -> Result<u8, Failure
         }
     }
     Ok(if result.succeeded() { 0 } else { 1 })
+}
+
+fn policy_path_display(cli: &Cli) -> String {
+    match &cli.command {
+        Command::Verify { policy, .. } => policy.display().to_string(),
+        _ => "policy".to_owned(),
+    }
 }

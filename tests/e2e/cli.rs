@@ -106,3 +106,69 @@ async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtee_verify_prints_every_check_and_exits_by_the_verdict() {
+    let env = TestEnv::new("cli-verify").await;
+    let worker = env.start_worker().await;
+    let mut spec = dtee_submitter::builder::wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![
+        dtee_submitter::builder::inline_input("in", b"verify me"),
+        dtee_submitter::builder::output("out", 16),
+    ];
+    let result = env.run(&spec).await;
+    let dir = std::env::temp_dir().join(format!("dtee-verify-{}", env.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("result.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap()).unwrap();
+    let policies = repo_root().join("deploy/policies");
+
+    let ok = dtee(
+        &env,
+        &[
+            "verify",
+            path.to_str().unwrap(),
+            "--policy",
+            policies.join("software-dev.toml").to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("PASS  envelope.signature") && stdout.contains("verdict: ACCEPTED"),
+        "{stdout}"
+    );
+
+    let rejected = dtee(
+        &env,
+        &[
+            "verify",
+            path.to_str().unwrap(),
+            "--policy",
+            policies.join("tpm.toml").to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&rejected.stdout);
+    assert_eq!(rejected.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  software.allowed") && stdout.contains("verdict: REJECTED"),
+        "{stdout}"
+    );
+
+    // A policy with a typo is bad input, not a verdict.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "allow_sofware = true\n").unwrap();
+    let typo = dtee(
+        &env,
+        &[
+            "verify",
+            path.to_str().unwrap(),
+            "--policy",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(typo.status.code(), Some(64));
+    std::fs::remove_dir_all(&dir).unwrap();
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

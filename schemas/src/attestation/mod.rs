@@ -15,6 +15,7 @@ pub mod evidence;
 pub mod execution;
 pub mod snp;
 pub mod tpm;
+pub mod verify;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,0 +1,267 @@
+//! Offline verification of a result's attestation against a [`Policy`]. Every check is
+//! reported, passed or not, so a verifier can print them all; the result is accepted only when
+//! none failed.
+
+use serde::{Deserialize, Serialize};
+
+use super::dsse::EXECUTION_PAYLOAD_TYPE;
+use super::evidence::Evidence;
+use super::execution::{ExecutionStatement, OutputDigest, EXECUTION_SCHEMA};
+use super::Check;
+use crate::{Digest, JobResult};
+
+/// What a verifier accepts. Written as TOML (see deploy/policies/).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Accept software evidence, which no hardware vouches for.
+    #[serde(default)]
+    pub allow_software: bool,
+    /// Worker measurements accepted (`sha256:...`); empty accepts any.
+    #[serde(default)]
+    pub worker_measurements: Vec<Digest>,
+    /// Oldest evidence accepted, in seconds before the verification time.
+    #[serde(default)]
+    pub max_evidence_age_secs: Option<u64>,
+    /// TPM evidence is accepted only with this section.
+    #[serde(default)]
+    pub tpm: Option<TpmSection>,
+    /// SEV-SNP evidence is accepted only with this section.
+    #[serde(default)]
+    pub snp: Option<SnpSection>,
+}
+
+/// The `[tpm]` section of a policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmSection {
+    /// Attestation keys accepted: hex SHA-256 of the AK's public area.
+    pub allowed_aks: Vec<String>,
+    /// PCR values required, `{ index = 23, value = "hex" }`.
+    #[serde(default)]
+    pub pcrs: Vec<PcrValue>,
+}
+
+/// A required PCR value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PcrValue {
+    /// PCR index.
+    pub index: u32,
+    /// Hex of its SHA-256 bank value.
+    pub value: String,
+}
+
+/// The `[snp]` section of a policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpSection {
+    /// Launch measurements accepted (hex of 48 bytes).
+    pub allowed_measurements: Vec<String>,
+    /// Required VMPL (default 0).
+    #[serde(default)]
+    pub vmpl: u32,
+    /// Accept guests whose policy allows debugging (default false).
+    #[serde(default)]
+    pub allow_debug: bool,
+    /// Lowest report version accepted (default 2).
+    #[serde(default)]
+    pub min_report_version: Option<u32>,
+}
+
+/// All checks of a result against a policy at `now_unix_secs`.
+pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let Some(attestation) = &result.attestation else {
+        checks.push(Check::fail(
+            "attestation.present",
+            "the result carries no attestation",
+        ));
+        return checks;
+    };
+    checks.push(Check::pass("attestation.present"));
+    let identity = &attestation.identity;
+    let envelope = &attestation.envelope;
+    checks.push(Check::from_bool(
+        "envelope.payload_type",
+        envelope.payload_type == EXECUTION_PAYLOAD_TYPE,
+        || {
+            format!(
+                "payload type is {:?}, not {EXECUTION_PAYLOAD_TYPE:?}",
+                envelope.payload_type
+            )
+        },
+    ));
+    let Some(public_key) = identity.public_key_bytes() else {
+        checks.push(Check::fail(
+            "identity.public_key",
+            "the worker public key is not 32 bytes of hex",
+        ));
+        return checks;
+    };
+    match envelope.verify(&public_key) {
+        Ok(()) => checks.push(Check::pass("envelope.signature")),
+        Err(why) => {
+            checks.push(Check::fail("envelope.signature", why));
+            return checks;
+        }
+    }
+    let statement: ExecutionStatement = match envelope.payload_bytes().and_then(|bytes| {
+        serde_json::from_slice(&bytes)
+            .map_err(|error| format!("the payload is not an execution statement: {error}"))
+    }) {
+        Ok(statement) => statement,
+        Err(why) => {
+            checks.push(Check::fail("statement.parse", why));
+            return checks;
+        }
+    };
+    checks.push(Check::from_bool(
+        "statement.schema",
+        statement.schema == EXECUTION_SCHEMA,
+        || format!("schema is {:?}", statement.schema),
+    ));
+
+    // The statement names this worker, this evidence, and this result.
+    checks.push(Check::from_bool(
+        "statement.worker_key",
+        statement.worker.public_key == identity.public_key,
+        || "the statement names another worker key".to_owned(),
+    ));
+    checks.push(Check::from_bool(
+        "statement.worker_measurement",
+        statement.worker.measurement == identity.measurement,
+        || "the statement names another measurement".to_owned(),
+    ));
+    let evidence_digest = identity.evidence.digest();
+    checks.push(Check::from_bool(
+        "statement.evidence_digest",
+        statement.worker.evidence_digest == evidence_digest,
+        || {
+            format!(
+                "the statement names evidence {}, the result carries {evidence_digest}",
+                statement.worker.evidence_digest
+            )
+        },
+    ));
+    checks.push(Check::from_bool(
+        "statement.platform",
+        statement.worker.platform == identity.evidence.platform(),
+        || {
+            format!(
+                "the statement says {}, the evidence is {}",
+                statement.worker.platform,
+                identity.evidence.platform()
+            )
+        },
+    ));
+    checks.push(Check::from_bool(
+        "result.job_id",
+        statement.job_id == result.job_id,
+        || {
+            format!(
+                "the statement is about {}, the result about {}",
+                statement.job_id, result.job_id
+            )
+        },
+    ));
+    checks.push(Check::from_bool(
+        "result.status",
+        statement.status == result.status && statement.error_code == result.error_code(),
+        || "status or error code differ from the statement".to_owned(),
+    ));
+    let claimed: Vec<OutputDigest> = result
+        .outputs
+        .iter()
+        .map(|o| OutputDigest {
+            name: o.name.clone(),
+            size: o.size,
+            digest: o.digest.clone(),
+        })
+        .collect();
+    checks.push(Check::from_bool(
+        "result.outputs_listed",
+        claimed == statement.outputs,
+        || "the result's outputs (names, sizes, digests) differ from the statement's".to_owned(),
+    ));
+    let mut data_ok = Ok(());
+    for output in &result.outputs {
+        match output.bytes() {
+            Ok(bytes) if bytes.len() as u64 == output.size && output.digest.matches(&bytes) => {}
+            Ok(_) => {
+                data_ok = Err(format!(
+                    "output {:?}: its bytes do not match its size and digest",
+                    output.name
+                ));
+                break;
+            }
+            Err(error) => {
+                data_ok = Err(format!("output {:?}: not base64: {error}", output.name));
+                break;
+            }
+        }
+    }
+    checks.push(match data_ok {
+        Ok(()) => Check::pass("result.output_data"),
+        Err(why) => Check::fail("result.output_data", why),
+    });
+    checks.push(Check::from_bool(
+        "result.state_limits_resources",
+        statement.state == result.state
+            && statement.limits == result.limits
+            && statement.resources == result.resources,
+        || "state, limits or resources differ from the statement".to_owned(),
+    ));
+    let execution_ok = result.execution.as_ref().is_some_and(|e| {
+        e.execution_id == statement.execution_id
+            && e.worker_id == statement.worker.worker_id
+            && e.started_at_unix_ms == statement.started_at_unix_ms
+            && e.finished_at_unix_ms == statement.finished_at_unix_ms
+    });
+    checks.push(Check::from_bool("result.execution", execution_ok, || {
+        "the execution record differs from the statement".to_owned()
+    }));
+
+    // The worker and its evidence.
+    checks.push(if policy.worker_measurements.is_empty() {
+        Check::skipped(
+            "policy.worker_measurement",
+            "the policy accepts any worker measurement",
+        )
+    } else {
+        Check::from_bool(
+            "policy.worker_measurement",
+            policy.worker_measurements.contains(&identity.measurement),
+            || format!("worker measurement {} is not allowed", identity.measurement),
+        )
+    });
+    if let Some(max_age) = policy.max_evidence_age_secs {
+        let age =
+            now_unix_secs.saturating_sub((identity.evidence_created_at_unix_ms / 1000) as i64);
+        checks.push(Check::from_bool(
+            "policy.evidence_age",
+            age <= max_age as i64,
+            || format!("the evidence is {age} s old; the policy accepts {max_age} s"),
+        ));
+    }
+    match &identity.evidence {
+        Evidence::Software(software) => {
+            checks.push(Check::from_bool(
+                "software.allowed",
+                policy.allow_software,
+                || {
+                    format!(
+                        "the policy does not accept software evidence ({})",
+                        software.statement
+                    )
+                },
+            ));
+        }
+    }
+    checks
+}
+
+/// Whether every check passed or was skipped.
+pub fn accepted(checks: &[Check]) -> bool {
+    !checks.is_empty() && checks.iter().all(|check| !check.failed())
+}

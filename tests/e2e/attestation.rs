@@ -1,0 +1,265 @@
+//! Every result carries a signed execution attestation; `verify_result` checks it offline.
+
+use dtee_schemas::attestation::verify::{accepted, verify_result, Policy};
+use dtee_schemas::attestation::Check;
+use dtee_schemas::job::{AttestationRequirement, PlatformRequirement};
+use dtee_schemas::{ErrorCode, JobResult};
+use dtee_submitter::builder::{inline_input, output, wasm_job};
+use dtee_submitter::ClientError;
+use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn failed(checks: &[Check]) -> Vec<&str> {
+    checks
+        .iter()
+        .filter(|c| c.failed())
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+async fn echo_result(env: &TestEnv) -> JobResult {
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"attest me"), output("out", 64)];
+    env.run(&spec).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_software_result_verifies_only_where_the_policy_allows_software() {
+    let env = TestEnv::new("software-attest").await;
+    let worker = env.start_worker().await;
+    let result = echo_result(&env).await;
+    let attestation = result
+        .attestation
+        .as_ref()
+        .expect("every result is attested");
+    assert_eq!(attestation.identity.evidence.platform(), "software");
+    assert_eq!(attestation.identity.worker_id, worker.worker_id);
+
+    let permissive = Policy {
+        allow_software: true,
+        ..Policy::default()
+    };
+    let checks = verify_result(&result, &permissive, now());
+    assert!(accepted(&checks), "{checks:#?}");
+    let strict = Policy::default();
+    let checks = verify_result(&result, &strict, now());
+    assert!(!accepted(&checks));
+    assert_eq!(failed(&checks), vec!["software.allowed"]);
+
+    // Pinning the worker measurement: the right one passes, another fails.
+    let pinned = Policy {
+        allow_software: true,
+        worker_measurements: vec![attestation.identity.measurement.clone()],
+        ..Policy::default()
+    };
+    assert!(accepted(&verify_result(&result, &pinned, now())));
+    let other = Policy {
+        allow_software: true,
+        worker_measurements: vec![dtee_schemas::Digest::of(b"another build")],
+        ..Policy::default()
+    };
+    assert_eq!(
+        failed(&verify_result(&result, &other, now())),
+        vec!["policy.worker_measurement"]
+    );
+
+    // Failed results are attested too.
+    let failure = env
+        .run(&wasm_job(env.put_kernel("trap").await, "boom"))
+        .await;
+    assert_eq!(failure.error_code(), Some(ErrorCode::KernelTrapped));
+    assert!(accepted(&verify_result(&failure, &permissive, now())));
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_any_part_of_a_signed_result_fails_verification() {
+    let env = TestEnv::new("mutations").await;
+    let worker = env.start_worker().await;
+    let result = echo_result(&env).await;
+    let policy = Policy {
+        allow_software: true,
+        ..Policy::default()
+    };
+    assert!(accepted(&verify_result(&result, &policy, now())));
+
+    let mutations: Vec<(&str, Box<dyn Fn(&mut JobResult)>)> = vec![
+        (
+            "a payload field",
+            Box::new(|r: &mut JobResult| {
+                let envelope = &mut r.attestation.as_mut().unwrap().envelope;
+                let mut statement: serde_json::Value =
+                    serde_json::from_slice(&envelope.payload_bytes().unwrap()).unwrap();
+                statement["resources"]["fuel_consumed"] = 1.into();
+                envelope.payload =
+                    dtee_schemas::job::encode_base64(&serde_json::to_vec(&statement).unwrap());
+            }),
+        ),
+        (
+            "the signature",
+            Box::new(|r: &mut JobResult| {
+                let signature = &mut r.attestation.as_mut().unwrap().envelope.signatures[0];
+                let mut bytes = dtee_schemas::job::decode_base64(&signature.sig).unwrap();
+                bytes[10] ^= 1;
+                signature.sig = dtee_schemas::job::encode_base64(&bytes);
+            }),
+        ),
+        (
+            "the public key",
+            Box::new(|r: &mut JobResult| {
+                let other = ed25519_dalek_key();
+                r.attestation.as_mut().unwrap().identity.public_key = other;
+            }),
+        ),
+        (
+            "the evidence",
+            Box::new(|r: &mut JobResult| {
+                let identity = &mut r.attestation.as_mut().unwrap().identity;
+                let dtee_schemas::attestation::evidence::Evidence::Software(software) =
+                    &mut identity.evidence;
+                software.statement.push_str(" (trust me)");
+            }),
+        ),
+        (
+            "the measurement",
+            Box::new(|r: &mut JobResult| {
+                r.attestation.as_mut().unwrap().identity.measurement =
+                    dtee_schemas::Digest::of(b"x");
+            }),
+        ),
+        (
+            "an output's bytes",
+            Box::new(|r: &mut JobResult| {
+                r.outputs[0].data = dtee_schemas::job::encode_base64(b"forged");
+            }),
+        ),
+        (
+            "an output's bytes and digest",
+            Box::new(|r: &mut JobResult| {
+                r.outputs[0].data = dtee_schemas::job::encode_base64(b"forged");
+                r.outputs[0].digest = dtee_schemas::Digest::of(b"forged");
+                r.outputs[0].size = 6;
+            }),
+        ),
+        (
+            "the status",
+            Box::new(|r: &mut JobResult| {
+                r.status = dtee_schemas::result::JobStatus::Failed;
+            }),
+        ),
+        (
+            "the job id",
+            Box::new(|r: &mut JobResult| {
+                r.job_id = dtee_schemas::Digest::of(b"another job");
+            }),
+        ),
+        (
+            "the resources",
+            Box::new(|r: &mut JobResult| {
+                r.resources.as_mut().unwrap().fuel_consumed += 1;
+            }),
+        ),
+        (
+            "the execution record",
+            Box::new(|r: &mut JobResult| {
+                r.execution.as_mut().unwrap().worker_id = "someone-else".to_owned();
+            }),
+        ),
+    ];
+    for (what, mutate) in mutations {
+        let mut forged = result.clone();
+        mutate(&mut forged);
+        let checks = verify_result(&forged, &policy, now());
+        assert!(!accepted(&checks), "changing {what} went unnoticed");
+    }
+    let mut stripped = result.clone();
+    stripped.attestation = None;
+    assert_eq!(
+        failed(&verify_result(&stripped, &policy, now())),
+        vec!["attestation.present"]
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+fn ed25519_dalek_key() -> String {
+    // A valid Ed25519 public key that is not the worker's: the basepoint's encoding.
+    "5866666666666666666666666666666666666666666666666666666666666666".to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_requirements_route_to_capable_workers_only() {
+    let env = TestEnv::new("requirements").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "noop");
+    spec.attestation = Some(AttestationRequirement {
+        platform: PlatformRequirement::Tpm,
+    });
+    // No TPM worker serves this namespace: the broker has no queue for "wasm.tpm", and the
+    // client says so instead of losing the job.
+    let error = env.client.submit(&spec).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::NoRoute { ref target, .. } if target == "wasm.tpm"),
+        "{error}"
+    );
+    // Forced onto a software worker's queue anyway, it is refused, not run.
+    let waiter = env.client.waiter().await.unwrap();
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let watch = waiter.watch(&id).await.unwrap();
+    let body =
+        dtee_schemas::canonical::to_canonical_vec(&serde_json::to_value(&spec).unwrap()).unwrap();
+    env.client
+        .publish_job(&body, id.as_str(), "wasm")
+        .await
+        .unwrap();
+    let result = watch.result(RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(
+        result.error_code(),
+        Some(ErrorCode::AttestationUnsatisfiable)
+    );
+    waiter.close().await;
+    // "any" goes to the plain target queue.
+    spec.attestation = Some(AttestationRequirement {
+        platform: PlatformRequirement::Any,
+    });
+    assert!(env.run(&spec).await.succeeded());
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_register_with_a_heartbeat_and_deregister_on_shutdown() {
+    let env = TestEnv::new("registry").await;
+    let worker = env.start_worker().await;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = env.client.workers().await.unwrap();
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0]["identity"]["worker_id"],
+        worker.worker_id.as_str()
+    );
+    assert_eq!(listed[0]["platform"], "software");
+    assert!(listed[0]["identity"]["measurement"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    worker.shutdown().await.unwrap();
+    assert!(
+        env.client.workers().await.unwrap().is_empty(),
+        "deregistered on shutdown"
+    );
+    env.cleanup().await;
+}
