@@ -17,6 +17,12 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 .to_value(),
         ),
         (
+            "execution.v1.schema.json",
+            generator()
+                .into_root_schema_for::<crate::attestation::execution::ExecutionStatement>()
+                .to_value(),
+        ),
+        (
             "result.v1.schema.json",
             generator()
                 .into_root_schema_for::<crate::JobResult>()
