@@ -263,3 +263,29 @@ async fn workers_register_with_a_heartbeat_and_deregister_on_shutdown() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_snp_worker_without_the_guest_device_refuses_to_start() {
+    // Stand-in note: these machines are not SEV-SNP guests. The real provider code runs and
+    // must fail clearly rather than fall back to a software identity.
+    let env = TestEnv::new("snp-absent").await;
+    assert!(
+        !std::path::Path::new("/dev/sev-guest").exists(),
+        "this test expects a machine that is not an SNP guest"
+    );
+    let mut config = env.worker_config();
+    config.attestation = dtee_worker::attestation::ProviderChoice::Snp;
+    let error = dtee_worker::Worker::start(config)
+        .await
+        .expect_err("no SNP guest device, no worker");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("unsupported_provider") && message.contains("/dev/sev-guest"),
+        "{message}"
+    );
+    assert!(
+        env.client.workers().await.unwrap().is_empty(),
+        "nothing registered"
+    );
+    env.cleanup().await;
+}

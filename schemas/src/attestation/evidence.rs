@@ -15,6 +15,8 @@ pub const SOFTWARE_STATEMENT: &str = "software identity: no hardware root of tru
 pub enum Evidence {
     /// No hardware root: a self-reported measurement.
     Software(SoftwareEvidence),
+    /// An AMD SEV-SNP attestation report and its certificates.
+    Snp(super::snp::SnpEvidence),
 }
 
 impl Evidence {
@@ -22,6 +24,7 @@ impl Evidence {
     pub fn platform(&self) -> &'static str {
         match self {
             Evidence::Software(_) => "software",
+            Evidence::Snp(_) => "snp",
         }
     }
 

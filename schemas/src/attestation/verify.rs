@@ -28,7 +28,7 @@ pub struct Policy {
     pub tpm: Option<TpmSection>,
     /// SEV-SNP evidence is accepted only with this section.
     #[serde(default)]
-    pub snp: Option<SnpSection>,
+    pub snp: Option<super::snp::SnpPolicy>,
 }
 
 /// The `[tpm]` section of a policy.
@@ -50,23 +50,6 @@ pub struct PcrValue {
     pub index: u32,
     /// Hex of its SHA-256 bank value.
     pub value: String,
-}
-
-/// The `[snp]` section of a policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnpSection {
-    /// Launch measurements accepted (hex of 48 bytes).
-    pub allowed_measurements: Vec<String>,
-    /// Required VMPL (default 0).
-    #[serde(default)]
-    pub vmpl: u32,
-    /// Accept guests whose policy allows debugging (default false).
-    #[serde(default)]
-    pub allow_debug: bool,
-    /// Lowest report version accepted (default 2).
-    #[serde(default)]
-    pub min_report_version: Option<u32>,
 }
 
 /// All checks of a result against a policy at `now_unix_secs`.
@@ -257,6 +240,22 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
                 },
             ));
         }
+        Evidence::Snp(evidence) => match &policy.snp {
+            None => checks.push(Check::fail(
+                "snp.allowed",
+                "the policy has no [snp] section",
+            )),
+            Some(snp_policy) => {
+                checks.push(Check::pass("snp.allowed"));
+                let expected = super::snp_report_data(&public_key);
+                checks.extend(super::snp::verify(
+                    evidence,
+                    &expected,
+                    snp_policy,
+                    now_unix_secs,
+                ));
+            }
+        },
     }
     checks
 }

@@ -4,6 +4,9 @@
 
 use dtee_schemas::attestation::evidence::Evidence;
 use dtee_schemas::attestation::execution::Tcb;
+use dtee_schemas::attestation::snp::SnpEvidence;
+use sev::firmware::guest::Firmware;
+use sev::firmware::host::CertType;
 
 use super::{AttestationError, Provider};
 
@@ -24,6 +27,10 @@ impl SnpProvider {
                 "{SEV_GUEST_DEVICE} does not exist: this is not an SEV-SNP guest (or the sev-guest driver is not loaded)"
             )));
         }
+        // Opening it proves the driver answers; each report opens it again.
+        Firmware::open().map_err(|error| {
+            AttestationError::ProviderNotInitialized(format!("opening {SEV_GUEST_DEVICE}: {error}"))
+        })?;
         Ok(SnpProvider { _private: () })
     }
 }
@@ -33,14 +40,37 @@ impl Provider for SnpProvider {
         "snp"
     }
 
-    fn evidence(
-        &self,
-        _public_key: &[u8; 32],
-        _nonce: &[u8],
-    ) -> Result<Evidence, AttestationError> {
-        Err(AttestationError::ProviderNotInitialized(
-            "SEV-SNP report retrieval is not wired in yet".to_owned(),
-        ))
+    fn evidence(&self, public_key: &[u8; 32], _nonce: &[u8]) -> Result<Evidence, AttestationError> {
+        // SNP reports carry no separate nonce: freshness comes from the key being new at each
+        // start, and from the registry's evidence age.
+        let mut firmware = Firmware::open().map_err(|error| {
+            AttestationError::ProviderNotInitialized(format!("opening {SEV_GUEST_DEVICE}: {error}"))
+        })?;
+        let report_data = dtee_schemas::attestation::snp_report_data(public_key);
+        let (report, certificates) = firmware
+            .get_ext_report(None, Some(report_data), Some(0))
+            .map_err(|error| {
+                AttestationError::Failed(format!("requesting an extended SNP report: {error}"))
+            })?;
+        let certificates = certificates.unwrap_or_default();
+        let find = |kind: CertType| {
+            certificates
+                .iter()
+                .find(|entry| entry.cert_type == kind)
+                .map(|entry| entry.data.clone())
+        };
+        let vcek = find(CertType::VCEK).or_else(|| find(CertType::VLEK)).ok_or_else(|| {
+            AttestationError::Failed(
+                "the host supplied no VCEK or VLEK certificate with the report (configure the hypervisor's SNP certificate table)"
+                    .to_owned(),
+            )
+        })?;
+        Ok(Evidence::Snp(SnpEvidence {
+            report,
+            vcek_der: vcek,
+            ask_der: find(CertType::ASK),
+            ark_der: find(CertType::ARK),
+        }))
     }
 
     fn tcb(&self) -> Tcb {
