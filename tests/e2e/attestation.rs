@@ -123,7 +123,10 @@ async fn mutating_any_part_of_a_signed_result_fails_verification() {
             Box::new(|r: &mut JobResult| {
                 let identity = &mut r.attestation.as_mut().unwrap().identity;
                 let dtee_schemas::attestation::evidence::Evidence::Software(software) =
-                    &mut identity.evidence;
+                    &mut identity.evidence
+                else {
+                    panic!("a software worker's evidence");
+                };
                 software.statement.push_str(" (trust me)");
             }),
         ),
