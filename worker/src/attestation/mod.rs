@@ -172,7 +172,9 @@ fn unix_ms() -> u64 {
 pub struct Attestor {
     key: SigningKey,
     provider: Box<dyn Provider>,
-    identity: RwLock<WorkerIdentity>,
+    /// The current identity and the digest of its evidence (computed once per refresh, not
+    /// per result).
+    identity: RwLock<(WorkerIdentity, Digest)>,
 }
 
 impl Attestor {
@@ -192,10 +194,11 @@ impl Attestor {
             evidence_created_at_unix_ms: unix_ms(),
             evidence,
         };
+        let digest = identity.evidence.digest();
         Ok(Attestor {
             key,
             provider,
-            identity: RwLock::new(identity),
+            identity: RwLock::new((identity, digest)),
         })
     }
 
@@ -206,7 +209,7 @@ impl Attestor {
 
     /// The current identity.
     pub fn identity(&self) -> WorkerIdentity {
-        self.identity.read().expect("identity lock").clone()
+        self.identity.read().expect("identity lock").0.clone()
     }
 
     /// Produces fresh evidence (with a new nonce) for the same key.
@@ -215,9 +218,11 @@ impl Attestor {
         let evidence = self
             .provider
             .evidence(&public, &rand::random::<[u8; 32]>())?;
-        let mut identity = self.identity.write().expect("identity lock");
-        identity.evidence = evidence;
-        identity.evidence_created_at_unix_ms = unix_ms();
+        let digest = evidence.digest();
+        let mut current = self.identity.write().expect("identity lock");
+        current.0.evidence = evidence;
+        current.0.evidence_created_at_unix_ms = unix_ms();
+        current.1 = digest;
         Ok(())
     }
 
@@ -233,13 +238,13 @@ impl Attestor {
 
     /// The worker as execution statements name it.
     pub fn worker_ref(&self) -> WorkerRef {
-        let identity = self.identity();
+        let (identity, evidence_digest) = self.identity.read().expect("identity lock").clone();
         WorkerRef {
-            worker_id: identity.worker_id.clone(),
-            public_key: identity.public_key.clone(),
-            measurement: identity.measurement.clone(),
+            worker_id: identity.worker_id,
+            public_key: identity.public_key,
+            measurement: identity.measurement,
             platform: self.platform().to_owned(),
-            evidence_digest: identity.evidence.digest(),
+            evidence_digest,
         }
     }
 
@@ -251,13 +256,13 @@ impl Attestor {
     /// Signs a statement. The identity is read once, so the statement's evidence digest and the
     /// identity carried beside it agree even across a concurrent refresh.
     pub fn attest(&self, mut statement: ExecutionStatement) -> Attestation {
-        let identity = self.identity();
+        let (identity, evidence_digest) = self.identity.read().expect("identity lock").clone();
         statement.worker = WorkerRef {
             worker_id: identity.worker_id.clone(),
             public_key: identity.public_key.clone(),
             measurement: identity.measurement.clone(),
             platform: self.platform().to_owned(),
-            evidence_digest: identity.evidence.digest(),
+            evidence_digest,
         };
         let value = serde_json::to_value(&statement).expect("a statement serializes");
         let payload = dtee_schemas::canonical::to_canonical_vec(&value)
