@@ -441,7 +441,9 @@ fn attest_bench(iterations: usize, batches: usize) -> anyhow::Result<()> {
     let attestor = Attestor::start(
         "bench",
         dtee_schemas::Digest::of(b"bench"),
-        Box::new(SoftwareProvider),
+        Box::new(SoftwareProvider {
+            measurement: dtee_schemas::Digest::of(b"bench"),
+        }),
     )?;
     let statement = ExecutionStatement {
         schema: EXECUTION_SCHEMA.to_owned(),

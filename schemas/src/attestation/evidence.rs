@@ -45,6 +45,9 @@ impl Evidence {
 pub struct SoftwareEvidence {
     /// Always [`SOFTWARE_STATEMENT`].
     pub statement: String,
+    /// The worker's measurement (digest of its binary and effective configuration), as the
+    /// worker itself reports it.
+    pub measurement: Digest,
 }
 
 /// A worker's identity as it publishes it (registry) and as it travels in every result.

@@ -239,6 +239,11 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
                     )
                 },
             ));
+            checks.push(Check::from_bool(
+                "software.measurement",
+                software.measurement == identity.measurement,
+                || "the evidence states another measurement than the identity".to_owned(),
+            ));
         }
         Evidence::Snp(evidence) => match &policy.snp {
             None => checks.push(Check::fail(

@@ -87,7 +87,10 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 
 /// The software provider: nothing vouches for the worker.
 #[derive(Debug)]
-pub struct SoftwareProvider;
+pub struct SoftwareProvider {
+    /// The worker's measurement, which the evidence states.
+    pub measurement: Digest,
+}
 
 impl Provider for SoftwareProvider {
     fn platform(&self) -> &'static str {
@@ -101,6 +104,7 @@ impl Provider for SoftwareProvider {
     ) -> Result<Evidence, AttestationError> {
         Ok(Evidence::Software(SoftwareEvidence {
             statement: SOFTWARE_STATEMENT.to_owned(),
+            measurement: self.measurement.clone(),
         }))
     }
 
@@ -130,7 +134,9 @@ pub fn open_provider(
     measurement: &Digest,
 ) -> Result<Box<dyn Provider>, AttestationError> {
     match choice {
-        ProviderChoice::Software => Ok(Box::new(SoftwareProvider)),
+        ProviderChoice::Software => Ok(Box::new(SoftwareProvider {
+            measurement: measurement.clone(),
+        })),
         ProviderChoice::Snp => Ok(Box::new(snp::SnpProvider::open()?)),
         ProviderChoice::Tpm => open_tpm(settings, measurement),
         ProviderChoice::Auto => {
@@ -145,7 +151,9 @@ pub fn open_provider(
                 }
                 Err(error) => {
                     tracing::warn!(%error, "attestation: auto found no SEV-SNP guest device and no usable TPM; using the software identity, which nothing vouches for");
-                    Ok(Box::new(SoftwareProvider))
+                    Ok(Box::new(SoftwareProvider {
+                        measurement: measurement.clone(),
+                    }))
                 }
             }
         }
