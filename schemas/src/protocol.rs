@@ -20,6 +20,9 @@ pub const RESULT_MESSAGE_TYPE: &str = "dtee.result/v1";
 /// Result header: `true` when the result was republished from the result cache instead of
 /// being produced by a new execution.
 pub const HEADER_CACHED: &str = "dtee-cached";
+/// Job header: when the client published the job, Unix milliseconds (for the queue-wait
+/// histogram; optional).
+pub const HEADER_SUBMITTED_AT: &str = "dtee-submitted-unix-ms";
 /// Result header: the id of the worker that published the message.
 pub const HEADER_WORKER: &str = "dtee-worker";
 

@@ -140,7 +140,8 @@ pub struct StateWritten {
     pub key: String,
     /// Version after the commit.
     pub version: u64,
-    /// Digest of the whole value after the commit.
+    /// Digest of the bytes this job wrote: the new value (`write_only`, `read_write`), or the
+    /// bytes appended (`append_only`).
     pub digest: Digest,
 }
 

@@ -204,7 +204,15 @@ impl Client {
         target: &str,
         user_id: Option<&str>,
     ) -> Result<(), ClientError> {
-        let mut properties = BasicProperties::default();
+        let mut headers = FieldTable::default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        headers.insert(
+            protocol::HEADER_SUBMITTED_AT.into(),
+            lapin::types::AMQPValue::LongLongInt(now_ms),
+        );
+        let mut properties = BasicProperties::default().with_headers(headers);
         if let Some(user) = user_id {
             properties = properties.with_user_id(user.into());
         }

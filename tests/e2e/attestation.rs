@@ -8,6 +8,9 @@ use dtee_submitter::builder::{inline_input, output, wasm_job};
 use dtee_submitter::ClientError;
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
 
+/// A change to a signed result that verification must notice.
+type Mutation = Box<dyn Fn(&mut JobResult)>;
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -90,7 +93,7 @@ async fn mutating_any_part_of_a_signed_result_fails_verification() {
     };
     assert!(accepted(&verify_result(&result, &policy, now())));
 
-    let mutations: Vec<(&str, Box<dyn Fn(&mut JobResult)>)> = vec![
+    let mutations: Vec<(&str, Mutation)> = vec![
         (
             "a payload field",
             Box::new(|r: &mut JobResult| {
@@ -290,5 +293,83 @@ async fn an_snp_worker_without_the_guest_device_refuses_to_start() {
         env.client.workers().await.unwrap().is_empty(),
         "nothing registered"
     );
+    env.cleanup().await;
+}
+
+/// The TCTI of the software TPM that deploy/local/setup.sh starts.
+fn swtpm_tcti() -> String {
+    let port = std::env::var("DTEE_SWTPM_PORT").unwrap_or_else(|_| "2321".to_owned());
+    assert!(
+        std::net::TcpStream::connect((
+            "127.0.0.1",
+            port.parse::<u16>().expect("DTEE_SWTPM_PORT is a port")
+        ))
+        .is_ok(),
+        "no swtpm on 127.0.0.1:{port}: start it with deploy/local/setup.sh (as root)"
+    );
+    format!("swtpm:host=127.0.0.1,port={port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_worker_result_verifies_under_its_pinned_ak_only() {
+    use dtee_schemas::attestation::evidence::Evidence;
+    use dtee_schemas::attestation::tpm::{
+        ak_fingerprint, measurement_pcr_value, PcrValue, TpmPolicy,
+    };
+    let env = TestEnv::new("tpm-attest").await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.attestation = dtee_worker::attestation::ProviderChoice::Tpm;
+            c.provider_settings.tpm_tcti = swtpm_tcti();
+        })
+        .await;
+    // A job that requires a TPM is routed to this worker's wasm.tpm queue.
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"on a tpm"), output("out", 16)];
+    spec.attestation = Some(AttestationRequirement {
+        platform: PlatformRequirement::Tpm,
+    });
+    let result = env.run(&spec).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    let identity = &result.attestation.as_ref().unwrap().identity;
+    let Evidence::Tpm(evidence) = &identity.evidence else {
+        panic!("TPM evidence expected")
+    };
+
+    // The AK, as an operator would pin it (here taken from the evidence; in production from
+    // the machine, see deploy/policies/tpm.toml), and PCR 23 as the measurement makes it.
+    let measurement: [u8; 32] = identity.measurement.to_bytes();
+    let pinned = Policy {
+        tpm: Some(TpmPolicy {
+            allowed_aks: vec![ak_fingerprint(&evidence.ak_public)],
+            pcrs: vec![PcrValue {
+                index: 23,
+                value: measurement_pcr_value(&measurement),
+            }],
+        }),
+        ..Policy::default()
+    };
+    let checks = verify_result(&result, &pinned, now());
+    assert!(accepted(&checks), "{checks:#?}");
+    let other_ak = Policy {
+        tpm: Some(TpmPolicy {
+            allowed_aks: vec!["00".repeat(32)],
+            pcrs: vec![],
+        }),
+        ..Policy::default()
+    };
+    assert_eq!(
+        failed(&verify_result(&result, &other_ak, now())),
+        vec!["tpm.ak_pinned"]
+    );
+    let software_only = Policy {
+        allow_software: true,
+        ..Policy::default()
+    };
+    assert_eq!(
+        failed(&verify_result(&result, &software_only, now())),
+        vec!["tpm.allowed"]
+    );
+    worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

@@ -6,5 +6,6 @@ mod cli;
 mod hostile;
 mod jobs;
 mod limits;
+mod operability;
 mod scale;
 mod state;

@@ -130,6 +130,9 @@ pub struct Args {
     /// Seconds between registry heartbeats (the entry lives three heartbeats).
     #[arg(long, env = "DTEE_HEARTBEAT_SECS", default_value = "10")]
     pub heartbeat_secs: String,
+    /// Address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9464); none by default.
+    #[arg(long, env = "DTEE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "DTEE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -196,6 +199,8 @@ pub struct Config {
     pub evidence_refresh: Duration,
     /// Registry heartbeat period.
     pub heartbeat: Duration,
+    /// Where to serve metrics and health.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn number<T>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
@@ -387,7 +392,16 @@ impl Config {
                 why: "PCRs are 0 to 23".to_owned(),
             });
         }
+        let metrics_addr = match args.metrics_addr.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(text.parse().map_err(|_| ConfigError {
+                name: "DTEE_METRICS_ADDR",
+                value: text.to_owned(),
+                why: "expected HOST:PORT, e.g. 0.0.0.0:9464".to_owned(),
+            })?),
+        };
         Ok(Config {
+            metrics_addr,
             attestation,
             provider_settings: crate::attestation::ProviderSettings {
                 tpm_tcti: args.tpm_tcti.clone(),

@@ -24,6 +24,8 @@ pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod failure;
+pub mod health;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod state;
@@ -58,6 +60,8 @@ pub struct WorkerHandle {
     pub stats: Arc<Stats>,
     /// The worker's id, as published in results.
     pub worker_id: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Flipped to `true` to ask the consumer loop to stop.
     shutdown: watch::Sender<bool>,
     /// The consumer loop; it returns once in-flight jobs are done or the grace period ends.
@@ -110,7 +114,8 @@ impl Worker {
         .await
         .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
         // Identity first: a worker that cannot attest as asked does not consume.
-        let measurement = attestation::measure(&measured_configuration(&config));
+        let measurement = attestation::measure(&measured_configuration(&config))
+            .context("measuring the worker")?;
         let provider =
             attestation::open_provider(config.attestation, &config.provider_settings, &measurement)
                 .context("opening the attestation provider")?;
@@ -184,8 +189,41 @@ impl Worker {
             config.heartbeat,
             config.evidence_refresh,
         ));
+        let metrics = Arc::new(metrics::Metrics::new(
+            Arc::clone(&stats),
+            attestor.platform(),
+            "wasm",
+        ));
+        let health = Arc::new(health::Health::default());
+        health.tick();
+        let mut probes = Vec::new();
+        let metrics_addr = match config.metrics_addr {
+            Some(addr) => {
+                let listener = health::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics address {addr}"))?;
+                let bound = listener
+                    .local_addr()
+                    .context("reading the metrics address")?;
+                probes.push(tokio::spawn(health::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    Arc::clone(&health),
+                    Arc::clone(&attestor),
+                )));
+                info!(%bound, "serving /metrics, /healthz and /readyz");
+                Some(bound)
+            }
+            None => None,
+        };
+        probes.push(tokio::spawn(watch_readiness(
+            consume.clone(),
+            store.clone(),
+            Arc::clone(&health),
+        )));
         let ctx = Arc::new(Context {
             attestor,
+            metrics,
             kernel_slots: Semaphore::new(config.concurrency),
             state,
             config,
@@ -199,9 +237,11 @@ impl Worker {
         let task = tokio::spawn(async move {
             let mut in_flight = JoinSet::new();
             let mut lost: Option<String> = None;
+            let mut liveness = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = shutdown_rx.changed() => break,
+                    _ = liveness.tick() => health.tick(),
                     Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
                         if let Err(error) = finished {
                             warn!(%error, "a job task failed");
@@ -263,6 +303,9 @@ impl Worker {
                 "worker totals"
             );
             registry.abort();
+            for probe in &probes {
+                probe.abort();
+            }
             registry::deregister(
                 ctx.store.connection(),
                 &ctx.config.namespace,
@@ -280,6 +323,7 @@ impl Worker {
         Ok(WorkerHandle {
             stats,
             worker_id,
+            metrics_addr,
             shutdown,
             task,
         })
@@ -291,6 +335,15 @@ impl Worker {
 async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver<bool>) {
     let span = tracing::debug_span!("job", message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()));
     async move {
+        let received = std::time::Instant::now();
+        ctx.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _in_flight = InFlight(&ctx.stats);
+        if let Some(sent_ms) = submitted_at_unix_ms(&delivery) {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            ctx.metrics.queue_wait.record(now_ms.saturating_sub(sent_ms) as f64 / 1000.0);
+        }
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let attempt = async {
@@ -298,7 +351,10 @@ async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver
                 pipeline::deliver(&ctx, &delivery, outcome).await
             };
             match attempt.await {
-                Ok(()) => return,
+                Ok(()) => {
+                    ctx.metrics.end_to_end.record(received.elapsed().as_secs_f64());
+                    return;
+                }
                 Err(error) => {
                     Stats::bump(&ctx.stats.retried);
                     let delay = backoff.next_delay();
@@ -343,4 +399,50 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "single_tenant": config.single_tenant,
         "state_max_attempts": config.state_max_attempts,
     })
+}
+
+/// Decrements the in-flight gauge when a job task ends, however it ends.
+struct InFlight<'a>(&'a Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The `dtee-submitted-unix-ms` header the client sets, if present.
+fn submitted_at_unix_ms(delivery: &Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers
+        .inner()
+        .get(dtee_schemas::protocol::HEADER_SUBMITTED_AT)?
+    {
+        lapin::types::AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
+        lapin::types::AMQPValue::Timestamp(ms) => Some(*ms),
+        _ => None,
+    }
+}
+
+/// Keeps the readiness flags current: the consumer channel's state and a Redis PING, every
+/// two seconds.
+async fn watch_readiness(
+    channel: lapin::Channel,
+    store: store::Store,
+    health: Arc<health::Health>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        ticker.tick().await;
+        health.amqp_connected.store(
+            channel.status().connected(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let ping = tokio::time::timeout(Duration::from_secs(1), store.ping()).await;
+        health.redis_ok.store(
+            matches!(ping, Ok(Ok(()))),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
 }

@@ -49,6 +49,8 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// The worker's key, identity and attestation provider.
     pub attestor: Arc<Attestor>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Where a result is cached before it is published.
@@ -470,6 +472,28 @@ async fn run(
 
     // Snapshot, run, commit; a conflict re-runs against fresh state, a bounded number of times.
     let hash_tag = bindings.first().map(|binding| binding.key.hash_tag());
+    // A redelivery of a job whose writes were committed is answered with the result recorded
+    // then, without running again (a new run could fail, or see other state, and answer
+    // differently). The commit script checks this again, atomically.
+    if let Some(tag) = &hash_tag {
+        if bindings.iter().any(|b| b.mode != AccessMode::ReadOnly) {
+            if let Some(first) = ctx
+                .state
+                .applied(tag, &parsed.id)
+                .await
+                .map_err(Transient::redis)?
+            {
+                Stats::bump(&ctx.stats.already_applied);
+                return Ok(Ok(Outcome {
+                    job_id: parsed.id.clone(),
+                    body: first,
+                    cache: CachePolicy::Final,
+                    from_cache: true,
+                    succeeded: true,
+                }));
+            }
+        }
+    }
     let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     for attempt in 1..=ctx.config.state_max_attempts {
         let seen = if bindings.is_empty() {
@@ -484,7 +508,12 @@ async fn run(
                     )
                 })
                 .collect();
-            ctx.state.snapshot(&keys).await.map_err(Transient::redis)?
+            let read_started = Instant::now();
+            let seen = ctx.state.snapshot(&keys).await.map_err(Transient::redis)?;
+            ctx.metrics
+                .state_read
+                .record(read_started.elapsed().as_secs_f64());
+            seen
         };
         for (binding, seen) in bindings.iter().zip(&seen) {
             if !seen.exists && !binding.may_be_absent {
@@ -515,9 +544,14 @@ async fn run(
             Stats::bump(&ctx.stats.executed);
             let wasm = Arc::clone(&ctx.wasm);
             let prepared = prepared.clone();
-            tokio::task::spawn_blocking(move || wasm.run(&prepared, &invocation))
+            let kernel_started = Instant::now();
+            let completed = tokio::task::spawn_blocking(move || wasm.run(&prepared, &invocation))
                 .await
-                .map_err(|error| Transient::internal(format!("running the kernel: {error}")))?
+                .map_err(|error| Transient::internal(format!("running the kernel: {error}")))?;
+            ctx.metrics
+                .kernel
+                .record(kernel_started.elapsed().as_secs_f64());
+            completed
         };
         let completed = match completed {
             Ok(completed) => completed,
@@ -581,6 +615,9 @@ async fn run(
             )
             .await
             .map_err(Transient::redis)?;
+        ctx.metrics
+            .state_commit
+            .record(commit_started.elapsed().as_secs_f64());
         ctx.stats.commit_micros.fetch_add(
             commit_started.elapsed().as_micros() as u64,
             Ordering::Relaxed,
@@ -862,15 +899,25 @@ pub async fn deliver(
             }
         }
     }
+    let publish_started = Instant::now();
     ctx.publisher
         .publish(&outcome.job_id, &outcome.body, outcome.from_cache)
         .await
         .map_err(Transient::publish)?;
-    Stats::bump(if outcome.succeeded {
-        &ctx.stats.succeeded
+    ctx.metrics
+        .publish
+        .record(publish_started.elapsed().as_secs_f64());
+    if outcome.succeeded {
+        Stats::bump(&ctx.stats.succeeded);
     } else {
-        &ctx.stats.failed
-    });
+        Stats::bump(&ctx.stats.failed);
+        let code = serde_json::from_slice::<JobResult>(&outcome.body)
+            .ok()
+            .and_then(|r| r.error_code());
+        if let Some(code) = code {
+            ctx.stats.count_failure(code);
+        }
+    }
     if let Err(error) = delivery
         .acker
         .ack(lapin::options::BasicAckOptions::default())

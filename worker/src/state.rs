@@ -196,6 +196,18 @@ impl StateStore {
             .collect()
     }
 
+    /// The result recorded when the job's writes were committed, if they were.
+    pub async fn applied(
+        &self,
+        hash_tag: &str,
+        job_id: &Digest,
+    ) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        redis::cmd("GET")
+            .arg(applied_key(&self.namespace, hash_tag, job_id))
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
     /// Commits a job's writes atomically, recording `result` as the job's applied result.
     pub async fn commit(
         &self,

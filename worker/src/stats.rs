@@ -1,11 +1,21 @@
 //! Counters of what a worker did. Tests read them directly; the metrics exporter reads the same
 //! values.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use dtee_schemas::ErrorCode;
 
 /// Monotonic counters of one worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
+    /// Failed results published, by error code (indexed like `ErrorCode::ALL`).
+    pub failed_by_code: Vec<AtomicU64>,
+    /// Deliveries being processed now.
+    pub in_flight: AtomicI64,
+    /// Dead-lettered jobs answered.
+    pub dead_lettered: AtomicU64,
+    /// Evidence refreshes that succeeded.
+    pub evidence_refreshes: AtomicU64,
     /// Deliveries received.
     pub received: AtomicU64,
     /// Kernel runs started.
@@ -30,7 +40,36 @@ pub struct Stats {
     pub commit_micros: AtomicU64,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            failed_by_code: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            in_flight: AtomicI64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            evidence_refreshes: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            executed: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            deduplicated: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            already_applied: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Stats {
+    /// Counts a failed result with `code`.
+    pub fn count_failure(&self, code: ErrorCode) {
+        if let Some(idx) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.failed_by_code[idx].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

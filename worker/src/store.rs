@@ -37,6 +37,14 @@ impl Store {
         Ok(Store { redis, namespace })
     }
 
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), redis::RedisError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.redis.clone())
+            .await
+            .map(|_| ())
+    }
+
     /// The underlying connection (cheap to clone).
     pub fn connection(&self) -> ConnectionManager {
         self.redis.clone()

@@ -15,6 +15,8 @@ pub const SOFTWARE_STATEMENT: &str = "software identity: no hardware root of tru
 pub enum Evidence {
     /// No hardware root: a self-reported measurement.
     Software(SoftwareEvidence),
+    /// A TPM 2.0 quote by a restricted attestation key.
+    Tpm(super::tpm::TpmEvidence),
     /// An AMD SEV-SNP attestation report and its certificates.
     Snp(super::snp::SnpEvidence),
 }
@@ -24,6 +26,7 @@ impl Evidence {
     pub fn platform(&self) -> &'static str {
         match self {
             Evidence::Software(_) => "software",
+            Evidence::Tpm(_) => "tpm",
             Evidence::Snp(_) => "snp",
         }
     }

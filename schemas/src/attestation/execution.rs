@@ -99,6 +99,8 @@ pub struct WorkerRef {
     pub platform: String,
     /// Digest of the evidence's canonical JSON.
     pub evidence_digest: Digest,
+    /// When that evidence was produced, Unix milliseconds.
+    pub evidence_created_at_unix_ms: u64,
 }
 
 /// Honest flags about what was inside the trusted computing base.

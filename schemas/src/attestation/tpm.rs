@@ -96,6 +96,7 @@ pub struct TpmEvidence {
 
 /// What a verifier accepts from TPM evidence.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TpmPolicy {
     /// Accepted attestation keys: hex SHA-256 of their marshalled `TPMT_PUBLIC`
     /// ([`ak_fingerprint`]). Evidence from any other key fails.

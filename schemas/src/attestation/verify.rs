@@ -25,31 +25,10 @@ pub struct Policy {
     pub max_evidence_age_secs: Option<u64>,
     /// TPM evidence is accepted only with this section.
     #[serde(default)]
-    pub tpm: Option<TpmSection>,
+    pub tpm: Option<super::tpm::TpmPolicy>,
     /// SEV-SNP evidence is accepted only with this section.
     #[serde(default)]
     pub snp: Option<super::snp::SnpPolicy>,
-}
-
-/// The `[tpm]` section of a policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TpmSection {
-    /// Attestation keys accepted: hex SHA-256 of the AK's public area.
-    pub allowed_aks: Vec<String>,
-    /// PCR values required, `{ index = 23, value = "hex" }`.
-    #[serde(default)]
-    pub pcrs: Vec<PcrValue>,
-}
-
-/// A required PCR value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PcrValue {
-    /// PCR index.
-    pub index: u32,
-    /// Hex of its SHA-256 bank value.
-    pub value: String,
 }
 
 /// All checks of a result against a policy at `now_unix_secs`.
@@ -115,6 +94,12 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
         "statement.worker_measurement",
         statement.worker.measurement == identity.measurement,
         || "the statement names another measurement".to_owned(),
+    ));
+    checks.push(Check::from_bool(
+        "statement.worker_identity",
+        statement.worker.worker_id == identity.worker_id
+            && statement.worker.evidence_created_at_unix_ms == identity.evidence_created_at_unix_ms,
+        || "the statement names another worker id or evidence time".to_owned(),
     ));
     let evidence_digest = identity.evidence.digest();
     checks.push(Check::from_bool(
@@ -245,6 +230,16 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
                 || "the evidence states another measurement than the identity".to_owned(),
             ));
         }
+        Evidence::Tpm(evidence) => match &policy.tpm {
+            None => checks.push(Check::fail(
+                "tpm.allowed",
+                "the policy has no [tpm] section",
+            )),
+            Some(tpm_policy) => {
+                checks.push(Check::pass("tpm.allowed"));
+                checks.extend(super::tpm::verify(evidence, &public_key, tpm_policy));
+            }
+        },
         Evidence::Snp(evidence) => match &policy.snp {
             None => checks.push(Check::fail(
                 "snp.allowed",

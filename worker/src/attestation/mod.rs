@@ -20,6 +20,8 @@ use dtee_schemas::{Digest, ErrorCode};
 use ed25519_dalek::SigningKey;
 
 pub mod snp;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 /// Which provider to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,12 +162,25 @@ pub fn open_provider(
     }
 }
 
+#[cfg(feature = "tpm")]
+fn open_tpm(
+    settings: &ProviderSettings,
+    measurement: &Digest,
+) -> Result<Box<dyn Provider>, AttestationError> {
+    Ok(Box::new(tpm::TpmAttestationProvider::open(
+        &settings.tpm_tcti,
+        settings.tpm_pcr,
+        measurement,
+    )?))
+}
+
+#[cfg(not(feature = "tpm"))]
 fn open_tpm(
     _settings: &ProviderSettings,
     _measurement: &Digest,
 ) -> Result<Box<dyn Provider>, AttestationError> {
     Err(AttestationError::UnsupportedProvider(
-        "the TPM provider is not wired in yet".to_owned(),
+        "this worker was built without the `tpm` feature".to_owned(),
     ))
 }
 
@@ -253,6 +268,7 @@ impl Attestor {
             measurement: identity.measurement,
             platform: self.platform().to_owned(),
             evidence_digest,
+            evidence_created_at_unix_ms: identity.evidence_created_at_unix_ms,
         }
     }
 
@@ -271,6 +287,7 @@ impl Attestor {
             measurement: identity.measurement.clone(),
             platform: self.platform().to_owned(),
             evidence_digest,
+            evidence_created_at_unix_ms: identity.evidence_created_at_unix_ms,
         };
         let value = serde_json::to_value(&statement).expect("a statement serializes");
         let payload = dtee_schemas::canonical::to_canonical_vec(&value)
@@ -282,15 +299,21 @@ impl Attestor {
     }
 }
 
-/// The worker's measurement: SHA-256 over the worker binary and its effective configuration.
-pub fn measure(configuration: &serde_json::Value) -> Digest {
+/// The worker's measurement: SHA-256 over the digest of the worker binary and the digest of
+/// its effective configuration. Fails when the binary cannot be read (a measurement of
+/// nothing would be worse than none).
+pub fn measure(configuration: &serde_json::Value) -> Result<Digest, AttestationError> {
     use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
     let binary = std::env::current_exe()
         .and_then(std::fs::read)
-        .unwrap_or_default();
+        .map_err(|error| {
+            AttestationError::Failed(format!("reading the worker binary to measure it: {error}"))
+        })?;
+    let config = dtee_schemas::canonical::to_canonical_vec(configuration).map_err(|error| {
+        AttestationError::Failed(format!("canonicalizing the configuration: {error}"))
+    })?;
+    let mut hasher = sha2::Sha256::new();
     hasher.update(sha2::Sha256::digest(&binary));
-    let config = dtee_schemas::canonical::to_canonical_vec(configuration).unwrap_or_default();
     hasher.update(sha2::Sha256::digest(&config));
-    Digest::from_sha256(hasher.finalize().into())
+    Ok(Digest::from_sha256(hasher.finalize().into()))
 }

@@ -1,0 +1,108 @@
+//! Metrics and health endpoints: scraped around a run of jobs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dtee_submitter::builder::{inline_input, output, wasm_job};
+use dtee_tests::TestEnv;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics port");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sample values by series (name with labels), from the exposition text.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_move_with_the_jobs() {
+    let env = TestEnv::new("metrics").await;
+    let worker = env
+        .start_worker_with(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap()))
+        .await;
+    let addr = worker.metrics_addr.expect("metrics served");
+
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let mut ready = (0, String::new());
+    for _ in 0..50 {
+        ready = get(addr, "/readyz").await;
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert!(ready.1.contains("software"));
+
+    let before = samples(&get(addr, "/metrics").await.1);
+    assert_eq!(before.get("dtee_jobs_received_total"), Some(&0.0));
+    assert!(before
+        .keys()
+        .any(|k| k.starts_with("dtee_build_info{") && k.contains("platform=\"software\"")));
+
+    let echo = env.put_kernel("echo").await;
+    for idx in 0..3 {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![
+            inline_input("in", format!("m{idx}").as_bytes()),
+            output("out", 8),
+        ];
+        assert!(env.run(&spec).await.succeeded());
+    }
+    let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
+    spec.limits.fuel = Some(1000);
+    assert!(!env.run(&spec).await.succeeded());
+
+    let after = samples(&get(addr, "/metrics").await.1);
+    assert_eq!(after["dtee_jobs_received_total"], 4.0);
+    assert_eq!(after["dtee_jobs_succeeded_total"], 3.0);
+    assert_eq!(
+        after["dtee_jobs_failed_total{code=\"fuel_exhausted\"}"],
+        1.0
+    );
+    assert_eq!(
+        after["dtee_jobs_failed_total{code=\"kernel_trapped\"}"],
+        0.0
+    );
+    assert_eq!(after["dtee_limit_kills_total{limit=\"fuel\"}"], 1.0);
+    assert_eq!(after["dtee_kernel_execution_seconds_count"], 4.0);
+    assert_eq!(after["dtee_result_publish_seconds_count"], 4.0);
+    assert_eq!(after["dtee_job_duration_seconds_count"], 4.0);
+    assert_eq!(after["dtee_queue_wait_seconds_count"], 4.0);
+    assert!(after["dtee_kernel_execution_seconds_sum"] > 0.0);
+    assert_eq!(after["dtee_jobs_in_flight"], 0.0);
+    // No job id or key ever becomes a label.
+    let text = get(addr, "/metrics").await.1;
+    assert!(!text.contains("sha256:"), "a digest leaked into a label");
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
