@@ -370,6 +370,43 @@ async fn a_tpm_worker_result_verifies_under_its_pinned_ak_only() {
         failed(&verify_result(&result, &software_only, now())),
         vec!["tpm.allowed"]
     );
+
+    // The same through `dtee verify`, with policy files.
+    let dir = std::env::temp_dir().join(format!("dtee-tpm-verify-{}", env.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let result_path = dir.join("result.json");
+    std::fs::write(&result_path, serde_json::to_vec_pretty(&result).unwrap()).unwrap();
+    let write_policy = |name: &str, ak: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("[tpm]\nallowed_aks = [\"{ak}\"]\n")).unwrap();
+        path
+    };
+    let verify = |policy: &std::path::Path| {
+        std::process::Command::new(dtee_tests::binary("dtee"))
+            .args([
+                "verify",
+                result_path.to_str().unwrap(),
+                "--policy",
+                policy.to_str().unwrap(),
+            ])
+            .output()
+            .expect("running dtee verify")
+    };
+    let accepted_run = verify(&write_policy(
+        "pinned.toml",
+        &ak_fingerprint(&evidence.ak_public),
+    ));
+    let stdout = String::from_utf8_lossy(&accepted_run.stdout);
+    assert_eq!(accepted_run.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("PASS  tpm.signature") && stdout.contains("PASS  tpm.qualifying_data"),
+        "{stdout}"
+    );
+    let rejected_run = verify(&write_policy("other.toml", &"11".repeat(32)));
+    let stdout = String::from_utf8_lossy(&rejected_run.stdout);
+    assert_eq!(rejected_run.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  tpm.ak_pinned"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
