@@ -168,30 +168,33 @@ impl TestEnv {
         queue.message_count()
     }
 
-    /// Deletes the namespace's queues, exchanges and Redis keys.
+    /// Deletes the namespace's queues, exchanges and Redis keys. Each deletion gets its own
+    /// channel, so that one refusal cannot stop the others.
     pub async fn cleanup(self) {
-        let channel = self
-            .client
-            .connection()
-            .create_channel()
-            .await
-            .expect("channel");
-        for queue in [
-            self.namespace.job_queue("wasm"),
-            self.namespace.dead_letter_queue(),
-        ] {
-            let _ = channel
-                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                .await;
+        let queues = ["wasm", "wasm.tpm", "wasm.snp", "wasm.any-hardware"]
+            .map(|key| self.namespace.job_queue(key));
+        for queue in queues
+            .into_iter()
+            .chain([self.namespace.dead_letter_queue()])
+        {
+            if let Ok(channel) = self.client.connection().create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+                let _ = channel.close(200, "ok".into()).await;
+            }
         }
         for exchange in [
             self.namespace.jobs_exchange(),
             self.namespace.results_exchange(),
             self.namespace.dead_letter_exchange(),
         ] {
-            let _ = channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await;
+            if let Ok(channel) = self.client.connection().create_channel().await {
+                let _ = channel
+                    .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                    .await;
+                let _ = channel.close(200, "ok".into()).await;
+            }
         }
         let mut redis = self.client.redis();
         let keys: Vec<String> = redis::cmd("KEYS")
@@ -217,4 +220,16 @@ pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect()
+}
+
+/// Waits (up to 30 s, polling every 10 ms) until `condition` holds; panics otherwise. For
+/// counters that a worker updates after the client has already seen the outcome.
+pub async fn eventually(condition: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 30 s");
 }

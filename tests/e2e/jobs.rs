@@ -104,6 +104,9 @@ async fn an_identical_job_is_answered_from_the_cache_not_run_again() {
         second, first,
         "the republished result is the cached one, execution id included"
     );
+    // The waiter may find the cached result before the worker handles the second delivery:
+    // wait until the worker has answered it before reading its counters.
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
     assert_eq!(Stats::get(&worker.stats.executed), 1, "the kernel ran once");
     assert_eq!(
         Stats::get(&worker.stats.deduplicated),
@@ -119,6 +122,7 @@ async fn an_identical_job_is_answered_from_the_cache_not_run_again() {
         third.execution.unwrap().execution_id,
         first.execution.unwrap().execution_id
     );
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 3).await;
     assert_eq!(Stats::get(&worker.stats.executed), 2);
     worker.shutdown().await.unwrap();
     env.cleanup().await;

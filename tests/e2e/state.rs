@@ -160,17 +160,20 @@ async fn each_access_mode_and_absent_keys() {
 async fn a_thousand_increments_from_two_workers_lose_no_update() {
     const JOBS: usize = 1000;
     let env = TestEnv::new("lost-updates").await;
-    let first = env.start_worker().await;
-    let second = env.start_worker().await;
+    // 1000 jobs on one key from 4 kernel slots: a job can lose many commits in a row on a
+    // loaded machine. The bound is what is configurable; this test is about lost updates.
+    let first = env.start_worker_with(|c| c.state_max_attempts = 1000).await;
+    let second = env.start_worker_with(|c| c.state_max_attempts = 1000).await;
     let counter = format!("{}/counters/{}", env.client.tenant(), env.namespace);
     let mut specs = Vec::with_capacity(JOBS);
     for idx in 0..JOBS {
         specs.push(increment_job(&env, &counter, &idx.to_string()).await);
     }
     let results = run_all(&env, &specs).await;
+    let failures: Vec<_> = results.values().filter_map(|r| r.error.clone()).collect();
     assert!(
-        results.values().all(JobResult::succeeded),
-        "every increment succeeded"
+        failures.is_empty(),
+        "every increment succeeded; failures: {failures:?}"
     );
     let (value, version) = env
         .client

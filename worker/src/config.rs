@@ -107,7 +107,7 @@ pub struct Args {
     #[arg(long, env = "DTEE_SINGLE_TENANT")]
     pub single_tenant: Option<String>,
     /// Runs of a job whose bound state keeps changing, before it fails with state_conflict.
-    #[arg(long, env = "DTEE_STATE_MAX_ATTEMPTS", default_value = "50")]
+    #[arg(long, env = "DTEE_STATE_MAX_ATTEMPTS", default_value = "100")]
     pub state_max_attempts: String,
     /// Seconds a job's applied record (exactly-once guard and first result) is kept.
     #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
