@@ -147,6 +147,11 @@ impl TestEnv {
 
     /// Messages ready in the target's queue (not counting unacknowledged ones).
     pub async fn queue_depth(&self, target: &str) -> u32 {
+        self.queue_depth_of(&self.namespace.job_queue(target)).await
+    }
+
+    /// Messages ready in the named queue (not counting unacknowledged ones).
+    pub async fn queue_depth_of(&self, queue: &str) -> u32 {
         let channel = self
             .client
             .connection()
@@ -155,7 +160,7 @@ impl TestEnv {
             .expect("channel");
         let queue = channel
             .queue_declare(
-                self.namespace.job_queue(target).into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()

@@ -3,6 +3,7 @@
 
 mod attestation;
 mod cli;
+mod dead_letter;
 mod hostile;
 mod jobs;
 mod limits;

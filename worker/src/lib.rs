@@ -177,6 +177,19 @@ impl Worker {
             consumers.push(consumer);
             consumer_tags.push(tag);
         }
+        // Every worker also answers dead-lettered jobs, so that no submitter waits forever.
+        let dead_tag = format!("{}.dead", config.worker_id);
+        let dead = consume
+            .basic_consume(
+                config.namespace.dead_letter_queue().into(),
+                dead_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {}", config.namespace.dead_letter_queue()))?;
+        consumers.push(dead);
+        consumer_tags.push(dead_tag);
         let wasm = Arc::new(WasmBackend::new(config.module_cache_size)?);
         let stats = Arc::new(Stats::default());
         let worker_id = config.worker_id.clone();
@@ -347,7 +360,11 @@ async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let attempt = async {
-                let outcome = pipeline::evaluate(&ctx, &delivery).await?;
+                let outcome = if delivery.exchange.as_str() == ctx.config.namespace.dead_letter_exchange() {
+                    pipeline::evaluate_dead_letter(&ctx, &delivery).await?
+                } else {
+                    pipeline::evaluate(&ctx, &delivery).await?
+                };
                 pipeline::deliver(&ctx, &delivery, outcome).await
             };
             match attempt.await {

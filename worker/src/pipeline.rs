@@ -187,6 +187,103 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
     }
 }
 
+/// Answers a job that the broker dead-lettered after its delivery limit (it kept killing or
+/// stalling workers): the terminal result is `dead_lettered`, with the delivery history, unless
+/// a final result was cached meanwhile.
+pub async fn evaluate_dead_letter(
+    ctx: &Context,
+    delivery: &Delivery,
+) -> Result<Outcome, Transient> {
+    let started_at = unix_ms();
+    Stats::bump(&ctx.stats.dead_lettered);
+    let parsed = dtee_schemas::parse_job(&delivery.data).ok();
+    let id = parsed
+        .as_ref()
+        .map_or_else(|| fallback_id(delivery), |parsed| parsed.id.clone());
+    if parsed.is_some() {
+        if let Some(cached) = ctx
+            .store
+            .cached_result(&id)
+            .await
+            .map_err(Transient::redis)?
+        {
+            let succeeded = serde_json::from_slice::<JobResult>(&cached)
+                .map(|r| r.succeeded())
+                .unwrap_or(false);
+            return Ok(Outcome {
+                job_id: id,
+                body: cached,
+                cache: CachePolicy::Never,
+                from_cache: true,
+                succeeded,
+            });
+        }
+    }
+    let message = format!(
+        "the job was dead-lettered after its delivery limit: {}",
+        delivery_history(delivery)
+    );
+    let cache = if parsed.is_some() {
+        CachePolicy::Final
+    } else {
+        CachePolicy::Never
+    };
+    Ok(failed_outcome(
+        ctx,
+        id,
+        parsed.as_ref().map(|parsed| &parsed.spec),
+        cache,
+        ErrorCode::DeadLettered,
+        message,
+        None,
+        None,
+        started_at,
+    ))
+}
+
+/// The delivery history RabbitMQ records on a dead-lettered message (`x-death`,
+/// `x-delivery-count`), in words.
+fn delivery_history(delivery: &Delivery) -> String {
+    use lapin::types::AMQPValue;
+    let Some(headers) = delivery.properties.headers().as_ref() else {
+        return "no delivery history recorded".to_owned();
+    };
+    let text = |value: Option<&AMQPValue>| match value {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(AMQPValue::Timestamp(t)) => t.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "?".to_owned(),
+    };
+    let mut parts = Vec::new();
+    if let Some(count) = headers.inner().get("x-delivery-count") {
+        parts.push(format!(
+            "delivered {} times without an answer",
+            text(Some(count))
+        ));
+    }
+    if let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") {
+        for death in deaths.as_slice() {
+            if let AMQPValue::FieldTable(death) = death {
+                let field = |name: &str| text(death.inner().get(name));
+                parts.push(format!(
+                    "queue {} dead-lettered it ({}), {} time(s)",
+                    field("queue"),
+                    field("reason"),
+                    field("count")
+                ));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "no delivery history recorded".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// The tenant of a delivery: the worker's single tenant if it has one, else the AMQP
 /// `user_id`, which RabbitMQ checked against the publishing connection's user.
 fn tenant_of(ctx: &Context, delivery: &Delivery) -> Result<Option<String>, String> {
