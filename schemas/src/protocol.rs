@@ -96,6 +96,11 @@ impl Namespace {
         format!("{}:failure:{job_id}", self.0)
     }
 
+    /// Redis key that revokes a job (`dtee cancel`): `<ns>:revoked:<job id>`, with a TTL.
+    pub fn revoked_key(&self, job_id: &Digest) -> String {
+        format!("{}:revoked:{job_id}", self.0)
+    }
+
     /// Redis key of a worker's registry entry (its identity and evidence, with a heartbeat
     /// TTL): `<ns>:worker:<worker id>`.
     pub fn worker_key(&self, worker_id: &str) -> String {

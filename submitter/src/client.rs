@@ -321,6 +321,19 @@ impl Client {
         Ok(entries)
     }
 
+    /// Revokes a job for `ttl`: a worker that receives it afterwards answers `cancelled`
+    /// without running it. A job that already has a final result keeps it.
+    pub async fn cancel(&self, job_id: &Digest, ttl: Duration) -> Result<(), ClientError> {
+        redis::cmd("SET")
+            .arg(self.config.namespace.revoked_key(job_id))
+            .arg("1")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
     /// The cached final result of a job, if any.
     pub async fn cached_result(&self, job_id: &Digest) -> Result<Option<JobResult>, ClientError> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")

@@ -78,6 +78,15 @@ enum Command {
         #[arg(long)]
         at: Option<i64>,
     },
+    /// Cancels a job: a worker that receives it answers `cancelled` without running it. Jobs
+    /// already answered keep their result.
+    Cancel {
+        /// The job id (sha256:...).
+        job_id: String,
+        /// How long the revocation lasts, in seconds.
+        #[arg(long, default_value = "604800")]
+        ttl_secs: u64,
+    },
     /// Lists the workers registered in the namespace, with platform, measurement and evidence
     /// age.
     Workers,
@@ -282,6 +291,22 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 }
             );
             Ok(if accepted { 0 } else { 1 })
+        }
+        Command::Cancel { job_id, ttl_secs } => {
+            let id: Digest = job_id
+                .parse()
+                .map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?;
+            let client = connect(&cli).await?;
+            client.cancel(&id, Duration::from_secs(*ttl_secs)).await?;
+            match client.cached_result(&id).await? {
+                Some(result) => eprintln!(
+                    "{id} already has a final result ({:?}); it stands",
+                    result.status
+                ),
+                None => eprintln!("{id} revoked for {ttl_secs} s"),
+            }
+            client.close().await;
+            Ok(0)
         }
         Command::Workers => {
             let client = connect(&cli).await?;

@@ -196,3 +196,38 @@ async fn a_failure_that_may_not_recur_is_not_cached_as_the_answer() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_is_answered_cancelled_without_running() {
+    let env = TestEnv::new("cancel").await;
+    // Declare the queue, then stop: the job waits in the queue while it is cancelled.
+    env.start_worker().await.shutdown().await.unwrap();
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"never"), output("out", 8)];
+    let waiter = env.client.waiter().await.unwrap();
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    env.client.submit(&spec).await.unwrap();
+    env.client
+        .cancel(&id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // A worker started afterwards (the revocation lives in Redis, not in any worker).
+    let worker = env.start_worker().await;
+    let result = watch.result(RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(result.error_code(), Some(ErrorCode::Cancelled));
+    assert_eq!(Stats::get(&worker.stats.executed), 0, "not run");
+    waiter.close().await;
+    // A job answered before its cancellation keeps its answer.
+    spec.nonce = Some("done first".to_owned());
+    let done = env.run(&spec).await;
+    assert!(done.succeeded());
+    env.client
+        .cancel(&done.job_id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(env.run(&spec).await, done);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -163,6 +163,24 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             succeeded,
         });
     }
+    if ctx
+        .store
+        .is_revoked(&parsed.id)
+        .await
+        .map_err(Transient::redis)?
+    {
+        return Ok(failed_outcome(
+            ctx,
+            parsed.id.clone(),
+            Some(&parsed.spec),
+            CachePolicy::Final,
+            ErrorCode::Cancelled,
+            "the job was cancelled before it ran".to_owned(),
+            None,
+            None,
+            started_at,
+        ));
+    }
     let id = parsed.id.clone();
     match run(ctx, &parsed, &bindings, started_at).await? {
         Ok(success) => Ok(success),

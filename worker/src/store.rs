@@ -76,6 +76,14 @@ impl Store {
             .await
     }
 
+    /// Whether `job_id` was revoked (`dtee cancel`).
+    pub async fn is_revoked(&self, job_id: &Digest) -> Result<bool, redis::RedisError> {
+        redis::cmd("EXISTS")
+            .arg(self.namespace.revoked_key(job_id))
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
     /// The cached result of `job_id`, if any.
     pub async fn cached_result(
         &self,
