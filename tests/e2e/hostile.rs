@@ -231,3 +231,293 @@ async fn a_cancelled_job_is_answered_cancelled_without_running() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// One hostile message: how to build its body, and the code it must get.
+struct Hostile {
+    what: &'static str,
+    body: Vec<u8>,
+    expected: ErrorCode,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_hostile_jobs_get_their_codes_and_the_worker_survives() {
+    use serde_json::{json, Value};
+    let env = TestEnv::new("hostile-table").await;
+    let worker = env.start_worker_with(|c| c.max_job_bytes = 64 * 1024).await;
+    let echo = env.put_kernel("echo").await;
+    let tenant = env.client.tenant().to_owned();
+    let digests = [
+        ("spin", env.put_kernel("spin").await),
+        ("recurse", env.put_kernel("recurse").await),
+        ("membomb", env.put_kernel("membomb").await),
+        ("flood", env.put_kernel("flood").await),
+        ("badimport", env.put_kernel("badimport").await),
+        ("trap", env.put_kernel("trap").await),
+        ("fail", env.put_kernel("fail").await),
+    ];
+    let kernel = |name: &str| {
+        digests
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let (junk, _) = env
+        .client
+        .put_blob(b"\x00asm but not really")
+        .await
+        .unwrap();
+    let claimed = Digest::of(b"claimed kernel");
+    let _: () = redis::cmd("SET")
+        .arg(env.namespace.blob_key(&claimed))
+        .arg(dtee_tests::kernel("echo"))
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+    let base = |entry: &str, digest: &str| {
+        json!({
+            "schema": "dtee.job/v1",
+            "kernel": {"digest": digest, "format": "wasm", "entry": entry, "target": "wasm"},
+            "buffers": [{"kind": "input", "name": "in", "inline": "aGk="}, {"kind": "output", "name": "out", "size": 64}]
+        })
+    };
+    let echo_job = || base("echo", echo.as_str());
+    let with = |mut value: Value, change: &dyn Fn(&mut Value)| {
+        change(&mut value);
+        serde_json::to_vec(&value).unwrap()
+    };
+    let cases = vec![
+        Hostile {
+            what: "invalid JSON",
+            body: b"{\"schema\": ".to_vec(),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "empty body",
+            body: vec![],
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "not an object",
+            body: b"[1,2,3]".to_vec(),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "binary garbage",
+            body: vec![0xff, 0xfe, 0x00, 0x13, 0x37],
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "wrong schema version",
+            body: with(echo_job(), &|v| v["schema"] = json!("dtee.job/v2")),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "unknown field",
+            body: with(echo_job(), &|v| v["priority"] = json!(9)),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "unknown buffer field",
+            body: with(echo_job(), &|v| {
+                v["buffers"][0]["path"] = json!("/etc/passwd")
+            }),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "oversized message",
+            body: with(echo_job(), &|v| v["nonce"] = json!("x".repeat(100 * 1024))),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "bad base64",
+            body: with(echo_job(), &|v| v["buffers"][0]["inline"] = json!("@@@")),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "malformed kernel digest",
+            body: with(echo_job(), &|v| v["kernel"]["digest"] = json!("sha256:XYZ")),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "malformed blob digest",
+            body: with(echo_job(), &|v| {
+                v["buffers"][0] = json!({"kind": "input", "name": "in", "blob": "md5:00"})
+            }),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "duplicate JSON keys",
+            body: br#"{"schema":"dtee.job/v1","schema":"dtee.job/v1"}"#.to_vec(),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "integer beyond 2^53",
+            body: with(echo_job(), &|v| {
+                v["limits"] = json!({"fuel": 9007199254740993u64})
+            }),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "zero limit",
+            body: with(echo_job(), &|v| v["limits"] = json!({"timeout_ms": 0})),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "negative limit",
+            body: with(echo_job(), &|v| v["limits"] = json!({"memory_bytes": -1})),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "huge limit",
+            body: with(echo_job(), &|v| {
+                v["limits"] = json!({"fuel": 9007199254740992u64})
+            }),
+            expected: ErrorCode::ExcessiveResourceRequirements,
+        },
+        Hostile {
+            what: "duplicate buffer names",
+            body: with(echo_job(), &|v| v["buffers"][1]["name"] = json!("in")),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "parameter out of range",
+            body: with(echo_job(), &|v| {
+                v["params"] = json!([{"name": "n", "type": "u32", "value": -5}])
+            }),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "missing blob input",
+            body: with(
+                echo_job(),
+                &|v| v["buffers"][0] = json!({"kind": "input", "name": "in", "blob": Digest::of(b"absent").to_string()}),
+            ),
+            expected: ErrorCode::InputNotFound,
+        },
+        Hostile {
+            what: "missing kernel",
+            body: serde_json::to_vec(&base("echo", Digest::of(b"no kernel").as_str())).unwrap(),
+            expected: ErrorCode::KernelNotFound,
+        },
+        Hostile {
+            what: "kernel hash mismatch",
+            body: serde_json::to_vec(&base("echo", claimed.as_str())).unwrap(),
+            expected: ErrorCode::KernelHashMismatch,
+        },
+        Hostile {
+            what: "bytes that are not WebAssembly",
+            body: serde_json::to_vec(&base("run", junk.as_str())).unwrap(),
+            expected: ErrorCode::KernelInvalid,
+        },
+        Hostile {
+            what: "unknown import",
+            body: serde_json::to_vec(&base("run", &kernel("badimport"))).unwrap(),
+            expected: ErrorCode::KernelLinkFailed,
+        },
+        Hostile {
+            what: "missing entry point",
+            body: serde_json::to_vec(&base("does_not_exist", echo.as_str())).unwrap(),
+            expected: ErrorCode::KernelLinkFailed,
+        },
+        Hostile {
+            what: "infinite loop (fuel)",
+            body: with(base("spin", &kernel("spin")), &|v| {
+                v["limits"] = json!({"fuel": 1000000})
+            }),
+            expected: ErrorCode::FuelExhausted,
+        },
+        Hostile {
+            what: "infinite loop (clock)",
+            body: with(base("spin", &kernel("spin")), &|v| {
+                v["limits"] = json!({"fuel": 1000000000000u64, "timeout_ms": 200})
+            }),
+            expected: ErrorCode::ExecutionTimeout,
+        },
+        Hostile {
+            what: "deep recursion",
+            body: serde_json::to_vec(&base("deep", &kernel("recurse"))).unwrap(),
+            expected: ErrorCode::KernelTrapped,
+        },
+        Hostile {
+            what: "memory bomb",
+            body: with(base("bomb", &kernel("membomb")), &|v| {
+                v["limits"] = json!({"memory_bytes": 8388608})
+            }),
+            expected: ErrorCode::MemoryLimitExceeded,
+        },
+        Hostile {
+            what: "oversized output",
+            body: with(base("flood", &kernel("flood")), &|v| {
+                v["limits"] = json!({"output_bytes": 1048576})
+            }),
+            expected: ErrorCode::OutputLimitExceeded,
+        },
+        Hostile {
+            what: "trap",
+            body: serde_json::to_vec(&base("boom", &kernel("trap"))).unwrap(),
+            expected: ErrorCode::KernelTrapped,
+        },
+        Hostile {
+            what: "non-zero status",
+            body: serde_json::to_vec(&base("fail", &kernel("fail"))).unwrap(),
+            expected: ErrorCode::KernelFailed,
+        },
+        Hostile {
+            what: "state key outside the tenant",
+            body: with(
+                echo_job(),
+                &|v| v["buffers"][0] = json!({"kind": "state", "name": "in", "key": "someone-else/secrets", "mode": "read_only"}),
+            ),
+            expected: ErrorCode::StateAccessDenied,
+        },
+        Hostile {
+            what: "absent state that must exist",
+            body: with(
+                echo_job(),
+                &|v| v["buffers"][0] = json!({"kind": "state", "name": "in", "key": format!("{tenant}/absent"), "mode": "read_only"}),
+            ),
+            expected: ErrorCode::StateBindingNotFound,
+        },
+        Hostile {
+            what: "launch geometry on wasm",
+            body: with(echo_job(), &|v| {
+                v["launch"] = json!({"grid": [1, 1, 1], "block": [1, 1, 1]})
+            }),
+            expected: ErrorCode::InvalidJob,
+        },
+    ];
+    assert!(cases.len() >= 25);
+    let waiter = env.client.waiter().await.unwrap();
+    for (idx, case) in cases.iter().enumerate() {
+        // Parseable jobs are answered under their own id, others under the message id.
+        let message_id = Digest::of(format!("hostile {idx}").as_bytes());
+        let id = dtee_schemas::parse_job(&case.body)
+            .map(|parsed| parsed.id)
+            .unwrap_or(message_id.clone());
+        let watch = waiter.watch_fresh(&id).await.unwrap();
+        env.client
+            .publish_job(&case.body, message_id.as_str(), "wasm")
+            .await
+            .unwrap();
+        let result = watch.result(RESULT_TIMEOUT).await.unwrap();
+        assert_eq!(
+            result.error_code(),
+            Some(case.expected),
+            "{}: {:?}",
+            case.what,
+            result.error
+        );
+    }
+    waiter.close().await;
+    // Still serving.
+    let mut spec = wasm_job(echo, "echo");
+    spec.buffers = vec![inline_input("in", b"after the storm"), output("out", 64)];
+    assert_eq!(
+        env.run(&spec).await.output("out").unwrap().bytes().unwrap(),
+        b"after the storm"
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
