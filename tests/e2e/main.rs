@@ -9,4 +9,5 @@ mod jobs;
 mod limits;
 mod operability;
 mod scale;
+mod shutdown;
 mod state;

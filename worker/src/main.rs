@@ -31,7 +31,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dtee_worker::run(config, shutdown_signal())) {
+    let outcome = runtime.block_on(async {
+        // Install the handlers before anything else: a SIGTERM during start-up must start a
+        // graceful shutdown, not kill the process.
+        let shutdown = shutdown_signal()?;
+        dtee_worker::run(config, shutdown).await
+    });
+    // Kernels still running after the grace period were abandoned, and their deliveries are
+    // back in the queue: do not wait for their threads.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("dtee-worker: {error:#}");
@@ -40,11 +49,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
