@@ -106,3 +106,70 @@ async fn metrics_and_health_move_with_the_jobs() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// Closes the worker's AMQP connections from the broker side, as a broker restart would.
+fn close_worker_connections(worker_id: &str) -> usize {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("running rabbitmqctl");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let mut closed = 0;
+    for line in listing
+        .lines()
+        .filter(|line| line.contains(&format!("dtee-worker {worker_id}")))
+    {
+        let pid = line.split_whitespace().next().unwrap();
+        let status = std::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                pid,
+                "test: simulated broker restart",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reconnects_after_losing_rabbitmq_and_serves_again() {
+    let env = TestEnv::new("reconnect").await;
+    let worker = env
+        .start_worker_with(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap()))
+        .await;
+    let echo = env.put_kernel("echo").await;
+    let job = |text: &str| {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![inline_input("in", text.as_bytes()), output("out", 16)];
+        spec
+    };
+    assert!(env.run(&job("before")).await.succeeded());
+    assert_eq!(
+        close_worker_connections(&worker.worker_id),
+        1,
+        "one connection per worker"
+    );
+    dtee_tests::eventually(|| dtee_worker::stats::Stats::get(&worker.stats.reconnects) == 1).await;
+    let result = env.run(&job("after")).await;
+    assert_eq!(result.output("out").unwrap().bytes().unwrap(), b"after");
+    let addr = worker.metrics_addr.unwrap();
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = get(addr, "/readyz").await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200, "ready again after reconnecting");
+    assert_eq!(
+        samples(&get(addr, "/metrics").await.1)["dtee_rabbitmq_reconnects_total"],
+        1.0
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

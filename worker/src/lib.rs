@@ -86,9 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             info!("shutting down");
             worker.shutdown().await
         }
-        // The consumer loop only ends by itself when the broker connection or consumer is
-        // lost; exit non-zero so the supervisor restarts the worker rather than leave a
-        // process that is up but consumes nothing.
+        // The consumer loop reconnects by itself; it only ends early if it panics.
         ended = &mut worker.task => match ended {
             Ok(Ok(())) => Err(anyhow::anyhow!("the consumer stopped")),
             Ok(Err(error)) => Err(error),
@@ -102,17 +100,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 pub struct Worker;
 
 impl Worker {
-    /// Connects to Redis and RabbitMQ, declares the topology, and starts consuming.
+    /// Connects to Redis and RabbitMQ, declares the topology, and starts consuming. If the
+    /// RabbitMQ connection is lost later, the worker reconnects with backoff, declares its
+    /// topology again and resumes; `/readyz` reports the outage meanwhile.
     pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         let store = store::Store::connect(&config.redis_url, config.namespace.clone())
             .await
             .with_context(|| format!("connecting to redis at {}", redact(&config.redis_url)))?;
-        let connection = broker::connect(
-            &config.amqp_url,
-            &format!("dtee-worker {}", config.worker_id),
-        )
-        .await
-        .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
         // Identity first: a worker that cannot attest as asked does not consume.
         let measurement = attestation::measure(&measured_configuration(&config))
             .context("measuring the worker")?;
@@ -131,65 +125,7 @@ impl Worker {
                 dtee_schemas::protocol::served_routing_keys(target, attestor.platform())
             })
             .collect();
-        let setup = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        broker::declare_topology(
-            &setup,
-            &config.namespace,
-            &routing_keys,
-            config.delivery_limit,
-        )
-        .await
-        .context("declaring the topology")?;
-        let publisher = broker::ResultPublisher::new(
-            connection
-                .create_channel()
-                .await
-                .context("opening the result channel")?,
-            &config.namespace,
-            &config.worker_id,
-        )
-        .await
-        .context("enabling publisher confirms")?;
-        let consume = connection
-            .create_channel()
-            .await
-            .context("opening the consumer channel")?;
-        consume
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await
-            .context("setting the prefetch")?;
-        let mut consumers = SelectAll::new();
-        let mut consumer_tags = Vec::new();
-        for target in &routing_keys {
-            let tag = format!("{}.{target}", config.worker_id);
-            let consumer = consume
-                .basic_consume(
-                    config.namespace.job_queue(target).into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming {}", config.namespace.job_queue(target)))?;
-            consumers.push(consumer);
-            consumer_tags.push(tag);
-        }
-        // Every worker also answers dead-lettered jobs, so that no submitter waits forever.
-        let dead_tag = format!("{}.dead", config.worker_id);
-        let dead = consume
-            .basic_consume(
-                config.namespace.dead_letter_queue().into(),
-                dead_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming {}", config.namespace.dead_letter_queue()))?;
-        consumers.push(dead);
-        consumer_tags.push(dead_tag);
+        let (first_session, publisher) = Session::open(&config, &routing_keys).await?;
         let wasm = Arc::new(WasmBackend::new(config.module_cache_size)?);
         let stats = Arc::new(Stats::default());
         let worker_id = config.worker_id.clone();
@@ -201,6 +137,7 @@ impl Worker {
             routing_keys.clone(),
             config.heartbeat,
             config.evidence_refresh,
+            Arc::clone(&stats),
         ));
         let metrics = Arc::new(metrics::Metrics::new(
             Arc::clone(&stats),
@@ -209,6 +146,9 @@ impl Worker {
         ));
         let health = Arc::new(health::Health::default());
         health.tick();
+        health
+            .amqp_connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut probes = Vec::new();
         let metrics_addr = match config.metrics_addr {
             Some(addr) => {
@@ -229,8 +169,7 @@ impl Worker {
             }
             None => None,
         };
-        probes.push(tokio::spawn(watch_readiness(
-            consume.clone(),
+        probes.push(tokio::spawn(watch_redis(
             store.clone(),
             Arc::clone(&health),
         )));
@@ -241,7 +180,7 @@ impl Worker {
             state,
             config,
             store,
-            publisher,
+            publisher: std::sync::RwLock::new(publisher),
             wasm,
             stats: Arc::clone(&stats),
         });
@@ -249,9 +188,39 @@ impl Worker {
         let stop_retrying = shutdown.clone();
         let task = tokio::spawn(async move {
             let mut in_flight = JoinSet::new();
-            let mut lost: Option<String> = None;
+            let mut session = Some(first_session);
+            let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
             let mut liveness = tokio::time::interval(Duration::from_secs(1));
             loop {
+                let Some(current) = session.as_mut() else {
+                    // Reconnecting: the loop keeps ticking (alive), but the worker is not ready.
+                    health
+                        .amqp_connected
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    let delay = reconnect.next_delay();
+                    tokio::select! {
+                        _ = shutdown_rx.changed() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    health.tick();
+                    match Session::open(&ctx.config, &routing_keys).await {
+                        Ok((opened, publisher)) => {
+                            *ctx.publisher.write().expect("publisher lock") = publisher;
+                            health
+                                .amqp_connected
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            reconnect =
+                                Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+                            Stats::bump(&ctx.stats.reconnects);
+                            info!("reconnected to rabbitmq; consuming again");
+                            session = Some(opened);
+                        }
+                        Err(error) => {
+                            warn!(error = %format!("{error:#}"), "reconnecting to rabbitmq failed; will retry")
+                        }
+                    }
+                    continue;
+                };
                 tokio::select! {
                     _ = shutdown_rx.changed() => break,
                     _ = liveness.tick() => health.tick(),
@@ -260,7 +229,7 @@ impl Worker {
                             warn!(%error, "a job task failed");
                         }
                     }
-                    next = consumers.next() => match next {
+                    next = current.consumers.next() => match next {
                         Some(Ok(delivery)) => {
                             Stats::bump(&ctx.stats.received);
                             let ctx = Arc::clone(&ctx);
@@ -268,14 +237,16 @@ impl Worker {
                             in_flight.spawn(handle(ctx, delivery, shutdown));
                         }
                         Some(Err(error)) => {
-                            warn!(%error, "the consumer failed");
-                            lost = Some(format!("the consumer failed: {error}"));
-                            break;
+                            warn!(%error, "lost the rabbitmq consumer; reconnecting");
+                            if let Some(lost) = session.take() {
+                                lost.close().await;
+                            }
                         }
                         None => {
-                            warn!("the broker cancelled the consumer");
-                            lost = Some("the broker cancelled the consumer".to_owned());
-                            break;
+                            warn!("the broker cancelled the consumer; reconnecting");
+                            if let Some(lost) = session.take() {
+                                lost.close().await;
+                            }
                         }
                     }
                 }
@@ -283,10 +254,8 @@ impl Worker {
             // Graceful shutdown: no new deliveries; in-flight jobs get the grace period. Jobs
             // retrying a transient failure give up and return to the queue.
             let _ = stop_retrying.send(true);
-            for tag in &consumer_tags {
-                let _ = consume
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                    .await;
+            if let Some(current) = &session {
+                current.cancel_consumers().await;
             }
             let grace = ctx.config.shutdown_grace;
             let drained = tokio::time::timeout(grace, async {
@@ -326,12 +295,10 @@ impl Worker {
             )
             .await;
             // Closing the channels returns every unacknowledged delivery to its queue.
-            let _ = consume.close(200, "worker shutting down".into()).await;
-            let _ = connection.close(200, "worker shutting down".into()).await;
-            match lost {
-                Some(reason) => Err(anyhow::anyhow!(reason)),
-                None => Ok(()),
+            if let Some(current) = session {
+                current.close().await;
             }
+            Ok(())
         });
         Ok(WorkerHandle {
             stats,
@@ -340,6 +307,117 @@ impl Worker {
             shutdown,
             task,
         })
+    }
+}
+
+/// One connection to RabbitMQ: the consumer channel and its consumers.
+struct Session {
+    connection: lapin::Connection,
+    consume: lapin::Channel,
+    consumers: SelectAll<lapin::Consumer>,
+    consumer_tags: Vec<String>,
+}
+
+impl Session {
+    /// Connects, declares the topology, opens the result publisher, and consumes every
+    /// routing key's queue and the dead-letter queue.
+    async fn open(
+        config: &Config,
+        routing_keys: &[String],
+    ) -> anyhow::Result<(Session, broker::ResultPublisher)> {
+        let connection = broker::connect(
+            &config.amqp_url,
+            &format!("dtee-worker {}", config.worker_id),
+        )
+        .await
+        .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
+        let setup = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        broker::declare_topology(
+            &setup,
+            &config.namespace,
+            routing_keys,
+            config.delivery_limit,
+        )
+        .await
+        .context("declaring the topology")?;
+        let _ = setup.close(200, "declared".into()).await;
+        let publisher = broker::ResultPublisher::new(
+            connection
+                .create_channel()
+                .await
+                .context("opening the result channel")?,
+            &config.namespace,
+            &config.worker_id,
+        )
+        .await
+        .context("enabling publisher confirms")?;
+        let consume = connection
+            .create_channel()
+            .await
+            .context("opening the consumer channel")?;
+        consume
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch")?;
+        let mut consumers = SelectAll::new();
+        let mut consumer_tags = Vec::new();
+        // Every worker also answers dead-lettered jobs, so that no submitter waits forever.
+        let queues = routing_keys
+            .iter()
+            .map(|key| {
+                (
+                    config.namespace.job_queue(key),
+                    format!("{}.{key}", config.worker_id),
+                )
+            })
+            .chain([(
+                config.namespace.dead_letter_queue(),
+                format!("{}.dead", config.worker_id),
+            )]);
+        for (queue, tag) in queues {
+            let consumer = consume
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {queue}"))?;
+            consumers.push(consumer);
+            consumer_tags.push(tag);
+        }
+        Ok((
+            Session {
+                connection,
+                consume,
+                consumers,
+                consumer_tags,
+            },
+            publisher,
+        ))
+    }
+
+    /// Stops the broker from delivering more.
+    async fn cancel_consumers(&self) {
+        for tag in &self.consumer_tags {
+            let _ = self
+                .consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+    }
+
+    /// Closes the connection; unacknowledged deliveries return to their queues.
+    async fn close(self) {
+        let _ = self.consume.close(200, "worker shutting down".into()).await;
+        let _ = self
+            .connection
+            .close(200, "worker shutting down".into())
+            .await;
     }
 }
 
@@ -442,20 +520,11 @@ fn submitted_at_unix_ms(delivery: &Delivery) -> Option<u64> {
     }
 }
 
-/// Keeps the readiness flags current: the consumer channel's state and a Redis PING, every
-/// two seconds.
-async fn watch_readiness(
-    channel: lapin::Channel,
-    store: store::Store,
-    health: Arc<health::Health>,
-) {
+/// Keeps the Redis readiness flag current with a PING every two seconds.
+async fn watch_redis(store: store::Store, health: Arc<health::Health>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(2));
     loop {
         ticker.tick().await;
-        health.amqp_connected.store(
-            channel.status().connected(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         let ping = tokio::time::timeout(Duration::from_secs(1), store.ping()).await;
         health.redis_ok.store(
             matches!(ping, Ok(Ok(()))),

@@ -126,6 +126,10 @@ impl Metrics {
             "dtee_attestation_refreshes_total",
             "Evidence refreshes that succeeded.",
         );
+        describe_counter(
+            "dtee_rabbitmq_reconnects_total",
+            "Reconnections to RabbitMQ after a lost connection.",
+        );
         let counters: Vec<(Counter, StatReader)> = vec![
             (counter("dtee_jobs_received_total", vec![]), |s| {
                 Stats::get(&s.received)
@@ -153,6 +157,9 @@ impl Metrics {
             }),
             (counter("dtee_attestation_refreshes_total", vec![]), |s| {
                 Stats::get(&s.evidence_refreshes)
+            }),
+            (counter("dtee_rabbitmq_reconnects_total", vec![]), |s| {
+                Stats::get(&s.reconnects)
             }),
         ];
         let failed = ErrorCode::ALL

@@ -39,8 +39,8 @@ pub struct Context {
     pub store: Store,
     /// Redis: bound state.
     pub state: StateStore,
-    /// Result publishing with confirms.
-    pub publisher: ResultPublisher,
+    /// Result publishing with confirms; replaced when the worker reconnects.
+    pub publisher: std::sync::RwLock<ResultPublisher>,
     /// The WebAssembly backend.
     pub wasm: Arc<WasmBackend>,
     /// Kernel slots: at most `concurrency` kernels run at once.
@@ -1014,8 +1014,9 @@ pub async fn deliver(
             }
         }
     }
+    let publisher = ctx.publisher.read().expect("publisher lock").clone();
     let publish_started = Instant::now();
-    ctx.publisher
+    publisher
         .publish(&outcome.job_id, &outcome.body, outcome.from_cache)
         .await
         .map_err(Transient::publish)?;

@@ -42,6 +42,7 @@ pub async fn run(
     routing_keys: Vec<String>,
     heartbeat: Duration,
     evidence_refresh: Duration,
+    stats: Arc<crate::stats::Stats>,
 ) {
     let started_at = unix_ms();
     let mut last_refresh = tokio::time::Instant::now();
@@ -51,7 +52,10 @@ pub async fn run(
         if last_refresh.elapsed() >= evidence_refresh {
             let attestor_for_refresh = Arc::clone(&attestor);
             match tokio::task::spawn_blocking(move || attestor_for_refresh.refresh()).await {
-                Ok(Ok(())) => last_refresh = tokio::time::Instant::now(),
+                Ok(Ok(())) => {
+                    last_refresh = tokio::time::Instant::now();
+                    crate::stats::Stats::bump(&stats.evidence_refreshes);
+                }
                 Ok(Err(error)) => {
                     warn!(%error, "refreshing the evidence failed; keeping the previous evidence")
                 }

@@ -16,6 +16,8 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Evidence refreshes that succeeded.
     pub evidence_refreshes: AtomicU64,
+    /// Reconnections to RabbitMQ after a lost connection.
+    pub reconnects: AtomicU64,
     /// Deliveries received.
     pub received: AtomicU64,
     /// Kernel runs started.
@@ -47,6 +49,7 @@ impl Default for Stats {
             in_flight: AtomicI64::new(0),
             dead_lettered: AtomicU64::new(0),
             evidence_refreshes: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             received: AtomicU64::new(0),
             executed: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
