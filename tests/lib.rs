@@ -70,11 +70,18 @@ pub struct TestEnv {
     pub namespace: Namespace,
     /// A connected client.
     pub client: Client,
+    /// The Redis this test uses.
+    pub redis_url: String,
 }
 
 impl TestEnv {
     /// A fresh namespace named after the test.
     pub async fn new(test: &str) -> TestEnv {
+        TestEnv::with_redis(test, &redis_url()).await
+    }
+
+    /// A fresh namespace named after the test, on the Redis at `redis`.
+    pub async fn with_redis(test: &str, redis: &str) -> TestEnv {
         let slug: String = test
             .chars()
             .map(|c| {
@@ -90,12 +97,16 @@ impl TestEnv {
             .expect("valid namespace");
         let client = Client::connect(ClientConfig {
             amqp_url: amqp_url(),
-            redis_url: redis_url(),
+            redis_url: redis.to_owned(),
             namespace: namespace.clone(),
         })
         .await
         .expect("connecting to RabbitMQ and Redis (are they running? see README)");
-        TestEnv { namespace, client }
+        TestEnv {
+            namespace,
+            client,
+            redis_url: redis.to_owned(),
+        }
     }
 
     /// A worker configuration for this namespace: environment defaults, 2 kernel slots,
@@ -103,7 +114,7 @@ impl TestEnv {
     pub fn worker_config(&self) -> Config {
         let mut config = Config::from_env().expect("worker defaults");
         config.amqp_url = amqp_url();
-        config.redis_url = redis_url();
+        config.redis_url = self.redis_url.clone();
         config.namespace = self.namespace.clone();
         config.concurrency = 2;
         config.prefetch = 16;

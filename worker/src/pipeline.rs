@@ -218,6 +218,32 @@ pub async fn evaluate_dead_letter(
     let id = parsed
         .as_ref()
         .map_or_else(|| fallback_id(delivery), |parsed| parsed.id.clone());
+    // A job whose state writes were committed before the crashes that dead-lettered it is
+    // answered with the result recorded at the commit: its effects happened.
+    if let Some(parsed) = &parsed {
+        let writable = parsed.spec.buffers.iter().find_map(|buffer| match buffer {
+            Buffer::State { key, mode, .. } if *mode != AccessMode::ReadOnly => {
+                StateKey::parse(key).ok()
+            }
+            _ => None,
+        });
+        if let Some(key) = writable {
+            if let Some(first) = ctx
+                .state
+                .applied(&key.hash_tag(), &id)
+                .await
+                .map_err(Transient::redis)?
+            {
+                return Ok(Outcome {
+                    job_id: id,
+                    body: first,
+                    cache: CachePolicy::Final,
+                    from_cache: true,
+                    succeeded: true,
+                });
+            }
+        }
+    }
     if parsed.is_some() {
         if let Some(cached) = ctx
             .store

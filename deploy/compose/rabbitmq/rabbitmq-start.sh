@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The RabbitMQ container's command: starts the broker through the image's entry point, then
+# gives the users that deploy/rabbitmq/definitions.json creates (without passwords) their
+# passwords from the environment, and marks the container ready for its health check.
+#
+# Environment: DTEE_RABBITMQ_WORKER_PASSWORD, DTEE_RABBITMQ_SUBMITTER_PASSWORD,
+# DTEE_RABBITMQ_ADMIN_PASSWORD (required), DTEE_RABBITMQ_MONITOR_PASSWORD (optional: without
+# it dtee-monitor cannot log in).
+set -euo pipefail
+
+ready=/tmp/dtee-passwords-set
+rm -f "$ready"
+
+docker-entrypoint.sh rabbitmq-server &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null || true' TERM INT
+
+# The server writes the Erlang cookie on its first start. A CLI started before that would
+# write its own, owned by root, and the server could then not read it.
+for _ in $(seq 1 120); do
+  [ -s /var/lib/rabbitmq/.erlang.cookie ] && break
+  sleep 1
+done
+ctl() { gosu rabbitmq rabbitmqctl --quiet "$@"; }
+ctl await_startup --timeout 180
+
+# Definitions are imported during boot, before await_startup returns.
+set_password() { # user, password
+  if [ -n "$2" ]; then
+    ctl change_password "$1" "$2"
+  fi
+}
+set_password dtee-worker "${DTEE_RABBITMQ_WORKER_PASSWORD:?}"
+set_password dtee-submitter "${DTEE_RABBITMQ_SUBMITTER_PASSWORD:?}"
+set_password dtee-admin "${DTEE_RABBITMQ_ADMIN_PASSWORD:?}"
+set_password dtee-monitor "${DTEE_RABBITMQ_MONITOR_PASSWORD:-}"
+touch "$ready"
+echo "dtee: passwords set for the users of deploy/rabbitmq/definitions.json" >&2
+
+status=0
+wait "$server" || status=$?
+# A signal interrupts `wait`; wait again for the broker to finish stopping.
+if kill -0 "$server" 2>/dev/null; then
+  status=0
+  wait "$server" || status=$?
+fi
+exit "$status"
