@@ -39,7 +39,7 @@ impl PersistentRedis {
     }
 
     fn spawn(port: u16, dir: &std::path::Path) -> Child {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -67,6 +67,8 @@ impl PersistentRedis {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server did not start on port {port}");
     }
 
