@@ -173,3 +173,43 @@ async fn a_worker_reconnects_after_losing_rabbitmq_and_serves_again() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_consumes_nothing_while_jobs_wait_is_reported_not_alive() {
+    // Stand-in for a consumer that silently stopped receiving (the classic "up but never
+    // consumes again" failure): the stall-consumer test hook takes no deliveries.
+    let env = TestEnv::new("stalled").await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+            c.test_hook = Some(dtee_worker::config::TestHook::StallConsumer);
+        })
+        .await;
+    let addr = worker.metrics_addr.unwrap();
+    assert_eq!(
+        get(addr, "/healthz").await.0,
+        200,
+        "alive while nothing waits"
+    );
+    let mut spec = wasm_job(env.put_kernel("echo").await, "noop");
+    spec.nonce = Some("waits".to_owned());
+    env.client.submit(&spec).await.unwrap();
+    // Within the stall window (10 s idle, checked every 5 s) /healthz turns 503.
+    let mut health = (200, String::new());
+    for _ in 0..300 {
+        health = get(addr, "/healthz").await;
+        if health.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health.0, 503, "{}", health.1);
+    assert!(health.1.contains("stalled"), "{}", health.1);
+    assert_eq!(
+        env.queue_depth("wasm").await,
+        1,
+        "the job still waits, nothing lost"
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

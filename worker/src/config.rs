@@ -112,7 +112,7 @@ pub struct Args {
     /// Seconds a job's applied record (exactly-once guard and first result) is kept.
     #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
     pub applied_ttl_secs: String,
-    /// Test hook, for the test suite only: `pause-after-commit`.
+    /// Test hook, for the test suite only: `pause-after-commit`, `stall-consumer`.
     #[arg(long, env = "DTEE_TEST_HOOK", hide = true)]
     pub test_hook: Option<String>,
     /// Attestation provider: snp, tpm, software or auto (the strongest available).
@@ -144,6 +144,9 @@ pub enum TestHook {
     /// Block forever right after a state commit, before the result is cached, published and
     /// acked (the test then kills the process).
     PauseAfterCommit,
+    /// Stop taking deliveries from the consumer (while the loop keeps running), as a consumer
+    /// that silently stopped receiving would.
+    StallConsumer,
 }
 
 /// The worker's typed configuration.
@@ -371,11 +374,12 @@ impl Config {
         let test_hook = match args.test_hook.as_deref() {
             None | Some("") => None,
             Some("pause-after-commit") => Some(TestHook::PauseAfterCommit),
+            Some("stall-consumer") => Some(TestHook::StallConsumer),
             Some(other) => {
                 return Err(ConfigError {
                     name: "DTEE_TEST_HOOK",
                     value: other.to_owned(),
-                    why: "the only hook is pause-after-commit".to_owned(),
+                    why: "hooks: pause-after-commit, stall-consumer".to_owned(),
                 })
             }
         };

@@ -32,6 +32,12 @@ pub struct Health {
     pub amqp_connected: AtomicBool,
     /// Redis answered the last PING.
     pub redis_ok: AtomicBool,
+    /// Set when the worker's queues hold ready messages, it has room for more, and nothing
+    /// was delivered for a while: the consumer is stalled (the worker is up but consumes
+    /// nothing). Cleared by the next delivery.
+    pub stalled: AtomicBool,
+    /// Last delivery, Unix milliseconds.
+    pub last_delivery_unix_ms: AtomicU64,
 }
 
 impl Health {
@@ -42,14 +48,32 @@ impl Health {
 
     fn alive(&self) -> Result<(), String> {
         let since = unix_ms().saturating_sub(self.loop_tick_unix_ms.load(Ordering::Relaxed));
-        if since <= STALL_AFTER.as_millis() as u64 {
-            Ok(())
-        } else {
-            Err(format!(
+        if since > STALL_AFTER.as_millis() as u64 {
+            return Err(format!(
                 "the consumer loop has not run for {} s",
                 since / 1000
-            ))
+            ));
         }
+        if self.stalled.load(Ordering::Relaxed) {
+            let idle = unix_ms().saturating_sub(self.last_delivery_unix_ms.load(Ordering::Relaxed));
+            return Err(format!(
+                "the consumer is stalled: messages wait in its queues, yet nothing was delivered for {} s",
+                idle / 1000
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a delivery (progress).
+    pub fn delivered(&self) {
+        self.last_delivery_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
+        self.stalled.store(false, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the last delivery (or since start).
+    pub fn idle_ms(&self) -> u64 {
+        unix_ms().saturating_sub(self.last_delivery_unix_ms.load(Ordering::Relaxed))
     }
 
     fn ready(&self) -> Result<(), String> {

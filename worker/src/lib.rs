@@ -95,6 +95,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 }
 
+/// How often the progress check runs.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+/// How long without a delivery, while messages wait, before the consumer counts as stalled.
+const STALL_IDLE: Duration = Duration::from_secs(10);
+
 /// Builds and starts workers.
 #[derive(Debug)]
 pub struct Worker;
@@ -191,6 +196,11 @@ impl Worker {
             let mut session = Some(first_session);
             let mut reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
             let mut liveness = tokio::time::interval(Duration::from_secs(1));
+            // Progress check: ready messages in our queues, room to take them, and no delivery
+            // for STALL_IDLE means the consumer is stalled.
+            let mut progress = tokio::time::interval(STALL_CHECK);
+            health.delivered();
+            let stall_consumer = ctx.config.test_hook == Some(config::TestHook::StallConsumer);
             loop {
                 let Some(current) = session.as_mut() else {
                     // Reconnecting: the loop keeps ticking (alive), but the worker is not ready.
@@ -229,8 +239,19 @@ impl Worker {
                             warn!(%error, "a job task failed");
                         }
                     }
-                    next = current.consumers.next() => match next {
+                    _ = progress.tick() => {
+                        let idle = health.idle_ms();
+                        let room = in_flight.len() < usize::from(ctx.config.prefetch);
+                        if idle >= STALL_IDLE.as_millis() as u64 && room {
+                            let waiting = current.ready_messages(&ctx.config.namespace, &routing_keys).await;
+                            if waiting > 0 && !health.stalled.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                warn!(waiting, idle_s = idle / 1000, "the consumer looks stalled: messages wait, nothing is delivered");
+                            }
+                        }
+                    }
+                    next = current.consumers.next(), if !stall_consumer => match next {
                         Some(Ok(delivery)) => {
+                            health.delivered();
                             Stats::bump(&ctx.stats.received);
                             let ctx = Arc::clone(&ctx);
                             let shutdown = shutdown_rx.clone();
@@ -377,7 +398,9 @@ impl Session {
                 config.namespace.dead_letter_queue(),
                 format!("{}.dead", config.worker_id),
             )]);
-        for (queue, tag) in queues {
+        // The stall-consumer test hook consumes nothing: messages wait while the worker is up.
+        let stall = config.test_hook == Some(config::TestHook::StallConsumer);
+        for (queue, tag) in queues.filter(|_| !stall) {
             let consumer = consume
                 .basic_consume(
                     queue.as_str().into(),
@@ -399,6 +422,36 @@ impl Session {
             },
             publisher,
         ))
+    }
+
+    /// Messages ready in the queues this session consumes (0 if the broker cannot say).
+    async fn ready_messages(
+        &self,
+        namespace: &dtee_schemas::protocol::Namespace,
+        routing_keys: &[String],
+    ) -> u64 {
+        let Ok(channel) = self.connection.create_channel().await else {
+            return 0;
+        };
+        let mut ready = 0u64;
+        for key in routing_keys {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Ok(queue) = channel
+                .queue_declare(
+                    namespace.job_queue(key).into(),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+            {
+                ready += u64::from(queue.message_count());
+            }
+        }
+        let _ = channel.close(200, "checked".into()).await;
+        ready
     }
 
     /// Stops the broker from delivering more.
