@@ -115,7 +115,7 @@ def parse_all():
 def doc(parsed, relative):
     path = ROOT / relative
     if path not in parsed:
-        raise SystemExit(f"FAIL: {relative} is missing or does not parse")
+        raise LookupError(f"{relative} is missing or does not parse")
     return parsed[path]
 
 
@@ -163,6 +163,22 @@ def code_facts():
     metrics = (ROOT / "worker/src/metrics.rs").read_text()
     facts["metrics"] = set(re.findall(r'"(dtee_[a-z_]+)"', metrics))
     facts["histograms"] = set(re.findall(r'histogram\(\s*"(dtee_[a-z_]+)"', metrics))
+
+    # Redis commands the worker sends: redis::cmd("X"), AsyncCommands methods on a key of
+    # the namespace (`.get(self.namespace.blob_key(..))`), commands inside Lua scripts, and
+    # redis::Script, which sends EVALSHA and, after NOSCRIPT, SCRIPT LOAD.
+    commands = set()
+    for path in (ROOT / "worker/src").rglob("*.rs"):
+        source = path.read_text()
+        commands |= {c.lower() for c in re.findall(r'redis::cmd\("([A-Za-z]+)"\)', source)}
+        commands |= {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", source)}
+        commands |= {c.lower() for c in re.findall(r"\.(\w+)\(\s*self\.namespace\.\w+_key\(", source)
+                     if c not in ("arg", "key")}
+        if "Script::new(" in source:
+            commands |= {"evalsha", "script|load"}
+        if re.search(r"redis::pipe\(\)\s*\.atomic\(\)", source):
+            commands |= {"multi", "exec"}
+    facts["worker_redis_commands"] = commands
 
     health = (ROOT / "worker/src/health.rs").read_text()
     facts["paths"] = set(re.findall(r'\("GET", "(/[a-z]+)"\)', health))
@@ -264,7 +280,7 @@ def check_definitions(parsed, facts):
 
 # --- Redis -------------------------------------------------------------------------------------
 
-def check_redis():
+def check_redis(facts):
     section("deploy/redis")
     directives = {}
     for line in (DEPLOY / "redis/redis.conf").read_text().splitlines():
@@ -283,6 +299,12 @@ def check_redis():
           "users.acl holds only user lines", "Redis refuses comments in an ACL file")
     users = {line.split()[1]: line.split()[2:] for line in lines}
     check("off" in users.get("default", []), "the default user is off")
+    allowed = {rule[1:].lower() for rule in users.get("dtee-worker", []) if rule.startswith("+")}
+    missing = sorted(facts["worker_redis_commands"] - allowed)
+    check(not missing and facts["worker_redis_commands"],
+          f"dtee-worker may send every command the worker's code sends "
+          f"({' '.join(sorted(facts['worker_redis_commands']))})",
+          f"not allowed in users.acl: {missing}")
     for name, rules in users.items():
         check(not any(r.startswith((">", "#")) or r == "nopass" for r in rules),
               f"{name} has no password in the file")
@@ -571,6 +593,16 @@ def check_scrape(path, parsed, facts):
           ", ".join(sorted(undocumented)))
 
 
+def guarded(what, function, *args):
+    """Runs one group of checks; a file without the structure it expects is a failure of that
+    group, not a crash of the whole script."""
+    try:
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - reported as a failed check
+        fail(f"{what}: unexpected structure: {type(error).__name__}: {error}")
+        return None
+
+
 def main(argv):
     global VERBOSE
     if len(argv) > 1 and argv[1] == "-v":
@@ -579,22 +611,24 @@ def main(argv):
     parsed = parse_all()
     facts = code_facts()
     if len(argv) == 3 and argv[1] == "--metrics":
-        check_scrape(argv[2], parsed, facts)
+        guarded("metrics", check_scrape, argv[2], parsed, facts)
     elif len(argv) == 2:
         out = Path(argv[1])
-        definitions = check_definitions(parsed, facts)
-        check_redis()
+        # Files for validate.sh's tools first, so that a failed check below does not hide them.
+        guarded("writing the Kubernetes Prometheus copy", kubernetes_prometheus_copy, parsed, out)
+        definitions = guarded("definitions.json", check_definitions, parsed, facts)
+        guarded("redis", check_redis, facts)
         graces = {
-            "kubernetes": check_kubernetes(parsed, definitions, facts),
-            "compose": check_compose(parsed, facts),
-            "systemd": check_systemd(facts),
+            "kubernetes": guarded("kubernetes", check_kubernetes, parsed, definitions, facts),
+            "compose": guarded("compose", check_compose, parsed, facts),
+            "systemd": guarded("systemd", check_systemd, facts),
         }
         check(len(set(graces.values())) == 1, f"one grace period everywhere: {graces}")
-        packages = check_dockerfile(facts)
-        (out / "dockerfile-packages.txt").write_text("\n".join(packages) + "\n")
-        check_metric_names(parsed, facts)
-        check_dashboard(parsed, out)
-        kubernetes_prometheus_copy(parsed, out)
+        packages = guarded("Dockerfile", check_dockerfile, facts)
+        if packages:
+            (out / "dockerfile-packages.txt").write_text("\n".join(packages) + "\n")
+        guarded("metric names", check_metric_names, parsed, facts)
+        guarded("dashboard", check_dashboard, parsed, out)
     else:
         print(__doc__)
         return 2

@@ -66,9 +66,20 @@ tmp=$(mktemp -d)
 redis_pid=
 worker_pid=
 rabbit_passwords_set=0
+# Stops a process this script started, and waits for it: SIGTERM, then SIGKILL after 10 s.
+stop() { # pid
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do
+    kill -0 "$1" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  if [ -n "$worker_pid" ] && kill -0 "$worker_pid" 2>/dev/null; then kill -KILL "$worker_pid" 2>/dev/null || true; fi
-  if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then kill -TERM "$redis_pid" 2>/dev/null || true; fi
+  if [ -n "$worker_pid" ]; then stop "$worker_pid"; fi
+  # Redis saves its snapshot on SIGTERM; it must finish before its folder goes.
+  if [ -n "$redis_pid" ]; then stop "$redis_pid"; fi
   if [ "$rabbit_passwords_set" = 1 ]; then
     for user in dtee-worker dtee-submitter; do rabbitmqctl -q clear_password "$user" >/dev/null 2>&1 || true; done
   fi
@@ -225,7 +236,8 @@ else
 fi
 # Command-line settings override the file: a free port on loopback, a scratch folder.
 redis-server deploy/redis/redis.conf --port "$redis_port" --bind 127.0.0.1 --dir "$tmp/redis" \
-  --aclfile "$tmp/redis/users.acl" --logfile "$tmp/redis/redis.log" --daemonize no &
+  --aclfile "$tmp/redis/users.acl" --logfile "$tmp/redis/redis.log" --daemonize no \
+  </dev/null >/dev/null 2>&1 &
 redis_pid=$!
 rcli() { # user, password, command...
   local user=$1 password=$2
@@ -273,6 +285,8 @@ if [ "$(rcli dtee-admin "$pw_admin" PING)" = PONG ]; then
       expect denied "${w[@]}" KEYS '*'
       expect denied "${w[@]}" FLUSHALL
       expect denied "${w[@]}" CONFIG GET dir
+      expect denied "${w[@]}" SCAN 0
+      expect denied "${w[@]}" ACL LIST
       # The submitter (tenant dtee-submitter): blobs write-only, results and failures
       # read-only, its own state read-only, nothing else.
       expect allowed "${s[@]}" SET 'dtee:blob:sha256:01' b NX
@@ -287,6 +301,13 @@ if [ "$(rcli dtee-admin "$pw_admin" PING)" = PONG ]; then
       expect allowed "${s[@]}" SET 'dtee:revoked:sha256:03' 1 EX 60
       expect denied "${s[@]}" SCAN 0
       expect denied "${s[@]}" EVALSHA "$sha" 1 'dtee:result:sha256:00'
+      expect denied "${s[@]}" SCRIPT LOAD 'return 1'
+      expect denied "${s[@]}" KEYS '*'
+      expect denied "${s[@]}" DEL 'dtee:blob:sha256:01'
+      expect denied "${s[@]}" INCR 'dtee:ver:{dtee-submitter}:x'
+      expect denied "${s[@]}" SET 'other:key' x
+      expect denied "${s[@]}" FLUSHALL
+      expect denied "${s[@]}" CONFIG GET dir
       expect denied dtee-operator "" PING
     } 2>&1
   ) || true
@@ -388,7 +409,7 @@ if [ "$live" = 1 ]; then
     client=(env -i PATH="$PATH" HOME="$tmp"
       DTEE_AMQP_URL="amqp://dtee-submitter:$rpw_submitter@127.0.0.1:5672/dtee"
       DTEE_REDIS_URL="redis://dtee-submitter:$pw_submitter@127.0.0.1:$redis_port/" "$bin/dtee")
-    "${worker_env[@]}" "$bin/dtee-worker" > "$tmp/worker.log" 2>&1 &
+    "${worker_env[@]}" "$bin/dtee-worker" </dev/null > "$tmp/worker.log" 2>&1 &
     worker_pid=$!
     for _ in $(seq 1 100); do
       curl -fsS "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break

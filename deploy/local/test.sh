@@ -19,5 +19,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the tests run the dtee and dtee-worker binaries)"
 cargo build --workspace --bins --locked
 
+echo "== deploy: operator files (definitions import, Redis ACL, promtool, compose, systemd, live least-privilege run)"
+bash deploy/validate.sh --live
+
 echo "== cargo test"
 cargo test --workspace --locked

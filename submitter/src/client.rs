@@ -60,6 +60,9 @@ pub enum ClientError {
     /// No result arrived in time.
     #[error("no result for {0} arrived in time")]
     Timeout(Digest),
+    /// A TLS URL (amqps://, rediss://) was given; this build has no TLS.
+    #[error("TLS URLs (amqps://, rediss://) are not supported by this build; use amqp:// and redis:// on a trusted network or a TLS-terminating proxy")]
+    TlsUnsupported,
     /// A message that is not a valid result arrived.
     #[error("malformed result: {0}")]
     MalformedResult(serde_json::Error),
@@ -100,6 +103,10 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to RabbitMQ and Redis.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        // lapin and redis are built without TLS: refuse TLS URLs rather than connect in the clear.
+        if config.amqp_url.starts_with("amqps://") || config.redis_url.starts_with("rediss://") {
+            return Err(ClientError::TlsUnsupported);
+        }
         let connection = Connection::connect(
             &config.amqp_url,
             ConnectionProperties::default().with_connection_name("dtee client".into()),

@@ -204,7 +204,9 @@ fn usage(error: anyhow::Error) -> Failure {
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         let code = match &error {
-            ClientError::InvalidJob(_) | ClientError::NoRoute { .. } => 64,
+            ClientError::InvalidJob(_)
+            | ClientError::NoRoute { .. }
+            | ClientError::TlsUnsupported => 64,
             ClientError::Timeout(_) => 3,
             _ => 4,
         };

@@ -235,6 +235,21 @@ fn default_worker_id() -> String {
 impl Config {
     /// Parses flags and environment into a typed configuration.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        // lapin and redis are built without TLS: refuse TLS URLs rather than connect in the clear.
+        if args.amqp_url.starts_with("amqps://") {
+            return Err(ConfigError {
+                name: "DTEE_AMQP_URL",
+                value: crate::redact(&args.amqp_url),
+                why: "TLS (amqps://) is not built into this worker; use amqp:// on a trusted network or a TLS-terminating proxy".to_owned(),
+            });
+        }
+        if args.redis_url.starts_with("rediss://") {
+            return Err(ConfigError {
+                name: "DTEE_REDIS_URL",
+                value: crate::redact(&args.redis_url),
+                why: "TLS (rediss://) is not built into this worker; use redis:// on a trusted network or a TLS-terminating proxy".to_owned(),
+            });
+        }
         let namespace = Namespace::new(args.namespace.clone()).map_err(|error| ConfigError {
             name: "DTEE_NAMESPACE",
             value: args.namespace.clone(),
@@ -492,6 +507,12 @@ mod tests {
         assert_eq!(error.name, "DTEE_TARGETS");
         let error = parse(&["--namespace", "Bad.Name"]).unwrap_err();
         assert_eq!(error.name, "DTEE_NAMESPACE");
+        let error = parse(&["--amqp-url", "amqps://user:secret@host/%2f"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_AMQP_URL");
+        assert!(
+            !error.to_string().contains("secret"),
+            "passwords are not echoed"
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ set_password dtee-worker "${DTEE_RABBITMQ_WORKER_PASSWORD:?}"
 set_password dtee-submitter "${DTEE_RABBITMQ_SUBMITTER_PASSWORD:?}"
 set_password dtee-admin "${DTEE_RABBITMQ_ADMIN_PASSWORD:?}"
 set_password dtee-monitor "${DTEE_RABBITMQ_MONITOR_PASSWORD:-}"
+# A node that imports definitions at boot creates no `guest`; remove one left by an earlier
+# set-up all the same (the image lets guest log in from anywhere).
+if ctl list_users --silent | awk '{print $1}' | grep -x guest >/dev/null; then
+  ctl delete_user guest
+fi
 touch "$ready"
 echo "dtee: passwords set for the users of deploy/rabbitmq/definitions.json" >&2
 
