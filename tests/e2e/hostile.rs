@@ -240,7 +240,7 @@ struct Hostile {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_hostile_jobs_get_their_codes_and_the_worker_survives() {
+async fn thirty_four_hostile_jobs_get_their_codes_and_the_worker_survives() {
     use serde_json::{json, Value};
     let env = TestEnv::new("hostile-table").await;
     let worker = env.start_worker_with(|c| c.max_job_bytes = 64 * 1024).await;

@@ -568,7 +568,6 @@ fn submitted_at_unix_ms(delivery: &Delivery) -> Option<u64> {
         .get(dtee_schemas::protocol::HEADER_SUBMITTED_AT)?
     {
         lapin::types::AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok(),
-        lapin::types::AMQPValue::Timestamp(ms) => Some(*ms),
         _ => None,
     }
 }

@@ -163,6 +163,12 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
             succeeded,
         });
     }
+    // A redelivery of a job whose writes were committed (a crash before its result was cached)
+    // is answered with the result recorded at the commit, before anything else is decided:
+    // its effects happened, whatever a revocation or this worker's limits now say.
+    if let Some(first) = applied_result(ctx, &parsed.id, &bindings).await? {
+        return Ok(first);
+    }
     if ctx
         .store
         .is_revoked(&parsed.id)
@@ -213,7 +219,6 @@ pub async fn evaluate_dead_letter(
     delivery: &Delivery,
 ) -> Result<Outcome, Transient> {
     let started_at = unix_ms();
-    Stats::bump(&ctx.stats.dead_lettered);
     let parsed = dtee_schemas::parse_job(&delivery.data).ok();
     let id = parsed
         .as_ref()
@@ -267,6 +272,7 @@ pub async fn evaluate_dead_letter(
         "the job was dead-lettered after its delivery limit: {}",
         delivery_history(delivery)
     );
+    Stats::bump(&ctx.stats.dead_lettered);
     let cache = if parsed.is_some() {
         CachePolicy::Final
     } else {
@@ -326,6 +332,33 @@ fn delivery_history(delivery: &Delivery) -> String {
     } else {
         parts.join("; ")
     }
+}
+
+/// The result recorded when this job's state writes were committed, if they were.
+async fn applied_result(
+    ctx: &Context,
+    id: &Digest,
+    bindings: &[Binding],
+) -> Result<Option<Outcome>, Transient> {
+    let Some(writable) = bindings.iter().find(|b| b.mode != AccessMode::ReadOnly) else {
+        return Ok(None);
+    };
+    let Some(first) = ctx
+        .state
+        .applied(&writable.key.hash_tag(), id)
+        .await
+        .map_err(Transient::redis)?
+    else {
+        return Ok(None);
+    };
+    Stats::bump(&ctx.stats.already_applied);
+    Ok(Some(Outcome {
+        job_id: id.clone(),
+        body: first,
+        cache: CachePolicy::Final,
+        from_cache: true,
+        succeeded: true,
+    }))
 }
 
 /// The tenant of a delivery: the worker's single tenant if it has one, else the AMQP
@@ -613,28 +646,6 @@ async fn run(
 
     // Snapshot, run, commit; a conflict re-runs against fresh state, a bounded number of times.
     let hash_tag = bindings.first().map(|binding| binding.key.hash_tag());
-    // A redelivery of a job whose writes were committed is answered with the result recorded
-    // then, without running again (a new run could fail, or see other state, and answer
-    // differently). The commit script checks this again, atomically.
-    if let Some(tag) = &hash_tag {
-        if bindings.iter().any(|b| b.mode != AccessMode::ReadOnly) {
-            if let Some(first) = ctx
-                .state
-                .applied(tag, &parsed.id)
-                .await
-                .map_err(Transient::redis)?
-            {
-                Stats::bump(&ctx.stats.already_applied);
-                return Ok(Ok(Outcome {
-                    job_id: parsed.id.clone(),
-                    body: first,
-                    cache: CachePolicy::Final,
-                    from_cache: true,
-                    succeeded: true,
-                }));
-            }
-        }
-    }
     let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     for attempt in 1..=ctx.config.state_max_attempts {
         let seen = if bindings.is_empty() {

@@ -206,6 +206,8 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
     if let Some(max_age) = policy.max_evidence_age_secs {
         let age =
             now_unix_secs.saturating_sub((identity.evidence_created_at_unix_ms / 1000) as i64);
+        // Evidence from more than five minutes in the future is as suspect as old evidence.
+        let age = if age < -300 { i64::MAX } else { age };
         checks.push(Check::from_bool(
             "policy.evidence_age",
             age <= max_age as i64,
