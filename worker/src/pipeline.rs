@@ -112,23 +112,9 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
     };
     // Who may do what is decided before anything is read, the result cache included: a
     // cached result must not answer another tenant's forged copy of a job.
-    let tenant = match tenant_of(ctx, delivery) {
-        Ok(tenant) => tenant,
-        Err(message) => {
-            return Ok(failed_outcome(
-                ctx,
-                parsed.id,
-                Some(&parsed.spec),
-                CachePolicy::Never,
-                ErrorCode::StateAccessDenied,
-                message,
-                None,
-                None,
-                started_at,
-            ))
-        }
-    };
-    let bindings = match bindings_of(&parsed.spec, tenant.as_deref()) {
+    let bindings =
+        tenant_of(ctx, delivery).and_then(|tenant| bindings_of(&parsed.spec, tenant.as_deref()));
+    let bindings = match bindings {
         Ok(bindings) => bindings,
         Err(message) => {
             return Ok(failed_outcome(
