@@ -249,3 +249,78 @@ pub async fn eventually(condition: impl Fn() -> bool) {
     }
     panic!("condition not met within 30 s");
 }
+
+/// A loopback TCP proxy that can take its upstream "down": [`OutageProxy::cut`] drops every
+/// connection through it and refuses new ones until [`OutageProxy::restore`]. Pointing a worker
+/// at it simulates a RabbitMQ or Redis outage without stopping the shared servers other tests
+/// use in parallel.
+#[derive(Debug)]
+pub struct OutageProxy {
+    /// The address to connect to instead of the upstream.
+    pub addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl OutageProxy {
+    /// A proxy in front of `upstream` (`host:port`), up.
+    pub async fn start(upstream: &str) -> OutageProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (up, _) = tokio::sync::watch::channel(true);
+        let upstream = upstream.to_owned();
+        let state = up.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = state.subscribe();
+                if !*watch.borrow_and_update() {
+                    drop(inbound); // down: the client sees its connection closed at once
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|up| !*up) => {} // cut: drop both sides
+                    }
+                });
+            }
+        });
+        OutageProxy { addr, up, accept }
+    }
+
+    /// `url` with its `host:port` replaced by the proxy's address, and the upstream it named.
+    pub async fn in_front_of(url: &str) -> (OutageProxy, String) {
+        let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+        let (credentials, rest) = match rest.rsplit_once('@') {
+            Some((credentials, rest)) => (format!("{credentials}@"), rest),
+            None => (String::new(), rest),
+        };
+        let (host_port, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let proxy = OutageProxy::start(host_port).await;
+        let proxied = format!("{scheme}://{credentials}{}/{path}", proxy.addr);
+        (proxy, proxied)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        self.up.send_replace(false);
+        self.accept.abort();
+    }
+}

@@ -1,7 +1,9 @@
 //! Chaos: jobs (a quarter of them increments on shared counters) while worker processes are
 //! killed with SIGKILL at random moments and restarted, and RabbitMQ and Redis are each
 //! restarted once mid-run. Afterwards every job has exactly one terminal result, the counters
-//! are exact, no queue holds a message, and every worker is alive and serving.
+//! are exact, no queue holds a message, and every worker is alive and serving. Every result
+//! message is collected in a durable queue of the test's own: each job received at least one,
+//! every duplicate is identical to the terminal result, and the figures are printed.
 //!
 //! Its own test binary, so it runs alone (it restarts the shared RabbitMQ). Redis runs with
 //! persistence (AOF, fsync always) on its own port, owned by the test. CI runs 600 jobs; the
@@ -17,6 +19,8 @@ use dtee_schemas::{Digest, JobResult, JobSpec};
 use dtee_submitter::builder::{inline_input, output, state, wasm_job};
 use dtee_submitter::{Client, ClientConfig};
 use dtee_tests::TestEnv;
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 
 const WORKERS: usize = 3;
 const COUNTERS: usize = 4;
@@ -195,6 +199,11 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
         .map(|(spec, _)| dtee_schemas::job_id(spec).unwrap())
         .collect();
 
+    // Every result message published during the run lands in a durable quorum queue of the
+    // test's own (it survives the broker restart), to count results received and duplicates.
+    let audit_queue = format!("{}.chaos-audit", env.namespace);
+    declare_audit_queue(&env, &audit_queue).await;
+
     let redis_url = redis.url();
     let mut workers: Vec<Child> = (0..WORKERS)
         .map(|idx| start_worker(&env, &redis_url, idx))
@@ -335,6 +344,39 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
             "a worker died on its own"
         );
     }
+    // Results received: every job at least one result message, and every message for a job
+    // the same bytes as its one cached terminal result (redeliveries after a kill republish it).
+    let messages = drain_audit_queue(&env, &audit_queue).await;
+    let mut received: HashMap<Digest, usize> = HashMap::new();
+    let mut republished = 0usize;
+    for (body, cached) in &messages {
+        let result: JobResult = serde_json::from_slice(body).unwrap();
+        let terminal: Vec<u8> = redis::cmd("GET")
+            .arg(env.namespace.result_key(&result.job_id))
+            .query_async(&mut redis_conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            body, &terminal,
+            "a result message for {} differs from its terminal result",
+            result.job_id
+        );
+        *received.entry(result.job_id).or_default() += 1;
+        republished += usize::from(*cached);
+    }
+    let lost: Vec<&Digest> = ids.iter().filter(|id| !received.contains_key(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} jobs had no result message, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert_eq!(
+        received.len(),
+        jobs,
+        "result messages for jobs nobody submitted"
+    );
+    let duplicates = messages.len() - received.len();
     let mut spec = wasm_job(echo, "echo");
     spec.buffers = vec![inline_input("in", b"still serving"), output("out", 32)];
     let waiter = client.waiter().await.unwrap();
@@ -348,13 +390,78 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
         .succeeded());
     waiter.close().await;
     println!(
-        "chaos: {jobs} jobs ({} increments on {COUNTERS} counters), {WORKERS} workers, {kills} SIGKILLs, {self_exits} restarts after a failed start, RabbitMQ restarted 1x, Redis restarted 1x, outcomes {outcomes:?}, counters {succeeded_increments:?}, {:.1} s",
+        "chaos: {jobs} jobs ({} increments on {COUNTERS} counters), {WORKERS} workers, {kills} SIGKILLs, {self_exits} restarts after a failed start, RabbitMQ restarted 1x, Redis restarted 1x, outcomes {outcomes:?}, result messages received {} for {} jobs ({duplicates} duplicates, all identical to the terminal result; {republished} republished from the cache), counters {succeeded_increments:?}, {:.1} s",
         jobs.div_ceil(4),
+        messages.len(),
+        received.len(),
         started.elapsed().as_secs_f64()
     );
     for mut worker in workers {
         let _ = worker.kill();
         let _ = worker.wait();
     }
+    if let Ok(channel) = env.client.connection().create_channel().await {
+        let _ = channel
+            .queue_delete(audit_queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
     env.cleanup().await;
+}
+
+async fn declare_audit_queue(env: &TestEnv, queue: &str) {
+    let channel = env.client.connection().create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            env.namespace.results_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = channel.close(200, "declared".into()).await;
+}
+
+/// Every message in the audit queue, with whether it carried the `dtee-cached` header.
+async fn drain_audit_queue(env: &TestEnv, queue: &str) -> Vec<(Vec<u8>, bool)> {
+    let channel = env.client.connection().create_channel().await.unwrap();
+    let mut messages = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let cached = message
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| {
+                headers
+                    .inner()
+                    .get(dtee_schemas::protocol::HEADER_CACHED)
+                    .cloned()
+            })
+            .is_some_and(|value| matches!(value, AMQPValue::Boolean(true)));
+        messages.push((message.delivery.data, cached));
+    }
+    let _ = channel.close(200, "drained".into()).await;
+    messages
 }

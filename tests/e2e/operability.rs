@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dtee_submitter::builder::{inline_input, output, wasm_job};
-use dtee_tests::TestEnv;
+use dtee_tests::{OutageProxy, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -99,6 +99,20 @@ async fn metrics_and_health_move_with_the_jobs() {
     assert_eq!(after["dtee_queue_wait_seconds_count"], 4.0);
     assert!(after["dtee_kernel_execution_seconds_sum"] > 0.0);
     assert_eq!(after["dtee_jobs_in_flight"], 0.0);
+    // The same job again is answered from the cache: one more failed result, no second kill.
+    env.client.submit(&spec).await.unwrap();
+    dtee_tests::eventually(|| dtee_worker::stats::Stats::get(&worker.stats.failed) == 2).await;
+    assert_eq!(
+        dtee_worker::stats::Stats::get(&worker.stats.deduplicated),
+        1
+    );
+    let again = samples(&get(addr, "/metrics").await.1);
+    assert_eq!(
+        again["dtee_jobs_failed_total{code=\"fuel_exhausted\"}"],
+        2.0
+    );
+    assert_eq!(again["dtee_limit_kills_total{limit=\"fuel\"}"], 1.0);
+    assert_eq!(again["dtee_kernel_execution_seconds_count"], 4.0);
     // No job id or key ever becomes a label.
     let text = get(addr, "/metrics").await.1;
     assert!(!text.contains("sha256:"), "a digest leaked into a label");
@@ -210,6 +224,102 @@ async fn a_worker_that_consumes_nothing_while_jobs_wait_is_reported_not_alive() 
         1,
         "the job still waits, nothing lost"
     );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+/// Polls `path` until it answers `status` (up to 30 s) and returns the body.
+async fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> String {
+    let mut last = (0, String::new());
+    for _ in 0..300 {
+        last = get(addr, path).await;
+        if last.0 == status {
+            return last.1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{path} still answers {} after 30 s, not {status}: {}",
+        last.0, last.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_rabbitmq_and_redis_outages_and_jobs_wait_them_out() {
+    // The worker reaches RabbitMQ and Redis through loopback proxies that the test takes down
+    // and brings back: a real outage for this worker, while the shared servers stay up for
+    // the tests running beside it.
+    let env = TestEnv::new("outage").await;
+    let (amqp, amqp_url) = OutageProxy::in_front_of(&dtee_tests::amqp_url()).await;
+    let (redis, redis_url) = OutageProxy::in_front_of(&env.redis_url).await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.amqp_url = amqp_url;
+            c.redis_url = redis_url;
+            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let addr = worker.metrics_addr.unwrap();
+    wait_for_status(addr, "/readyz", 200).await;
+    let echo = env.put_kernel("echo").await;
+    let job = |text: &str| {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![inline_input("in", text.as_bytes()), output("out", 16)];
+        spec
+    };
+    assert!(env.run(&job("before")).await.succeeded());
+    let waiter = env.client.waiter().await.unwrap();
+
+    // RabbitMQ goes away: not ready (but alive), and a job submitted meanwhile waits.
+    amqp.cut();
+    let body = wait_for_status(addr, "/readyz", 503).await;
+    assert!(body.contains("not connected to RabbitMQ"), "{body}");
+    let during = job("amqp outage");
+    let id = dtee_schemas::job_id(&during).unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    env.client.submit(&during).await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(get(addr, "/readyz").await.0, 503, "ready during the outage");
+        assert_eq!(
+            get(addr, "/healthz").await.0,
+            200,
+            "alive during the outage"
+        );
+    }
+    assert_eq!(
+        env.queue_depth("wasm").await,
+        1,
+        "the job waits for a worker"
+    );
+    amqp.restore();
+    wait_for_status(addr, "/readyz", 200).await;
+    let result = watch.result(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        result.output("out").unwrap().bytes().unwrap(),
+        b"amqp outage"
+    );
+    assert!(dtee_worker::stats::Stats::get(&worker.stats.reconnects) >= 1);
+
+    // Redis goes away: not ready, and a job delivered meanwhile is retried, not failed.
+    redis.cut();
+    let body = wait_for_status(addr, "/readyz", 503).await;
+    assert!(body.contains("Redis does not answer"), "{body}");
+    let during = job("redis outage");
+    let id = dtee_schemas::job_id(&during).unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    env.client.submit(&during).await.unwrap();
+    dtee_tests::eventually(|| dtee_worker::stats::Stats::get(&worker.stats.retried) >= 1).await;
+    assert_eq!(get(addr, "/readyz").await.0, 503, "ready during the outage");
+    redis.restore();
+    wait_for_status(addr, "/readyz", 200).await;
+    let result = watch.result(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        result.output("out").unwrap().bytes().unwrap(),
+        b"redis outage"
+    );
+    assert_eq!(dtee_worker::stats::Stats::get(&worker.stats.failed), 0);
+    waiter.close().await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

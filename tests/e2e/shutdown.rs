@@ -95,3 +95,84 @@ async fn sigterm_lets_in_flight_jobs_finish_and_returns_the_rest() {
     waiter.close().await;
     env.cleanup().await;
 }
+
+/// A "broker" that accepts TCP connections and never says a word; sends each accepted
+/// connection's arrival on the returned channel.
+fn black_hole() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, arrivals) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream); // kept open, silent
+            if accepted.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, arrivals)
+}
+
+fn start_worker_against(env: &TestEnv, amqp_url: &str) -> std::process::Child {
+    Command::new(dtee_tests::binary("dtee-worker"))
+        .env("DTEE_NAMESPACE", env.namespace.as_str())
+        .env("DTEE_AMQP_URL", amqp_url)
+        .env("DTEE_REDIS_URL", dtee_tests::redis_url())
+        .env("DTEE_ATTESTATION", "software")
+        .env("DTEE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting dtee-worker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_start_that_hangs_on_a_silent_broker() {
+    let env = TestEnv::new("sigterm-start").await;
+    let (addr, arrivals) = black_hole();
+    let worker = start_worker_against(&env, &format!("amqp://guest:guest@{addr}/%2f"));
+    // The worker has connected and waits for a broker greeting that never comes.
+    tokio::task::spawn_blocking(move || arrivals.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the worker connected to the silent broker");
+    sigterm(&worker);
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} to end a hung start",
+        started.elapsed()
+    );
+    assert!(
+        output.status.success(),
+        "clean exit: {} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_against_a_silent_broker_fails_after_the_set_up_timeout() {
+    let env = TestEnv::new("silent-broker").await;
+    let (addr, _arrivals) = black_hole();
+    let worker = start_worker_against(&env, &format!("amqp://guest:guest@{addr}/%2f"));
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not complete the session set-up within 20 s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    env.cleanup().await;
+}

@@ -79,10 +79,18 @@ impl WorkerHandle {
 
 /// Serves jobs until `shutdown` completes, then shuts down gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let mut worker = Worker::start(config).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // A signal while starting (say RabbitMQ is slow to answer) ends the start at once.
+    let mut worker = tokio::select! {
+        started = Worker::start(config) => started?,
+        _ = &mut shutdown => {
+            info!("shutting down before the worker started");
+            return Ok(());
+        }
+    };
     info!(worker_id = %worker.worker_id, "worker started");
     tokio::select! {
-        _ = shutdown => {
+        _ = &mut shutdown => {
             info!("shutting down");
             worker.shutdown().await
         }
@@ -213,7 +221,12 @@ impl Worker {
                         _ = tokio::time::sleep(delay) => {}
                     }
                     health.tick();
-                    match Session::open(&ctx.config, &routing_keys).await {
+                    let opened = tokio::select! {
+                        _ = shutdown_rx.changed() => break,
+                        opened = Session::open(&ctx.config, &routing_keys) => opened,
+                    };
+                    health.tick();
+                    match opened {
                         Ok((opened, publisher)) => {
                             *ctx.publisher.write().expect("publisher lock") = publisher;
                             health
@@ -339,10 +352,32 @@ struct Session {
     consumer_tags: Vec<String>,
 }
 
+/// How long opening a session (connect, declare, consume) may take before it counts as failed:
+/// a broker that accepts the TCP connection and then says nothing must not hang the worker.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Session {
     /// Connects, declares the topology, opens the result publisher, and consumes every
-    /// routing key's queue and the dead-letter queue.
+    /// routing key's queue and the dead-letter queue, within [`SESSION_OPEN_TIMEOUT`].
     async fn open(
+        config: &Config,
+        routing_keys: &[String],
+    ) -> anyhow::Result<(Session, broker::ResultPublisher)> {
+        tokio::time::timeout(
+            SESSION_OPEN_TIMEOUT,
+            Self::open_unbounded(config, routing_keys),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "rabbitmq at {} did not complete the session set-up within {} s",
+                redact(&config.amqp_url),
+                SESSION_OPEN_TIMEOUT.as_secs()
+            )
+        })?
+    }
+
+    async fn open_unbounded(
         config: &Config,
         routing_keys: &[String],
     ) -> anyhow::Result<(Session, broker::ResultPublisher)> {

@@ -246,7 +246,7 @@ impl Metrics {
             counter.absolute(Stats::get(&stats.failed_by_code[*idx]));
         }
         for (counter, idx) in &self.limit_kills {
-            counter.absolute(Stats::get(&stats.failed_by_code[*idx]));
+            counter.absolute(Stats::get(&stats.run_errors_by_code[*idx]));
         }
         self.in_flight
             .set(stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64);

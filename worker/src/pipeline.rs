@@ -694,11 +694,12 @@ async fn run(
         let completed = match completed {
             Ok(completed) => completed,
             Err(error) => {
+                ctx.stats.count_run_error(error.code);
                 return Ok(Err(Refusal {
                     error,
                     limits: Some(limits),
                     ran: true,
-                }))
+                }));
             }
         };
 
@@ -1033,6 +1034,8 @@ pub async fn deliver(
                 {
                     outcome.body = existing;
                     outcome.from_cache = true;
+                    outcome.succeeded = serde_json::from_slice::<JobResult>(&outcome.body)
+                        .is_ok_and(|r| r.succeeded());
                 }
             }
         }

@@ -10,6 +10,10 @@ use dtee_schemas::ErrorCode;
 pub struct Stats {
     /// Failed results published, by error code (indexed like `ErrorCode::ALL`).
     pub failed_by_code: Vec<AtomicU64>,
+    /// Kernel runs that ended in an error, by error code (indexed like `ErrorCode::ALL`):
+    /// counted when the kernel stops, not when a result is published, so a result republished
+    /// from the cache does not count a second kill.
+    pub run_errors_by_code: Vec<AtomicU64>,
     /// Deliveries being processed now.
     pub in_flight: AtomicI64,
     /// Dead-lettered jobs answered.
@@ -46,6 +50,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             failed_by_code: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            run_errors_by_code: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             in_flight: AtomicI64::new(0),
             dead_lettered: AtomicU64::new(0),
             evidence_refreshes: AtomicU64::new(0),
@@ -70,6 +75,13 @@ impl Stats {
     pub fn count_failure(&self, code: ErrorCode) {
         if let Some(idx) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.failed_by_code[idx].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a kernel run that ended with `code`.
+    pub fn count_run_error(&self, code: ErrorCode) {
+        if let Some(idx) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.run_errors_by_code[idx].fetch_add(1, Ordering::Relaxed);
         }
     }
 
