@@ -106,8 +106,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_worker(env: &TestEnv, redis: &str, idx: usize) -> Child {
+fn start_worker(env: &TestEnv, redis: &str, idx: usize, port: u16) -> Child {
     Command::new(dtee_tests::binary("dtee-worker"))
+        .env("DTEE_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
         .env("DTEE_REDIS_URL", redis)
@@ -122,6 +123,43 @@ fn start_worker(env: &TestEnv, redis: &str, idx: usize) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting dtee-worker")
+}
+
+/// The status code of `GET path` on a worker's metrics port (0 if it does not answer).
+fn http_status(port: u16, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return 0;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Messages delivered from `queue` and not yet acknowledged, as RabbitMQ counts them.
+fn unacknowledged(queue: &str) -> u64 {
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages_unacknowledged"])
+        .output()
+        .expect("rabbitmqctl list_queues");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    listing
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| *name == queue)
+        .map(|(_, count)| count.trim().parse().expect("a count"))
+        .unwrap_or_else(|| panic!("queue {queue} not listed: {listing}"))
 }
 
 fn restart_rabbitmq() {
@@ -205,8 +243,9 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
     declare_audit_queue(&env, &audit_queue).await;
 
     let redis_url = redis.url();
+    let ports: Vec<u16> = (0..WORKERS).map(|_| free_port()).collect();
     let mut workers: Vec<Child> = (0..WORKERS)
-        .map(|idx| start_worker(&env, &redis_url, idx))
+        .map(|idx| start_worker(&env, &redis_url, idx, ports[idx]))
         .collect();
     let mut kills = 0usize;
     let mut self_exits = 0usize;
@@ -229,7 +268,7 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
             // was restarting) is started again, and counted.
             if worker.try_wait().unwrap().is_some() {
                 self_exits += 1;
-                *worker = start_worker(&env, &redis_url, idx);
+                *worker = start_worker(&env, &redis_url, idx, ports[idx]);
             }
         }
         if Instant::now() >= next_kill {
@@ -237,7 +276,7 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
             workers[victim].kill().unwrap();
             workers[victim].wait().unwrap();
             kills += 1;
-            workers[victim] = start_worker(&env, &redis_url, victim);
+            workers[victim] = start_worker(&env, &redis_url, victim, ports[victim]);
             next_kill = Instant::now() + Duration::from_millis(rand::random_range(500..1500));
         }
         if !rabbit_restarted && submitted >= jobs / 3 {
@@ -311,7 +350,19 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
             None => {}
         }
     }
-    // Counters are exact: one increment per succeeded increment job, none twice, none lost.
+    // Nothing in this run is a reason to fail a job: crashes and restarts are retried and
+    // redelivered, so every job succeeded (a dead_lettered or state_conflict here is a bug).
+    assert_eq!(
+        outcomes.get("succeeded"),
+        Some(&jobs),
+        "every job succeeds: {outcomes:?}"
+    );
+    // Counters are exact: one increment per increment job, none twice, none lost.
+    let mut expected = [0u64; COUNTERS];
+    for counter in specs.iter().filter_map(|(_, counter)| *counter) {
+        expected[counter] += 1;
+    }
+    assert_eq!(succeeded_increments, expected);
     for (counter, key) in counters.iter().enumerate() {
         let (value, version) = client
             .state_get(&StateKey::parse(key).unwrap())
@@ -338,11 +389,51 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
         env.queue_depth_of(&env.namespace.dead_letter_queue()).await,
         0
     );
-    for worker in &mut workers {
+    // Nor does any worker hold one unacknowledged (say a result it cannot publish).
+    for queue in [
+        env.namespace.job_queue("wasm"),
+        env.namespace.dead_letter_queue(),
+    ] {
+        let mut held = unacknowledged(&queue);
+        for _ in 0..100 {
+            if held == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            held = unacknowledged(&queue);
+        }
+        if held != 0 {
+            let channels = Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "list_channels",
+                    "name",
+                    "consumer_count",
+                    "messages_unacknowledged",
+                ])
+                .output()
+                .unwrap();
+            eprintln!("{}", String::from_utf8_lossy(&channels.stdout));
+        }
+        assert_eq!(held, 0, "{queue} has unacknowledged messages after 10 s");
+    }
+    // Every worker is alive, and ready: connected to RabbitMQ and Redis, and its consumer
+    // loop running.
+    for (worker, port) in workers.iter_mut().zip(&ports) {
         assert!(
             worker.try_wait().unwrap().is_none(),
             "a worker died on its own"
         );
+        let mut ready = 0;
+        for _ in 0..100 {
+            ready = http_status(*port, "/readyz");
+            if ready == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ready, 200, "worker on port {port} is not ready");
+        assert_eq!(http_status(*port, "/healthz"), 200);
     }
     // Results received: every job at least one result message, and every message for a job
     // the same bytes as its one cached terminal result (redeliveries after a kill republish it).

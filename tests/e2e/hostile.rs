@@ -243,7 +243,10 @@ struct Hostile {
 async fn thirty_four_hostile_jobs_get_their_codes_and_the_worker_survives() {
     use serde_json::{json, Value};
     let env = TestEnv::new("hostile-table").await;
-    let worker = env.start_worker_with(|c| c.max_job_bytes = 64 * 1024).await;
+    const MAX_JOB_BYTES: usize = 64 * 1024;
+    let worker = env
+        .start_worker_with(|c| c.max_job_bytes = MAX_JOB_BYTES)
+        .await;
     let echo = env.put_kernel("echo").await;
     let tenant = env.client.tenant().to_owned();
     let digests = [
@@ -326,8 +329,15 @@ async fn thirty_four_hostile_jobs_get_their_codes_and_the_worker_survives() {
             expected: ErrorCode::InvalidJob,
         },
         Hostile {
+            // A job that is valid in every other way (it would succeed): only the worker's
+            // DTEE_MAX_JOB_BYTES (64 KiB here) refuses it.
             what: "oversized message",
-            body: with(echo_job(), &|v| v["nonce"] = json!("x".repeat(100 * 1024))),
+            body: with(echo_job(), &|v| {
+                use base64::Engine as _;
+                v["buffers"][0]["inline"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 80 * 1024]));
+                v["buffers"][1]["size"] = json!(80 * 1024);
+            }),
             expected: ErrorCode::InvalidJob,
         },
         Hostile {
@@ -491,11 +501,13 @@ async fn thirty_four_hostile_jobs_get_their_codes_and_the_worker_survives() {
     assert!(cases.len() >= 25);
     let waiter = env.client.waiter().await.unwrap();
     for (idx, case) in cases.iter().enumerate() {
-        // Parseable jobs are answered under their own id, others under the message id.
+        // Parseable jobs are answered under their own id, others (and messages refused for
+        // their size before they are parsed) under the message id.
         let message_id = Digest::of(format!("hostile {idx}").as_bytes());
         let id = dtee_schemas::parse_job(&case.body)
-            .map(|parsed| parsed.id)
-            .unwrap_or(message_id.clone());
+            .ok()
+            .filter(|_| case.body.len() <= MAX_JOB_BYTES)
+            .map_or(message_id.clone(), |parsed| parsed.id);
         let watch = waiter.watch_fresh(&id).await.unwrap();
         env.client
             .publish_job(&case.body, message_id.as_str(), "wasm")

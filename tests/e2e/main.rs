@@ -4,6 +4,7 @@
 mod attestation;
 mod cli;
 mod dead_letter;
+mod failures;
 mod hostile;
 mod jobs;
 mod limits;

@@ -491,3 +491,96 @@ async fn a_single_tenant_worker_serves_jobs_without_user_id() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
+    // Two executions of one job race (one orphaned by a lost connection, one redelivered): one
+    // commits its writes, the other ends in a final failure (cancelled, timed out, dead-lettered).
+    // The failure claims the job's applied record before it is cached, so whichever comes first
+    // is the answer and the other defers to it.
+    use dtee_worker::state::{Commit, CommitEntry, StateStore, WriteOp};
+    let env = TestEnv::new("claim").await;
+    let store = StateStore::new(env.client.redis(), env.namespace.clone());
+    let tenant = env.client.tenant().to_owned();
+    let ttl = Duration::from_secs(60);
+
+    // The failure first: the later commit writes nothing and answers with the failure.
+    let key = StateKey::parse(&format!("{tenant}/claim/{}/a", env.namespace)).unwrap();
+    let job = Digest::of(b"job a");
+    let claimed = store
+        .claim_applied(&key.hash_tag(), &job, b"failure", ttl)
+        .await
+        .unwrap();
+    assert_eq!(claimed, None, "the first claim records the failure");
+    let entry = CommitEntry {
+        key: key.clone(),
+        seen_version: 0,
+        op: WriteOp::Set(b"written".to_vec()),
+    };
+    let commit = store
+        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl)
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::AlreadyApplied(b"failure".to_vec()));
+    assert_eq!(
+        env.client.state_get(&key).await.unwrap(),
+        (None, 0),
+        "nothing was written"
+    );
+
+    // The commit first: the failure's claim returns the committed result instead.
+    let key = StateKey::parse(&format!("{tenant}/claim/{}/b", env.namespace)).unwrap();
+    let job = Digest::of(b"job b");
+    let entry = CommitEntry {
+        key: key.clone(),
+        seen_version: 0,
+        op: WriteOp::Set(b"written".to_vec()),
+    };
+    let commit = store
+        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl)
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::Committed);
+    let claimed = store
+        .claim_applied(&key.hash_tag(), &job, b"failure", ttl)
+        .await
+        .unwrap();
+    assert_eq!(claimed, Some(b"success".to_vec()));
+    assert_eq!(
+        env.client.state_get(&key).await.unwrap(),
+        (Some(b"written".to_vec()), 1)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_state_job_claims_its_applied_record() {
+    // Through the worker: a revoked job that binds writable state is answered `cancelled`, and
+    // that answer is recorded as the job's applied result, so a copy of the job still running
+    // elsewhere could not commit afterwards.
+    let env = TestEnv::new("cancel-claim").await;
+    let worker = env.start_worker().await;
+    let tenant = env.client.tenant().to_owned();
+    let key = format!("{tenant}/cancel-claim/{}", env.namespace);
+    let mut spec = wasm_job(env.put_kernel("increment").await, "increment");
+    spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    env.client
+        .cancel(&id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let result = env.run(&spec).await;
+    assert_eq!(result.error_code(), Some(ErrorCode::Cancelled));
+    let parsed = StateKey::parse(&key).unwrap();
+    let store = dtee_worker::state::StateStore::new(env.client.redis(), env.namespace.clone());
+    let recorded = store
+        .applied(&parsed.hash_tag(), &id)
+        .await
+        .unwrap()
+        .expect("the failure is recorded as applied");
+    let recorded: JobResult = serde_json::from_slice(&recorded).unwrap();
+    assert_eq!(recorded.error_code(), Some(ErrorCode::Cancelled));
+    assert_eq!(env.client.state_get(&parsed).await.unwrap(), (None, 0));
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -175,6 +175,12 @@ impl ResultPublisher {
         })
     }
 
+    /// Whether the result channel is still open (the broker closes it on a channel error,
+    /// such as a message over its size limit or a deleted exchange).
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Publishes one result and waits for the broker's confirm.
     pub async fn publish(
         &self,

@@ -66,6 +66,10 @@ pub struct Args {
     /// Largest kernel accepted, in bytes.
     #[arg(long, env = "DTEE_MAX_KERNEL_BYTES", default_value = "67108864")]
     pub max_kernel_bytes: String,
+    /// Largest result message published, in bytes: at most the broker's `max_message_size`
+    /// (128 MiB by default on RabbitMQ 3.x, 16 MiB on 4.x).
+    #[arg(long, env = "DTEE_MAX_RESULT_BYTES", default_value = "134217728")]
+    pub max_result_bytes: String,
     /// Compiled modules kept in memory.
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     pub module_cache_size: String,
@@ -147,6 +151,9 @@ pub enum TestHook {
     /// Stop taking deliveries from the consumer (while the loop keeps running), as a consumer
     /// that silently stopped receiving would.
     StallConsumer,
+    /// Panic on the kernel's thread instead of running the kernel, as a bug in the worker or
+    /// in Wasmtime would.
+    PanicInKernel,
 }
 
 /// The worker's typed configuration.
@@ -172,6 +179,8 @@ pub struct Config {
     pub max_job_bytes: usize,
     /// Largest kernel accepted.
     pub max_kernel_bytes: usize,
+    /// Largest result message published; a larger result becomes `output_limit_exceeded`.
+    pub max_result_bytes: usize,
     /// Compiled modules kept in memory.
     pub module_cache_size: usize,
     /// Limits applied when a job does not ask for one.
@@ -390,11 +399,12 @@ impl Config {
             None | Some("") => None,
             Some("pause-after-commit") => Some(TestHook::PauseAfterCommit),
             Some("stall-consumer") => Some(TestHook::StallConsumer),
+            Some("panic-in-kernel") => Some(TestHook::PanicInKernel),
             Some(other) => {
                 return Err(ConfigError {
                     name: "DTEE_TEST_HOOK",
                     value: other.to_owned(),
-                    why: "hooks: pause-after-commit, stall-consumer".to_owned(),
+                    why: "hooks: pause-after-commit, stall-consumer, panic-in-kernel".to_owned(),
                 })
             }
         };
@@ -458,6 +468,7 @@ impl Config {
             )?),
             max_job_bytes: number("DTEE_MAX_JOB_BYTES", &args.max_job_bytes, 1024)?,
             max_kernel_bytes: number("DTEE_MAX_KERNEL_BYTES", &args.max_kernel_bytes, 8)?,
+            max_result_bytes: number("DTEE_MAX_RESULT_BYTES", &args.max_result_bytes, 4096)?,
             module_cache_size: number("DTEE_MODULE_CACHE_SIZE", &args.module_cache_size, 1)?,
             default_limits,
             max_limits,

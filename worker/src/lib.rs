@@ -196,6 +196,7 @@ impl Worker {
             publisher: std::sync::RwLock::new(publisher),
             wasm,
             stats: Arc::clone(&stats),
+            session_broken: tokio::sync::Notify::new(),
         });
         let (shutdown, mut shutdown_rx) = watch::channel(false);
         let stop_retrying = shutdown.clone();
@@ -247,6 +248,17 @@ impl Worker {
                 tokio::select! {
                     _ = shutdown_rx.changed() => break,
                     _ = liveness.tick() => health.tick(),
+                    _ = ctx.session_broken.notified() => {
+                        // Only if the current publisher is the dead one: a notification from
+                        // before the last reconnect is stale.
+                        let dead = !ctx.publisher.read().expect("publisher lock").is_open();
+                        if dead {
+                            warn!("the result channel was closed by the broker; reconnecting");
+                            if let Some(lost) = session.take() {
+                                lost.close().await;
+                            }
+                        }
+                    }
                     Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
                         if let Err(error) = finished {
                             warn!(%error, "a job task failed");
@@ -579,6 +591,7 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "max_limits": config.max_limits,
         "max_job_bytes": config.max_job_bytes,
         "max_kernel_bytes": config.max_kernel_bytes,
+        "max_result_bytes": config.max_result_bytes,
         "single_tenant": config.single_tenant,
         "state_max_attempts": config.state_max_attempts,
     })

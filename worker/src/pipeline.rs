@@ -51,6 +51,10 @@ pub struct Context {
     pub attestor: Arc<Attestor>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Notified when a publication finds the result channel closed while the consumer channel
+    /// may still be up: the consumer loop then opens a new session, so that the retries of
+    /// the job tasks do not fail on the dead channel for ever.
+    pub session_broken: tokio::sync::Notify,
 }
 
 /// Where a result is cached before it is published.
@@ -78,6 +82,26 @@ pub struct Outcome {
     pub from_cache: bool,
     /// Whether it is a success.
     pub succeeded: bool,
+    /// For a final failure of a job that binds writable state: the hash tag of its bound keys.
+    /// The failure is recorded in the job's applied record before it is cached, so that it and
+    /// a commit by another execution of the same job (say one orphaned by a lost connection)
+    /// cannot both happen: whichever comes first is the job's answer.
+    pub claim: Option<String>,
+}
+
+/// Whether a serialized result is a success.
+fn is_success(body: &[u8]) -> bool {
+    serde_json::from_slice::<JobResult>(body).is_ok_and(|r| r.succeeded())
+}
+
+/// The hash tag of a job's writable state keys, if it binds any.
+fn writable_hash_tag(spec: &dtee_schemas::JobSpec) -> Option<String> {
+    spec.buffers.iter().find_map(|buffer| match buffer {
+        Buffer::State { key, mode, .. } if *mode != AccessMode::ReadOnly => {
+            StateKey::parse(key).ok().map(|key| key.hash_tag())
+        }
+        _ => None,
+    })
 }
 
 fn unix_ms() -> u64 {
@@ -138,15 +162,13 @@ pub async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Tra
     {
         Stats::bump(&ctx.stats.deduplicated);
         debug!(job_id = %parsed.id, "answered from the result cache");
-        let succeeded = serde_json::from_slice::<JobResult>(&cached)
-            .map(|r| r.succeeded())
-            .unwrap_or(false);
         return Ok(Outcome {
             job_id: parsed.id,
+            succeeded: is_success(&cached),
             body: cached,
             cache: CachePolicy::Never,
             from_cache: true,
-            succeeded,
+            claim: None,
         });
     }
     // A redelivery of a job whose writes were committed (a crash before its result was cached)
@@ -211,28 +233,24 @@ pub async fn evaluate_dead_letter(
         .map_or_else(|| fallback_id(delivery), |parsed| parsed.id.clone());
     // A job whose state writes were committed before the crashes that dead-lettered it is
     // answered with the result recorded at the commit: its effects happened.
-    if let Some(parsed) = &parsed {
-        let writable = parsed.spec.buffers.iter().find_map(|buffer| match buffer {
-            Buffer::State { key, mode, .. } if *mode != AccessMode::ReadOnly => {
-                StateKey::parse(key).ok()
-            }
-            _ => None,
-        });
-        if let Some(key) = writable {
-            if let Some(first) = ctx
-                .state
-                .applied(&key.hash_tag(), &id)
-                .await
-                .map_err(Transient::redis)?
-            {
-                return Ok(Outcome {
-                    job_id: id,
-                    body: first,
-                    cache: CachePolicy::Final,
-                    from_cache: true,
-                    succeeded: true,
-                });
-            }
+    if let Some(tag) = parsed
+        .as_ref()
+        .and_then(|parsed| writable_hash_tag(&parsed.spec))
+    {
+        if let Some(first) = ctx
+            .state
+            .applied(&tag, &id)
+            .await
+            .map_err(Transient::redis)?
+        {
+            return Ok(Outcome {
+                job_id: id,
+                succeeded: is_success(&first),
+                body: first,
+                cache: CachePolicy::Final,
+                from_cache: true,
+                claim: None,
+            });
         }
     }
     if parsed.is_some() {
@@ -242,15 +260,13 @@ pub async fn evaluate_dead_letter(
             .await
             .map_err(Transient::redis)?
         {
-            let succeeded = serde_json::from_slice::<JobResult>(&cached)
-                .map(|r| r.succeeded())
-                .unwrap_or(false);
             return Ok(Outcome {
                 job_id: id,
+                succeeded: is_success(&cached),
                 body: cached,
                 cache: CachePolicy::Never,
                 from_cache: true,
-                succeeded,
+                claim: None,
             });
         }
     }
@@ -340,10 +356,11 @@ async fn applied_result(
     Stats::bump(&ctx.stats.already_applied);
     Ok(Some(Outcome {
         job_id: id.clone(),
+        succeeded: is_success(&first),
         body: first,
         cache: CachePolicy::Final,
         from_cache: true,
-        succeeded: true,
+        claim: None,
     }))
 }
 
@@ -683,9 +700,29 @@ async fn run(
             let wasm = Arc::clone(&ctx.wasm);
             let prepared = prepared.clone();
             let kernel_started = Instant::now();
-            let completed = tokio::task::spawn_blocking(move || wasm.run(&prepared, &invocation))
-                .await
-                .map_err(|error| Transient::internal(format!("running the kernel: {error}")))?;
+            let panic_hook = ctx.config.test_hook == Some(TestHook::PanicInKernel);
+            let completed = match tokio::task::spawn_blocking(move || {
+                assert!(!panic_hook, "dtee-test-hook: panic-in-kernel");
+                wasm.run(&prepared, &invocation)
+            })
+            .await
+            {
+                Ok(completed) => completed,
+                // A panic while running this job (a bug in the worker or in Wasmtime) would
+                // most likely recur on every retry: the job is answered `internal_error` (not
+                // final, so a resubmission runs it again) instead of being retried for ever.
+                Err(error) if error.is_panic() => {
+                    tracing::error!(job_id = %parsed.id, "the kernel's thread panicked; answering internal_error");
+                    Err(KernelError {
+                        code: ErrorCode::InternalError,
+                        message: "the worker failed while running the kernel (a panic); this is a bug in the worker".to_owned(),
+                        usage: ResourceUsage::default(),
+                    })
+                }
+                Err(error) => {
+                    return Err(Transient::internal(format!("running the kernel: {error}")))
+                }
+            };
             ctx.metrics
                 .kernel
                 .record(kernel_started.elapsed().as_secs_f64());
@@ -737,7 +774,25 @@ async fn run(
         }
         let writes = !report.written.is_empty();
         let state = (!bindings.is_empty()).then_some(report);
+        let usage = completed.usage;
         let outcome = succeeded_outcome(ctx, parsed, completed, limits, attempt, state, started_at);
+        // A result the broker would refuse could never be published: refuse it here, before
+        // anything is committed, instead of retrying its publication for ever.
+        if outcome.body.len() > ctx.config.max_result_bytes {
+            return Ok(Err(Refusal {
+                error: KernelError {
+                    code: ErrorCode::OutputLimitExceeded,
+                    message: format!(
+                        "the result would be {} bytes; this worker publishes at most {} (DTEE_MAX_RESULT_BYTES)",
+                        outcome.body.len(),
+                        ctx.config.max_result_bytes
+                    ),
+                    usage,
+                },
+                limits: Some(limits),
+                ran: true,
+            }));
+        }
         if !writes {
             return Ok(Ok(outcome));
         }
@@ -776,10 +831,11 @@ async fn run(
                 Stats::bump(&ctx.stats.already_applied);
                 return Ok(Ok(Outcome {
                     job_id: parsed.id.clone(),
+                    succeeded: is_success(&first),
                     body: first,
                     cache: CachePolicy::Final,
                     from_cache: true,
-                    succeeded: true,
+                    claim: None,
                 }));
             }
             Commit::Conflict(key) => {
@@ -890,6 +946,7 @@ fn succeeded_outcome(
         cache: CachePolicy::Final,
         from_cache: false,
         succeeded: true,
+        claim: None,
     }
 }
 
@@ -918,12 +975,17 @@ fn failed_outcome(
         execution: Some(execution(ctx, started_at, u32::from(resources.is_some()))),
         attestation: None,
     };
+    let claim = match cache {
+        CachePolicy::Final => spec.and_then(writable_hash_tag),
+        CachePolicy::Never | CachePolicy::Failure => None,
+    };
     Outcome {
         job_id,
         body: seal(ctx, result, spec),
         cache,
         from_cache: false,
         succeeded: false,
+        claim,
     }
 }
 
@@ -1006,10 +1068,9 @@ pub async fn deliver(
                 .await
                 .map_err(Transient::redis)?
             {
+                outcome.succeeded = is_success(&existing);
                 outcome.body = existing;
                 outcome.from_cache = true;
-                outcome.succeeded =
-                    serde_json::from_slice::<JobResult>(&outcome.body).is_ok_and(|r| r.succeeded());
             } else {
                 ctx.store
                     .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
@@ -1018,6 +1079,19 @@ pub async fn deliver(
             }
         }
         CachePolicy::Final => {
+            if let Some(tag) = &outcome.claim {
+                if let Some(applied) = ctx
+                    .state
+                    .claim_applied(tag, &outcome.job_id, &outcome.body, ctx.config.applied_ttl)
+                    .await
+                    .map_err(Transient::redis)?
+                {
+                    // Another execution committed this job's writes first: its result stands.
+                    outcome.succeeded = is_success(&applied);
+                    outcome.body = applied;
+                    outcome.from_cache = true;
+                }
+            }
             let stored = ctx
                 .store
                 .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
@@ -1032,20 +1106,24 @@ pub async fn deliver(
                     .await
                     .map_err(Transient::redis)?
                 {
+                    outcome.succeeded = is_success(&existing);
                     outcome.body = existing;
                     outcome.from_cache = true;
-                    outcome.succeeded = serde_json::from_slice::<JobResult>(&outcome.body)
-                        .is_ok_and(|r| r.succeeded());
                 }
             }
         }
     }
     let publisher = ctx.publisher.read().expect("publisher lock").clone();
     let publish_started = Instant::now();
-    publisher
+    if let Err(error) = publisher
         .publish(&outcome.job_id, &outcome.body, outcome.from_cache)
         .await
-        .map_err(Transient::publish)?;
+    {
+        if !publisher.is_open() {
+            ctx.session_broken.notify_one();
+        }
+        return Err(Transient::publish(error));
+    }
     ctx.metrics
         .publish
         .record(publish_started.elapsed().as_secs_f64());

@@ -208,6 +208,32 @@ impl StateStore {
             .await
     }
 
+    /// Records `result` (a final failure) as the job's applied result unless the job was
+    /// applied already; then the result recorded first is returned instead. A commit of the
+    /// same job afterwards answers already-applied with `result`, so it writes nothing.
+    pub async fn claim_applied(
+        &self,
+        hash_tag: &str,
+        job_id: &Digest,
+        result: &[u8],
+        applied_ttl: Duration,
+    ) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        let key = applied_key(&self.namespace, hash_tag, job_id);
+        let (claimed, recorded): (bool, Option<Vec<u8>>) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(result)
+            .arg("NX")
+            .arg("EX")
+            .arg(applied_ttl.as_secs().max(1))
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(if claimed { None } else { recorded })
+    }
+
     /// Commits a job's writes atomically, recording `result` as the job's applied result.
     pub async fn commit(
         &self,

@@ -1,0 +1,102 @@
+//! Failures that must not wedge a worker: a result channel the broker closed, a result too
+//! large to publish, a panic while running a kernel.
+
+use std::time::Duration;
+
+use dtee_schemas::ErrorCode;
+use dtee_submitter::builder::{inline_input, output, wasm_job};
+use dtee_tests::TestEnv;
+use dtee_worker::stats::Stats;
+use lapin::options::ExchangeDeleteOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_channel_closed_by_the_broker_is_reopened_and_the_result_published() {
+    // Deleting the results exchange makes the broker close the worker's result channel at its
+    // next publication (404), while the consumer channel stays up: the worker must open a new
+    // session (which declares the exchange again) instead of retrying on the dead channel.
+    let env = TestEnv::new("result-channel").await;
+    let worker = env.start_worker().await;
+    let echo = env.put_kernel("echo").await;
+    let job = |text: &str| {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![inline_input("in", text.as_bytes()), output("out", 16)];
+        spec
+    };
+    assert!(env.run(&job("before")).await.succeeded());
+    let channel = env.client.connection().create_channel().await.unwrap();
+    channel
+        .exchange_delete(
+            env.namespace.results_exchange().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let spec = job("after");
+    let id = env.client.submit(&spec).await.unwrap();
+    dtee_tests::eventually(|| Stats::get(&worker.stats.reconnects) >= 1).await;
+    // Published on the new channel, then acked: nothing left in the queue, nothing unacked.
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
+    let result = env.client.cached_result(&id).await.unwrap().unwrap();
+    assert_eq!(result.output("out").unwrap().bytes().unwrap(), b"after");
+    assert_eq!(env.queue_depth("wasm").await, 0);
+    // And it serves as before.
+    assert!(env.run(&job("again")).await.succeeded());
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_large_to_publish_is_answered_output_limit_exceeded() {
+    let env = TestEnv::new("result-size").await;
+    let worker = env.start_worker_with(|c| c.max_result_bytes = 8192).await;
+    let echo = env.put_kernel("echo").await;
+    let mut small = wasm_job(echo.clone(), "echo");
+    small.buffers = vec![inline_input("in", b"small"), output("out", 16)];
+    assert!(env.run(&small).await.succeeded());
+    // 16 KiB of output is about 22 KiB of result once base64-encoded.
+    let mut large = wasm_job(echo, "echo");
+    large.buffers = vec![
+        inline_input("in", &vec![b'x'; 16 << 10]),
+        output("out", 16 << 10),
+    ];
+    let result = env.run(&large).await;
+    assert_eq!(
+        result.error_code(),
+        Some(ErrorCode::OutputLimitExceeded),
+        "{result:?}"
+    );
+    let message = &result.error.as_ref().unwrap().message;
+    assert!(message.contains("DTEE_MAX_RESULT_BYTES"), "{message}");
+    assert!(result.resources.is_some(), "the kernel ran");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_running_a_kernel_is_answered_and_not_retried() {
+    // Stand-in for a bug in the worker or in Wasmtime: the panic-in-kernel hook panics on the
+    // kernel's thread. The job is answered internal_error (not final) and acked, not retried
+    // for ever; the worker keeps serving.
+    let env = TestEnv::new("panic").await;
+    let worker = env
+        .start_worker_with(|c| c.test_hook = Some(dtee_worker::config::TestHook::PanicInKernel))
+        .await;
+    let echo = env.put_kernel("echo").await;
+    for text in ["one", "two"] {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![inline_input("in", text.as_bytes()), output("out", 16)];
+        let result = env.run(&spec).await;
+        assert_eq!(result.error_code(), Some(ErrorCode::InternalError));
+        let id = dtee_schemas::job_id(&spec).unwrap();
+        assert!(
+            env.client.cached_result(&id).await.unwrap().is_none(),
+            "not cached as final: a resubmission runs it again"
+        );
+    }
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
+    assert_eq!(Stats::get(&worker.stats.retried), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(env.queue_depth("wasm").await, 0);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
