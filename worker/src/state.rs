@@ -218,20 +218,17 @@ impl StateStore {
         result: &[u8],
         applied_ttl: Duration,
     ) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        let key = applied_key(&self.namespace, hash_tag, job_id);
-        let (claimed, recorded): (bool, Option<Vec<u8>>) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&key)
+        // One atomic command (Redis 7): sets the record if absent, and answers the value it
+        // found, or nil when it set it.
+        redis::cmd("SET")
+            .arg(applied_key(&self.namespace, hash_tag, job_id))
             .arg(result)
             .arg("NX")
+            .arg("GET")
             .arg("EX")
             .arg(applied_ttl.as_secs().max(1))
-            .cmd("GET")
-            .arg(&key)
             .query_async(&mut self.redis.clone())
-            .await?;
-        Ok(if claimed { None } else { recorded })
+            .await
     }
 
     /// Commits a job's writes atomically, recording `result` as the job's applied result.
