@@ -324,3 +324,44 @@ impl Drop for OutageProxy {
         self.accept.abort();
     }
 }
+
+/// `GET path` on a worker's metrics port: the status code and the body (status 0 if nothing
+/// listens there yet).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `path` until it answers `status` (up to 30 s) and returns the body.
+pub async fn wait_for_status(addr: std::net::SocketAddr, path: &str, status: u16) -> String {
+    let mut last = (0, String::new());
+    for _ in 0..300 {
+        last = http_get(addr, path).await;
+        if last.0 == status {
+            return last.1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{path} still answers {} after 30 s, not {status}: {}",
+        last.0, last.1
+    );
+}

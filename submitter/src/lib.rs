@@ -14,4 +14,4 @@ mod client;
 mod waiter;
 
 pub use client::{Client, ClientConfig, ClientError};
-pub use waiter::{ResultWaiter, Watch};
+pub use waiter::{is_republished, ResultWaiter, Watch};

@@ -86,19 +86,7 @@ impl ResultWaiter {
                     let Ok(result) = serde_json::from_slice::<JobResult>(&delivery.data) else {
                         continue;
                     };
-                    let cached = delivery
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|headers| {
-                            headers
-                                .inner()
-                                .get(dtee_schemas::protocol::HEADER_CACHED)
-                                .cloned()
-                        })
-                        .is_some_and(|value| {
-                            matches!(value, lapin::types::AMQPValue::Boolean(true))
-                        });
+                    let cached = is_republished(&delivery.properties);
                     if let Some(sender) = all.lock().expect("lock").as_ref() {
                         let _ = sender.send((result.clone(), cached));
                     }
@@ -212,6 +200,21 @@ impl ResultWaiter {
         let _ = self.channel.close(200, "done".into()).await;
         self.dispatcher.abort();
     }
+}
+
+/// Whether a result message was republished from the result cache (its `dtee-cached` header is
+/// true) rather than published by the execution that produced it.
+pub fn is_republished(properties: &lapin::BasicProperties) -> bool {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| {
+            headers
+                .inner()
+                .get(dtee_schemas::protocol::HEADER_CACHED)
+                .cloned()
+        })
+        .is_some_and(|value| matches!(value, lapin::types::AMQPValue::Boolean(true)))
 }
 
 /// A result being watched for; see [`ResultWaiter::watch`].

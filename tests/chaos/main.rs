@@ -125,28 +125,6 @@ fn start_worker(env: &TestEnv, redis: &str, idx: usize, port: u16) -> Child {
         .expect("starting dtee-worker")
 }
 
-/// The status code of `GET path` on a worker's metrics port (0 if it does not answer).
-fn http_status(port: u16, path: &str) -> u16 {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return 0;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Messages delivered from `queue` and not yet acknowledged, as RabbitMQ counts them.
 fn unacknowledged(queue: &str) -> u64 {
     let output = Command::new("rabbitmqctl")
@@ -424,16 +402,9 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
             worker.try_wait().unwrap().is_none(),
             "a worker died on its own"
         );
-        let mut ready = 0;
-        for _ in 0..100 {
-            ready = http_status(*port, "/readyz");
-            if ready == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(ready, 200, "worker on port {port} is not ready");
-        assert_eq!(http_status(*port, "/healthz"), 200);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+        dtee_tests::wait_for_status(addr, "/readyz", 200).await;
+        assert_eq!(dtee_tests::http_get(addr, "/healthz").await.0, 200);
     }
     // Results received: every job at least one result message, and every message for a job
     // the same bytes as its one cached terminal result (redeliveries after a kill republish it).
@@ -539,18 +510,7 @@ async fn drain_audit_queue(env: &TestEnv, queue: &str) -> Vec<(Vec<u8>, bool)> {
         .await
         .unwrap()
     {
-        let cached = message
-            .delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|headers| {
-                headers
-                    .inner()
-                    .get(dtee_schemas::protocol::HEADER_CACHED)
-                    .cloned()
-            })
-            .is_some_and(|value| matches!(value, AMQPValue::Boolean(true)));
+        let cached = dtee_submitter::is_republished(&message.delivery.properties);
         messages.push((message.delivery.data, cached));
     }
     let _ = channel.close(200, "drained".into()).await;

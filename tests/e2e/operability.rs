@@ -1,34 +1,10 @@
 //! Metrics and health endpoints: scraped around a run of jobs.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use dtee_submitter::builder::{inline_input, output, wasm_job};
-use dtee_tests::{OutageProxy, TestEnv};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the metrics port");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use dtee_tests::{http_get as get, wait_for_status, OutageProxy, TestEnv};
 
 /// Sample values by series (name with labels), from the exposition text.
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -51,16 +27,8 @@ async fn metrics_and_health_move_with_the_jobs() {
 
     let (status, body) = get(addr, "/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
-    let mut ready = (0, String::new());
-    for _ in 0..50 {
-        ready = get(addr, "/readyz").await;
-        if ready.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready.0, 200, "{}", ready.1);
-    assert!(ready.1.contains("software"));
+    let ready = wait_for_status(addr, "/readyz", 200).await;
+    assert!(ready.contains("software"));
 
     let before = samples(&get(addr, "/metrics").await.1);
     assert_eq!(before.get("dtee_jobs_received_total"), Some(&0.0));
@@ -171,15 +139,7 @@ async fn a_worker_reconnects_after_losing_rabbitmq_and_serves_again() {
     let result = env.run(&job("after")).await;
     assert_eq!(result.output("out").unwrap().bytes().unwrap(), b"after");
     let addr = worker.metrics_addr.unwrap();
-    let mut ready = 0;
-    for _ in 0..50 {
-        ready = get(addr, "/readyz").await.0;
-        if ready == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready, 200, "ready again after reconnecting");
+    wait_for_status(addr, "/readyz", 200).await; // ready again after reconnecting
     assert_eq!(
         samples(&get(addr, "/metrics").await.1)["dtee_rabbitmq_reconnects_total"],
         1.0
@@ -209,16 +169,8 @@ async fn a_worker_that_consumes_nothing_while_jobs_wait_is_reported_not_alive() 
     spec.nonce = Some("waits".to_owned());
     env.client.submit(&spec).await.unwrap();
     // Within the stall window (10 s idle, checked every 5 s) /healthz turns 503.
-    let mut health = (200, String::new());
-    for _ in 0..300 {
-        health = get(addr, "/healthz").await;
-        if health.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(health.0, 503, "{}", health.1);
-    assert!(health.1.contains("stalled"), "{}", health.1);
+    let health = wait_for_status(addr, "/healthz", 503).await;
+    assert!(health.contains("stalled"), "{health}");
     assert_eq!(
         env.queue_depth("wasm").await,
         1,
@@ -226,22 +178,6 @@ async fn a_worker_that_consumes_nothing_while_jobs_wait_is_reported_not_alive() 
     );
     worker.shutdown().await.unwrap();
     env.cleanup().await;
-}
-
-/// Polls `path` until it answers `status` (up to 30 s) and returns the body.
-async fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> String {
-    let mut last = (0, String::new());
-    for _ in 0..300 {
-        last = get(addr, path).await;
-        if last.0 == status {
-            return last.1;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{path} still answers {} after 30 s, not {status}: {}",
-        last.0, last.1
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,20 +237,8 @@ pub async fn evaluate_dead_letter(
         .as_ref()
         .and_then(|parsed| writable_hash_tag(&parsed.spec))
     {
-        if let Some(first) = ctx
-            .state
-            .applied(&tag, &id)
-            .await
-            .map_err(Transient::redis)?
-        {
-            return Ok(Outcome {
-                job_id: id,
-                succeeded: is_success(&first),
-                body: first,
-                cache: CachePolicy::Final,
-                from_cache: true,
-                claim: None,
-            });
+        if let Some(first) = applied_outcome(ctx, &tag, &id).await? {
+            return Ok(first);
         }
     }
     if parsed.is_some() {
@@ -345,16 +333,25 @@ async fn applied_result(
     let Some(writable) = bindings.iter().find(|b| b.mode != AccessMode::ReadOnly) else {
         return Ok(None);
     };
-    let Some(first) = ctx
+    let first = applied_outcome(ctx, &writable.key.hash_tag(), id).await?;
+    if first.is_some() {
+        Stats::bump(&ctx.stats.already_applied);
+    }
+    Ok(first)
+}
+
+/// The job's applied record under `hash_tag`, as the outcome to cache and publish.
+async fn applied_outcome(
+    ctx: &Context,
+    hash_tag: &str,
+    id: &Digest,
+) -> Result<Option<Outcome>, Transient> {
+    let first = ctx
         .state
-        .applied(&writable.key.hash_tag(), id)
+        .applied(hash_tag, id)
         .await
-        .map_err(Transient::redis)?
-    else {
-        return Ok(None);
-    };
-    Stats::bump(&ctx.stats.already_applied);
-    Ok(Some(Outcome {
+        .map_err(Transient::redis)?;
+    Ok(first.map(|first| Outcome {
         job_id: id.clone(),
         succeeded: is_success(&first),
         body: first,
