@@ -11,7 +11,7 @@ use dtee_schemas::protocol::Namespace;
 use dtee_schemas::{Digest, JobResult, JobSpec};
 use dtee_submitter::{Client, ClientConfig};
 use dtee_worker::config::Config;
-use dtee_worker::{Worker, WorkerHandle};
+use dtee_worker::WorkerHandle;
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
@@ -132,7 +132,7 @@ impl TestEnv {
     pub async fn start_worker_with(&self, adjust: impl FnOnce(&mut Config)) -> WorkerHandle {
         let mut config = self.worker_config();
         adjust(&mut config);
-        Worker::start(config).await.expect("starting a worker")
+        dtee_worker::start(config).await.expect("starting a worker")
     }
 
     /// Stores a kernel from kernels/wasm and returns its digest.

@@ -7,11 +7,13 @@
 //! ([`crate::canonical`]).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::state::StateKey;
 use crate::Digest;
 
 /// The schema tag of a job spec.
@@ -252,13 +254,75 @@ pub enum PlatformRequirement {
     AnyHardware,
 }
 
-/// Why a parsed job is not acceptable.
+/// Why a parsed job is not acceptable: the field at fault, as a path into the spec
+/// (`buffers[2].inline`, `params[0].value`, `limits.fuel`), and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ValidationError(pub String);
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    /// Path of the offending field in the spec.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
 
-fn invalid(message: impl Into<String>) -> ValidationError {
-    ValidationError(message.into())
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Where an input's bytes come from, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSource {
+    /// Bytes carried in the job (`inline`, decoded).
+    Inline(Arc<[u8]>),
+    /// A stored blob, by digest (`blob`).
+    Blob(Digest),
+}
+
+/// A buffer after validation: everything the spec encodes is decoded and parsed once, so that
+/// nothing downstream checks it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckedBuffer {
+    /// An input, with its bytes or the digest of its blob.
+    Input {
+        /// Buffer name.
+        name: String,
+        /// Where the bytes are.
+        source: InputSource,
+    },
+    /// An output of at most `size` bytes (at least 1).
+    Output {
+        /// Buffer name.
+        name: String,
+        /// Capacity in bytes.
+        size: u64,
+    },
+    /// Bound state, with its key parsed.
+    State {
+        /// Buffer name.
+        name: String,
+        /// The parsed key.
+        key: StateKey,
+        /// How the kernel may use it.
+        mode: AccessMode,
+        /// Whether the key may be absent.
+        may_be_absent: bool,
+        /// Largest value the kernel may write (at least 1), if the job caps it.
+        max_size: Option<u64>,
+    },
+}
+
+impl CheckedBuffer {
+    /// The buffer's name.
+    pub fn name(&self) -> &str {
+        match self {
+            CheckedBuffer::Input { name, .. }
+            | CheckedBuffer::Output { name, .. }
+            | CheckedBuffer::State { name, .. } => name,
+        }
+    }
 }
 
 fn is_name(name: &str) -> bool {
@@ -289,113 +353,13 @@ pub fn encode_base64(bytes: &[u8]) -> String {
 }
 
 impl JobSpec {
-    /// Checks what serde cannot: names, exactly-one-of fields, value ranges, base64, and that
-    /// the launch geometry fits the format. Limits against the worker's maximums are the
-    /// worker's business.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        let kernel = &self.kernel;
-        if kernel.entry.is_empty() || kernel.entry.len() > 128 {
-            return Err(invalid("kernel.entry must be 1 to 128 characters"));
-        }
-        if !is_valid_target(&kernel.target) {
-            return Err(invalid(format!(
-                "kernel.target {:?} is not a valid target (lowercase letters, digits, '.', '_', '-'; at most 64)",
-                kernel.target
-            )));
-        }
-        match (kernel.format, &self.launch) {
-            (KernelFormat::Wasm, Some(_)) => {
-                return Err(invalid(
-                    "launch geometry applies to GPU kernels only, not wasm",
-                ));
-            }
-            (KernelFormat::Hsaco, None) => {
-                return Err(invalid("an hsaco kernel needs launch geometry"));
-            }
-            (KernelFormat::Hsaco, Some(launch)) => {
-                if launch.grid.contains(&0) || launch.block.contains(&0) {
-                    return Err(invalid(
-                        "launch grid and block dimensions must be at least 1",
-                    ));
-                }
-            }
-            (KernelFormat::Wasm, None) => {}
-        }
-
-        let mut names = HashSet::new();
-        let mut state_tag: Option<String> = None;
-        for (idx, buffer) in self.buffers.iter().enumerate() {
-            let name = buffer.name();
-            if !is_name(name) {
-                return Err(invalid(format!(
-                    "buffers[{idx}].name {name:?} is not a valid name (a letter or '_', then letters, digits, '_', '.', '-'; at most 64)"
-                )));
-            }
-            if !names.insert(name) {
-                return Err(invalid(format!("buffer name {name:?} is used twice")));
-            }
-            match buffer {
-                Buffer::Input { inline, blob, .. } => match (inline, blob) {
-                    (Some(text), None) => {
-                        decode_base64(text).map_err(|error| {
-                            invalid(format!(
-                                "buffers[{idx}] ({name}): inline is not valid base64: {error}"
-                            ))
-                        })?;
-                    }
-                    (None, Some(_)) => {}
-                    _ => {
-                        return Err(invalid(format!(
-                            "buffers[{idx}] ({name}): an input needs exactly one of inline or blob"
-                        )));
-                    }
-                },
-                Buffer::Output { size, .. } => {
-                    if *size == 0 {
-                        return Err(invalid(format!(
-                            "buffers[{idx}] ({name}): size must be at least 1"
-                        )));
-                    }
-                }
-                Buffer::State { key, max_size, .. } => {
-                    let key = crate::state::StateKey::parse(key)
-                        .map_err(|error| invalid(format!("buffers[{idx}] ({name}): {error}")))?;
-                    match &state_tag {
-                        None => state_tag = Some(key.hash_tag()),
-                        Some(tag) if *tag != key.hash_tag() => {
-                            return Err(invalid(format!(
-                                "buffers[{idx}] ({name}): every state key of a job must have the same tenant and hash group (one commit, one Redis Cluster slot); {key} does not match {tag:?}"
-                            )));
-                        }
-                        Some(_) => {}
-                    }
-                    if *max_size == Some(0) {
-                        return Err(invalid(format!(
-                            "buffers[{idx}] ({name}): max_size must be at least 1"
-                        )));
-                    }
-                }
-            }
-        }
-
-        let mut param_names = HashSet::new();
-        for (idx, param) in self.params.iter().enumerate() {
-            if !is_name(&param.name) {
-                return Err(invalid(format!(
-                    "params[{idx}].name {:?} is not a valid name",
-                    param.name
-                )));
-            }
-            if !param_names.insert(param.name.as_str()) {
-                return Err(invalid(format!(
-                    "parameter name {:?} is used twice",
-                    param.name
-                )));
-            }
-            check_scalar(param)
-                .map_err(|why| invalid(format!("params[{idx}] ({}): {why}", param.name)))?;
-        }
-
+    /// Checks what serde cannot: names, exactly-one-of fields, value ranges, base64, state keys,
+    /// and that the launch geometry fits the format. Limits against the worker's maximums are
+    /// the worker's business. Returns the buffers with everything decoded and parsed.
+    pub fn validate(&self) -> Result<Vec<CheckedBuffer>, ValidationError> {
+        self.validate_kernel()?;
+        let buffers = self.validate_buffers()?;
+        self.validate_params()?;
         let limits = &self.limits;
         for (field, value) in [
             ("timeout_ms", limits.timeout_ms),
@@ -404,13 +368,147 @@ impl JobSpec {
             ("output_bytes", limits.output_bytes),
         ] {
             if value == Some(0) {
-                return Err(invalid(format!("limits.{field} must be at least 1")));
+                return Err(invalid(format!("limits.{field}"), "must be at least 1"));
             }
         }
-        if let Some(nonce) = &self.nonce {
-            if nonce.len() > 256 {
-                return Err(invalid("nonce must be at most 256 bytes"));
+        if self.nonce.as_ref().is_some_and(|nonce| nonce.len() > 256) {
+            return Err(invalid("nonce", "must be at most 256 bytes"));
+        }
+        Ok(buffers)
+    }
+
+    fn validate_kernel(&self) -> Result<(), ValidationError> {
+        let kernel = &self.kernel;
+        if kernel.entry.is_empty() || kernel.entry.len() > 128 {
+            return Err(invalid("kernel.entry", "must be 1 to 128 characters"));
+        }
+        if !is_valid_target(&kernel.target) {
+            return Err(invalid(
+                "kernel.target",
+                format!(
+                    "{:?} is not a valid target (lowercase letters, digits, '.', '_', '-'; at most 64)",
+                    kernel.target
+                ),
+            ));
+        }
+        match (kernel.format, &self.launch) {
+            (KernelFormat::Wasm, Some(_)) => Err(invalid(
+                "launch",
+                "launch geometry applies to GPU kernels only, not wasm",
+            )),
+            (KernelFormat::Hsaco, None) => {
+                Err(invalid("launch", "an hsaco kernel needs launch geometry"))
             }
+            (KernelFormat::Hsaco, Some(launch))
+                if launch.grid.contains(&0) || launch.block.contains(&0) =>
+            {
+                Err(invalid(
+                    "launch",
+                    "grid and block dimensions must be at least 1",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_buffers(&self) -> Result<Vec<CheckedBuffer>, ValidationError> {
+        let mut names = HashSet::new();
+        let mut state_tag: Option<String> = None;
+        let mut checked = Vec::with_capacity(self.buffers.len());
+        for (idx, buffer) in self.buffers.iter().enumerate() {
+            let name = buffer.name();
+            let field = |sub: &str| format!("buffers[{idx}].{sub}");
+            if !is_name(name) {
+                return Err(invalid(field("name"), format!(
+                    "{name:?} is not a valid name (a letter or '_', then letters, digits, '_', '.', '-'; at most 64)"
+                )));
+            }
+            if !names.insert(name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("buffer name {name:?} is used twice"),
+                ));
+            }
+            checked.push(match buffer {
+                Buffer::Input { inline, blob, .. } => {
+                    let source = match (inline, blob) {
+                        (Some(text), None) => {
+                            InputSource::Inline(decode_base64(text).map_err(|error| {
+                                invalid(field("inline"), format!("not valid base64: {error}"))
+                            })?.into())
+                        }
+                        (None, Some(digest)) => InputSource::Blob(digest.clone()),
+                        _ => {
+                            return Err(invalid(
+                                field("inline"),
+                                format!("input {name:?} needs exactly one of inline or blob"),
+                            ))
+                        }
+                    };
+                    CheckedBuffer::Input {
+                        name: name.to_owned(),
+                        source,
+                    }
+                }
+                Buffer::Output { size, .. } => {
+                    if *size == 0 {
+                        return Err(invalid(field("size"), "must be at least 1"));
+                    }
+                    CheckedBuffer::Output {
+                        name: name.to_owned(),
+                        size: *size,
+                    }
+                }
+                Buffer::State {
+                    key,
+                    mode,
+                    may_be_absent,
+                    max_size,
+                    ..
+                } => {
+                    let key = StateKey::parse(key)
+                        .map_err(|error| invalid(field("key"), error.to_string()))?;
+                    match &state_tag {
+                        None => state_tag = Some(key.hash_tag()),
+                        Some(tag) if *tag != key.hash_tag() => {
+                            return Err(invalid(field("key"), format!(
+                                "every state key of a job must have the same tenant and hash group (one commit, one Redis Cluster slot); {key} does not match {tag:?}"
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                    if *max_size == Some(0) {
+                        return Err(invalid(field("max_size"), "must be at least 1"));
+                    }
+                    CheckedBuffer::State {
+                        name: name.to_owned(),
+                        key,
+                        mode: *mode,
+                        may_be_absent: *may_be_absent,
+                        max_size: *max_size,
+                    }
+                }
+            });
+        }
+        Ok(checked)
+    }
+
+    fn validate_params(&self) -> Result<(), ValidationError> {
+        let mut param_names = HashSet::new();
+        for (idx, param) in self.params.iter().enumerate() {
+            if !is_name(&param.name) {
+                return Err(invalid(
+                    format!("params[{idx}].name"),
+                    format!("{:?} is not a valid name", param.name),
+                ));
+            }
+            if !param_names.insert(param.name.as_str()) {
+                return Err(invalid(
+                    format!("params[{idx}].name"),
+                    format!("parameter name {:?} is used twice", param.name),
+                ));
+            }
+            check_scalar(param).map_err(|why| invalid(format!("params[{idx}].value"), why))?;
         }
         Ok(())
     }
@@ -567,6 +665,59 @@ mod tests {
             let mut value = base();
             mutate(&mut value);
             assert!(parse(value).is_err(), "{what}: accepted");
+        }
+    }
+
+    #[test]
+    fn a_validation_error_names_the_field_at_fault() {
+        let field_of = |mutate: Mutation| {
+            let mut value = base();
+            mutate(&mut value);
+            let spec: JobSpec = serde_json::from_value(value).unwrap();
+            spec.validate().unwrap_err().field
+        };
+        assert_eq!(
+            field_of(Box::new(|v| v["buffers"][0]["inline"] = json!("!!!"))),
+            "buffers[0].inline"
+        );
+        assert_eq!(
+            field_of(Box::new(|v| v["buffers"][1]["name"] = json!("x"))),
+            "buffers[1].name"
+        );
+        assert_eq!(
+            field_of(Box::new(|v| v["params"][0]["value"] = json!(-1))),
+            "params[0].value"
+        );
+        assert_eq!(
+            field_of(Box::new(|v| v["limits"] = json!({"fuel": 0}))),
+            "limits.fuel"
+        );
+        assert_eq!(
+            field_of(Box::new(|v| v["kernel"]["entry"] = json!(""))),
+            "kernel.entry"
+        );
+    }
+
+    #[test]
+    fn validation_decodes_inputs_and_parses_state_keys_once() {
+        let mut value = base();
+        value["buffers"][1] =
+            json!({"kind": "state", "name": "s", "key": "alice/counter", "mode": "read_write"});
+        let spec: JobSpec = serde_json::from_value(value).unwrap();
+        let buffers = spec.validate().unwrap();
+        assert_eq!(
+            buffers[0],
+            CheckedBuffer::Input {
+                name: "x".into(),
+                source: InputSource::Inline(Arc::from(vec![0u8, 0, 0])),
+            }
+        );
+        match &buffers[1] {
+            CheckedBuffer::State { key, mode, .. } => {
+                assert_eq!(key.tenant(), "alice");
+                assert_eq!(*mode, AccessMode::ReadWrite);
+            }
+            other => panic!("not a state buffer: {other:?}"),
         }
     }
 }

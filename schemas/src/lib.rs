@@ -53,6 +53,8 @@ pub struct ParsedJob {
     pub id: Digest,
     /// The spec.
     pub spec: JobSpec,
+    /// The spec's buffers, validated: inputs decoded, state keys parsed.
+    pub buffers: Vec<job::CheckedBuffer>,
 }
 
 /// Parses a job message body: strict JSON, canonical id, schema, validation.
@@ -63,8 +65,8 @@ pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
     let canonical = canonical::to_canonical_vec(&value)?;
     let id = Digest::of(&canonical);
     let spec: JobSpec = serde_json::from_slice(&canonical).map_err(JobParseError::Schema)?;
-    spec.validate()?;
-    Ok(ParsedJob { id, spec })
+    let buffers = spec.validate()?;
+    Ok(ParsedJob { id, spec, buffers })
 }
 
 /// The job id of a spec: the digest of its canonical JSON.

@@ -281,7 +281,7 @@ async fn an_snp_worker_without_the_guest_device_refuses_to_start() {
     );
     let mut config = env.worker_config();
     config.attestation = dtee_worker::attestation::ProviderChoice::Snp;
-    let error = dtee_worker::Worker::start(config)
+    let error = dtee_worker::start(config)
         .await
         .expect_err("no SNP guest device, no worker");
     let message = format!("{error:#}");

@@ -2,7 +2,7 @@
 //! result and ack" and "retry later".
 //!
 //! - Permanent failures are not errors here: they become a failed result with a stable
-//!   [`ErrorCode`](dtee_schemas::ErrorCode) (see [`pipeline`](crate::pipeline)), which is
+//!   [`ErrorCode`](dtee_schemas::ErrorCode) (see [`job`](crate::job)), which is
 //!   cached, published and acked like a success.
 //! - [`Transient`] failures (Redis or RabbitMQ unreachable, a publish not confirmed, a worker
 //!   thread lost) are retried by the job task with exponential backoff and full jitter, keeping
@@ -14,37 +14,52 @@ use std::time::Duration;
 
 /// A failure worth retrying: nothing is wrong with the job.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {detail}")]
-pub struct Transient {
-    /// Which dependency failed.
-    pub what: &'static str,
-    /// Its error.
-    pub detail: String,
+pub enum Transient {
+    /// Redis failed (unreachable, timed out, refused a command).
+    #[error("redis failed")]
+    Redis(#[source] redis::RedisError),
+    /// Publishing a result failed or was not confirmed.
+    #[error("rabbitmq: publishing the result failed")]
+    Publish(#[source] crate::broker::publisher::PublishError),
+    /// A worker task for the job was lost (cancelled, or the runtime is shutting down).
+    #[error("worker: the {what} task was lost")]
+    TaskLost {
+        /// Which task.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The kernel slots were closed (the worker is shutting down).
+    #[error("worker: the kernel slots are closed")]
+    SlotsClosed,
 }
 
-impl Transient {
-    /// Redis failed.
-    pub fn redis(error: redis::RedisError) -> Transient {
-        Transient {
-            what: "redis",
-            detail: error.to_string(),
-        }
+impl From<redis::RedisError> for Transient {
+    fn from(error: redis::RedisError) -> Transient {
+        Transient::Redis(error)
     }
+}
 
-    /// Publishing a result failed.
-    pub fn publish(error: crate::broker::PublishError) -> Transient {
-        Transient {
-            what: "rabbitmq",
-            detail: error.to_string(),
-        }
+impl From<crate::broker::publisher::PublishError> for Transient {
+    fn from(error: crate::broker::publisher::PublishError) -> Transient {
+        Transient::Publish(error)
     }
+}
 
-    /// The worker itself failed (a task panicked or was cancelled).
-    pub fn internal(detail: String) -> Transient {
-        Transient {
-            what: "worker",
-            detail,
+/// An error and its chain of causes on one line (`a: b: c`), for logs.
+#[derive(Debug)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
         }
+        Ok(())
     }
 }
 
@@ -81,6 +96,15 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transient_error_keeps_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Transient::Redis(redis::RedisError::from(io));
+        let text = Chain(&error).to_string();
+        assert!(text.starts_with("redis failed: "), "{text}");
+        assert!(text.contains("refused"), "{text}");
+    }
 
     #[test]
     fn backoff_grows_and_stays_under_the_cap() {

@@ -259,8 +259,3 @@ impl Metrics {
         self.handle.render()
     }
 }
-
-/// Index of `code` in [`Stats::failed_by_code`].
-pub fn failed_index(code: ErrorCode) -> usize {
-    code_index(code)
-}

@@ -12,6 +12,9 @@ use dtee_schemas::ErrorCode;
 
 pub mod wasm;
 
+/// The name of the WebAssembly backend, as results and metrics label it.
+pub const WASM: &str = "wasm";
+
 /// One buffer as a kernel sees it, in job order.
 #[derive(Debug, Clone)]
 pub enum Slot {

@@ -206,7 +206,10 @@ impl Drop for EpochTicker {
 }
 
 /// A compiled and linked kernel, or the deterministic reason it cannot run.
-pub type Prepared = Result<InstancePre<HostState>, KernelError>;
+pub type Prepared = Result<Kernel, KernelError>;
+
+/// A compiled, linked kernel, ready to instantiate.
+pub type Kernel = InstancePre<HostState>;
 
 /// The WebAssembly backend. Cheap to share behind an `Arc`.
 pub struct WasmBackend {

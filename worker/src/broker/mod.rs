@@ -1,0 +1,21 @@
+//! RabbitMQ: the worker's session (connection, channels, consumers), the topology it
+//! declares, and result publishing with confirms.
+//!
+//! - [`session`] — one connection: topology, result channel, consumer channel, consumers;
+//! - [`topology`] — exchanges and queues (see schemas/PROTOCOL.md);
+//! - [`publisher`] — results, published with a confirm.
+
+pub(crate) mod publisher;
+pub(crate) mod session;
+pub(crate) mod topology;
+
+use lapin::{Connection, ConnectionProperties};
+
+/// Connects to RabbitMQ with a connection name that shows up in the management UI.
+pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+}

@@ -1,0 +1,231 @@
+//! The consumer loop: takes deliveries from the current session and spawns a job task for
+//! each, keeps the liveness tick and the progress (stall) check, reconnects with backoff when
+//! the session is lost, and drains in-flight jobs on shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::StreamExt;
+use lapin::message::Delivery;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{info, warn};
+
+use crate::broker::session::Session;
+use crate::failure::Backoff;
+use crate::health::Health;
+use crate::hooks::{self, TestHook};
+use crate::job::{self, Context};
+use crate::stats::Stats;
+
+/// How often the progress check runs.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+/// How long without a delivery, while messages wait, before the consumer counts as stalled.
+const STALL_IDLE: Duration = Duration::from_secs(10);
+
+/// The consumer of one worker, and the background tasks that end with it.
+pub(crate) struct Consumer {
+    /// What job tasks share.
+    pub ctx: Arc<Context>,
+    /// The current session; `None` while reconnecting.
+    pub session: Option<Session>,
+    /// The routing keys whose queues the worker consumes.
+    pub routing_keys: Vec<String>,
+    /// What the probes report.
+    pub health: Arc<Health>,
+    /// The registry heartbeat, stopped (and the entry removed) at shutdown.
+    pub registry: JoinHandle<()>,
+    /// The probe server and the Redis watcher, stopped at shutdown.
+    pub probes: Vec<JoinHandle<()>>,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown` turns `true`, then drains and closes.
+    pub(crate) async fn run(
+        mut self,
+        shutdown: watch::Sender<bool>,
+        mut shutdown_rx: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut in_flight = JoinSet::new();
+        let mut reconnect = reconnect_backoff();
+        let mut liveness = tokio::time::interval(Duration::from_secs(1));
+        let mut progress = tokio::time::interval(STALL_CHECK);
+        self.health.delivered();
+        let stall = hooks::active(&self.ctx.config, TestHook::StallConsumer);
+        loop {
+            let Some(current) = self.session.as_mut() else {
+                tokio::select! {
+                    _ = shutdown_rx.changed() => break,
+                    _ = self.reconnect(&mut reconnect) => continue,
+                }
+            };
+            tokio::select! {
+                _ = shutdown_rx.changed() => break,
+                _ = liveness.tick() => self.health.tick(),
+                _ = self.ctx.session_broken.notified() => {
+                    // Only if the current publisher is the dead one: a notification from
+                    // before the last reconnect is stale.
+                    if !self.ctx.publisher.read().expect("publisher lock").is_open() {
+                        warn!("the result channel was closed by the broker; reconnecting");
+                        self.drop_session().await;
+                    }
+                }
+                Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(error) = finished {
+                        warn!(%error, "a job task failed");
+                    }
+                }
+                _ = progress.tick() => {
+                    let room = in_flight.len() < usize::from(self.ctx.config.prefetch);
+                    self.check_progress(room).await;
+                }
+                next = current.consumers.next(), if !stall => match next {
+                    Some(Ok(delivery)) => {
+                        self.health.delivered();
+                        self.ctx.telemetry.delivery_received(queue_wait(&delivery));
+                        let task = job::handle(Arc::clone(&self.ctx), delivery, shutdown_rx.clone());
+                        in_flight.spawn(task);
+                    }
+                    Some(Err(error)) => {
+                        warn!(%error, "lost the rabbitmq consumer; reconnecting");
+                        self.drop_session().await;
+                    }
+                    None => {
+                        warn!("the broker cancelled the consumer; reconnecting");
+                        self.drop_session().await;
+                    }
+                }
+            }
+        }
+        // Jobs retrying a transient failure give up and return to the queue.
+        let _ = shutdown.send(true);
+        self.drain(in_flight).await;
+        self.finish().await;
+        Ok(())
+    }
+
+    /// One reconnection attempt after a backoff delay. The loop keeps ticking (alive), but
+    /// the worker is not ready meanwhile.
+    async fn reconnect(&mut self, backoff: &mut Backoff) {
+        self.health.amqp_connected.store(false, Ordering::Relaxed);
+        tokio::time::sleep(backoff.next_delay()).await;
+        self.health.tick();
+        let opened = Session::open(&self.ctx.config, &self.routing_keys).await;
+        self.health.tick();
+        match opened {
+            Ok((opened, publisher)) => {
+                *self.ctx.publisher.write().expect("publisher lock") = publisher;
+                self.health.amqp_connected.store(true, Ordering::Relaxed);
+                *backoff = reconnect_backoff();
+                self.ctx.telemetry.reconnected();
+                info!("reconnected to rabbitmq; consuming again");
+                self.session = Some(opened);
+            }
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "reconnecting to rabbitmq failed; will retry")
+            }
+        }
+    }
+
+    /// Closes the current session; the loop reconnects.
+    async fn drop_session(&mut self) {
+        if let Some(lost) = self.session.take() {
+            lost.close().await;
+        }
+    }
+
+    /// Ready messages in our queues, room to take them, and no delivery for [`STALL_IDLE`]
+    /// means the consumer is stalled.
+    async fn check_progress(&self, room: bool) {
+        let idle = self.health.idle_ms();
+        if idle < STALL_IDLE.as_millis() as u64 || !room {
+            return;
+        }
+        let Some(current) = &self.session else {
+            return;
+        };
+        let waiting = current
+            .ready_messages(&self.ctx.config.namespace, &self.routing_keys)
+            .await;
+        if waiting > 0 && !self.health.stalled.swap(true, Ordering::Relaxed) {
+            warn!(
+                waiting,
+                idle_s = idle / 1000,
+                "the consumer looks stalled: messages wait, nothing is delivered"
+            );
+        }
+    }
+
+    /// Graceful shutdown: no new deliveries; in-flight jobs get the grace period, and the
+    /// rest return to the queue.
+    async fn drain(&self, mut in_flight: JoinSet<()>) {
+        if let Some(current) = &self.session {
+            current.cancel_consumers().await;
+        }
+        let grace = self.ctx.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                unfinished = in_flight.len(),
+                "grace period over; unfinished jobs return to the queue"
+            );
+            in_flight.abort_all();
+        }
+    }
+
+    /// Logs the totals, stops the background tasks, leaves the registry and closes the
+    /// connection (which returns every unacknowledged delivery to its queue).
+    async fn finish(self) {
+        let stats = self.ctx.telemetry.stats();
+        let commits = Stats::get(&stats.commits);
+        info!(
+            received = Stats::get(&stats.received),
+            executed = Stats::get(&stats.executed),
+            succeeded = Stats::get(&stats.succeeded),
+            failed = Stats::get(&stats.failed),
+            deduplicated = Stats::get(&stats.deduplicated),
+            commits,
+            conflicts = Stats::get(&stats.conflicts),
+            mean_commit_us = Stats::get(&stats.commit_micros)
+                .checked_div(commits)
+                .unwrap_or(0),
+            "worker totals"
+        );
+        self.registry.abort();
+        for probe in &self.probes {
+            probe.abort();
+        }
+        let config = &self.ctx.config;
+        crate::registry::deregister(
+            self.ctx.store.connection(),
+            &config.namespace,
+            &config.worker_id,
+        )
+        .await;
+        if let Some(current) = self.session {
+            current.close().await;
+        }
+    }
+}
+
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(15))
+}
+
+/// Time since the client published the delivery (header `dtee-submitted-unix-ms`), if it says.
+fn queue_wait(delivery: &Delivery) -> Option<Duration> {
+    let headers = delivery.properties.headers().as_ref()?;
+    let sent_ms = match headers
+        .inner()
+        .get(dtee_schemas::protocol::HEADER_SUBMITTED_AT)?
+    {
+        lapin::types::AMQPValue::LongLongInt(ms) => u64::try_from(*ms).ok()?,
+        _ => return None,
+    };
+    let now_ms = crate::clock::unix_ms();
+    Some(Duration::from_millis(now_ms.saturating_sub(sent_ms)))
+}

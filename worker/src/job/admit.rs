@@ -1,0 +1,194 @@
+//! Admission: what is decided from the message alone, before anything is read from Redis —
+//! size, strict parsing and validation, the tenant, and that every state key lies in the
+//! tenant's namespace. A cached result must not answer another tenant's forged copy of a job,
+//! so nothing (the result cache included) is read before this.
+
+use dtee_schemas::job::{AccessMode, CheckedBuffer};
+use dtee_schemas::state::StateKey;
+use dtee_schemas::{Digest, ErrorCode, ParsedJob};
+use lapin::message::Delivery;
+
+use super::outcome::{self, CachePolicy, Failure, Outcome};
+use super::Context;
+use crate::clock::unix_ms;
+
+/// A job that passed admission.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// The parsed job: id, spec, and its buffers decoded and checked.
+    pub parsed: ParsedJob,
+    /// Its state buffers, each in the tenant's namespace, in job order.
+    pub bindings: Vec<Binding>,
+    /// When the worker took it, Unix milliseconds.
+    pub started_at: u64,
+}
+
+impl Admitted {
+    /// The job id.
+    pub fn id(&self) -> &Digest {
+        &self.parsed.id
+    }
+
+    /// The hash tag of the job's writable state keys, if it writes any.
+    pub fn writable_hash_tag(&self) -> Option<String> {
+        writable_hash_tag(&self.parsed)
+    }
+}
+
+/// The hash tag of a parsed job's writable state keys, if it binds any.
+pub(crate) fn writable_hash_tag(parsed: &ParsedJob) -> Option<String> {
+    parsed.buffers.iter().find_map(|buffer| match buffer {
+        CheckedBuffer::State { key, mode, .. } if *mode != AccessMode::ReadOnly => {
+            Some(key.hash_tag())
+        }
+        _ => None,
+    })
+}
+
+/// A state buffer of the job, checked to lie in the tenant's namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Binding {
+    /// Index in the job's buffers.
+    pub buffer: usize,
+    /// Buffer name.
+    pub name: String,
+    /// The key.
+    pub key: StateKey,
+    /// How the kernel may use it.
+    pub mode: AccessMode,
+    /// Whether it may be absent.
+    pub may_be_absent: bool,
+}
+
+impl Binding {
+    /// Whether the snapshot reads the value (the kernel may read it).
+    pub fn reads_value(&self) -> bool {
+        matches!(self.mode, AccessMode::ReadOnly | AccessMode::ReadWrite)
+    }
+}
+
+/// Admits a delivery, or answers it with a refusal (never cached: the refusal is about this
+/// message, not about the job id it claims).
+pub(crate) fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outcome> {
+    let started_at = unix_ms();
+    let refuse_message = |message: String| {
+        let failure = Failure::new(ErrorCode::InvalidJob, message);
+        outcome::failed_unadmitted(ctx, fallback_id(delivery), None, failure, started_at)
+    };
+    let body = &delivery.data;
+    if body.len() > ctx.config.max_job_bytes {
+        return Err(refuse_message(format!(
+            "the job is {} bytes; this worker accepts at most {}",
+            body.len(),
+            ctx.config.max_job_bytes
+        )));
+    }
+    let parsed =
+        dtee_schemas::parse_job(body).map_err(|error| refuse_message(error.to_string()))?;
+    let bindings = tenant_of(ctx, delivery).and_then(|tenant| bindings_of(&parsed, tenant));
+    match bindings {
+        Ok(bindings) => Ok(Admitted {
+            parsed,
+            bindings,
+            started_at,
+        }),
+        Err(refused) => {
+            let failure = Failure::new(ErrorCode::StateAccessDenied, refused.to_string());
+            let id = parsed.id.clone();
+            Err(outcome::failed_unadmitted(
+                ctx,
+                id,
+                Some(&parsed),
+                failure,
+                started_at,
+            ))
+        }
+    }
+}
+
+/// Why a delivery's tenant may not run the job: answered `state_access_denied`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TenantError {
+    /// No `user_id`, and the worker serves no single tenant.
+    #[error("the message has no user_id property, so its tenant is unknown (publish with user_id, or run the worker in single-tenant mode)")]
+    NoUserId,
+    /// A `user_id` that is not a valid tenant name.
+    #[error("user_id {0:?} cannot name a tenant")]
+    InvalidUserId(String),
+    /// A state key outside the tenant's namespace.
+    #[error("buffer {buffer:?} binds {key}, outside the namespace of tenant {tenant:?}")]
+    ForeignKey {
+        /// The buffer.
+        buffer: String,
+        /// The key it binds.
+        key: StateKey,
+        /// The delivery's tenant.
+        tenant: String,
+    },
+}
+
+/// The tenant of a delivery: the worker's single tenant if it has one, else the AMQP
+/// `user_id`, which RabbitMQ checked against the publishing connection's user.
+fn tenant_of<'a>(ctx: &'a Context, delivery: &'a Delivery) -> Result<&'a str, TenantError> {
+    if let Some(tenant) = &ctx.config.single_tenant {
+        return Ok(tenant);
+    }
+    match delivery.properties.user_id() {
+        Some(user) if dtee_schemas::state::is_valid_tenant(user.as_str()) => Ok(user.as_str()),
+        Some(user) => Err(TenantError::InvalidUserId(user.as_str().to_owned())),
+        None => Err(TenantError::NoUserId),
+    }
+}
+
+/// The job's state bindings, each checked to lie in the tenant's namespace.
+fn bindings_of(parsed: &ParsedJob, tenant: &str) -> Result<Vec<Binding>, TenantError> {
+    let mut bindings = Vec::new();
+    for (buffer, entry) in parsed.buffers.iter().enumerate() {
+        let CheckedBuffer::State {
+            name,
+            key,
+            mode,
+            may_be_absent,
+            ..
+        } = entry
+        else {
+            continue;
+        };
+        if key.tenant() != tenant {
+            return Err(TenantError::ForeignKey {
+                buffer: name.clone(),
+                key: key.clone(),
+                tenant: tenant.to_owned(),
+            });
+        }
+        bindings.push(Binding {
+            buffer,
+            name: name.clone(),
+            key: key.clone(),
+            mode: *mode,
+            may_be_absent: *may_be_absent,
+        });
+    }
+    Ok(bindings)
+}
+
+/// The id to answer under when the job itself cannot be parsed: its `message_id` if that is a
+/// digest, else the digest of the raw bytes.
+pub(crate) fn fallback_id(delivery: &Delivery) -> Digest {
+    delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| id.as_str().parse().ok())
+        .unwrap_or_else(|| Digest::of(&delivery.data))
+}
+
+/// Where a failure of an admitted job is cached: final failures with the results, others in
+/// the short-lived failure slot.
+pub(crate) fn cache_for(code: ErrorCode) -> CachePolicy {
+    if code.is_final() {
+        CachePolicy::Final
+    } else {
+        CachePolicy::Failure
+    }
+}

@@ -1,0 +1,88 @@
+//! Delivering an outcome: cache it (first result wins), publish it with a publisher confirm,
+//! and only then ack the delivery. If the worker dies anywhere before the ack, the broker
+//! redelivers the job and the cache answers it.
+
+use std::time::Instant;
+
+use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
+use tracing::warn;
+
+use super::outcome::{CachePolicy, Outcome, Verdict};
+use super::Context;
+use crate::failure::Transient;
+
+/// Caches, publishes with a confirm, and acks.
+pub(crate) async fn deliver(
+    ctx: &Context,
+    delivery: &Delivery,
+    mut outcome: Outcome,
+) -> Result<(), Transient> {
+    cache(ctx, &mut outcome).await?;
+    let publisher = ctx.publisher.read().expect("publisher lock").clone();
+    let started = Instant::now();
+    if let Err(error) = publisher
+        .publish(&outcome.job_id, &outcome.body, outcome.from_cache)
+        .await
+    {
+        if !publisher.is_open() {
+            ctx.session_broken.notify_one();
+        }
+        return Err(Transient::Publish(error));
+    }
+    let status = match outcome.verdict {
+        Verdict::Succeeded => Ok(()),
+        Verdict::Failed(code) => Err(code),
+    };
+    ctx.telemetry.result_published(started.elapsed(), status);
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(_) => ctx.telemetry.acked(),
+        // The result is out and cached: a redelivery will be answered from the cache.
+        Err(error) => {
+            warn!(job_id = %outcome.job_id, %error, "ack failed; the job will be redelivered and answered from the cache")
+        }
+    }
+    Ok(())
+}
+
+/// Caches the outcome as its policy says. Where another execution of the same job recorded a
+/// result first, the outcome adopts that one, so every result published for an id is the same.
+async fn cache(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
+    let store = &ctx.store;
+    match outcome.cache {
+        CachePolicy::Never => {}
+        CachePolicy::Failure => {
+            // A final result cached meanwhile (another delivery of the same job succeeded)
+            // wins over this failure.
+            match store.cached_result(&outcome.job_id).await? {
+                Some(existing) => outcome.adopt(existing),
+                None => {
+                    store
+                        .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
+                        .await?
+                }
+            }
+        }
+        CachePolicy::Final => {
+            if let Some(tag) = &outcome.claim {
+                let applied = ctx
+                    .state
+                    .claim_applied(tag, &outcome.job_id, &outcome.body, ctx.config.applied_ttl)
+                    .await?;
+                // Another execution committed this job's writes first: its result stands.
+                if let Some(applied) = applied {
+                    outcome.adopt(applied);
+                }
+            }
+            let stored = store
+                .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
+                .await?;
+            if !stored {
+                if let Some(existing) = store.cached_result(&outcome.job_id).await? {
+                    outcome.adopt(existing);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! Running a job: snapshot the bound state, run the kernel in a kernel slot, and commit its
+//! writes in one atomic, exactly-once step. A commit refused because the state changed since
+//! the snapshot runs the job again on fresh state, a bounded number of times.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dtee_schemas::job::{encode_base64, AccessMode, CheckedBuffer};
+use dtee_schemas::result::{OutputData, ResourceUsage, StateRead, StateReport, StateWritten};
+use dtee_schemas::{Digest, ErrorCode};
+use tracing::debug;
+
+use super::admit::Admitted;
+use super::outcome::{self, CachePolicy, Failure, Outcome, Success};
+use super::plan::Plan;
+use super::{Context, Halt};
+use crate::backend::wasm::Kernel;
+use crate::backend::{Completed, Invocation, KernelError, ParamValue, Slot};
+use crate::failure::{Backoff, Transient};
+use crate::hooks::{self, TestHook};
+use crate::state::{Commit, CommitEntry, Seen, WriteOp};
+
+/// Runs the job to its outcome: a success (committed, if it writes state) or a failure.
+pub(crate) async fn execute(
+    ctx: &Context,
+    job: &Admitted,
+    plan: &Plan,
+    kernel: Kernel,
+    mut slots: Vec<Slot>,
+) -> Result<Outcome, Halt> {
+    let params = params_of(job);
+    let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+    for attempt in 1..=ctx.config.state_max_attempts {
+        let seen = snapshot(ctx, job, plan, &mut slots).await?;
+        let invocation = Invocation {
+            entry: job.parsed.spec.kernel.entry.clone(),
+            slots: slots.clone(),
+            params: params.clone(),
+            limits: plan.limits,
+        };
+        let completed = run_kernel(ctx, job, plan, &kernel, invocation).await?;
+        let (entries, state) = writes(job, &seen, &completed);
+        let writes_state = !state.written.is_empty();
+        let usage = completed.usage;
+        let success = Success {
+            outputs: outputs(job, completed),
+            state: (!job.bindings.is_empty()).then_some(state),
+            limits: plan.limits,
+            resources: usage,
+            attempts: attempt,
+        };
+        let outcome = outcome::succeeded(ctx, job, success);
+        check_result_size(ctx, &outcome, plan, usage)?;
+        let Some(hash_tag) = job.bindings.first().map(|b| b.key.hash_tag()) else {
+            return Ok(outcome);
+        };
+        if !writes_state {
+            return Ok(outcome);
+        }
+        match commit(ctx, job, &hash_tag, &entries, &outcome).await? {
+            Commit::Committed => {
+                hooks::pause_after_commit(&ctx.config, job.id()).await;
+                return Ok(outcome);
+            }
+            // A redelivery after a crash between commit and ack: nothing is applied again,
+            // and the result recorded the first time is the answer.
+            Commit::AlreadyApplied(first) => {
+                return Ok(Outcome::cached(job.id().clone(), first, CachePolicy::Final))
+            }
+            Commit::Conflict(key) => {
+                debug!(job_id = %job.id(), %key, attempt, "state conflict; running again on fresh state");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    Err(Halt::Fail(
+        Failure::new(
+            ErrorCode::StateConflict,
+            format!(
+                "the bound state kept changing; gave up after {} attempts",
+                ctx.config.state_max_attempts
+            ),
+        )
+        .with_limits(plan.limits),
+    ))
+}
+
+/// The job's scalar parameters, in job order.
+fn params_of(job: &Admitted) -> Vec<ParamValue> {
+    job.parsed
+        .spec
+        .params
+        .iter()
+        .map(|param| ParamValue {
+            name: param.name.clone(),
+            ty: param.ty,
+            value: param.value,
+        })
+        .collect()
+}
+
+/// Commits the run's writes with the result recorded beside them, atomically and at most once
+/// per job id.
+async fn commit(
+    ctx: &Context,
+    job: &Admitted,
+    hash_tag: &str,
+    entries: &[CommitEntry],
+    outcome: &Outcome,
+) -> Result<Commit, Transient> {
+    let started = Instant::now();
+    let commit = ctx
+        .state
+        .commit(
+            hash_tag,
+            job.id(),
+            entries,
+            &outcome.body,
+            ctx.config.applied_ttl,
+        )
+        .await?;
+    ctx.telemetry.state_committed(started.elapsed(), &commit);
+    Ok(commit)
+}
+
+/// Reads the bound state in one atomic snapshot and puts each value in its slot.
+async fn snapshot(
+    ctx: &Context,
+    job: &Admitted,
+    plan: &Plan,
+    slots: &mut [Slot],
+) -> Result<Vec<Seen>, Halt> {
+    if job.bindings.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<_> = job
+        .bindings
+        .iter()
+        .map(|binding| (&binding.key, binding.reads_value()))
+        .collect();
+    let started = Instant::now();
+    let seen = ctx.state.snapshot(&keys).await?;
+    ctx.telemetry.state_read(started.elapsed());
+    for (binding, seen) in job.bindings.iter().zip(&seen) {
+        if !seen.exists && !binding.may_be_absent {
+            return Err(Halt::Fail(
+                Failure::new(
+                    ErrorCode::StateBindingNotFound,
+                    format!(
+                        "state key {} (buffer {:?}) does not exist and may_be_absent is false",
+                        binding.key, binding.name
+                    ),
+                )
+                .with_limits(plan.limits),
+            ));
+        }
+        if let Some(Slot::State { current, .. }) = slots.get_mut(binding.buffer) {
+            *current = Arc::from(seen.value.clone().unwrap_or_default());
+        }
+    }
+    Ok(seen)
+}
+
+/// Runs the kernel once on a blocking thread, in a kernel slot.
+async fn run_kernel(
+    ctx: &Context,
+    job: &Admitted,
+    plan: &Plan,
+    kernel: &Kernel,
+    invocation: Invocation,
+) -> Result<Completed, Halt> {
+    let _permit = ctx
+        .kernel_slots
+        .acquire()
+        .await
+        .map_err(|_| Transient::SlotsClosed)?;
+    ctx.telemetry.kernel_started();
+    let wasm = Arc::clone(&ctx.wasm);
+    let kernel = kernel.clone();
+    let panic_hook = hooks::active(&ctx.config, TestHook::PanicInKernel);
+    let started = Instant::now();
+    let completed = match tokio::task::spawn_blocking(move || {
+        assert!(!panic_hook, "dtee-test-hook: panic-in-kernel");
+        wasm.run(&kernel, &invocation)
+    })
+    .await
+    {
+        Ok(completed) => completed,
+        // A panic while running this job (a bug in the worker or in Wasmtime) would most
+        // likely recur on every retry: the job is answered `internal_error` (not final, so a
+        // resubmission runs it again) instead of being retried for ever.
+        Err(error) if error.is_panic() => {
+            tracing::error!(job_id = %job.id(), "the kernel's thread panicked; answering internal_error");
+            Err(KernelError {
+                code: ErrorCode::InternalError,
+                message: "the worker failed while running the kernel (a panic); this is a bug in the worker".to_owned(),
+                usage: ResourceUsage::default(),
+            })
+        }
+        Err(source) => {
+            return Err(Halt::Retry(Transient::TaskLost {
+                what: "kernel",
+                source,
+            }))
+        }
+    };
+    let error = completed.as_ref().err().map(|error| error.code);
+    ctx.telemetry.kernel_stopped(started.elapsed(), error);
+    completed.map_err(|error| Halt::Fail(Failure::ran(error, plan.limits)))
+}
+
+/// What the commit writes, and what the result reports of the state read and written.
+fn writes(job: &Admitted, seen: &[Seen], completed: &Completed) -> (Vec<CommitEntry>, StateReport) {
+    let mut report = StateReport::default();
+    let mut entries = Vec::with_capacity(job.bindings.len());
+    for (binding, seen) in job.bindings.iter().zip(seen) {
+        if let Some(value) = &seen.value {
+            report.read.push(StateRead {
+                name: binding.name.clone(),
+                key: binding.key.to_string(),
+                version: seen.version,
+                digest: Digest::of(value),
+            });
+        }
+        let written = completed.written.get(binding.buffer).cloned().flatten();
+        let op = match (binding.mode, written) {
+            (AccessMode::ReadOnly, _) | (_, None) => WriteOp::None,
+            (AccessMode::AppendOnly, Some(bytes)) => WriteOp::Append(bytes),
+            (_, Some(bytes)) => WriteOp::Set(bytes),
+        };
+        if let WriteOp::Set(bytes) | WriteOp::Append(bytes) = &op {
+            report.written.push(StateWritten {
+                name: binding.name.clone(),
+                key: binding.key.to_string(),
+                version: seen.version + 1,
+                digest: Digest::of(bytes),
+            });
+        }
+        entries.push(CommitEntry {
+            key: binding.key.clone(),
+            seen_version: seen.version,
+            op,
+        });
+    }
+    (entries, report)
+}
+
+/// The output buffers the kernel wrote, in job order.
+fn outputs(job: &Admitted, completed: Completed) -> Vec<OutputData> {
+    job.parsed
+        .buffers
+        .iter()
+        .zip(completed.written)
+        .filter_map(|(buffer, written)| match buffer {
+            CheckedBuffer::Output { name, .. } => {
+                let bytes = written.unwrap_or_default();
+                Some(OutputData {
+                    name: name.clone(),
+                    size: bytes.len() as u64,
+                    digest: Digest::of(&bytes),
+                    data: encode_base64(&bytes),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A result the broker would refuse could never be published: it is refused here, before
+/// anything is committed, instead of retrying its publication for ever.
+fn check_result_size(
+    ctx: &Context,
+    outcome: &Outcome,
+    plan: &Plan,
+    usage: ResourceUsage,
+) -> Result<(), Failure> {
+    if outcome.body.len() <= ctx.config.max_result_bytes {
+        return Ok(());
+    }
+    let error = KernelError {
+        code: ErrorCode::OutputLimitExceeded,
+        message: format!(
+            "the result would be {} bytes; this worker publishes at most {} (DTEE_MAX_RESULT_BYTES)",
+            outcome.body.len(),
+            ctx.config.max_result_bytes
+        ),
+        usage,
+    };
+    Err(Failure::ran(error, plan.limits))
+}

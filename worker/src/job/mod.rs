@@ -1,0 +1,166 @@
+//! The path of one job through a worker, one stage per file, in the order a job meets them:
+//!
+//! 1. [`admit`] — size, strict parsing, the tenant and its state bindings; nothing is read
+//!    before this. Hands on an [`Admitted`] job: inputs decoded or named by digest, state keys
+//!    parsed and checked against the tenant.
+//! 2. [`prior`] — answers that exist before running: the result cache, the applied record of a
+//!    committed job, a revocation.
+//! 3. [`plan`] — what this worker will run it with: target, format, resolved limits, the
+//!    attestation requirement. Hands on a [`plan::Plan`].
+//! 4. [`fetch`] — the compiled kernel and the input blobs, as backend slots.
+//! 5. [`execute`] — snapshot, run, commit; a conflict re-runs on fresh state.
+//! 6. [`outcome`] — the result, signed and serialized once, and where it is cached.
+//! 7. [`deliver`] — cache, publish with a confirm, then ack.
+//!
+//! [`dead_letter`] answers the jobs the broker dead-lettered. [`crate::failure`] decides what
+//! each error means; a stage stops the path with a [`Halt`].
+
+mod admit;
+mod dead_letter;
+mod deliver;
+mod execute;
+mod fetch;
+mod outcome;
+mod plan;
+mod prior;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::message::Delivery;
+use lapin::options::BasicNackOptions;
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, warn, Instrument};
+
+pub(crate) use self::admit::Admitted;
+pub(crate) use self::outcome::{Failure, Outcome};
+use crate::attestation::Attestor;
+use crate::backend::wasm::WasmBackend;
+use crate::broker::publisher::ResultPublisher;
+use crate::config::Config;
+use crate::failure::{Backoff, Chain, Transient};
+use crate::state::StateStore;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+
+/// What every job task shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// The worker's configuration.
+    pub config: Config,
+    /// Redis: blobs and the result cache.
+    pub store: Store,
+    /// Redis: bound state.
+    pub state: StateStore,
+    /// Result publishing with confirms; replaced when the worker reconnects.
+    pub publisher: std::sync::RwLock<ResultPublisher>,
+    /// The WebAssembly backend.
+    pub wasm: Arc<WasmBackend>,
+    /// Kernel slots: at most `concurrency` kernels run at once.
+    pub kernel_slots: Semaphore,
+    /// Counters and histograms.
+    pub telemetry: Telemetry,
+    /// The worker's key, identity and attestation provider.
+    pub attestor: Arc<Attestor>,
+    /// Notified when a publication finds the result channel closed while the consumer channel
+    /// may still be up: the consumer loop then opens a new session, so that the retries of
+    /// the job tasks do not fail on the dead channel for ever.
+    pub session_broken: tokio::sync::Notify,
+}
+
+/// Why the path of a job stopped before its last stage.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// The answer is known: publish it.
+    Answer(Outcome),
+    /// The job fails with a stable code.
+    Fail(Failure),
+    /// Something outside the job failed: retry the whole attempt later.
+    Retry(Transient),
+}
+
+impl From<Transient> for Halt {
+    fn from(error: Transient) -> Halt {
+        Halt::Retry(error)
+    }
+}
+
+impl From<redis::RedisError> for Halt {
+    fn from(error: redis::RedisError) -> Halt {
+        Halt::Retry(Transient::Redis(error))
+    }
+}
+
+impl From<Failure> for Halt {
+    fn from(failure: Failure) -> Halt {
+        Halt::Fail(failure)
+    }
+}
+
+/// Processes one delivery, retrying transient failures with backoff until it is answered or
+/// the worker stops (then the delivery returns to the queue).
+pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver<bool>) {
+    let span = tracing::debug_span!("job", message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()));
+    async move {
+        let received = Instant::now();
+        let _in_flight = ctx.telemetry.in_flight();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match attempt(&ctx, &delivery).await {
+                Ok(()) => {
+                    ctx.telemetry.job_answered(received.elapsed());
+                    return;
+                }
+                Err(error) => {
+                    ctx.telemetry.retrying();
+                    let delay = backoff.next_delay();
+                    warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
+                    if *shutdown.borrow() {
+                        debug!("shutting down: returning the job to the queue");
+                        let requeue = BasicNackOptions {
+                            requeue: true,
+                            ..BasicNackOptions::default()
+                        };
+                        let _ = delivery.acker.nack(requeue).await;
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// One attempt: decide the outcome, then deliver it.
+async fn attempt(ctx: &Context, delivery: &Delivery) -> Result<(), Transient> {
+    let outcome = if delivery.exchange.as_str() == ctx.config.namespace.dead_letter_exchange() {
+        dead_letter::evaluate(ctx, delivery).await?
+    } else {
+        evaluate(ctx, delivery).await?
+    };
+    deliver::deliver(ctx, delivery, outcome).await
+}
+
+/// Decides the result of one job delivery. Errors are transient: the caller retries.
+async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Transient> {
+    let job = match admit::admit(ctx, delivery) {
+        Ok(job) => job,
+        Err(refused) => return Ok(refused),
+    };
+    match run(ctx, &job).await {
+        Ok(outcome) | Err(Halt::Answer(outcome)) => Ok(outcome),
+        Err(Halt::Fail(failure)) => Ok(outcome::failed(ctx, &job, failure)),
+        Err(Halt::Retry(error)) => Err(error),
+    }
+}
+
+/// The stages after admission, top to bottom.
+async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
+    prior::answer(ctx, job).await?;
+    let plan = plan::plan(ctx, job)?;
+    let kernel = fetch::kernel(ctx, job, &plan).await?;
+    let slots = fetch::slots(ctx, job, &plan).await?;
+    execute::execute(ctx, job, &plan, kernel, slots).await
+}

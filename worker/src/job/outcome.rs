@@ -1,0 +1,323 @@
+//! The result of a job: built here and only here, signed, serialized once, and tagged with
+//! where it is cached. An outcome from cached bytes has one constructor ([`Outcome::cached`]),
+//! and adopting a result cached by another execution one method ([`Outcome::adopt`]).
+
+use dtee_schemas::attestation::execution::{
+    ExecutionStatement, NamedDigest, OutputDigest, EXECUTION_SCHEMA,
+};
+use dtee_schemas::job::{CheckedBuffer, InputSource};
+use dtee_schemas::result::{
+    EffectiveLimits, Execution, JobError, JobStatus, OutputData, ResourceUsage, ResultSchema,
+    StateReport,
+};
+use dtee_schemas::{Digest, ErrorCode, JobResult, ParsedJob};
+use serde::Deserialize;
+use tracing::debug;
+
+use super::admit::{self, Admitted};
+use super::Context;
+use crate::backend::KernelError;
+use crate::clock::unix_ms;
+
+/// Where a result is cached before it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CachePolicy {
+    /// Not at all: the answer is about the message (an unparseable body, a refused tenant), or
+    /// it came from the cache.
+    Never,
+    /// In the result cache, first result wins: a success or a final failure.
+    Final,
+    /// In the short-lived failure slot, replacing what is there: a failure that may not
+    /// recur when the job is resubmitted.
+    Failure,
+}
+
+/// Whether a result is a success, and the code of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Status `succeeded`.
+    Succeeded,
+    /// Status `failed`, with its code when the bytes name a known one.
+    Failed(Option<ErrorCode>),
+}
+
+impl Verdict {
+    /// The verdict of serialized result bytes, reading only `status` and `error.code`.
+    fn of_bytes(body: &[u8]) -> Verdict {
+        #[derive(Deserialize)]
+        struct Head {
+            status: JobStatus,
+            #[serde(default)]
+            error: Option<HeadError>,
+        }
+        #[derive(Deserialize)]
+        struct HeadError {
+            code: ErrorCode,
+        }
+        match serde_json::from_slice::<Head>(body) {
+            Ok(Head {
+                status: JobStatus::Succeeded,
+                ..
+            }) => Verdict::Succeeded,
+            Ok(head) => Verdict::Failed(head.error.map(|error| error.code)),
+            Err(_) => Verdict::Failed(None),
+        }
+    }
+}
+
+/// A result ready to go out.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// The id the result is published under.
+    pub job_id: Digest,
+    /// The serialized result.
+    pub body: Vec<u8>,
+    /// Success or failure, read when the result was built or adopted.
+    pub verdict: Verdict,
+    /// Where to cache it.
+    pub cache: CachePolicy,
+    /// Whether it came from a cache (the result cache or an applied record).
+    pub from_cache: bool,
+    /// For a final failure of a job that binds writable state: the hash tag of its bound keys.
+    /// The failure is recorded in the job's applied record before it is cached, so that it and
+    /// a commit by another execution of the same job (say one orphaned by a lost connection)
+    /// cannot both happen: whichever comes first is the job's answer.
+    pub claim: Option<String>,
+}
+
+impl Outcome {
+    /// A result that was cached already (result cache, applied record), to publish as it is.
+    pub fn cached(job_id: Digest, body: Vec<u8>, cache: CachePolicy) -> Outcome {
+        Outcome {
+            job_id,
+            verdict: Verdict::of_bytes(&body),
+            body,
+            cache,
+            from_cache: true,
+            claim: None,
+        }
+    }
+
+    /// Replaces this result with one another execution recorded first, so that every result
+    /// published for a job id is the same.
+    pub fn adopt(&mut self, body: Vec<u8>) {
+        self.verdict = Verdict::of_bytes(&body);
+        self.body = body;
+        self.from_cache = true;
+    }
+}
+
+/// Why a job failed, with what is known about its run.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Detail for humans.
+    pub message: String,
+    /// The limits, once resolved.
+    pub limits: Option<EffectiveLimits>,
+    /// Resources used, when the kernel ran.
+    pub resources: Option<ResourceUsage>,
+}
+
+impl Failure {
+    /// A failure before the kernel ran.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+            limits: None,
+            resources: None,
+        }
+    }
+
+    /// A kernel run that failed.
+    pub fn ran(error: KernelError, limits: EffectiveLimits) -> Failure {
+        Failure {
+            code: error.code,
+            message: error.message,
+            limits: Some(limits),
+            resources: Some(error.usage),
+        }
+    }
+
+    /// The same failure, with the limits that were resolved.
+    pub fn with_limits(mut self, limits: EffectiveLimits) -> Failure {
+        self.limits = Some(limits);
+        self
+    }
+}
+
+/// What a successful run produced.
+#[derive(Debug)]
+pub(crate) struct Success {
+    /// The output buffers, in job order.
+    pub outputs: Vec<OutputData>,
+    /// Bound state read and written (when the job binds any).
+    pub state: Option<StateReport>,
+    /// The limits enforced.
+    pub limits: EffectiveLimits,
+    /// The resources used.
+    pub resources: ResourceUsage,
+    /// Runs it took (state conflicts run a job again).
+    pub attempts: u32,
+}
+
+/// The outcome of a successful run.
+pub(crate) fn succeeded(ctx: &Context, job: &Admitted, success: Success) -> Outcome {
+    let result = JobResult {
+        schema: ResultSchema::V1,
+        job_id: job.id().clone(),
+        status: JobStatus::Succeeded,
+        error: None,
+        outputs: success.outputs,
+        state: success.state,
+        limits: Some(success.limits),
+        resources: Some(success.resources),
+        execution: None,
+        attestation: None,
+    };
+    let execution = execution(ctx, job.started_at, success.attempts);
+    Outcome {
+        job_id: job.id().clone(),
+        body: seal(ctx, result, execution, Some(&job.parsed)),
+        verdict: Verdict::Succeeded,
+        cache: CachePolicy::Final,
+        from_cache: false,
+        claim: None,
+    }
+}
+
+/// The outcome of an admitted job that failed: final failures are cached with the results
+/// (and claim the applied record of a job that writes state), others in the failure slot.
+pub(crate) fn failed(ctx: &Context, job: &Admitted, failure: Failure) -> Outcome {
+    let cache = admit::cache_for(failure.code);
+    failed_as(
+        ctx,
+        job.id().clone(),
+        Some(&job.parsed),
+        cache,
+        failure,
+        job.started_at,
+    )
+}
+
+/// The outcome of a message refused at admission: never cached.
+pub(crate) fn failed_unadmitted(
+    ctx: &Context,
+    id: Digest,
+    parsed: Option<&ParsedJob>,
+    failure: Failure,
+    started_at: u64,
+) -> Outcome {
+    failed_as(ctx, id, parsed, CachePolicy::Never, failure, started_at)
+}
+
+/// The one failure builder.
+pub(crate) fn failed_as(
+    ctx: &Context,
+    job_id: Digest,
+    parsed: Option<&ParsedJob>,
+    cache: CachePolicy,
+    failure: Failure,
+    started_at: u64,
+) -> Outcome {
+    debug!(%job_id, code = %failure.code, message = %failure.message, "job failed");
+    let attempts = u32::from(failure.resources.is_some());
+    let result = JobResult {
+        schema: ResultSchema::V1,
+        job_id: job_id.clone(),
+        status: JobStatus::Failed,
+        error: Some(JobError {
+            code: failure.code,
+            message: failure.message,
+        }),
+        outputs: Vec::new(),
+        state: None,
+        limits: failure.limits,
+        resources: failure.resources,
+        execution: None,
+        attestation: None,
+    };
+    let execution = execution(ctx, started_at, attempts);
+    let claim = match cache {
+        CachePolicy::Final => parsed.and_then(admit::writable_hash_tag),
+        CachePolicy::Never | CachePolicy::Failure => None,
+    };
+    Outcome {
+        job_id,
+        body: seal(ctx, result, execution, parsed),
+        verdict: Verdict::Failed(Some(failure.code)),
+        cache,
+        from_cache: false,
+        claim,
+    }
+}
+
+fn execution(ctx: &Context, started_at: u64, attempts: u32) -> Execution {
+    Execution {
+        execution_id: format!("{:032x}", rand::random::<u128>()),
+        worker_id: ctx.config.worker_id.clone(),
+        backend: crate::backend::WASM.to_owned(),
+        started_at_unix_ms: started_at,
+        finished_at_unix_ms: unix_ms(),
+        attempts,
+    }
+}
+
+/// The digest of each input buffer's bytes, as the statement names them.
+fn input_digests(parsed: &ParsedJob) -> Vec<NamedDigest> {
+    parsed
+        .buffers
+        .iter()
+        .filter_map(|buffer| match buffer {
+            CheckedBuffer::Input { name, source } => Some(NamedDigest {
+                name: name.clone(),
+                digest: match source {
+                    InputSource::Inline(bytes) => Digest::of(bytes),
+                    InputSource::Blob(digest) => digest.clone(),
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Signs the result's execution statement, attaches the attestation, and serializes: the only
+/// place a result is serialized.
+fn seal(
+    ctx: &Context,
+    mut result: JobResult,
+    execution: Execution,
+    parsed: Option<&ParsedJob>,
+) -> Vec<u8> {
+    result.execution = Some(execution.clone());
+    let statement = ExecutionStatement {
+        schema: EXECUTION_SCHEMA.to_owned(),
+        job_id: result.job_id.clone(),
+        kernel: parsed.map(|parsed| parsed.spec.kernel.clone()),
+        nonce: parsed.and_then(|parsed| parsed.spec.nonce.clone()),
+        inputs: parsed.map(input_digests).unwrap_or_default(),
+        state: result.state.clone(),
+        outputs: result
+            .outputs
+            .iter()
+            .map(|output| OutputDigest {
+                name: output.name.clone(),
+                size: output.size,
+                digest: output.digest.clone(),
+            })
+            .collect(),
+        limits: result.limits,
+        resources: result.resources,
+        status: result.status,
+        error_code: result.error_code(),
+        execution_id: execution.execution_id,
+        started_at_unix_ms: execution.started_at_unix_ms,
+        finished_at_unix_ms: execution.finished_at_unix_ms,
+        worker: ctx.attestor.worker_ref(),
+        tcb: ctx.attestor.tcb(),
+    };
+    result.attestation = Some(ctx.attestor.attest(statement));
+    serde_json::to_vec(&result).expect("a result serializes")
+}

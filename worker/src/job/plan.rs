@@ -1,0 +1,100 @@
+//! What this worker will run a job with, decided before anything is fetched: the target and
+//! kernel format it serves, the job's limits with the worker's defaults filled in (never above
+//! its maximums), and the attestation the job requires.
+
+use dtee_schemas::job::KernelFormat;
+use dtee_schemas::result::EffectiveLimits;
+use dtee_schemas::{ErrorCode, JobSpec};
+
+use super::admit::Admitted;
+use super::outcome::Failure;
+use super::Context;
+use crate::config::Config;
+
+/// How a job will run here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    /// The limits the backend enforces.
+    pub limits: EffectiveLimits,
+}
+
+/// Plans the run, or fails the job with the reason this worker cannot run it.
+pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
+    let spec = &job.parsed.spec;
+    if !ctx.config.targets.contains(&spec.kernel.target) {
+        return Err(Failure::new(
+            ErrorCode::UnsupportedTarget,
+            format!(
+                "this worker serves {:?}, not target {:?}",
+                ctx.config.targets, spec.kernel.target
+            ),
+        ));
+    }
+    if spec.kernel.format != KernelFormat::Wasm {
+        return Err(Failure::new(
+            ErrorCode::UnsupportedTarget,
+            format!("target {:?} runs wasm kernels only", spec.kernel.target),
+        ));
+    }
+    let limits = resolve_limits(&ctx.config, spec).map_err(|error| {
+        Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string())
+    })?;
+    if let Some(requirement) = &spec.attestation {
+        if !ctx.attestor.satisfies(requirement.platform) {
+            return Err(Failure::new(
+                ErrorCode::AttestationUnsatisfiable,
+                format!(
+                    "the job requires {:?} attestation; this worker attests with {}",
+                    requirement.platform,
+                    ctx.attestor.platform()
+                ),
+            )
+            .with_limits(limits));
+        }
+    }
+    Ok(Plan { limits })
+}
+
+/// A limit a job asks for above this worker's maximum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("limits.{name} = {asked} exceeds this worker's maximum of {max}")]
+pub struct LimitTooHigh {
+    /// The limit's field name.
+    pub name: &'static str,
+    /// What the job asked for.
+    pub asked: u64,
+    /// The worker's maximum.
+    pub max: u64,
+}
+
+/// The job's limits with the worker's defaults filled in, or the first that exceeds its
+/// maximum.
+pub fn resolve_limits(config: &Config, spec: &JobSpec) -> Result<EffectiveLimits, LimitTooHigh> {
+    let (asked, defaults, max) = (&spec.limits, &config.default_limits, &config.max_limits);
+    let pick = |name: &'static str, asked: Option<u64>, default: u64, max: u64| match asked {
+        Some(asked) if asked > max => Err(LimitTooHigh { name, asked, max }),
+        Some(asked) => Ok(asked),
+        None => Ok(default),
+    };
+    Ok(EffectiveLimits {
+        timeout_ms: pick(
+            "timeout_ms",
+            asked.timeout_ms,
+            defaults.timeout_ms,
+            max.timeout_ms,
+        )?,
+        memory_bytes: pick(
+            "memory_bytes",
+            asked.memory_bytes,
+            defaults.memory_bytes,
+            max.memory_bytes,
+        )?,
+        fuel: pick("fuel", asked.fuel, defaults.fuel, max.fuel)?,
+        output_bytes: pick(
+            "output_bytes",
+            asked.output_bytes,
+            defaults.output_bytes,
+            max.output_bytes,
+        )?,
+    })
+}

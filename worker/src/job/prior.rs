@@ -1,0 +1,53 @@
+//! Answers that exist before anything runs, checked in this order:
+//!
+//! 1. the result cache: a success or final failure cached for the job id answers it (a
+//!    failure that is not final is never read here, so it does not deduplicate);
+//! 2. the applied record: a redelivery of a job whose writes were committed (a crash before
+//!    its result was cached) is answered with the result recorded at the commit — its effects
+//!    happened, whatever a revocation or this worker's limits now say;
+//! 3. a revocation (`dtee cancel`): the job is answered `cancelled` and never runs.
+
+use dtee_schemas::{Digest, ErrorCode};
+use tracing::debug;
+
+use super::admit::Admitted;
+use super::outcome::{CachePolicy, Failure, Outcome};
+use super::{Context, Halt};
+use crate::failure::Transient;
+
+/// Stops the path with the answer that already exists, if one does.
+pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
+    let id = job.id();
+    if let Some(cached) = ctx.store.cached_result(id).await? {
+        ctx.telemetry.answered_from_cache();
+        debug!(job_id = %id, "answered from the result cache");
+        return Err(Halt::Answer(Outcome::cached(
+            id.clone(),
+            cached,
+            CachePolicy::Never,
+        )));
+    }
+    if let Some(tag) = job.writable_hash_tag() {
+        if let Some(first) = applied(ctx, &tag, id).await? {
+            ctx.telemetry.found_applied();
+            return Err(Halt::Answer(first));
+        }
+    }
+    if ctx.store.is_revoked(id).await? {
+        return Err(Halt::Fail(Failure::new(
+            ErrorCode::Cancelled,
+            "the job was cancelled before it ran",
+        )));
+    }
+    Ok(())
+}
+
+/// The job's applied record under `hash_tag`, as the outcome to cache and publish.
+pub(crate) async fn applied(
+    ctx: &Context,
+    hash_tag: &str,
+    id: &Digest,
+) -> Result<Option<Outcome>, Transient> {
+    let first = ctx.state.applied(hash_tag, id).await?;
+    Ok(first.map(|first| Outcome::cached(id.clone(), first, CachePolicy::Final)))
+}
