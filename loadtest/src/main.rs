@@ -70,17 +70,6 @@ enum Mode {
     Amqp(AmqpArgs),
     /// The AMQP baseline, then the jobs, then their ratio.
     Both(JobsArgs),
-    /// The cost of attesting one result: building, canonicalizing and signing an execution
-    /// statement (software provider; TPM and SNP evidence is produced at start-up and on
-    /// refresh, not per job).
-    Attest {
-        /// Statements to sign per batch.
-        #[arg(long, default_value = "2000")]
-        iterations: usize,
-        /// Batches; the median batch is reported.
-        #[arg(long, default_value = "9")]
-        batches: usize,
-    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -201,17 +190,9 @@ fn print_table(reports: &[&Report]) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let namespace = Namespace::new(cli.namespace.clone())?;
-    if let Mode::Attest {
-        iterations,
-        batches,
-    } = &cli.mode
-    {
-        return attest_bench(*iterations, *batches);
-    }
     let reports = match &cli.mode {
         Mode::Jobs(args) => vec![jobs(&cli, &namespace, args).await?],
         Mode::Amqp(args) => vec![amqp(&cli.amqp_url, args).await?],
-        Mode::Attest { .. } => unreachable!("handled above"),
         Mode::Both(args) => {
             let baseline = amqp(
                 &cli.amqp_url,
@@ -431,56 +412,4 @@ async fn amqp(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
         .await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(Report::new("amqp", args.in_flight, elapsed, latencies))
-}
-
-fn attest_bench(iterations: usize, batches: usize) -> anyhow::Result<()> {
-    use dtee_schemas::attestation::execution::{
-        ExecutionStatement, OutputDigest, EXECUTION_SCHEMA,
-    };
-    use dtee_worker::attestation::{Attestor, SoftwareProvider};
-    let attestor = Attestor::start(
-        "bench",
-        dtee_schemas::Digest::of(b"bench"),
-        Box::new(SoftwareProvider {
-            measurement: dtee_schemas::Digest::of(b"bench"),
-        }),
-    )?;
-    let statement = ExecutionStatement {
-        schema: EXECUTION_SCHEMA.to_owned(),
-        job_id: dtee_schemas::Digest::of(b"job"),
-        kernel: None,
-        nonce: Some("n".to_owned()),
-        inputs: Vec::new(),
-        state: None,
-        outputs: vec![OutputDigest {
-            name: "out".to_owned(),
-            size: 16,
-            digest: dtee_schemas::Digest::of(b"out"),
-        }],
-        limits: None,
-        resources: None,
-        status: dtee_schemas::result::JobStatus::Succeeded,
-        error_code: None,
-        execution_id: "0".repeat(32),
-        started_at_unix_ms: 0,
-        finished_at_unix_ms: 0,
-        worker: attestor.worker_ref(),
-        tcb: attestor.tcb(),
-    };
-    let mut per_op = Vec::with_capacity(batches);
-    for _ in 0..batches {
-        let started = Instant::now();
-        for _ in 0..iterations {
-            std::hint::black_box(attestor.attest(statement.clone()));
-        }
-        per_op.push(started.elapsed().as_secs_f64() * 1e6 / iterations as f64);
-    }
-    per_op.sort_by(f64::total_cmp);
-    println!(
-        "attest: median {:.1} us per result over {batches} batches of {iterations} (min {:.1}, max {:.1})",
-        per_op[batches / 2],
-        per_op[0],
-        per_op[batches - 1]
-    );
-    Ok(())
 }

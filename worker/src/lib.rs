@@ -52,6 +52,7 @@ use tracing::info;
 
 use crate::attestation::Attestor;
 use crate::backend::wasm::WasmBackend;
+use crate::backend::Backend as _;
 use crate::broker::session::Session;
 use crate::config::Config;
 use crate::consumer::Consumer;
@@ -134,7 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     let metrics = Arc::new(metrics::Metrics::new(
         Arc::clone(&stats),
         attestor.platform(),
-        backend::WASM,
+        wasm.name(),
     ));
     let registry = tokio::spawn(registry::run(
         store.connection(),

@@ -1,19 +1,98 @@
-//! Execution backends. A backend turns a compiled kernel, its buffers, its parameters and its
-//! limits into the bytes it wrote, or an error with a stable code.
+//! Execution backends. A backend turns a kernel binary, its buffers, its parameters and its
+//! limits into the bytes the kernel wrote and the resources it used, or into a failure with a
+//! stable [`ErrorCode`].
 //!
-//! Only the WebAssembly backend exists today; the HIP backend (GPU) will sit beside it behind
-//! the cargo feature `hip`, with the same [`Invocation`] and [`Completed`] types.
+//! [`Backend`] is the interface, and [`Invocation`], [`Slot`], [`ParamValue`], [`Completed`] and
+//! [`KernelError`] are its vocabulary. [`wasm::WasmBackend`] is the one implementation today; a
+//! GPU backend (HIP on AMD, CUDA on NVIDIA) implements the same trait behind its cargo feature.
+//!
+//! # What a backend is given
+//!
+//! - [`Backend::prepare`]: the kernel's bytes. The caller has already checked them against the
+//!   job's digest and the worker's `max_kernel_bytes`, and has routed only jobs whose kernel
+//!   format is the backend's [`Backend::format`].
+//! - [`Backend::run`]: the prepared kernel and an [`Invocation`]: the entry point's name, the
+//!   buffers as typed [`Slot`]s in job order (inputs with their bytes, outputs with their
+//!   capacity, bound state with its access mode, the value read and its capacity), the scalar
+//!   parameters in job order, and the [`EffectiveLimits`], already resolved against the worker's
+//!   defaults and maximums.
+//!
+//! The job's GPU launch geometry (`JobSpec::launch`, which the schema requires for GPU formats
+//! and forbids for wasm) is not in [`Invocation`] yet: the first backend that reads it adds it as
+//! the optional field `launch: Option<dtee_schemas::job::Launch>`, `None` for wasm.
+//!
+//! # What a backend returns
+//!
+//! [`Completed`]: for each slot, in slot order, the bytes the kernel wrote (an output's value, a
+//! `write_only` or `read_write` state buffer's new value, or the bytes to append to an
+//! `append_only` one), and the [`ResourceUsage`]. Or a [`KernelError`]: a stable code, a message
+//! for humans, and the resources used up to the failure. A backend answers only these codes:
+//! `kernel_invalid` and `kernel_link_failed` (from `prepare`, or `kernel_link_failed` from `run`
+//! when the entry is missing or has the wrong type), `kernel_failed` (a non-zero status),
+//! `kernel_trapped`, and one code per limit below. The caller turns everything else (Redis,
+//! RabbitMQ, a panic on the kernel's thread) into its own outcome.
+//!
+//! # Who enforces which limit
+//!
+//! | Limit | Enforced by | Error code |
+//! | --- | --- | --- |
+//! | the kernel's format and the worker's targets | the caller, before `prepare` | `unsupported_target` |
+//! | kernel size, kernel digest | the caller, before `prepare` | `excessive_resource_requirements`, `kernel_hash_mismatch` |
+//! | limits within the worker's maximums | the caller, before `run` | `excessive_resource_requirements` |
+//! | each slot's capacity (an output's `size`, a state buffer's `max_size`, both capped by `output_bytes`) | the caller computes it; the backend enforces it on every write | `output_limit_exceeded` |
+//! | `output_bytes`, all writes together | the backend, before it allocates for a write | `output_limit_exceeded` |
+//! | `timeout_ms` | the backend, while the kernel runs | `execution_timeout` |
+//! | `memory_bytes` | the backend, while the kernel runs | `memory_limit_exceeded` |
+//! | `fuel` | the backends that meter instructions (wasm), while the kernel runs | `fuel_exhausted` |
+//! | kernels running at once | the caller (`kernel_slots`) | none: jobs wait |
+//! | the size of the serialized result | the caller, after `run` | `output_limit_exceeded` |
+//!
+//! A backend enforces its limits itself because only it can stop a kernel in the middle: the
+//! caller never sees a kernel that overran and then judges it afterwards.
+//!
+//! # Threads
+//!
+//! `prepare` and `run` block (compiling, running a kernel): the caller calls them on a blocking
+//! thread. `cached` only looks in memory and may be called anywhere.
 
 use std::sync::Arc;
 
-use dtee_schemas::job::{AccessMode, ScalarType};
+use dtee_schemas::job::{AccessMode, KernelFormat, ScalarType};
 use dtee_schemas::result::{EffectiveLimits, ResourceUsage};
-use dtee_schemas::ErrorCode;
+use dtee_schemas::{Digest, ErrorCode};
 
 pub mod wasm;
 
-/// The name of the WebAssembly backend, as results and metrics label it.
-pub const WASM: &str = "wasm";
+/// A kernel compiled and ready to run, or the deterministic reason it cannot run. A backend
+/// caches either by digest, so the same bytes are not compiled again, not even to fail again.
+pub type Prepared<K> = Result<K, KernelError>;
+
+/// An execution backend: compiles kernels of one format, caches them by digest, and runs them
+/// under the limits of an [`Invocation`]. See the module documentation for what it is given,
+/// what it returns and which limits it enforces.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// A kernel compiled (and, where the backend links, linked) for this backend. Cloned for
+    /// each run, so it should be cheap to clone (a handle, not the code).
+    type Kernel: Clone + Send + Sync + 'static;
+
+    /// The backend's name as results, attestations and metrics give it (`wasm`).
+    fn name(&self) -> &'static str;
+
+    /// The kernel format this backend runs.
+    fn format(&self) -> KernelFormat;
+
+    /// The prepared kernel for `digest`, if it is cached. Never blocks on compilation.
+    fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<Self::Kernel>>>;
+
+    /// Compiles `bytes`, whose digest the caller has checked is `digest`, and caches the
+    /// outcome, a deterministic failure included. Blocking.
+    fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Arc<Prepared<Self::Kernel>>;
+
+    /// Runs one invocation to completion or to its first failure, enforcing its limits.
+    /// Blocking.
+    fn run(&self, kernel: &Self::Kernel, invocation: &Invocation)
+        -> Result<Completed, KernelError>;
+}
 
 /// One buffer as a kernel sees it, in job order.
 #[derive(Debug, Clone)]
@@ -81,7 +160,9 @@ pub struct Invocation {
 /// A run that completed.
 #[derive(Debug, Clone)]
 pub struct Completed {
-    /// For each slot, the bytes written (`None` where the kernel wrote nothing or cannot write).
+    /// For each slot, in slot order, the bytes written: an output's value, a writable state
+    /// buffer's new value, or an `append_only` buffer's bytes to append (`None` where the kernel
+    /// wrote nothing or cannot write).
     pub written: Vec<Option<Vec<u8>>>,
     /// Resources used.
     pub usage: ResourceUsage,

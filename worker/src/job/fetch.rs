@@ -10,9 +10,9 @@ use dtee_schemas::{Digest, ErrorCode};
 use super::admit::Admitted;
 use super::outcome::Failure;
 use super::plan::Plan;
+use super::Kernel;
 use super::{Context, Halt};
-use crate::backend::wasm::Kernel;
-use crate::backend::Slot;
+use crate::backend::{Backend, Slot};
 use crate::failure::Transient;
 
 /// The job's kernel, compiled and linked: from the module cache, or from Redis by digest.

@@ -36,6 +36,7 @@ pub(crate) use self::admit::Admitted;
 pub(crate) use self::outcome::{Failure, Outcome};
 use crate::attestation::Attestor;
 use crate::backend::wasm::WasmBackend;
+use crate::backend::Backend;
 use crate::broker::publisher::ResultPublisher;
 use crate::config::Config;
 use crate::failure::{Backoff, Chain, Transient};
@@ -67,6 +68,9 @@ pub(crate) struct Context {
     /// the job tasks do not fail on the dead channel for ever.
     pub session_broken: tokio::sync::Notify,
 }
+
+/// A kernel compiled by the worker's backend.
+pub(crate) type Kernel = <WasmBackend as Backend>::Kernel;
 
 /// Why the path of a job stopped before its last stage.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::admit::{self, Admitted};
 use super::Context;
-use crate::backend::KernelError;
+use crate::backend::{Backend, KernelError};
 use crate::clock::unix_ms;
 
 /// Where a result is cached before it is published.
@@ -258,7 +258,7 @@ fn execution(ctx: &Context, started_at: u64, attempts: u32) -> Execution {
     Execution {
         execution_id: format!("{:032x}", rand::random::<u128>()),
         worker_id: ctx.config.worker_id.clone(),
-        backend: crate::backend::WASM.to_owned(),
+        backend: ctx.wasm.name().to_owned(),
         started_at_unix_ms: started_at,
         finished_at_unix_ms: unix_ms(),
         attempts,

@@ -2,13 +2,13 @@
 //! kernel format it serves, the job's limits with the worker's defaults filled in (never above
 //! its maximums), and the attestation the job requires.
 
-use dtee_schemas::job::KernelFormat;
 use dtee_schemas::result::EffectiveLimits;
 use dtee_schemas::{ErrorCode, JobSpec};
 
 use super::admit::Admitted;
 use super::outcome::Failure;
 use super::Context;
+use crate::backend::Backend;
 use crate::config::Config;
 
 /// How a job will run here.
@@ -30,10 +30,14 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
             ),
         ));
     }
-    if spec.kernel.format != KernelFormat::Wasm {
+    if spec.kernel.format != ctx.wasm.format() {
         return Err(Failure::new(
             ErrorCode::UnsupportedTarget,
-            format!("target {:?} runs wasm kernels only", spec.kernel.target),
+            format!(
+                "target {:?} runs {} kernels only",
+                spec.kernel.target,
+                ctx.wasm.name()
+            ),
         ));
     }
     let limits = resolve_limits(&ctx.config, spec).map_err(|error| {

@@ -1,0 +1,270 @@
+//! The host ABI of schemas/KERNEL_ABI.md: the eight functions a kernel imports from module
+//! `dtee`, one Rust function each.
+//!
+//! A recoverable misuse returns one of the header's `DTEE_ERR_*` codes (the constants below,
+//! with the same names and values as schemas/include/dtee_kernel.h). A write past a limit, a
+//! pointer range outside linear memory, or a bad parameter index traps instead.
+
+use wasmtime::{Caller, Extern, Linker, Memory, Trap};
+
+use super::limits::{HostParam, HostState, HostTrap};
+
+/// The module the imports come from.
+const MODULE: &str = "dtee";
+
+/// The longest buffer or parameter name the host reads; a longer one matches nothing.
+const MAX_NAME_LEN: usize = 256;
+
+/// The buffer or parameter index names none of the job's (also: no buffer or parameter has the
+/// name asked for).
+pub const DTEE_ERR_BAD_INDEX: i32 = -1;
+/// The buffer cannot be used that way: reading an output or a `write_only` or `append_only`
+/// state buffer, or writing an input or a `read_only` state buffer.
+pub const DTEE_ERR_ACCESS: i32 = -2;
+/// The offset is past the end of the buffer, or the offset or length is negative.
+pub const DTEE_ERR_RANGE: i32 = -3;
+
+/// Defines every import of the host ABI in `linker`.
+pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(MODULE, "buffer_find", buffer_find)?;
+    linker.func_wrap(MODULE, "buffer_len", buffer_len)?;
+    linker.func_wrap(MODULE, "buffer_read", buffer_read)?;
+    linker.func_wrap(MODULE, "buffer_write", buffer_write)?;
+    linker.func_wrap(MODULE, "buffer_set_len", buffer_set_len)?;
+    linker.func_wrap(MODULE, "param_find", param_find)?;
+    linker.func_wrap(MODULE, "param_i64", param_i64)?;
+    linker.func_wrap(MODULE, "param_f64", param_f64)?;
+    Ok(())
+}
+
+/// `buffer_find(name_ptr, name_len) -> i32`: the index of the named buffer.
+fn buffer_find(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    let Some(name) = read_name(&mut caller, ptr, len)? else {
+        return Ok(DTEE_ERR_BAD_INDEX);
+    };
+    Ok(caller
+        .data()
+        .slots
+        .iter()
+        .position(|slot| slot.name == name)
+        .map_or(DTEE_ERR_BAD_INDEX, |idx| idx as i32))
+}
+
+/// `buffer_len(idx) -> i64`: a readable buffer's length, or a write-only buffer's capacity.
+fn buffer_len(caller: Caller<'_, HostState>, idx: i32) -> i64 {
+    let Some(slot) = usize::try_from(idx)
+        .ok()
+        .and_then(|idx| caller.data().slots.get(idx))
+    else {
+        return DTEE_ERR_BAD_INDEX.into();
+    };
+    match (&slot.readable, slot.capacity) {
+        (Some(bytes), _) => bytes.len() as i64,
+        (None, Some(capacity)) => capacity.min(i64::MAX as u64) as i64,
+        (None, None) => DTEE_ERR_BAD_INDEX.into(),
+    }
+}
+
+/// `buffer_read(idx, offset, dst_ptr, len) -> i32`: copies bytes of a readable buffer into
+/// linear memory and returns how many.
+fn buffer_read(
+    mut caller: Caller<'_, HostState>,
+    idx: i32,
+    offset: i64,
+    dst: i32,
+    len: i32,
+) -> wasmtime::Result<i32> {
+    let memory = memory_of(&mut caller)?;
+    let (mem, state) = memory.data_and_store_mut(&mut caller);
+    let Some(slot) = usize::try_from(idx)
+        .ok()
+        .and_then(|idx| state.slots.get(idx))
+    else {
+        return Ok(DTEE_ERR_BAD_INDEX);
+    };
+    let Some(bytes) = &slot.readable else {
+        return Ok(DTEE_ERR_ACCESS);
+    };
+    let (Ok(offset), Ok(len), Ok(dst)) = (
+        usize::try_from(offset),
+        usize::try_from(len),
+        usize::try_from(dst as u32),
+    ) else {
+        return Ok(DTEE_ERR_RANGE);
+    };
+    if offset > bytes.len() {
+        return Ok(DTEE_ERR_RANGE);
+    }
+    let count = len.min(bytes.len() - offset);
+    let target = mem
+        .get_mut(dst..dst.saturating_add(count))
+        .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
+    target.copy_from_slice(&bytes[offset..offset + count]);
+    Ok(count as i32)
+}
+
+/// `buffer_write(idx, offset, src_ptr, len) -> i32`: copies bytes from linear memory into a
+/// writable buffer and returns `len`. Checks the capacity and charges the output limit before
+/// it allocates anything.
+fn buffer_write(
+    mut caller: Caller<'_, HostState>,
+    idx: i32,
+    offset: i64,
+    src: i32,
+    len: i32,
+) -> wasmtime::Result<i32> {
+    let memory = memory_of(&mut caller)?;
+    let (mem, state) = memory.data_and_store_mut(&mut caller);
+    let (slot_idx, capacity) = match writable(state, idx) {
+        Ok(writable) => writable,
+        Err(code) => return Ok(code),
+    };
+    let (Ok(offset), Ok(len), Ok(src)) = (
+        u64::try_from(offset),
+        usize::try_from(len),
+        usize::try_from(src as u32),
+    ) else {
+        return Ok(DTEE_ERR_RANGE);
+    };
+    let end = offset.saturating_add(len as u64);
+    state.check_capacity(slot_idx, capacity, end)?;
+    let source = mem
+        .get(src..src.saturating_add(len))
+        .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
+    // Charge the output limit before allocating anything.
+    let before = state.image_len(slot_idx);
+    state.charge(end.saturating_sub(before))?;
+    let image = state.image_mut(slot_idx);
+    if end > before {
+        image.resize(end as usize, 0);
+    }
+    image[offset as usize..end as usize].copy_from_slice(source);
+    Ok(len as i32)
+}
+
+/// `buffer_set_len(idx, len) -> i32`: truncates or zero-fills a writable buffer to `len`.
+fn buffer_set_len(mut caller: Caller<'_, HostState>, idx: i32, len: i64) -> wasmtime::Result<i32> {
+    let state = caller.data_mut();
+    let (slot_idx, capacity) = match writable(state, idx) {
+        Ok(writable) => writable,
+        Err(code) => return Ok(code),
+    };
+    let Ok(len) = u64::try_from(len) else {
+        return Ok(DTEE_ERR_RANGE);
+    };
+    state.check_capacity(slot_idx, capacity, len)?;
+    let before = state.image_len(slot_idx);
+    // Output bytes count what was written at its largest: shrinking refunds nothing
+    // (a read_write image starts from a value that was never charged).
+    if len > before {
+        state.charge(len - before)?;
+    }
+    state.image_mut(slot_idx).resize(len as usize, 0);
+    Ok(0)
+}
+
+/// `param_find(name_ptr, name_len) -> i32`: the index of the named parameter.
+fn param_find(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    let Some(name) = read_name(&mut caller, ptr, len)? else {
+        return Ok(DTEE_ERR_BAD_INDEX);
+    };
+    Ok(caller
+        .data()
+        .params
+        .iter()
+        .position(|param| param.name == name)
+        .map_or(DTEE_ERR_BAD_INDEX, |idx| idx as i32))
+}
+
+/// `param_i64(idx) -> i64`: the parameter as an integer; a bad index traps.
+fn param_i64(mut caller: Caller<'_, HostState>, idx: i32) -> wasmtime::Result<i64> {
+    param(&mut caller, idx).map(|param| param.int)
+}
+
+/// `param_f64(idx) -> f64`: the parameter as a float; a bad index traps.
+fn param_f64(mut caller: Caller<'_, HostState>, idx: i32) -> wasmtime::Result<f64> {
+    param(&mut caller, idx).map(|param| param.float)
+}
+
+/// The parameter at `idx`, or the `BadParam` trap.
+fn param<'a>(caller: &'a mut Caller<'_, HostState>, idx: i32) -> wasmtime::Result<&'a HostParam> {
+    let state = caller.data_mut();
+    match usize::try_from(idx)
+        .ok()
+        .filter(|idx| *idx < state.params.len())
+    {
+        Some(idx) => Ok(&state.params[idx]),
+        None => Err(state.trip(HostTrap::BadParam(idx))),
+    }
+}
+
+/// The index and capacity of the writable buffer at `idx`, or the code to return.
+fn writable(state: &HostState, idx: i32) -> Result<(usize, u64), i32> {
+    let slot_idx = usize::try_from(idx)
+        .ok()
+        .filter(|idx| *idx < state.slots.len())
+        .ok_or(DTEE_ERR_BAD_INDEX)?;
+    let capacity = state.slots[slot_idx].capacity.ok_or(DTEE_ERR_ACCESS)?;
+    Ok((slot_idx, capacity))
+}
+
+/// The kernel's exported memory, or the `NoMemory` trap.
+fn memory_of(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(memory)) => Ok(memory),
+        _ => Err(caller.data_mut().trip(HostTrap::NoMemory)),
+    }
+}
+
+/// The UTF-8 name at `ptr..ptr + len`; `None` when the length is negative or too long or the
+/// bytes are not UTF-8 (such a name matches nothing). A range outside memory traps.
+fn read_name(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<Option<String>> {
+    let memory = memory_of(caller)?;
+    let (Ok(ptr), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
+        return Ok(None);
+    };
+    if len > MAX_NAME_LEN {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; len];
+    memory.read(&*caller, ptr, &mut bytes)?;
+    Ok(String::from_utf8(bytes).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of `#define NAME (value)` in the kernel header.
+    fn header_define(header: &str, name: &str) -> i32 {
+        let prefix = format!("#define {name} ");
+        let line = header
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("dtee_kernel.h defines no {name}"));
+        line.trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .parse()
+            .unwrap_or_else(|error| panic!("{name} = {line:?}: {error}"))
+    }
+
+    #[test]
+    fn the_error_codes_are_the_kernel_headers() {
+        let path = format!(
+            "{}/../schemas/include/dtee_kernel.h",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let header = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            header_define(&header, "DTEE_ERR_BAD_INDEX"),
+            DTEE_ERR_BAD_INDEX
+        );
+        assert_eq!(header_define(&header, "DTEE_ERR_ACCESS"), DTEE_ERR_ACCESS);
+        assert_eq!(header_define(&header, "DTEE_ERR_RANGE"), DTEE_ERR_RANGE);
+    }
+}
