@@ -569,17 +569,7 @@ async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver
     .await
 }
 
-/// The URL without its password, for error messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
+pub use dtee_schemas::cli::redact;
 
 /// The configuration that the worker's measurement covers: everything that changes what a job
 /// does or may do, nothing secret and nothing instance-specific.
