@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use dtee_schemas::cli::ConnectionArgs;
 use dtee_schemas::protocol::Namespace;
 use dtee_submitter::builder::wasm_job;
 use dtee_submitter::{Client, ClientConfig};
@@ -35,25 +36,9 @@ use tokio::sync::{Mutex, Semaphore};
     about = "Load generator and broker baseline for dtee"
 )]
 struct Cli {
-    /// AMQP URL of RabbitMQ.
-    #[arg(
-        long,
-        global = true,
-        env = "DTEE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        global = true,
-        env = "DTEE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    redis_url: String,
-    /// Namespace the workers serve.
-    #[arg(long, global = true, env = "DTEE_NAMESPACE", default_value = "dtee")]
-    namespace: String,
+    /// RabbitMQ, Redis and the namespace.
+    #[command(flatten)]
+    connection: ConnectionArgs,
     /// Also print each measurement as a JSON line.
     #[arg(long, global = true)]
     json: bool,
@@ -189,13 +174,13 @@ fn print_table(reports: &[&Report]) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let namespace = Namespace::new(cli.namespace.clone())?;
+    let namespace = Namespace::new(cli.connection.namespace.clone())?;
     let reports = match &cli.mode {
         Mode::Jobs(args) => vec![jobs(&cli, &namespace, args).await?],
-        Mode::Amqp(args) => vec![amqp(&cli.amqp_url, args).await?],
+        Mode::Amqp(args) => vec![amqp(&cli.connection.amqp_url, args).await?],
         Mode::Both(args) => {
             let baseline = amqp(
-                &cli.amqp_url,
+                &cli.connection.amqp_url,
                 &AmqpArgs {
                     messages: args.jobs,
                     in_flight: args.in_flight,
@@ -229,8 +214,8 @@ async fn main() -> anyhow::Result<()> {
 async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
     let client = Arc::new(
         Client::connect(ClientConfig {
-            amqp_url: cli.amqp_url.clone(),
-            redis_url: cli.redis_url.clone(),
+            amqp_url: cli.connection.amqp_url.clone(),
+            redis_url: cli.connection.redis_url.clone(),
             namespace: namespace.clone(),
         })
         .await

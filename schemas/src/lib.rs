@@ -8,6 +8,7 @@
 //! - [`digest`] — `sha256:` content digests;
 //! - [`state`] — state keys, their Redis layout and the Redis Cluster rule;
 //! - [`protocol`] — exchange, queue, header and Redis key names;
+//! - `cli` (feature `cli`) — the connection flags shared by the binaries, and `redact`;
 //! - [`json_schema`] — the JSON Schemas generated from these types (committed in `schemas/json/`).
 //!
 //! **Invariant:** this crate does no I/O. It is pure data and pure functions, so that any
@@ -16,6 +17,8 @@
 
 pub mod attestation;
 pub mod canonical;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod digest;
 pub mod error;
 pub mod job;

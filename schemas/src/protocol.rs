@@ -10,6 +10,10 @@ use crate::Digest;
 
 /// The default namespace.
 pub const DEFAULT_NAMESPACE: &str = "dtee";
+/// The default AMQP URL: a local RabbitMQ with its guest user.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The default Redis URL: a local Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
 /// Content type of jobs and results.
 pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 use dtee_schemas::attestation::verify::{self, Policy};
 use dtee_schemas::attestation::Outcome;
+use dtee_schemas::cli::ConnectionArgs;
 use dtee_schemas::job::Limits;
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::StateKey;
@@ -26,25 +27,9 @@ use dtee_submitter::{Client, ClientConfig, ClientError};
     about = "Submit attested kernel jobs to dtee workers and fetch their results"
 )]
 struct Cli {
-    /// AMQP URL of RabbitMQ.
-    #[arg(
-        long,
-        global = true,
-        env = "DTEE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        global = true,
-        env = "DTEE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    redis_url: String,
-    /// Namespace of exchanges, queues and Redis keys.
-    #[arg(long, global = true, env = "DTEE_NAMESPACE", default_value = "dtee")]
-    namespace: String,
+    /// RabbitMQ, Redis and the namespace.
+    #[command(flatten)]
+    connection: ConnectionArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -240,10 +225,11 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    let namespace = Namespace::new(cli.namespace.clone()).map_err(|e| usage(e.into()))?;
+    let namespace =
+        Namespace::new(cli.connection.namespace.clone()).map_err(|e| usage(e.into()))?;
     let config = ClientConfig {
-        amqp_url: cli.amqp_url.clone(),
-        redis_url: cli.redis_url.clone(),
+        amqp_url: cli.connection.amqp_url.clone(),
+        redis_url: cli.connection.redis_url.clone(),
         namespace,
     };
     Ok(Client::connect(config).await?)

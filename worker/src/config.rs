@@ -1,148 +1,45 @@
-//! Worker configuration: every setting has a flag, an environment variable and a default, and
-//! is parsed into one typed [`Config`]. A bad setting is reported as `NAME=value is not valid:
-//! why`; the binary then exits with status 64 (EX_USAGE).
+//! Worker configuration. Every setting is declared once, on [`Args`]: its flag, its
+//! environment variable, its default and its parser. [`Config::parse_from`] reads flags and
+//! environment into one typed [`Config`]. A bad setting is reported as `NAME=value is not valid:
+//! why`, named after the setting's environment variable; the binary then exits with status 64
+//! (EX_USAGE).
 
+mod args;
+
+use std::ffi::OsString;
 use std::time::Duration;
 
 use clap::Parser;
-use dtee_schemas::protocol::{Namespace, DEFAULT_DELIVERY_LIMIT};
+use dtee_schemas::cli::{self, redact, ConnectionArgs};
+use dtee_schemas::protocol::Namespace;
 use dtee_schemas::result::EffectiveLimits;
+
+pub use self::args::{Args, LogFormat};
 
 /// A setting that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{name}={value} is not valid: {why}")]
 pub struct ConfigError {
     /// The environment variable naming the setting.
-    pub name: &'static str,
+    pub name: String,
     /// The offending value.
     pub value: String,
     /// What is wrong with it.
     pub why: String,
 }
 
-/// Command-line flags; each falls back to its environment variable.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "dtee-worker",
-    version,
-    about = "Runs dtee kernel jobs from RabbitMQ under hard limits"
-)]
-pub struct Args {
-    /// AMQP URL of RabbitMQ.
-    #[arg(
-        long,
-        env = "DTEE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "DTEE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// Namespace of exchanges, queues and Redis keys.
-    #[arg(long, env = "DTEE_NAMESPACE", default_value = "dtee")]
-    pub namespace: String,
-    /// Comma-separated targets to serve (queues to consume).
-    #[arg(long, env = "DTEE_TARGETS", default_value = "wasm")]
-    pub targets: String,
-    /// Kernels running at once (default: the number of cores).
-    #[arg(long, env = "DTEE_CONCURRENCY")]
-    pub concurrency: Option<String>,
-    /// Unacknowledged deliveries the broker may push to this worker (default: 8 per kernel slot).
-    #[arg(long, env = "DTEE_PREFETCH")]
-    pub prefetch: Option<String>,
-    /// Result cache lifetime in seconds.
-    #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
-    pub result_ttl_secs: String,
-    /// Lifetime, in seconds, of a failure that is not final (kernel_not_found, ...).
-    #[arg(long, env = "DTEE_FAILURE_TTL_SECS", default_value = "60")]
-    pub failure_ttl_secs: String,
-    /// Largest job message accepted, in bytes.
-    #[arg(long, env = "DTEE_MAX_JOB_BYTES", default_value = "16777216")]
-    pub max_job_bytes: String,
-    /// Largest kernel accepted, in bytes.
-    #[arg(long, env = "DTEE_MAX_KERNEL_BYTES", default_value = "67108864")]
-    pub max_kernel_bytes: String,
-    /// Largest result message published, in bytes: at most the broker's `max_message_size`
-    /// (128 MiB by default on RabbitMQ 3.x, 16 MiB on 4.x).
-    #[arg(long, env = "DTEE_MAX_RESULT_BYTES", default_value = "134217728")]
-    pub max_result_bytes: String,
-    /// Compiled modules kept in memory.
-    #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
-    pub module_cache_size: String,
-    /// Default wall-clock limit, milliseconds.
-    #[arg(long, env = "DTEE_DEFAULT_TIMEOUT_MS", default_value = "10000")]
-    pub default_timeout_ms: String,
-    /// Largest wall-clock limit a job may ask for, milliseconds.
-    #[arg(long, env = "DTEE_MAX_TIMEOUT_MS", default_value = "300000")]
-    pub max_timeout_ms: String,
-    /// Default memory limit, bytes.
-    #[arg(long, env = "DTEE_DEFAULT_MEMORY_BYTES", default_value = "67108864")]
-    pub default_memory_bytes: String,
-    /// Largest memory limit a job may ask for, bytes.
-    #[arg(long, env = "DTEE_MAX_MEMORY_BYTES", default_value = "1073741824")]
-    pub max_memory_bytes: String,
-    /// Default fuel.
-    #[arg(long, env = "DTEE_DEFAULT_FUEL", default_value = "10000000000")]
-    pub default_fuel: String,
-    /// Largest fuel a job may ask for.
-    #[arg(long, env = "DTEE_MAX_FUEL", default_value = "1000000000000")]
-    pub max_fuel: String,
-    /// Default output limit, bytes.
-    #[arg(long, env = "DTEE_DEFAULT_OUTPUT_BYTES", default_value = "16777216")]
-    pub default_output_bytes: String,
-    /// Largest output limit a job may ask for, bytes.
-    #[arg(long, env = "DTEE_MAX_OUTPUT_BYTES", default_value = "67108864")]
-    pub max_output_bytes: String,
-    /// Delivery limit of the quorum job queues this worker declares.
-    #[arg(long, env = "DTEE_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT.to_string())]
-    pub delivery_limit: String,
-    /// Seconds in-flight jobs get to finish after SIGTERM or SIGINT.
-    #[arg(long, env = "DTEE_SHUTDOWN_GRACE_SECS", default_value = "30")]
-    pub shutdown_grace_secs: String,
-    /// Worker id (default: host name and a random suffix).
-    #[arg(long, env = "DTEE_WORKER_ID")]
-    pub worker_id: Option<String>,
-    /// Serve a single tenant: every job belongs to it, whatever its user_id (otherwise the
-    /// tenant is the AMQP user_id, and a job without one is refused).
-    #[arg(long, env = "DTEE_SINGLE_TENANT")]
-    pub single_tenant: Option<String>,
-    /// Runs of a job whose bound state keeps changing, before it fails with state_conflict.
-    #[arg(long, env = "DTEE_STATE_MAX_ATTEMPTS", default_value = "100")]
-    pub state_max_attempts: String,
-    /// Seconds a job's applied record (exactly-once guard and first result) is kept.
-    #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
-    pub applied_ttl_secs: String,
-    /// Test hook, for the test suite only: `pause-after-commit`, `stall-consumer`.
-    #[arg(long, env = "DTEE_TEST_HOOK", hide = true)]
-    pub test_hook: Option<String>,
-    /// Attestation provider: snp, tpm, software or auto (the strongest available).
-    #[arg(long, env = "DTEE_ATTESTATION", default_value = "auto")]
-    pub attestation: String,
-    /// TPM TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
-    #[arg(long, env = "DTEE_TPM_TCTI", default_value = "device:/dev/tpmrm0")]
-    pub tpm_tcti: String,
-    /// PCR the worker extends with its measurement (23: resettable, for applications).
-    #[arg(long, env = "DTEE_TPM_PCR", default_value = "23")]
-    pub tpm_pcr: String,
-    /// Seconds between evidence refreshes.
-    #[arg(long, env = "DTEE_EVIDENCE_REFRESH_SECS", default_value = "300")]
-    pub evidence_refresh_secs: String,
-    /// Seconds between registry heartbeats (the entry lives three heartbeats).
-    #[arg(long, env = "DTEE_HEARTBEAT_SECS", default_value = "10")]
-    pub heartbeat_secs: String,
-    /// Address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9464); none by default.
-    #[arg(long, env = "DTEE_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, env = "DTEE_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+impl ConfigError {
+    /// The bad setting behind a clap error, if one of the settings' parsers refused a value
+    /// (other clap errors are usage errors: an unknown flag, a missing value, `--help`).
+    pub fn from_clap(error: &clap::Error) -> Option<ConfigError> {
+        std::error::Error::source(error)?
+            .downcast_ref::<ConfigError>()
+            .cloned()
+    }
 }
 
-/// Points where the test suite can stop a worker.
+/// Points where the test suite can stop a worker (see `hooks.rs`). A worker built without the
+/// cargo feature `test-hooks` refuses `DTEE_TEST_HOOK`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestHook {
     /// Block forever right after a state commit, before the result is cached, published and
@@ -201,7 +98,8 @@ pub struct Config {
     pub state_max_attempts: u32,
     /// Lifetime of applied records.
     pub applied_ttl: Duration,
-    /// Test hook.
+    /// Test hook (builds with the cargo feature `test-hooks` only).
+    #[cfg(feature = "test-hooks")]
     pub test_hook: Option<TestHook>,
     /// Attestation provider.
     pub attestation: crate::attestation::ProviderChoice,
@@ -215,25 +113,6 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-fn number<T>(name: &'static str, value: &str, min: T) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    let error = |why: String| ConfigError {
-        name,
-        value: value.to_owned(),
-        why,
-    };
-    let parsed: T = value
-        .trim()
-        .parse()
-        .map_err(|_| error("expected a whole number".to_owned()))?;
-    if parsed < min {
-        return Err(error(format!("must be at least {min}")));
-    }
-    Ok(parsed)
-}
-
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
@@ -242,252 +121,148 @@ fn default_worker_id() -> String {
 }
 
 impl Config {
-    /// Parses flags and environment into a typed configuration.
-    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        // lapin and redis are built without TLS: refuse TLS URLs rather than connect in the clear.
-        if args.amqp_url.starts_with("amqps://") {
-            return Err(ConfigError {
-                name: "DTEE_AMQP_URL",
-                value: crate::redact(&args.amqp_url),
-                why: "TLS (amqps://) is not built into this worker; use amqp:// on a trusted network or a TLS-terminating proxy".to_owned(),
-            });
+    /// Parses flags (`argv` starts with the program name) and environment into a typed
+    /// configuration. Like clap's `parse_from`, prints the help, the version or a usage error
+    /// and exits when asked or when the command line is malformed; a bad value is returned.
+    pub fn parse_from<I, T>(argv: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        match Args::try_parse_from(argv) {
+            Ok(args) => Config::from_args(args),
+            Err(error) => Err(ConfigError::from_clap(&error).unwrap_or_else(|| error.exit())),
         }
-        if args.redis_url.starts_with("rediss://") {
-            return Err(ConfigError {
-                name: "DTEE_REDIS_URL",
-                value: crate::redact(&args.redis_url),
-                why: "TLS (rediss://) is not built into this worker; use redis:// on a trusted network or a TLS-terminating proxy".to_owned(),
-            });
-        }
-        let namespace = Namespace::new(args.namespace.clone()).map_err(|error| ConfigError {
-            name: "DTEE_NAMESPACE",
-            value: args.namespace.clone(),
-            why: error.to_string(),
-        })?;
-        let mut targets = Vec::new();
-        for target in args
-            .targets
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            if !dtee_schemas::job::is_valid_target(target) {
-                return Err(ConfigError {
-                    name: "DTEE_TARGETS",
-                    value: args.targets.clone(),
-                    why: format!("{target:?} is not a valid target"),
-                });
-            }
-            if target != "wasm" {
-                return Err(ConfigError {
-                    name: "DTEE_TARGETS",
-                    value: args.targets.clone(),
-                    why: format!(
-                        "this worker has no backend for target {target:?} (it serves: wasm)"
-                    ),
-                });
-            }
-            targets.push(target.to_owned());
-        }
-        if targets.is_empty() {
-            return Err(ConfigError {
-                name: "DTEE_TARGETS",
-                value: args.targets.clone(),
-                why: "needs at least one target".to_owned(),
-            });
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let concurrency = match &args.concurrency {
-            Some(value) => number("DTEE_CONCURRENCY", value, 1usize)?,
-            None => cores,
-        };
-        let prefetch = match &args.prefetch {
-            Some(value) => number("DTEE_PREFETCH", value, 1u16)?,
-            None => u16::try_from(concurrency.saturating_mul(8)).unwrap_or(u16::MAX),
-        };
-        let default_limits = EffectiveLimits {
-            timeout_ms: number("DTEE_DEFAULT_TIMEOUT_MS", &args.default_timeout_ms, 1)?,
-            memory_bytes: number(
-                "DTEE_DEFAULT_MEMORY_BYTES",
-                &args.default_memory_bytes,
-                65536,
-            )?,
-            fuel: number("DTEE_DEFAULT_FUEL", &args.default_fuel, 1)?,
-            output_bytes: number("DTEE_DEFAULT_OUTPUT_BYTES", &args.default_output_bytes, 1)?,
-        };
-        let max_limits = EffectiveLimits {
-            timeout_ms: number("DTEE_MAX_TIMEOUT_MS", &args.max_timeout_ms, 1)?,
-            memory_bytes: number("DTEE_MAX_MEMORY_BYTES", &args.max_memory_bytes, 65536)?,
-            fuel: number("DTEE_MAX_FUEL", &args.max_fuel, 1)?,
-            output_bytes: number("DTEE_MAX_OUTPUT_BYTES", &args.max_output_bytes, 1)?,
-        };
-        for (name, value, default, max) in [
-            (
-                "DTEE_DEFAULT_TIMEOUT_MS",
-                &args.default_timeout_ms,
-                default_limits.timeout_ms,
-                max_limits.timeout_ms,
-            ),
-            (
-                "DTEE_DEFAULT_MEMORY_BYTES",
-                &args.default_memory_bytes,
-                default_limits.memory_bytes,
-                max_limits.memory_bytes,
-            ),
-            (
-                "DTEE_DEFAULT_FUEL",
-                &args.default_fuel,
-                default_limits.fuel,
-                max_limits.fuel,
-            ),
-            (
-                "DTEE_DEFAULT_OUTPUT_BYTES",
-                &args.default_output_bytes,
-                default_limits.output_bytes,
-                max_limits.output_bytes,
-            ),
-        ] {
-            if default > max {
-                return Err(ConfigError {
-                    name,
-                    value: value.clone(),
-                    why: format!("the default exceeds the maximum ({max})"),
-                });
-            }
-        }
-        if max_limits.memory_bytes > 4 << 30 {
-            return Err(ConfigError {
-                name: "DTEE_MAX_MEMORY_BYTES",
-                value: args.max_memory_bytes.clone(),
-                why: "a 32-bit WebAssembly memory cannot exceed 4 GiB".to_owned(),
-            });
-        }
-        let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
-        if worker_id.is_empty()
-            || worker_id.len() > 128
-            || worker_id
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(ConfigError {
-                name: "DTEE_WORKER_ID",
-                value: worker_id,
-                why: "must be 1 to 128 printable characters without spaces".to_owned(),
-            });
-        }
-        let log_json = match args.log_format.as_str() {
-            "text" => false,
-            "json" => true,
-            _ => {
-                return Err(ConfigError {
-                    name: "DTEE_LOG_FORMAT",
-                    value: args.log_format.clone(),
-                    why: "expected text or json".to_owned(),
-                })
-            }
-        };
-        if let Some(tenant) = &args.single_tenant {
-            if !dtee_schemas::state::is_valid_tenant(tenant) {
-                return Err(ConfigError {
-                    name: "DTEE_SINGLE_TENANT",
-                    value: tenant.clone(),
-                    why: "a tenant is 1 to 64 letters, digits, '_', '.', '@', '-'".to_owned(),
-                });
-            }
-        }
-        let test_hook = match args.test_hook.as_deref() {
-            None | Some("") => None,
-            Some("pause-after-commit") => Some(TestHook::PauseAfterCommit),
-            Some("stall-consumer") => Some(TestHook::StallConsumer),
-            Some("panic-in-kernel") => Some(TestHook::PanicInKernel),
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "DTEE_TEST_HOOK",
-                    value: other.to_owned(),
-                    why: "hooks: pause-after-commit, stall-consumer, panic-in-kernel".to_owned(),
-                })
-            }
-        };
-        let attestation = args.attestation.parse().map_err(|why| ConfigError {
-            name: "DTEE_ATTESTATION",
-            value: args.attestation.clone(),
-            why,
-        })?;
-        let tpm_pcr: u32 = number("DTEE_TPM_PCR", &args.tpm_pcr, 0)?;
-        if tpm_pcr > 23 {
-            return Err(ConfigError {
-                name: "DTEE_TPM_PCR",
-                value: args.tpm_pcr.clone(),
-                why: "PCRs are 0 to 23".to_owned(),
-            });
-        }
-        let metrics_addr = match args.metrics_addr.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(text.parse().map_err(|_| ConfigError {
-                name: "DTEE_METRICS_ADDR",
-                value: text.to_owned(),
-                why: "expected HOST:PORT, e.g. 0.0.0.0:9464".to_owned(),
-            })?),
-        };
-        Ok(Config {
-            metrics_addr,
-            attestation,
-            provider_settings: crate::attestation::ProviderSettings {
-                tpm_tcti: args.tpm_tcti.clone(),
-                tpm_pcr,
-            },
-            evidence_refresh: Duration::from_secs(number(
-                "DTEE_EVIDENCE_REFRESH_SECS",
-                &args.evidence_refresh_secs,
-                1,
-            )?),
-            heartbeat: Duration::from_secs(number("DTEE_HEARTBEAT_SECS", &args.heartbeat_secs, 1)?),
-            single_tenant: args.single_tenant.clone(),
-            state_max_attempts: number("DTEE_STATE_MAX_ATTEMPTS", &args.state_max_attempts, 1)?,
-            applied_ttl: Duration::from_secs(number(
-                "DTEE_APPLIED_TTL_SECS",
-                &args.applied_ttl_secs,
-                1,
-            )?),
-            test_hook,
-            amqp_url: args.amqp_url,
-            redis_url: args.redis_url,
-            namespace,
-            targets,
-            concurrency,
-            prefetch,
-            result_ttl: Duration::from_secs(number(
-                "DTEE_RESULT_TTL_SECS",
-                &args.result_ttl_secs,
-                1,
-            )?),
-            failure_ttl: Duration::from_secs(number(
-                "DTEE_FAILURE_TTL_SECS",
-                &args.failure_ttl_secs,
-                1,
-            )?),
-            max_job_bytes: number("DTEE_MAX_JOB_BYTES", &args.max_job_bytes, 1024)?,
-            max_kernel_bytes: number("DTEE_MAX_KERNEL_BYTES", &args.max_kernel_bytes, 8)?,
-            max_result_bytes: number("DTEE_MAX_RESULT_BYTES", &args.max_result_bytes, 4096)?,
-            module_cache_size: number("DTEE_MODULE_CACHE_SIZE", &args.module_cache_size, 1)?,
-            default_limits,
-            max_limits,
-            delivery_limit: number("DTEE_DELIVERY_LIMIT", &args.delivery_limit, 1)?,
-            shutdown_grace: Duration::from_secs(number(
-                "DTEE_SHUTDOWN_GRACE_SECS",
-                &args.shutdown_grace_secs,
-                0,
-            )?),
-            worker_id,
-            log_json,
-        })
     }
 
     /// The configuration from the environment (`DTEE_*`) and the defaults, without flags; for
     /// tests and embedding.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_args(Args::parse_from(["dtee-worker"]))
+        Config::parse_from(["dtee-worker"])
     }
+
+    /// Checks what involves more than one setting, or a connection setting, and fills in the
+    /// defaults that depend on the machine; each value was parsed on its own by [`Args`].
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let namespace = check_connection(&args.connection)?;
+        let (default_limits, max_limits) = limits(&args)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let concurrency = args.concurrency.unwrap_or(cores);
+        let prefetch = args
+            .prefetch
+            .unwrap_or_else(|| u16::try_from(concurrency.saturating_mul(8)).unwrap_or(u16::MAX));
+        let worker_id = match args.worker_id {
+            Some(worker_id) => worker_id,
+            None => {
+                let generated = default_worker_id();
+                args::worker_id(&generated).map_err(|why| ConfigError {
+                    name: Args::env_name("worker_id"),
+                    value: generated.clone(),
+                    why,
+                })?
+            }
+        };
+        Ok(Config {
+            amqp_url: args.connection.amqp_url,
+            redis_url: args.connection.redis_url,
+            namespace,
+            targets: args.targets,
+            concurrency,
+            prefetch,
+            result_ttl: Duration::from_secs(args.result_ttl_secs),
+            failure_ttl: Duration::from_secs(args.failure_ttl_secs),
+            max_job_bytes: args.max_job_bytes,
+            max_kernel_bytes: args.max_kernel_bytes,
+            max_result_bytes: args.max_result_bytes,
+            module_cache_size: args.module_cache_size,
+            default_limits,
+            max_limits,
+            delivery_limit: args.delivery_limit,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            worker_id,
+            log_json: args.log_format == LogFormat::Json,
+            single_tenant: args.single_tenant,
+            state_max_attempts: args.state_max_attempts,
+            applied_ttl: Duration::from_secs(args.applied_ttl_secs),
+            #[cfg(feature = "test-hooks")]
+            test_hook: args.test_hook,
+            attestation: args.attestation,
+            provider_settings: crate::attestation::ProviderSettings {
+                tpm_tcti: args.tpm_tcti,
+                tpm_pcr: args.tpm_pcr,
+            },
+            evidence_refresh: Duration::from_secs(args.evidence_refresh_secs),
+            heartbeat: Duration::from_secs(args.heartbeat_secs),
+            metrics_addr: args.metrics_addr,
+        })
+    }
+}
+
+/// The namespace, after refusing TLS URLs: lapin and redis are built without TLS, and would
+/// otherwise connect in the clear.
+fn check_connection(connection: &ConnectionArgs) -> Result<Namespace, ConfigError> {
+    if connection.amqp_url.starts_with("amqps://") {
+        return Err(ConfigError {
+            name: cli::AMQP_URL_ENV.to_owned(),
+            value: redact(&connection.amqp_url),
+            why: "TLS (amqps://) is not built into this worker; use amqp:// on a trusted network or a TLS-terminating proxy".to_owned(),
+        });
+    }
+    if connection.redis_url.starts_with("rediss://") {
+        return Err(ConfigError {
+            name: cli::REDIS_URL_ENV.to_owned(),
+            value: redact(&connection.redis_url),
+            why: "TLS (rediss://) is not built into this worker; use redis:// on a trusted network or a TLS-terminating proxy".to_owned(),
+        });
+    }
+    Namespace::new(connection.namespace.clone()).map_err(|error| ConfigError {
+        name: cli::NAMESPACE_ENV.to_owned(),
+        value: connection.namespace.clone(),
+        why: error.to_string(),
+    })
+}
+
+/// The default and the maximum limits; no default may exceed its maximum.
+fn limits(args: &Args) -> Result<(EffectiveLimits, EffectiveLimits), ConfigError> {
+    let default_limits = EffectiveLimits {
+        timeout_ms: args.default_timeout_ms,
+        memory_bytes: args.default_memory_bytes,
+        fuel: args.default_fuel,
+        output_bytes: args.default_output_bytes,
+    };
+    let max_limits = EffectiveLimits {
+        timeout_ms: args.max_timeout_ms,
+        memory_bytes: args.max_memory_bytes,
+        fuel: args.max_fuel,
+        output_bytes: args.max_output_bytes,
+    };
+    for (id, default, max) in [
+        (
+            "default_timeout_ms",
+            default_limits.timeout_ms,
+            max_limits.timeout_ms,
+        ),
+        (
+            "default_memory_bytes",
+            default_limits.memory_bytes,
+            max_limits.memory_bytes,
+        ),
+        ("default_fuel", default_limits.fuel, max_limits.fuel),
+        (
+            "default_output_bytes",
+            default_limits.output_bytes,
+            max_limits.output_bytes,
+        ),
+    ] {
+        if default > max {
+            return Err(ConfigError {
+                name: Args::env_name(id),
+                value: default.to_string(),
+                why: format!("the default exceeds the maximum ({max})"),
+            });
+        }
+    }
+    Ok((default_limits, max_limits))
 }
 
 #[cfg(test)]
@@ -497,7 +272,7 @@ mod tests {
     fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["dtee-worker"];
         argv.extend_from_slice(extra);
-        Config::from_args(Args::try_parse_from(argv).unwrap())
+        Config::parse_from(argv)
     }
 
     #[test]
@@ -524,6 +299,142 @@ mod tests {
             !error.to_string().contains("secret"),
             "passwords are not echoed"
         );
+    }
+
+    #[test]
+    fn every_parser_names_its_variable() {
+        for (flags, expected) in [
+            (
+                &["--result-ttl-secs", "0"][..],
+                "DTEE_RESULT_TTL_SECS=0 is not valid: must be at least 1",
+            ),
+            (
+                &["--tpm-pcr", "24"],
+                "DTEE_TPM_PCR=24 is not valid: PCRs are 0 to 23",
+            ),
+            (
+                &["--max-memory-bytes", "8589934592"],
+                "DTEE_MAX_MEMORY_BYTES=8589934592 is not valid: a 32-bit WebAssembly memory cannot exceed 4 GiB",
+            ),
+            (
+                &["--log-format", "yaml"],
+                "DTEE_LOG_FORMAT=yaml is not valid: expected text or json",
+            ),
+            (
+                &["--metrics-addr", "anywhere"],
+                "DTEE_METRICS_ADDR=anywhere is not valid: expected HOST:PORT, e.g. 0.0.0.0:9464",
+            ),
+            (
+                &["--attestation", "sgx"],
+                "DTEE_ATTESTATION=sgx is not valid: expected snp, tpm, software or auto",
+            ),
+            (
+                &["--worker-id", "two words"],
+                "DTEE_WORKER_ID=two words is not valid: must be 1 to 128 printable characters without spaces",
+            ),
+        ] {
+            let error = parse(flags).unwrap_err();
+            assert_eq!(error.to_string(), expected, "{flags:?}");
+        }
+        let error = parse(&["--single-tenant", ""]).unwrap_err();
+        assert_eq!(error.name, "DTEE_SINGLE_TENANT");
+        let error = parse(&[
+            "--default-memory-bytes",
+            "131072",
+            "--max-memory-bytes",
+            "65536",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "DTEE_DEFAULT_MEMORY_BYTES=131072 is not valid: the default exceeds the maximum (65536)"
+        );
+    }
+
+    /// With the feature, hooks are parsed; without it, any hook is refused, so that a release
+    /// worker can never be paused or broken through its environment.
+    #[test]
+    fn test_hooks_exist_only_with_the_feature() {
+        let error = parse(&["--test-hook", "sleep"]).unwrap_err();
+        let result = parse(&["--test-hook", "stall-consumer"]);
+        #[cfg(feature = "test-hooks")]
+        {
+            assert_eq!(
+                error.to_string(),
+                "DTEE_TEST_HOOK=sleep is not valid: hooks: pause-after-commit, stall-consumer, panic-in-kernel"
+            );
+            assert_eq!(result.unwrap().test_hook, Some(TestHook::StallConsumer));
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let refused =
+                "is not valid: this worker was built without test hooks (cargo feature test-hooks)";
+            assert_eq!(error.to_string(), format!("DTEE_TEST_HOOK=sleep {refused}"));
+            assert_eq!(
+                result.unwrap_err().to_string(),
+                format!("DTEE_TEST_HOOK=stall-consumer {refused}")
+            );
+        }
+    }
+
+    #[test]
+    fn settings_reach_the_config() {
+        let config = parse(&[
+            "--targets",
+            " wasm, ",
+            "--concurrency",
+            "3",
+            "--metrics-addr",
+            "127.0.0.1:9464",
+            "--log-format",
+            "json",
+            "--tpm-pcr",
+            "16",
+            "--shutdown-grace-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(config.targets, ["wasm"]);
+        assert_eq!((config.concurrency, config.prefetch), (3, 24));
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(config.log_json);
+        assert_eq!(config.provider_settings.tpm_pcr, 16);
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
+        // An empty value is the same as no value for the optional addresses and hooks.
+        let config = parse(&["--metrics-addr", "", "--test-hook", ""]).unwrap();
+        assert_eq!(config.metrics_addr, None);
+        #[cfg(feature = "test-hooks")]
+        assert_eq!(config.test_hook, None);
+    }
+
+    /// The README's table of settings and the flags agree, in both directions.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let table = readme
+            .split("## Configuring a worker")
+            .nth(1)
+            .expect("the README has a section on configuring a worker");
+        let mut documented: Vec<&str> = table
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|row| row.split('|').nth(1))
+            .flat_map(|cell| cell.split('`'))
+            .filter(|word| word.starts_with("DTEE_"))
+            // Read by the binary's log filter, not a flag.
+            .filter(|name| *name != "DTEE_LOG")
+            .collect();
+        documented.sort_unstable();
+        let command = <Args as clap::CommandFactory>::command();
+        let mut flags: Vec<&str> = command
+            .get_arguments()
+            .filter(|arg| !arg.is_hide_set())
+            .filter_map(|arg| arg.get_env()?.to_str())
+            .collect();
+        flags.sort_unstable();
+        assert!(flags.contains(&"DTEE_AMQP_URL") && flags.contains(&"DTEE_LOG_FORMAT"));
+        assert_eq!(documented, flags);
     }
 
     #[test]

@@ -62,6 +62,7 @@ use crate::stats::Stats;
 use crate::telemetry::Telemetry;
 
 pub use crate::config::{Args, ConfigError};
+pub use dtee_schemas::cli::redact;
 
 /// A running worker.
 #[derive(Debug)]
@@ -226,18 +227,6 @@ async fn serve_probes(
     }
     probes.push(tokio::spawn(watch_redis(store.clone(), Arc::clone(health))));
     Ok((probes, bound))
-}
-
-/// The URL without its password, for error messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// The configuration that the worker's measurement covers: everything that changes what a job

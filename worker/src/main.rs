@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use dtee_worker::config::Config;
-use dtee_worker::Args;
 
 fn main() -> ExitCode {
-    let config = match Config::from_args(Args::parse()) {
+    let config = match Config::parse_from(std::env::args_os()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("dtee-worker: {error}");

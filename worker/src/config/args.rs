@@ -1,0 +1,323 @@
+//! The worker's settings, each declared once: its flag, its environment variable, its default
+//! and its parser. A parser's error becomes a [`ConfigError`] named after the setting's
+//! environment variable, read from the argument itself.
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::builder::TypedValueParser;
+use clap::{Arg, Command, CommandFactory, Parser};
+use dtee_schemas::cli::ConnectionArgs;
+use dtee_schemas::protocol::DEFAULT_DELIVERY_LIMIT;
+
+use super::{ConfigError, TestHook};
+use crate::attestation::ProviderChoice;
+
+// A field whose type is written `::std::vec::Vec` or `::std::option::Option` is one value for
+// clap (not a repeated or an optional flag): its parser makes the list, or reads an empty value
+// as unset. (Not a doc comment: clap would print it in `--help`.)
+/// Command-line flags; each falls back to its environment variable, then to its default.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "dtee-worker",
+    version,
+    about = "Runs dtee kernel jobs from RabbitMQ under hard limits"
+)]
+pub struct Args {
+    /// RabbitMQ, Redis and the namespace (`DTEE_AMQP_URL`, `DTEE_REDIS_URL`, `DTEE_NAMESPACE`).
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Comma-separated targets to serve (queues to consume).
+    #[arg(long, env = "DTEE_TARGETS", default_value = "wasm")]
+    #[arg(value_parser = setting(targets))]
+    pub targets: ::std::vec::Vec<String>,
+    /// Kernels running at once (default: the number of cores).
+    #[arg(long, env = "DTEE_CONCURRENCY")]
+    #[arg(value_parser = at_least(1usize))]
+    pub concurrency: Option<usize>,
+    /// Unacknowledged deliveries the broker may push to this worker (default: 8 per kernel slot).
+    #[arg(long, env = "DTEE_PREFETCH")]
+    #[arg(value_parser = at_least(1u16))]
+    pub prefetch: Option<u16>,
+    /// Result cache lifetime in seconds.
+    #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
+    #[arg(value_parser = at_least(1u64))]
+    pub result_ttl_secs: u64,
+    /// Lifetime, in seconds, of a failure that is not final (kernel_not_found, ...).
+    #[arg(long, env = "DTEE_FAILURE_TTL_SECS", default_value = "60")]
+    #[arg(value_parser = at_least(1u64))]
+    pub failure_ttl_secs: u64,
+    /// Largest job message accepted, in bytes.
+    #[arg(long, env = "DTEE_MAX_JOB_BYTES", default_value = "16777216")]
+    #[arg(value_parser = at_least(1024usize))]
+    pub max_job_bytes: usize,
+    /// Largest kernel accepted, in bytes.
+    #[arg(long, env = "DTEE_MAX_KERNEL_BYTES", default_value = "67108864")]
+    #[arg(value_parser = at_least(8usize))]
+    pub max_kernel_bytes: usize,
+    /// Largest result message published, in bytes: at most the broker's `max_message_size`
+    /// (128 MiB by default on RabbitMQ 3.x, 16 MiB on 4.x).
+    #[arg(long, env = "DTEE_MAX_RESULT_BYTES", default_value = "134217728")]
+    #[arg(value_parser = at_least(4096usize))]
+    pub max_result_bytes: usize,
+    /// Compiled modules kept in memory.
+    #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
+    #[arg(value_parser = at_least(1usize))]
+    pub module_cache_size: usize,
+    /// Default wall-clock limit, milliseconds.
+    #[arg(long, env = "DTEE_DEFAULT_TIMEOUT_MS", default_value = "10000")]
+    #[arg(value_parser = at_least(1u64))]
+    pub default_timeout_ms: u64,
+    /// Largest wall-clock limit a job may ask for, milliseconds.
+    #[arg(long, env = "DTEE_MAX_TIMEOUT_MS", default_value = "300000")]
+    #[arg(value_parser = at_least(1u64))]
+    pub max_timeout_ms: u64,
+    /// Default memory limit, bytes.
+    #[arg(long, env = "DTEE_DEFAULT_MEMORY_BYTES", default_value = "67108864")]
+    #[arg(value_parser = at_least(65536u64))]
+    pub default_memory_bytes: u64,
+    /// Largest memory limit a job may ask for, bytes.
+    #[arg(long, env = "DTEE_MAX_MEMORY_BYTES", default_value = "1073741824")]
+    #[arg(value_parser = setting(max_memory_bytes))]
+    pub max_memory_bytes: u64,
+    /// Default fuel.
+    #[arg(long, env = "DTEE_DEFAULT_FUEL", default_value = "10000000000")]
+    #[arg(value_parser = at_least(1u64))]
+    pub default_fuel: u64,
+    /// Largest fuel a job may ask for.
+    #[arg(long, env = "DTEE_MAX_FUEL", default_value = "1000000000000")]
+    #[arg(value_parser = at_least(1u64))]
+    pub max_fuel: u64,
+    /// Default output limit, bytes.
+    #[arg(long, env = "DTEE_DEFAULT_OUTPUT_BYTES", default_value = "16777216")]
+    #[arg(value_parser = at_least(1u64))]
+    pub default_output_bytes: u64,
+    /// Largest output limit a job may ask for, bytes.
+    #[arg(long, env = "DTEE_MAX_OUTPUT_BYTES", default_value = "67108864")]
+    #[arg(value_parser = at_least(1u64))]
+    pub max_output_bytes: u64,
+    /// Delivery limit of the quorum job queues this worker declares.
+    #[arg(long, env = "DTEE_DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
+    #[arg(value_parser = at_least(1u32))]
+    pub delivery_limit: u32,
+    /// Seconds in-flight jobs get to finish after SIGTERM or SIGINT.
+    #[arg(long, env = "DTEE_SHUTDOWN_GRACE_SECS", default_value = "30")]
+    #[arg(value_parser = at_least(0u64))]
+    pub shutdown_grace_secs: u64,
+    /// Worker id (default: host name and a random suffix).
+    #[arg(long, env = "DTEE_WORKER_ID")]
+    #[arg(value_parser = setting(worker_id))]
+    pub worker_id: Option<String>,
+    /// Serve a single tenant: every job belongs to it, whatever its user_id (otherwise the
+    /// tenant is the AMQP user_id, and a job without one is refused).
+    #[arg(long, env = "DTEE_SINGLE_TENANT")]
+    #[arg(value_parser = setting(single_tenant))]
+    pub single_tenant: Option<String>,
+    /// Runs of a job whose bound state keeps changing, before it fails with state_conflict.
+    #[arg(long, env = "DTEE_STATE_MAX_ATTEMPTS", default_value = "100")]
+    #[arg(value_parser = at_least(1u32))]
+    pub state_max_attempts: u32,
+    /// Seconds a job's applied record (exactly-once guard and first result) is kept.
+    #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
+    #[arg(value_parser = at_least(1u64))]
+    pub applied_ttl_secs: u64,
+    /// Test hook, for the test suite only: `pause-after-commit`, `stall-consumer`.
+    #[arg(long, env = "DTEE_TEST_HOOK", hide = true, default_value = "")]
+    #[arg(value_parser = setting(test_hook))]
+    pub test_hook: ::std::option::Option<TestHook>,
+    /// Attestation provider: snp, tpm, software or auto (the strongest available).
+    #[arg(long, env = "DTEE_ATTESTATION", default_value = "auto")]
+    #[arg(value_parser = setting(str::parse::<ProviderChoice>))]
+    pub attestation: ProviderChoice,
+    /// TPM TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
+    #[arg(long, env = "DTEE_TPM_TCTI", default_value = "device:/dev/tpmrm0")]
+    pub tpm_tcti: String,
+    /// PCR the worker extends with its measurement (23: resettable, for applications).
+    #[arg(long, env = "DTEE_TPM_PCR", default_value = "23")]
+    #[arg(value_parser = setting(tpm_pcr))]
+    pub tpm_pcr: u32,
+    /// Seconds between evidence refreshes.
+    #[arg(long, env = "DTEE_EVIDENCE_REFRESH_SECS", default_value = "300")]
+    #[arg(value_parser = at_least(1u64))]
+    pub evidence_refresh_secs: u64,
+    /// Seconds between registry heartbeats (the entry lives three heartbeats).
+    #[arg(long, env = "DTEE_HEARTBEAT_SECS", default_value = "10")]
+    #[arg(value_parser = at_least(1u64))]
+    pub heartbeat_secs: u64,
+    /// Address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9464); none by default.
+    #[arg(
+        long,
+        env = "DTEE_METRICS_ADDR",
+        default_value = "",
+        hide_default_value = true
+    )]
+    #[arg(value_parser = setting(metrics_addr))]
+    pub metrics_addr: ::std::option::Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long, env = "DTEE_LOG_FORMAT", default_value = "text")]
+    #[arg(value_parser = setting(log_format))]
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// The environment variable of the setting held in field `id`, for errors that involve
+    /// more than one setting.
+    pub(crate) fn env_name(id: &str) -> String {
+        Args::command()
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .and_then(Arg::get_env)
+            .map_or_else(|| id.to_owned(), |name| name.to_string_lossy().into_owned())
+    }
+}
+
+/// How the worker writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Turns a setting's text into its value, or says why it cannot.
+type Parse<T> = dyn Fn(&str) -> Result<T, String> + Send + Sync;
+
+/// The value parser of one setting.
+#[derive(Clone)]
+struct Setting<T>(Arc<Parse<T>>);
+
+fn setting<T>(parse: impl Fn(&str) -> Result<T, String> + Send + Sync + 'static) -> Setting<T> {
+    Setting(Arc::new(parse))
+}
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Setting<T> {
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let name = arg
+            .and_then(Arg::get_env)
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parse = Arc::clone(&self.0);
+        let named = move |text: &str| {
+            parse(text).map_err(|why| ConfigError {
+                name: name.clone(),
+                value: text.to_owned(),
+                why,
+            })
+        };
+        // Through clap's parser for functions, so that the ConfigError becomes the source of
+        // clap's error, where `ConfigError::from_clap` finds it (and a value that is not UTF-8
+        // is clap's usual error).
+        named.parse_ref(cmd, arg, value)
+    }
+}
+
+/// A whole number of at least `min`.
+fn at_least<T>(min: T) -> Setting<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    setting(move |text| whole_number(text, min))
+}
+
+fn whole_number<T>(text: &str, min: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let parsed: T = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a whole number".to_owned())?;
+    if parsed < min {
+        return Err(format!("must be at least {min}"));
+    }
+    Ok(parsed)
+}
+
+fn targets(text: &str) -> Result<Vec<String>, String> {
+    let mut targets = Vec::new();
+    for target in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !dtee_schemas::job::is_valid_target(target) {
+            return Err(format!("{target:?} is not a valid target"));
+        }
+        if target != "wasm" {
+            return Err(format!(
+                "this worker has no backend for target {target:?} (it serves: wasm)"
+            ));
+        }
+        targets.push(target.to_owned());
+    }
+    if targets.is_empty() {
+        return Err("needs at least one target".to_owned());
+    }
+    Ok(targets)
+}
+
+fn max_memory_bytes(text: &str) -> Result<u64, String> {
+    let bytes = whole_number(text, 65536u64)?;
+    if bytes > 4 << 30 {
+        return Err("a 32-bit WebAssembly memory cannot exceed 4 GiB".to_owned());
+    }
+    Ok(bytes)
+}
+
+/// Also applied to the default worker id.
+pub(crate) fn worker_id(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > 128
+        || text.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err("must be 1 to 128 printable characters without spaces".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn single_tenant(text: &str) -> Result<String, String> {
+    if !dtee_schemas::state::is_valid_tenant(text) {
+        return Err("a tenant is 1 to 64 letters, digits, '_', '.', '@', '-'".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn test_hook(text: &str) -> Result<Option<TestHook>, String> {
+    if !text.is_empty() && !cfg!(feature = "test-hooks") {
+        return Err(
+            "this worker was built without test hooks (cargo feature test-hooks)".to_owned(),
+        );
+    }
+    match text {
+        "" => Ok(None),
+        "pause-after-commit" => Ok(Some(TestHook::PauseAfterCommit)),
+        "stall-consumer" => Ok(Some(TestHook::StallConsumer)),
+        "panic-in-kernel" => Ok(Some(TestHook::PanicInKernel)),
+        _ => Err("hooks: pause-after-commit, stall-consumer, panic-in-kernel".to_owned()),
+    }
+}
+
+fn tpm_pcr(text: &str) -> Result<u32, String> {
+    let pcr = whole_number(text, 0u32)?;
+    if pcr > 23 {
+        return Err("PCRs are 0 to 23".to_owned());
+    }
+    Ok(pcr)
+}
+
+fn metrics_addr(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| "expected HOST:PORT, e.g. 0.0.0.0:9464".to_owned())
+}
+
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".to_owned()),
+    }
+}
