@@ -130,7 +130,7 @@ impl Worker {
             attestation::Attestor::start(&config.worker_id, measurement, provider)
                 .context("attesting the worker key")?,
         );
-        info!(platform = attestor.platform(), "worker key attested");
+        info!(platform = %attestor.platform(), "worker key attested");
         let routing_keys: Vec<String> = config
             .targets
             .iter()
