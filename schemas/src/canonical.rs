@@ -19,7 +19,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::Digest;
+use crate::digest::Digest;
 
 /// Largest integer magnitude that an IEEE 754 double represents exactly (2^53).
 pub const MAX_SAFE_INTEGER: u64 = 1 << 53;

@@ -13,7 +13,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         (
             "job.v1.schema.json",
             generator()
-                .into_root_schema_for::<crate::JobSpec>()
+                .into_root_schema_for::<crate::job::JobSpec>()
                 .to_value(),
         ),
         (
@@ -25,7 +25,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         (
             "result.v1.schema.json",
             generator()
-                .into_root_schema_for::<crate::JobResult>()
+                .into_root_schema_for::<crate::result::JobResult>()
                 .to_value(),
         ),
     ]

@@ -3,11 +3,15 @@
 //! - [`attestation`] — evidence and its verification (SEV-SNP, TPM, software);
 //! - [`job`] — the job spec `dtee.job/v1` and its validation;
 //! - [`result`] — the result `dtee.result/v1`;
+//! - [`run`] — what one run did (status, state, limits, resources), as results and execution
+//!   statements both report it;
 //! - [`error`] — the stable error codes of failed results;
 //! - [`canonical`] — RFC 8785 canonical JSON, from which job ids are computed;
 //! - [`digest`] — `sha256:` content digests;
 //! - [`state`] — state keys, their Redis layout and the Redis Cluster rule;
-//! - [`protocol`] — exchange, queue, header and Redis key names;
+//! - [`namespace`] — the deployment namespace and the exchange, queue and Redis key names
+//!   derived from it;
+//! - [`protocol`] — routing keys, headers, the worker registry entry (and the names above);
 //! - `cli` (feature `cli`) — the connection flags shared by the binaries, and `redact`;
 //! - [`json_schema`] — the JSON Schemas generated from these types (committed in `schemas/json/`).
 //!
@@ -23,8 +27,10 @@ pub mod digest;
 pub mod error;
 pub mod job;
 pub mod json_schema;
+pub mod namespace;
 pub mod protocol;
 pub mod result;
+pub mod run;
 pub mod state;
 
 pub use digest::Digest;

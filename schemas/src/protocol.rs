@@ -1,15 +1,17 @@
-//! Names on the wire: exchanges, queues, routing keys, headers and Redis keys.
+//! Names on the wire: exchanges, queues, routing keys, headers, Redis keys, and the worker
+//! registry's entries.
 //!
-//! Everything is derived from a [`Namespace`] (default `dtee`) so that several deployments, and
-//! parallel tests, can share one broker and one Redis without seeing each other. PROTOCOL.md
-//! documents the same layout for clients in other languages.
+//! The exchange, queue and Redis key names are derived from a [`Namespace`] (re-exported from
+//! [`crate::namespace`]). PROTOCOL.md documents the same layout for clients in other languages.
 
-use std::fmt;
+use serde::{Deserialize, Serialize};
 
-use crate::Digest;
+use crate::attestation::evidence::WorkerIdentity;
+use crate::attestation::platform::Platform;
+use crate::digest::Digest;
+use crate::job::{JobSpec, PlatformRequirement};
 
-/// The default namespace.
-pub const DEFAULT_NAMESPACE: &str = "dtee";
+pub use crate::namespace::{Namespace, NamespaceError, DEFAULT_NAMESPACE};
 /// The default AMQP URL: a local RabbitMQ with its guest user.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The default Redis URL: a local Redis.
@@ -34,128 +36,47 @@ pub const HEADER_WORKER: &str = "dtee-worker";
 /// dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 
-/// A validated namespace: 1 to 48 of `[a-z0-9_-]`, starting with a letter or digit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Namespace(String);
+/// Every platform requirement, in the order a worker binds the routing keys it serves.
+const REQUIREMENTS: [PlatformRequirement; 4] = [
+    PlatformRequirement::Any,
+    PlatformRequirement::Tpm,
+    PlatformRequirement::Snp,
+    PlatformRequirement::AnyHardware,
+];
 
-/// Why a namespace is not valid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("namespace {0:?} must be 1 to 48 of a-z, 0-9, '_', '-', starting with a letter or digit")]
-pub struct NamespaceError(pub String);
-
-impl Namespace {
-    /// Validates a namespace.
-    pub fn new(name: impl Into<String>) -> Result<Namespace, NamespaceError> {
-        let name = name.into();
-        let mut bytes = name.bytes();
-        let ok = matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit())
-            && name.len() <= 48
-            && bytes
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if ok {
-            Ok(Namespace(name))
-        } else {
-            Err(NamespaceError(name))
-        }
-    }
-
-    /// The namespace itself.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Direct exchange that routes jobs by target: `<ns>.jobs`.
-    pub fn jobs_exchange(&self) -> String {
-        format!("{}.jobs", self.0)
-    }
-
-    /// Topic exchange for results, routing key = job id: `<ns>.results`.
-    pub fn results_exchange(&self) -> String {
-        format!("{}.results", self.0)
-    }
-
-    /// Fanout exchange that job queues dead-letter into: `<ns>.dead`.
-    pub fn dead_letter_exchange(&self) -> String {
-        format!("{}.dead", self.0)
-    }
-
-    /// Quorum queue that holds dead-lettered jobs: `<ns>.dead`.
-    pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dead", self.0)
-    }
-
-    /// Quorum queue of one target: `<ns>.jobs.<target>`.
-    pub fn job_queue(&self, target: &str) -> String {
-        format!("{}.jobs.{target}", self.0)
-    }
-
-    /// Redis key of a blob (kernel or large input): `<ns>:blob:<digest>`.
-    pub fn blob_key(&self, digest: &Digest) -> String {
-        format!("{}:blob:{digest}", self.0)
-    }
-
-    /// Redis key of the latest failure that is not final (the job may succeed when run again,
-    /// e.g. `kernel_not_found`): `<ns>:failure:<job id>`, kept briefly and overwritten.
-    pub fn failure_key(&self, job_id: &Digest) -> String {
-        format!("{}:failure:{job_id}", self.0)
-    }
-
-    /// Redis key that revokes a job (`dtee cancel`): `<ns>:revoked:<job id>`, with a TTL.
-    pub fn revoked_key(&self, job_id: &Digest) -> String {
-        format!("{}:revoked:{job_id}", self.0)
-    }
-
-    /// Redis key of a worker's registry entry (its identity and evidence, with a heartbeat
-    /// TTL): `<ns>:worker:<worker id>`.
-    pub fn worker_key(&self, worker_id: &str) -> String {
-        format!("{}:worker:{worker_id}", self.0)
-    }
-
-    /// Redis key of a cached final result: `<ns>:result:<job id>`.
-    pub fn result_key(&self, job_id: &Digest) -> String {
-        format!("{}:result:{job_id}", self.0)
+/// The routing key of a job for `target` that requires `requirement`: the target, with the
+/// platform required appended (`wasm`, `wasm.tpm`, `wasm.snp`, `wasm.any-hardware`). No
+/// requirement and `any` route alike.
+pub fn routing_key(target: &str, requirement: Option<PlatformRequirement>) -> String {
+    match requirement {
+        None | Some(PlatformRequirement::Any) => target.to_owned(),
+        Some(PlatformRequirement::Tpm) => format!("{target}.tpm"),
+        Some(PlatformRequirement::Snp) => format!("{target}.snp"),
+        Some(PlatformRequirement::AnyHardware) => format!("{target}.any-hardware"),
     }
 }
 
-impl Default for Namespace {
-    fn default() -> Self {
-        Namespace(DEFAULT_NAMESPACE.to_owned())
-    }
+/// The routing key of a job: [`routing_key`] of its target and the platform it requires.
+/// Workers bind a queue for each key they can serve, so a job that requires a platform only
+/// reaches workers that have it.
+pub fn job_routing_key(spec: &JobSpec) -> String {
+    routing_key(
+        &spec.kernel.target,
+        spec.attestation
+            .as_ref()
+            .map(|requirement| requirement.platform),
+    )
 }
 
-impl fmt::Display for Namespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// The routing key of a job: its target, with the attestation platform it requires appended
-/// (`wasm`, `wasm.tpm`, `wasm.snp`, `wasm.any-hardware`). Workers bind a queue for each key they
-/// can serve, so a job that requires a platform only reaches workers that have it.
-pub fn job_routing_key(spec: &crate::JobSpec) -> String {
-    use crate::job::PlatformRequirement;
-    match spec
-        .attestation
-        .as_ref()
-        .map(|requirement| requirement.platform)
-    {
-        None | Some(PlatformRequirement::Any) => spec.kernel.target.clone(),
-        Some(PlatformRequirement::Tpm) => format!("{}.tpm", spec.kernel.target),
-        Some(PlatformRequirement::Snp) => format!("{}.snp", spec.kernel.target),
-        Some(PlatformRequirement::AnyHardware) => format!("{}.any-hardware", spec.kernel.target),
-    }
-}
-
-/// The routing keys a worker serves for `target` on `platform` (`software`, `tpm`, `snp`).
-pub fn served_routing_keys(target: &str, platform: &str) -> Vec<String> {
-    match platform {
-        "tpm" | "snp" => vec![
-            target.to_owned(),
-            format!("{target}.{platform}"),
-            format!("{target}.any-hardware"),
-        ],
-        _ => vec![target.to_owned()],
-    }
+/// The routing keys a worker on `platform` serves for `target`: the key of every requirement the
+/// platform [satisfies](Platform::satisfies), e.g. `wasm`, `wasm.tpm`, `wasm.any-hardware` for
+/// a TPM.
+pub fn served_routing_keys(target: &str, platform: Platform) -> Vec<String> {
+    REQUIREMENTS
+        .into_iter()
+        .filter(|requirement| platform.satisfies(*requirement))
+        .map(|requirement| routing_key(target, Some(requirement)))
+        .collect()
 }
 
 /// The routing key of a result: the job id as written.
@@ -163,26 +84,84 @@ pub fn result_routing_key(job_id: &Digest) -> &str {
     job_id.as_str()
 }
 
+/// A worker's entry in the registry: JSON stored under [`Namespace::worker_key`] with a TTL of a
+/// few heartbeats, found with [`Namespace::worker_key_pattern`]. Workers write it, `dtee workers`
+/// lists it. Fields unknown to this version are ignored when reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerEntry {
+    /// Identity and current evidence.
+    pub identity: WorkerIdentity,
+    /// The attestation platform.
+    pub platform: Platform,
+    /// Routing keys the worker consumes.
+    pub routing_keys: Vec<String>,
+    /// When the worker started, Unix milliseconds.
+    pub started_at_unix_ms: u64,
+    /// The last heartbeat, Unix milliseconds.
+    pub heartbeat_at_unix_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attestation::evidence::{Evidence, SoftwareEvidence, SOFTWARE_STATEMENT};
 
     #[test]
-    fn names_follow_the_documented_layout() {
-        let ns = Namespace::default();
-        let id = Digest::of(b"x");
-        assert_eq!(ns.jobs_exchange(), "dtee.jobs");
-        assert_eq!(ns.results_exchange(), "dtee.results");
-        assert_eq!(ns.job_queue("wasm"), "dtee.jobs.wasm");
-        assert_eq!(ns.blob_key(&id), format!("dtee:blob:{id}"));
-        assert_eq!(ns.result_key(&id), format!("dtee:result:{id}"));
+    fn a_platform_serves_exactly_the_keys_of_the_requirements_it_satisfies() {
+        assert_eq!(served_routing_keys("wasm", Platform::Software), ["wasm"]);
+        assert_eq!(
+            served_routing_keys("wasm", Platform::Tpm),
+            ["wasm", "wasm.tpm", "wasm.any-hardware"]
+        );
+        assert_eq!(
+            served_routing_keys("hip.gfx90a", Platform::Snp),
+            ["hip.gfx90a", "hip.gfx90a.snp", "hip.gfx90a.any-hardware"]
+        );
+        for platform in Platform::ALL {
+            let served = served_routing_keys("wasm", platform);
+            assert!(served.contains(&routing_key("wasm", None)), "{platform}");
+            for requirement in REQUIREMENTS {
+                assert_eq!(
+                    served.contains(&routing_key("wasm", Some(requirement))),
+                    platform.satisfies(requirement),
+                    "{platform} {requirement:?}"
+                );
+            }
+        }
     }
 
     #[test]
-    fn bad_namespaces_are_refused() {
-        for bad in ["", "Dtee", "a.b", "a:b", "-x", &"x".repeat(49)] {
-            assert!(Namespace::new(bad).is_err(), "{bad:?}");
-        }
-        assert!(Namespace::new("t-1_a").is_ok());
+    fn registry_entries_keep_their_wire_form() {
+        let measurement = Digest::of(b"worker");
+        let entry = WorkerEntry {
+            identity: WorkerIdentity {
+                worker_id: "w-1".to_owned(),
+                public_key: "ab".to_owned(),
+                measurement: measurement.clone(),
+                evidence_created_at_unix_ms: 5,
+                evidence: Evidence::Software(SoftwareEvidence {
+                    statement: SOFTWARE_STATEMENT.to_owned(),
+                    measurement: measurement.clone(),
+                }),
+            },
+            platform: Platform::Tpm,
+            routing_keys: vec!["wasm".to_owned(), "wasm.tpm".to_owned()],
+            started_at_unix_ms: 1,
+            heartbeat_at_unix_ms: 2,
+        };
+        let json = serde_json::to_string(&entry).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                "{{\"identity\":{{\"worker_id\":\"w-1\",\"public_key\":\"ab\",\
+                 \"measurement\":\"{measurement}\",\"evidence_created_at_unix_ms\":5,\
+                 \"evidence\":{{\"platform\":\"software\",\"statement\":{SOFTWARE_STATEMENT:?},\
+                 \"measurement\":\"{measurement}\"}}}},\"platform\":\"tpm\",\
+                 \"routing_keys\":[\"wasm\",\"wasm.tpm\"],\"started_at_unix_ms\":1,\
+                 \"heartbeat_at_unix_ms\":2}}"
+            )
+        );
+        let read: WorkerEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, entry);
     }
 }

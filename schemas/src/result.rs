@@ -6,7 +6,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Digest, ErrorCode};
+use crate::attestation::execution::Attestation;
+use crate::digest::Digest;
+use crate::error::ErrorCode;
+
+pub use crate::run::{
+    EffectiveLimits, JobStatus, ResourceUsage, StateRead, StateReport, StateWritten,
+};
 
 /// The schema tag of a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -47,7 +53,7 @@ pub struct JobResult {
     pub execution: Option<Execution>,
     /// The signed execution attestation and the worker's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attestation: Option<crate::attestation::execution::Attestation>,
+    pub attestation: Option<Attestation>,
 }
 
 impl JobResult {
@@ -65,16 +71,6 @@ impl JobResult {
     pub fn output(&self, name: &str) -> Option<&OutputData> {
         self.outputs.iter().find(|output| output.name == name)
     }
-}
-
-/// Terminal states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// The kernel ran to completion and its effects were committed.
-    Succeeded,
-    /// The job failed; see `error`.
-    Failed,
 }
 
 /// Why a job failed.
@@ -105,71 +101,6 @@ impl OutputData {
     pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
         crate::job::decode_base64(&self.data)
     }
-}
-
-/// Bound state read and written by the job.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-pub struct StateReport {
-    /// Keys read, with the version and digest seen.
-    #[serde(default)]
-    pub read: Vec<StateRead>,
-    /// Keys written, with the version and digest after the commit.
-    #[serde(default)]
-    pub written: Vec<StateWritten>,
-}
-
-/// A key read by the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StateRead {
-    /// Buffer name.
-    pub name: String,
-    /// Key inside the tenant's namespace.
-    pub key: String,
-    /// Version read; 0 when the key was absent.
-    pub version: u64,
-    /// Digest of the bytes read (of the empty string when absent).
-    pub digest: Digest,
-}
-
-/// A key written by the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StateWritten {
-    /// Buffer name.
-    pub name: String,
-    /// Key inside the tenant's namespace.
-    pub key: String,
-    /// Version after the commit.
-    pub version: u64,
-    /// Digest of the bytes this job wrote: the new value (`write_only`, `read_write`), or the
-    /// bytes appended (`append_only`).
-    pub digest: Digest,
-}
-
-/// The limits enforced for a run, after the worker's defaults were applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct EffectiveLimits {
-    /// Wall-clock limit, milliseconds.
-    pub timeout_ms: u64,
-    /// Memory limit, bytes.
-    pub memory_bytes: u64,
-    /// Fuel.
-    pub fuel: u64,
-    /// Output limit, bytes.
-    pub output_bytes: u64,
-}
-
-/// Resources used by the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ResourceUsage {
-    /// Fuel consumed. For a run stopped by its wall-clock deadline this is a lower bound:
-    /// Wasmtime flushes its fuel counter at calls, not at the epoch interrupt.
-    pub fuel_consumed: u64,
-    /// Largest linear memory size reached, bytes.
-    pub peak_memory_bytes: u64,
-    /// Kernel wall-clock time, microseconds (instantiation and the entry call).
-    pub wall_time_us: u64,
-    /// Total output bytes written.
-    pub output_bytes: u64,
 }
 
 /// Who ran the job, when, and how.

@@ -19,8 +19,8 @@
 
 use std::fmt;
 
-use crate::protocol::Namespace;
-use crate::Digest;
+use crate::digest::Digest;
+use crate::namespace::Namespace;
 
 /// A parsed state key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use dtee_schemas::protocol::{self, Namespace};
+use dtee_schemas::protocol::{self, Namespace, WorkerEntry};
 use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, JobResult, JobSpec};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -296,10 +296,11 @@ impl Client {
         Ok(version)
     }
 
-    /// The registry entries of the namespace's live workers (JSON, as workers write them).
-    pub async fn workers(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+    /// The registry entries of the namespace's live workers, sorted by key; an entry this
+    /// version cannot read is left out.
+    pub async fn workers(&self) -> Result<Vec<WorkerEntry>, ClientError> {
         let mut redis = self.redis.clone();
-        let pattern = format!("{}:worker:*", self.config.namespace);
+        let pattern = self.config.namespace.worker_key_pattern();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {

@@ -306,20 +306,16 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 "{:<32} {:<9} {:<73} {:>12} {:>14}",
                 "worker", "platform", "measurement", "evidence age", "last heartbeat"
             );
+            let age = |ms: u64| format!("{:.0} s", now_ms.saturating_sub(ms) as f64 / 1000.0);
             for entry in &entries {
-                let identity = &entry["identity"];
-                let age = |ms: &serde_json::Value| {
-                    ms.as_u64().map_or("-".to_owned(), |ms| {
-                        format!("{:.0} s", now_ms.saturating_sub(ms) as f64 / 1000.0)
-                    })
-                };
+                let identity = &entry.identity;
                 println!(
                     "{:<32} {:<9} {:<73} {:>12} {:>14}",
-                    identity["worker_id"].as_str().unwrap_or("?"),
-                    entry["platform"].as_str().unwrap_or("?"),
-                    identity["measurement"].as_str().unwrap_or("?"),
-                    age(&identity["evidence_created_at_unix_ms"]),
-                    age(&entry["heartbeat_at_unix_ms"]),
+                    identity.worker_id,
+                    entry.platform.as_str(),
+                    identity.measurement.as_str(),
+                    age(identity.evidence_created_at_unix_ms),
+                    age(entry.heartbeat_at_unix_ms),
                 );
             }
             client.close().await;

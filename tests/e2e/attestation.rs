@@ -253,14 +253,12 @@ async fn workers_register_with_a_heartbeat_and_deregister_on_shutdown() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(listed.len(), 1);
-    assert_eq!(
-        listed[0]["identity"]["worker_id"],
-        worker.worker_id.as_str()
-    );
-    assert_eq!(listed[0]["platform"], "software");
-    assert!(listed[0]["identity"]["measurement"]
+    assert_eq!(listed[0].identity.worker_id, worker.worker_id.as_str());
+    assert_eq!(listed[0].platform, "software");
+    assert!(listed[0]
+        .identity
+        .measurement
         .as_str()
-        .unwrap()
         .starts_with("sha256:"));
     worker.shutdown().await.unwrap();
     assert!(

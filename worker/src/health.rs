@@ -6,22 +6,17 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::attestation::Attestor;
+use crate::clock::unix_ms;
 use crate::metrics::Metrics;
 
 /// How long the consumer loop may go without a tick before `/healthz` reports it stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What the probes report, updated by the consumer loop and the readiness watcher.
 #[derive(Debug, Default)]

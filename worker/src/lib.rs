@@ -124,7 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         .with_context(|| format!("connecting to redis at {}", redact(&config.redis_url)))?;
     // Identity first: a worker that cannot attest as asked does not consume.
     let attestor = Arc::new(attest(&config)?);
-    info!(platform = attestor.platform(), "worker key attested");
+    info!(platform = %attestor.platform(), "worker key attested");
     let routing_keys: Vec<String> = config
         .targets
         .iter()
@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         attestor.platform(),
         wasm.name(),
     ));
+    let telemetry = Telemetry::new(Arc::clone(&stats), Arc::clone(&metrics));
     let registry = tokio::spawn(registry::run(
         store.connection(),
         config.namespace.clone(),
@@ -145,7 +146,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         routing_keys.clone(),
         config.heartbeat,
         config.evidence_refresh,
-        Arc::clone(&stats),
+        telemetry.clone(),
     ));
     let health = Arc::new(Health::default());
     health.tick();
@@ -157,7 +158,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     let worker_id = config.worker_id.clone();
     let ctx = Arc::new(Context {
         attestor,
-        telemetry: Telemetry::new(Arc::clone(&stats), metrics),
+        telemetry,
         kernel_slots: Semaphore::new(config.concurrency),
         state: state::StateStore::new(store.connection(), config.namespace.clone()),
         config,

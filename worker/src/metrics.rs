@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use dtee_schemas::attestation::Platform;
 use dtee_schemas::ErrorCode;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
@@ -76,7 +77,7 @@ fn code_index(code: ErrorCode) -> usize {
 
 impl Metrics {
     /// Registers every metric; `platform` and `backend` label the build-info gauge.
-    pub fn new(stats: Arc<Stats>, platform: &str, backend: &str) -> Metrics {
+    pub fn new(stats: Arc<Stats>, platform: Platform, backend: &str) -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
             .expect("buckets are valid")
@@ -200,7 +201,7 @@ impl Metrics {
             vec![
                 Label::new("version", env!("CARGO_PKG_VERSION")),
                 Label::new("backend", backend.to_owned()),
-                Label::new("platform", platform.to_owned()),
+                Label::new("platform", platform.as_str()),
             ],
         );
         build_info.set(1.0);

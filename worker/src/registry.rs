@@ -1,38 +1,17 @@
-//! The worker registry: each worker keeps an entry in Redis with its identity and evidence,
-//! refreshed on a heartbeat (the entry expires three heartbeats after the last one), and
-//! produces fresh evidence periodically. `dtee workers` lists the entries.
+//! The worker registry: each worker keeps an entry ([`WorkerEntry`]) in Redis with its identity
+//! and evidence, refreshed on a heartbeat (the entry expires three heartbeats after the last
+//! one), and produces fresh evidence periodically. `dtee workers` lists the entries.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use dtee_schemas::attestation::evidence::WorkerIdentity;
-use dtee_schemas::protocol::Namespace;
+use dtee_schemas::protocol::{Namespace, WorkerEntry};
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::attestation::Attestor;
-
-/// A registry entry, as stored under `<ns>:worker:<worker id>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
-    /// Identity and current evidence.
-    pub identity: WorkerIdentity,
-    /// `software`, `tpm` or `snp`.
-    pub platform: String,
-    /// Routing keys the worker consumes.
-    pub routing_keys: Vec<String>,
-    /// When the worker started, Unix milliseconds.
-    pub started_at_unix_ms: u64,
-    /// The last heartbeat, Unix milliseconds.
-    pub heartbeat_at_unix_ms: u64,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_ms;
+use crate::telemetry::Telemetry;
 
 /// Heartbeats and refreshes evidence until aborted.
 pub async fn run(
@@ -42,7 +21,7 @@ pub async fn run(
     routing_keys: Vec<String>,
     heartbeat: Duration,
     evidence_refresh: Duration,
-    stats: Arc<crate::stats::Stats>,
+    telemetry: Telemetry,
 ) {
     let started_at = unix_ms();
     let mut last_refresh = tokio::time::Instant::now();
@@ -54,7 +33,7 @@ pub async fn run(
             match tokio::task::spawn_blocking(move || attestor_for_refresh.refresh()).await {
                 Ok(Ok(())) => {
                     last_refresh = tokio::time::Instant::now();
-                    crate::stats::Stats::bump(&stats.evidence_refreshes);
+                    telemetry.evidence_refreshed();
                 }
                 Ok(Err(error)) => {
                     warn!(%error, "refreshing the evidence failed; keeping the previous evidence")
@@ -63,8 +42,8 @@ pub async fn run(
             }
         }
         let identity = attestor.identity();
-        let entry = Entry {
-            platform: attestor.platform().to_owned(),
+        let entry = WorkerEntry {
+            platform: attestor.platform(),
             routing_keys: routing_keys.clone(),
             started_at_unix_ms: started_at,
             heartbeat_at_unix_ms: unix_ms(),

@@ -124,6 +124,11 @@ impl Telemetry {
         Stats::bump(&self.stats.acked);
     }
 
+    /// Fresh evidence was produced for the worker key.
+    pub(crate) fn evidence_refreshed(&self) {
+        Stats::bump(&self.stats.evidence_refreshes);
+    }
+
     /// The worker reconnected to RabbitMQ.
     pub(crate) fn reconnected(&self) {
         Stats::bump(&self.stats.reconnects);

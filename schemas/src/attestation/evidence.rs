@@ -4,7 +4,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Digest;
+use super::platform::Platform;
+use super::snp::SnpEvidence;
+use super::tpm::TpmEvidence;
+use crate::canonical;
+use crate::digest::Digest;
 
 /// The statement software evidence makes, verbatim: nothing vouches for it.
 pub const SOFTWARE_STATEMENT: &str = "software identity: no hardware root of trust vouches for this worker; its measurement and key are self-reported";
@@ -16,30 +20,30 @@ pub enum Evidence {
     /// No hardware root: a self-reported measurement.
     Software(SoftwareEvidence),
     /// A TPM 2.0 quote by a restricted attestation key.
-    Tpm(super::tpm::TpmEvidence),
+    Tpm(TpmEvidence),
     /// An AMD SEV-SNP attestation report and its certificates.
-    Snp(super::snp::SnpEvidence),
+    Snp(SnpEvidence),
 }
 
 impl Evidence {
-    /// The platform name: `software`, `tpm` or `snp`.
-    pub fn platform(&self) -> &'static str {
+    /// The platform, whose written form is the evidence's `platform` tag.
+    pub fn platform(&self) -> Platform {
         match self {
-            Evidence::Software(_) => "software",
-            Evidence::Tpm(_) => "tpm",
-            Evidence::Snp(_) => "snp",
+            Evidence::Software(_) => Platform::Software,
+            Evidence::Tpm(_) => Platform::Tpm,
+            Evidence::Snp(_) => Platform::Snp,
         }
     }
 
     /// Whether a hardware root of trust vouches for the evidence.
     pub fn is_hardware(&self) -> bool {
-        !matches!(self, Evidence::Software(_))
+        self.platform().is_hardware()
     }
 
     /// The digest of the evidence's canonical JSON, which the execution attestation names.
     pub fn digest(&self) -> Digest {
         let value = serde_json::to_value(self).expect("evidence serializes");
-        crate::canonical::canonical_digest(&value).expect("evidence has no out-of-range integers")
+        canonical::canonical_digest(&value).expect("evidence has no out-of-range integers")
     }
 }
 

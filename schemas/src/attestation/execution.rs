@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::dsse::Envelope;
 use super::evidence::WorkerIdentity;
+use crate::digest::Digest;
+use crate::error::ErrorCode;
 use crate::job::KernelRef;
-use crate::result::{EffectiveLimits, JobStatus, ResourceUsage, StateReport};
-use crate::{Digest, ErrorCode};
+use crate::run::{EffectiveLimits, JobStatus, ResourceUsage, StateReport};
 
 /// The statement's schema tag.
 pub const EXECUTION_SCHEMA: &str = "dtee.execution/v1";

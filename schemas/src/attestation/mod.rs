@@ -1,10 +1,17 @@
 //! Attestation: evidence that binds a worker's signing key to a platform, and the checks a
 //! verifier runs on it. Pure: no I/O, no hardware, no clock (the time is a parameter).
 //!
-//! - [`Evidence`]: what a worker publishes about itself (software, TPM quote, SEV-SNP report);
-//! - [`snp`]: SEV-SNP report and certificate-chain verification;
-//! - [`tpm`]: TPM 2.0 quote verification;
+//! - [`Evidence`](evidence::Evidence): what a worker publishes about itself (software, TPM
+//!   quote, SEV-SNP report), on its [`Platform`];
+//! - [`execution`]: the signed statement about one execution that a result carries;
+//! - [`snp`]: SEV-SNP evidence, and its report and certificate-chain verification;
+//! - [`tpm`]: TPM 2.0 evidence, and its quote verification;
+//! - `verify`: a result's attestation against a policy;
 //! - every check yields a [`Check`], so that a verifier can print each one with its outcome.
+//!
+//! The verification code (`verify`, and the checks in [`snp`] and [`tpm`]) and the crates it
+//! needs (`sev`, `p256`, `p384`, `x509-cert`) are behind the crate feature `verify`, on by
+//! default. Without it the types a result carries, and the key bindings, remain.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,9 +20,14 @@ use sha2::{Digest as _, Sha256, Sha512};
 pub mod dsse;
 pub mod evidence;
 pub mod execution;
+pub mod platform;
+mod serde_base64;
 pub mod snp;
 pub mod tpm;
+#[cfg(feature = "verify")]
 pub mod verify;
+
+pub use platform::Platform;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -8,7 +8,8 @@ use super::dsse::EXECUTION_PAYLOAD_TYPE;
 use super::evidence::Evidence;
 use super::execution::{ExecutionStatement, OutputDigest, EXECUTION_SCHEMA};
 use super::Check;
-use crate::{Digest, JobResult};
+use crate::digest::Digest;
+use crate::result::JobResult;
 
 /// What a verifier accepts. Written as TOML (see deploy/policies/).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +115,7 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
     ));
     checks.push(Check::from_bool(
         "statement.platform",
-        statement.worker.platform == identity.evidence.platform(),
+        statement.worker.platform == identity.evidence.platform().as_str(),
         || {
             format!(
                 "the statement says {}, the evidence is {}",

@@ -8,16 +8,18 @@
 //! statement, and refreshes the evidence periodically.
 
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use dtee_schemas::attestation::dsse::{Envelope, EXECUTION_PAYLOAD_TYPE};
 use dtee_schemas::attestation::evidence::{
     Evidence, SoftwareEvidence, WorkerIdentity, SOFTWARE_STATEMENT,
 };
 use dtee_schemas::attestation::execution::{Attestation, ExecutionStatement, Tcb, WorkerRef};
+use dtee_schemas::attestation::Platform;
 use dtee_schemas::job::PlatformRequirement;
 use dtee_schemas::{Digest, ErrorCode};
 use ed25519_dalek::SigningKey;
+
+use crate::clock::unix_ms;
 
 pub mod snp;
 #[cfg(feature = "tpm")]
@@ -77,8 +79,8 @@ impl AttestationError {
 
 /// A platform that can bind a public key.
 pub trait Provider: Send + Sync + std::fmt::Debug {
-    /// `software`, `tpm` or `snp`.
-    fn platform(&self) -> &'static str;
+    /// The platform whose evidence this provider produces.
+    fn platform(&self) -> Platform;
 
     /// Fresh evidence that binds `public_key`, with `nonce` where the platform supports one.
     fn evidence(&self, public_key: &[u8; 32], nonce: &[u8]) -> Result<Evidence, AttestationError>;
@@ -95,8 +97,8 @@ pub struct SoftwareProvider {
 }
 
 impl Provider for SoftwareProvider {
-    fn platform(&self) -> &'static str {
-        "software"
+    fn platform(&self) -> Platform {
+        Platform::Software
     }
 
     fn evidence(
@@ -184,12 +186,6 @@ fn open_tpm(
     ))
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The worker's key, identity and provider.
 #[derive(Debug)]
 pub struct Attestor {
@@ -225,8 +221,8 @@ impl Attestor {
         })
     }
 
-    /// The platform: `software`, `tpm` or `snp`.
-    pub fn platform(&self) -> &'static str {
+    /// The platform: software, TPM or SEV-SNP.
+    pub fn platform(&self) -> Platform {
         self.provider.platform()
     }
 
@@ -251,12 +247,7 @@ impl Attestor {
 
     /// Whether this worker can satisfy a job's platform requirement.
     pub fn satisfies(&self, requirement: PlatformRequirement) -> bool {
-        match requirement {
-            PlatformRequirement::Any => true,
-            PlatformRequirement::Tpm => self.platform() == "tpm",
-            PlatformRequirement::Snp => self.platform() == "snp",
-            PlatformRequirement::AnyHardware => self.platform() != "software",
-        }
+        self.platform().satisfies(requirement)
     }
 
     /// The worker as execution statements name it.
@@ -266,7 +257,7 @@ impl Attestor {
             worker_id: identity.worker_id,
             public_key: identity.public_key,
             measurement: identity.measurement,
-            platform: self.platform().to_owned(),
+            platform: self.platform().as_str().to_owned(),
             evidence_digest,
             evidence_created_at_unix_ms: identity.evidence_created_at_unix_ms,
         }
@@ -285,7 +276,7 @@ impl Attestor {
             worker_id: identity.worker_id.clone(),
             public_key: identity.public_key.clone(),
             measurement: identity.measurement.clone(),
-            platform: self.platform().to_owned(),
+            platform: self.platform().as_str().to_owned(),
             evidence_digest,
             evidence_created_at_unix_ms: identity.evidence_created_at_unix_ms,
         };

@@ -5,6 +5,7 @@
 use dtee_schemas::attestation::evidence::Evidence;
 use dtee_schemas::attestation::execution::Tcb;
 use dtee_schemas::attestation::snp::SnpEvidence;
+use dtee_schemas::attestation::Platform;
 use sev::firmware::guest::Firmware;
 use sev::firmware::host::CertType;
 
@@ -36,8 +37,8 @@ impl SnpProvider {
 }
 
 impl Provider for SnpProvider {
-    fn platform(&self) -> &'static str {
-        "snp"
+    fn platform(&self) -> Platform {
+        Platform::Snp
     }
 
     fn evidence(&self, public_key: &[u8; 32], _nonce: &[u8]) -> Result<Evidence, AttestationError> {

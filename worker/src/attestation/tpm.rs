@@ -35,6 +35,7 @@ use std::time::Duration;
 use dtee_schemas::attestation::evidence::Evidence;
 use dtee_schemas::attestation::execution::Tcb;
 use dtee_schemas::attestation::tpm::{self as tpm_schema, PcrValue, TpmEvidence, TpmPolicy};
+use dtee_schemas::attestation::Platform;
 use dtee_schemas::Digest;
 use tss_esapi::abstraction::{ak, ek, AsymmetricAlgorithmSelection};
 use tss_esapi::constants::{CapabilityType, Tss2ResponseCodeKind};
@@ -536,8 +537,8 @@ impl TpmAttestationProvider {
 }
 
 impl Provider for TpmAttestationProvider {
-    fn platform(&self) -> &'static str {
-        "tpm"
+    fn platform(&self) -> Platform {
+        Platform::Tpm
     }
 
     fn evidence(&self, public_key: &[u8; 32], nonce: &[u8]) -> Result<Evidence, AttestationError> {
