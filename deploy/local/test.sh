@@ -24,3 +24,8 @@ bash deploy/validate.sh --live
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== test hooks: a worker built without the test-hooks feature refuses DTEE_TEST_HOOK"
+# The workspace build above enables the feature (the test crate needs it); this builds the worker
+# alone, as a release build is made, and checks that no hook can be set.
+cargo test -p dtee-worker --locked --lib config::tests::test_hooks_exist_only_with_the_feature
