@@ -131,10 +131,10 @@ def code_facts():
                          "update deploy/validate-files.py")
     facts["delivery_limit"] = int(match.group(1))
 
-    broker = (ROOT / "worker/src/broker.rs").read_text()
-    body = re.search(r"pub fn job_queue_arguments\(.*?\n}\n", broker, re.S)
+    broker = (ROOT / "worker/src/broker/topology.rs").read_text()
+    body = re.search(r"pub(?:\(crate\))? fn job_queue_arguments\(.*?\n}\n", broker, re.S)
     if not body:
-        raise SystemExit("FAIL: job_queue_arguments not found in worker/src/broker.rs; "
+        raise SystemExit("FAIL: job_queue_arguments not found in worker/src/broker/topology.rs; "
                          "update deploy/validate-files.py")
     arguments = {}
     for name, kind, value in re.findall(
@@ -155,9 +155,13 @@ def code_facts():
                          "update deploy/validate-files.py")
     facts["job_queue_arguments"] = arguments
 
-    config = (ROOT / "worker/src/config.rs").read_text()
+    config = (ROOT / "worker/src/config.rs").read_text() + \
+        (ROOT / "worker/src/config/args.rs").read_text()
     main = (ROOT / "worker/src/main.rs").read_text()
+    # The connection settings shared by the binaries (schemas/src/cli.rs, ConnectionArgs).
+    cli = (ROOT / "schemas/src/cli.rs").read_text()
     facts["settings"] = set(re.findall(r'env = "(DTEE_[A-Z_]+)"', config)) | \
+        set(re.findall(r'pub const \w+_ENV: &str = "(DTEE_[A-Z_]+)";', cli)) | \
         set(re.findall(r'from_env\("(DTEE_[A-Z_]+)"\)', main))
 
     metrics = (ROOT / "worker/src/metrics.rs").read_text()
@@ -217,7 +221,7 @@ def check_definitions(parsed, facts):
             continue
         check(q["durable"] and not q["auto_delete"], f"{name} is durable")
         check(q["arguments"] == expected, f"{name} has exactly the worker's arguments",
-              f"{q['arguments']} != {expected} (worker/src/broker.rs job_queue_arguments)")
+              f"{q['arguments']} != {expected} (worker/src/broker/topology.rs job_queue_arguments)")
         check((VHOST, f"{NAMESPACE}.jobs", name, key) in bindings,
               f"{name} is bound to {NAMESPACE}.jobs with routing key {key}")
     dead = queues.get((VHOST, f"{NAMESPACE}.dead"))

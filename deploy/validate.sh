@@ -347,7 +347,7 @@ else
       [ "$queues" = "$want_queues" ] && break
       sleep 0.5
     done
-    if rabbitmqctl -s list_vhosts 2>/dev/null | grep -qx dtee; then ok "vhost dtee exists"; else fail "vhost dtee missing after the import"; fi
+    if rabbitmqctl -s list_vhosts 2>/dev/null | grep -x dtee >/dev/null; then ok "vhost dtee exists"; else fail "vhost dtee missing after the import"; fi
     [ "$queues" = "$want_queues" ] && ok "queues: $queues" || fail "queues in vhost dtee: '$queues', expected '$want_queues'"
     arguments=$(rabbitmqctl -s list_queues -p dtee name arguments 2>/dev/null | grep '^dtee.jobs.wasm	' || true)
     missing_args=
@@ -363,7 +363,7 @@ else
       'dtee-submitter	^amq\.gen-	^(dtee\.jobs|amq\.gen-.*)$	^(dtee\.results|amq\.gen-.*)$' \
       'dtee-worker	^dtee\.	^dtee\.	^dtee\.' | sort)
     [ "$permissions" = "$expected_permissions" ] && ok "permissions on vhost dtee" || { fail "permissions on vhost dtee"; printf '%s\n' "$permissions" | sed 's/^/      /'; }
-    if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep -q '^dtee-submitter	dtee.results	^\$	^sha256:\[0-9a-f\]{64}\$$'; then
+    if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep '^dtee-submitter	dtee.results	^\$	^sha256:\[0-9a-f\]{64}\$$' >/dev/null; then
       ok "topic permission: submitters bind only exact job ids on dtee.results"
     else
       fail "topic permission of dtee-submitter on dtee.results"
@@ -430,10 +430,12 @@ if [ "$live" = 1 ]; then
       if "${client[@]}" run --kernel kernels/wasm/increment.wasm --entry increment \
           --state "counter=read_write?:dtee-submitter/validate/$nonce" --nonce "$nonce" --timeout 30 \
           > "$tmp/state.json" 2>"$tmp/state.err" && grep -q '"status": "succeeded"' "$tmp/state.json" \
-          && "${client[@]}" state get "dtee-submitter/validate/$nonce" 2>&1 | grep -q '"version": 1'; then
+          && "${client[@]}" state get "dtee-submitter/validate/$nonce" > "$tmp/state-get.json" 2>&1 && grep -q '"version": 1' "$tmp/state-get.json"; then
         ok "a job commits state under the worker's ACL, and its tenant reads it back"
       else
         fail "a state job and dtee state get as dtee-submitter"; sed 's/^/      /' "$tmp/state.err" | tail -n 5
+        grep -E '"(status|code|message)"' "$tmp/state.json" 2>/dev/null | sed 's/^/      /' | head -n 5
+        sed 's/^/      /' "$tmp/state-get.json" 2>/dev/null | head -n 8
       fi
       if "${client[@]}" state get "alice/validate/$nonce" > /dev/null 2>&1; then
         fail "dtee-submitter could read the state of tenant alice"
