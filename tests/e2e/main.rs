@@ -3,6 +3,7 @@
 
 mod attestation;
 mod cli;
+mod commit_atomicity;
 mod dead_letter;
 mod failures;
 mod hostile;

@@ -78,6 +78,9 @@ pub struct Config {
     pub max_kernel_bytes: usize,
     /// Largest result message published; a larger result becomes `output_limit_exceeded`.
     pub max_result_bytes: usize,
+    /// Largest value a bound state key may hold after a commit; a commit that would make one
+    /// larger writes nothing and the job is answered `state_value_too_large`.
+    pub max_state_value_bytes: u64,
     /// Compiled modules kept in memory.
     pub module_cache_size: usize,
     /// Limits applied when a job does not ask for one.
@@ -174,6 +177,7 @@ impl Config {
             max_job_bytes: args.max_job_bytes,
             max_kernel_bytes: args.max_kernel_bytes,
             max_result_bytes: args.max_result_bytes,
+            max_state_value_bytes: args.max_state_value_bytes,
             module_cache_size: args.module_cache_size,
             default_limits,
             max_limits,
