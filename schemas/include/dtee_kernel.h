@@ -78,7 +78,8 @@ int memcmp(const void *a, const void *b, size_t n);
 
 /*
  * buffer_find: the index of the job buffer called name[0..name_len), or -1 if the job has no
- * buffer of that name. Indexes are small non-negative integers, stable for the whole run.
+ * buffer of that name. Indexes are small non-negative integers, stable for the whole run. A name
+ * outside linear memory TRAPS (kernel_trapped).
  */
 DTEE__IMPORT("buffer_find")
 int32_t dtee_raw_buffer_find(const char *name, int32_t name_len);
@@ -115,7 +116,8 @@ int32_t dtee_raw_buffer_write(int32_t buffer, int64_t offset, const void *src, i
 /*
  * buffer_set_len: sets the final length of a writable buffer (truncating, or zero-filling).
  * Returns 0, -1 for a bad index, -2 if not writable, -3 if len is negative. A length past the
- * capacity or the job's output limit TRAPS (output_limit_exceeded).
+ * capacity or the job's output limit TRAPS (output_limit_exceeded). Shrinking gives no output
+ * bytes back: each buffer counts against the output limit at its largest.
  */
 DTEE__IMPORT("buffer_set_len")
 int32_t dtee_raw_buffer_set_len(int32_t buffer, int64_t len);

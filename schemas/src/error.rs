@@ -63,6 +63,9 @@ pub enum ErrorCode {
     Cancelled,
     /// A bug or an unexpected condition in the worker.
     InternalError,
+    /// A state write would make a bound value larger than the store allows (the value set, or
+    /// the value plus what is appended); nothing was written.
+    StateValueTooLarge,
 }
 
 impl ErrorCode {
@@ -93,6 +96,7 @@ impl ErrorCode {
         ErrorCode::DeadLettered,
         ErrorCode::Cancelled,
         ErrorCode::InternalError,
+        ErrorCode::StateValueTooLarge,
     ];
 
     /// Whether this failure is a property of the job itself, so running the same job again
@@ -111,7 +115,11 @@ impl ErrorCode {
             | ErrorCode::MemoryLimitExceeded
             | ErrorCode::OutputLimitExceeded
             | ErrorCode::DeadLettered
-            | ErrorCode::Cancelled => true,
+            | ErrorCode::Cancelled
+            // The same job on the same state writes the same bytes; append_only values only
+            // grow. Final, so the failure is recorded as the job's applied result and a
+            // redelivery writes nothing.
+            | ErrorCode::StateValueTooLarge => true,
             ErrorCode::KernelNotFound
             | ErrorCode::KernelHashMismatch
             | ErrorCode::InputNotFound
@@ -158,6 +166,7 @@ impl ErrorCode {
             ErrorCode::DeadLettered => "dead_lettered",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::StateValueTooLarge => "state_value_too_large",
         }
     }
 }
@@ -180,6 +189,6 @@ mod tests {
             assert_eq!(via_serde, serde_json::Value::from(code.as_str()));
             assert!(seen.insert(code.as_str()), "{code} listed twice");
         }
-        assert_eq!(seen.len(), 25);
+        assert_eq!(seen.len(), 26);
     }
 }

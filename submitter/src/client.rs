@@ -100,13 +100,24 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// lapin and redis are built without TLS: TLS URLs are refused rather than connected to in the
+/// clear. Schemes are case-insensitive (RFC 3986 §3.1): `AMQPS://` is TLS too.
+fn refuse_tls(config: &ClientConfig) -> Result<(), ClientError> {
+    let has_scheme = |url: &str, scheme: &str| {
+        url.trim_start()
+            .split_once(':')
+            .is_some_and(|(found, _)| found.eq_ignore_ascii_case(scheme))
+    };
+    if has_scheme(&config.amqp_url, "amqps") || has_scheme(&config.redis_url, "rediss") {
+        return Err(ClientError::TlsUnsupported);
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects to RabbitMQ and Redis.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        // lapin and redis are built without TLS: refuse TLS URLs rather than connect in the clear.
-        if config.amqp_url.starts_with("amqps://") || config.redis_url.starts_with("rediss://") {
-            return Err(ClientError::TlsUnsupported);
-        }
+        refuse_tls(&config)?;
         let connection = Connection::connect(
             &config.amqp_url,
             ConnectionProperties::default().with_connection_name("dtee client".into()),
@@ -374,5 +385,36 @@ impl Client {
     /// Closes the connection.
     pub async fn close(self) {
         let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_urls_are_refused_in_any_case() {
+        let with = |amqp: &str, redis: &str| ClientConfig {
+            amqp_url: amqp.to_owned(),
+            redis_url: redis.to_owned(),
+            ..ClientConfig::default()
+        };
+        for (amqp, redis) in [
+            ("amqps://u:p@host/%2f", "redis://host/"),
+            ("AMQPS://u:p@host/%2f", "redis://host/"),
+            ("AmqpS://u:p@host/%2f", "redis://host/"),
+            ("amqp://u:p@host/%2f", "rediss://host/"),
+            ("amqp://u:p@host/%2f", "REDISS://host/"),
+            ("amqp://u:p@host/%2f", " Rediss://host/"),
+        ] {
+            assert!(
+                matches!(
+                    refuse_tls(&with(amqp, redis)),
+                    Err(ClientError::TlsUnsupported)
+                ),
+                "{amqp} {redis}"
+            );
+        }
+        assert!(refuse_tls(&with("AMQP://u:p@host/%2f", "Redis://host/")).is_ok());
     }
 }

@@ -3,7 +3,9 @@
 
 mod attestation;
 mod cli;
+mod commit_atomicity;
 mod dead_letter;
+mod dead_letter_reason;
 mod failures;
 mod hostile;
 mod jobs;

@@ -518,7 +518,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         op: WriteOp::Set(b"written".to_vec()),
     };
     let commit = store
-        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl)
+        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
         .await
         .unwrap();
     assert_eq!(commit, Commit::AlreadyApplied(b"failure".to_vec()));
@@ -537,7 +537,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         op: WriteOp::Set(b"written".to_vec()),
     };
     let commit = store
-        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl)
+        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
         .await
         .unwrap();
     assert_eq!(commit, Commit::Committed);

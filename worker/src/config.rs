@@ -78,6 +78,9 @@ pub struct Config {
     pub max_kernel_bytes: usize,
     /// Largest result message published; a larger result becomes `output_limit_exceeded`.
     pub max_result_bytes: usize,
+    /// Largest value a bound state key may hold after a commit; a commit that would make one
+    /// larger writes nothing and the job is answered `state_value_too_large`.
+    pub max_state_value_bytes: u64,
     /// Compiled modules kept in memory.
     pub module_cache_size: usize,
     /// Limits applied when a job does not ask for one.
@@ -174,6 +177,7 @@ impl Config {
             max_job_bytes: args.max_job_bytes,
             max_kernel_bytes: args.max_kernel_bytes,
             max_result_bytes: args.max_result_bytes,
+            max_state_value_bytes: args.max_state_value_bytes,
             module_cache_size: args.module_cache_size,
             default_limits,
             max_limits,
@@ -198,17 +202,25 @@ impl Config {
     }
 }
 
+/// Whether `url`'s scheme is `scheme`. Schemes are case-insensitive (RFC 3986 §3.1), and the
+/// clients accept `AMQPS://` as readily as `amqps://`.
+fn has_scheme(url: &str, scheme: &str) -> bool {
+    url.trim_start()
+        .split_once(':')
+        .is_some_and(|(found, _)| found.eq_ignore_ascii_case(scheme))
+}
+
 /// The namespace, after refusing TLS URLs: lapin and redis are built without TLS, and would
 /// otherwise connect in the clear.
 fn check_connection(connection: &ConnectionArgs) -> Result<Namespace, ConfigError> {
-    if connection.amqp_url.starts_with("amqps://") {
+    if has_scheme(&connection.amqp_url, "amqps") {
         return Err(ConfigError {
             name: cli::AMQP_URL_ENV.to_owned(),
             value: redact(&connection.amqp_url),
             why: "TLS (amqps://) is not built into this worker; use amqp:// on a trusted network or a TLS-terminating proxy".to_owned(),
         });
     }
-    if connection.redis_url.starts_with("rediss://") {
+    if has_scheme(&connection.redis_url, "rediss") {
         return Err(ConfigError {
             name: cli::REDIS_URL_ENV.to_owned(),
             value: redact(&connection.redis_url),
@@ -293,12 +305,28 @@ mod tests {
         assert_eq!(error.name, "DTEE_TARGETS");
         let error = parse(&["--namespace", "Bad.Name"]).unwrap_err();
         assert_eq!(error.name, "DTEE_NAMESPACE");
-        let error = parse(&["--amqp-url", "amqps://user:secret@host/%2f"]).unwrap_err();
-        assert_eq!(error.name, "DTEE_AMQP_URL");
-        assert!(
-            !error.to_string().contains("secret"),
-            "passwords are not echoed"
-        );
+        for url in [
+            "amqps://user:secret@host/%2f",
+            "AMQPS://user:secret@host/%2f",
+            "AmQpS://user:secret@host/%2f",
+            " amqps://user:secret@host/%2f",
+        ] {
+            let error = parse(&["--amqp-url", url]).unwrap_err();
+            assert_eq!(error.name, "DTEE_AMQP_URL", "{url}");
+            assert!(
+                !error.to_string().contains("secret"),
+                "passwords are not echoed"
+            );
+        }
+        for url in [
+            "rediss://host:6379/",
+            "REDISS://host:6379/",
+            "RediSS://host/",
+        ] {
+            let error = parse(&["--redis-url", url]).unwrap_err();
+            assert_eq!(error.name, "DTEE_REDIS_URL", "{url}");
+        }
+        assert!(parse(&["--amqp-url", "AMQP://guest:guest@host/%2f"]).is_ok());
     }
 
     #[test]

@@ -118,10 +118,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// topology), starts the registry heartbeat and the probes, and starts consuming. If the
 /// RabbitMQ connection is lost later, the worker reconnects with backoff, declares its
 /// topology again and resumes; `/readyz` reports the outage meanwhile.
-pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
+pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
     let store = store::Store::connect(&config.redis_url, config.namespace.clone())
         .await
         .with_context(|| format!("connecting to redis at {}", redact(&config.redis_url)))?;
+    // A commit past Redis's own string limit would fail inside the commit script: the script
+    // checks the smaller of the two limits before it writes anything.
+    if let Some(limit) = state::redis_value_limit(&store.connection()).await {
+        if limit < config.max_state_value_bytes {
+            info!(
+                limit,
+                "redis proto-max-bulk-len is below DTEE_MAX_STATE_VALUE_BYTES; using it"
+            );
+            config.max_state_value_bytes = limit;
+        }
+    }
     // Identity first: a worker that cannot attest as asked does not consume.
     let attestor = Arc::new(attest(&config)?);
     info!(platform = %attestor.platform(), "worker key attested");
@@ -241,6 +252,7 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "max_job_bytes": config.max_job_bytes,
         "max_kernel_bytes": config.max_kernel_bytes,
         "max_result_bytes": config.max_result_bytes,
+        "max_state_value_bytes": config.max_state_value_bytes,
         "single_tenant": config.single_tenant,
         "state_max_attempts": config.state_max_attempts,
     })

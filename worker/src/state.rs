@@ -32,23 +32,44 @@ return out
 
 const COMMIT: &str = r#"
 -- KEYS[1]: the applied record; then the value and version key of each binding, in pairs.
--- ARGV[1]: the result; ARGV[2]: the applied record's TTL in seconds; then, per binding:
--- the version seen by the snapshot, the operation (none, set, append), the bytes.
+-- ARGV[1]: the result; ARGV[2]: the applied record's TTL in seconds; ARGV[3]: the largest value
+-- a binding may hold, in bytes; then, per binding: the version seen by the snapshot, the
+-- operation (none, set, append), the bytes.
+-- Redis does not roll back a script that fails half-way, so every check that can fail (the
+-- applied record, the versions, the key types, the resulting sizes) runs before any write.
 local applied = redis.call('GET', KEYS[1])
 if applied then return {'applied', applied} end
+local max = tonumber(ARGV[3])
 local n = (#KEYS - 1) / 2
 for i = 1, n do
-  local seen = tonumber(ARGV[3 * i])
-  local now = tonumber(redis.call('GET', KEYS[2 * i + 1]) or '0')
-  if now ~= seen then return {'conflict', KEYS[2 * i]} end
+  local key, version_key = KEYS[2 * i], KEYS[2 * i + 1]
+  local key_type = redis.call('TYPE', key)['ok']
+  local version_type = redis.call('TYPE', version_key)['ok']
+  if (key_type ~= 'none' and key_type ~= 'string') or
+     (version_type ~= 'none' and version_type ~= 'string') then
+    return {'wrong_type', key}
+  end
+  local raw = redis.call('GET', version_key) or '0'
+  if not string.match(raw, '^%d+$') or string.len(raw) > 18 then
+    return {'wrong_type', version_key}
+  end
+  if tonumber(raw) ~= tonumber(ARGV[3 * i + 1]) then return {'conflict', key} end
+  local op, bytes = ARGV[3 * i + 2], ARGV[3 * i + 3]
+  local size = 0
+  if op == 'set' then
+    size = string.len(bytes)
+  elseif op == 'append' then
+    size = redis.call('STRLEN', key) + string.len(bytes)
+  end
+  if size > max then return {'too_large', key, tostring(size)} end
 end
 for i = 1, n do
-  local op = ARGV[3 * i + 1]
+  local op = ARGV[3 * i + 2]
   if op == 'set' then
-    redis.call('SET', KEYS[2 * i], ARGV[3 * i + 2])
+    redis.call('SET', KEYS[2 * i], ARGV[3 * i + 3])
     redis.call('INCR', KEYS[2 * i + 1])
   elseif op == 'append' then
-    redis.call('APPEND', KEYS[2 * i], ARGV[3 * i + 2])
+    redis.call('APPEND', KEYS[2 * i], ARGV[3 * i + 3])
     redis.call('INCR', KEYS[2 * i + 1])
   end
 end
@@ -98,6 +119,16 @@ pub enum Commit {
     Conflict(String),
     /// The job was applied before; this is the result recorded then.
     AlreadyApplied(Vec<u8>),
+    /// A write would make the value larger than the limit; nothing was written.
+    TooLarge {
+        /// The Redis key.
+        key: String,
+        /// The size the value would have had, in bytes.
+        size: u64,
+    },
+    /// A bound key (or its version) holds something the worker never writes (not a string,
+    /// or a version that is not a number); nothing was written.
+    WrongType(String),
 }
 
 /// Why a Redis reply made no sense.
@@ -116,6 +147,26 @@ fn as_bytes(value: &Value) -> Option<Vec<u8>> {
         Value::Int(n) => Some(n.to_string().into_bytes()),
         _ => None,
     }
+}
+
+/// Redis's `proto-max-bulk-len` (the largest string it stores), when the ACL lets the worker
+/// read it with `CONFIG GET`; `None` otherwise.
+pub async fn redis_value_limit(redis: &ConnectionManager) -> Option<u64> {
+    let reply: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .query_async(&mut redis.clone())
+        .await
+        .ok()?;
+    reply.get("proto-max-bulk-len")?.parse().ok()
+}
+
+/// A reply field as text (empty when absent).
+fn text(value: Option<&Value>) -> String {
+    value
+        .and_then(as_bytes)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// The worker's access to bound state.
@@ -232,6 +283,8 @@ impl StateStore {
     }
 
     /// Commits a job's writes atomically, recording `result` as the job's applied result.
+    /// Nothing is written when the job was applied already, a key changed, a key has the wrong
+    /// type, or a value would grow past `max_value_bytes`.
     pub async fn commit(
         &self,
         hash_tag: &str,
@@ -239,10 +292,14 @@ impl StateStore {
         entries: &[CommitEntry],
         result: &[u8],
         applied_ttl: Duration,
+        max_value_bytes: u64,
     ) -> Result<Commit, redis::RedisError> {
         let mut invocation = self.commit.prepare_invoke();
         invocation.key(applied_key(&self.namespace, hash_tag, job_id));
-        invocation.arg(result).arg(applied_ttl.as_secs().max(1));
+        invocation
+            .arg(result)
+            .arg(applied_ttl.as_secs().max(1))
+            .arg(max_value_bytes);
         for entry in entries {
             invocation
                 .key(entry.key.value_key(&self.namespace))
@@ -261,16 +318,17 @@ impl StateStore {
         let status = fields.first().and_then(as_bytes).unwrap_or_default();
         match status.as_slice() {
             b"ok" => Ok(Commit::Committed),
-            b"conflict" => Ok(Commit::Conflict(
-                fields
-                    .get(1)
-                    .and_then(as_bytes)
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default(),
-            )),
+            b"conflict" => Ok(Commit::Conflict(text(fields.get(1)))),
             b"applied" => Ok(Commit::AlreadyApplied(
                 fields.get(1).and_then(as_bytes).unwrap_or_default(),
             )),
+            b"too_large" => Ok(Commit::TooLarge {
+                key: text(fields.get(1)),
+                size: text(fields.get(2))
+                    .parse()
+                    .map_err(|_| malformed("commit reply has a size that is not a number"))?,
+            }),
+            b"wrong_type" => Ok(Commit::WrongType(text(fields.get(1)))),
             _ => Err(malformed("commit reply has an unknown status")),
         }
     }

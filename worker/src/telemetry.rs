@@ -97,6 +97,7 @@ impl Telemetry {
             Commit::Committed => Stats::bump(&self.stats.commits),
             Commit::AlreadyApplied(_) => Stats::bump(&self.stats.already_applied),
             Commit::Conflict(_) => Stats::bump(&self.stats.conflicts),
+            Commit::TooLarge { .. } | Commit::WrongType(_) => {}
         }
     }
 

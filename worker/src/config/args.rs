@@ -61,6 +61,11 @@ pub struct Args {
     #[arg(long, env = "DTEE_MAX_RESULT_BYTES", default_value = "134217728")]
     #[arg(value_parser = at_least(4096usize))]
     pub max_result_bytes: usize,
+    /// Largest value a bound state key may hold after a commit, in bytes: at most Redis's
+    /// `proto-max-bulk-len` (512 MiB by default), which the worker also reads at start.
+    #[arg(long, env = "DTEE_MAX_STATE_VALUE_BYTES", default_value = "536870912")]
+    #[arg(value_parser = at_least(1u64))]
+    pub max_state_value_bytes: u64,
     /// Compiled modules kept in memory.
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     #[arg(value_parser = at_least(1usize))]

@@ -34,10 +34,7 @@ pub(crate) async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outco
     ctx.telemetry.dead_lettered();
     let failure = Failure::new(
         ErrorCode::DeadLettered,
-        format!(
-            "the job was dead-lettered after its delivery limit: {}",
-            delivery_history(delivery)
-        ),
+        format!("the job was dead-lettered: {}", delivery_history(delivery)),
     );
     let cache = if parsed.is_some() {
         CachePolicy::Final
@@ -52,6 +49,19 @@ pub(crate) async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outco
         failure,
         started_at,
     ))
+}
+
+/// RabbitMQ's dead-letter reason (`x-death` `reason`) in words.
+fn reason_in_words(reason: &str) -> &'static str {
+    match reason {
+        "delivery_limit" => {
+            "it exceeded its delivery limit (delivered again and again without an answer)"
+        }
+        "expired" => "its message expired (its time-to-live passed) before a worker answered it",
+        "rejected" => "it was rejected without being requeued",
+        "maxlen" => "its queue was over its length limit",
+        _ => "of a reason this worker does not know",
+    }
 }
 
 /// The delivery history RabbitMQ records on a dead-lettered message (`x-death`,
@@ -80,10 +90,11 @@ fn delivery_history(delivery: &Delivery) -> String {
         for death in deaths.as_slice() {
             if let AMQPValue::FieldTable(death) = death {
                 let field = |name: &str| text(death.inner().get(name));
+                let reason = field("reason");
                 parts.push(format!(
-                    "queue {} dead-lettered it ({}), {} time(s)",
+                    "queue {} dead-lettered it because {} ({reason}), {} time(s)",
                     field("queue"),
-                    field("reason"),
+                    reason_in_words(&reason),
                     field("count")
                 ));
             }

@@ -71,6 +71,7 @@ pub(crate) async fn execute(
                 debug!(job_id = %job.id(), %key, attempt, "state conflict; running again on fresh state");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
+            refused => return Err(Halt::Fail(refused_commit(ctx, refused, plan, usage))),
         }
     }
     Err(Halt::Fail(
@@ -117,10 +118,40 @@ async fn commit(
             entries,
             &outcome.body,
             ctx.config.applied_ttl,
+            ctx.config.max_state_value_bytes,
         )
         .await?;
     ctx.telemetry.state_committed(started.elapsed(), &commit);
     Ok(commit)
+}
+
+/// The failure of a commit the script refused before writing anything.
+fn refused_commit(ctx: &Context, commit: Commit, plan: &Plan, usage: ResourceUsage) -> Failure {
+    let (code, message) = match commit {
+        Commit::TooLarge { key, size } => (
+            ErrorCode::StateValueTooLarge,
+            format!(
+                "state key {key} would hold {size} bytes; bound values hold at most {} (DTEE_MAX_STATE_VALUE_BYTES or Redis's proto-max-bulk-len); nothing was written",
+                ctx.config.max_state_value_bytes
+            ),
+        ),
+        Commit::WrongType(key) => (
+            ErrorCode::InternalError,
+            format!("redis key {key} holds a value the worker never writes (wrong type or not a version number); nothing was written"),
+        ),
+        other => (
+            ErrorCode::InternalError,
+            format!("unexpected commit answer {other:?}"),
+        ),
+    };
+    Failure::ran(
+        KernelError {
+            code,
+            message,
+            usage,
+        },
+        plan.limits,
+    )
 }
 
 /// Reads the bound state in one atomic snapshot and puts each value in its slot.

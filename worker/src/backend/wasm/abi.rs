@@ -217,21 +217,25 @@ fn memory_of(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<Memory> {
 }
 
 /// The UTF-8 name at `ptr..ptr + len`; `None` when the length is negative or too long or the
-/// bytes are not UTF-8 (such a name matches nothing). A range outside memory traps.
+/// bytes are not UTF-8 (such a name matches nothing). The pointer is an unsigned address, as
+/// in every other import: a range outside memory (a pointer of 2^31 or more included) traps.
 fn read_name(
     caller: &mut Caller<'_, HostState>,
     ptr: i32,
     len: i32,
 ) -> wasmtime::Result<Option<String>> {
     let memory = memory_of(caller)?;
-    let (Ok(ptr), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
+    let ptr = ptr as u32 as usize;
+    let Ok(len) = usize::try_from(len) else {
         return Ok(None);
     };
     if len > MAX_NAME_LEN {
         return Ok(None);
     }
     let mut bytes = vec![0u8; len];
-    memory.read(&*caller, ptr, &mut bytes)?;
+    memory
+        .read(&*caller, ptr, &mut bytes)
+        .map_err(|_| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
     Ok(String::from_utf8(bytes).ok())
 }
 

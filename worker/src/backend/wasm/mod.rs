@@ -318,6 +318,51 @@ mod tests {
         assert!(error.usage.output_bytes <= 1 << 20, "{:?}", error.usage);
     }
 
+    /// Runs an entry of kernels/wasm/edges.wasm with outputs `a` and `b` (1 KiB each) and a
+    /// 1 KiB output limit.
+    fn run_edges(entry: &str) -> Result<Completed, KernelError> {
+        let backend = WasmBackend::new(1).unwrap();
+        let bytes = kernel("edges");
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let Ok(prepared) = prepared.as_ref() else {
+            panic!("edges does not compile")
+        };
+        let output = |name: &str| Slot::Output {
+            name: name.to_owned(),
+            capacity: 1024,
+        };
+        let invocation = Invocation {
+            entry: entry.to_owned(),
+            slots: vec![output("a"), output("b")],
+            params: vec![],
+            limits: EffectiveLimits {
+                output_bytes: 1024,
+                ..LIMITS
+            },
+        };
+        backend.run(prepared, &invocation)
+    }
+
+    #[test]
+    fn shrinking_a_buffer_gives_no_output_bytes_back() {
+        // 1024 bytes written to "a", "a" shrunk to 0, then 1 byte to "b": the output limit
+        // counts each buffer at its largest, so the last write is past the 1024-byte limit.
+        let error = run_edges("refill").unwrap_err();
+        assert_eq!(
+            error.code,
+            ErrorCode::OutputLimitExceeded,
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn a_name_pointer_past_linear_memory_traps() {
+        // buffer_find(2^31, 4): the pointer is an address like any other, past memory.
+        let error = run_edges("find_high").unwrap_err();
+        assert_eq!(error.code, ErrorCode::KernelTrapped, "{}", error.message);
+    }
+
     /// Prepares (or finds) and runs a kernel through the [`Backend`] trait alone.
     fn run_through<B: Backend>(
         backend: &B,

@@ -1,0 +1,151 @@
+//! A state commit writes all of a job's bindings or none: everything that can refuse it (the
+//! versions, the key types, every value's resulting size) is checked before the first write,
+//! because Redis does not roll back a script that fails half-way. A refused commit answers the
+//! job at once and acks it; it is never retried.
+
+use std::time::{Duration, Instant};
+
+use dtee_schemas::job::AccessMode;
+use dtee_schemas::state::StateKey;
+use dtee_schemas::{ErrorCode, JobResult, JobSpec};
+use dtee_submitter::builder::{inline_input, state, wasm_job};
+use dtee_tests::TestEnv;
+use dtee_worker::stats::Stats;
+use dtee_worker::WorkerHandle;
+
+/// A `tee` job: `item` set into `first` (write_only) and appended to `second` (append_only).
+async fn tee_job(env: &TestEnv, first: &str, second: &str, item: &[u8]) -> JobSpec {
+    let mut spec = wasm_job(env.put_kernel("tee").await, "tee");
+    spec.buffers = vec![
+        inline_input("item", item),
+        state("first", first, AccessMode::WriteOnly, true),
+        state("second", second, AccessMode::AppendOnly, true),
+    ];
+    spec
+}
+
+/// Submits the job and waits a short while for its answer (a worker that retries the commit
+/// for ever gives none).
+async fn run_briefly(env: &TestEnv, spec: &JobSpec) -> Option<JobResult> {
+    let waiter = env.client.waiter().await.expect("waiter");
+    let id = dtee_schemas::job_id(spec).expect("job id");
+    let watch = waiter.watch_fresh(&id).await.expect("watch");
+    env.client.submit(spec).await.expect("submit");
+    let result = watch.result(Duration::from_secs(15)).await.ok();
+    waiter.close().await;
+    result
+}
+
+/// The worker answered once and acked, retrying nothing, and the queue is empty.
+async fn assert_answered_once(env: &TestEnv, worker: &WorkerHandle) {
+    assert_eq!(Stats::get(&worker.stats.retried), 0, "no transient retry");
+    assert_eq!(
+        Stats::get(&worker.stats.commits),
+        1,
+        "only the seeding job committed"
+    );
+    assert_eq!(
+        env.queue_depth("wasm").await,
+        0,
+        "nothing left in the queue"
+    );
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_past_the_value_limit_fails_final_and_writes_nothing() {
+    let env = TestEnv::new("commit-too-large").await;
+    let worker = env
+        .start_worker_with(|c| c.max_state_value_bytes = 1024)
+        .await;
+    let tenant = env.client.tenant().to_owned();
+    let first = format!("{tenant}/{{g}}/{}/first", env.namespace);
+    let second = format!("{tenant}/{{g}}/{}/second", env.namespace);
+    let (first_key, second_key) = (
+        StateKey::parse(&first).unwrap(),
+        StateKey::parse(&second).unwrap(),
+    );
+
+    // 1000 bytes in `second` (fits), then a job that sets 100 bytes in `first` (fits) and
+    // appends 100 to `second` (1100 > 1024).
+    let mut seed = wasm_job(env.put_kernel("append").await, "append");
+    seed.buffers = vec![
+        inline_input("item", &[7u8; 1000]),
+        state("log", &second, AccessMode::AppendOnly, true),
+    ];
+    assert!(env.run(&seed).await.succeeded());
+    let spec = tee_job(&env, &first, &second, &[1u8; 100]).await;
+    let started = Instant::now();
+    let result = run_briefly(&env, &spec).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(
+        env.client.state_get(&first_key).await.unwrap(),
+        (None, 0),
+        "the first binding was not written"
+    );
+    assert_eq!(
+        env.client.state_get(&second_key).await.unwrap(),
+        (Some(vec![7u8; 1000]), 1),
+        "the second binding is unchanged"
+    );
+    let result = result.expect("the job is answered");
+    let error = result.error.expect("the job failed");
+    assert_eq!(
+        error.code,
+        ErrorCode::StateValueTooLarge,
+        "{}",
+        error.message
+    );
+    assert!(error.code.is_final());
+    assert!(error.message.contains("1100"), "{}", error.message);
+    assert_answered_once(&env, &worker).await;
+    println!("too-large commit answered in {elapsed:?}, nothing written");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
+    let env = TestEnv::new("commit-wrong-type").await;
+    let worker = env.start_worker().await;
+    let tenant = env.client.tenant().to_owned();
+    let first = format!("{tenant}/{{g}}/{}/first", env.namespace);
+    let second = format!("{tenant}/{{g}}/{}/second", env.namespace);
+    let first_key = StateKey::parse(&first).unwrap();
+    let second_key = StateKey::parse(&second).unwrap();
+
+    // Something other than the worker left a list under `second`: APPEND would fail there,
+    // after `first` was written, if the script checked nothing first.
+    let mut redis = env.client.redis();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(second_key.value_key(&env.namespace))
+        .arg("not a string")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // A job that commits once makes the "commits == 1" count below hold for both tests.
+    let mut seed = wasm_job(env.put_kernel("append").await, "append");
+    let third = format!("{tenant}/{{g}}/{}/third", env.namespace);
+    seed.buffers = vec![
+        inline_input("item", b"x"),
+        state("log", &third, AccessMode::AppendOnly, true),
+    ];
+    assert!(env.run(&seed).await.succeeded());
+
+    let spec = tee_job(&env, &first, &second, b"hello").await;
+    let result = run_briefly(&env, &spec).await;
+    let (value, version) = env.client.state_get(&first_key).await.unwrap();
+    assert_eq!(
+        (value, version),
+        (None, 0),
+        "partial commit: the first binding was written {version} times"
+    );
+    let result = result.expect("the job is answered");
+    let error = result.error.expect("the job failed");
+    assert_eq!(error.code, ErrorCode::InternalError, "{}", error.message);
+    assert!(error.message.contains("wrong type"), "{}", error.message);
+    assert_answered_once(&env, &worker).await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
