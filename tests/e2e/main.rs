@@ -11,6 +11,7 @@ mod hostile;
 mod jobs;
 mod limits;
 mod operability;
+mod resources;
 mod scale;
 mod shutdown;
 mod state;

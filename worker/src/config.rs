@@ -76,6 +76,12 @@ pub struct Config {
     pub max_job_bytes: usize,
     /// Largest kernel accepted.
     pub max_kernel_bytes: usize,
+    /// Largest total of a job's inputs, counted once per listing.
+    pub max_input_bytes: usize,
+    /// Most buffers a job may list.
+    pub max_buffers: usize,
+    /// Most scalar parameters a job may list.
+    pub max_params: usize,
     /// Largest result message published; a larger result becomes `output_limit_exceeded`.
     pub max_result_bytes: usize,
     /// Largest value a bound state key may hold after a commit; a commit that would make one
@@ -83,6 +89,8 @@ pub struct Config {
     pub max_state_value_bytes: u64,
     /// Compiled modules kept in memory.
     pub module_cache_size: usize,
+    /// Bytes of compiled modules kept in memory.
+    pub module_cache_bytes: usize,
     /// Limits applied when a job does not ask for one.
     pub default_limits: EffectiveLimits,
     /// Largest limits a job may ask for.
@@ -176,9 +184,13 @@ impl Config {
             failure_ttl: Duration::from_secs(args.failure_ttl_secs),
             max_job_bytes: args.max_job_bytes,
             max_kernel_bytes: args.max_kernel_bytes,
+            max_input_bytes: args.max_input_bytes,
+            max_buffers: args.max_buffers,
+            max_params: args.max_params,
             max_result_bytes: args.max_result_bytes,
             max_state_value_bytes: args.max_state_value_bytes,
             module_cache_size: args.module_cache_size,
+            module_cache_bytes: args.module_cache_bytes,
             default_limits,
             max_limits,
             delivery_limit: args.delivery_limit,

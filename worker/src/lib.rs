@@ -142,7 +142,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         .flat_map(|target| dtee_schemas::protocol::served_routing_keys(target, attestor.platform()))
         .collect();
     let (session, publisher) = Session::open(&config, &routing_keys).await?;
-    let wasm = Arc::new(WasmBackend::new(config.module_cache_size)?);
+    let wasm = Arc::new(WasmBackend::new(
+        config.module_cache_size,
+        config.module_cache_bytes,
+    )?);
     let stats = Arc::new(Stats::default());
     let metrics = Arc::new(metrics::Metrics::new(
         Arc::clone(&stats),
@@ -253,6 +256,9 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "max_kernel_bytes": config.max_kernel_bytes,
         "max_result_bytes": config.max_result_bytes,
         "max_state_value_bytes": config.max_state_value_bytes,
+        "max_input_bytes": config.max_input_bytes,
+        "max_buffers": config.max_buffers,
+        "max_params": config.max_params,
         "single_tenant": config.single_tenant,
         "state_max_attempts": config.state_max_attempts,
     })

@@ -44,6 +44,10 @@ pub struct Stats {
     pub already_applied: AtomicU64,
     /// Time spent in commit scripts, microseconds.
     pub commit_micros: AtomicU64,
+    /// Bytes of kernel blobs read from Redis.
+    pub kernel_bytes_fetched: AtomicU64,
+    /// Bytes of input blobs read from Redis (each distinct blob of a job once).
+    pub input_bytes_fetched: AtomicU64,
 }
 
 impl Default for Stats {
@@ -66,6 +70,8 @@ impl Default for Stats {
             conflicts: AtomicU64::new(0),
             already_applied: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
+            kernel_bytes_fetched: AtomicU64::new(0),
+            input_bytes_fetched: AtomicU64::new(0),
         }
     }
 }

@@ -10,6 +10,20 @@ use dtee_schemas::Digest;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
+/// The length of each key's string value, or -1 where the key holds none: one round trip that
+/// reads no value.
+const BLOB_LENGTHS: &str = r"
+local lengths = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok == 'string' then
+    lengths[i] = redis.call('STRLEN', key)
+  else
+    lengths[i] = -1
+  end
+end
+return lengths
+";
+
 /// The worker's view of Redis.
 #[derive(Clone)]
 pub struct Store {
@@ -50,30 +64,52 @@ impl Store {
         self.redis.clone()
     }
 
-    /// The blob stored under `digest`, if any.
-    pub async fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        self.redis
-            .clone()
-            .get(self.namespace.blob_key(digest))
-            .await
-    }
-
-    /// The blobs stored under `digests`, in order.
-    pub async fn blobs(
+    /// The lengths of the blobs stored under `digests`, in order, in one round trip and without
+    /// reading them: `None` where no blob (no string) is stored.
+    pub async fn blob_lengths(
         &self,
         digests: &[&Digest],
-    ) -> Result<Vec<Option<Vec<u8>>>, redis::RedisError> {
+    ) -> Result<Vec<Option<usize>>, redis::RedisError> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = digests
-            .iter()
-            .map(|digest| self.namespace.blob_key(digest))
-            .collect();
-        redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut self.redis.clone())
-            .await
+        let script = redis::Script::new(BLOB_LENGTHS);
+        let mut invocation = script.prepare_invoke();
+        for digest in digests {
+            invocation.key(self.namespace.blob_key(digest));
+        }
+        let lengths: Vec<i64> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        Ok(lengths
+            .into_iter()
+            .map(|length| usize::try_from(length).ok())
+            .collect())
+    }
+
+    /// The blobs stored under `digests`, in order, each read up to the length given with it (so
+    /// no more than the lengths checked beforehand is ever read, even if a blob was replaced
+    /// since): the caller checks the bytes against their digests.
+    pub async fn blobs_bounded(
+        &self,
+        digests: &[(&Digest, usize)],
+    ) -> Result<Vec<Vec<u8>>, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for (digest, length) in digests {
+            if *length == 0 {
+                pipe.cmd("GETRANGE")
+                    .arg(self.namespace.blob_key(digest))
+                    .arg(1)
+                    .arg(0);
+            } else {
+                pipe.cmd("GETRANGE")
+                    .arg(self.namespace.blob_key(digest))
+                    .arg(0)
+                    .arg(*length - 1);
+            }
+        }
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        pipe.query_async(&mut self.redis.clone()).await
     }
 
     /// Whether `job_id` was revoked (`dtee cancel`).

@@ -54,6 +54,18 @@ impl Telemetry {
         Stats::bump(&self.stats.retried);
     }
 
+    /// `bytes` of a kernel blob were read from Redis.
+    pub(crate) fn kernel_fetched(&self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        (self.stats.kernel_bytes_fetched).fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// `bytes` of input blobs were read from Redis.
+    pub(crate) fn inputs_fetched(&self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        (self.stats.input_bytes_fetched).fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// A job was answered from the result cache without running.
     pub(crate) fn answered_from_cache(&self) {
         Stats::bump(&self.stats.deduplicated);

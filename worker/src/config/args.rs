@@ -56,6 +56,19 @@ pub struct Args {
     #[arg(long, env = "DTEE_MAX_KERNEL_BYTES", default_value = "67108864")]
     #[arg(value_parser = at_least(8usize))]
     pub max_kernel_bytes: usize,
+    /// Largest total of a job's inputs, inline and blob, in bytes; a blob listed twice counts
+    /// twice.
+    #[arg(long, env = "DTEE_MAX_INPUT_BYTES", default_value = "268435456")]
+    #[arg(value_parser = at_least(1usize))]
+    pub max_input_bytes: usize,
+    /// Most buffers (inputs, outputs and state) a job may list.
+    #[arg(long, env = "DTEE_MAX_BUFFERS", default_value = "64")]
+    #[arg(value_parser = at_least(1usize))]
+    pub max_buffers: usize,
+    /// Most scalar parameters a job may list.
+    #[arg(long, env = "DTEE_MAX_PARAMS", default_value = "64")]
+    #[arg(value_parser = at_least(1usize))]
+    pub max_params: usize,
     /// Largest result message published, in bytes: at most the broker's `max_message_size`
     /// (128 MiB by default on RabbitMQ 3.x, 16 MiB on 4.x).
     #[arg(long, env = "DTEE_MAX_RESULT_BYTES", default_value = "134217728")]
@@ -70,6 +83,10 @@ pub struct Args {
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     #[arg(value_parser = at_least(1usize))]
     pub module_cache_size: usize,
+    /// Bytes of compiled code and data the module cache keeps (least recently used evicted).
+    #[arg(long, env = "DTEE_MODULE_CACHE_BYTES", default_value = "536870912")]
+    #[arg(value_parser = at_least(1usize))]
+    pub module_cache_bytes: usize,
     /// Default wall-clock limit, milliseconds.
     #[arg(long, env = "DTEE_DEFAULT_TIMEOUT_MS", default_value = "10000")]
     #[arg(value_parser = at_least(1u64))]

@@ -1,7 +1,13 @@
 //! Fetching what a run needs: the kernel (compiled once per digest and kept in the backend's
 //! cache) and the input blobs, turned into the backend's slots. Inputs are content-addressed,
 //! so they are fetched once per job and cannot change between attempts.
+//!
+//! Nothing is read before it is measured: the blobs' lengths come first (one round trip), the
+//! job's inputs are refused if they total more than the worker's input limit (a blob counted
+//! once per listing) and the kernel if it is over the kernel limit, and then each distinct blob
+//! is read once, no further than the length that was checked.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use dtee_schemas::job::{CheckedBuffer, InputSource};
@@ -40,26 +46,33 @@ pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result
     }
 }
 
-/// The kernel's bytes, checked against the worker's size limit and against their digest.
+/// The kernel's bytes, its length checked against the worker's size limit before they are read,
+/// and the bytes against their digest.
 async fn kernel_bytes(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Vec<u8>, Halt> {
     let fail = |code, message| Halt::Fail(Failure::new(code, message).with_limits(plan.limits));
-    let Some(bytes) = ctx.store.blob(digest).await? else {
+    let Some(length) = ctx.store.blob_lengths(&[digest]).await?.pop().flatten() else {
         return Err(fail(
             ErrorCode::KernelNotFound,
             format!("no blob is stored under {digest}"),
         ));
     };
-    if bytes.len() > ctx.config.max_kernel_bytes {
+    if length > ctx.config.max_kernel_bytes {
         // A worker setting, not a property of the kernel: not final.
         return Err(fail(
             ErrorCode::ExcessiveResourceRequirements,
             format!(
-                "the kernel is {} bytes; this worker accepts at most {}",
-                bytes.len(),
+                "the kernel is {length} bytes; this worker accepts at most {}",
                 ctx.config.max_kernel_bytes
             ),
         ));
     }
+    let bytes = ctx
+        .store
+        .blobs_bounded(&[(digest, length)])
+        .await?
+        .pop()
+        .unwrap_or_default();
+    ctx.telemetry.kernel_fetched(bytes.len());
     if !digest.matches(&bytes) {
         return Err(fail(
             ErrorCode::KernelHashMismatch,
@@ -72,27 +85,95 @@ async fn kernel_bytes(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Vec
     Ok(bytes)
 }
 
-/// The job's buffers as backend slots, in job order: inputs with their bytes (blobs fetched in
-/// one round trip and checked against their digests), outputs and state with their capacity
-/// (the output limit also caps what any one buffer can hold). State slots are filled by each
-/// attempt's snapshot.
-pub(crate) async fn slots(ctx: &Context, job: &Admitted, plan: &Plan) -> Result<Vec<Slot>, Halt> {
-    let fail = |message: String| {
-        Halt::Fail(Failure::new(ErrorCode::InputNotFound, message).with_limits(plan.limits))
-    };
-    let buffers = &job.parsed.buffers;
-    let blob_digests: Vec<&Digest> = buffers
-        .iter()
-        .filter_map(|buffer| match buffer {
+/// The job's input blobs, measured and within the worker's input limit: each distinct digest
+/// stored and its length, in first-listed order, and the first input whose blob is missing.
+#[derive(Debug)]
+pub(crate) struct Inputs {
+    blobs: Vec<(Digest, usize)>,
+    missing: Option<(String, Digest)>,
+}
+
+/// Measures the job's inputs without reading any blob, and refuses a job whose inputs total
+/// more than `max_input_bytes`, inline bytes and each blob listing counted
+/// (`excessive_resource_requirements`, not final: a worker setting). A missing blob is reported
+/// by [`slots`], after the kernel, as before.
+pub(crate) async fn measure_inputs(
+    ctx: &Context,
+    job: &Admitted,
+    plan: &Plan,
+) -> Result<Inputs, Halt> {
+    let (mut inline, mut listed) = (0usize, Vec::new());
+    for buffer in &job.parsed.buffers {
+        match buffer {
             CheckedBuffer::Input {
-                source: InputSource::Blob(digest),
+                source: InputSource::Inline(bytes),
                 ..
-            } => Some(digest),
-            _ => None,
-        })
+            } => inline = inline.saturating_add(bytes.len()),
+            CheckedBuffer::Input {
+                name,
+                source: InputSource::Blob(digest),
+            } => listed.push((name, digest)),
+            _ => {}
+        }
+    }
+    let mut distinct: Vec<&Digest> = Vec::new();
+    for (_, digest) in &listed {
+        if !distinct.contains(digest) {
+            distinct.push(digest);
+        }
+    }
+    let lengths = ctx.store.blob_lengths(&distinct).await?;
+    let length_of: HashMap<&Digest, Option<usize>> =
+        distinct.iter().copied().zip(lengths).collect();
+    let total = listed.iter().fold(inline, |total, (_, digest)| {
+        total.saturating_add(length_of[digest].unwrap_or(0))
+    });
+    if total > ctx.config.max_input_bytes {
+        return Err(Halt::Fail(
+            Failure::new(
+                ErrorCode::ExcessiveResourceRequirements,
+                format!(
+                    "the job's inputs total {total} bytes ({} blob listings, {inline} inline bytes); this worker accepts at most {}",
+                    listed.len(),
+                    ctx.config.max_input_bytes
+                ),
+            )
+            .with_limits(plan.limits),
+        ));
+    }
+    let missing = listed
+        .iter()
+        .find(|(_, digest)| length_of[digest].is_none())
+        .map(|(name, digest)| ((*name).clone(), (*digest).clone()));
+    let blobs = distinct
+        .into_iter()
+        .filter_map(|digest| Some((digest.clone(), length_of[digest]?)))
         .collect();
-    let mut blobs = ctx.store.blobs(&blob_digests).await?.into_iter();
+    Ok(Inputs { blobs, missing })
+}
+
+/// The job's buffers as backend slots, in job order: inputs with their bytes (each distinct blob
+/// read once, in one round trip, checked against its digest, and shared by every listing),
+/// outputs and state with their capacity (the output limit also caps what any one buffer can
+/// hold). State slots are filled by each attempt's snapshot.
+pub(crate) async fn slots(
+    ctx: &Context,
+    job: &Admitted,
+    plan: &Plan,
+    inputs: Inputs,
+) -> Result<Vec<Slot>, Halt> {
+    if let Some((name, digest)) = inputs.missing {
+        return Err(Halt::Fail(
+            Failure::new(
+                ErrorCode::InputNotFound,
+                format!("input {name:?}: no blob is stored under {digest}"),
+            )
+            .with_limits(plan.limits),
+        ));
+    }
+    let blobs = blob_data(ctx, plan, &inputs).await?;
     let output_bytes = plan.limits.output_bytes;
+    let buffers = &job.parsed.buffers;
     let mut slots = Vec::with_capacity(buffers.len());
     for buffer in buffers {
         slots.push(match buffer {
@@ -106,23 +187,10 @@ pub(crate) async fn slots(ctx: &Context, job: &Admitted, plan: &Plan) -> Result<
             CheckedBuffer::Input {
                 name,
                 source: InputSource::Blob(digest),
-            } => {
-                let Some(bytes) = blobs.next().flatten() else {
-                    return Err(fail(format!(
-                        "input {name:?}: no blob is stored under {digest}"
-                    )));
-                };
-                if !digest.matches(&bytes) {
-                    return Err(fail(format!(
-                        "input {name:?}: the bytes stored under {digest} hash to {}",
-                        Digest::of(&bytes)
-                    )));
-                }
-                Slot::Input {
-                    name: name.clone(),
-                    data: bytes.into(),
-                }
-            }
+            } => Slot::Input {
+                name: name.clone(),
+                data: Arc::clone(&blobs[digest]),
+            },
             CheckedBuffer::Output { name, size } => Slot::Output {
                 name: name.clone(),
                 capacity: (*size).min(output_bytes),
@@ -141,4 +209,38 @@ pub(crate) async fn slots(ctx: &Context, job: &Admitted, plan: &Plan) -> Result<
         });
     }
     Ok(slots)
+}
+
+/// Reads each measured blob once, no further than its measured length, and checks it against
+/// its digest.
+async fn blob_data(
+    ctx: &Context,
+    plan: &Plan,
+    inputs: &Inputs,
+) -> Result<HashMap<Digest, Arc<[u8]>>, Halt> {
+    let wanted: Vec<(&Digest, usize)> = inputs
+        .blobs
+        .iter()
+        .map(|(digest, length)| (digest, *length))
+        .collect();
+    let read = ctx.store.blobs_bounded(&wanted).await?;
+    ctx.telemetry
+        .inputs_fetched(read.iter().map(Vec::len).sum());
+    let mut blobs = HashMap::with_capacity(read.len());
+    for ((digest, _), bytes) in wanted.into_iter().zip(read) {
+        if !digest.matches(&bytes) {
+            return Err(Halt::Fail(
+                Failure::new(
+                    ErrorCode::InputNotFound,
+                    format!(
+                        "the bytes stored under {digest} hash to {} (the blob was removed or replaced)",
+                        Digest::of(&bytes)
+                    ),
+                )
+                .with_limits(plan.limits),
+            ));
+        }
+        blobs.insert(digest.clone(), Arc::from(bytes));
+    }
+    Ok(blobs)
 }

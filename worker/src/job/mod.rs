@@ -164,7 +164,8 @@ async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Transie
 async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
     prior::answer(ctx, job).await?;
     let plan = plan::plan(ctx, job)?;
+    let inputs = fetch::measure_inputs(ctx, job, &plan).await?;
     let kernel = fetch::kernel(ctx, job, &plan).await?;
-    let slots = fetch::slots(ctx, job, &plan).await?;
+    let slots = fetch::slots(ctx, job, &plan, inputs).await?;
     execute::execute(ctx, job, &plan, kernel, slots).await
 }

@@ -43,6 +43,9 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
     let limits = resolve_limits(&ctx.config, spec).map_err(|error| {
         Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string())
     })?;
+    check_counts(&ctx.config, spec).map_err(|message| {
+        Failure::new(ErrorCode::ExcessiveResourceRequirements, message).with_limits(limits)
+    })?;
     if let Some(requirement) = &spec.attestation {
         if !ctx.attestor.satisfies(requirement.platform) {
             return Err(Failure::new(
@@ -57,6 +60,22 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
         }
     }
     Ok(Plan { limits })
+}
+
+/// Refuses a job listing more buffers or parameters than this worker accepts: decided from the
+/// job alone, before anything is read from Redis.
+fn check_counts(config: &Config, spec: &JobSpec) -> Result<(), String> {
+    for (what, count, max) in [
+        ("buffers", spec.buffers.len(), config.max_buffers),
+        ("params", spec.params.len(), config.max_params),
+    ] {
+        if count > max {
+            return Err(format!(
+                "the job lists {count} {what}; this worker accepts at most {max}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A limit a job asks for above this worker's maximum.

@@ -56,7 +56,9 @@ impl std::fmt::Debug for WasmBackend {
 
 impl WasmBackend {
     /// Creates the engine, the linker with the host ABI, and the epoch ticker.
-    pub fn new(module_cache_size: usize) -> anyhow::Result<WasmBackend> {
+    /// Compiled modules are cached up to `module_cache_size` of them and `module_cache_bytes`
+    /// in all.
+    pub fn new(module_cache_size: usize, module_cache_bytes: usize) -> anyhow::Result<WasmBackend> {
         let engine = engine::new_engine()?;
         let mut linker = Linker::new(&engine);
         abi::define(&mut linker)
@@ -65,7 +67,7 @@ impl WasmBackend {
         Ok(WasmBackend {
             engine,
             linker,
-            cache: Mutex::new(ModuleCache::new(module_cache_size)),
+            cache: Mutex::new(ModuleCache::new(module_cache_size, module_cache_bytes)),
             _ticker: ticker,
         })
     }
@@ -118,10 +120,12 @@ impl Backend for WasmBackend {
 
     fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Arc<Prepared> {
         let prepared = Arc::new(self.compile(bytes));
-        self.cache
-            .lock()
-            .expect("module cache lock")
-            .insert(digest.clone(), Arc::clone(&prepared));
+        let size = cached_size(&prepared, bytes.len());
+        self.cache.lock().expect("module cache lock").insert(
+            digest.clone(),
+            Arc::clone(&prepared),
+            size,
+        );
         prepared
     }
 
@@ -170,6 +174,20 @@ impl Backend for WasmBackend {
             message,
             usage,
         })
+    }
+}
+
+/// What a cache entry costs in memory, as counted against the cache's byte bound: a compiled
+/// module's image (code, data, metadata: `Module::image_range`) plus its WebAssembly size, an
+/// upper bound on the data segments Wasmtime copies into copy-on-write memory images (it does
+/// for modules compiled in memory); a failure's message.
+fn cached_size(prepared: &Prepared, wasm_bytes: usize) -> usize {
+    match prepared {
+        Ok(pre) => {
+            let image = pre.module().image_range();
+            (image.end as usize).saturating_sub(image.start as usize) + wasm_bytes
+        }
+        Err(error) => std::mem::size_of::<KernelError>() + error.message.len(),
     }
 }
 
@@ -233,7 +251,7 @@ mod tests {
     }
 
     fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, KernelError> {
-        let backend = WasmBackend::new(4).unwrap();
+        let backend = WasmBackend::new(4, usize::MAX).unwrap();
         let bytes = kernel(name);
         let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
         let Ok(prepared) = prepared.as_ref() else {
@@ -277,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_module_without_memory_is_a_link_failure() {
-        let backend = WasmBackend::new(1).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX).unwrap();
         // (module (func (export "run") (result i32) i32.const 0))
         let bytes = [
             0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01,
@@ -295,7 +313,7 @@ mod tests {
     fn a_write_far_past_the_output_limit_traps_before_allocating() {
         // out has a huge declared size; the job's output limit is 1 MiB. flood writes 64 KiB
         // chunks until it hits the limit: it must stop at 1 MiB, not allocate the declared size.
-        let backend = WasmBackend::new(1).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX).unwrap();
         let bytes = kernel("flood");
         let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
         let Ok(prepared) = prepared.as_ref() else {
@@ -321,7 +339,7 @@ mod tests {
     /// Runs an entry of kernels/wasm/edges.wasm with outputs `a` and `b` (1 KiB each) and a
     /// 1 KiB output limit.
     fn run_edges(entry: &str) -> Result<Completed, KernelError> {
-        let backend = WasmBackend::new(1).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX).unwrap();
         let bytes = kernel("edges");
         let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
         let Ok(prepared) = prepared.as_ref() else {
@@ -382,7 +400,7 @@ mod tests {
 
     #[test]
     fn echo_through_the_backend_trait_copies_its_input() {
-        let backend = WasmBackend::new(1).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX).unwrap();
         assert_eq!(
             (backend.name(), backend.format()),
             ("wasm", KernelFormat::Wasm)
@@ -420,7 +438,7 @@ mod tests {
 
     #[test]
     fn the_cache_keeps_a_deterministic_failure() {
-        let backend = WasmBackend::new(1).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX).unwrap();
         let digest = Digest::of(b"junk");
         let prepared = backend.prepare(&digest, b"junk");
         assert_eq!(
@@ -431,5 +449,31 @@ mod tests {
         // Capacity 1: a second module evicts the first.
         backend.prepare(&Digest::of(b"other"), b"other");
         assert!(backend.cached(&digest).is_none());
+    }
+
+    #[test]
+    fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
+        let bytes = kernel("echo");
+        let probe = WasmBackend::new(16, usize::MAX).unwrap();
+        let size = cached_size(&probe.prepare(&Digest::of(b"probe"), &bytes), bytes.len());
+        assert!(size > bytes.len(), "a compiled module has an image: {size}");
+        // Room for two and a half compiled copies (under different digests): a third evicts
+        // the least recently used, although the count bound (16) is far away.
+        let backend = WasmBackend::new(16, size * 5 / 2).unwrap();
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        assert!(backend.prepare(&a, &bytes).is_ok());
+        assert!(backend.prepare(&b, &bytes).is_ok());
+        assert!(
+            backend.cached(&a).is_some(),
+            "using a leaves b least recently used"
+        );
+        assert!(backend.prepare(&c, &bytes).is_ok());
+        assert!(backend.cached(&b).is_none(), "b was evicted");
+        assert!(backend.cached(&a).is_some() && backend.cached(&c).is_some());
+        assert_eq!(backend.cache.lock().unwrap().bytes(), 2 * size);
+        // A module larger than the whole budget runs but is not kept.
+        let small = WasmBackend::new(16, size - 1).unwrap();
+        assert!(small.prepare(&a, &bytes).is_ok());
+        assert!(small.cached(&a).is_none());
     }
 }
