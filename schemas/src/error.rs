@@ -63,6 +63,8 @@ pub enum ErrorCode {
     Cancelled,
     /// A bug or an unexpected condition in the worker.
     InternalError,
+    /// The kernel could not be compiled within the worker's compile bounds (time, memory).
+    KernelCompileLimitExceeded,
 }
 
 impl ErrorCode {
@@ -93,6 +95,7 @@ impl ErrorCode {
         ErrorCode::DeadLettered,
         ErrorCode::Cancelled,
         ErrorCode::InternalError,
+        ErrorCode::KernelCompileLimitExceeded,
     ];
 
     /// Whether this failure is a property of the job itself, so running the same job again
@@ -126,7 +129,10 @@ impl ErrorCode {
             | ErrorCode::UnsupportedProvider
             | ErrorCode::ProviderNotInitialized
             | ErrorCode::SecureExecutionFailed
-            | ErrorCode::InternalError => false,
+            | ErrorCode::InternalError
+            // Decided by worker settings (compile time and memory bounds) and by how loaded the
+            // worker is, not by the job alone: a worker with larger bounds may compile it.
+            | ErrorCode::KernelCompileLimitExceeded => false,
         }
     }
 
@@ -158,6 +164,7 @@ impl ErrorCode {
             ErrorCode::DeadLettered => "dead_lettered",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::KernelCompileLimitExceeded => "kernel_compile_limit_exceeded",
         }
     }
 }
@@ -180,6 +187,6 @@ mod tests {
             assert_eq!(via_serde, serde_json::Value::from(code.as_str()));
             assert!(seen.insert(code.as_str()), "{code} listed twice");
         }
-        assert_eq!(seen.len(), 25);
+        assert_eq!(seen.len(), 26);
     }
 }

@@ -3,6 +3,7 @@
 
 mod attestation;
 mod cli;
+mod compile;
 mod dead_letter;
 mod failures;
 mod hostile;

@@ -131,7 +131,10 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         .flat_map(|target| dtee_schemas::protocol::served_routing_keys(target, attestor.platform()))
         .collect();
     let (session, publisher) = Session::open(&config, &routing_keys).await?;
-    let wasm = Arc::new(WasmBackend::new(config.module_cache_size)?);
+    let wasm = Arc::new(WasmBackend::new(
+        config.module_cache_size,
+        config.compile.clone(),
+    )?);
     let stats = Arc::new(Stats::default());
     let metrics = Arc::new(metrics::Metrics::new(
         Arc::clone(&stats),
@@ -160,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         attestor,
         telemetry,
         kernel_slots: Semaphore::new(config.concurrency),
+        compile_slots: Semaphore::new(config.compile.concurrency),
         state: state::StateStore::new(store.connection(), config.namespace.clone()),
         config,
         store,
@@ -240,6 +244,8 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "max_limits": config.max_limits,
         "max_job_bytes": config.max_job_bytes,
         "max_kernel_bytes": config.max_kernel_bytes,
+        "compile_timeout_ms": config.compile.timeout.as_millis() as u64,
+        "compile_memory_bytes": config.compile.memory_bytes,
         "max_result_bytes": config.max_result_bytes,
         "single_tenant": config.single_tenant,
         "state_max_attempts": config.state_max_attempts,
