@@ -120,6 +120,8 @@ impl TestEnv {
         config.prefetch = 16;
         config.shutdown_grace = Duration::from_secs(5);
         config.attestation = dtee_worker::attestation::ProviderChoice::Software;
+        // An in-process worker's executable is the test binary: compile with the worker's.
+        config.compile.program = Some(binary("dtee-worker"));
         config
     }
 

@@ -66,6 +66,8 @@ pub enum ErrorCode {
     /// A state write would make a bound value larger than the store allows (the value set, or
     /// the value plus what is appended); nothing was written.
     StateValueTooLarge,
+    /// The kernel could not be compiled within the worker's compile bounds (time, memory).
+    KernelCompileLimitExceeded,
 }
 
 impl ErrorCode {
@@ -97,6 +99,7 @@ impl ErrorCode {
         ErrorCode::Cancelled,
         ErrorCode::InternalError,
         ErrorCode::StateValueTooLarge,
+        ErrorCode::KernelCompileLimitExceeded,
     ];
 
     /// Whether this failure is a property of the job itself, so running the same job again
@@ -134,7 +137,10 @@ impl ErrorCode {
             | ErrorCode::UnsupportedProvider
             | ErrorCode::ProviderNotInitialized
             | ErrorCode::SecureExecutionFailed
-            | ErrorCode::InternalError => false,
+            | ErrorCode::InternalError
+            // Decided by worker settings (compile time and memory bounds) and by how loaded the
+            // worker is, not by the job alone: a worker with larger bounds may compile it.
+            | ErrorCode::KernelCompileLimitExceeded => false,
         }
     }
 
@@ -167,6 +173,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::StateValueTooLarge => "state_value_too_large",
+            ErrorCode::KernelCompileLimitExceeded => "kernel_compile_limit_exceeded",
         }
     }
 }

@@ -4,6 +4,7 @@
 mod attestation;
 mod cli;
 mod commit_atomicity;
+mod compile;
 mod dead_letter;
 mod dead_letter_reason;
 mod failures;

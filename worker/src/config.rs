@@ -15,6 +15,7 @@ use dtee_schemas::protocol::Namespace;
 use dtee_schemas::result::EffectiveLimits;
 
 pub use self::args::{Args, LogFormat};
+pub use crate::backend::wasm::CompileSettings;
 
 /// A setting that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +92,8 @@ pub struct Config {
     pub module_cache_size: usize,
     /// Bytes of compiled modules kept in memory.
     pub module_cache_bytes: usize,
+    /// Bounds on compiling one kernel, and how many compile at once.
+    pub compile: CompileSettings,
     /// Limits applied when a job does not ask for one.
     pub default_limits: EffectiveLimits,
     /// Largest limits a job may ask for.
@@ -191,6 +194,15 @@ impl Config {
             max_state_value_bytes: args.max_state_value_bytes,
             module_cache_size: args.module_cache_size,
             module_cache_bytes: args.module_cache_bytes,
+            compile: CompileSettings {
+                timeout: Duration::from_millis(args.compile_timeout_ms),
+                memory_bytes: args.compile_memory_bytes,
+                concurrency: args
+                    .compile_concurrency
+                    .unwrap_or_else(|| (concurrency / 2).max(1)),
+                // This executable, the dtee-worker binary (an in-process worker names it).
+                program: Some(std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into())),
+            },
             default_limits,
             max_limits,
             delivery_limit: args.delivery_limit,

@@ -30,6 +30,9 @@ pub enum Transient {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The backend could not run its compiler (not the kernel's fault).
+    #[error("worker: compiling the kernel")]
+    Prepare(#[source] crate::backend::PrepareError),
     /// The kernel slots were closed (the worker is shutting down).
     #[error("worker: the kernel slots are closed")]
     SlotsClosed,

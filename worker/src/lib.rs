@@ -145,6 +145,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
     let wasm = Arc::new(WasmBackend::new(
         config.module_cache_size,
         config.module_cache_bytes,
+        config.compile.clone(),
     )?);
     let stats = Arc::new(Stats::default());
     let metrics = Arc::new(metrics::Metrics::new(
@@ -174,6 +175,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         attestor,
         telemetry,
         kernel_slots: Semaphore::new(config.concurrency),
+        compile_slots: Semaphore::new(config.compile.concurrency),
         state: state::StateStore::new(store.connection(), config.namespace.clone()),
         config,
         store,
@@ -254,6 +256,8 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "max_limits": config.max_limits,
         "max_job_bytes": config.max_job_bytes,
         "max_kernel_bytes": config.max_kernel_bytes,
+        "compile_timeout_ms": config.compile.timeout.as_millis() as u64,
+        "compile_memory_bytes": config.compile.memory_bytes,
         "max_result_bytes": config.max_result_bytes,
         "max_state_value_bytes": config.max_state_value_bytes,
         "max_input_bytes": config.max_input_bytes,

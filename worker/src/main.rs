@@ -5,7 +5,14 @@ use std::process::ExitCode;
 use dtee_worker::config::Config;
 
 fn main() -> ExitCode {
-    let config = match Config::parse_from(std::env::args_os()) {
+    // The worker compiles kernels by running itself with this hidden first argument.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|arg| arg.to_str())
+        == Some(dtee_worker::backend::wasm::COMPILE_SUBCOMMAND)
+    {
+        return dtee_worker::backend::wasm::compiler_main(&args[2..]);
+    }
+    let config = match Config::parse_from(args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("dtee-worker: {error}");

@@ -27,8 +27,9 @@
 //! `write_only` or `read_write` state buffer's new value, or the bytes to append to an
 //! `append_only` one), and the [`ResourceUsage`]. Or a [`KernelError`]: a stable code, a message
 //! for humans, and the resources used up to the failure. A backend answers only these codes:
-//! `kernel_invalid` and `kernel_link_failed` (from `prepare`, or `kernel_link_failed` from `run`
-//! when the entry is missing or has the wrong type), `kernel_failed` (a non-zero status),
+//! `kernel_invalid`, `kernel_compile_limit_exceeded` and `kernel_link_failed` (from `prepare`,
+//! or `kernel_link_failed` from `run` when the entry is missing or has the wrong type),
+//! `kernel_failed` (a non-zero status),
 //! `kernel_trapped`, and one code per limit below. The caller turns everything else (Redis,
 //! RabbitMQ, a panic on the kernel's thread) into its own outcome.
 //!
@@ -38,6 +39,8 @@
 //! | --- | --- | --- |
 //! | the kernel's format and the worker's targets | the caller, before `prepare` | `unsupported_target` |
 //! | kernel size, kernel digest | the caller, before `prepare` | `excessive_resource_requirements`, `kernel_hash_mismatch` |
+//! | compile time and memory (`DTEE_COMPILE_TIMEOUT_MS`, `DTEE_COMPILE_MEMORY_BYTES`) | the backend, while it compiles | `kernel_compile_limit_exceeded` |
+//! | kernels compiling at once | the caller (`compile_slots`) | none: jobs wait |
 //! | limits within the worker's maximums | the caller, before `run` | `excessive_resource_requirements` |
 //! | each slot's capacity (an output's `size`, a state buffer's `max_size`, both capped by `output_bytes`) | the caller computes it; the backend enforces it on every write | `output_limit_exceeded` |
 //! | `output_bytes`, all writes together | the backend, before it allocates for a write | `output_limit_exceeded` |
@@ -84,9 +87,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The prepared kernel for `digest`, if it is cached. Never blocks on compilation.
     fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<Self::Kernel>>>;
 
-    /// Compiles `bytes`, whose digest the caller has checked is `digest`, and caches the
-    /// outcome, a deterministic failure included. Blocking.
-    fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Arc<Prepared<Self::Kernel>>;
+    /// Compiles `bytes`, whose digest the caller has checked is `digest`, within the backend's
+    /// compile bounds, and caches the outcome, a deterministic failure or a compile limit
+    /// included. `Err` only when the backend could not try (its compiler could not be run):
+    /// nothing is cached and the caller retries. Blocking.
+    fn prepare(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Arc<Prepared<Self::Kernel>>, PrepareError>;
 
     /// Runs one invocation to completion or to its first failure, enforcing its limits.
     /// Blocking.
@@ -166,6 +175,18 @@ pub struct Completed {
     pub written: Vec<Option<Vec<u8>>>,
     /// Resources used.
     pub usage: ResourceUsage,
+}
+
+/// The backend could not try to prepare a kernel, for a reason that is not the kernel's (its
+/// compiler could not be started or its output not loaded): not cached, and the job is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("the {backend} backend could not compile the kernel")]
+pub struct PrepareError {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// A run that failed, with the stable code the result will carry.

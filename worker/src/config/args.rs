@@ -87,6 +87,19 @@ pub struct Args {
     #[arg(long, env = "DTEE_MODULE_CACHE_BYTES", default_value = "536870912")]
     #[arg(value_parser = at_least(1usize))]
     pub module_cache_bytes: usize,
+    /// Wall-clock time one kernel compilation may take, milliseconds (the compiler is a child
+    /// process, killed at this deadline).
+    #[arg(long, env = "DTEE_COMPILE_TIMEOUT_MS", default_value = "10000")]
+    #[arg(value_parser = at_least(1u64))]
+    pub compile_timeout_ms: u64,
+    /// Address space one kernel compilation may use, bytes (the compiler's RLIMIT_AS).
+    #[arg(long, env = "DTEE_COMPILE_MEMORY_BYTES", default_value = "2147483648")]
+    #[arg(value_parser = at_least(67108864u64))]
+    pub compile_memory_bytes: u64,
+    /// Kernel compilations running at once (default: half the kernel slots, at least 1).
+    #[arg(long, env = "DTEE_COMPILE_CONCURRENCY")]
+    #[arg(value_parser = at_least(1usize))]
+    pub compile_concurrency: Option<usize>,
     /// Default wall-clock limit, milliseconds.
     #[arg(long, env = "DTEE_DEFAULT_TIMEOUT_MS", default_value = "10000")]
     #[arg(value_parser = at_least(1u64))]

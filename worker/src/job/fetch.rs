@@ -1,6 +1,7 @@
-//! Fetching what a run needs: the kernel (compiled once per digest and kept in the backend's
-//! cache) and the input blobs, turned into the backend's slots. Inputs are content-addressed,
-//! so they are fetched once per job and cannot change between attempts.
+//! Fetching what a run needs: the kernel (compiled once per digest, in a compile slot and
+//! within the compile bounds, and kept in the backend's cache) and the input blobs, turned into
+//! the backend's slots. Inputs are content-addressed, so they are fetched once per job and
+//! cannot change between attempts.
 //!
 //! Nothing is read before it is measured: the blobs' lengths come first (one round trip), the
 //! job's inputs are refused if they total more than the worker's input limit (a blob counted
@@ -18,6 +19,7 @@ use super::outcome::Failure;
 use super::plan::Plan;
 use super::Kernel;
 use super::{Context, Halt};
+use crate::backend::wasm::Prepared;
 use crate::backend::{Backend, Slot};
 use crate::failure::Transient;
 
@@ -26,17 +28,7 @@ pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result
     let digest = &job.parsed.spec.kernel.digest;
     let prepared = match ctx.wasm.cached(digest) {
         Some(prepared) => prepared,
-        None => {
-            let bytes = kernel_bytes(ctx, digest, plan).await?;
-            let wasm = Arc::clone(&ctx.wasm);
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || wasm.prepare(&digest, &bytes))
-                .await
-                .map_err(|source| Transient::TaskLost {
-                    what: "compilation",
-                    source,
-                })?
-        }
+        None => compile(ctx, digest, plan).await?,
     };
     match prepared.as_ref() {
         Ok(kernel) => Ok(kernel.clone()),
@@ -44,6 +36,29 @@ pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result
             Failure::new(error.code, error.message.clone()).with_limits(plan.limits),
         )),
     }
+}
+
+/// Fetches and compiles the kernel in a compile slot (separate from the kernel slots, so that
+/// compiling never holds one), unless a job that held the slot before compiled it meanwhile.
+async fn compile(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Arc<Prepared>, Halt> {
+    let _permit = ctx
+        .compile_slots
+        .acquire()
+        .await
+        .map_err(|_| Transient::SlotsClosed)?;
+    if let Some(prepared) = ctx.wasm.cached(digest) {
+        return Ok(prepared);
+    }
+    let bytes = kernel_bytes(ctx, digest, plan).await?;
+    let wasm = Arc::clone(&ctx.wasm);
+    let digest = digest.clone();
+    let prepared = tokio::task::spawn_blocking(move || wasm.prepare(&digest, &bytes))
+        .await
+        .map_err(|source| Transient::TaskLost {
+            what: "compilation",
+            source,
+        })?;
+    Ok(prepared.map_err(Transient::Prepare)?)
 }
 
 /// The kernel's bytes, its length checked against the worker's size limit before they are read,

@@ -59,6 +59,8 @@ pub(crate) struct Context {
     pub wasm: Arc<WasmBackend>,
     /// Kernel slots: at most `concurrency` kernels run at once.
     pub kernel_slots: Semaphore,
+    /// Compile slots: at most `compile.concurrency` kernels compile at once.
+    pub compile_slots: Semaphore,
     /// Counters and histograms.
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.

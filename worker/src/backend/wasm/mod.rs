@@ -7,8 +7,9 @@
 //! (`engine.rs`), linear memory through a [`wasmtime::ResourceLimiter`], and output bytes by the
 //! host on every write.
 //!
-//! Compiled modules are cached by digest, already linked ([`InstancePre`]), so a cached kernel
-//! costs one instantiation per job (`cache.rs`).
+//! Kernels are compiled in a child process under a deadline and an address-space limit
+//! (`compile.rs`). Compiled modules are cached by digest, already linked ([`InstancePre`]), so a
+//! cached kernel costs one instantiation per job (`cache.rs`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,14 +19,18 @@ use dtee_schemas::result::ResourceUsage;
 use dtee_schemas::{Digest, ErrorCode};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store, Val, ValType};
 
-use super::{Backend, Completed, Invocation, KernelError};
+use super::{Backend, Completed, Invocation, KernelError, PrepareError};
 
 mod abi;
 mod cache;
+mod compile;
 mod engine;
 mod limits;
 
 pub use abi::{DTEE_ERR_ACCESS, DTEE_ERR_BAD_INDEX, DTEE_ERR_RANGE};
+pub use compile::{
+    child_main as compiler_main, CompileSettings, CompilerError, COMPILE_SUBCOMMAND,
+};
 pub use engine::EPOCH_TICK;
 pub use limits::HostState;
 
@@ -44,6 +49,8 @@ pub struct WasmBackend {
     linker: Linker<HostState>,
     /// Compiled modules (or their deterministic failures) by digest.
     cache: Mutex<ModuleCache<InstancePre<HostState>>>,
+    /// How kernels are compiled, and within which bounds.
+    compile: CompileSettings,
     /// Advances the engine's epoch until the backend is dropped.
     _ticker: EpochTicker,
 }
@@ -57,8 +64,12 @@ impl std::fmt::Debug for WasmBackend {
 impl WasmBackend {
     /// Creates the engine, the linker with the host ABI, and the epoch ticker.
     /// Compiled modules are cached up to `module_cache_size` of them and `module_cache_bytes`
-    /// in all.
-    pub fn new(module_cache_size: usize, module_cache_bytes: usize) -> anyhow::Result<WasmBackend> {
+    /// in all; kernels are compiled within `compile`'s bounds.
+    pub fn new(
+        module_cache_size: usize,
+        module_cache_bytes: usize,
+        compile: CompileSettings,
+    ) -> anyhow::Result<WasmBackend> {
         let engine = engine::new_engine()?;
         let mut linker = Linker::new(&engine);
         abi::define(&mut linker)
@@ -68,23 +79,45 @@ impl WasmBackend {
             engine,
             linker,
             cache: Mutex::new(ModuleCache::new(module_cache_size, module_cache_bytes)),
+            compile,
             _ticker: ticker,
         })
     }
 
-    fn compile(&self, bytes: &[u8]) -> Prepared {
+    /// Compiles (in a child process, under the compile bounds) and links `bytes`; `Err` when
+    /// the compiler could not be run at all.
+    fn compile(&self, bytes: &[u8]) -> Result<Prepared, CompilerError> {
         if !has_wasm_header(bytes) {
-            return Err(KernelError::before_run(
+            return Ok(Err(KernelError::before_run(
                 ErrorCode::KernelInvalid,
                 "the kernel is not a WebAssembly binary module (bad magic or version)",
-            ));
+            )));
         }
-        let module = Module::new(&self.engine, bytes).map_err(|error| {
+        let invalid = |message: String| {
             KernelError::before_run(
                 ErrorCode::KernelInvalid,
-                format!("the kernel does not compile: {error}"),
+                format!("the kernel does not compile: {message}"),
             )
-        })?;
+        };
+        let Some(program) = &self.compile.program else {
+            return Ok(compile::in_process(&self.engine, bytes)
+                .map_err(invalid)
+                .and_then(|module| self.link(&module)));
+        };
+        Ok(match compile::in_child(program, &self.compile, bytes)? {
+            compile::Compiled::Artefact(artefact) => {
+                self.link(&compile::load(&self.engine, &artefact)?)
+            }
+            compile::Compiled::Invalid(message) => Err(invalid(message)),
+            compile::Compiled::LimitExceeded(message) => Err(KernelError::before_run(
+                ErrorCode::KernelCompileLimitExceeded,
+                message,
+            )),
+        })
+    }
+
+    /// Checks that a compiled module exports its memory, and links it with the host ABI.
+    fn link(&self, module: &Module) -> Prepared {
         let exports_memory = module.exports().any(|export| {
             export.name() == "memory" && matches!(export.ty(), wasmtime::ExternType::Memory(_))
         });
@@ -94,7 +127,7 @@ impl WasmBackend {
                 "the kernel must export its linear memory as \"memory\"",
             ));
         }
-        self.linker.instantiate_pre(&module).map_err(|error| {
+        self.linker.instantiate_pre(module).map_err(|error| {
             KernelError::before_run(
                 ErrorCode::KernelLinkFailed,
                 format!("the kernel cannot be linked: {error}"),
@@ -118,15 +151,19 @@ impl Backend for WasmBackend {
         self.cache.lock().expect("module cache lock").get(digest)
     }
 
-    fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Arc<Prepared> {
-        let prepared = Arc::new(self.compile(bytes));
+    fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Prepared>, PrepareError> {
+        let prepared = Arc::new(self.compile(bytes).map_err(|error| PrepareError {
+            backend: "wasm",
+            source: Box::new(error),
+        })?);
+        // Compile-limit failures are cached too: the worker spends its bound once per digest.
         let size = cached_size(&prepared, bytes.len());
         self.cache.lock().expect("module cache lock").insert(
             digest.clone(),
             Arc::clone(&prepared),
             size,
         );
-        prepared
+        Ok(prepared)
     }
 
     /// Runs one invocation to completion or to its first failure. Blocking: call from a
@@ -251,9 +288,9 @@ mod tests {
     }
 
     fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, KernelError> {
-        let backend = WasmBackend::new(4, usize::MAX).unwrap();
+        let backend = WasmBackend::new(4, usize::MAX, CompileSettings::in_process()).unwrap();
         let bytes = kernel(name);
-        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
         let Ok(prepared) = prepared.as_ref() else {
             panic!("{name} does not compile")
         };
@@ -295,14 +332,14 @@ mod tests {
 
     #[test]
     fn a_module_without_memory_is_a_link_failure() {
-        let backend = WasmBackend::new(1, usize::MAX).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
         // (module (func (export "run") (result i32) i32.const 0))
         let bytes = [
             0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01,
             0x7f, 0x03, 0x02, 0x01, 0x00, 0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00,
             0x0a, 0x06, 0x01, 0x04, 0x00, 0x41, 0x00, 0x0b,
         ];
-        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
         assert_eq!(
             prepared.as_ref().as_ref().err().map(|e| e.code),
             Some(ErrorCode::KernelLinkFailed)
@@ -313,9 +350,9 @@ mod tests {
     fn a_write_far_past_the_output_limit_traps_before_allocating() {
         // out has a huge declared size; the job's output limit is 1 MiB. flood writes 64 KiB
         // chunks until it hits the limit: it must stop at 1 MiB, not allocate the declared size.
-        let backend = WasmBackend::new(1, usize::MAX).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
         let bytes = kernel("flood");
-        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
         let Ok(prepared) = prepared.as_ref() else {
             panic!("flood does not compile")
         };
@@ -339,9 +376,9 @@ mod tests {
     /// Runs an entry of kernels/wasm/edges.wasm with outputs `a` and `b` (1 KiB each) and a
     /// 1 KiB output limit.
     fn run_edges(entry: &str) -> Result<Completed, KernelError> {
-        let backend = WasmBackend::new(1, usize::MAX).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
         let bytes = kernel("edges");
-        let prepared = backend.prepare(&Digest::of(&bytes), &bytes);
+        let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
         let Ok(prepared) = prepared.as_ref() else {
             panic!("edges does not compile")
         };
@@ -390,7 +427,7 @@ mod tests {
         let digest = Digest::of(bytes);
         let prepared = backend
             .cached(&digest)
-            .unwrap_or_else(|| backend.prepare(&digest, bytes));
+            .unwrap_or_else(|| backend.prepare(&digest, bytes).unwrap());
         assert!(backend.cached(&digest).is_some(), "prepare caches");
         backend.run(
             prepared.as_ref().as_ref().map_err(Clone::clone)?,
@@ -400,7 +437,7 @@ mod tests {
 
     #[test]
     fn echo_through_the_backend_trait_copies_its_input() {
-        let backend = WasmBackend::new(1, usize::MAX).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
         assert_eq!(
             (backend.name(), backend.format()),
             ("wasm", KernelFormat::Wasm)
@@ -438,28 +475,31 @@ mod tests {
 
     #[test]
     fn the_cache_keeps_a_deterministic_failure() {
-        let backend = WasmBackend::new(1, usize::MAX).unwrap();
+        let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
         let digest = Digest::of(b"junk");
-        let prepared = backend.prepare(&digest, b"junk");
+        let prepared = backend.prepare(&digest, b"junk").unwrap();
         assert_eq!(
             prepared.as_ref().as_ref().err().map(|e| e.code),
             Some(ErrorCode::KernelInvalid)
         );
         assert!(backend.cached(&digest).is_some());
         // Capacity 1: a second module evicts the first.
-        backend.prepare(&Digest::of(b"other"), b"other");
+        backend.prepare(&Digest::of(b"other"), b"other").unwrap();
         assert!(backend.cached(&digest).is_none());
     }
 
     #[test]
     fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
         let bytes = kernel("echo");
-        let probe = WasmBackend::new(16, usize::MAX).unwrap();
-        let size = cached_size(&probe.prepare(&Digest::of(b"probe"), &bytes), bytes.len());
+        let probe = WasmBackend::new(16, usize::MAX, CompileSettings::in_process()).unwrap();
+        let size = cached_size(
+            &probe.prepare(&Digest::of(b"probe"), &bytes).unwrap(),
+            bytes.len(),
+        );
         assert!(size > bytes.len(), "a compiled module has an image: {size}");
         // Room for two and a half compiled copies (under different digests): a third evicts
         // the least recently used, although the count bound (16) is far away.
-        let backend = WasmBackend::new(16, size * 5 / 2).unwrap();
+        let backend = WasmBackend::new(16, size * 5 / 2, CompileSettings::in_process()).unwrap();
         let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
         assert!(backend.prepare(&a, &bytes).is_ok());
         assert!(backend.prepare(&b, &bytes).is_ok());
@@ -472,7 +512,7 @@ mod tests {
         assert!(backend.cached(&a).is_some() && backend.cached(&c).is_some());
         assert_eq!(backend.cache.lock().unwrap().bytes(), 2 * size);
         // A module larger than the whole budget runs but is not kept.
-        let small = WasmBackend::new(16, size - 1).unwrap();
+        let small = WasmBackend::new(16, size - 1, CompileSettings::in_process()).unwrap();
         assert!(small.prepare(&a, &bytes).is_ok());
         assert!(small.cached(&a).is_none());
     }
