@@ -110,7 +110,6 @@ impl ErrorCode {
             | ErrorCode::FuelExhausted
             | ErrorCode::MemoryLimitExceeded
             | ErrorCode::OutputLimitExceeded
-            | ErrorCode::DeadLettered
             | ErrorCode::Cancelled => true,
             ErrorCode::KernelNotFound
             | ErrorCode::KernelHashMismatch
@@ -126,6 +125,9 @@ impl ErrorCode {
             | ErrorCode::UnsupportedProvider
             | ErrorCode::ProviderNotInitialized
             | ErrorCode::SecureExecutionFailed
+            // A delivery limit can be reached by crashes another tenant's job caused (RabbitMQ
+            // 3.x counts returns of prefetched messages): resubmitted, the job runs again.
+            | ErrorCode::DeadLettered
             | ErrorCode::InternalError => false,
         }
     }

@@ -12,3 +12,4 @@ mod operability;
 mod scale;
 mod shutdown;
 mod state;
+mod tenancy;
