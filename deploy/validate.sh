@@ -275,7 +275,7 @@ if [ "$(rcli dtee-admin "$pw_admin" PING)" = PONG ]; then
       # The worker: its commands on dtee:* keys, scripts by hash, nothing else.
       expect allowed "${w[@]}" SET 'dtee:result:sha256:00' r NX EX 60
       expect allowed "${w[@]}" MGET 'dtee:blob:sha256:00' 'dtee:result:sha256:00'
-      expect allowed "${w[@]}" EXISTS 'dtee:revoked:sha256:00'
+      expect allowed "${w[@]}" EXISTS 'dtee:revoked:alice:sha256:00'
       expect allowed "${w[@]}" INCR 'dtee:ver:{alice}:x'
       expect allowed "${w[@]}" APPEND 'dtee:state:{alice}:x' y
       expect allowed "${w[@]}" EVALSHA "$sha" 1 'dtee:state:{alice}:x'
@@ -298,7 +298,10 @@ if [ "$(rcli dtee-admin "$pw_admin" PING)" = PONG ]; then
       expect denied "${s[@]}" MGET 'dtee:state:{alice}:x' 'dtee:ver:{alice}:x'
       expect denied "${s[@]}" GET 'dtee:state:{dtee-submitter2}:x'
       expect denied "${s[@]}" SET 'dtee:state:{dtee-submitter}:x' forged
-      expect allowed "${s[@]}" SET 'dtee:revoked:sha256:03' 1 EX 60
+      # Revocations: its own tenant's prefix only (another tenant's job is not its to cancel).
+      expect allowed "${s[@]}" SET 'dtee:revoked:dtee-submitter:sha256:03' 1 EX 60
+      expect denied "${s[@]}" SET 'dtee:revoked:alice:sha256:03' 1 EX 60
+      expect denied "${s[@]}" SET 'dtee:revoked:sha256:03' 1 EX 60
       expect denied "${s[@]}" SCAN 0
       expect denied "${s[@]}" EVALSHA "$sha" 1 'dtee:result:sha256:00'
       expect denied "${s[@]}" SCRIPT LOAD 'return 1'

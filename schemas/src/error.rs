@@ -117,7 +117,6 @@ impl ErrorCode {
             | ErrorCode::FuelExhausted
             | ErrorCode::MemoryLimitExceeded
             | ErrorCode::OutputLimitExceeded
-            | ErrorCode::DeadLettered
             | ErrorCode::Cancelled
             // The same job on the same state writes the same bytes; append_only values only
             // grow. Final, so the failure is recorded as the job's applied result and a
@@ -137,6 +136,9 @@ impl ErrorCode {
             | ErrorCode::UnsupportedProvider
             | ErrorCode::ProviderNotInitialized
             | ErrorCode::SecureExecutionFailed
+            // A delivery limit can be reached by crashes another tenant's job caused (RabbitMQ
+            // 3.x counts returns of prefetched messages): resubmitted, the job runs again.
+            | ErrorCode::DeadLettered
             | ErrorCode::InternalError
             // Decided by worker settings (compile time and memory bounds) and by how loaded the
             // worker is, not by the job alone: a worker with larger bounds may compile it.

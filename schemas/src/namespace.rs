@@ -78,9 +78,11 @@ impl Namespace {
         format!("{}:failure:{job_id}", self.0)
     }
 
-    /// Redis key that revokes a job (`dtee cancel`): `<ns>:revoked:<job id>`, with a TTL.
-    pub fn revoked_key(&self, job_id: &Digest) -> String {
-        format!("{}:revoked:{job_id}", self.0)
+    /// Redis key by which `tenant` revokes its own job (`dtee cancel`):
+    /// `<ns>:revoked:<tenant>:<job id>`, with a TTL. A revocation cancels the job only for
+    /// deliveries of that tenant; each tenant's Redis user may write only its own prefix.
+    pub fn revoked_key(&self, tenant: &str, job_id: &Digest) -> String {
+        format!("{}:revoked:{tenant}:{job_id}", self.0)
     }
 
     /// Redis key of a worker's registry entry ([`crate::protocol::WorkerEntry`], its identity

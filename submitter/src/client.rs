@@ -340,11 +340,12 @@ impl Client {
         Ok(entries)
     }
 
-    /// Revokes a job for `ttl`: a worker that receives it afterwards answers `cancelled`
-    /// without running it. A job that already has a final result keeps it.
+    /// Revokes this client's tenant's job for `ttl`: a worker that receives it from this tenant
+    /// afterwards answers `cancelled` without running it. The same job published by another
+    /// tenant is not affected, and a job that already has a final result keeps it.
     pub async fn cancel(&self, job_id: &Digest, ttl: Duration) -> Result<(), ClientError> {
         redis::cmd("SET")
-            .arg(self.config.namespace.revoked_key(job_id))
+            .arg(self.config.namespace.revoked_key(&self.user, job_id))
             .arg("1")
             .arg("EX")
             .arg(ttl.as_secs().max(1))

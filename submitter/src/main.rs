@@ -63,8 +63,9 @@ enum Command {
         #[arg(long)]
         at: Option<i64>,
     },
-    /// Cancels a job: a worker that receives it answers `cancelled` without running it. Jobs
-    /// already answered keep their result.
+    /// Cancels a job of this client's tenant (the AMQP user): a worker that receives it from
+    /// this tenant answers `cancelled` without running it. Jobs already answered keep their
+    /// result; other tenants' jobs are not affected.
     Cancel {
         /// The job id (sha256:...).
         job_id: String,
@@ -291,7 +292,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                     "{id} already has a final result ({:?}); it stands",
                     result.status
                 ),
-                None => eprintln!("{id} revoked for {ttl_secs} s"),
+                None => eprintln!("{id} revoked for {ttl_secs} s (tenant {})", client.tenant()),
             }
             client.close().await;
             Ok(0)

@@ -1,17 +1,18 @@
-//! A dead-lettered job's answer names the broker's actual reason (`x-death`), not always the
-//! delivery limit: here the message expired before any worker took it.
+//! A job whose message expired (a per-message TTL, `expiration`) is treated as never
+//! submitted: the dead-letter handler acks it and publishes, caches and records nothing (an
+//! answer under the job id would reach every waiter on it, and a copy of another tenant's job
+//! must not decide it). Submitted again, the job runs.
 
 use std::time::Duration;
 
 use dtee_schemas::protocol;
-use dtee_schemas::ErrorCode;
 use dtee_submitter::builder::{inline_input, output, wasm_job};
-use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+use dtee_tests::TestEnv;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_job_is_answered_with_the_reason_expired() {
+async fn an_expired_job_is_dropped_unanswered_and_runs_when_submitted_again() {
     let env = TestEnv::new("dead-letter-expired").await;
     // Declare the topology, then leave the queue without a consumer.
     env.start_worker().await.shutdown().await.unwrap();
@@ -52,11 +53,29 @@ async fn an_expired_job_is_answered_with_the_reason_expired() {
     assert_eq!(env.queue_depth_of(&dead).await, 1, "the message expired");
 
     let worker = env.start_worker().await;
-    let result = watch.result(RESULT_TIMEOUT).await.unwrap();
-    assert_eq!(result.error_code(), Some(ErrorCode::DeadLettered));
-    let message = &result.error.as_ref().unwrap().message;
-    assert!(message.contains("expired"), "{message}");
-    assert!(!message.contains("delivery limit"), "{message}");
+    for _ in 0..200 {
+        if env.queue_depth_of(&dead).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.queue_depth_of(&dead).await,
+        0,
+        "the dead letter was taken"
+    );
+    let unanswered = watch.result(Duration::from_secs(2)).await;
+    assert!(
+        unanswered.is_err(),
+        "an expired job was answered: {unanswered:?}"
+    );
+    assert!(
+        env.client.cached_result(&id).await.unwrap().is_none(),
+        "an expired job left a cached answer"
+    );
+    let result = env.run(&spec).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    assert_eq!(result.output("out").unwrap().bytes().unwrap(), b"late");
     waiter.close().await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;

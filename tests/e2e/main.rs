@@ -16,3 +16,4 @@ mod resources;
 mod scale;
 mod shutdown;
 mod state;
+mod tenancy;

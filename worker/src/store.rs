@@ -112,10 +112,14 @@ impl Store {
         pipe.query_async(&mut self.redis.clone()).await
     }
 
-    /// Whether `job_id` was revoked (`dtee cancel`).
-    pub async fn is_revoked(&self, job_id: &Digest) -> Result<bool, redis::RedisError> {
+    /// Whether `tenant` revoked its job `job_id` (`dtee cancel`).
+    pub async fn is_revoked(
+        &self,
+        tenant: &str,
+        job_id: &Digest,
+    ) -> Result<bool, redis::RedisError> {
         redis::cmd("EXISTS")
-            .arg(self.namespace.revoked_key(job_id))
+            .arg(self.namespace.revoked_key(tenant, job_id))
             .query_async(&mut self.redis.clone())
             .await
     }

@@ -17,6 +17,8 @@ use crate::clock::unix_ms;
 pub(crate) struct Admitted {
     /// The parsed job: id, spec, and its buffers decoded and checked.
     pub parsed: ParsedJob,
+    /// The tenant of the delivery: the only one its answers and records are made for.
+    pub tenant: String,
     /// Its state buffers, each in the tenant's namespace, in job order.
     pub bindings: Vec<Binding>,
     /// When the worker took it, Unix milliseconds.
@@ -32,6 +34,13 @@ impl Admitted {
     /// The hash tag of the job's writable state keys, if it writes any.
     pub fn writable_hash_tag(&self) -> Option<String> {
         writable_hash_tag(&self.parsed)
+    }
+
+    /// Whether the job id belongs to this tenant alone: it binds state, and every state key
+    /// lies in the tenant's namespace, so no other tenant's delivery of the id is admitted.
+    /// A stateless job id is shared by every tenant that may publish the same job.
+    pub fn id_is_tenants_own(&self) -> bool {
+        !self.bindings.is_empty()
     }
 }
 
@@ -85,10 +94,12 @@ pub(crate) fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outc
     }
     let parsed =
         dtee_schemas::parse_job(body).map_err(|error| refuse_message(error.to_string()))?;
-    let bindings = tenant_of(ctx, delivery).and_then(|tenant| bindings_of(&parsed, tenant));
+    let bindings = tenant_of(ctx, delivery)
+        .and_then(|tenant| Ok((tenant.to_owned(), bindings_of(&parsed, tenant)?)));
     match bindings {
-        Ok(bindings) => Ok(Admitted {
+        Ok((tenant, bindings)) => Ok(Admitted {
             parsed,
+            tenant,
             bindings,
             started_at,
         }),
@@ -184,9 +195,14 @@ pub(crate) fn fallback_id(delivery: &Delivery) -> Digest {
 }
 
 /// Where a failure of an admitted job is cached: final failures with the results, others in
-/// the short-lived failure slot.
-pub(crate) fn cache_for(code: ErrorCode) -> CachePolicy {
-    if code.is_final() {
+/// the short-lived failure slot. `cancelled` is the act of one tenant (its own revocation):
+/// it is cached, and claims the applied record, only under an id that is that tenant's own
+/// (a job binding its state); the same stateless job published by another tenant, or by this
+/// one once the revocation expired, must still run, so there it is never cached.
+pub(crate) fn cache_for(job: &Admitted, code: ErrorCode) -> CachePolicy {
+    if code == ErrorCode::Cancelled && !job.id_is_tenants_own() {
+        CachePolicy::Never
+    } else if code.is_final() {
         CachePolicy::Final
     } else {
         CachePolicy::Failure

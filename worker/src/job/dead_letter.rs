@@ -1,54 +1,89 @@
-//! Dead-lettered jobs: a job that exceeded its queue's delivery limit (it kept killing or
-//! stalling workers) arrives through `<ns>.dead`, and is answered `dead_lettered` with the
-//! delivery history the broker recorded, unless a final result exists.
+//! Dead-lettered jobs, from `<ns>.dead`. Only the broker publishes there, but what it
+//! dead-letters was published by a tenant, so a dead letter is admitted like any job (the
+//! broker keeps `user_id` on a dead-lettered message) and answered for that tenant only:
+//!
+//! - one that expired (a per-message TTL, x-death reason `expired`) is treated as never
+//!   submitted: acked without an answer, nothing cached or recorded. Anything published would
+//!   reach every waiter on the job id, the job's other submitters included;
+//! - one that exceeded its queue's delivery limit (it kept killing or stalling workers) is
+//!   answered with its applied record (inside the delivery's tenant) or its cached result, else
+//!   `dead_lettered` with the delivery history. That answer is never cached and claims
+//!   nothing: on RabbitMQ 3.x a message prefetched by a worker that another tenant's poison
+//!   job killed counts a delivery too, so it does not decide the job for anyone.
 
 use dtee_schemas::ErrorCode;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 
-use super::admit::{fallback_id, writable_hash_tag};
+use super::admit::{self, Admitted};
 use super::outcome::{self, CachePolicy, Failure, Outcome};
 use super::{prior, Context};
-use crate::clock::unix_ms;
 use crate::failure::Transient;
 
-/// Decides the answer to a dead-lettered delivery.
-pub(crate) async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Transient> {
-    let started_at = unix_ms();
-    let parsed = dtee_schemas::parse_job(&delivery.data).ok();
-    let id = parsed
-        .as_ref()
-        .map_or_else(|| fallback_id(delivery), |parsed| parsed.id.clone());
-    if let Some(parsed) = &parsed {
-        // A job whose state writes were committed before the crashes that dead-lettered it is
-        // answered with the result recorded at the commit: its effects happened.
-        if let Some(tag) = writable_hash_tag(parsed) {
-            if let Some(first) = prior::applied(ctx, &tag, &id).await? {
-                return Ok(first);
-            }
+/// Decides the answer to a dead-lettered delivery: `None` for one to ack without an answer.
+pub(crate) async fn evaluate(
+    ctx: &Context,
+    delivery: &Delivery,
+) -> Result<Option<Outcome>, Transient> {
+    if expired(delivery) {
+        tracing::debug!("an expired job was dead-lettered: acked without an answer");
+        return Ok(None);
+    }
+    let job = match admit::admit(ctx, delivery) {
+        Ok(job) => job,
+        Err(refused) => return Ok(Some(refused)),
+    };
+    answer(ctx, delivery, &job).await.map(Some)
+}
+
+/// The answer to an admitted dead letter.
+async fn answer(ctx: &Context, delivery: &Delivery, job: &Admitted) -> Result<Outcome, Transient> {
+    let id = job.id().clone();
+    // A job whose state writes were committed before the crashes that dead-lettered it is
+    // answered with the result recorded at the commit: its effects happened.
+    if let Some(tag) = job.writable_hash_tag() {
+        if let Some(first) = prior::applied(ctx, &tag, &id).await? {
+            return Ok(first);
         }
-        if let Some(cached) = ctx.store.cached_result(&id).await? {
-            return Ok(Outcome::cached(id, cached, CachePolicy::Never));
-        }
+    }
+    if let Some(cached) = ctx.store.cached_result(&id).await? {
+        return Ok(Outcome::cached(id, cached, CachePolicy::Never));
     }
     ctx.telemetry.dead_lettered();
     let failure = Failure::new(
         ErrorCode::DeadLettered,
         format!("the job was dead-lettered: {}", delivery_history(delivery)),
     );
-    let cache = if parsed.is_some() {
-        CachePolicy::Final
-    } else {
-        CachePolicy::Never
-    };
     Ok(outcome::failed_as(
         ctx,
         id,
-        parsed.as_ref(),
-        cache,
+        Some(&job.parsed),
+        CachePolicy::Never,
         failure,
-        started_at,
+        job.started_at,
     ))
+}
+
+/// Whether the broker dead-lettered the message because its per-message TTL (`expiration`)
+/// ran out: `x-first-death-reason` or any `x-death` entry says `expired`.
+fn expired(delivery: &Delivery) -> bool {
+    let Some(headers) = delivery.properties.headers().as_ref() else {
+        return false;
+    };
+    let is_expired = |value: Option<&AMQPValue>| match value {
+        Some(AMQPValue::LongString(s)) => s.to_string() == "expired",
+        Some(AMQPValue::ShortString(s)) => s.as_str() == "expired",
+        _ => false,
+    };
+    if is_expired(headers.inner().get("x-first-death-reason")) {
+        return true;
+    }
+    match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().iter().any(|death| {
+            matches!(death, AMQPValue::FieldTable(death) if is_expired(death.inner().get("reason")))
+        }),
+        _ => false,
+    }
 }
 
 /// RabbitMQ's dead-letter reason (`x-death` `reason`) in words.

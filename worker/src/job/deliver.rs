@@ -45,6 +45,16 @@ pub(crate) async fn deliver(
     Ok(())
 }
 
+/// Acks a delivery that gets no answer (an expired dead letter: as if never submitted).
+pub(crate) async fn ack_unanswered(ctx: &Context, delivery: &Delivery) -> Result<(), Transient> {
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(_) => ctx.telemetry.acked(),
+        // Redelivered, it is dropped again.
+        Err(error) => warn!(%error, "ack of an expired dead letter failed"),
+    }
+    Ok(())
+}
+
 /// Caches the outcome as its policy says. Where another execution of the same job recorded a
 /// result first, the outcome adopts that one, so every result published for an id is the same.
 async fn cache(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {

@@ -142,7 +142,10 @@ pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watc
 /// One attempt: decide the outcome, then deliver it.
 async fn attempt(ctx: &Context, delivery: &Delivery) -> Result<(), Transient> {
     let outcome = if delivery.exchange.as_str() == ctx.config.namespace.dead_letter_exchange() {
-        dead_letter::evaluate(ctx, delivery).await?
+        match dead_letter::evaluate(ctx, delivery).await? {
+            Some(outcome) => outcome,
+            None => return deliver::ack_unanswered(ctx, delivery).await,
+        }
     } else {
         evaluate(ctx, delivery).await?
     };

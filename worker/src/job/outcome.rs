@@ -191,7 +191,7 @@ pub(crate) fn succeeded(ctx: &Context, job: &Admitted, success: Success) -> Outc
 /// The outcome of an admitted job that failed: final failures are cached with the results
 /// (and claim the applied record of a job that writes state), others in the failure slot.
 pub(crate) fn failed(ctx: &Context, job: &Admitted, failure: Failure) -> Outcome {
-    let cache = admit::cache_for(failure.code);
+    let cache = admit::cache_for(job, failure.code);
     failed_as(
         ctx,
         job.id().clone(),

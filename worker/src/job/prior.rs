@@ -5,7 +5,8 @@
 //! 2. the applied record: a redelivery of a job whose writes were committed (a crash before
 //!    its result was cached) is answered with the result recorded at the commit — its effects
 //!    happened, whatever a revocation or this worker's limits now say;
-//! 3. a revocation (`dtee cancel`): the job is answered `cancelled` and never runs.
+//! 3. a revocation (`dtee cancel`) by the delivery's own tenant: the job is answered
+//!    `cancelled` and never runs. Another tenant's revocation of the same id is not read.
 
 use dtee_schemas::{Digest, ErrorCode};
 use tracing::debug;
@@ -33,7 +34,7 @@ pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
             return Err(Halt::Answer(first));
         }
     }
-    if ctx.store.is_revoked(id).await? {
+    if ctx.store.is_revoked(&job.tenant, id).await? {
         return Err(Halt::Fail(Failure::new(
             ErrorCode::Cancelled,
             "the job was cancelled before it ran",
