@@ -9,6 +9,7 @@ mod hostile;
 mod jobs;
 mod limits;
 mod operability;
+mod result_routing;
 mod scale;
 mod shutdown;
 mod state;
