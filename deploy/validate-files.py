@@ -273,12 +273,18 @@ def check_definitions(parsed, facts):
     topic = [t for t in d.get("topic_permissions", []) if t["user"] == "dtee-submitter"
              and t["exchange"] == f"{NAMESPACE}.results"]
     if check(len(topic) == 1, "dtee-submitter has a topic permission on the results exchange"):
-        pattern = re.compile(topic[0]["read"])
+        # Results are routed `<user_id>.<job id>`; RabbitMQ expands {username} (unescaped, so
+        # tenant user names must not contain a dot).
+        pattern = re.compile(topic[0]["read"].replace("{username}", "dtee-submitter"))
         job_id = "sha256:" + "0123456789abcdef" * 4
-        check(pattern.search(job_id) and not any(pattern.search(k) for k in
-                                                  ("#", "*", "sha256:*", "sha256:#", "")),
-              "submitters may bind a job id, never a wildcard",
-              "the read pattern must match exactly one job id")
+        refused = ("#", "*", "sha256:*", "sha256:#", "", job_id, f"alice.{job_id}",
+                   f"_.{job_id}", "dtee-submitter.#", "dtee-submitter.*",
+                   f"dtee-submitter.{job_id}.x", f"dtee-submitter.x.{job_id}")
+        check(pattern.search(f"dtee-submitter.{job_id}")
+              and not any(pattern.search(k) for k in refused),
+              "submitters may bind their own <user>.<job id>, never a wildcard or another user's",
+              "the read pattern must match exactly the user's own key for one job id")
+        check(topic[0]["write"] == "^$", "submitters may not publish results")
     return d
 
 

@@ -79,9 +79,22 @@ pub fn served_routing_keys(target: &str, platform: Platform) -> Vec<String> {
         .collect()
 }
 
-/// The routing key of a result: the job id as written.
-pub fn result_routing_key(job_id: &Digest) -> &str {
-    job_id.as_str()
+/// The first word of the result routing key for a job delivered without `user_id` (accepted
+/// only by single-tenant workers). No RabbitMQ user may be named `_`: it would read those
+/// results.
+pub const ANONYMOUS_RESULT_PREFIX: &str = "_";
+
+/// The routing key of a result: `<user>.<job id>`, where `user` is the AMQP `user_id` of the
+/// delivery it answers (RabbitMQ checked it against the publishing connection's user), or
+/// [`ANONYMOUS_RESULT_PREFIX`] when the delivery had none. Each submitter of a job id gets its own
+/// copy of the answer, and a topic permission `^{username}\.sha256:[0-9a-f]{64}$` on
+/// `<ns>.results` keeps every user to its own keys.
+pub fn result_routing_key(user: Option<&str>, job_id: &Digest) -> String {
+    format!(
+        "{}.{}",
+        user.unwrap_or(ANONYMOUS_RESULT_PREFIX),
+        job_id.as_str()
+    )
 }
 
 /// A worker's entry in the registry: JSON stored under [`Namespace::worker_key`] with a TTL of a
@@ -105,6 +118,16 @@ pub struct WorkerEntry {
 mod tests {
     use super::*;
     use crate::attestation::evidence::{Evidence, SoftwareEvidence, SOFTWARE_STATEMENT};
+
+    #[test]
+    fn a_result_is_routed_under_its_submitter() {
+        let id = Digest::of(b"job");
+        assert_eq!(
+            result_routing_key(Some("alice@example.org"), &id),
+            format!("alice@example.org.{id}")
+        );
+        assert_eq!(result_routing_key(None, &id), format!("_.{id}"));
+    }
 
     #[test]
     fn a_platform_serves_exactly_the_keys_of_the_requirements_it_satisfies() {

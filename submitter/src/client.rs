@@ -365,11 +365,13 @@ impl Client {
             .transpose()
     }
 
-    /// A waiter with its own exclusive result queue.
+    /// A waiter with its own exclusive result queue, for the results of this client's own
+    /// submissions (bound under its user, [`Client::tenant`]).
     pub async fn waiter(&self) -> Result<ResultWaiter, ClientError> {
         ResultWaiter::new(
             &self.connection,
             self.config.namespace.clone(),
+            self.user.clone(),
             self.redis.clone(),
         )
         .await

@@ -78,7 +78,8 @@ enum Command {
     Workers,
     /// Submits a job and prints its id once the broker has confirmed it.
     Submit(JobArgs),
-    /// Waits for a job's result and prints it.
+    /// Waits for a job's result and prints it (the answer to a submission by this user, or the
+    /// cached result).
     Wait {
         /// The job id (sha256:...).
         job_id: String,

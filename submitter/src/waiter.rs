@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dtee_schemas::protocol::Namespace;
+use dtee_schemas::protocol::{result_routing_key, Namespace};
 use dtee_schemas::{Digest, JobResult};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -20,13 +20,17 @@ type AllResults = Arc<Mutex<Option<mpsc::UnboundedSender<(JobResult, bool)>>>>;
 
 /// Waits for results on one exclusive, auto-deleted queue bound to the results exchange.
 ///
-/// [`ResultWaiter::wait`] binds the queue to one job id, then checks the result cache, then
-/// waits: no result can slip between the two. [`ResultWaiter::subscribe_all`] instead binds
+/// [`ResultWaiter::wait`] binds the queue to one job id under the client's own user
+/// (`<user>.<job id>`: workers answer each submission under its `user_id`, so only this
+/// tenant's own submissions reach it), then checks the result cache, then waits: no result can
+/// slip between the two. [`ResultWaiter::subscribe_all`] instead binds
 /// `#` and streams every result of the namespace (load tests and monitors).
 pub struct ResultWaiter {
     channel: Channel,
     queue: String,
     namespace: Namespace,
+    /// The AMQP user: the first word of every routing key bound.
+    user: String,
     redis: ConnectionManager,
     pending: Pending,
     all: AllResults,
@@ -49,6 +53,7 @@ impl ResultWaiter {
     pub(crate) async fn new(
         connection: &Connection,
         namespace: Namespace,
+        user: String,
         redis: ConnectionManager,
     ) -> Result<ResultWaiter, ClientError> {
         let channel = connection.create_channel().await?;
@@ -101,6 +106,7 @@ impl ResultWaiter {
             channel,
             queue,
             namespace,
+            user,
             redis,
             pending,
             all,
@@ -117,8 +123,8 @@ impl ResultWaiter {
 
     /// Starts watching for the result of `job_id`: binds the queue, then checks the result
     /// cache and the failure slot. Once this returns, no result for the job can be missed, so
-    /// a caller may submit the job (or publish anything for that id) and then await
-    /// [`Watch::result`].
+    /// a caller may submit the job (or have its user publish anything for that id) and then
+    /// await [`Watch::result`].
     pub async fn watch(&self, job_id: &Digest) -> Result<Watch<'_>, ClientError> {
         self.watch_inner(job_id, true).await
     }
@@ -157,7 +163,7 @@ impl ResultWaiter {
             .queue_bind(
                 self.queue.as_str().into(),
                 self.namespace.results_exchange().into(),
-                job_id.as_str().into(),
+                result_routing_key(Some(&self.user), job_id).into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -176,8 +182,10 @@ impl ResultWaiter {
         Ok(watch)
     }
 
-    /// Binds `#` and returns every result of the namespace from now on, with whether it was
-    /// republished from the cache. Only one subscription per waiter.
+    /// Binds `#` and returns every result of the namespace from now on, whoever submitted the
+    /// job, with whether it was republished from the cache. Only one subscription per waiter.
+    /// Needs a user without a topic permission on `<ns>.results` (an operator or monitor): the
+    /// deployment's submitter permission refuses `#`.
     pub async fn subscribe_all(
         &self,
     ) -> Result<mpsc::UnboundedReceiver<(JobResult, bool)>, ClientError> {
@@ -279,7 +287,7 @@ impl Watch<'_> {
                 .queue_unbind(
                     self.waiter.queue.as_str().into(),
                     self.waiter.namespace.results_exchange().into(),
-                    self.job_id.as_str().into(),
+                    result_routing_key(Some(&self.waiter.user), &self.job_id).into(),
                     FieldTable::default(),
                 )
                 .await;

@@ -13,6 +13,7 @@ mod jobs;
 mod limits;
 mod operability;
 mod resources;
+mod result_routing;
 mod scale;
 mod shutdown;
 mod state;

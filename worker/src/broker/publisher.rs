@@ -1,5 +1,5 @@
-//! Result publishing: persistent messages to `<ns>.results`, routed by job id, each awaited
-//! until the broker confirms it.
+//! Result publishing: persistent messages to `<ns>.results`, routed by the user of the delivery
+//! answered and the job id (`<user_id>.<job id>`), each awaited until the broker confirms it.
 
 use dtee_schemas::protocol::{self, Namespace};
 use dtee_schemas::Digest;
@@ -57,9 +57,11 @@ impl ResultPublisher {
         self.channel.status().connected()
     }
 
-    /// Publishes one result and waits for the broker's confirm.
+    /// Publishes one result for the submitter `user` (the `user_id` of the delivery it
+    /// answers; `None` when the delivery had none) and waits for the broker's confirm.
     pub(crate) async fn publish(
         &self,
+        user: Option<&str>,
         job_id: &Digest,
         body: &[u8],
         cached: bool,
@@ -80,7 +82,7 @@ impl ResultPublisher {
             .channel
             .basic_publish(
                 self.exchange.clone(),
-                protocol::result_routing_key(job_id).into(),
+                protocol::result_routing_key(user, job_id).into(),
                 BasicPublishOptions::default(),
                 body,
                 properties,

@@ -1,5 +1,5 @@
-//! Delivering an outcome: cache it (first result wins), publish it with a publisher confirm,
-//! and only then ack the delivery. If the worker dies anywhere before the ack, the broker
+//! Delivering an outcome: cache it (first result wins), publish it with a publisher confirm
+//! under the delivery's own submitter (`<user_id>.<job id>`), and only then ack the delivery. If the worker dies anywhere before the ack, the broker
 //! redelivers the job and the cache answers it.
 
 use std::time::Instant;
@@ -21,8 +21,15 @@ pub(crate) async fn deliver(
     cache(ctx, &mut outcome).await?;
     let publisher = ctx.publisher.read().expect("publisher lock").clone();
     let started = Instant::now();
+    // The answer goes to the submitter of this delivery only (`<user_id>.<job id>`): a copy of
+    // someone else's job is answered to the copy's sender, never into the owner's waiter.
+    let user = delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .map(|user| user.as_str());
     if let Err(error) = publisher
-        .publish(&outcome.job_id, &outcome.body, outcome.from_cache)
+        .publish(user, &outcome.job_id, &outcome.body, outcome.from_cache)
         .await
     {
         if !publisher.is_open() {

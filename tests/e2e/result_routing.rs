@@ -1,0 +1,173 @@
+//! Result routing: a result reaches only the tenant whose delivery it answers. Results go to
+//! `<ns>.results` under `<user_id>.<job id>`, and RabbitMQ topic permissions pin each tenant's
+//! bindings to its own prefix.
+
+use std::time::Duration;
+
+use dtee_schemas::job::AccessMode;
+use dtee_schemas::protocol::result_routing_key;
+use dtee_schemas::ErrorCode;
+use dtee_submitter::builder::{state, wasm_job};
+use dtee_submitter::{Client, ClientConfig};
+use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+const PASSWORD: &str = "dtee-test-password";
+
+/// Runs rabbitmqctl, quietly; whether it succeeded.
+fn rabbitmqctl(args: &[&str]) -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("running rabbitmqctl")
+        .status
+        .success()
+}
+
+/// Creates (or resets) a RabbitMQ user with full rights on the default vhost.
+fn ensure_user(user: &str) {
+    if !rabbitmqctl(&["add_user", user, PASSWORD]) {
+        assert!(rabbitmqctl(&["change_password", user, PASSWORD]));
+    }
+    assert!(rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        "/",
+        user,
+        ".*",
+        ".*",
+        ".*"
+    ]));
+}
+
+async fn connect(env: &TestEnv, user: &str) -> Client {
+    Client::connect(ClientConfig {
+        amqp_url: format!("amqp://{user}:{PASSWORD}@127.0.0.1:5672/%2f"),
+        redis_url: dtee_tests::redis_url(),
+        namespace: env.namespace.clone(),
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_a_copy_reaches_only_the_tenant_that_sent_the_copy() {
+    let env = TestEnv::new("result-routing").await;
+    let worker = env.start_worker().await;
+    ensure_user("dtee-test-route-a");
+    ensure_user("dtee-test-route-b");
+    let alice = connect(&env, "dtee-test-route-a").await;
+    let bob = connect(&env, "dtee-test-route-b").await;
+    let mut spec = wasm_job(env.put_kernel("increment").await, "increment");
+    let key = format!("dtee-test-route-a/{}/counter", env.namespace);
+    spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
+    let id = dtee_schemas::job_id(&spec).unwrap();
+
+    // Alice is waiting for her job; Bob publishes a copy of it first and is refused.
+    let alice_waiter = alice.waiter().await.unwrap();
+    let alice_watch = alice_waiter.watch_fresh(&id).await.unwrap();
+    let bob_waiter = bob.waiter().await.unwrap();
+    let bob_watch = bob_waiter.watch_fresh(&id).await.unwrap();
+    bob.submit(&spec).await.unwrap();
+    let refusal = bob_watch.result(RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(refusal.error_code(), Some(ErrorCode::StateAccessDenied));
+    bob_waiter.close().await;
+    // Give a wrongly routed copy of the refusal time to reach Alice's queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Alice's waiter took nothing from Bob's copy: it gets her own success.
+    alice.submit(&spec).await.unwrap();
+    let result = alice_watch.result(RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(
+        result.error_code(),
+        None,
+        "alice's waiter took another tenant's answer: {:?}",
+        result.error
+    );
+    assert!(result.succeeded());
+    alice_waiter.close().await;
+    alice.close().await;
+    bob.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
+    // The permission that deploy/rabbitmq/definitions.json gives submitters on the results
+    // exchange, set here on this test's exchange in the default vhost.
+    let env = TestEnv::new("result-perm").await;
+    let worker = env.start_worker().await;
+    let carol = "dtee-test-route-c";
+    ensure_user(carol);
+    let exchange = env.namespace.results_exchange();
+    assert!(rabbitmqctl(&[
+        "set_topic_permissions",
+        "-p",
+        "/",
+        carol,
+        &exchange,
+        "^$",
+        r"^{username}\.sha256:[0-9a-f]{64}$",
+    ]));
+    let client = connect(&env, carol).await;
+    let echo = env.put_kernel("echo").await;
+    let mut spec = wasm_job(echo, "echo");
+    spec.buffers = vec![
+        dtee_submitter::builder::inline_input("in", b"mine"),
+        dtee_submitter::builder::output("out", 16),
+    ];
+    // Carol's own key: bound, and her result arrives.
+    let waiter = client.waiter().await.unwrap();
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    client.submit(&spec).await.unwrap();
+    assert!(watch.result(RESULT_TIMEOUT).await.unwrap().succeeded());
+    waiter.close().await;
+    // Another tenant's key, the anonymous prefix, and wildcards: refused by RabbitMQ.
+    let other = result_routing_key(Some("dtee-test-route-a"), &id);
+    let anonymous = result_routing_key(None, &id);
+    for key in [
+        other.as_str(),
+        anonymous.as_str(),
+        "#",
+        "*.#",
+        "dtee-test-route-c.#",
+    ] {
+        let channel = client.connection().create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let bound = channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await;
+        assert!(bound.is_err(), "carol bound {key}");
+    }
+    assert!(rabbitmqctl(&[
+        "clear_topic_permissions",
+        "-p",
+        "/",
+        carol,
+        &exchange
+    ]));
+    client.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
