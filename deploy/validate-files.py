@@ -174,7 +174,7 @@ def code_facts():
     commands = set()
     for path in (ROOT / "worker/src").rglob("*.rs"):
         source = path.read_text()
-        commands |= {c.lower() for c in re.findall(r'redis::cmd\("([A-Za-z]+)"\)', source)}
+        commands |= {c.lower() for c in re.findall(r'(?:redis::|pipe\.)cmd\("([A-Za-z]+)"\)', source)}
         commands |= {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", source)}
         commands |= {c.lower() for c in re.findall(r"\.(\w+)\(\s*self\.namespace\.\w+_key\(", source)
                      if c not in ("arg", "key")}
@@ -182,6 +182,10 @@ def code_facts():
             commands |= {"evalsha", "script|load"}
         if re.search(r"redis::pipe\(\)\s*\.atomic\(\)", source):
             commands |= {"multi", "exec"}
+    # CONFIG GET proto-max-bulk-len is optional (worker/src/state.rs): where the ACL refuses it,
+    # the worker keeps DTEE_MAX_STATE_VALUE_BYTES. The shipped ACL refuses it on purpose: CONFIG
+    # GET would show the worker every setting of the server.
+    commands.discard("config")
     facts["worker_redis_commands"] = commands
 
     health = (ROOT / "worker/src/health.rs").read_text()
