@@ -1,0 +1,240 @@
+//! Unit tests of the WebAssembly backend with the committed kernels.
+
+use super::*;
+use crate::backend::Slot;
+use dtee_schemas::result::EffectiveLimits;
+
+fn kernel(name: &str) -> Vec<u8> {
+    let path = format!("{}/../kernels/wasm/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, KernelError> {
+    let backend = WasmBackend::new(4, usize::MAX, CompileSettings::in_process()).unwrap();
+    let bytes = kernel(name);
+    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let Ok(prepared) = prepared.as_ref() else {
+        panic!("{name} does not compile")
+    };
+    let invocation = Invocation {
+        entry: entry.to_owned(),
+        slots: vec![],
+        params: vec![],
+        limits,
+    };
+    backend.run(prepared, &invocation)
+}
+
+const LIMITS: EffectiveLimits = EffectiveLimits {
+    timeout_ms: 10_000,
+    memory_bytes: 1 << 24,
+    fuel: 1 << 40,
+    output_bytes: 1 << 20,
+};
+
+#[test]
+fn a_timed_out_kernel_stops_at_its_deadline() {
+    let error = run(
+        "spin",
+        "spin",
+        EffectiveLimits {
+            timeout_ms: 50,
+            ..LIMITS
+        },
+    )
+    .unwrap_err();
+    assert_eq!(error.code, ErrorCode::ExecutionTimeout);
+    assert!(error.usage.wall_time_us >= 50_000, "{:?}", error.usage);
+    assert!(error.usage.wall_time_us < 5_000_000, "{:?}", error.usage);
+    // Wasmtime 48 does not flush its fuel counter before the epoch-deadline trap, so the
+    // fuel of an interrupted run is only what was flushed at the last call: a lower bound
+    // (documented on ResourceUsage::fuel_consumed).
+    assert!(error.usage.fuel_consumed <= LIMITS.fuel);
+}
+
+#[test]
+fn a_module_without_memory_is_a_link_failure() {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    // (module (func (export "run") (result i32) i32.const 0))
+    let bytes = [
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f,
+        0x03, 0x02, 0x01, 0x00, 0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00, 0x0a, 0x06,
+        0x01, 0x04, 0x00, 0x41, 0x00, 0x0b,
+    ];
+    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    assert_eq!(
+        prepared.as_ref().as_ref().err().map(|e| e.code),
+        Some(ErrorCode::KernelLinkFailed)
+    );
+}
+
+#[test]
+fn a_write_far_past_the_output_limit_traps_before_allocating() {
+    // out has a huge declared size; the job's output limit is 1 MiB. flood writes 64 KiB
+    // chunks until it hits the limit: it must stop at 1 MiB, not allocate the declared size.
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let bytes = kernel("flood");
+    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let Ok(prepared) = prepared.as_ref() else {
+        panic!("flood does not compile")
+    };
+    let invocation = Invocation {
+        entry: "flood".to_owned(),
+        slots: vec![Slot::Output {
+            name: "out".to_owned(),
+            capacity: 1 << 40,
+        }],
+        params: vec![],
+        limits: EffectiveLimits {
+            output_bytes: 1 << 20,
+            ..LIMITS
+        },
+    };
+    let error = backend.run(prepared, &invocation).unwrap_err();
+    assert_eq!(error.code, ErrorCode::OutputLimitExceeded);
+    assert!(error.usage.output_bytes <= 1 << 20, "{:?}", error.usage);
+}
+
+/// Runs an entry of kernels/wasm/edges.wasm with outputs `a` and `b` (1 KiB each) and a
+/// 1 KiB output limit.
+fn run_edges(entry: &str) -> Result<Completed, KernelError> {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let bytes = kernel("edges");
+    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let Ok(prepared) = prepared.as_ref() else {
+        panic!("edges does not compile")
+    };
+    let output = |name: &str| Slot::Output {
+        name: name.to_owned(),
+        capacity: 1024,
+    };
+    let invocation = Invocation {
+        entry: entry.to_owned(),
+        slots: vec![output("a"), output("b")],
+        params: vec![],
+        limits: EffectiveLimits {
+            output_bytes: 1024,
+            ..LIMITS
+        },
+    };
+    backend.run(prepared, &invocation)
+}
+
+#[test]
+fn shrinking_a_buffer_gives_no_output_bytes_back() {
+    // 1024 bytes written to "a", "a" shrunk to 0, then 1 byte to "b": the output limit
+    // counts each buffer at its largest, so the last write is past the 1024-byte limit.
+    let error = run_edges("refill").unwrap_err();
+    assert_eq!(
+        error.code,
+        ErrorCode::OutputLimitExceeded,
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn a_name_pointer_past_linear_memory_traps() {
+    // buffer_find(2^31, 4): the pointer is an address like any other, past memory.
+    let error = run_edges("find_high").unwrap_err();
+    assert_eq!(error.code, ErrorCode::KernelTrapped, "{}", error.message);
+}
+
+/// Prepares (or finds) and runs a kernel through the [`Backend`] trait alone.
+fn run_through<B: Backend>(
+    backend: &B,
+    bytes: &[u8],
+    invocation: &Invocation,
+) -> Result<Completed, KernelError> {
+    let digest = Digest::of(bytes);
+    let prepared = backend
+        .cached(&digest)
+        .unwrap_or_else(|| backend.prepare(&digest, bytes).unwrap());
+    assert!(backend.cached(&digest).is_some(), "prepare caches");
+    backend.run(
+        prepared.as_ref().as_ref().map_err(Clone::clone)?,
+        invocation,
+    )
+}
+
+#[test]
+fn echo_through_the_backend_trait_copies_its_input() {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    assert_eq!(
+        (backend.name(), backend.format()),
+        ("wasm", KernelFormat::Wasm)
+    );
+    let bytes = kernel("echo");
+    let data: Arc<[u8]> = Arc::from(&b"hello, kernel"[..]);
+    let mut invocation = Invocation {
+        entry: "echo".to_owned(),
+        slots: vec![
+            Slot::Input {
+                name: "in".to_owned(),
+                data: Arc::clone(&data),
+            },
+            Slot::Output {
+                name: "out".to_owned(),
+                capacity: 64,
+            },
+        ],
+        params: vec![],
+        limits: LIMITS,
+    };
+    let completed = run_through(&backend, &bytes, &invocation).unwrap();
+    assert_eq!(completed.written, vec![None, Some(data.to_vec())]);
+    assert_eq!(completed.usage.output_bytes, data.len() as u64);
+
+    // "in" as an output: buffer_read answers DTEE_ERR_ACCESS and echo returns 3.
+    invocation.slots[0] = Slot::Output {
+        name: "in".to_owned(),
+        capacity: 64,
+    };
+    let error = run_through(&backend, &bytes, &invocation).unwrap_err();
+    assert_eq!(error.code, ErrorCode::KernelFailed);
+    assert_eq!(error.message, "the kernel returned status 3");
+}
+
+#[test]
+fn the_cache_keeps_a_deterministic_failure() {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let digest = Digest::of(b"junk");
+    let prepared = backend.prepare(&digest, b"junk").unwrap();
+    assert_eq!(
+        prepared.as_ref().as_ref().err().map(|e| e.code),
+        Some(ErrorCode::KernelInvalid)
+    );
+    assert!(backend.cached(&digest).is_some());
+    // Capacity 1: a second module evicts the first.
+    backend.prepare(&Digest::of(b"other"), b"other").unwrap();
+    assert!(backend.cached(&digest).is_none());
+}
+
+#[test]
+fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
+    let bytes = kernel("echo");
+    let probe = WasmBackend::new(16, usize::MAX, CompileSettings::in_process()).unwrap();
+    let size = cached_size(
+        &probe.prepare(&Digest::of(b"probe"), &bytes).unwrap(),
+        bytes.len(),
+    );
+    assert!(size > bytes.len(), "a compiled module has an image: {size}");
+    // Room for two and a half compiled copies (under different digests): a third evicts
+    // the least recently used, although the count bound (16) is far away.
+    let backend = WasmBackend::new(16, size * 5 / 2, CompileSettings::in_process()).unwrap();
+    let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+    assert!(backend.prepare(&a, &bytes).is_ok());
+    assert!(backend.prepare(&b, &bytes).is_ok());
+    assert!(
+        backend.cached(&a).is_some(),
+        "using a leaves b least recently used"
+    );
+    assert!(backend.prepare(&c, &bytes).is_ok());
+    assert!(backend.cached(&b).is_none(), "b was evicted");
+    assert!(backend.cached(&a).is_some() && backend.cached(&c).is_some());
+    assert_eq!(backend.cache.lock().unwrap().bytes(), 2 * size);
+    // A module larger than the whole budget runs but is not kept.
+    let small = WasmBackend::new(16, size - 1, CompileSettings::in_process()).unwrap();
+    assert!(small.prepare(&a, &bytes).is_ok());
+    assert!(small.cached(&a).is_none());
+}
