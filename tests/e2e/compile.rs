@@ -8,6 +8,7 @@ use dtee_schemas::{ErrorCode, JobResult, JobSpec};
 use dtee_submitter::builder::{inline_input, output, wasm_job};
 use dtee_submitter::{ResultWaiter, Watch};
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+use dtee_worker::stats::Stats;
 
 /// The worker's compile deadline in this test.
 const COMPILE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -137,10 +138,12 @@ async fn a_slow_compile_is_cut_at_its_deadline_and_does_not_hold_up_other_jobs()
     let (first_took, second_took) = (first_at - started, second_at - started);
     eprintln!("cheap job answered after {cheap_wait:?}; slow kernels failed after {first_took:?} and {second_took:?}");
     assert!(cheap.error.is_none(), "{:?}", cheap.error);
-    // Two slow kernels fill the prefetch, so the cheap job waits for the first to be answered:
-    // at most one compile deadline, plus a margin for a loaded test machine.
+    // Two slow kernels fill the prefetch, so the cheap job waits for the first to be answered,
+    // and then for the one compile slot, which the second holds until its deadline: at most
+    // two compile deadlines, plus a margin for a loaded test machine (the unbounded compiler
+    // made it wait 41 s here).
     assert!(
-        cheap_wait < COMPILE_TIMEOUT + Duration::from_secs(2),
+        cheap_wait < 2 * COMPILE_TIMEOUT + Duration::from_secs(4),
         "{cheap_wait:?}"
     );
     for (result, took) in [(&first, first_took), (&second, second_took)] {
@@ -160,17 +163,14 @@ async fn a_slow_compile_is_cut_at_its_deadline_and_does_not_hold_up_other_jobs()
     // The worker keeps the failure for the digest: the same kernel is not compiled again.
     let mut again = slow[0].clone();
     again.nonce = Some("again".to_owned());
-    let asked = Instant::now();
+    let fetched = Stats::get(&worker.stats.kernel_bytes_fetched);
     let again = env.run(&again).await;
     assert_eq!(
         again.error_code(),
         Some(ErrorCode::KernelCompileLimitExceeded)
     );
-    assert!(
-        asked.elapsed() < COMPILE_TIMEOUT / 2,
-        "{:?}",
-        asked.elapsed()
-    );
+    // Answered from the module cache: the kernel was not even fetched again, let alone compiled.
+    assert_eq!(Stats::get(&worker.stats.kernel_bytes_fetched), fetched);
 
     worker.shutdown().await.expect("shutdown");
     env.cleanup().await;
