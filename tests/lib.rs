@@ -74,7 +74,64 @@ pub struct TestEnv {
     pub redis_url: String,
 }
 
+/// The password of the RabbitMQ users that tests make for tenants.
+pub const TENANT_PASSWORD: &str = "dtee-test-password";
+
+/// Runs `rabbitmqctl -q` with `args`; whether it succeeded.
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("running rabbitmqctl")
+        .status
+        .success()
+}
+
+/// Creates (or resets) the RabbitMQ user `user`, password [`TENANT_PASSWORD`], with full rights
+/// on the default vhost: a tenant of its own.
+pub fn ensure_tenant_user(user: &str) {
+    if !rabbitmqctl(&["add_user", user, TENANT_PASSWORD]) {
+        assert!(
+            rabbitmqctl(&["change_password", user, TENANT_PASSWORD]),
+            "rabbitmqctl change_password"
+        );
+    }
+    assert!(
+        rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]),
+        "rabbitmqctl set_permissions"
+    );
+}
+
+/// The AMQP URL of the tenant user `user` (see [`ensure_tenant_user`]).
+pub fn tenant_amqp_url(user: &str) -> String {
+    format!("amqp://{user}:{TENANT_PASSWORD}@127.0.0.1:5672/%2f")
+}
+
+/// Submits `spec` as `client`'s tenant and waits for its result.
+pub async fn run_as(client: &Client, spec: &JobSpec) -> JobResult {
+    let waiter = client.waiter().await.expect("waiter");
+    let id = dtee_schemas::job_id(spec).expect("job id");
+    let watch = waiter.watch_fresh(&id).await.expect("watch");
+    client.submit(spec).await.expect("submit");
+    let result = watch.result(RESULT_TIMEOUT).await.expect("result");
+    waiter.close().await;
+    result
+}
+
 impl TestEnv {
+    /// A client of this namespace whose tenant is `user` (the RabbitMQ user is made first).
+    pub async fn tenant_client(&self, user: &str) -> Client {
+        ensure_tenant_user(user);
+        Client::connect(ClientConfig {
+            amqp_url: tenant_amqp_url(user),
+            redis_url: redis_url(),
+            namespace: self.namespace.clone(),
+        })
+        .await
+        .expect("connecting as a tenant")
+    }
+
     /// A fresh namespace named after the test.
     pub async fn new(test: &str) -> TestEnv {
         TestEnv::with_redis(test, &redis_url()).await

@@ -8,58 +8,16 @@ use dtee_schemas::job::AccessMode;
 use dtee_schemas::protocol::result_routing_key;
 use dtee_schemas::ErrorCode;
 use dtee_submitter::builder::{state, wasm_job};
-use dtee_submitter::{Client, ClientConfig};
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-
-const PASSWORD: &str = "dtee-test-password";
-
-/// Runs rabbitmqctl, quietly; whether it succeeded.
-fn rabbitmqctl(args: &[&str]) -> bool {
-    std::process::Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("running rabbitmqctl")
-        .status
-        .success()
-}
-
-/// Creates (or resets) a RabbitMQ user with full rights on the default vhost.
-fn ensure_user(user: &str) {
-    if !rabbitmqctl(&["add_user", user, PASSWORD]) {
-        assert!(rabbitmqctl(&["change_password", user, PASSWORD]));
-    }
-    assert!(rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        "/",
-        user,
-        ".*",
-        ".*",
-        ".*"
-    ]));
-}
-
-async fn connect(env: &TestEnv, user: &str) -> Client {
-    Client::connect(ClientConfig {
-        amqp_url: format!("amqp://{user}:{PASSWORD}@127.0.0.1:5672/%2f"),
-        redis_url: dtee_tests::redis_url(),
-        namespace: env.namespace.clone(),
-    })
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_of_a_copy_reaches_only_the_tenant_that_sent_the_copy() {
     let env = TestEnv::new("result-routing").await;
     let worker = env.start_worker().await;
-    ensure_user("dtee-test-route-a");
-    ensure_user("dtee-test-route-b");
-    let alice = connect(&env, "dtee-test-route-a").await;
-    let bob = connect(&env, "dtee-test-route-b").await;
+    let alice = env.tenant_client("dtee-test-route-a").await;
+    let bob = env.tenant_client("dtee-test-route-b").await;
     let mut spec = wasm_job(env.put_kernel("increment").await, "increment");
     let key = format!("dtee-test-route-a/{}/counter", env.namespace);
     spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
@@ -101,9 +59,9 @@ async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
     let env = TestEnv::new("result-perm").await;
     let worker = env.start_worker().await;
     let carol = "dtee-test-route-c";
-    ensure_user(carol);
+    dtee_tests::ensure_tenant_user(carol);
     let exchange = env.namespace.results_exchange();
-    assert!(rabbitmqctl(&[
+    assert!(dtee_tests::rabbitmqctl(&[
         "set_topic_permissions",
         "-p",
         "/",
@@ -112,7 +70,7 @@ async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
         "^$",
         r"^{username}\.sha256:[0-9a-f]{64}$",
     ]));
-    let client = connect(&env, carol).await;
+    let client = env.tenant_client(carol).await;
     let echo = env.put_kernel("echo").await;
     let mut spec = wasm_job(echo, "echo");
     spec.buffers = vec![
@@ -160,7 +118,7 @@ async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
             .await;
         assert!(bound.is_err(), "carol bound {key}");
     }
-    assert!(rabbitmqctl(&[
+    assert!(dtee_tests::rabbitmqctl(&[
         "clear_topic_permissions",
         "-p",
         "/",

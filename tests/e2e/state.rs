@@ -9,7 +9,6 @@ use dtee_schemas::job::AccessMode;
 use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, ErrorCode, JobResult, JobSpec};
 use dtee_submitter::builder::{inline_input, output, state, wasm_job};
-use dtee_submitter::{Client, ClientConfig};
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
 use dtee_worker::stats::Stats;
 
@@ -335,65 +334,12 @@ async fn a_crash_between_commit_and_ack_applies_once_and_answers_the_first_resul
     env.cleanup().await;
 }
 
-/// Submits `spec` as `client`'s tenant and waits for its result.
-async fn run_as(client: &Client, spec: JobSpec) -> JobResult {
-    let waiter = client.waiter().await.unwrap();
-    let watch = waiter
-        .watch_fresh(&dtee_schemas::job_id(&spec).unwrap())
-        .await
-        .unwrap();
-    client.submit(&spec).await.unwrap();
-    let result = watch.result(RESULT_TIMEOUT).await.unwrap();
-    waiter.close().await;
-    result
-}
-
-/// Creates (or resets) a RabbitMQ user with full rights on the default vhost.
-fn ensure_rabbitmq_user(user: &str, password: &str) {
-    let rabbitmqctl = |args: &[&str]| {
-        std::process::Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(args)
-            .output()
-            .expect("running rabbitmqctl")
-    };
-    if !rabbitmqctl(&["add_user", user, password]).status.success() {
-        assert!(
-            rabbitmqctl(&["change_password", user, password])
-                .status
-                .success(),
-            "rabbitmqctl change_password"
-        );
-    }
-    assert!(
-        rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"])
-            .status
-            .success()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_and_user_id_cannot_be_forged() {
     let env = TestEnv::new("tenants").await;
     let worker = env.start_worker().await;
-    let password = "dtee-test-password";
-    ensure_rabbitmq_user("dtee-test-alice", password);
-    ensure_rabbitmq_user("dtee-test-bob", password);
-    let connect = |user: &str| {
-        let namespace = env.namespace.clone();
-        let url = format!("amqp://{user}:{password}@127.0.0.1:5672/%2f");
-        async move {
-            Client::connect(ClientConfig {
-                amqp_url: url,
-                redis_url: dtee_tests::redis_url(),
-                namespace,
-            })
-            .await
-            .unwrap()
-        }
-    };
-    let alice = connect("dtee-test-alice").await;
-    let bob = connect("dtee-test-bob").await;
+    let alice = env.tenant_client("dtee-test-alice").await;
+    let bob = env.tenant_client("dtee-test-bob").await;
     assert_eq!(alice.tenant(), "dtee-test-alice");
     let kernel = env.put_kernel("increment").await;
     let alice_key = format!("dtee-test-alice/{}/counter", env.namespace);
@@ -401,13 +347,13 @@ async fn tenants_are_isolated_and_user_id_cannot_be_forged() {
     let mut spec = wasm_job(kernel.clone(), "increment");
     spec.buffers = vec![state("counter", &alice_key, AccessMode::ReadWrite, true)];
     assert!(
-        run_as(&alice, spec.clone()).await.succeeded(),
+        dtee_tests::run_as(&alice, &spec).await.succeeded(),
         "alice binds her own key"
     );
 
     // Bob binds Alice's key: refused before anything is read.
     spec.nonce = Some("bob's attempt".to_owned());
-    let result = run_as(&bob, spec.clone()).await;
+    let result = dtee_tests::run_as(&bob, &spec).await;
     assert_eq!(result.error_code(), Some(ErrorCode::StateAccessDenied));
     let key = StateKey::parse(&alice_key).unwrap();
     assert_eq!(

@@ -6,61 +6,12 @@ use std::time::Duration;
 use dtee_schemas::job::AccessMode;
 use dtee_schemas::protocol;
 use dtee_schemas::state::StateKey;
-use dtee_schemas::{ErrorCode, JobResult, JobSpec};
+use dtee_schemas::{ErrorCode, JobSpec};
 use dtee_submitter::builder::{inline_input, output, state, wasm_job};
-use dtee_submitter::{Client, ClientConfig};
-use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+use dtee_tests::TestEnv;
 use dtee_worker::stats::Stats;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-
-const PASSWORD: &str = "dtee-test-password";
-
-/// Creates (or resets) a RabbitMQ user with full rights on the default vhost.
-fn ensure_rabbitmq_user(user: &str) {
-    let rabbitmqctl = |args: &[&str]| {
-        std::process::Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(args)
-            .output()
-            .expect("running rabbitmqctl")
-    };
-    if !rabbitmqctl(&["add_user", user, PASSWORD]).status.success() {
-        let reset = rabbitmqctl(&["change_password", user, PASSWORD]);
-        assert!(reset.status.success(), "rabbitmqctl change_password");
-    }
-    let granted = rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
-    assert!(granted.status.success(), "rabbitmqctl set_permissions");
-}
-
-fn user_url(user: &str) -> String {
-    format!("amqp://{user}:{PASSWORD}@127.0.0.1:5672/%2f")
-}
-
-/// A client whose tenant is `user`.
-async fn tenant(env: &TestEnv, user: &str) -> Client {
-    ensure_rabbitmq_user(user);
-    Client::connect(ClientConfig {
-        amqp_url: user_url(user),
-        redis_url: dtee_tests::redis_url(),
-        namespace: env.namespace.clone(),
-    })
-    .await
-    .unwrap()
-}
-
-/// Submits `spec` as `client`'s tenant and waits for its result.
-async fn run_as(client: &Client, spec: &JobSpec) -> JobResult {
-    let waiter = client.waiter().await.unwrap();
-    let watch = waiter
-        .watch_fresh(&dtee_schemas::job_id(spec).unwrap())
-        .await
-        .unwrap();
-    client.submit(spec).await.unwrap();
-    let result = watch.result(RESULT_TIMEOUT).await.unwrap();
-    waiter.close().await;
-    result
-}
 
 /// Polls until `queue` holds `depth` messages.
 async fn until_depth(env: &TestEnv, queue: &str, depth: u32) {
@@ -76,9 +27,12 @@ async fn until_depth(env: &TestEnv, queue: &str, depth: u32) {
 /// Publishes `spec` as `user` with a per-message TTL (`expiration`), the way any AMQP client
 /// may.
 async fn publish_expiring(env: &TestEnv, user: &str, spec: &JobSpec, expiration_ms: u32) {
-    let connection = Connection::connect(&user_url(user), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let connection = Connection::connect(
+        &dtee_tests::tenant_amqp_url(user),
+        ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -117,7 +71,7 @@ async fn an_expired_copy_of_another_tenants_job_decides_nothing() {
     let env = TestEnv::new("tenancy-expired").await;
     // Declare the topology, then stop: the copy expires in the queue, with no worker to take it.
     env.start_worker().await.shutdown().await.unwrap();
-    let alice = tenant(&env, "dtee-test-alice").await;
+    let alice = env.tenant_client("dtee-test-alice").await;
     let key = format!("dtee-test-alice/{}/counter", env.namespace);
     let mut spec = wasm_job(env.put_kernel("increment").await, "increment");
     spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
@@ -138,7 +92,7 @@ async fn an_expired_copy_of_another_tenants_job_decides_nothing() {
     );
 
     // Alice's own submission runs, and writes her state once.
-    let result = run_as(&alice, &spec).await;
+    let result = dtee_tests::run_as(&alice, &spec).await;
     assert!(result.succeeded(), "{:?}", result.error);
     assert_eq!(Stats::get(&worker.stats.executed), 1);
     let state = env
@@ -160,8 +114,8 @@ async fn an_expired_copy_of_another_tenants_job_decides_nothing() {
 async fn a_tenant_cancels_only_its_own_jobs() {
     let env = TestEnv::new("tenancy-cancel").await;
     let worker = env.start_worker().await;
-    let alice = tenant(&env, "dtee-test-alice").await;
-    let bob = tenant(&env, "dtee-test-bob").await;
+    let alice = env.tenant_client("dtee-test-alice").await;
+    let bob = env.tenant_client("dtee-test-bob").await;
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
     spec.buffers = vec![inline_input("in", b"hello"), output("out", 8)];
 
@@ -169,7 +123,7 @@ async fn a_tenant_cancels_only_its_own_jobs() {
     spec.nonce = Some("bob cancels alice's job".to_owned());
     let id = dtee_schemas::job_id(&spec).unwrap();
     bob.cancel(&id, Duration::from_secs(60)).await.unwrap();
-    let result = run_as(&alice, &spec).await;
+    let result = dtee_tests::run_as(&alice, &spec).await;
     assert!(
         result.succeeded(),
         "bob's cancel decided alice's job: {:?}",
@@ -180,12 +134,12 @@ async fn a_tenant_cancels_only_its_own_jobs() {
     spec.nonce = Some("alice cancels her own".to_owned());
     let id = dtee_schemas::job_id(&spec).unwrap();
     alice.cancel(&id, Duration::from_secs(60)).await.unwrap();
-    let result = run_as(&alice, &spec).await;
+    let result = dtee_tests::run_as(&alice, &spec).await;
     assert_eq!(result.error_code(), Some(ErrorCode::Cancelled));
     assert_eq!(Stats::get(&worker.stats.executed), 1);
     // ...and that answer is not the stateless job's answer for everyone: Bob's identical job
     // submitted afterwards runs.
-    let result = run_as(&bob, &spec).await;
+    let result = dtee_tests::run_as(&bob, &spec).await;
     assert!(
         result.succeeded(),
         "alice's cancel decided bob's job: {:?}",
