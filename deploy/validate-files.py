@@ -210,11 +210,16 @@ def check_definitions(parsed, facts):
 
     expected = facts["job_queue_arguments"]
     exchanges = {(e["vhost"], e["name"]): e for e in d["exchanges"]}
-    for name, kind in ((f"{NAMESPACE}.jobs", "direct"), (f"{NAMESPACE}.results", "topic"),
-                       (f"{NAMESPACE}.dead", "fanout")):
+    for name, kind in ((f"{NAMESPACE}.jobs", "topic"), (f"{NAMESPACE}.intake", "topic"),
+                       (f"{NAMESPACE}.results", "topic"), (f"{NAMESPACE}.dead", "fanout")):
         e = exchanges.get((VHOST, name))
         check(e is not None and e["type"] == kind and e["durable"] and not e["auto_delete"],
               f"exchange {name}: durable {kind}")
+    jobs = exchanges.get((VHOST, f"{NAMESPACE}.jobs")) or {}
+    check(jobs.get("arguments") == {"alternate-exchange": f"{NAMESPACE}.intake"},
+          f"{NAMESPACE}.jobs has {NAMESPACE}.intake as its alternate exchange",
+          "jobs of tenants without a queue of their own reach the shared queues through it "
+          "(worker/src/broker/topology.rs)")
     queues = {(q["vhost"], q["name"]): q for q in d["queues"]}
     bindings = {(b["vhost"], b["source"], b["destination"], b["routing_key"])
                 for b in d["bindings"] if b["destination_type"] == "queue"}
@@ -226,16 +231,40 @@ def check_definitions(parsed, facts):
         check(q["durable"] and not q["auto_delete"], f"{name} is durable")
         check(q["arguments"] == expected, f"{name} has exactly the worker's arguments",
               f"{q['arguments']} != {expected} (worker/src/broker/topology.rs job_queue_arguments)")
-        check((VHOST, f"{NAMESPACE}.jobs", name, key) in bindings,
-              f"{name} is bound to {NAMESPACE}.jobs with routing key {key}")
+        check((VHOST, f"{NAMESPACE}.intake", name, f"*.{key}") in bindings,
+              f"{name} is bound to {NAMESPACE}.intake with routing key *.{key}")
     dead = queues.get((VHOST, f"{NAMESPACE}.dead"))
     check(dead is not None and dead["arguments"] == {"x-queue-type": "quorum"},
           f"queue {NAMESPACE}.dead: quorum, no other arguments")
     check((VHOST, f"{NAMESPACE}.dead", f"{NAMESPACE}.dead", "") in bindings,
           f"{NAMESPACE}.dead is bound to its exchange")
+    tenants = queues.get((VHOST, f"{NAMESPACE}.tenants"))
+    check(tenants is not None and tenants["arguments"] == {"x-queue-type": "stream"}
+          and (VHOST, f"{NAMESPACE}.tenants", f"{NAMESPACE}.tenants", "") in bindings
+          and exchanges.get((VHOST, f"{NAMESPACE}.tenants"), {}).get("type") == "fanout",
+          f"the stream {NAMESPACE}.tenants, bound to its fanout exchange (tenant-queue announcements)")
     check(set(queues) == {(VHOST, f"{NAMESPACE}.jobs.{k}") for k in ROUTING_KEYS}
-          | {(VHOST, f"{NAMESPACE}.dead")}, "no other queues")
+          | {(VHOST, f"{NAMESPACE}.dead"), (VHOST, f"{NAMESPACE}.tenants")}, "no other queues")
+    check(not any(b["source"] == f"{NAMESPACE}.jobs" for b in d["bindings"]),
+          f"nothing is bound to {NAMESPACE}.jobs",
+          "its bindings are the tenants' own queues, which workers declare")
 
+    # Quotas: a length limit on every job queue (each tenant's own), connection and queue
+    # limits on the vhost, connection and channel limits on submitters.
+    policies = [p for p in d.get("policies", []) if p["vhost"] == VHOST]
+    length = [p for p in policies if re.search(p["pattern"], f"{NAMESPACE}.jobs.wasm/alice")
+              and p["apply-to"] == "queues"]
+    check(len(length) == 1 and length[0]["definition"].get("overflow") == "reject-publish"
+          and isinstance(length[0]["definition"].get("max-length"), int)
+          and not re.search(length[0]["pattern"], f"{NAMESPACE}.dead"),
+          "a policy limits the length of every job queue (refusing publishes beyond) and not "
+          "the dead-letter queue")
+    limits = [p for p in d.get("parameters", []) if p["vhost"] == VHOST
+              and p["component"] == "vhost-limits"]
+    check(len(limits) == 1 and {"max-connections", "max-queues"} <= set(limits[0]["value"]),
+          f"vhost {VHOST} limits connections and queues")
+    check({"max-connections", "max-channels"} <= set(users["dtee-submitter"].get("limits", {})),
+          "dtee-submitter's connections and channels are limited")
     # Permissions, tried as RabbitMQ does (an unanchored regular-expression search).
     perms = {p["user"]: p for p in d["permissions"] if p["vhost"] == VHOST}
     amq_gen = "amq.gen-JzTY20BRgKO-HjmUJj0wLg"
@@ -289,6 +318,17 @@ def check_definitions(parsed, facts):
               "submitters may bind their own <user>.<job id>, never a wildcard or another user's",
               "the read pattern must match exactly the user's own key for one job id")
         check(topic[0]["write"] == "^$", "submitters may not publish results")
+    topic = [t for t in d.get("topic_permissions", []) if t["user"] == "dtee-submitter"
+             and t["exchange"] == f"{NAMESPACE}.jobs"]
+    if check(len(topic) == 1, "dtee-submitter has a topic permission on the jobs exchange"):
+        # Jobs are published `<user>.<routing key>`, so that each tenant's go to its own queue.
+        pattern = re.compile(topic[0]["write"].replace("{username}", "dtee-submitter"))
+        refused = ("wasm", "alice.wasm", "dtee-submitterx.wasm", "dtee-submitter.",
+                   "dtee-submitter.#", "dtee-submitter.*", "x.dtee-submitter.wasm")
+        check(pattern.search("dtee-submitter.wasm") and pattern.search("dtee-submitter.wasm.tpm")
+              and not any(pattern.search(k) for k in refused),
+              "submitters may publish jobs under their own <user>.<routing key> only")
+        check(topic[0]["read"] == "^$", "nobody binds to the jobs exchange under a submitter")
     return d
 
 

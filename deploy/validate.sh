@@ -331,6 +331,12 @@ rabbit_ok=0
 if ! rabbitmqctl -q await_startup --timeout 30 >/dev/null 2>&1; then
   fail "RabbitMQ is not running (deploy/local/setup.sh starts it), or rabbitmqctl cannot reach it (run as root)"
 else
+  # Upgrade: the definitions of a dtee before per-tenant queues had a direct jobs exchange,
+  # which an import cannot turn into a topic exchange. This vhost is the validation's own.
+  if rabbitmqctl -s list_exchanges -p dtee name type 2>/dev/null | grep -x 'dtee.jobs	direct' >/dev/null; then
+    rabbitmqctl -q delete_vhost dtee >/dev/null 2>&1 || true
+    ok "vhost dtee had an earlier dtee's direct jobs exchange: deleted, to be imported afresh"
+  fi
   # The file goes through standard input: the broker, not this process, would read a path.
   imported=0
   for _ in 1 2 3; do
@@ -343,10 +349,11 @@ else
   if [ "$imported" = 1 ]; then
     ok "rabbitmqctl import_definitions"
     # The import runs asynchronously: wait for its objects.
-    want_queues="dtee.dead dtee.jobs.wasm dtee.jobs.wasm.any-hardware dtee.jobs.wasm.snp dtee.jobs.wasm.tpm"
+    want_queues="dtee.dead dtee.jobs.wasm dtee.jobs.wasm.any-hardware dtee.jobs.wasm.snp dtee.jobs.wasm.tpm dtee.tenants"
     queues=
     for _ in $(seq 1 60); do
-      queues=$(rabbitmqctl -s list_queues -p dtee name 2>/dev/null | sort | tr '\n' ' ' | sed 's/ $//' || true)
+      # Tenant queues (`dtee.jobs.<key>/<tenant>`) are the workers' own, from earlier --live runs.
+      queues=$(rabbitmqctl -s list_queues -p dtee name 2>/dev/null | grep -v / | sort | tr '\n' ' ' | sed 's/ $//' || true)
       [ "$queues" = "$want_queues" ] && break
       sleep 0.5
     done
@@ -370,6 +377,27 @@ else
       ok "topic permission: submitters bind only their own <user>.<job id> on dtee.results"
     else
       fail "topic permission of dtee-submitter on dtee.results"
+    fi
+    if rabbitmqctl -s list_exchanges -p dtee name type arguments 2>/dev/null | grep -x 'dtee.jobs	topic	\[{"alternate-exchange","dtee.intake"}\]' >/dev/null; then
+      ok "dtee.jobs: a topic exchange whose alternate exchange is dtee.intake"
+    else
+      fail "dtee.jobs is not a topic exchange with the alternate exchange dtee.intake"
+    fi
+    if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep '^dtee-submitter	dtee.jobs	^{username}\\\.' >/dev/null; then
+      ok "topic permission: submitters publish jobs only under their own <user>.<routing key>"
+    else
+      fail "topic permission of dtee-submitter on dtee.jobs"
+    fi
+    if rabbitmqctl -s list_queues -p dtee name policy 2>/dev/null | grep -x 'dtee.jobs.wasm	dtee-job-queue-length' >/dev/null; then
+      ok "quota: the job queue length policy applies to dtee.jobs.wasm"
+    else
+      fail "the job queue length policy does not apply to dtee.jobs.wasm"
+    fi
+    if rabbitmqctl -s list_vhost_limits -p dtee 2>/dev/null | grep max-queues >/dev/null \
+      && rabbitmqctl -s list_user_limits --user dtee-submitter 2>/dev/null | grep max-connections >/dev/null; then
+      ok "quota: vhost and submitter limits are set"
+    else
+      fail "vhost dtee or user dtee-submitter has no limits after the import"
     fi
     if rabbitmqctl -q import_definitions --format json < deploy/rabbitmq/definitions.json >/dev/null 2>&1; then
       ok "importing again is accepted (nothing changes)"
@@ -399,6 +427,11 @@ if [ "$live" = 1 ]; then
   elif [ "$rabbit_ok" != 1 ] || [ -z "$redis_pid" ] || ! kill -0 "$redis_pid" 2>/dev/null; then
     fail "the live run needs the imported definitions and the throwaway Redis above"
   else
+    # Start from the imported definitions alone: tenant queues (`dtee.jobs.<key>/<tenant>`)
+    # that earlier live runs' workers declared are this validation's own.
+    for queue in $(rabbitmqctl -s list_queues -p dtee name 2>/dev/null | grep / || true); do
+      rabbitmqctl -q delete_queue -p dtee "$queue" >/dev/null 2>&1 || true
+    done
     rpw_worker=rw-$RANDOM$RANDOM$RANDOM rpw_submitter=rs-$RANDOM$RANDOM$RANDOM
     rabbit_passwords_set=1
     rabbitmqctl -q change_password dtee-worker "$rpw_worker" >/dev/null

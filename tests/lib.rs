@@ -72,6 +72,8 @@ pub struct TestEnv {
     pub client: Client,
     /// The Redis this test uses.
     pub redis_url: String,
+    /// The tenants of this test's clients (their tenant queues are the test's too).
+    tenants: std::sync::Mutex<Vec<String>>,
 }
 
 /// The password of the RabbitMQ users that tests make for tenants.
@@ -123,6 +125,10 @@ impl TestEnv {
     /// A client of this namespace whose tenant is `user` (the RabbitMQ user is made first).
     pub async fn tenant_client(&self, user: &str) -> Client {
         ensure_tenant_user(user);
+        self.tenants
+            .lock()
+            .expect("tenants lock")
+            .push(user.to_owned());
         Client::connect(ClientConfig {
             amqp_url: tenant_amqp_url(user),
             redis_url: redis_url(),
@@ -163,6 +169,7 @@ impl TestEnv {
             namespace,
             client,
             redis_url: redis.to_owned(),
+            tenants: std::sync::Mutex::default(),
         }
     }
 
@@ -215,12 +222,49 @@ impl TestEnv {
         result
     }
 
-    /// Messages ready in the target's queue (not counting unacknowledged ones).
-    pub async fn queue_depth(&self, target: &str) -> u32 {
-        self.queue_depth_of(&self.namespace.job_queue(target)).await
+    /// Messages ready in the routing key's queues, the shared one and every tenant's (not
+    /// counting unacknowledged ones).
+    pub async fn queue_depth(&self, route: &str) -> u32 {
+        let mut depth = 0;
+        for queue in self.job_queues(route).await {
+            depth += self.queue_depth_of(&queue).await;
+        }
+        depth
     }
 
-    /// Messages ready in the named queue (not counting unacknowledged ones).
+    /// The routing key's job queues: the shared one, and the tenant queue of each of this
+    /// test's clients (which may not exist yet: a missing queue counts as empty).
+    pub async fn job_queues(&self, route: &str) -> Vec<String> {
+        let mut tenants = vec![self.client.tenant().to_owned()];
+        tenants.extend(self.tenants.lock().expect("tenants lock").iter().cloned());
+        let mut queues = vec![self.namespace.job_queue(route)];
+        queues.extend(
+            tenants
+                .iter()
+                .map(|tenant| self.namespace.tenant_job_queue(route, tenant)),
+        );
+        queues
+    }
+
+    /// Whether the named queue exists.
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        let Ok(channel) = self.client.connection().create_channel().await else {
+            return false;
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let exists = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        let _ = channel.close(200, "ok".into()).await;
+        exists
+    }
+
+    /// Messages ready in the named queue (not counting unacknowledged ones); 0 if it does not
+    /// exist.
     pub async fn queue_depth_of(&self, queue: &str) -> u32 {
         let channel = self
             .client
@@ -228,7 +272,7 @@ impl TestEnv {
             .create_channel()
             .await
             .expect("channel");
-        let queue = channel
+        let depth = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -238,20 +282,22 @@ impl TestEnv {
                 FieldTable::default(),
             )
             .await
-            .expect("passive declare");
+            .map_or(0, |queue| queue.message_count());
         let _ = channel.close(200, "ok".into()).await;
-        queue.message_count()
+        depth
     }
 
     /// Deletes the namespace's queues, exchanges and Redis keys. Each deletion gets its own
     /// channel, so that one refusal cannot stop the others.
     pub async fn cleanup(self) {
-        let queues = ["wasm", "wasm.tpm", "wasm.snp", "wasm.any-hardware"]
-            .map(|key| self.namespace.job_queue(key));
-        for queue in queues
-            .into_iter()
-            .chain([self.namespace.dead_letter_queue()])
-        {
+        let mut queues = vec![
+            self.namespace.dead_letter_queue(),
+            self.namespace.tenants_announcements(),
+        ];
+        for route in ["wasm", "wasm.tpm", "wasm.snp", "wasm.any-hardware"] {
+            queues.extend(self.job_queues(route).await);
+        }
+        for queue in queues {
             if let Ok(channel) = self.client.connection().create_channel().await {
                 let _ = channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())
@@ -261,6 +307,8 @@ impl TestEnv {
         }
         for exchange in [
             self.namespace.jobs_exchange(),
+            self.namespace.intake_exchange(),
+            self.namespace.tenants_announcements(),
             self.namespace.results_exchange(),
             self.namespace.dead_letter_exchange(),
         ] {

@@ -42,9 +42,20 @@ impl Namespace {
         &self.0
     }
 
-    /// Direct exchange that routes jobs by target: `<ns>.jobs`.
+    /// Topic exchange that jobs are published to: `<ns>.jobs`, routing key
+    /// `<user>.<routing key>` ([`crate::protocol::submit_routing_key`]). It routes a job to its
+    /// tenant's queue ([`tenant_job_queue`](Self::tenant_job_queue)) when one exists, and
+    /// otherwise, through its alternate exchange [`intake_exchange`](Self::intake_exchange), to
+    /// the shared queue of the routing key ([`job_queue`](Self::job_queue)).
     pub fn jobs_exchange(&self) -> String {
         format!("{}.jobs", self.0)
+    }
+
+    /// Topic exchange that receives the jobs `<ns>.jobs` has no tenant queue for (its
+    /// alternate exchange), and routes them by `*.<routing key>` to the shared queues:
+    /// `<ns>.intake`.
+    pub fn intake_exchange(&self) -> String {
+        format!("{}.intake", self.0)
     }
 
     /// Topic exchange for results, routing key = job id: `<ns>.results`.
@@ -62,9 +73,26 @@ impl Namespace {
         format!("{}.dead", self.0)
     }
 
-    /// Quorum queue of one target: `<ns>.jobs.<target>`.
+    /// Shared quorum queue of one routing key, for tenants without a queue of their own yet:
+    /// `<ns>.jobs.<routing key>`.
     pub fn job_queue(&self, target: &str) -> String {
         format!("{}.jobs.{target}", self.0)
+    }
+
+    /// Quorum queue of one tenant for one routing key: `<ns>.jobs.<routing key>/<tenant>`, bound
+    /// to `<ns>.jobs` by `<tenant>.<routing key>`. Workers consume every tenant's queue, so that
+    /// a tenant's backlog waits in its own queue and not in front of other tenants' jobs.
+    pub fn tenant_job_queue(&self, route: &str, tenant: &str) -> String {
+        format!("{}.jobs.{route}/{tenant}", self.0)
+    }
+
+    /// Fanout exchange, and the stream bound to it, of the tenant queues that exist, one message
+    /// `<routing key>/<tenant>` per queue: `<ns>.tenants`. The worker that first sees a tenant's
+    /// job in a shared queue declares the tenant's queue and publishes it here; every worker
+    /// reads the stream from its start and consumes the queues of the routing keys it serves.
+    /// It lives in the broker, with the bindings it describes, so the two cannot part.
+    pub fn tenants_announcements(&self) -> String {
+        format!("{}.tenants", self.0)
     }
 
     /// Redis key of a blob (kernel or large input): `<ns>:blob:<digest>`.
@@ -124,6 +152,12 @@ mod tests {
         let ns = Namespace::default();
         let id = Digest::of(b"x");
         assert_eq!(ns.jobs_exchange(), "dtee.jobs");
+        assert_eq!(ns.intake_exchange(), "dtee.intake");
+        assert_eq!(
+            ns.tenant_job_queue("wasm.tpm", "alice"),
+            "dtee.jobs.wasm.tpm/alice"
+        );
+        assert_eq!(ns.tenants_announcements(), "dtee.tenants");
         assert_eq!(ns.results_exchange(), "dtee.results");
         assert_eq!(ns.job_queue("wasm"), "dtee.jobs.wasm");
         assert_eq!(ns.blob_key(&id), format!("dtee:blob:{id}"));

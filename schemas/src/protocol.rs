@@ -68,6 +68,21 @@ pub fn job_routing_key(spec: &JobSpec) -> String {
     )
 }
 
+/// The routing key a job is published under: `<user>.<routing key>`, where `user` is the
+/// publishing connection's AMQP user (the `user_id` of the message) and `route` its
+/// [`job_routing_key`]. RabbitMQ topic permissions (`^{username}\\.` on `<ns>.jobs`) hold each
+/// user to its own prefix, so no tenant can put jobs into another tenant's queue.
+pub fn submit_routing_key(user: &str, route: &str) -> String {
+    format!("{user}.{route}")
+}
+
+/// The tenant and routing key of a job's publishing routing key, if it has the form
+/// [`submit_routing_key`] makes for a [routable](crate::state::is_routable_tenant) tenant.
+pub fn split_submit_routing_key(key: &str) -> Option<(&str, &str)> {
+    let (tenant, route) = key.split_once('.')?;
+    (crate::state::is_routable_tenant(tenant) && !route.is_empty()).then_some((tenant, route))
+}
+
 /// The routing keys a worker on `platform` serves for `target`: the key of every requirement the
 /// platform [satisfies](Platform::satisfies), e.g. `wasm`, `wasm.tpm`, `wasm.any-hardware` for
 /// a TPM.
@@ -127,6 +142,14 @@ mod tests {
             format!("alice@example.org.{id}")
         );
         assert_eq!(result_routing_key(None, &id), format!("_.{id}"));
+        assert_eq!(submit_routing_key("alice", "wasm.tpm"), "alice.wasm.tpm");
+        assert_eq!(
+            split_submit_routing_key("alice.wasm.tpm"),
+            Some(("alice", "wasm.tpm"))
+        );
+        assert_eq!(split_submit_routing_key("wasm"), None);
+        assert_eq!(split_submit_routing_key("_.wasm"), None);
+        assert_eq!(split_submit_routing_key("alice."), None);
     }
 
     #[test]

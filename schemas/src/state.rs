@@ -49,6 +49,15 @@ pub fn is_valid_tenant(tenant: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
 }
 
+/// Whether `tenant` may have queues of its own ([`crate::namespace::Namespace::tenant_job_queue`]):
+/// a [valid tenant](is_valid_tenant) without `.` (which would make `<tenant>.<routing key>`
+/// ambiguous, and `.` in a `^{username}\\.` topic permission matches any character), and
+/// not `_` (the anonymous result prefix). Jobs of other tenants are served from the shared
+/// queues.
+pub fn is_routable_tenant(tenant: &str) -> bool {
+    is_valid_tenant(tenant) && !tenant.contains('.') && tenant != "_"
+}
+
 impl StateKey {
     /// Parses `<tenant>/<path>`.
     pub fn parse(key: &str) -> Result<StateKey, StateKeyError> {

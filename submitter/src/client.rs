@@ -55,8 +55,11 @@ pub enum ClientError {
         namespace: String,
     },
     /// The broker refused responsibility for the message.
-    #[error("the broker did not confirm the job (nack); it was not accepted")]
+    #[error("the broker did not confirm the job (nack): the tenant's job queue is full (its length limit) or the broker could not store it; it was not accepted")]
     Nacked,
+    /// The AMQP user's name cannot be carried by the jobs' routing keys.
+    #[error("AMQP user {0:?} cannot submit jobs: a dtee user name is 1 to 64 of letters, digits, '_', '@' and '-' (no '.'), since jobs are published under `<user>.<routing key>`")]
+    UnroutableUser(String),
     /// No result arrived in time.
     #[error("no result for {0} arrived in time")]
     Timeout(Digest),
@@ -222,6 +225,10 @@ impl Client {
         target: &str,
         user_id: Option<&str>,
     ) -> Result<(), ClientError> {
+        if !dtee_schemas::state::is_routable_tenant(&self.user) {
+            return Err(ClientError::UnroutableUser(self.user.clone()));
+        }
+        let routing_key = protocol::submit_routing_key(&self.user, target);
         let mut headers = FieldTable::default();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -243,7 +250,7 @@ impl Client {
             .channel
             .basic_publish(
                 self.config.namespace.jobs_exchange().into(),
-                target.into(),
+                routing_key.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -274,7 +281,7 @@ impl Client {
         channel
             .exchange_declare(
                 self.config.namespace.jobs_exchange().into(),
-                ExchangeKind::Direct,
+                ExchangeKind::Topic,
                 passive,
                 FieldTable::default(),
             )

@@ -368,10 +368,9 @@ async fn jobs_survive_killed_workers_and_restarted_broker_and_redis() {
         0
     );
     // Nor does any worker hold one unacknowledged (say a result it cannot publish).
-    for queue in [
-        env.namespace.job_queue("wasm"),
-        env.namespace.dead_letter_queue(),
-    ] {
+    let mut queues = env.job_queues("wasm").await;
+    queues.push(env.namespace.dead_letter_queue());
+    for queue in queues {
         let mut held = unacknowledged(&queue);
         for _ in 0..100 {
             if held == 0 {

@@ -37,7 +37,9 @@ async fn an_expired_job_is_dropped_unanswered_and_runs_when_submitted_again() {
     channel
         .basic_publish(
             env.namespace.jobs_exchange().into(),
-            protocol::job_routing_key(&spec).as_str().into(),
+            protocol::submit_routing_key(env.client.tenant(), &protocol::job_routing_key(&spec))
+                .as_str()
+                .into(),
             BasicPublishOptions::default(),
             &body,
             properties,

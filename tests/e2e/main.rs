@@ -8,6 +8,7 @@ mod compile;
 mod dead_letter;
 mod dead_letter_reason;
 mod failures;
+mod fairness;
 mod hostile;
 mod jobs;
 mod limits;

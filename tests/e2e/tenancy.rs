@@ -50,7 +50,7 @@ async fn publish_expiring(env: &TestEnv, user: &str, spec: &JobSpec, expiration_
     let confirm = channel
         .basic_publish(
             env.namespace.jobs_exchange().into(),
-            "wasm".into(),
+            protocol::submit_routing_key(user, "wasm").as_str().into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()

@@ -67,8 +67,10 @@ pub struct Config {
     pub targets: Vec<String>,
     /// Kernels running at once.
     pub concurrency: usize,
-    /// Broker prefetch (unacknowledged deliveries in flight).
+    /// Broker prefetch (unacknowledged deliveries in flight), per consumed queue.
     pub prefetch: u16,
+    /// Tenant queues consumed at most.
+    pub max_tenant_queues: usize,
     /// Result cache lifetime.
     pub result_ttl: Duration,
     /// Lifetime of a failure that is not final.
@@ -183,6 +185,7 @@ impl Config {
             targets: args.targets,
             concurrency,
             prefetch,
+            max_tenant_queues: args.max_tenant_queues,
             result_ttl: Duration::from_secs(args.result_ttl_secs),
             failure_ttl: Duration::from_secs(args.failure_ttl_secs),
             max_job_bytes: args.max_job_bytes,

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{info, warn};
 
-use crate::broker::session::Session;
+use crate::broker::session::{Session, TenantQueue};
+use crate::broker::tenants::Tenants;
 use crate::failure::Backoff;
 use crate::health::Health;
 use crate::hooks::{self, TestHook};
@@ -30,8 +31,10 @@ pub(crate) struct Consumer {
     pub ctx: Arc<Context>,
     /// The current session; `None` while reconnecting.
     pub session: Option<Session>,
-    /// The routing keys whose queues the worker consumes.
+    /// The routing keys whose shared queues the worker consumes.
     pub routing_keys: Vec<String>,
+    /// The tenant queues the worker consumes.
+    pub tenants: Tenants,
     /// What the probes report.
     pub health: Arc<Health>,
     /// The registry heartbeat, stopped (and the entry removed) at shutdown.
@@ -76,12 +79,26 @@ impl Consumer {
                         warn!(%error, "a job task failed");
                     }
                 }
+                announced = current.announcements.next(), if !stall => match announced {
+                    Some(Ok(announcement)) => self.announced(announcement).await,
+                    Some(Err(error)) => {
+                        warn!(%error, "lost the tenant-queue announcements; reconnecting");
+                        self.drop_session().await;
+                    }
+                    None => {
+                        warn!("the broker cancelled the tenant-queue announcements; reconnecting");
+                        self.drop_session().await;
+                    }
+                },
                 _ = progress.tick() => {
                     let room = in_flight.len() < usize::from(self.ctx.config.prefetch);
                     self.check_progress(room).await;
                 }
                 next = current.consumers.next(), if !stall => match next {
                     Some(Ok(delivery)) => {
+                        if let Some(queue) = self.tenants.missing(&delivery) {
+                            self.provision(queue).await;
+                        }
                         self.health.delivered();
                         self.ctx.telemetry.delivery_received(queue_wait(&delivery));
                         let task = job::handle(Arc::clone(&self.ctx), delivery, shutdown_rx.clone());
@@ -111,7 +128,8 @@ impl Consumer {
         self.health.amqp_connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(backoff.next_delay()).await;
         self.health.tick();
-        let opened = Session::open(&self.ctx.config, &self.routing_keys).await;
+        let opened =
+            Session::open(&self.ctx.config, &self.routing_keys, &self.tenants.queues()).await;
         self.health.tick();
         match opened {
             Ok((opened, publisher)) => {
@@ -124,6 +142,49 @@ impl Consumer {
             }
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "reconnecting to rabbitmq failed; will retry")
+            }
+        }
+    }
+
+    /// Consumes the queue of a tenant whose job came through a shared queue, and announces it
+    /// to the other workers.
+    async fn provision(&mut self, queue: TenantQueue) {
+        self.consume_tenant(queue, true).await;
+    }
+
+    /// A tenant queue announced on `<ns>.tenants` (by this worker or another): consumed if it
+    /// is of a served routing key and new here.
+    async fn announced(&mut self, announcement: Delivery) {
+        let _ = announcement
+            .acker
+            .ack(lapin::options::BasicAckOptions::default())
+            .await;
+        let Some(queue) = std::str::from_utf8(&announcement.data)
+            .ok()
+            .and_then(TenantQueue::parse)
+        else {
+            warn!("ignoring a malformed tenant-queue announcement");
+            return;
+        };
+        self.consume_tenant(queue, false).await;
+    }
+
+    async fn consume_tenant(&mut self, queue: TenantQueue, announce: bool) {
+        if !self.tenants.learn(&queue) {
+            return;
+        }
+        let Some(session) = self.session.as_mut() else {
+            // The next session consumes every known queue.
+            return;
+        };
+        match session
+            .consume_tenant(&self.ctx.config, &queue, announce)
+            .await
+        {
+            Ok(()) => info!(%queue, "consuming a tenant queue"),
+            Err(error) => {
+                warn!(%queue, error = %format!("{error:#}"), "could not consume a tenant queue");
+                self.tenants.forget(&queue);
             }
         }
     }
@@ -145,9 +206,7 @@ impl Consumer {
         let Some(current) = &self.session else {
             return;
         };
-        let waiting = current
-            .ready_messages(&self.ctx.config.namespace, &self.routing_keys)
-            .await;
+        let waiting = current.ready_messages().await;
         if waiting > 0 && !self.health.stalled.swap(true, Ordering::Relaxed) {
             warn!(
                 waiting,

@@ -33,9 +33,6 @@ pub enum Transient {
     /// The backend could not run its compiler (not the kernel's fault).
     #[error("worker: compiling the kernel")]
     Prepare(#[source] crate::backend::PrepareError),
-    /// The kernel slots were closed (the worker is shutting down).
-    #[error("worker: the kernel slots are closed")]
-    SlotsClosed,
 }
 
 impl From<redis::RedisError> for Transient {

@@ -32,6 +32,7 @@ mod clock;
 pub mod config;
 mod consumer;
 mod failure;
+mod fair;
 mod health;
 mod hooks;
 mod job;
@@ -47,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::info;
 
 use crate::attestation::Attestor;
@@ -141,7 +142,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         .iter()
         .flat_map(|target| dtee_schemas::protocol::served_routing_keys(target, attestor.platform()))
         .collect();
-    let (session, publisher) = Session::open(&config, &routing_keys).await?;
+    // The tenant queues: the session reads their announcements from the start.
+    let tenants = broker::tenants::Tenants::new(&routing_keys, config.max_tenant_queues);
+    let (session, publisher) = Session::open(&config, &routing_keys, &tenants.queues()).await?;
     let wasm = Arc::new(WasmBackend::new(
         config.module_cache_size,
         config.module_cache_bytes,
@@ -174,8 +177,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
     let ctx = Arc::new(Context {
         attestor,
         telemetry,
-        kernel_slots: Semaphore::new(config.concurrency),
-        compile_slots: Semaphore::new(config.compile.concurrency),
+        kernel_slots: fair::FairSlots::new(config.concurrency),
+        compile_slots: fair::FairSlots::new(config.compile.concurrency),
         state: state::StateStore::new(store.connection(), config.namespace.clone()),
         config,
         store,
@@ -187,6 +190,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         ctx,
         session: Some(session),
         routing_keys,
+        tenants,
         health,
         registry,
         probes,

@@ -3,10 +3,12 @@
 //!
 //! - [`session`] — one connection: topology, result channel, consumer channel, consumers;
 //! - [`topology`] — exchanges and queues (see schemas/PROTOCOL.md);
+//! - [`tenants`] — which tenants' own queues the worker consumes;
 //! - [`publisher`] — results, published with a confirm.
 
 pub(crate) mod publisher;
 pub(crate) mod session;
+pub(crate) mod tenants;
 pub(crate) mod topology;
 
 use lapin::{Connection, ConnectionProperties};

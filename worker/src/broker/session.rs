@@ -1,6 +1,7 @@
 //! One connection to RabbitMQ, opened within a time bound: the topology declared, a result
 //! channel in confirm mode, and a consumer channel with a prefetch and one consumer per routing
-//! key's queue plus the dead-letter queue.
+//! key's shared queue, per known tenant queue, and the dead-letter queue. The prefetch counts
+//! per consumer, so it also bounds what one tenant has in flight on this worker.
 
 use std::time::Duration;
 
@@ -15,12 +16,45 @@ use crate::config::Config;
 use crate::hooks::{self, TestHook};
 use crate::redact;
 
+/// A tenant's own queue for one routing key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct TenantQueue {
+    /// The routing key (`wasm`, `wasm.tpm`, …).
+    pub route: String,
+    /// The tenant (a [routable](dtee_schemas::state::is_routable_tenant) AMQP user).
+    pub tenant: String,
+}
+
+impl TenantQueue {
+    /// Parses a member of the tenant-queue set, `<routing key>/<tenant>`.
+    pub(crate) fn parse(member: &str) -> Option<TenantQueue> {
+        let (route, tenant) = member.split_once('/')?;
+        (!route.is_empty() && dtee_schemas::state::is_routable_tenant(tenant)).then(|| {
+            TenantQueue {
+                route: route.to_owned(),
+                tenant: tenant.to_owned(),
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for TenantQueue {
+    /// `<routing key>/<tenant>`: the member of the tenant-queue set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.route, self.tenant)
+    }
+}
+
 /// One connection to RabbitMQ: the consumer channel and its consumers.
 pub(crate) struct Session {
     connection: lapin::Connection,
     consume: lapin::Channel,
     pub(crate) consumers: SelectAll<lapin::Consumer>,
+    /// The tenant-queue announcements (`<ns>.tenants`), read from the stream's start.
+    pub(crate) announcements: lapin::Consumer,
     consumer_tags: Vec<String>,
+    /// The queues consumed: the shared queues and the tenant queues.
+    queues: Vec<String>,
 }
 
 /// How long opening a session (connect, declare, consume) may take before it counts as failed:
@@ -33,10 +67,11 @@ impl Session {
     pub(crate) async fn open(
         config: &Config,
         routing_keys: &[String],
+        tenant_queues: &[TenantQueue],
     ) -> anyhow::Result<(Session, ResultPublisher)> {
         tokio::time::timeout(
             SESSION_OPEN_TIMEOUT,
-            Self::open_unbounded(config, routing_keys),
+            Self::open_unbounded(config, routing_keys, tenant_queues),
         )
         .await
         .map_err(|_| {
@@ -51,6 +86,7 @@ impl Session {
     async fn open_unbounded(
         config: &Config,
         routing_keys: &[String],
+        tenant_queues: &[TenantQueue],
     ) -> anyhow::Result<(Session, ResultPublisher)> {
         let connection = super::connect(
             &config.amqp_url,
@@ -63,6 +99,7 @@ impl Session {
             .await
             .context("opening a channel")?;
         topology::declare(
+            &connection,
             &setup,
             &config.namespace,
             routing_keys,
@@ -89,8 +126,15 @@ impl Session {
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
             .context("setting the prefetch")?;
-        let mut consumers = SelectAll::new();
-        let mut consumer_tags = Vec::new();
+        let announcements = consume_announcements(&connection, config).await?;
+        let mut session = Session {
+            connection,
+            consume,
+            consumers: SelectAll::new(),
+            announcements,
+            consumer_tags: Vec::new(),
+            queues: Vec::new(),
+        };
         // Every worker also answers dead-lettered jobs, so that no submitter waits forever.
         let queues = routing_keys
             .iter()
@@ -106,51 +150,92 @@ impl Session {
             )]);
         // The stall-consumer test hook consumes nothing: messages wait while the worker is up.
         let stall = hooks::active(config, TestHook::StallConsumer);
-        for (queue, tag) in queues.filter(|_| !stall) {
-            let consumer = consume
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
+        for (queue, tag) in queues {
+            if stall {
+                // Not consumed, but watched by the stall check.
+                session.queues.push(queue);
+            } else {
+                session.consume_queue(queue, tag).await?;
+            }
+        }
+        // A tenant queue that cannot be consumed must not keep the worker from connecting.
+        for tenant_queue in tenant_queues.iter().filter(|_| !stall) {
+            if let Err(error) = session.consume_tenant(config, tenant_queue, false).await {
+                tracing::warn!(queue = %tenant_queue, error = %format!("{error:#}"), "could not consume a tenant queue");
+            }
+        }
+        Ok((session, publisher))
+    }
+
+    async fn consume_queue(&mut self, queue: String, tag: String) -> anyhow::Result<()> {
+        let consumer = self
+            .consume
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue}"))?;
+        self.consumers.push(consumer);
+        self.consumer_tags.push(tag);
+        self.queues.push(queue);
+        Ok(())
+    }
+
+    /// Declares a tenant's queue (on a channel of its own, so that a refusal cannot close the
+    /// consumer channel) and consumes it.
+    pub(crate) async fn consume_tenant(
+        &mut self,
+        config: &Config,
+        tenant_queue: &TenantQueue,
+        announce: bool,
+    ) -> anyhow::Result<()> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let declared = topology::declare_tenant_queue(
+            &channel,
+            &config.namespace,
+            &tenant_queue.route,
+            &tenant_queue.tenant,
+            config.delivery_limit,
+        )
+        .await;
+        let announced = match (&declared, announce) {
+            (Ok(_), true) => {
+                topology::announce_tenant_queue(
+                    &channel,
+                    &config.namespace,
+                    &tenant_queue.to_string(),
                 )
                 .await
-                .with_context(|| format!("consuming {queue}"))?;
-            consumers.push(consumer);
-            consumer_tags.push(tag);
-        }
-        Ok((
-            Session {
-                connection,
-                consume,
-                consumers,
-                consumer_tags,
-            },
-            publisher,
-        ))
+            }
+            _ => Ok(()),
+        };
+        let _ = channel.close(200, "declared".into()).await;
+        let queue = declared.with_context(|| format!("declaring the queue of {tenant_queue}"))?;
+        announced.with_context(|| format!("announcing the queue of {tenant_queue}"))?;
+        let tag = format!("{}.{}", config.worker_id, tenant_queue);
+        self.consume_queue(queue, tag).await
     }
 
     /// Messages ready in the queues this session consumes (0 if the broker cannot say).
-    pub(crate) async fn ready_messages(
-        &self,
-        namespace: &dtee_schemas::protocol::Namespace,
-        routing_keys: &[String],
-    ) -> u64 {
+    pub(crate) async fn ready_messages(&self) -> u64 {
         let Ok(channel) = self.connection.create_channel().await else {
             return 0;
         };
         let mut ready = 0u64;
-        for key in routing_keys {
+        for queue in &self.queues {
             let passive = lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
             };
             if let Ok(queue) = channel
-                .queue_declare(
-                    namespace.job_queue(key).into(),
-                    passive,
-                    FieldTable::default(),
-                )
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                 .await
             {
                 ready += u64::from(queue.message_count());
@@ -178,4 +263,35 @@ impl Session {
             .close(200, "worker shutting down".into())
             .await;
     }
+}
+
+/// Consumes the tenant-queue announcements from the stream's first message, on a channel of its
+/// own (a stream consumer needs a prefetch and acknowledgements).
+async fn consume_announcements(
+    connection: &lapin::Connection,
+    config: &Config,
+) -> anyhow::Result<lapin::Consumer> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening the announcements channel")?;
+    channel
+        .basic_qos(256, BasicQosOptions::default())
+        .await
+        .context("setting the announcements prefetch")?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        lapin::types::AMQPValue::LongString("first".into()),
+    );
+    let stream = config.namespace.tenants_announcements();
+    channel
+        .basic_consume(
+            stream.as_str().into(),
+            format!("{}.tenants", config.worker_id).as_str().into(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .with_context(|| format!("consuming {stream}"))
 }

@@ -1,16 +1,27 @@
 //! The topology a worker declares, idempotently, every time it connects.
 //!
-//! Topology (declared idempotently at start-up, see schemas/PROTOCOL.md):
-//! - `<ns>.jobs`, a durable direct exchange routing jobs by target;
-//! - `<ns>.results`, a durable topic exchange, routing key = job id;
-//! - `<ns>.dead`, a fanout exchange, and the quorum queue `<ns>.dead` bound to it;
-//! - `<ns>.jobs.<target>`, a durable quorum queue per served target, with a delivery limit and
-//!   dead-lettering (at-least-once) into `<ns>.dead`.
+//! Topology (declared idempotently at start-up, see schemas/PROTOCOL.md §4):
+//! - `<ns>.jobs`, a durable topic exchange; jobs are published under `<user>.<routing key>`;
+//!   its alternate exchange is `<ns>.intake`;
+//! - `<ns>.intake`, a durable topic exchange that routes `*.<routing key>` to the shared queue
+//!   `<ns>.jobs.<routing key>`, for tenants that have no queue of their own yet;
+//! - `<ns>.jobs.<routing key>/<tenant>`, a tenant's own queue, bound to `<ns>.jobs` by
+//!   `<tenant>.<routing key>` ([`declare_tenant_queue`], when a worker first sees the tenant);
+//! - `<ns>.tenants`, a fanout exchange and the stream bound to it: one message
+//!   `<routing key>/<tenant>` per tenant queue, read by every worker from its start;
+//! - `<ns>.results`, a durable topic exchange, routing key = `<user>.<job id>`;
+//! - `<ns>.dead`, a fanout exchange, and the quorum queue `<ns>.dead` bound to it.
+//!
+//! Every job queue is a durable quorum queue with a delivery limit and dead-lettering
+//! (at-least-once) into `<ns>.dead`.
 
 use dtee_schemas::protocol::Namespace;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use tracing::warn;
 
 /// The arguments of a job queue.
 pub(crate) fn job_queue_arguments(namespace: &Namespace, delivery_limit: u32) -> FieldTable {
@@ -38,25 +49,91 @@ pub(crate) fn job_queue_arguments(namespace: &Namespace, delivery_limit: u32) ->
     args
 }
 
-/// Declares the exchanges, the dead-letter queue and one job queue per target.
+const DURABLE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: false,
+    durable: true,
+    auto_delete: false,
+    internal: false,
+    nowait: false,
+};
+
+/// Declares the jobs exchange (a topic exchange whose alternate exchange is the intake
+/// exchange) on a channel of its own. A jobs exchange left by a dtee before per-tenant queues
+/// (a direct exchange without an alternate exchange) makes the broker refuse the declaration
+/// and close the channel: it is then deleted and declared again. Only bindings are lost with
+/// it, and every worker declares its own again when it connects.
+async fn declare_jobs_exchange(
+    connection: &Connection,
+    namespace: &Namespace,
+) -> Result<(), lapin::Error> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(LongString::from(namespace.intake_exchange())),
+    );
+    let declare = |channel: Channel| {
+        let arguments = arguments.clone();
+        async move {
+            let declared = channel
+                .exchange_declare(
+                    namespace.jobs_exchange().into(),
+                    ExchangeKind::Topic,
+                    DURABLE,
+                    arguments,
+                )
+                .await;
+            let _ = channel.close(200, "declared".into()).await;
+            declared
+        }
+    };
+    match declare(connection.create_channel().await?).await {
+        Err(error) if is_precondition_failed(&error) => {
+            warn!(
+                exchange = %namespace.jobs_exchange(),
+                %error,
+                "the jobs exchange has another type or arguments (an earlier dtee's direct exchange?); replacing it"
+            );
+            let channel = connection.create_channel().await?;
+            channel
+                .exchange_delete(
+                    namespace.jobs_exchange().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "deleted".into()).await;
+            declare(connection.create_channel().await?).await
+        }
+        other => other,
+    }
+}
+
+/// Whether the broker refused a declaration as inequivalent to what exists (406).
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if *amqp.kind() == lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+    )
+}
+
+/// Declares the exchanges, the dead-letter queue and the shared job queue of each routing key.
 pub(crate) async fn declare(
+    connection: &Connection,
     channel: &Channel,
     namespace: &Namespace,
-    targets: &[String],
+    routes: &[String],
     delivery_limit: u32,
 ) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
+    let durable = DURABLE;
     channel
         .exchange_declare(
-            namespace.jobs_exchange().into(),
-            ExchangeKind::Direct,
+            namespace.intake_exchange().into(),
+            ExchangeKind::Topic,
             durable,
             FieldTable::default(),
         )
         .await?;
+    declare_jobs_exchange(connection, namespace).await?;
     channel
         .exchange_declare(
             namespace.results_exchange().into(),
@@ -70,6 +147,36 @@ pub(crate) async fn declare(
             namespace.dead_letter_exchange().into(),
             ExchangeKind::Fanout,
             durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let announcements = namespace.tenants_announcements();
+    channel
+        .exchange_declare(
+            announcements.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let mut stream = FieldTable::default();
+    stream.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("stream")),
+    );
+    channel
+        .queue_declare(
+            announcements.as_str().into(),
+            QueueDeclareOptions::durable(),
+            stream,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            announcements.as_str().into(),
+            announcements.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
@@ -94,8 +201,8 @@ pub(crate) async fn declare(
             FieldTable::default(),
         )
         .await?;
-    for target in targets {
-        let queue = namespace.job_queue(target);
+    for route in routes {
+        let queue = namespace.job_queue(route);
         channel
             .queue_declare(
                 queue.as_str().into(),
@@ -106,12 +213,67 @@ pub(crate) async fn declare(
         channel
             .queue_bind(
                 queue.into(),
-                namespace.jobs_exchange().into(),
-                target.as_str().into(),
+                namespace.intake_exchange().into(),
+                format!("*.{route}").as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
     }
+    Ok(())
+}
+
+/// Declares `tenant`'s own queue for `route` and binds it to the jobs exchange by
+/// `<tenant>.<route>`: from then on the tenant's jobs for that routing key wait there. Then
+/// announces it on `<ns>.tenants` (with a confirm), so that every worker consumes it. Announcing
+/// a queue again is harmless: workers ignore what they know.
+pub(crate) async fn declare_tenant_queue(
+    channel: &Channel,
+    namespace: &Namespace,
+    route: &str,
+    tenant: &str,
+    delivery_limit: u32,
+) -> Result<String, lapin::Error> {
+    let queue = namespace.tenant_job_queue(route, tenant);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            job_queue_arguments(namespace, delivery_limit),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            namespace.jobs_exchange().into(),
+            dtee_schemas::protocol::submit_routing_key(tenant, route)
+                .as_str()
+                .into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue)
+}
+
+/// Announces a tenant queue on `<ns>.tenants`, waiting for the broker's confirm.
+pub(crate) async fn announce_tenant_queue(
+    channel: &Channel,
+    namespace: &Namespace,
+    member: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_publish(
+            namespace.tenants_announcements().as_str().into(),
+            "".into(),
+            lapin::options::BasicPublishOptions::default(),
+            member.as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
     Ok(())
 }

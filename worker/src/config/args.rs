@@ -40,6 +40,11 @@ pub struct Args {
     #[arg(long, env = "DTEE_PREFETCH")]
     #[arg(value_parser = at_least(1u16))]
     pub prefetch: Option<u16>,
+    /// Tenant queues this worker consumes at most; further tenants are served from the shared
+    /// queues. Each consumed queue may hold up to the prefetch in flight here.
+    #[arg(long, env = "DTEE_MAX_TENANT_QUEUES", default_value = "1000")]
+    #[arg(value_parser = at_least(0usize))]
+    pub max_tenant_queues: usize,
     /// Result cache lifetime in seconds.
     #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
     #[arg(value_parser = at_least(1u64))]

@@ -200,11 +200,7 @@ async fn run_kernel(
     kernel: &Kernel,
     invocation: Invocation,
 ) -> Result<Completed, Halt> {
-    let _permit = ctx
-        .kernel_slots
-        .acquire()
-        .await
-        .map_err(|_| Transient::SlotsClosed)?;
+    let _permit = ctx.kernel_slots.acquire(&job.tenant).await;
     ctx.telemetry.kernel_started();
     let wasm = Arc::clone(&ctx.wasm);
     let kernel = kernel.clone();

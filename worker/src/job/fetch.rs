@@ -28,7 +28,7 @@ pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result
     let digest = &job.parsed.spec.kernel.digest;
     let prepared = match ctx.wasm.cached(digest) {
         Some(prepared) => prepared,
-        None => compile(ctx, digest, plan).await?,
+        None => compile(ctx, &job.tenant, digest, plan).await?,
     };
     match prepared.as_ref() {
         Ok(kernel) => Ok(kernel.clone()),
@@ -40,12 +40,14 @@ pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result
 
 /// Fetches and compiles the kernel in a compile slot (separate from the kernel slots, so that
 /// compiling never holds one), unless a job that held the slot before compiled it meanwhile.
-async fn compile(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Arc<Prepared>, Halt> {
-    let _permit = ctx
-        .compile_slots
-        .acquire()
-        .await
-        .map_err(|_| Transient::SlotsClosed)?;
+/// Compile slots are shared fairly between tenants, like kernel slots.
+async fn compile(
+    ctx: &Context,
+    tenant: &str,
+    digest: &Digest,
+    plan: &Plan,
+) -> Result<Arc<Prepared>, Halt> {
+    let _permit = ctx.compile_slots.acquire(tenant).await;
     if let Some(prepared) = ctx.wasm.cached(digest) {
         return Ok(prepared);
     }

@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+
+use crate::fair::FairSlots;
 use tracing::{debug, warn, Instrument};
 
 pub(crate) use self::admit::Admitted;
@@ -57,10 +59,10 @@ pub(crate) struct Context {
     pub publisher: std::sync::RwLock<ResultPublisher>,
     /// The WebAssembly backend.
     pub wasm: Arc<WasmBackend>,
-    /// Kernel slots: at most `concurrency` kernels run at once.
-    pub kernel_slots: Semaphore,
-    /// Compile slots: at most `compile.concurrency` kernels compile at once.
-    pub compile_slots: Semaphore,
+    /// Kernel slots: at most `concurrency` kernels run at once, shared fairly by tenant.
+    pub kernel_slots: Arc<FairSlots>,
+    /// Compile slots: at most `compile.concurrency` kernels compile at once, shared fairly.
+    pub compile_slots: Arc<FairSlots>,
     /// Counters and histograms.
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.
