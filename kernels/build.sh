@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the example kernels: kernels/src/<name>.c and kernels/src/<name>.wat into
-# kernels/wasm/<name>.wasm. The output is reproducible: the same tools give the same bytes.
+# kernels/wasm/<name>.wasm, and the GPU kernels kernels/gpu/<name>.cu (one source for both GPU
+# vendors) into kernels/ptx/<name>.ptx (NVIDIA, sm_80 PTX, which newer GPUs JIT) and
+# kernels/hsaco/<name>.<gfx arch>.hsaco (AMD code objects for each of GPU_ARCHS). The output is
+# reproducible: the same tools give the same bytes.
 #
 # Usage:
-#   kernels/build.sh           build every kernel into kernels/wasm/
-#   kernels/build.sh --check   build into a temporary folder and fail if any kernel in
-#                              kernels/wasm/ differs, is missing, or has no source
+#   kernels/build.sh           build every kernel into kernels/wasm/, kernels/ptx/, kernels/hsaco/
+#   kernels/build.sh --check   build into a temporary folder and fail if any built kernel
+#                              differs, is missing, or has no source
 #
 # Tools (Debian packages clang-15, lld-15, wabt): clang-15, wasm-ld-15, wat2wasm. Override with
 # CLANG=..., WASM_LD=..., WAT2WASM=... The committed kernels were built with the versions listed
@@ -29,6 +32,11 @@ kernels_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(cd "$kernels_dir/.." && pwd)"
 src_dir="$kernels_dir/src"
 wasm_dir="$kernels_dir/wasm"
+gpu_src_dir="$kernels_dir/gpu"
+ptx_dir="$kernels_dir/ptx"
+hsaco_dir="$kernels_dir/hsaco"
+# AMD architectures a code object is built for (Debian's clang-15 has no gfx942).
+GPU_ARCHS=(gfx90a gfx1100)
 include_dir="$repo_dir/schemas/include"
 
 find_tool() {
@@ -60,6 +68,11 @@ CFLAGS=(
     -Wall -Wextra -Werror
     -I "$include_dir"
 )
+# GPU kernels: device code only, no CUDA SDK or ROCm headers or libraries (kernels/gpu/dtee_gpu.h
+# defines what the kernels use), no fused multiply-add (results match a plain f32 reference).
+GPU_FLAGS=(--cuda-device-only -O3 -ffp-contract=off -Wall -Wextra -Werror)
+CUDA_FLAGS=(-x cuda --cuda-gpu-arch=sm_80 -nocudainc -nocudalib -S "${GPU_FLAGS[@]}")
+HIP_FLAGS=(-x hip -nogpuinc -nogpulib --no-gpu-bundle-output "${GPU_FLAGS[@]}")
 LDFLAGS=(
     "-fuse-ld=$WASM_LD"
     -Wl,--no-entry -Wl,--stack-first -Wl,-z,stack-size=65536
@@ -102,30 +115,59 @@ for source in *.c *.wat; do
     chmod 644 "$out_dir/$name.wasm" # the linker marks its output executable; keep one mode
 done
 
+# GPU kernels, from kernels/gpu/ (relative paths again).
+cd "$gpu_src_dir"
+gpu_out="$out_dir"
+if ! $check; then
+    gpu_out="$kernels_dir"
+fi
+mkdir -p "$gpu_out/ptx" "$gpu_out/hsaco"
+gpu_names=()
+for source in *.cu; do
+    name="${source%.cu}"
+    gpu_names+=("$name")
+    "$CLANG" "${CUDA_FLAGS[@]}" -o "$gpu_out/ptx/$name.ptx" "$source"
+    for arch in "${GPU_ARCHS[@]}"; do
+        "$CLANG" "${HIP_FLAGS[@]}" --offload-arch="$arch" -o "$gpu_out/hsaco/$name.$arch.hsaco" "$source"
+        chmod 644 "$gpu_out/hsaco/$name.$arch.hsaco"
+    done
+done
+
 if ! $check; then
     (cd "$out_dir" && sha256sum -- *.wasm)
+    (cd "$kernels_dir" && sha256sum -- ptx/*.ptx hsaco/*.hsaco)
     exit 0
 fi
 
 status=0
-for name in "${names[@]}"; do
-    if [[ ! -f "$wasm_dir/$name.wasm" ]]; then
-        echo "build.sh --check: kernels/wasm/$name.wasm is missing" >&2
-        status=1
-    elif ! cmp -s "$out_dir/$name.wasm" "$wasm_dir/$name.wasm"; then
-        echo "build.sh --check: kernels/wasm/$name.wasm differs from a fresh build of kernels/src" >&2
-        status=1
-    fi
-done
-for committed in "$wasm_dir"/*.wasm; do
-    name="$(basename "$committed" .wasm)"
-    if [[ ! -f "$out_dir/$name.wasm" ]]; then
-        echo "build.sh --check: kernels/wasm/$name.wasm has no source in kernels/src" >&2
-        status=1
-    fi
-done
+# Compares the fresh build in $1 with the committed folder $2 (files ending in $3).
+compare() { # built committed suffix
+    local built=$1 committed=$2 suffix=$3 file
+    for file in "$built"/*"$suffix"; do
+        file="$(basename "$file")"
+        if [[ ! -f "$committed/$file" ]]; then
+            echo "build.sh --check: kernels/$(basename "$committed")/$file is missing" >&2
+            status=1
+        elif ! cmp -s "$built/$file" "$committed/$file"; then
+            echo "build.sh --check: kernels/$(basename "$committed")/$file differs from a fresh build of its source" >&2
+            status=1
+        fi
+    done
+    for file in "$committed"/*"$suffix"; do
+        file="$(basename "$file")"
+        if [[ ! -f "$built/$file" ]]; then
+            echo "build.sh --check: kernels/$(basename "$committed")/$file has no source" >&2
+            status=1
+        fi
+    done
+}
+mkdir -p "$out_dir/wasm"
+mv "$out_dir"/*.wasm "$out_dir/wasm/"
+compare "$out_dir/wasm" "$wasm_dir" .wasm
+compare "$out_dir/ptx" "$ptx_dir" .ptx
+compare "$out_dir/hsaco" "$hsaco_dir" .hsaco
 if [[ $status -ne 0 ]]; then
-    echo "build.sh --check: run kernels/build.sh and commit kernels/wasm/ (tools used: $("$CLANG" --version | head -n 1); wat2wasm $("$WAT2WASM" --version))" >&2
+    echo "build.sh --check: run kernels/build.sh and commit kernels/wasm/, kernels/ptx/ and kernels/hsaco/ (tools used: $("$CLANG" --version | head -n 1); wat2wasm $("$WAT2WASM" --version))" >&2
     exit 1
 fi
-echo "build.sh --check: ${#names[@]} kernels match their sources"
+echo "build.sh --check: ${#names[@]} wasm kernels and ${#gpu_names[@]} GPU kernels (PTX, and code objects for ${GPU_ARCHS[*]}) match their sources"

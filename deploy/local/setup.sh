@@ -13,6 +13,7 @@ PACKAGES=(
   clang-15 lld-15 wabt                 # WebAssembly kernels (kernels/build.sh)
   rabbitmq-server redis-server         # the broker and the state store
   swtpm swtpm-tools tpm2-tools libtss2-dev  # software TPM for attestation tests
+  libamdhip64-dev                      # the HIP runtime the `hip` feature links (no GPU needed)
 )
 
 if [ "$(id -u)" != 0 ]; then

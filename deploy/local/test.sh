@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 bash deploy/local/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-echo "== kernels: committed .wasm files match their sources"
+echo "== kernels: committed .wasm, .ptx and .hsaco files match their sources"
 bash kernels/build.sh --check
 
 echo "== cargo fmt --check"
@@ -24,6 +24,12 @@ bash deploy/validate.sh --live
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== GPU drivers: the cuda and hip builds pass clippy and fail cleanly without a GPU"
+export HIP_PATH=/usr
+cargo clippy -p dtee-worker --all-targets --locked --features cuda,hip -- -D warnings
+cargo build -p dtee-worker --locked --features cuda,hip
+bash tests/gpu/no-device.sh target/debug/dtee-worker
 
 echo "== test hooks: a worker built without the test-hooks feature refuses DTEE_TEST_HOOK"
 # The workspace build above enables the feature (the test crate needs it); this builds the worker

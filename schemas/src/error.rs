@@ -68,6 +68,9 @@ pub enum ErrorCode {
     StateValueTooLarge,
     /// The kernel could not be compiled within the worker's compile bounds (time, memory).
     KernelCompileLimitExceeded,
+    /// The GPU, its driver or the worker's device host failed for a reason not shown to be the
+    /// kernel's (the host died, the device ran out of memory, the device was given up).
+    DeviceFailed,
 }
 
 impl ErrorCode {
@@ -100,6 +103,7 @@ impl ErrorCode {
         ErrorCode::InternalError,
         ErrorCode::StateValueTooLarge,
         ErrorCode::KernelCompileLimitExceeded,
+        ErrorCode::DeviceFailed,
     ];
 
     /// Whether this failure is a property of the job itself, so running the same job again
@@ -142,7 +146,9 @@ impl ErrorCode {
             | ErrorCode::InternalError
             // Decided by worker settings (compile time and memory bounds) and by how loaded the
             // worker is, not by the job alone: a worker with larger bounds may compile it.
-            | ErrorCode::KernelCompileLimitExceeded => false,
+            | ErrorCode::KernelCompileLimitExceeded
+            // The device, not the job: another worker (or a fresh host) may run it.
+            | ErrorCode::DeviceFailed => false,
         }
     }
 
@@ -176,6 +182,7 @@ impl ErrorCode {
             ErrorCode::InternalError => "internal_error",
             ErrorCode::StateValueTooLarge => "state_value_too_large",
             ErrorCode::KernelCompileLimitExceeded => "kernel_compile_limit_exceeded",
+            ErrorCode::DeviceFailed => "device_failed",
         }
     }
 }
@@ -198,6 +205,6 @@ mod tests {
             assert_eq!(via_serde, serde_json::Value::from(code.as_str()));
             assert!(seen.insert(code.as_str()), "{code} listed twice");
         }
-        assert_eq!(seen.len(), 27);
+        assert_eq!(seen.len(), 28);
     }
 }

@@ -111,8 +111,11 @@ pub struct Execution {
     pub execution_id: String,
     /// The worker's id.
     pub worker_id: String,
-    /// The backend: `wasm` or `hip`.
+    /// The backend: `wasm`, `cuda` or `hip`.
     pub backend: String,
+    /// The GPU that ran the kernel, for GPU backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::run::GpuDevice>,
     /// Unix time in milliseconds when the worker started processing the job.
     pub started_at_unix_ms: u64,
     /// Unix time in milliseconds when processing ended.

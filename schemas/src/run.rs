@@ -81,4 +81,36 @@ pub struct ResourceUsage {
     pub wall_time_us: u64,
     /// Total output bytes written.
     pub output_bytes: u64,
+    /// GPU kernels: device memory allocated for the job's buffers, bytes (absent: 0, a CPU
+    /// kernel).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub device_memory_bytes: u64,
+    /// GPU kernels: the kernel's own run time on the device (device events), microseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kernel_time_us: u64,
+    /// GPU kernels: bytes copied to the device and back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub copied_bytes: u64,
+    /// GPU kernels: time spent copying to the device and back, microseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub copy_time_us: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+/// The GPU that ran a kernel, as its driver names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuDevice {
+    /// `nvidia` or `amd` (or `stand-in` in the test suite's device host).
+    pub vendor: String,
+    /// The device's name, e.g. `NVIDIA H200`.
+    pub name: String,
+    /// Its architecture: `sm_90`, `gfx90a`, ...
+    pub arch: String,
+    /// The driver and its version, e.g. `cuda 13000`.
+    pub driver: String,
 }

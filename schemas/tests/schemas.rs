@@ -273,7 +273,7 @@ fn the_job_schema_refuses_what_serde_refuses() {
         ),
         (
             "unknown format",
-            Box::new(|v| v["kernel"]["format"] = json!("ptx")),
+            Box::new(|v| v["kernel"]["format"] = json!("spirv")),
         ),
         (
             "uppercase digest",

@@ -9,6 +9,7 @@ mod dead_letter;
 mod dead_letter_reason;
 mod failures;
 mod fairness;
+mod gpu;
 mod hostile;
 mod jobs;
 mod limits;

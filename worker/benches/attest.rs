@@ -129,6 +129,7 @@ fn statement(attestor: &Attestor) -> ExecutionStatement {
             peak_memory_bytes: 2 << 16,
             wall_time_us: 180,
             output_bytes: 4096,
+            ..ResourceUsage::default()
         }),
         status: JobStatus::Succeeded,
         error_code: None,

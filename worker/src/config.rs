@@ -4,7 +4,7 @@
 //! why`, named after the setting's environment variable; the binary then exits with status 64
 //! (EX_USAGE).
 
-mod args;
+pub(crate) mod args;
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -328,8 +328,17 @@ mod tests {
         );
         let error = parse(&["--default-fuel", "5", "--max-fuel", "4"]).unwrap_err();
         assert_eq!(error.name, "DTEE_DEFAULT_FUEL");
-        let error = parse(&["--targets", "hip.gfx90a"]).unwrap_err();
+        let error = parse(&["--targets", "opencl"]).unwrap_err();
         assert_eq!(error.name, "DTEE_TARGETS");
+        let error = parse(&["--targets", "auto,wasm"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_TARGETS");
+        // GPU targets parse; whether this machine can serve them is decided at start-up.
+        assert_eq!(
+            parse(&["--targets", "wasm,cuda,hip.gfx90a"])
+                .unwrap()
+                .targets,
+            ["wasm", "cuda", "hip.gfx90a"]
+        );
         let error = parse(&["--namespace", "Bad.Name"]).unwrap_err();
         assert_eq!(error.name, "DTEE_NAMESPACE");
         for url in [
@@ -497,6 +506,6 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert!(config.concurrency >= 1);
         assert_eq!(config.prefetch as usize, config.concurrency * 8);
-        assert_eq!(config.targets, vec!["wasm".to_owned()]);
+        assert_eq!(config.targets, vec!["auto".to_owned()]);
     }
 }

@@ -42,6 +42,7 @@ pub mod state;
 pub mod stats;
 mod store;
 mod telemetry;
+pub mod tools;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +50,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::attestation::Attestor;
 use crate::backend::wasm::WasmBackend;
@@ -134,6 +135,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
             config.max_state_value_bytes = limit;
         }
     }
+    // The GPUs, before the identity: the targets served are part of the measured configuration.
+    let gpus = start_gpus(&mut config)?;
     // Identity first: a worker that cannot attest as asked does not consume.
     let attestor = Arc::new(attest(&config)?);
     info!(platform = %attestor.platform(), "worker key attested");
@@ -184,6 +187,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         store,
         publisher: std::sync::RwLock::new(publisher),
         wasm,
+        gpus,
         session_broken: tokio::sync::Notify::new(),
     });
     let consumer = Consumer {
@@ -283,4 +287,96 @@ async fn watch_redis(store: store::Store, health: Arc<Health>) {
             std::sync::atomic::Ordering::Relaxed,
         );
     }
+}
+
+/// Finds the GPUs this worker serves and starts a device host for each (the first device of
+/// each target), and resolves `DTEE_TARGETS`: `auto` becomes wasm plus the targets found; a GPU
+/// target named explicitly without a device to serve it refuses start-up, with the reason.
+fn start_gpus(
+    config: &mut Config,
+) -> anyhow::Result<std::collections::HashMap<String, Arc<backend::gpu::GpuBackend>>> {
+    use backend::gpu::{self, device::DriverKind};
+    let auto = config.targets.len() == 1 && config.targets[0] == config::args::AUTO_TARGETS;
+    let wanted: Vec<String> = config
+        .targets
+        .iter()
+        .filter(|target| gpu::is_gpu_target(target))
+        .cloned()
+        .collect();
+    let mut kinds: Vec<DriverKind> = if auto {
+        [DriverKind::Cuda, DriverKind::Hip]
+            .into_iter()
+            .filter(|kind| kind.built())
+            .collect()
+    } else {
+        wanted
+            .iter()
+            .filter_map(|t| gpu::driver_for_target(t))
+            .collect()
+    };
+    kinds.dedup();
+    let program = config
+        .compile
+        .program
+        .clone()
+        .unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()));
+    let mut gpus = std::collections::HashMap::new();
+    let mut reasons: Vec<(DriverKind, String)> = Vec::new();
+    for kind in kinds {
+        let devices = match gpu::device::probe(kind) {
+            Ok(devices) => devices,
+            Err(why) => {
+                info!(driver = kind.name(), "no GPU for this driver: {why}");
+                reasons.push((kind, why));
+                continue;
+            }
+        };
+        for (ordinal, device) in devices.iter().enumerate() {
+            let target = gpu::target_of(kind, device);
+            if gpus.contains_key(&target) {
+                info!(%target, ordinal, "one device per target is used; this one is not");
+                continue;
+            }
+            if !auto && !wanted.contains(&target) {
+                continue;
+            }
+            match gpu::GpuBackend::start(kind, ordinal as u32, program.clone()) {
+                Ok(backend) => {
+                    info!(%target, device = %backend.device().name, arch = %backend.device().arch, driver = %backend.device().driver, "serving a GPU");
+                    gpus.insert(target, Arc::new(backend));
+                }
+                Err(why) => {
+                    warn!(%target, ordinal, "the device host did not start: {why}");
+                    reasons.push((kind, why));
+                }
+            }
+        }
+    }
+    for target in &wanted {
+        if !gpus.contains_key(target) {
+            let kind = gpu::driver_for_target(target);
+            let why = reasons
+                .iter()
+                .filter(|(k, _)| Some(*k) == kind)
+                .map(|(_, why)| why.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            anyhow::bail!(
+                "DTEE_TARGETS names {target}, but this worker has no device for it: {}",
+                if why.is_empty() {
+                    "no such device was found".to_owned()
+                } else {
+                    why
+                }
+            );
+        }
+    }
+    if auto {
+        let mut targets = vec!["wasm".to_owned()];
+        let mut found: Vec<String> = gpus.keys().cloned().collect();
+        found.sort();
+        targets.extend(found);
+        config.targets = targets;
+    }
+    Ok(gpus)
 }

@@ -111,9 +111,12 @@ pub struct Tcb {
     pub hardware_rooted: bool,
     /// Guest memory is encrypted and integrity-protected against the host (SEV-SNP).
     pub memory_protected: bool,
-    /// The accelerator that ran the kernel is inside the trusted boundary. Always false today:
-    /// a GPU used through HIP sits outside an SEV-SNP guest's protection.
+    /// The accelerator that ran the kernel is inside the trusted boundary. Always false:
+    /// neither an SEV-SNP report nor a TPM quote covers a discrete GPU (HIP or CUDA).
     pub gpu_in_tcb: bool,
-    /// The backend that ran the kernel (`wasm`, `hip`).
+    /// The backend that ran the kernel (`wasm`, `cuda`, `hip`).
     pub backend: String,
+    /// The GPU that ran the kernel, for GPU backends (outside the trusted boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::run::GpuDevice>,
 }

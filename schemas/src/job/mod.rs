@@ -78,8 +78,27 @@ pub struct KernelRef {
 pub enum KernelFormat {
     /// A WebAssembly module (binary format), run on the CPU in Wasmtime.
     Wasm,
-    /// An AMD GPU code object, run through HIP.
+    /// An AMD GPU code object for one gfx architecture, run through HIP (targets
+    /// `hip.<gfx arch>`, e.g. `hip.gfx90a`).
     Hsaco,
+    /// NVIDIA PTX assembly, loaded with the CUDA driver's JIT (target `cuda`).
+    Ptx,
+}
+
+impl KernelFormat {
+    /// Whether kernels of this format run on a GPU (and so need launch geometry).
+    pub fn is_gpu(self) -> bool {
+        matches!(self, KernelFormat::Hsaco | KernelFormat::Ptx)
+    }
+
+    /// The format's name in jobs (`wasm`, `hsaco`, `ptx`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelFormat::Wasm => "wasm",
+            KernelFormat::Hsaco => "hsaco",
+            KernelFormat::Ptx => "ptx",
+        }
+    }
 }
 
 /// One buffer the kernel sees.
@@ -153,6 +172,18 @@ pub enum AccessMode {
     ReadWrite,
     /// Append bytes to the value; the old value is not read.
     AppendOnly,
+}
+
+impl AccessMode {
+    /// Whether the kernel may write the value (every mode but `read_only`).
+    pub fn is_writable(self) -> bool {
+        self != AccessMode::ReadOnly
+    }
+
+    /// Whether the kernel sees the current value (`read_only`, `read_write`).
+    pub fn is_readable(self) -> bool {
+        matches!(self, AccessMode::ReadOnly | AccessMode::ReadWrite)
+    }
 }
 
 /// A scalar parameter.

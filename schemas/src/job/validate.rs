@@ -4,9 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{
-    decode_base64, is_valid_target, AccessMode, Buffer, JobSpec, KernelFormat, Param, ScalarType,
-};
+use super::{decode_base64, is_valid_target, AccessMode, Buffer, JobSpec, Param, ScalarType};
 use crate::digest::Digest;
 use crate::state::StateKey;
 
@@ -88,6 +86,9 @@ fn is_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// Threads per block that every supported GPU allows (NVIDIA and AMD alike).
+pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
+
 impl JobSpec {
     /// Checks what serde cannot: names, exactly-one-of fields, value ranges, base64, state keys,
     /// and that the launch geometry fits the format. Limits against the worker's maximums are
@@ -127,20 +128,28 @@ impl JobSpec {
                 ),
             ));
         }
-        match (kernel.format, &self.launch) {
-            (KernelFormat::Wasm, Some(_)) => Err(invalid(
+        match (kernel.format.is_gpu(), &self.launch) {
+            (false, Some(_)) => Err(invalid(
                 "launch",
                 "launch geometry applies to GPU kernels only, not wasm",
             )),
-            (KernelFormat::Hsaco, None) => {
-                Err(invalid("launch", "an hsaco kernel needs launch geometry"))
-            }
-            (KernelFormat::Hsaco, Some(launch))
-                if launch.grid.contains(&0) || launch.block.contains(&0) =>
-            {
+            (true, None) => Err(invalid(
+                "launch",
+                format!("a {} kernel needs launch geometry", kernel.format.as_str()),
+            )),
+            (true, Some(launch)) if launch.grid.contains(&0) || launch.block.contains(&0) => {
                 Err(invalid(
                     "launch",
                     "grid and block dimensions must be at least 1",
+                ))
+            }
+            (true, Some(launch))
+                if launch.block.iter().map(|&d| u64::from(d)).product::<u64>()
+                    > MAX_THREADS_PER_BLOCK =>
+            {
+                Err(invalid(
+                    "launch.block",
+                    format!("at most {MAX_THREADS_PER_BLOCK} threads per block (the product of the block dimensions)"),
                 ))
             }
             _ => Ok(()),
@@ -215,6 +224,18 @@ impl JobSpec {
                     }
                     if *max_size == Some(0) {
                         return Err(invalid(field("max_size"), "must be at least 1"));
+                    }
+                    if self.kernel.format.is_gpu() {
+                        if *mode == AccessMode::AppendOnly {
+                            return Err(invalid(field("mode"), format!(
+                                "a GPU kernel cannot append to state: its buffers are fixed-size device allocations (bind {name:?} as read_write with max_size instead)"
+                            )));
+                        }
+                        if mode.is_writable() && max_size.is_none() {
+                            return Err(invalid(field("max_size"), format!(
+                                "a GPU kernel's writable state {name:?} needs max_size: the size of its device buffer, which is also the length of the value written back"
+                            )));
+                        }
                     }
                     CheckedBuffer::State {
                         name: name.to_owned(),
@@ -322,6 +343,16 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_job_with_launch_geometry_and_sized_state_validates() {
+        let mut value = base();
+        value["kernel"]["format"] = json!("ptx");
+        value["launch"] =
+            json!({"grid": [4, 1, 1], "block": [256, 1, 1], "shared_mem_bytes": 1024});
+        value["buffers"][1] = json!({"kind": "state", "name": "s", "key": "alice/s", "mode": "read_write", "max_size": 64});
+        parse(value).unwrap();
+    }
+
+    #[test]
     fn bad_jobs_are_refused_with_a_reason() {
         let cases: Vec<(&str, Mutation)> = vec![
             (
@@ -387,6 +418,40 @@ mod tests {
             (
                 "launch on wasm",
                 Box::new(|v| v["launch"] = json!({"grid": [1,1,1], "block": [1,1,1]})),
+            ),
+            (
+                "ptx without launch",
+                Box::new(|v| v["kernel"]["format"] = json!("ptx")),
+            ),
+            (
+                "hsaco with a zero grid",
+                Box::new(|v| {
+                    v["kernel"]["format"] = json!("hsaco");
+                    v["launch"] = json!({"grid": [0, 1, 1], "block": [64, 1, 1]});
+                }),
+            ),
+            (
+                "more than 1024 threads per block",
+                Box::new(|v| {
+                    v["kernel"]["format"] = json!("ptx");
+                    v["launch"] = json!({"grid": [1, 1, 1], "block": [32, 32, 2]});
+                }),
+            ),
+            (
+                "a GPU kernel appending to state",
+                Box::new(|v| {
+                    v["kernel"]["format"] = json!("ptx");
+                    v["launch"] = json!({"grid": [1, 1, 1], "block": [64, 1, 1]});
+                    v["buffers"][1] = json!({"kind": "state", "name": "log", "key": "alice/log", "mode": "append_only", "max_size": 64});
+                }),
+            ),
+            (
+                "a GPU kernel's writable state without max_size",
+                Box::new(|v| {
+                    v["kernel"]["format"] = json!("ptx");
+                    v["launch"] = json!({"grid": [1, 1, 1], "block": [64, 1, 1]});
+                    v["buffers"][1] = json!({"kind": "state", "name": "s", "key": "alice/s", "mode": "read_write"});
+                }),
             ),
             (
                 "bad buffer name",

@@ -118,6 +118,7 @@ impl Provider for SoftwareProvider {
             memory_protected: false,
             gpu_in_tcb: false,
             backend: "wasm".to_owned(),
+            device: None,
         }
     }
 }

@@ -80,6 +80,7 @@ impl Provider for SnpProvider {
             memory_protected: true,
             gpu_in_tcb: false,
             backend: "wasm".to_owned(),
+            device: None,
         }
     }
 }

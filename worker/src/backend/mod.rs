@@ -3,8 +3,9 @@
 //! stable [`ErrorCode`].
 //!
 //! [`Backend`] is the interface, and [`Invocation`], [`Slot`], [`ParamValue`], [`Completed`] and
-//! [`KernelError`] are its vocabulary. [`wasm::WasmBackend`] is the one implementation today; a
-//! GPU backend (HIP on AMD, CUDA on NVIDIA) implements the same trait behind its cargo feature.
+//! [`KernelError`] are its vocabulary. [`wasm::WasmBackend`] runs WebAssembly on the CPU;
+//! [`gpu::GpuBackend`] runs `ptx` (CUDA, feature `cuda`) or `hsaco` (HIP, feature `hip`) kernels
+//! on one GPU through a supervised device host. [`Runner`] is the one a job runs on.
 //!
 //! # What a backend is given
 //!
@@ -18,8 +19,7 @@
 //!   defaults and maximums.
 //!
 //! The job's GPU launch geometry (`JobSpec::launch`, which the schema requires for GPU formats
-//! and forbids for wasm) is not in [`Invocation`] yet: the first backend that reads it adds it as
-//! the optional field `launch: Option<dtee_schemas::job::Launch>`, `None` for wasm.
+//! and forbids for wasm) is [`Invocation::launch`], `None` for wasm.
 //!
 //! # What a backend returns
 //!
@@ -30,7 +30,8 @@
 //! `kernel_invalid`, `kernel_compile_limit_exceeded` and `kernel_link_failed` (from `prepare`,
 //! or `kernel_link_failed` from `run` when the entry is missing or has the wrong type),
 //! `kernel_failed` (a non-zero status),
-//! `kernel_trapped`, and one code per limit below. The caller turns everything else (Redis,
+//! `kernel_trapped`, and one code per limit below; a GPU backend also `device_failed` (its device
+//! or device host failed) and `invalid_job` (a binding a GPU cannot honour). The caller turns everything else (Redis,
 //! RabbitMQ, a panic on the kernel's thread) into its own outcome.
 //!
 //! # Who enforces which limit
@@ -64,6 +65,7 @@ use dtee_schemas::job::{AccessMode, KernelFormat, ScalarType};
 use dtee_schemas::result::{EffectiveLimits, ResourceUsage};
 use dtee_schemas::{Digest, ErrorCode};
 
+pub mod gpu;
 pub mod wasm;
 
 /// A kernel compiled and ready to run, or the deterministic reason it cannot run. A backend
@@ -164,6 +166,8 @@ pub struct Invocation {
     pub params: Vec<ParamValue>,
     /// Limits to enforce.
     pub limits: EffectiveLimits,
+    /// GPU launch geometry (`None` for wasm).
+    pub launch: Option<dtee_schemas::job::Launch>,
 }
 
 /// A run that completed.
@@ -208,6 +212,75 @@ impl KernelError {
             code,
             message: message.into(),
             usage: ResourceUsage::default(),
+        }
+    }
+}
+
+/// The backend one job runs on: the wasm engine, or one GPU device.
+#[derive(Debug, Clone)]
+pub(crate) enum Runner {
+    /// The WebAssembly backend, on the CPU.
+    Wasm(Arc<wasm::WasmBackend>),
+    /// A GPU, through its device host.
+    Gpu(Arc<gpu::GpuBackend>),
+}
+
+/// A kernel prepared by a [`Runner`].
+#[derive(Clone)]
+pub(crate) enum AnyKernel {
+    /// A linked WebAssembly module.
+    Wasm(<wasm::WasmBackend as Backend>::Kernel),
+    /// A GPU kernel's checked bytes.
+    Gpu(gpu::GpuKernel),
+}
+
+impl Runner {
+    /// The prepared kernel for `digest`, if cached.
+    pub(crate) fn cached(&self, digest: &Digest) -> Option<Prepared<AnyKernel>> {
+        match self {
+            Runner::Wasm(backend) => backend
+                .cached(digest)
+                .map(|prepared| prepared.as_ref().clone().map(AnyKernel::Wasm)),
+            Runner::Gpu(backend) => backend
+                .cached(digest)
+                .map(|prepared| prepared.as_ref().clone().map(AnyKernel::Gpu)),
+        }
+    }
+
+    /// Prepares `bytes` (blocking).
+    pub(crate) fn prepare(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Prepared<AnyKernel>, PrepareError> {
+        Ok(match self {
+            Runner::Wasm(backend) => backend
+                .prepare(digest, bytes)?
+                .as_ref()
+                .clone()
+                .map(AnyKernel::Wasm),
+            Runner::Gpu(backend) => backend
+                .prepare(digest, bytes)?
+                .as_ref()
+                .clone()
+                .map(AnyKernel::Gpu),
+        })
+    }
+
+    /// Runs a prepared kernel (blocking).
+    pub(crate) fn run(
+        &self,
+        kernel: &AnyKernel,
+        invocation: &Invocation,
+    ) -> Result<Completed, KernelError> {
+        match (self, kernel) {
+            (Runner::Wasm(backend), AnyKernel::Wasm(kernel)) => backend.run(kernel, invocation),
+            (Runner::Gpu(backend), AnyKernel::Gpu(kernel)) => backend.run(kernel, invocation),
+            _ => Err(KernelError {
+                code: ErrorCode::InternalError,
+                message: "a kernel prepared by one backend was given to another".to_owned(),
+                usage: ResourceUsage::default(),
+            }),
         }
     }
 }

@@ -28,8 +28,9 @@ pub struct Args {
     /// RabbitMQ, Redis and the namespace (`DTEE_AMQP_URL`, `DTEE_REDIS_URL`, `DTEE_NAMESPACE`).
     #[command(flatten)]
     pub connection: ConnectionArgs,
-    /// Comma-separated targets to serve (queues to consume).
-    #[arg(long, env = "DTEE_TARGETS", default_value = "wasm")]
+    /// Comma-separated targets to serve (queues to consume): `wasm`, `cuda`, `hip.<gfx arch>`;
+    /// `auto` serves wasm and every GPU target this machine's devices serve.
+    #[arg(long, env = "DTEE_TARGETS", default_value = "auto")]
     #[arg(value_parser = setting(targets))]
     pub targets: ::std::vec::Vec<String>,
     /// Kernels running at once (default: the number of cores).
@@ -277,21 +278,30 @@ where
     Ok(parsed)
 }
 
+/// `DTEE_TARGETS=auto`: wasm and every GPU target this machine's devices serve.
+pub const AUTO_TARGETS: &str = "auto";
+
 fn targets(text: &str) -> Result<Vec<String>, String> {
     let mut targets = Vec::new();
     for target in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if !dtee_schemas::job::is_valid_target(target) {
             return Err(format!("{target:?} is not a valid target"));
         }
-        if target != "wasm" {
+        if target != "wasm" && target != AUTO_TARGETS && !crate::backend::gpu::is_gpu_target(target)
+        {
             return Err(format!(
-                "this worker has no backend for target {target:?} (it serves: wasm)"
+                "this worker has no backend for target {target:?} (it serves: wasm, cuda, hip.<gfx arch>, or auto)"
             ));
         }
-        targets.push(target.to_owned());
+        if !targets.iter().any(|t| t == target) {
+            targets.push(target.to_owned());
+        }
     }
     if targets.is_empty() {
         return Err("needs at least one target".to_owned());
+    }
+    if targets.len() > 1 && targets.iter().any(|t| t == AUTO_TARGETS) {
+        return Err("auto stands alone".to_owned());
     }
     Ok(targets)
 }

@@ -15,7 +15,7 @@ use super::outcome::{self, CachePolicy, Failure, Outcome, Success};
 use super::plan::Plan;
 use super::Kernel;
 use super::{Context, Halt};
-use crate::backend::{Backend, Completed, Invocation, KernelError, ParamValue, Slot};
+use crate::backend::{Completed, Invocation, KernelError, ParamValue, Runner, Slot};
 use crate::failure::{Backoff, Transient};
 use crate::hooks::{self, TestHook};
 use crate::state::{Commit, CommitEntry, Seen, WriteOp};
@@ -37,6 +37,7 @@ pub(crate) async fn execute(
             slots: slots.clone(),
             params: params.clone(),
             limits: plan.limits,
+            launch: job.parsed.spec.launch,
         };
         let completed = run_kernel(ctx, job, plan, &kernel, invocation).await?;
         let (entries, state) = writes(job, &seen, &completed);
@@ -200,15 +201,19 @@ async fn run_kernel(
     kernel: &Kernel,
     invocation: Invocation,
 ) -> Result<Completed, Halt> {
-    let _permit = ctx.kernel_slots.acquire(&job.tenant).await;
+    // A GPU job waits for its device, not for a CPU kernel slot.
+    let _permit = match &plan.runner {
+        Runner::Wasm(_) => ctx.kernel_slots.acquire(&job.tenant).await,
+        Runner::Gpu(gpu) => gpu.slots.acquire(&job.tenant).await,
+    };
     ctx.telemetry.kernel_started();
-    let wasm = Arc::clone(&ctx.wasm);
+    let runner = plan.runner.clone();
     let kernel = kernel.clone();
     let panic_hook = hooks::active(&ctx.config, TestHook::PanicInKernel);
     let started = Instant::now();
     let completed = match tokio::task::spawn_blocking(move || {
         assert!(!panic_hook, "dtee-test-hook: panic-in-kernel");
-        wasm.run(&kernel, &invocation)
+        runner.run(&kernel, &invocation)
     })
     .await
     {

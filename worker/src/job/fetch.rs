@@ -19,23 +19,19 @@ use super::outcome::Failure;
 use super::plan::Plan;
 use super::Kernel;
 use super::{Context, Halt};
-use crate::backend::wasm::Prepared;
-use crate::backend::{Backend, Slot};
+use crate::backend::{Prepared, Slot};
 use crate::failure::Transient;
 
 /// The job's kernel, compiled and linked: from the module cache, or from Redis by digest.
 pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result<Kernel, Halt> {
     let digest = &job.parsed.spec.kernel.digest;
-    let prepared = match ctx.wasm.cached(digest) {
+    let prepared = match plan.runner.cached(digest) {
         Some(prepared) => prepared,
         None => compile(ctx, &job.tenant, digest, plan).await?,
     };
-    match prepared.as_ref() {
-        Ok(kernel) => Ok(kernel.clone()),
-        Err(error) => Err(Halt::Fail(
-            Failure::new(error.code, error.message.clone()).with_limits(plan.limits),
-        )),
-    }
+    prepared.map_err(|error| {
+        Halt::Fail(Failure::new(error.code, error.message).with_limits(plan.limits))
+    })
 }
 
 /// Fetches and compiles the kernel in a compile slot (separate from the kernel slots, so that
@@ -46,15 +42,15 @@ async fn compile(
     tenant: &str,
     digest: &Digest,
     plan: &Plan,
-) -> Result<Arc<Prepared>, Halt> {
+) -> Result<Prepared<Kernel>, Halt> {
     let _permit = ctx.compile_slots.acquire(tenant).await;
-    if let Some(prepared) = ctx.wasm.cached(digest) {
+    if let Some(prepared) = plan.runner.cached(digest) {
         return Ok(prepared);
     }
     let bytes = kernel_bytes(ctx, digest, plan).await?;
-    let wasm = Arc::clone(&ctx.wasm);
+    let runner = plan.runner.clone();
     let digest = digest.clone();
-    let prepared = tokio::task::spawn_blocking(move || wasm.prepare(&digest, &bytes))
+    let prepared = tokio::task::spawn_blocking(move || runner.prepare(&digest, &bytes))
         .await
         .map_err(|source| Transient::TaskLost {
             what: "compilation",

@@ -20,8 +20,8 @@ mod dead_letter;
 mod deliver;
 mod execute;
 mod fetch;
-mod outcome;
-mod plan;
+pub(crate) mod outcome;
+pub(crate) mod plan;
 mod prior;
 
 use std::sync::Arc;
@@ -38,7 +38,6 @@ pub(crate) use self::admit::Admitted;
 pub(crate) use self::outcome::{Failure, Outcome};
 use crate::attestation::Attestor;
 use crate::backend::wasm::WasmBackend;
-use crate::backend::Backend;
 use crate::broker::publisher::ResultPublisher;
 use crate::config::Config;
 use crate::failure::{Backoff, Chain, Transient};
@@ -59,6 +58,8 @@ pub(crate) struct Context {
     pub publisher: std::sync::RwLock<ResultPublisher>,
     /// The WebAssembly backend.
     pub wasm: Arc<WasmBackend>,
+    /// The GPU backends, by target (one device per target).
+    pub gpus: std::collections::HashMap<String, Arc<crate::backend::gpu::GpuBackend>>,
     /// Kernel slots: at most `concurrency` kernels run at once, shared fairly by tenant.
     pub kernel_slots: Arc<FairSlots>,
     /// Compile slots: at most `compile.concurrency` kernels compile at once, shared fairly.
@@ -74,7 +75,7 @@ pub(crate) struct Context {
 }
 
 /// A kernel compiled by the worker's backend.
-pub(crate) type Kernel = <WasmBackend as Backend>::Kernel;
+pub(crate) type Kernel = crate::backend::AnyKernel;
 
 /// Why the path of a job stopped before its last stage.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! and adopting a result cached by another execution one method ([`Outcome::adopt`]).
 
 use dtee_schemas::attestation::execution::{
-    ExecutionStatement, NamedDigest, OutputDigest, EXECUTION_SCHEMA,
+    ExecutionStatement, NamedDigest, OutputDigest, Tcb, EXECUTION_SCHEMA,
 };
 use dtee_schemas::job::{CheckedBuffer, InputSource};
 use dtee_schemas::result::{
@@ -116,8 +116,8 @@ pub(crate) struct Failure {
     pub message: String,
     /// The limits, once resolved.
     pub limits: Option<EffectiveLimits>,
-    /// Resources used, when the kernel ran.
-    pub resources: Option<ResourceUsage>,
+    /// Resources used, when the kernel ran (boxed: most failures have none).
+    pub resources: Option<Box<ResourceUsage>>,
 }
 
 impl Failure {
@@ -137,7 +137,7 @@ impl Failure {
             code: error.code,
             message: error.message,
             limits: Some(limits),
-            resources: Some(error.usage),
+            resources: Some(Box::new(error.usage)),
         }
     }
 
@@ -177,7 +177,7 @@ pub(crate) fn succeeded(ctx: &Context, job: &Admitted, success: Success) -> Outc
         execution: None,
         attestation: None,
     };
-    let execution = execution(ctx, job.started_at, success.attempts);
+    let execution = execution(ctx, Some(&job.parsed), job.started_at, success.attempts);
     Outcome {
         job_id: job.id().clone(),
         body: seal(ctx, result, execution, Some(&job.parsed)),
@@ -235,11 +235,11 @@ pub(crate) fn failed_as(
         outputs: Vec::new(),
         state: None,
         limits: failure.limits,
-        resources: failure.resources,
+        resources: failure.resources.map(|usage| *usage),
         execution: None,
         attestation: None,
     };
-    let execution = execution(ctx, started_at, attempts);
+    let execution = execution(ctx, parsed, started_at, attempts);
     let claim = match cache {
         CachePolicy::Final => parsed.and_then(admit::writable_hash_tag),
         CachePolicy::Never | CachePolicy::Failure => None,
@@ -254,11 +254,22 @@ pub(crate) fn failed_as(
     }
 }
 
-fn execution(ctx: &Context, started_at: u64, attempts: u32) -> Execution {
+fn execution(
+    ctx: &Context,
+    parsed: Option<&ParsedJob>,
+    started_at: u64,
+    attempts: u32,
+) -> Execution {
+    // The backend of the job's target: a GPU's, or the wasm engine (also for jobs refused
+    // before a backend was chosen).
+    let gpu = parsed.and_then(|parsed| ctx.gpus.get(&parsed.spec.kernel.target));
     Execution {
         execution_id: format!("{:032x}", rand::random::<u128>()),
         worker_id: ctx.config.worker_id.clone(),
-        backend: ctx.wasm.name().to_owned(),
+        backend: gpu
+            .map_or_else(|| ctx.wasm.name(), |gpu| gpu.name())
+            .to_owned(),
+        device: gpu.map(|gpu| gpu.device().clone()),
         started_at_unix_ms: started_at,
         finished_at_unix_ms: unix_ms(),
         attempts,
@@ -292,7 +303,19 @@ fn seal(
     parsed: Option<&ParsedJob>,
 ) -> Vec<u8> {
     result.execution = Some(execution.clone());
-    let statement = ExecutionStatement {
+    let statement = statement(&ctx.attestor, &result, execution, parsed);
+    result.attestation = Some(ctx.attestor.attest(statement));
+    serde_json::to_vec(&result).expect("a result serializes")
+}
+
+/// The execution statement of a result: what the worker signs.
+pub(crate) fn statement(
+    attestor: &crate::attestation::Attestor,
+    result: &JobResult,
+    execution: Execution,
+    parsed: Option<&ParsedJob>,
+) -> ExecutionStatement {
+    ExecutionStatement {
         schema: EXECUTION_SCHEMA.to_owned(),
         job_id: result.job_id.clone(),
         kernel: parsed.map(|parsed| parsed.spec.kernel.clone()),
@@ -315,9 +338,11 @@ fn seal(
         execution_id: execution.execution_id,
         started_at_unix_ms: execution.started_at_unix_ms,
         finished_at_unix_ms: execution.finished_at_unix_ms,
-        worker: ctx.attestor.worker_ref(),
-        tcb: ctx.attestor.tcb(),
-    };
-    result.attestation = Some(ctx.attestor.attest(statement));
-    serde_json::to_vec(&result).expect("a result serializes")
+        worker: attestor.worker_ref(),
+        tcb: Tcb {
+            backend: execution.backend,
+            device: execution.device,
+            ..attestor.tcb()
+        },
+    }
 }

@@ -8,14 +8,18 @@ use dtee_schemas::{ErrorCode, JobSpec};
 use super::admit::Admitted;
 use super::outcome::Failure;
 use super::Context;
-use crate::backend::Backend;
+use std::sync::Arc;
+
+use crate::backend::{Backend, Runner};
 use crate::config::Config;
 
 /// How a job will run here.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Plan {
     /// The limits the backend enforces.
     pub limits: EffectiveLimits,
+    /// The backend that runs the job.
+    pub runner: Runner,
 }
 
 /// Plans the run, or fails the job with the reason this worker cannot run it.
@@ -30,13 +34,22 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
             ),
         ));
     }
-    if spec.kernel.format != ctx.wasm.format() {
+    let runner = match ctx.gpus.get(&spec.kernel.target) {
+        Some(gpu) => Runner::Gpu(Arc::clone(gpu)),
+        None => Runner::Wasm(Arc::clone(&ctx.wasm)),
+    };
+    let format = match &runner {
+        Runner::Gpu(gpu) => gpu.format(),
+        Runner::Wasm(wasm) => wasm.format(),
+    };
+    if spec.kernel.format != format {
         return Err(Failure::new(
             ErrorCode::UnsupportedTarget,
             format!(
-                "target {:?} runs {} kernels only",
+                "target {:?} runs {} kernels only, not {}",
                 spec.kernel.target,
-                ctx.wasm.name()
+                format.as_str(),
+                spec.kernel.format.as_str()
             ),
         ));
     }
@@ -59,7 +72,7 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
             .with_limits(limits));
         }
     }
-    Ok(Plan { limits })
+    Ok(Plan { limits, runner })
 }
 
 /// Refuses a job listing more buffers or parameters than this worker accepts: decided from the

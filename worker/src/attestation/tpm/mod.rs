@@ -421,6 +421,7 @@ impl Provider for TpmAttestationProvider {
             memory_protected: false,
             gpu_in_tcb: false,
             backend: "wasm".to_owned(),
+            device: None,
         }
     }
 }

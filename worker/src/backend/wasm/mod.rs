@@ -191,6 +191,7 @@ impl Backend for WasmBackend {
             peak_memory_bytes: state.peak_memory,
             wall_time_us: wall_time.as_micros() as u64,
             output_bytes: state.output_used,
+            ..ResourceUsage::default()
         };
         let (code, message) = match outcome {
             Ok(0) => {

@@ -17,6 +17,7 @@ fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, Ke
         panic!("{name} does not compile")
     };
     let invocation = Invocation {
+        launch: None,
         entry: entry.to_owned(),
         slots: vec![],
         params: vec![],
@@ -79,6 +80,7 @@ fn a_write_far_past_the_output_limit_traps_before_allocating() {
         panic!("flood does not compile")
     };
     let invocation = Invocation {
+        launch: None,
         entry: "flood".to_owned(),
         slots: vec![Slot::Output {
             name: "out".to_owned(),
@@ -109,6 +111,7 @@ fn run_edges(entry: &str) -> Result<Completed, KernelError> {
         capacity: 1024,
     };
     let invocation = Invocation {
+        launch: None,
         entry: entry.to_owned(),
         slots: vec![output("a"), output("b")],
         params: vec![],
@@ -167,6 +170,7 @@ fn echo_through_the_backend_trait_copies_its_input() {
     let bytes = kernel("echo");
     let data: Arc<[u8]> = Arc::from(&b"hello, kernel"[..]);
     let mut invocation = Invocation {
+        launch: None,
         entry: "echo".to_owned(),
         slots: vec![
             Slot::Input {

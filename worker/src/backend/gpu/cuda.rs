@@ -1,0 +1,289 @@
+//! NVIDIA GPUs through the CUDA driver API (cudarc, `libcuda` loaded at run time): PTX loaded
+//! with the driver's JIT, buffers as device allocations, the launch timed with device events.
+//! Runs only inside a device host (`device.rs`): after a fault the context is unusable until
+//! the process exits, which the host then does.
+
+// FFI to the GPU driver: every unsafe block says what it relies on.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::time::Instant;
+
+use cudarc::driver::sys::{self, CUresult};
+use cudarc::driver::{result, DriverError};
+use dtee_schemas::run::GpuDevice;
+
+use super::device::{Driver, Failed, Ran};
+use super::protocol::{DeviceInfo, FailureKind, Request};
+
+fn describe(error: DriverError) -> String {
+    let name = error
+        .error_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", error.0));
+    let text = error
+        .error_string()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{name}: {text}")
+}
+
+/// Errors after which the context is unusable (the kernel's fault).
+fn is_sticky_fault(code: CUresult) -> bool {
+    matches!(
+        code,
+        CUresult::CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUresult::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUresult::CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUresult::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUresult::CUDA_ERROR_INVALID_PC
+            | CUresult::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUresult::CUDA_ERROR_LAUNCH_FAILED
+            | CUresult::CUDA_ERROR_ASSERT
+    )
+}
+
+fn failed(kind: FailureKind, error: DriverError, what: &str) -> Failed {
+    let sticky = is_sticky_fault(error.0);
+    Failed {
+        kind: if sticky {
+            FailureKind::KernelFault
+        } else {
+            kind
+        },
+        message: format!("{what}: {}", describe(error)),
+        sticky,
+    }
+}
+
+/// Whether libcuda can be loaded (cudarc panics on first use otherwise).
+fn present() -> bool {
+    // SAFETY: only tries to load the library.
+    unsafe { sys::is_culib_present() }
+}
+
+fn attribute(device: sys::CUdevice, attribute: sys::CUdevice_attribute) -> Result<i32, String> {
+    // SAFETY: a valid device from `device::get`.
+    unsafe { result::device::get_attribute(device, attribute) }.map_err(describe)
+}
+
+fn device_info(ordinal: i32) -> Result<DeviceInfo, String> {
+    use sys::CUdevice_attribute as A;
+    let device = result::device::get(ordinal).map_err(describe)?;
+    let name = result::device::get_name(device).map_err(describe)?;
+    // SAFETY: a valid device.
+    let memory = unsafe { result::device::total_mem(device) }.map_err(describe)?;
+    let major = attribute(device, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attribute(device, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    let mut version = 0;
+    // SAFETY: writes one int.
+    unsafe { sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .map_err(describe)?;
+    let grid = [
+        attribute(device, A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)?,
+        attribute(device, A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)?,
+        attribute(device, A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)?,
+    ];
+    Ok(DeviceInfo {
+        device: GpuDevice {
+            vendor: "nvidia".to_owned(),
+            name,
+            arch: format!("sm_{major}{minor}"),
+            driver: format!("cuda {version}"),
+        },
+        memory_bytes: memory as u64,
+        max_threads_per_block: attribute(device, A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
+            as u32,
+        max_shared_bytes_per_block: attribute(
+            device,
+            A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK,
+        )? as u32,
+        max_grid: grid.map(|d| d as u32),
+    })
+}
+
+/// The CUDA devices of this machine.
+pub fn probe() -> Result<Vec<DeviceInfo>, String> {
+    if !present() {
+        return Err("libcuda is not installed (no NVIDIA driver on this machine)".to_owned());
+    }
+    result::init().map_err(describe)?;
+    let count = result::device::get_count().map_err(describe)?;
+    if count == 0 {
+        return Err("the CUDA driver sees no device".to_owned());
+    }
+    (0..count).map(device_info).collect()
+}
+
+/// One CUDA device with its primary context current on this thread.
+pub struct Cuda {
+    info: DeviceInfo,
+    modules: HashMap<String, sys::CUmodule>,
+}
+
+/// Opens device `ordinal`.
+pub fn open(ordinal: u32) -> Result<Cuda, String> {
+    if !present() {
+        return Err("libcuda is not installed (no NVIDIA driver on this machine)".to_owned());
+    }
+    result::init().map_err(describe)?;
+    let ordinal = i32::try_from(ordinal).map_err(|e| e.to_string())?;
+    let info = device_info(ordinal)?;
+    let device = result::device::get(ordinal).map_err(describe)?;
+    // SAFETY: a valid device; the context stays current on this (the host's only) thread.
+    unsafe {
+        let context = result::primary_ctx::retain(device).map_err(describe)?;
+        result::ctx::set_current(context).map_err(describe)?;
+    }
+    Ok(Cuda {
+        info,
+        modules: HashMap::new(),
+    })
+}
+
+/// Device allocations, freed when dropped.
+struct Allocations(Vec<sys::CUdeviceptr>);
+
+impl Drop for Allocations {
+    fn drop(&mut self) {
+        for pointer in &self.0 {
+            // SAFETY: allocated by `malloc_sync` and not freed elsewhere.
+            let _ = unsafe { result::free_sync(*pointer) };
+        }
+    }
+}
+
+impl Cuda {
+    fn module(&mut self, request: &Request, kernel: &[u8]) -> Result<sys::CUmodule, Failed> {
+        if let Some(module) = self.modules.get(&request.kernel_digest) {
+            return Ok(*module);
+        }
+        let mut image = kernel.to_vec();
+        image.push(0); // PTX is passed as a NUL-terminated string
+                       // SAFETY: a NUL-terminated PTX image, alive for the call.
+        let module = unsafe { result::module::load_data(image.as_ptr().cast::<c_void>()) }
+            .map_err(|error| failed(FailureKind::KernelInvalid, error, "loading the PTX"))?;
+        if self.modules.len() >= 64 {
+            for (_, old) in self.modules.drain() {
+                // SAFETY: loaded above and no longer used.
+                let _ = unsafe { result::module::unload(old) };
+            }
+        }
+        self.modules.insert(request.kernel_digest.clone(), module);
+        Ok(module)
+    }
+}
+
+impl Driver for Cuda {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn run(
+        &mut self,
+        request: &Request,
+        kernel: &[u8],
+        inputs: Vec<Vec<u8>>,
+    ) -> Result<Ran, Failed> {
+        let module = self.module(request, kernel)?;
+        let entry = CString::new(request.entry.as_str()).map_err(|_| Failed {
+            kind: FailureKind::EntryMissing,
+            message: "the entry point contains a NUL byte".to_owned(),
+            sticky: false,
+        })?;
+        // SAFETY: a loaded module.
+        let function = unsafe { result::module::get_function(module, entry) }.map_err(|error| {
+            failed(
+                FailureKind::EntryMissing,
+                error,
+                &format!("finding entry {:?}", request.entry),
+            )
+        })?;
+        let mut ran = Ran::default();
+        let mut allocations = Allocations(Vec::with_capacity(request.buffers.len()));
+        let copy_started = Instant::now();
+        for (spec, bytes) in request.buffers.iter().zip(&inputs) {
+            // SAFETY: plain allocations, zeroed, then filled from host memory of the right size.
+            unsafe {
+                let pointer = result::malloc_sync(spec.device_bytes as usize).map_err(|error| {
+                    failed(FailureKind::OutOfMemory, error, "allocating device memory")
+                })?;
+                allocations.0.push(pointer);
+                result::memset_d8_sync(pointer, 0, spec.device_bytes as usize)
+                    .map_err(|error| failed(FailureKind::Device, error, "zeroing"))?;
+                if !bytes.is_empty() {
+                    result::memcpy_htod_sync(pointer, bytes)
+                        .map_err(|error| failed(FailureKind::Device, error, "copying in"))?;
+                }
+            }
+            ran.device_bytes += spec.device_bytes;
+            ran.copied_bytes += bytes.len() as u64;
+        }
+        let mut copy_time = copy_started.elapsed();
+        // The kernel's arguments: each buffer's device pointer, then each scalar, by address.
+        let mut pointers: Vec<sys::CUdeviceptr> = allocations.0.clone();
+        let mut scalars: Vec<[u8; 8]> = request
+            .params
+            .iter()
+            .map(|param| {
+                let mut slot = [0u8; 8];
+                let bytes = param.bytes();
+                slot[..bytes.len()].copy_from_slice(&bytes);
+                slot
+            })
+            .collect();
+        let mut arguments: Vec<*mut c_void> = pointers
+            .iter_mut()
+            .map(|p| (p as *mut sys::CUdeviceptr).cast::<c_void>())
+            .chain(scalars.iter_mut().map(|s| s.as_mut_ptr().cast::<c_void>()))
+            .collect();
+        let launch = &request.launch;
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags)
+            .map_err(|error| failed(FailureKind::Device, error, "creating an event"))?;
+        let end = result::event::create(flags)
+            .map_err(|error| failed(FailureKind::Device, error, "creating an event"))?;
+        let stream = std::ptr::null_mut();
+        // SAFETY: the function takes exactly the buffers' pointers and the scalars, as the job
+        // ABI says; the argument storage outlives the synchronisation below.
+        unsafe {
+            result::event::record(start, stream)
+                .map_err(|error| failed(FailureKind::Device, error, "recording"))?;
+            result::launch_kernel(
+                function,
+                (launch.grid[0], launch.grid[1], launch.grid[2]),
+                (launch.block[0], launch.block[1], launch.block[2]),
+                launch.shared_mem_bytes,
+                stream,
+                &mut arguments,
+            )
+            .map_err(|error| failed(FailureKind::LaunchRefused, error, "launching"))?;
+            result::event::record(end, stream)
+                .map_err(|error| failed(FailureKind::Device, error, "recording"))?;
+            result::ctx::synchronize()
+                .map_err(|error| failed(FailureKind::Device, error, "running the kernel"))?;
+            let elapsed_ms = result::event::elapsed(start, end)
+                .map_err(|error| failed(FailureKind::Device, error, "timing"))?;
+            ran.kernel_time_us = (f64::from(elapsed_ms) * 1000.0) as u64;
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+        }
+        let copy_back = Instant::now();
+        for (spec, pointer) in request.buffers.iter().zip(&allocations.0) {
+            if !spec.copy_out {
+                continue;
+            }
+            let mut bytes = vec![0u8; spec.device_bytes as usize];
+            // SAFETY: the allocation holds `device_bytes`.
+            unsafe { result::memcpy_dtoh_sync(&mut bytes, *pointer) }
+                .map_err(|error| failed(FailureKind::Device, error, "copying back"))?;
+            ran.copied_bytes += bytes.len() as u64;
+            ran.outputs.push(bytes);
+        }
+        copy_time += copy_back.elapsed();
+        ran.copy_time_us = copy_time.as_micros() as u64;
+        Ok(ran)
+    }
+}

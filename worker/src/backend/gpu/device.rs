@@ -1,0 +1,197 @@
+//! The device host: `dtee-worker __dtee-device-host --driver <cuda|hip|stand-in> --device N`, a
+//! child process of the worker that owns one GPU context and runs one job at a time. A GPU
+//! kernel cannot be pre-empted and a fault leaves the context unusable until the process exits,
+//! so the worker keeps the context in this process, kills it at a job's deadline and starts a
+//! fresh one (`host.rs`).
+
+use std::io::{self, BufReader, BufWriter};
+
+use super::protocol::{self, DeviceInfo, FailureKind, Hello, Request, Response};
+
+/// The GPU drivers a device host can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// NVIDIA, through the CUDA driver API (cargo feature `cuda`).
+    Cuda,
+    /// AMD, through the HIP runtime (cargo feature `hip`).
+    Hip,
+    /// The test suite's stand-in: no GPU at all (cargo feature `test-hooks`).
+    StandIn,
+}
+
+impl DriverKind {
+    /// The driver's name: the backend's name in results (`cuda`, `hip`, `stand-in`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Cuda => "cuda",
+            DriverKind::Hip => "hip",
+            DriverKind::StandIn => "stand-in",
+        }
+    }
+
+    /// Parses a driver name.
+    pub fn parse(name: &str) -> Option<DriverKind> {
+        match name {
+            "cuda" => Some(DriverKind::Cuda),
+            "hip" => Some(DriverKind::Hip),
+            "stand-in" => Some(DriverKind::StandIn),
+            _ => None,
+        }
+    }
+
+    /// Whether this build has the driver.
+    pub fn built(self) -> bool {
+        match self {
+            DriverKind::Cuda => cfg!(feature = "cuda"),
+            DriverKind::Hip => cfg!(feature = "hip"),
+            DriverKind::StandIn => cfg!(feature = "test-hooks"),
+        }
+    }
+}
+
+/// A kernel run that completed on the device.
+#[derive(Debug, Default)]
+pub struct Ran {
+    /// The `copy_out` buffers' bytes, in job order.
+    pub outputs: Vec<Vec<u8>>,
+    /// Device memory allocated, bytes.
+    pub device_bytes: u64,
+    /// Kernel time, microseconds.
+    pub kernel_time_us: u64,
+    /// Bytes copied in and out.
+    pub copied_bytes: u64,
+    /// Copy time, microseconds.
+    pub copy_time_us: u64,
+}
+
+/// A run that failed.
+#[derive(Debug)]
+pub struct Failed {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// For humans (the driver's error name and text).
+    pub message: String,
+    /// Whether the context is unusable now.
+    pub sticky: bool,
+}
+
+/// One opened device.
+pub trait Driver {
+    /// The device.
+    fn info(&self) -> &DeviceInfo;
+    /// Runs a request: `kernel` is the code object or PTX, `inputs` each buffer's copy-in bytes.
+    fn run(
+        &mut self,
+        request: &Request,
+        kernel: &[u8],
+        inputs: Vec<Vec<u8>>,
+    ) -> Result<Ran, Failed>;
+}
+
+/// Opens device `ordinal` with `kind`.
+pub fn open(kind: DriverKind, ordinal: u32) -> Result<Box<dyn Driver>, String> {
+    if !kind.built() {
+        return Err(format!(
+            "this dtee-worker was built without the {} driver (cargo feature `{}`)",
+            kind.name(),
+            match kind {
+                DriverKind::StandIn => "test-hooks",
+                other => other.name(),
+            }
+        ));
+    }
+    match kind {
+        #[cfg(feature = "cuda")]
+        DriverKind::Cuda => super::cuda::open(ordinal).map(|d| Box::new(d) as Box<dyn Driver>),
+        #[cfg(feature = "hip")]
+        DriverKind::Hip => super::hip::open(ordinal).map(|d| Box::new(d) as Box<dyn Driver>),
+        #[cfg(feature = "test-hooks")]
+        DriverKind::StandIn => {
+            super::stand_in::open(ordinal).map(|d| Box::new(d) as Box<dyn Driver>)
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            let _ = ordinal;
+            unreachable!("checked by built()")
+        }
+    }
+}
+
+/// The devices `kind` finds on this machine, or why it finds none.
+pub fn probe(kind: DriverKind) -> Result<Vec<DeviceInfo>, String> {
+    if !kind.built() {
+        return Err(format!("not built with the {} driver", kind.name()));
+    }
+    match kind {
+        #[cfg(feature = "cuda")]
+        DriverKind::Cuda => super::cuda::probe(),
+        #[cfg(feature = "hip")]
+        DriverKind::Hip => super::hip::probe(),
+        #[cfg(feature = "test-hooks")]
+        DriverKind::StandIn => Ok(vec![super::stand_in::info()]),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("checked by built()"),
+    }
+}
+
+/// The device host's main loop, on standard input and output: says hello (the device, or why
+/// it could not be opened), then answers requests until its input closes. Exits after a sticky
+/// failure: the context is unusable, and the worker starts a fresh host.
+pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut output = BufWriter::new(io::stdout().lock());
+    let mut driver = match open(kind, ordinal) {
+        Ok(driver) => {
+            let hello = Hello {
+                device: Ok(driver.info().clone()),
+            };
+            protocol::write_frame(&mut output, &hello, &[])?;
+            driver
+        }
+        Err(why) => {
+            protocol::write_frame(&mut output, &Hello { device: Err(why) }, &[])?;
+            return Ok(());
+        }
+    };
+    while let Some(request) = protocol::read_header::<Request>(&mut input)? {
+        let kernel = protocol::read_payload(&mut input, request.kernel_bytes)?;
+        let mut inputs = Vec::with_capacity(request.buffers.len());
+        for buffer in &request.buffers {
+            inputs.push(protocol::read_payload(&mut input, buffer.copy_in)?);
+        }
+        let (response, outputs, sticky) = match driver.run(&request, &kernel, inputs) {
+            Ok(ran) => (
+                Response {
+                    failure: None,
+                    sticky: false,
+                    device_bytes: ran.device_bytes,
+                    kernel_time_us: ran.kernel_time_us,
+                    copied_bytes: ran.copied_bytes,
+                    copy_time_us: ran.copy_time_us,
+                    payloads: ran.outputs.iter().map(|o| o.len() as u64).collect(),
+                },
+                ran.outputs,
+                false,
+            ),
+            Err(failed) => (
+                Response {
+                    failure: Some((failed.kind, failed.message)),
+                    sticky: failed.sticky,
+                    device_bytes: 0,
+                    kernel_time_us: 0,
+                    copied_bytes: 0,
+                    copy_time_us: 0,
+                    payloads: Vec::new(),
+                },
+                Vec::new(),
+                failed.sticky,
+            ),
+        };
+        let payloads: Vec<&[u8]> = outputs.iter().map(Vec::as_slice).collect();
+        protocol::write_frame(&mut output, &response, &payloads)?;
+        if sticky {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

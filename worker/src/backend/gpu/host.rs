@@ -1,0 +1,308 @@
+//! The supervisor of one device host (`device.rs`): starts it, sends it one job at a time,
+//! waits for the answer no longer than the job's deadline, kills it (SIGKILL) when the deadline
+//! passes or after a sticky failure, and starts a fresh one for the next job. A host that keeps
+//! dying is given up: more than [`MAX_RESTARTS`] restarts within [`RESTART_WINDOW`] mark the
+//! device failed, and its jobs are answered `device_failed` without a host.
+
+use std::collections::VecDeque;
+use std::io::{self, BufReader, BufWriter};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::device::DriverKind;
+use super::protocol::{self, DeviceInfo, Hello, Request, Response};
+
+/// The hidden subcommand that runs a device host.
+pub const DEVICE_HOST_COMMAND: &str = "__dtee-device-host";
+/// Restarts allowed within [`RESTART_WINDOW`] before the device counts as failed.
+pub const MAX_RESTARTS: usize = 10;
+/// The window of [`MAX_RESTARTS`].
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a starting host may take to open its device and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the supervisor has no answer from the device.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The deadline passed: the host was killed.
+    #[error("the kernel ran past its {0} ms deadline; its device host was killed")]
+    Timeout(u64),
+    /// The host died or broke the protocol.
+    #[error("the device host died: {0}")]
+    Died(String),
+    /// No host could be started, or the device was given up.
+    #[error("the device is unavailable: {0}")]
+    Unavailable(String),
+}
+
+enum Frame {
+    Hello(Hello),
+    Response(Response, Vec<Vec<u8>>),
+}
+
+struct Running {
+    child: Child,
+    stdin: BufWriter<ChildStdin>,
+    frames: mpsc::Receiver<io::Result<Frame>>,
+}
+
+impl Running {
+    /// Kills the host and reaps it; what it said on the way out is lost.
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        match self.child.wait() {
+            Ok(status) => status.to_string(),
+            Err(error) => error.to_string(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    running: Option<Running>,
+    started_once: bool,
+    restarts: VecDeque<Instant>,
+    failed: Option<String>,
+}
+
+/// One device and the host process that drives it.
+pub struct DeviceHost {
+    kind: DriverKind,
+    ordinal: u32,
+    program: std::path::PathBuf,
+    state: Mutex<State>,
+    restarts: AtomicU64,
+}
+
+impl std::fmt::Debug for DeviceHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceHost")
+            .field("driver", &self.kind)
+            .field("device", &self.ordinal)
+            .finish()
+    }
+}
+
+impl DeviceHost {
+    /// A supervisor for device `ordinal` of `kind`, whose hosts run `program` (the worker's own
+    /// executable). Nothing starts until the first job.
+    pub fn new(kind: DriverKind, ordinal: u32, program: std::path::PathBuf) -> DeviceHost {
+        DeviceHost {
+            kind,
+            ordinal,
+            program,
+            state: Mutex::new(State::default()),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    /// Host restarts so far (after a kill, a crash or a sticky failure).
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Why the device was given up, if it was.
+    pub fn failed(&self) -> Option<String> {
+        self.state.lock().expect("host lock").failed.clone()
+    }
+
+    /// Starts the first host and waits for its hello: the device it opened.
+    pub fn start(&self) -> Result<DeviceInfo, HostError> {
+        let mut state = self.state.lock().expect("host lock");
+        self.ensure_running(&mut state)?
+            .ok_or_else(|| HostError::Unavailable("the host was started already".into()))
+    }
+
+    /// Runs one request: sends it with `payloads` (the kernel, then each buffer's copy-in
+    /// bytes) and waits for the answer until `deadline` after now. Blocking.
+    pub fn run(
+        &self,
+        request: &Request,
+        payloads: &[&[u8]],
+        deadline: Duration,
+    ) -> Result<(Response, Vec<Vec<u8>>), HostError> {
+        let started = Instant::now();
+        let mut state = self.state.lock().expect("host lock");
+        self.ensure_running(&mut state)?;
+        let running = state.running.as_mut().expect("a running host");
+        if let Err(error) = protocol::write_frame(&mut running.stdin, request, payloads) {
+            let status = state.running.take().expect("running").kill();
+            return Err(HostError::Died(format!(
+                "sending it the job failed ({error}); it exited with {status}"
+            )));
+        }
+        let remaining = deadline.saturating_sub(started.elapsed());
+        match running.frames.recv_timeout(remaining) {
+            Ok(Ok(Frame::Response(response, outputs))) => {
+                if response.sticky {
+                    // The host exits by itself; reap it.
+                    let _ = state.running.take().expect("running").kill();
+                }
+                Ok((response, outputs))
+            }
+            Ok(Ok(Frame::Hello(_))) => {
+                let status = state.running.take().expect("running").kill();
+                Err(HostError::Died(format!(
+                    "it said hello twice (exit: {status})"
+                )))
+            }
+            Ok(Err(error)) => {
+                let status = state.running.take().expect("running").kill();
+                Err(HostError::Died(format!("{error}; it exited with {status}")))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = state.running.take().expect("running").kill();
+                Err(HostError::Timeout(deadline.as_millis() as u64))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = state.running.take().expect("running").kill();
+                Err(HostError::Died(format!("it exited with {status}")))
+            }
+        }
+    }
+
+    /// Starts a host unless one runs; the device it opened, if it started one now.
+    fn ensure_running(&self, state: &mut State) -> Result<Option<DeviceInfo>, HostError> {
+        if let Some(why) = &state.failed {
+            return Err(HostError::Unavailable(why.clone()));
+        }
+        if state.running.is_some() {
+            return Ok(None);
+        }
+        if state.started_once {
+            let now = Instant::now();
+            state.restarts.push_back(now);
+            while state
+                .restarts
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > RESTART_WINDOW)
+            {
+                state.restarts.pop_front();
+            }
+            self.restarts.fetch_add(1, Ordering::Relaxed);
+            if state.restarts.len() > MAX_RESTARTS {
+                let why = format!(
+                    "its device host was restarted {} times within {} s; the device is given up until the worker restarts",
+                    state.restarts.len(),
+                    RESTART_WINDOW.as_secs()
+                );
+                tracing::error!(driver = self.kind.name(), device = self.ordinal, "{why}");
+                state.failed = Some(why.clone());
+                return Err(HostError::Unavailable(why));
+            }
+        }
+        state.started_once = true;
+        let (running, info) = self.spawn()?;
+        state.running = Some(running);
+        Ok(Some(info))
+    }
+
+    fn spawn(&self) -> Result<(Running, DeviceInfo), HostError> {
+        let mut child = Command::new(&self.program)
+            .arg(DEVICE_HOST_COMMAND)
+            .arg("--driver")
+            .arg(self.kind.name())
+            .arg("--device")
+            .arg(self.ordinal.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| {
+                HostError::Unavailable(format!(
+                    "starting {} {DEVICE_HOST_COMMAND}: {error}",
+                    self.program.display()
+                ))
+            })?;
+        let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, frames) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("dtee-device-host-{}", self.ordinal))
+            .spawn(move || read_frames(BufReader::new(stdout), sender))
+            .map_err(|error| HostError::Unavailable(format!("a reader thread: {error}")))?;
+        let running = Running {
+            child,
+            stdin,
+            frames,
+        };
+        match running.frames.recv_timeout(HELLO_TIMEOUT) {
+            Ok(Ok(Frame::Hello(Hello { device: Ok(info) }))) => Ok((running, info)),
+            Ok(Ok(Frame::Hello(Hello { device: Err(why) }))) => {
+                let _ = running.kill();
+                Err(HostError::Unavailable(why))
+            }
+            Ok(Ok(Frame::Response(..))) => {
+                let _ = running.kill();
+                Err(HostError::Unavailable(
+                    "the host answered before a job".into(),
+                ))
+            }
+            Ok(Err(error)) => {
+                let status = running.kill();
+                Err(HostError::Unavailable(format!(
+                    "the host did not say hello ({error}); it exited with {status}"
+                )))
+            }
+            Err(_) => {
+                let status = running.kill();
+                Err(HostError::Unavailable(format!(
+                    "the host did not open its device within {} s (exit: {status})",
+                    HELLO_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for DeviceHost {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.lock() {
+            if let Some(running) = state.running.take() {
+                let _ = running.kill();
+            }
+        }
+    }
+}
+
+/// The reader thread: hello, then responses with their payloads, until the host's output ends.
+fn read_frames(mut stdout: impl io::Read, sender: mpsc::Sender<io::Result<Frame>>) {
+    match protocol::read_header::<Hello>(&mut stdout) {
+        Ok(Some(hello)) => {
+            if sender.send(Ok(Frame::Hello(hello))).is_err() {
+                return;
+            }
+        }
+        Ok(None) => return,
+        Err(error) => {
+            let _ = sender.send(Err(error));
+            return;
+        }
+    }
+    loop {
+        let frame = protocol::read_header::<Response>(&mut stdout).and_then(|header| {
+            let Some(response) = header else {
+                return Ok(None);
+            };
+            let mut outputs = Vec::with_capacity(response.payloads.len());
+            for length in &response.payloads {
+                outputs.push(protocol::read_payload(&mut stdout, *length)?);
+            }
+            Ok(Some(Frame::Response(response, outputs)))
+        });
+        match frame {
+            Ok(Some(frame)) => {
+                if sender.send(Ok(frame)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(error) => {
+                let _ = sender.send(Err(error));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The GPU backend: one kernel format on one device, through a supervised device host.
+//!
+//! - `protocol.rs` — the frames between the worker and a device host;
+//! - `host.rs` — the supervisor: one host process per device, killed at the job's deadline and
+//!   restarted, given up after repeated failures;
+//! - `device.rs` — the host process itself and the [`device::Driver`] interface;
+//! - `cuda.rs` (feature `cuda`, NVIDIA through the CUDA driver API with cudarc, `libcuda`
+//!   loaded at run time), `hip.rs` (feature `hip`, AMD through the HIP runtime with hip-sys),
+//!   `stand_in.rs` (feature `test-hooks`: no GPU, for the test suite only).
+//!
+//! Everything a job can make the device spend is checked here, from the job and the device's
+//! limits, before the host is asked for anything: the sum of the device allocations against the
+//! job's `memory_bytes` and the device's memory (`memory_limit_exceeded`,
+//! `excessive_resource_requirements`), the bytes copied back against `output_bytes`
+//! (`output_limit_exceeded`), the launch geometry and shared memory against the device's
+//! limits (`excessive_resource_requirements`). Time is bounded by the host's deadline: loading
+//! the module (the PTX JIT included), the copies and the kernel together get the job's
+//! `timeout_ms` (`execution_timeout`; the host is killed).
+
+pub mod device;
+pub mod host;
+pub mod protocol;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "hip")]
+mod hip;
+#[cfg(feature = "test-hooks")]
+mod stand_in;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dtee_schemas::job::{AccessMode, KernelFormat, Launch};
+use dtee_schemas::result::ResourceUsage;
+use dtee_schemas::run::GpuDevice;
+use dtee_schemas::{Digest, ErrorCode};
+
+use self::device::DriverKind;
+use self::host::{DeviceHost, HostError};
+use self::protocol::{BufferSpec, DeviceInfo, FailureKind, Request, ScalarArg};
+use super::{Backend, Completed, Invocation, KernelError, PrepareError, Prepared, Slot};
+use crate::fair::FairSlots;
+
+/// Kernels kept per device (their bytes; the host keeps the loaded modules).
+const CACHE_ENTRIES: usize = 256;
+
+/// A GPU kernel: its bytes, checked to look like the format, kept by digest.
+#[derive(Debug, Clone)]
+pub struct GpuKernel {
+    digest: Digest,
+    bytes: Arc<[u8]>,
+}
+
+/// One device, serving one target with one kernel format.
+#[derive(Debug)]
+pub struct GpuBackend {
+    kind: DriverKind,
+    target: String,
+    format: KernelFormat,
+    info: DeviceInfo,
+    host: DeviceHost,
+    /// One job at a time on the device, handed out fairly between tenants.
+    pub(crate) slots: Arc<FairSlots>,
+    cache: Mutex<HashMap<Digest, Arc<Prepared<GpuKernel>>>>,
+}
+
+/// The target a device serves: `cuda` for NVIDIA, `hip.<gfx arch>` for AMD, `stand-in` for the
+/// test suite's stand-in.
+pub fn target_of(kind: DriverKind, info: &DeviceInfo) -> String {
+    match kind {
+        DriverKind::Cuda => "cuda".to_owned(),
+        DriverKind::Hip => format!("hip.{}", info.device.arch),
+        DriverKind::StandIn => "stand-in".to_owned(),
+    }
+}
+
+/// The kernel format a driver loads.
+pub fn format_of(kind: DriverKind) -> KernelFormat {
+    match kind {
+        DriverKind::Cuda | DriverKind::StandIn => KernelFormat::Ptx,
+        DriverKind::Hip => KernelFormat::Hsaco,
+    }
+}
+
+/// Whether `target` names a GPU target (`cuda`, `hip.<arch>`, `stand-in`).
+pub fn is_gpu_target(target: &str) -> bool {
+    target == "cuda" || target.starts_with("hip.") || target == "stand-in"
+}
+
+/// The driver a GPU target needs.
+pub fn driver_for_target(target: &str) -> Option<DriverKind> {
+    if target == "cuda" {
+        Some(DriverKind::Cuda)
+    } else if target.starts_with("hip.") {
+        Some(DriverKind::Hip)
+    } else if target == "stand-in" {
+        Some(DriverKind::StandIn)
+    } else {
+        None
+    }
+}
+
+impl GpuBackend {
+    /// Starts the device host of device `ordinal` and learns the device from it. `program` is
+    /// the worker's executable (the host is `program __dtee-device-host`).
+    pub fn start(
+        kind: DriverKind,
+        ordinal: u32,
+        program: std::path::PathBuf,
+    ) -> Result<GpuBackend, String> {
+        let host = DeviceHost::new(kind, ordinal, program);
+        let info = host.start().map_err(|error| error.to_string())?;
+        Ok(GpuBackend {
+            kind,
+            target: target_of(kind, &info),
+            format: format_of(kind),
+            info,
+            host,
+            slots: FairSlots::new(1),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The target this device serves.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The device.
+    pub fn device(&self) -> &GpuDevice {
+        &self.info.device
+    }
+
+    /// The device and its limits.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Device host restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.host.restarts()
+    }
+
+    /// Why the device was given up, if it was.
+    pub fn failed(&self) -> Option<String> {
+        self.host.failed()
+    }
+
+    fn check_launch(&self, launch: &Launch) -> Result<(), String> {
+        let threads: u64 = launch.block.iter().map(|&d| u64::from(d)).product();
+        if threads > u64::from(self.info.max_threads_per_block) {
+            return Err(format!(
+                "the launch asks for {threads} threads per block; {} allows {}",
+                self.info.device.name, self.info.max_threads_per_block
+            ));
+        }
+        for (axis, (grid, max)) in launch.grid.iter().zip(self.info.max_grid).enumerate() {
+            if *grid > max {
+                return Err(format!(
+                    "grid dimension {axis} is {grid}; {} allows {max}",
+                    self.info.device.name
+                ));
+            }
+        }
+        if launch.shared_mem_bytes > self.info.max_shared_bytes_per_block {
+            return Err(format!(
+                "the launch asks for {} bytes of shared memory per block; {} allows {}",
+                launch.shared_mem_bytes,
+                self.info.device.name,
+                self.info.max_shared_bytes_per_block
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A failure before or without a run.
+fn refuse(code: ErrorCode, message: impl Into<String>) -> KernelError {
+    KernelError {
+        code,
+        message: message.into(),
+        usage: ResourceUsage::default(),
+    }
+}
+
+/// The device buffer of each slot: what is allocated, copied in and copied back.
+fn buffer_specs(slots: &[Slot]) -> Result<Vec<(BufferSpec, &[u8])>, KernelError> {
+    slots
+        .iter()
+        .map(|slot| match slot {
+            Slot::Input { data, .. } => Ok((
+                BufferSpec {
+                    device_bytes: (data.len() as u64).max(1),
+                    copy_in: data.len() as u64,
+                    copy_out: false,
+                },
+                &data[..],
+            )),
+            Slot::Output { capacity, .. } => Ok((
+                BufferSpec {
+                    device_bytes: *capacity,
+                    copy_in: 0,
+                    copy_out: true,
+                },
+                &[][..],
+            )),
+            Slot::State {
+                name,
+                mode,
+                current,
+                capacity,
+            } => {
+                let read: &[u8] = if mode.is_readable() { current } else { &[] };
+                match mode {
+                    AccessMode::ReadOnly => Ok((
+                        BufferSpec {
+                            device_bytes: (read.len() as u64).max(1),
+                            copy_in: read.len() as u64,
+                            copy_out: false,
+                        },
+                        read,
+                    )),
+                    AccessMode::AppendOnly => Err(refuse(
+                        ErrorCode::InvalidJob,
+                        format!("state {name:?}: a GPU kernel cannot append"),
+                    )),
+                    AccessMode::WriteOnly | AccessMode::ReadWrite => {
+                        if read.len() as u64 > *capacity {
+                            return Err(refuse(
+                                ErrorCode::OutputLimitExceeded,
+                                format!(
+                                    "state {name:?} holds {} bytes, more than its device buffer of {capacity} (max_size, capped by output_bytes)",
+                                    read.len()
+                                ),
+                            ));
+                        }
+                        Ok((
+                            BufferSpec {
+                                device_bytes: (*capacity).max(1),
+                                copy_in: read.len() as u64,
+                                copy_out: true,
+                            },
+                            read,
+                        ))
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+impl Backend for GpuBackend {
+    type Kernel = GpuKernel;
+
+    fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    fn format(&self) -> KernelFormat {
+        self.format
+    }
+
+    fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<GpuKernel>>> {
+        self.cache.lock().expect("cache lock").get(digest).cloned()
+    }
+
+    fn prepare(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Arc<Prepared<GpuKernel>>, PrepareError> {
+        let checked = check_kernel_bytes(self.format, bytes).map(|()| GpuKernel {
+            digest: digest.clone(),
+            bytes: Arc::from(bytes),
+        });
+        let prepared = Arc::new(checked.map_err(|why| refuse(ErrorCode::KernelInvalid, why)));
+        let mut cache = self.cache.lock().expect("cache lock");
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(digest.clone(), Arc::clone(&prepared));
+        Ok(prepared)
+    }
+
+    fn run(&self, kernel: &GpuKernel, invocation: &Invocation) -> Result<Completed, KernelError> {
+        let limits = invocation.limits;
+        let Some(launch) = invocation.launch else {
+            return Err(refuse(
+                ErrorCode::InvalidJob,
+                "a GPU kernel needs launch geometry",
+            ));
+        };
+        self.check_launch(&launch)
+            .map_err(|why| refuse(ErrorCode::ExcessiveResourceRequirements, why))?;
+        let buffers = buffer_specs(&invocation.slots)?;
+        // Everything the device would allocate, checked before anything is.
+        let device_bytes = buffers
+            .iter()
+            .try_fold(0u64, |sum, (spec, _)| sum.checked_add(spec.device_bytes))
+            .unwrap_or(u64::MAX);
+        if device_bytes > limits.memory_bytes {
+            return Err(refuse(
+                ErrorCode::MemoryLimitExceeded,
+                format!(
+                    "the job's device buffers need {device_bytes} bytes; its memory limit is {}",
+                    limits.memory_bytes
+                ),
+            ));
+        }
+        if device_bytes > self.info.memory_bytes {
+            return Err(refuse(
+                ErrorCode::ExcessiveResourceRequirements,
+                format!(
+                    "the job's device buffers need {device_bytes} bytes; {} has {}",
+                    self.info.device.name, self.info.memory_bytes
+                ),
+            ));
+        }
+        let copied_back: u64 = buffers
+            .iter()
+            .filter(|(spec, _)| spec.copy_out)
+            .map(|(spec, _)| spec.device_bytes)
+            .sum();
+        if copied_back > limits.output_bytes {
+            return Err(refuse(
+                ErrorCode::OutputLimitExceeded,
+                format!(
+                    "a GPU kernel's writable buffers are copied back whole: {copied_back} bytes, over the output limit of {}",
+                    limits.output_bytes
+                ),
+            ));
+        }
+        let request = Request {
+            kernel_digest: kernel.digest.to_string(),
+            kernel_bytes: kernel.bytes.len() as u64,
+            entry: invocation.entry.clone(),
+            launch,
+            buffers: buffers.iter().map(|(spec, _)| spec.clone()).collect(),
+            params: invocation
+                .params
+                .iter()
+                .map(|param| ScalarArg {
+                    ty: param.ty,
+                    value: param.value,
+                })
+                .collect(),
+        };
+        let mut payloads: Vec<&[u8]> = vec![&kernel.bytes];
+        payloads.extend(buffers.iter().map(|(_, bytes)| *bytes));
+        let started = Instant::now();
+        let answer = self.host.run(
+            &request,
+            &payloads,
+            Duration::from_millis(limits.timeout_ms),
+        );
+        let wall_time_us = started.elapsed().as_micros() as u64;
+        let usage = ResourceUsage {
+            wall_time_us,
+            ..ResourceUsage::default()
+        };
+        let (response, outputs) = answer.map_err(|error| KernelError {
+            code: match error {
+                HostError::Timeout(_) => ErrorCode::ExecutionTimeout,
+                HostError::Died(_) | HostError::Unavailable(_) => ErrorCode::DeviceFailed,
+            },
+            message: error.to_string(),
+            usage,
+        })?;
+        if let Some((kind, message)) = response.failure {
+            return Err(KernelError {
+                code: match kind {
+                    FailureKind::KernelInvalid => ErrorCode::KernelInvalid,
+                    FailureKind::EntryMissing => ErrorCode::KernelLinkFailed,
+                    FailureKind::KernelFault => ErrorCode::KernelTrapped,
+                    FailureKind::LaunchRefused => ErrorCode::ExcessiveResourceRequirements,
+                    FailureKind::OutOfMemory | FailureKind::Device => ErrorCode::DeviceFailed,
+                },
+                message,
+                usage,
+            });
+        }
+        let mut outputs = outputs.into_iter();
+        let mut written = Vec::with_capacity(buffers.len());
+        for (spec, _) in &buffers {
+            written.push(if spec.copy_out {
+                let bytes = outputs.next().ok_or_else(|| {
+                    refuse(
+                        ErrorCode::DeviceFailed,
+                        "the device host answered fewer buffers than were copied back",
+                    )
+                })?;
+                if bytes.len() as u64 != spec.device_bytes {
+                    return Err(refuse(
+                        ErrorCode::DeviceFailed,
+                        "the device host answered a buffer of the wrong length",
+                    ));
+                }
+                Some(bytes)
+            } else {
+                None
+            });
+        }
+        Ok(Completed {
+            written,
+            usage: ResourceUsage {
+                fuel_consumed: 0,
+                peak_memory_bytes: response.device_bytes,
+                wall_time_us,
+                output_bytes: copied_back,
+                device_memory_bytes: response.device_bytes,
+                kernel_time_us: response.kernel_time_us,
+                copied_bytes: response.copied_bytes,
+                copy_time_us: response.copy_time_us,
+            },
+        })
+    }
+}
+
+/// A cheap check that `bytes` can be a kernel of `format` (the driver checks the rest when it
+/// loads it, under the job's deadline).
+pub fn check_kernel_bytes(format: KernelFormat, bytes: &[u8]) -> Result<(), String> {
+    match format {
+        KernelFormat::Ptx => {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| "PTX must be text (UTF-8)".to_owned())?;
+            if text.contains('\0') {
+                return Err("PTX must not contain NUL bytes".to_owned());
+            }
+            if !text.contains(".version") || !text.contains(".entry") {
+                return Err("not PTX: no .version or no .entry directive".to_owned());
+            }
+            Ok(())
+        }
+        KernelFormat::Hsaco => {
+            // An ELF object for AMDGPU (e_machine 224).
+            if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
+                return Err("not an AMD GPU code object: no ELF header".to_owned());
+            }
+            if u16::from_le_bytes([bytes[18], bytes[19]]) != 224 {
+                return Err("an ELF object, but not for AMDGPU (e_machine 224)".to_owned());
+            }
+            Ok(())
+        }
+        KernelFormat::Wasm => Err("not a GPU format".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_kernels_pass_the_format_checks() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels");
+        let ptx = std::fs::read(root.join("ptx/saxpy.ptx")).unwrap();
+        check_kernel_bytes(KernelFormat::Ptx, &ptx).unwrap();
+        let hsaco = std::fs::read(root.join("hsaco/saxpy.gfx90a.hsaco")).unwrap();
+        check_kernel_bytes(KernelFormat::Hsaco, &hsaco).unwrap();
+        assert!(check_kernel_bytes(KernelFormat::Ptx, &hsaco).is_err());
+        assert!(check_kernel_bytes(KernelFormat::Hsaco, &ptx).is_err());
+        assert!(check_kernel_bytes(
+            KernelFormat::Hsaco,
+            b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn device_buffers_follow_the_slots() {
+        let slots = vec![
+            Slot::Input {
+                name: "x".into(),
+                data: Arc::from(&b"abcd"[..]),
+            },
+            Slot::Output {
+                name: "out".into(),
+                capacity: 16,
+            },
+            Slot::State {
+                name: "s".into(),
+                mode: AccessMode::ReadWrite,
+                current: Arc::from(&b"xy"[..]),
+                capacity: 8,
+            },
+            Slot::State {
+                name: "r".into(),
+                mode: AccessMode::ReadOnly,
+                current: Arc::from(&b""[..]),
+                capacity: 8,
+            },
+        ];
+        let specs = buffer_specs(&slots).unwrap();
+        let summary: Vec<(u64, u64, bool)> = specs
+            .iter()
+            .map(|(s, _)| (s.device_bytes, s.copy_in, s.copy_out))
+            .collect();
+        assert_eq!(
+            summary,
+            [(4, 4, false), (16, 0, true), (8, 2, true), (1, 0, false)]
+        );
+        let too_long = vec![Slot::State {
+            name: "s".into(),
+            mode: AccessMode::ReadWrite,
+            current: Arc::from(&b"0123456789"[..]),
+            capacity: 8,
+        }];
+        assert_eq!(
+            buffer_specs(&too_long).unwrap_err().code,
+            ErrorCode::OutputLimitExceeded
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! A STAND-IN device, for the test suite only (cargo feature `test-hooks`): no GPU is involved.
+//! It lets the tests drive the real device-host supervisor (deadlines, kills, restarts, crashes)
+//! and the real GPU job path (sizes, copies, results, state) through the real worker and
+//! RabbitMQ on machines without a GPU. The "kernel" is chosen by the job's entry point:
+//!
+//! - `copy`: copies buffer 0's bytes into buffer 1 (up to buffer 1's size);
+//! - `fill`: fills every copied-back buffer with its index plus the first parameter (u32);
+//! - `sleep`: never returns (a kernel that spins: the worker's watchdog must kill the host);
+//! - `crash`: the host aborts (a driver that dies);
+//! - `fault`: answers a kernel fault with a sticky context, as CUDA does after an illegal
+//!   address.
+//!
+//! Every result says `vendor: stand-in`, so that none can pass for a GPU's.
+
+use std::time::Instant;
+
+use dtee_schemas::run::GpuDevice;
+
+use super::device::{Driver, Failed, Ran};
+use super::protocol::{DeviceInfo, FailureKind, Request};
+
+/// The stand-in device.
+pub fn info() -> DeviceInfo {
+    DeviceInfo {
+        device: GpuDevice {
+            vendor: "stand-in".to_owned(),
+            name: "dtee stand-in device (no GPU; for tests)".to_owned(),
+            arch: "stand-in".to_owned(),
+            driver: "stand-in 1".to_owned(),
+        },
+        memory_bytes: 1 << 30,
+        max_threads_per_block: 1024,
+        max_shared_bytes_per_block: 48 << 10,
+        max_grid: [65_535, 65_535, 65_535],
+    }
+}
+
+/// The stand-in "driver".
+pub struct StandIn {
+    info: DeviceInfo,
+}
+
+/// Opens the stand-in device (ordinal 0 only).
+pub fn open(ordinal: u32) -> Result<StandIn, String> {
+    if ordinal != 0 {
+        return Err(format!("the stand-in has one device, not {ordinal}"));
+    }
+    Ok(StandIn { info: info() })
+}
+
+impl Driver for StandIn {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn run(
+        &mut self,
+        request: &Request,
+        kernel: &[u8],
+        inputs: Vec<Vec<u8>>,
+    ) -> Result<Ran, Failed> {
+        let started = Instant::now();
+        if kernel.is_empty() {
+            return Err(Failed {
+                kind: FailureKind::KernelInvalid,
+                message: "empty kernel".to_owned(),
+                sticky: false,
+            });
+        }
+        let mut buffers: Vec<Vec<u8>> = request
+            .buffers
+            .iter()
+            .zip(inputs)
+            .map(|(spec, mut bytes)| {
+                bytes.resize(spec.device_bytes as usize, 0);
+                bytes
+            })
+            .collect();
+        match request.entry.as_str() {
+            "copy" => {
+                if buffers.len() >= 2 {
+                    let n = buffers[0].len().min(buffers[1].len());
+                    let (source, target) = buffers.split_at_mut(1);
+                    target[0][..n].copy_from_slice(&source[0][..n]);
+                }
+            }
+            "fill" => {
+                let base = request.params.first().map_or(0, |p| p.value as u32);
+                for (index, buffer) in buffers.iter_mut().enumerate() {
+                    buffer.fill((base as usize + index) as u8);
+                }
+            }
+            "sleep" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            "crash" => std::process::abort(),
+            "fault" => {
+                return Err(Failed {
+                    kind: FailureKind::KernelFault,
+                    message: "stand-in: an illegal memory access (as CUDA_ERROR_ILLEGAL_ADDRESS)"
+                        .to_owned(),
+                    sticky: true,
+                })
+            }
+            other => {
+                return Err(Failed {
+                    kind: FailureKind::EntryMissing,
+                    message: format!("the stand-in has no kernel {other:?}"),
+                    sticky: false,
+                })
+            }
+        }
+        let device_bytes = request.buffers.iter().map(|b| b.device_bytes).sum();
+        let outputs: Vec<Vec<u8>> = request
+            .buffers
+            .iter()
+            .zip(buffers)
+            .filter(|(spec, _)| spec.copy_out)
+            .map(|(_, bytes)| bytes)
+            .collect();
+        let copied = request.buffers.iter().map(|b| b.copy_in).sum::<u64>()
+            + outputs.iter().map(|o| o.len() as u64).sum::<u64>();
+        Ok(Ran {
+            outputs,
+            device_bytes,
+            kernel_time_us: started.elapsed().as_micros() as u64,
+            copied_bytes: copied,
+            copy_time_us: 0,
+        })
+    }
+}
