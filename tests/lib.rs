@@ -294,7 +294,13 @@ impl TestEnv {
             self.namespace.dead_letter_queue(),
             self.namespace.tenants_announcements(),
         ];
-        for route in ["wasm", "wasm.tpm", "wasm.snp", "wasm.any-hardware"] {
+        for route in [
+            "wasm",
+            "wasm.tpm",
+            "wasm.snp",
+            "wasm.any-hardware",
+            "stand-in",
+        ] {
             queues.extend(self.job_queues(route).await);
         }
         for queue in queues {

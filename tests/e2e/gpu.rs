@@ -333,3 +333,67 @@ fn exec_runs_one_job_without_a_broker_and_its_result_verifies() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("state bindings are refused"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consumed() {
+    let env = TestEnv::new("gpu-give-up").await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.targets = vec!["wasm".to_owned(), "stand-in".to_owned()];
+            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let addr = worker.metrics_addr.unwrap();
+    // Each crash costs a restart; past MAX_RESTARTS within a minute the device is given up.
+    let mut given_up = None;
+    for attempt in 0..=dtee_worker::backend::gpu::host::MAX_RESTARTS + 1 {
+        let result = run_as(
+            &env.client,
+            &stand_in_job(&env, "crash", &format!("crash {attempt}")).await,
+        )
+        .await;
+        assert_eq!(
+            result.error_code(),
+            Some(ErrorCode::DeviceFailed),
+            "{result:?}"
+        );
+        let message = result.error.unwrap().message;
+        if message.contains("given up") {
+            given_up = Some(attempt);
+            break;
+        }
+    }
+    let attempt = given_up.expect("the device was never given up");
+    println!("given up at crash job {attempt}");
+    let (status, body) = dtee_tests::http_get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("GPU target stand-in is not served"), "{body}");
+    let (_, metrics) = dtee_tests::http_get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("dtee_device_up{target=\"stand-in\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "dtee_device_host_restarts_total{{target=\"stand-in\"}} {}",
+            dtee_worker::backend::gpu::host::MAX_RESTARTS + 1
+        )),
+        "{metrics}"
+    );
+    // Within one progress check (5 s) the worker stops consuming the stand-in's queues: a job
+    // for it waits in its queue for a worker that can run it, while wasm jobs are still served.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let waiting = stand_in_job(&env, "copy", "waits").await;
+    env.client.submit(&waiting).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.queue_depth("stand-in").await,
+        1,
+        "the job waits in its queue"
+    );
+    let mut wasm = wasm_job(env.put_kernel("echo").await, "echo");
+    wasm.buffers = vec![inline_input("in", b"cpu"), output("out", 8)];
+    assert!(run_as(&env.client, &wasm).await.succeeded());
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

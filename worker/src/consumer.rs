@@ -35,6 +35,8 @@ pub(crate) struct Consumer {
     pub routing_keys: Vec<String>,
     /// The tenant queues the worker consumes.
     pub tenants: Tenants,
+    /// Routing keys no longer consumed: their GPU was given up.
+    pub disabled_routes: std::collections::HashSet<String>,
     /// What the probes report.
     pub health: Arc<Health>,
     /// The registry heartbeat, stopped (and the entry removed) at shutdown.
@@ -91,6 +93,7 @@ impl Consumer {
                     }
                 },
                 _ = progress.tick() => {
+                    self.disable_failed_devices().await;
                     let room = in_flight.len() < usize::from(self.ctx.config.prefetch);
                     self.check_progress(room).await;
                 }
@@ -128,8 +131,19 @@ impl Consumer {
         self.health.amqp_connected.store(false, Ordering::Relaxed);
         tokio::time::sleep(backoff.next_delay()).await;
         self.health.tick();
-        let opened =
-            Session::open(&self.ctx.config, &self.routing_keys, &self.tenants.queues()).await;
+        let routing_keys: Vec<String> = self
+            .routing_keys
+            .iter()
+            .filter(|route| !self.disabled_routes.contains(*route))
+            .cloned()
+            .collect();
+        let tenant_queues: Vec<TenantQueue> = self
+            .tenants
+            .queues()
+            .into_iter()
+            .filter(|queue| !self.disabled_routes.contains(&queue.route))
+            .collect();
+        let opened = Session::open(&self.ctx.config, &routing_keys, &tenant_queues).await;
         self.health.tick();
         match opened {
             Ok((opened, publisher)) => {
@@ -170,7 +184,7 @@ impl Consumer {
     }
 
     async fn consume_tenant(&mut self, queue: TenantQueue, announce: bool) {
-        if !self.tenants.learn(&queue) {
+        if self.disabled_routes.contains(&queue.route) || !self.tenants.learn(&queue) {
             return;
         }
         let Some(session) = self.session.as_mut() else {
@@ -185,6 +199,29 @@ impl Consumer {
             Err(error) => {
                 warn!(%queue, error = %format!("{error:#}"), "could not consume a tenant queue");
                 self.tenants.forget(&queue);
+            }
+        }
+    }
+
+    /// Stops consuming the queues of GPU targets whose device was given up: their jobs wait for a
+    /// worker that can run them, instead of being answered `device_failed` here.
+    async fn disable_failed_devices(&mut self) {
+        let ctx = Arc::clone(&self.ctx);
+        for (target, gpu) in &ctx.gpus {
+            let Some(why) = gpu.failed() else {
+                continue;
+            };
+            let routes: Vec<String> =
+                dtee_schemas::protocol::served_routing_keys(target, ctx.attestor.platform())
+                    .into_iter()
+                    .filter(|route| self.disabled_routes.insert(route.clone()))
+                    .collect();
+            if routes.is_empty() {
+                continue;
+            }
+            warn!(%target, %why, "the GPU was given up; no longer consuming its queues");
+            if let Some(session) = self.session.as_mut() {
+                session.cancel_routes(&ctx.config.namespace, &routes).await;
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct Health {
     pub stalled: AtomicBool,
     /// Last delivery, Unix milliseconds.
     pub last_delivery_unix_ms: AtomicU64,
+    /// The GPUs: one given up makes the worker not ready.
+    pub devices: Vec<std::sync::Arc<crate::backend::gpu::GpuBackend>>,
 }
 
 impl Health {
@@ -81,6 +83,14 @@ impl Health {
         }
         if !self.redis_ok.load(Ordering::Relaxed) {
             problems.push("Redis does not answer".to_owned());
+        }
+        for device in &self.devices {
+            if let Some(why) = device.failed() {
+                problems.push(format!(
+                    "GPU target {} is not served: {why}",
+                    device.target()
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

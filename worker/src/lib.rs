@@ -154,10 +154,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         config.compile.clone(),
     )?);
     let stats = Arc::new(Stats::default());
+    let devices: Vec<Arc<backend::gpu::GpuBackend>> = gpus.values().cloned().collect();
     let metrics = Arc::new(metrics::Metrics::new(
         Arc::clone(&stats),
         attestor.platform(),
         wasm.name(),
+        &devices,
     ));
     let telemetry = Telemetry::new(Arc::clone(&stats), Arc::clone(&metrics));
     let registry = tokio::spawn(registry::run(
@@ -169,7 +171,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         config.evidence_refresh,
         telemetry.clone(),
     ));
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health {
+        devices,
+        ..Health::default()
+    });
     health.tick();
     health
         .amqp_connected
@@ -195,6 +200,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         session: Some(session),
         routing_keys,
         tenants,
+        disabled_routes: std::collections::HashSet::new(),
         health,
         registry,
         probes,

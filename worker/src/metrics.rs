@@ -5,6 +5,7 @@
 //! the exporter when `/metrics` is scraped; histograms are recorded where the time is spent.
 //! Label values come only from small fixed sets: error codes, limit names, the platform.
 
+use crate::backend::gpu::GpuBackend;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,8 @@ pub struct Metrics {
     limit_kills: Vec<(Counter, usize)>,
     in_flight: Gauge,
     evidence_age: Gauge,
+    /// Per GPU: its backend, its host-restart counter and its up gauge.
+    devices: Vec<(Arc<GpuBackend>, Counter, Gauge)>,
     /// Time from publication (header `dtee-submitted-unix-ms`) to delivery.
     pub queue_wait: Histogram,
     /// Kernel execution (instantiation and entry call).
@@ -77,7 +80,12 @@ fn code_index(code: ErrorCode) -> usize {
 
 impl Metrics {
     /// Registers every metric; `platform` and `backend` label the build-info gauge.
-    pub fn new(stats: Arc<Stats>, platform: Platform, backend: &str) -> Metrics {
+    pub fn new(
+        stats: Arc<Stats>,
+        platform: Platform,
+        backend: &str,
+        gpus: &[Arc<GpuBackend>],
+    ) -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
             .expect("buckets are valid")
@@ -205,6 +213,29 @@ impl Metrics {
             ],
         );
         build_info.set(1.0);
+        recorder.describe_counter(
+            KeyName::from("dtee_device_host_restarts_total"),
+            None,
+            SharedString::from("Device hosts started again (after a deadline kill, a crash or a fault), per GPU target."),
+        );
+        let devices = gpus
+            .iter()
+            .map(|gpu| {
+                let labels = vec![Label::new("target", gpu.target().to_owned())];
+                (
+                    Arc::clone(gpu),
+                    recorder.register_counter(
+                        &Key::from_parts("dtee_device_host_restarts_total", labels.clone()),
+                        &metadata(),
+                    ),
+                    gauge(
+                        "dtee_device_up",
+                        "1 while the GPU target's device is in use, 0 once it was given up.",
+                        labels,
+                    ),
+                )
+            })
+            .collect();
         let histogram = |name: &'static str, help: &'static str| {
             recorder.describe_histogram(
                 KeyName::from(name),
@@ -234,6 +265,7 @@ impl Metrics {
             limit_kills,
             in_flight,
             evidence_age,
+            devices,
         }
     }
 
@@ -256,6 +288,10 @@ impl Metrics {
             .map_or(0, |d| d.as_millis() as u64);
         self.evidence_age
             .set(now.saturating_sub(evidence_created_at_unix_ms) as f64 / 1000.0);
+        for (gpu, restarts, up) in &self.devices {
+            restarts.absolute(gpu.restarts());
+            up.set(if gpu.failed().is_some() { 0.0 } else { 1.0 });
+        }
         let _ = &self.recorder;
         self.handle.render()
     }

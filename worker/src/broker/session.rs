@@ -245,6 +245,38 @@ impl Session {
         ready
     }
 
+    /// Stops consuming the shared and tenant queues of `routes` (their device was given up).
+    pub(crate) async fn cancel_routes(
+        &mut self,
+        namespace: &dtee_schemas::protocol::Namespace,
+        routes: &[String],
+    ) {
+        let prefixes: Vec<String> = routes
+            .iter()
+            .map(|route| namespace.job_queue(route))
+            .collect();
+        let mut index = 0;
+        while index < self.queues.len() {
+            let queue = &self.queues[index];
+            let of_route = prefixes.iter().any(|prefix| {
+                queue == prefix
+                    || queue
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            });
+            if of_route && index < self.consumer_tags.len() {
+                let tag = self.consumer_tags.remove(index);
+                self.queues.remove(index);
+                let _ = self
+                    .consume
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+            } else {
+                index += 1;
+            }
+        }
+    }
+
     /// Stops the broker from delivering more.
     pub(crate) async fn cancel_consumers(&self) {
         for tag in &self.consumer_tags {
