@@ -312,11 +312,15 @@ def check_definitions(parsed, facts):
         job_id = "sha256:" + "0123456789abcdef" * 4
         refused = ("#", "*", "sha256:*", "sha256:#", "", job_id, f"alice.{job_id}",
                    f"_.{job_id}", "dtee-submitter.#", "dtee-submitter.*",
-                   f"dtee-submitter.{job_id}.x", f"dtee-submitter.x.{job_id}")
+                   f"dtee-submitter.{job_id}.x", f"dtee-submitter.x.{job_id}",
+                   "dtee-submitter.reply.#", "dtee-submitter.reply.*",
+                   "alice.reply.amq.gen-JzTY20BRgKO", "dtee-submitter.reply.amq.gen-x.#")
         check(pattern.search(f"dtee-submitter.{job_id}")
+              and pattern.search("dtee-submitter.reply.amq.gen-JzTY20BRgKO-HjmUJj0wLg")
               and not any(pattern.search(k) for k in refused),
-              "submitters may bind their own <user>.<job id>, never a wildcard or another user's",
-              "the read pattern must match exactly the user's own key for one job id")
+              "submitters may bind their own <user>.<job id> and <user>.reply.<their queue>, "
+              "never a wildcard or another user's",
+              "the read pattern must match exactly the user's own keys")
         check(topic[0]["write"] == "^$", "submitters may not publish results")
     topic = [t for t in d.get("topic_permissions", []) if t["user"] == "dtee-submitter"
              and t["exchange"] == f"{NAMESPACE}.jobs"]

@@ -373,8 +373,8 @@ else
       'dtee-submitter	^amq\.gen-	^(dtee\.jobs|amq\.gen-.*)$	^(dtee\.results|amq\.gen-.*)$' \
       'dtee-worker	^dtee\.	^dtee\.	^dtee\.' | sort)
     [ "$permissions" = "$expected_permissions" ] && ok "permissions on vhost dtee" || { fail "permissions on vhost dtee"; printf '%s\n' "$permissions" | sed 's/^/      /'; }
-    if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep '^dtee-submitter	dtee.results	^\$	^{username}\\\.sha256:\[0-9a-f\]{64}\$$' >/dev/null; then
-      ok "topic permission: submitters bind only their own <user>.<job id> on dtee.results"
+    if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep '^dtee-submitter	dtee.results	^\$	^{username}\\\.(sha256:\[0-9a-f\]{64}|reply\\\.amq\\\.gen-\[A-Za-z0-9_-\]{1,64})\$$' >/dev/null; then
+      ok "topic permission: submitters bind only their own <user>.<job id> and <user>.reply.<queue> on dtee.results"
     else
       fail "topic permission of dtee-submitter on dtee.results"
     fi

@@ -81,6 +81,11 @@ struct JobsArgs {
     /// Prefetch of the baseline's consumer (match the worker's).
     #[arg(long, default_value = "16")]
     prefetch: u16,
+    /// How results are awaited: `reply` (a watch per job through the waiter's one reply
+    /// binding, as `dtee run` does), `per-job` (a binding per job id, as a client waiting for a
+    /// job it did not submit does), or `all` (one binding to `#`, a monitor's view).
+    #[arg(long, default_value = "reply", value_parser = ["reply", "per-job", "all"])]
+    wait: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -102,7 +107,7 @@ struct AmqpArgs {
 /// One measurement.
 #[derive(Debug, Serialize)]
 struct Report {
-    mode: &'static str,
+    mode: String,
     count: usize,
     in_flight: usize,
     seconds: f64,
@@ -111,11 +116,13 @@ struct Report {
     latency_ms_p90: f64,
     latency_ms_p99: f64,
     latency_ms_max: f64,
+    /// CPU time per job of each process involved (user + system, from /proc), microseconds.
+    cpu_us_per_job: std::collections::BTreeMap<String, f64>,
 }
 
 impl Report {
     fn new(
-        mode: &'static str,
+        mode: impl Into<String>,
         in_flight: usize,
         elapsed: Duration,
         mut latencies: Vec<Duration>,
@@ -129,7 +136,7 @@ impl Report {
             latencies[idx].as_secs_f64() * 1000.0
         };
         Report {
-            mode,
+            mode: mode.into(),
             count: latencies.len(),
             in_flight,
             seconds: elapsed.as_secs_f64(),
@@ -138,13 +145,14 @@ impl Report {
             latency_ms_p90: pick(0.9),
             latency_ms_p99: pick(0.99),
             latency_ms_max: pick(1.0),
+            cpu_us_per_job: Default::default(),
         }
     }
 }
 
 fn print_table(reports: &[&Report]) {
     println!(
-        "{:<6} {:>8} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "{:<14} {:>8} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9}",
         "mode",
         "count",
         "in-flight",
@@ -157,7 +165,7 @@ fn print_table(reports: &[&Report]) {
     );
     for r in reports {
         println!(
-            "{:<6} {:>8} {:>9} {:>9.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<14} {:>8} {:>9} {:>9.2} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             r.mode,
             r.count,
             r.in_flight,
@@ -168,6 +176,15 @@ fn print_table(reports: &[&Report]) {
             r.latency_ms_p99,
             r.latency_ms_max
         );
+    }
+    println!("CPU per job, microseconds (user + system, from /proc):");
+    for r in reports {
+        let parts: Vec<String> = r
+            .cpu_us_per_job
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.0}"))
+            .collect();
+        println!("  {:<14} {}", r.mode, parts.join(", "));
     }
 }
 
@@ -212,6 +229,44 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
+    let before = cpu::snapshot();
+    let mut report = if args.wait == "all" {
+        jobs_all(cli, namespace, args).await?
+    } else {
+        jobs_watched(cli, namespace, args, args.wait == "reply").await?
+    };
+    report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
+    Ok(report)
+}
+
+/// The job of index `idx` of a run: the noop kernel, or an increment of one of the state keys.
+fn job_spec(
+    args: &JobsArgs,
+    digest: &dtee_schemas::Digest,
+    tenant: &str,
+    run_id: u64,
+    idx: usize,
+) -> dtee_schemas::JobSpec {
+    let mut spec = wasm_job(digest.clone(), &args.entry);
+    if args.state_keys > 0 {
+        spec.kernel.entry = "increment".to_owned();
+        let key = format!("{tenant}/loadtest/{run_id:016x}/{}", idx % args.state_keys);
+        spec.buffers = vec![dtee_submitter::builder::state(
+            "counter",
+            &key,
+            dtee_schemas::job::AccessMode::ReadWrite,
+            true,
+        )];
+    }
+    spec.nonce = Some(format!("{run_id:016x}-{idx}"));
+    spec
+}
+
+async fn connect_and_store_kernel(
+    cli: &Cli,
+    namespace: &Namespace,
+    args: &JobsArgs,
+) -> anyhow::Result<(Arc<Client>, dtee_schemas::Digest)> {
     let client = Arc::new(
         Client::connect(ClientConfig {
             amqp_url: cli.connection.amqp_url.clone(),
@@ -232,8 +287,77 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
     };
     let kernel = std::fs::read(&kernel_path)
         .with_context(|| format!("reading {}", kernel_path.display()))?;
-    let tenant = client.tenant().to_owned();
     let (digest, _) = client.put_blob(&kernel).await?;
+    Ok((client, digest))
+}
+
+/// Every job watched on its own, as real clients wait: through the waiter's reply binding
+/// (`reply`), or with a binding per job id (`per-job`).
+async fn jobs_watched(
+    cli: &Cli,
+    namespace: &Namespace,
+    args: &JobsArgs,
+    reply: bool,
+) -> anyhow::Result<Report> {
+    let (client, digest) = connect_and_store_kernel(cli, namespace, args).await?;
+    let tenant = client.tenant().to_owned();
+    let waiter = Arc::new(client.waiter().await?);
+    let run_id: u64 = rand::random();
+    let slots = Arc::new(Semaphore::new(args.in_flight));
+    let timeout = Duration::from_secs(args.timeout);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut latencies = Vec::with_capacity(args.jobs);
+    let mut failed = 0usize;
+    let mut collect = |outcome: anyhow::Result<(bool, Duration)>| -> anyhow::Result<()> {
+        let (succeeded, latency) = outcome?;
+        failed += usize::from(!succeeded);
+        latencies.push(latency);
+        Ok(())
+    };
+    for idx in 0..args.jobs {
+        let permit = Arc::clone(&slots).acquire_owned().await.expect("open");
+        let spec = job_spec(args, &digest, &tenant, run_id, idx);
+        let (client, waiter) = (Arc::clone(&client), Arc::clone(&waiter));
+        tasks.spawn(async move {
+            let _permit = permit;
+            let sent = Instant::now();
+            let id = dtee_schemas::job_id(&spec)?;
+            let result = if reply {
+                let watch = waiter.watch_reply(&id).await?;
+                client.submit_replying(&spec, waiter.reply_to()).await?;
+                watch.result(timeout).await?
+            } else {
+                let watch = waiter.watch_fresh(&id).await?;
+                client.submit(&spec).await?;
+                watch.result(timeout).await?
+            };
+            anyhow::Ok((result.succeeded(), sent.elapsed()))
+        });
+        while let Some(done) = tasks.try_join_next() {
+            collect(done?)?;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        collect(done?)?;
+    }
+    let elapsed = started.elapsed();
+    if failed > 0 {
+        bail!("{failed} jobs failed");
+    }
+    let mode = format!(
+        "{}/{}",
+        if args.state_keys > 0 { "state" } else { "jobs" },
+        args.wait
+    );
+    Ok(Report::new(mode, args.in_flight, elapsed, latencies))
+}
+
+/// Every result through one binding to `#` (needs a user without a topic permission on the
+/// results exchange).
+async fn jobs_all(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
+    let (client, digest) = connect_and_store_kernel(cli, namespace, args).await?;
+    let tenant = client.tenant().to_owned();
     let waiter = client.waiter().await?;
     let mut results = waiter.subscribe_all().await?;
     let run_id: u64 = rand::random();
@@ -253,18 +377,7 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
             let mut tasks = tokio::task::JoinSet::new();
             for idx in 0..args.jobs {
                 slots.acquire().await.expect("open").forget();
-                let mut spec = wasm_job(digest.clone(), &args.entry);
-                if args.state_keys > 0 {
-                    spec.kernel.entry = "increment".to_owned();
-                    let key = format!("{tenant}/loadtest/{run_id:016x}/{}", idx % args.state_keys);
-                    spec.buffers = vec![dtee_submitter::builder::state(
-                        "counter",
-                        &key,
-                        dtee_schemas::job::AccessMode::ReadWrite,
-                        true,
-                    )];
-                }
-                spec.nonce = Some(format!("{run_id:016x}-{idx}"));
+                let spec = job_spec(&args, &digest, &tenant, run_id, idx);
                 let id = dtee_schemas::job_id(&spec).expect("job id");
                 sent.lock().await.insert(id, Instant::now());
                 let client = Arc::clone(&client);
@@ -307,11 +420,22 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
     if failed > 0 {
         bail!("{failed} jobs failed");
     }
-    let mode = if args.state_keys > 0 { "state" } else { "jobs" };
+    let mode = if args.state_keys > 0 {
+        "state/all"
+    } else {
+        "jobs/all"
+    };
     Ok(Report::new(mode, args.in_flight, elapsed, latencies))
 }
 
 async fn amqp(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
+    let before = cpu::snapshot();
+    let mut report = amqp_baseline(url, args).await?;
+    report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
+    Ok(report)
+}
+
+async fn amqp_baseline(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let setup = connection.create_channel().await?;
     let queue = format!("dtee-loadtest.baseline.{:08x}", rand::random::<u32>());
@@ -397,4 +521,69 @@ async fn amqp(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
         .await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(Report::new("amqp", args.in_flight, elapsed, latencies))
+}
+
+/// CPU time of the processes a measurement involves, read from /proc (Linux): the broker
+/// (`beam.smp`), Redis, every `dtee-worker`, and this load generator.
+mod cpu {
+    use std::collections::BTreeMap;
+
+    /// Clock ticks (user + system) per process group.
+    pub type Snapshot = BTreeMap<String, u64>;
+
+    fn group(comm: &str) -> Option<&'static str> {
+        match comm {
+            "beam.smp" => Some("rabbitmq"),
+            "redis-server" => Some("redis"),
+            "dtee-worker" => Some("worker"),
+            "dtee-loadtest" => Some("loadtest"),
+            _ => None,
+        }
+    }
+
+    /// The ticks used so far by each group's processes (those alive now).
+    pub fn snapshot() -> Snapshot {
+        let mut totals = Snapshot::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return totals;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ... field 14 utime, 15 stime (1-based, after the comm).
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let Some(name) = group(&stat[open + 1..close]) else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            *totals.entry(name.to_owned()).or_default() += ticks(11) + ticks(12);
+        }
+        totals
+    }
+
+    /// Microseconds of CPU per job for each group between two snapshots (100 ticks a second).
+    pub fn per_job(before: &Snapshot, after: &Snapshot, jobs: usize) -> BTreeMap<String, f64> {
+        let mut per_job = BTreeMap::new();
+        if jobs == 0 {
+            return per_job;
+        }
+        let mut total = 0.0;
+        for (name, ticks) in after {
+            let used = ticks.saturating_sub(before.get(name).copied().unwrap_or(0));
+            let us = used as f64 * 10_000.0 / jobs as f64;
+            total += us;
+            per_job.insert(name.clone(), us);
+        }
+        per_job.insert("total".to_owned(), total);
+        per_job
+    }
 }

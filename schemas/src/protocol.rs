@@ -112,6 +112,28 @@ pub fn result_routing_key(user: Option<&str>, job_id: &Digest) -> String {
     )
 }
 
+/// The routing key a waiter binds once to receive the answer to every job it submitted with
+/// `reply_to` set to its queue: `<user>.reply.<queue>`. Workers add it to each result as a
+/// `BCC` routing key (RabbitMQ's sender-selected distribution), under the `user_id` of the
+/// delivery, so a `reply_to` naming another tenant's queue reaches no one but its sender.
+pub fn reply_routing_key(user: Option<&str>, queue: &str) -> String {
+    format!("{}.reply.{queue}", user.unwrap_or(ANONYMOUS_RESULT_PREFIX))
+}
+
+/// Whether a job's `reply_to` can name a waiter's queue: 1 to 128 of `[A-Za-z0-9_.-]` (no
+/// topic wildcards). Workers ignore any other.
+pub fn is_valid_reply_to(queue: &str) -> bool {
+    !queue.is_empty()
+        && queue.len() <= 128
+        && queue
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Result header: the extra routing keys of sender-selected distribution, removed by the
+/// broker before delivery.
+pub const HEADER_BCC: &str = "BCC";
+
 /// A worker's entry in the registry: JSON stored under [`Namespace::worker_key`] with a TTL of a
 /// few heartbeats, found with [`Namespace::worker_key_pattern`]. Workers write it, `dtee workers`
 /// lists it. Fields unknown to this version are ignored when reading.
@@ -143,6 +165,13 @@ mod tests {
         );
         assert_eq!(result_routing_key(None, &id), format!("_.{id}"));
         assert_eq!(submit_routing_key("alice", "wasm.tpm"), "alice.wasm.tpm");
+        assert_eq!(
+            reply_routing_key(Some("alice"), "amq.gen-Abc_1"),
+            "alice.reply.amq.gen-Abc_1"
+        );
+        assert!(is_valid_reply_to("amq.gen-Abc_1"));
+        assert!(!is_valid_reply_to("amq.#"));
+        assert!(!is_valid_reply_to(""));
         assert_eq!(
             split_submit_routing_key("alice.wasm.tpm"),
             Some(("alice", "wasm.tpm"))

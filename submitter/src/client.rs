@@ -188,17 +188,42 @@ impl Client {
         self.submit_json(&body).await
     }
 
+    /// Submits a job whose result should also reach `reply_to`, the queue of a waiter of this
+    /// client ([`crate::ResultWaiter::reply_to`]; watch it with
+    /// [`crate::ResultWaiter::watch_reply`]): no binding per job.
+    pub async fn submit_replying(
+        &self,
+        spec: &JobSpec,
+        reply_to: &str,
+    ) -> Result<Digest, ClientError> {
+        let value = serde_json::to_value(spec).expect("a JobSpec serializes");
+        let body = dtee_schemas::canonical::to_canonical_vec(&value)
+            .map_err(dtee_schemas::JobParseError::Canonical)?;
+        self.submit_json_replying(&body, Some(reply_to)).await
+    }
+
     /// Submits a job given as JSON text: it is parsed, validated and sent in canonical form.
     pub async fn submit_json(&self, json: &[u8]) -> Result<Digest, ClientError> {
+        self.submit_json_replying(json, None).await
+    }
+
+    /// [`Client::submit_json`], with the result also routed to the waiter queue `reply_to`.
+    pub async fn submit_json_replying(
+        &self,
+        json: &[u8],
+        reply_to: Option<&str>,
+    ) -> Result<Digest, ClientError> {
         let parsed = dtee_schemas::parse_job(json)?;
         let value = dtee_schemas::canonical::parse_strict(json)
             .map_err(dtee_schemas::JobParseError::Json)?;
         let body = dtee_schemas::canonical::to_canonical_vec(&value)
             .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.publish_job(
+        self.publish(
             &body,
             parsed.id.as_str(),
             &dtee_schemas::protocol::job_routing_key(&parsed.spec),
+            Some(&self.user),
+            reply_to,
         )
         .await?;
         Ok(parsed.id)
@@ -225,6 +250,17 @@ impl Client {
         target: &str,
         user_id: Option<&str>,
     ) -> Result<(), ClientError> {
+        self.publish(body, message_id, target, user_id, None).await
+    }
+
+    async fn publish(
+        &self,
+        body: &[u8],
+        message_id: &str,
+        target: &str,
+        user_id: Option<&str>,
+        reply_to: Option<&str>,
+    ) -> Result<(), ClientError> {
         if !dtee_schemas::state::is_routable_tenant(&self.user) {
             return Err(ClientError::UnroutableUser(self.user.clone()));
         }
@@ -240,6 +276,9 @@ impl Client {
         let mut properties = BasicProperties::default().with_headers(headers);
         if let Some(user) = user_id {
             properties = properties.with_user_id(user.into());
+        }
+        if let Some(queue) = reply_to {
+            properties = properties.with_reply_to(queue.into());
         }
         let properties = properties
             .with_content_type(protocol::CONTENT_TYPE_JSON.into())

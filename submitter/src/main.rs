@@ -396,11 +396,14 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let Some(body) = job_body(&client, job).await? else {
                 return Ok(0);
             };
-            // Bind before submitting, so even a very fast result is not missed.
+            // Watch before submitting, so even a very fast result is not missed.
             let waiter = client.waiter().await?;
             let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
-            let watch = waiter.watch_fresh(&parsed.id).await?;
-            let id = client.submit_json(&body).await?;
+            // The result comes through the waiter's one reply binding: no binding per job.
+            let watch = waiter.watch_reply(&parsed.id).await?;
+            let id = client
+                .submit_json_replying(&body, Some(waiter.reply_to()))
+                .await?;
             eprintln!("submitted {id}");
             let result = watch.result(seconds(*timeout)?).await?;
             waiter.close().await;

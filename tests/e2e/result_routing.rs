@@ -68,7 +68,7 @@ async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
         carol,
         &exchange,
         "^$",
-        r"^{username}\.sha256:[0-9a-f]{64}$",
+        r"^{username}\.(sha256:[0-9a-f]{64}|reply\.amq\.gen-[A-Za-z0-9_-]{1,64})$",
     ]));
     let client = env.tenant_client(carol).await;
     let echo = env.put_kernel("echo").await;
@@ -126,6 +126,55 @@ async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
         &exchange
     ]));
     client.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_binding_brings_every_submitted_result_and_nobody_elses() {
+    let env = TestEnv::new("result-reply").await;
+    let worker = env.start_worker().await;
+    let alice = env.tenant_client("dtee-test-reply-a").await;
+    let bob = env.tenant_client("dtee-test-reply-b").await;
+    let echo = env.put_kernel("echo").await;
+    let job = |text: &str| {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![
+            dtee_submitter::builder::inline_input("in", text.as_bytes()),
+            dtee_submitter::builder::output("out", 16),
+        ];
+        spec
+    };
+    // Alice's waiter binds once; twenty jobs come back through that one binding.
+    let waiter = alice.waiter().await.unwrap();
+    for idx in 0..20 {
+        let spec = job(&format!("reply {idx}"));
+        let id = dtee_schemas::job_id(&spec).unwrap();
+        let watch = waiter.watch_reply(&id).await.unwrap();
+        alice
+            .submit_replying(&spec, waiter.reply_to())
+            .await
+            .unwrap();
+        let result = watch.result(dtee_tests::RESULT_TIMEOUT).await.unwrap();
+        assert!(result.succeeded(), "{result:?}");
+        assert_eq!(result.job_id, id);
+    }
+    // Bob names Alice's queue as his reply_to: his result is routed under his own user
+    // (bob.reply.<alice's queue>), which nobody bound, and never reaches Alice.
+    let spec = job("bob's");
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let watch = waiter.watch_reply(&id).await.unwrap();
+    let bob_waiter = bob.waiter().await.unwrap();
+    let bob_watch = bob_waiter.watch_fresh(&id).await.unwrap();
+    bob.submit_replying(&spec, waiter.reply_to()).await.unwrap();
+    let bobs = bob_watch.result(dtee_tests::RESULT_TIMEOUT).await.unwrap();
+    assert!(bobs.succeeded());
+    assert!(matches!(
+        watch.result(std::time::Duration::from_secs(2)).await,
+        Err(dtee_submitter::ClientError::Timeout(_))
+    ));
+    bob_waiter.close().await;
+    waiter.close().await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

@@ -59,14 +59,29 @@ impl ResultPublisher {
 
     /// Publishes one result for the submitter `user` (the `user_id` of the delivery it
     /// answers; `None` when the delivery had none) and waits for the broker's confirm.
+    ///
+    /// With a valid `reply_to` (the queue of the waiter that submitted the job), the result is
+    /// also routed to `<user>.reply.<reply_to>` (a `BCC` key): the waiter's one standing binding.
     pub(crate) async fn publish(
         &self,
         user: Option<&str>,
+        reply_to: Option<&str>,
         job_id: &Digest,
         body: &[u8],
         cached: bool,
     ) -> Result<(), PublishError> {
         let mut headers = FieldTable::default();
+        if let Some(queue) = reply_to.filter(|queue| protocol::is_valid_reply_to(queue)) {
+            headers.insert(
+                protocol::HEADER_BCC.into(),
+                AMQPValue::FieldArray(
+                    vec![AMQPValue::LongString(LongString::from(
+                        protocol::reply_routing_key(user, queue),
+                    ))]
+                    .into(),
+                ),
+            );
+        }
         headers.insert(protocol::HEADER_CACHED.into(), AMQPValue::Boolean(cached));
         headers.insert(
             protocol::HEADER_WORKER.into(),

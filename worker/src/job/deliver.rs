@@ -28,8 +28,19 @@ pub(crate) async fn deliver(
         .user_id()
         .as_ref()
         .map(|user| user.as_str());
+    let reply_to = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|queue| queue.as_str());
     if let Err(error) = publisher
-        .publish(user, &outcome.job_id, &outcome.body, outcome.from_cache)
+        .publish(
+            user,
+            reply_to,
+            &outcome.job_id,
+            &outcome.body,
+            outcome.from_cache,
+        )
         .await
     {
         if !publisher.is_open() {
