@@ -185,7 +185,7 @@ impl Client {
         let value = serde_json::to_value(spec).expect("a JobSpec serializes");
         let body = dtee_schemas::canonical::to_canonical_vec(&value)
             .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.submit_json(&body).await
+        self.submit_canonical(&body, None).await
     }
 
     /// Submits a job whose result should also reach `reply_to`, the queue of a waiter of this
@@ -199,7 +199,25 @@ impl Client {
         let value = serde_json::to_value(spec).expect("a JobSpec serializes");
         let body = dtee_schemas::canonical::to_canonical_vec(&value)
             .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.submit_json_replying(&body, Some(reply_to)).await
+        self.submit_canonical(&body, Some(reply_to)).await
+    }
+
+    /// Submits `body`, already canonical JSON: validated (as the worker will) and sent as is.
+    async fn submit_canonical(
+        &self,
+        body: &[u8],
+        reply_to: Option<&str>,
+    ) -> Result<Digest, ClientError> {
+        let parsed = dtee_schemas::parse_job(body)?;
+        self.publish(
+            body,
+            parsed.id.as_str(),
+            &dtee_schemas::protocol::job_routing_key(&parsed.spec),
+            Some(&self.user),
+            reply_to,
+        )
+        .await?;
+        Ok(parsed.id)
     }
 
     /// Submits a job given as JSON text: it is parsed, validated and sent in canonical form.

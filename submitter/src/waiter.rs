@@ -202,11 +202,20 @@ impl ResultWaiter {
                 .await?;
         }
         drop(binding);
-        let (result, failure): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-            .arg(self.namespace.result_key(job_id))
-            .arg(self.namespace.failure_key(job_id))
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let (result, failure): (Option<Vec<u8>>, Option<Vec<u8>>) = if accept_failure {
+            redis::cmd("MGET")
+                .arg(self.namespace.result_key(job_id))
+                .arg(self.namespace.failure_key(job_id))
+                .query_async(&mut self.redis.clone())
+                .await?
+        } else {
+            // A caller about to submit takes only the result key (§9): one key to read.
+            let result = redis::cmd("GET")
+                .arg(self.namespace.result_key(job_id))
+                .query_async(&mut self.redis.clone())
+                .await?;
+            (result, None)
+        };
         let found = result.or(if accept_failure { failure } else { None });
         if let Some(bytes) = found {
             watch.cached =

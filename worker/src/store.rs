@@ -112,16 +112,19 @@ impl Store {
         pipe.query_async(&mut self.redis.clone()).await
     }
 
-    /// Whether `tenant` revoked its job `job_id` (`dtee cancel`).
-    pub async fn is_revoked(
+    /// In one round trip: the cached result of `job_id`, if any, and whether `tenant` revoked
+    /// it (`dtee cancel`).
+    pub async fn cached_result_and_revocation(
         &self,
         tenant: &str,
         job_id: &Digest,
-    ) -> Result<bool, redis::RedisError> {
-        redis::cmd("EXISTS")
+    ) -> Result<(Option<Vec<u8>>, bool), redis::RedisError> {
+        let (cached, revoked): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
+            .arg(self.namespace.result_key(job_id))
             .arg(self.namespace.revoked_key(tenant, job_id))
             .query_async(&mut self.redis.clone())
-            .await
+            .await?;
+        Ok((cached, revoked.is_some()))
     }
 
     /// The cached result of `job_id`, if any.

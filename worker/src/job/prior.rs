@@ -19,7 +19,12 @@ use crate::failure::Transient;
 /// Stops the path with the answer that already exists, if one does.
 pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
     let id = job.id();
-    if let Some(cached) = ctx.store.cached_result(id).await? {
+    // Both read in one round trip; the answers keep their order of precedence.
+    let (cached, revoked) = ctx
+        .store
+        .cached_result_and_revocation(&job.tenant, id)
+        .await?;
+    if let Some(cached) = cached {
         ctx.telemetry.answered_from_cache();
         debug!(job_id = %id, "answered from the result cache");
         return Err(Halt::Answer(Outcome::cached(
@@ -34,7 +39,7 @@ pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
             return Err(Halt::Answer(first));
         }
     }
-    if ctx.store.is_revoked(&job.tenant, id).await? {
+    if revoked {
         return Err(Halt::Fail(Failure::new(
             ErrorCode::Cancelled,
             "the job was cancelled before it ran",
