@@ -20,6 +20,8 @@ use dtee_schemas::{Digest, JobResult, JobSpec};
 use dtee_submitter::builder::{self, InputSource};
 use dtee_submitter::{Client, ClientConfig, ClientError};
 
+mod explain;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "dtee",
@@ -30,6 +32,9 @@ struct Cli {
     /// RabbitMQ, Redis and the namespace.
     #[command(flatten)]
     connection: ConnectionArgs,
+    /// On failure, print every cause of the error, one per line.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -217,12 +222,91 @@ fn main() -> ExitCode {
             return ExitCode::from(4);
         }
     };
+    let connection = cli.connection.clone();
+    let verbose = cli.verbose;
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("dtee: {:#}", failure.error);
+            report_failure(&runtime, &connection, verbose, &failure.error);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// One line of cause with its context, then a hint where the fix is known (`-v`: every cause).
+fn report_failure(
+    runtime: &tokio::runtime::Runtime,
+    connection: &ConnectionArgs,
+    verbose: bool,
+    error: &anyhow::Error,
+) {
+    eprintln!("dtee: {}", explain::one_line(error));
+    if verbose {
+        eprintln!(
+            "dtee: the causes, outermost first:\n{}",
+            explain::chain(error)
+        );
+    }
+    let amqp_url = dtee_schemas::cli::redact(&connection.amqp_url);
+    let redis_url = dtee_schemas::cli::redact(&connection.redis_url);
+    let user = connection
+        .amqp_url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned());
+    let setting = explain::Setting {
+        amqp_url: &amqp_url,
+        redis_url: &redis_url,
+        namespace: &connection.namespace,
+        user: &user,
+    };
+    let hint = match error.downcast_ref::<ClientError>() {
+        // Which routing keys the registered workers serve, to say what could have been meant.
+        Some(ClientError::NoRoute { .. }) => {
+            Some(runtime.block_on(served_routing_keys(connection)))
+        }
+        _ => explain::hint(error, &setting),
+    };
+    if let Some(hint) = hint {
+        eprintln!("dtee: hint: {hint}");
+    }
+}
+
+/// What the workers registered in the namespace serve, in words.
+async fn served_routing_keys(connection: &ConnectionArgs) -> String {
+    let Ok(namespace) = Namespace::new(connection.namespace.clone()) else {
+        return "the namespace is not valid".to_owned();
+    };
+    let client = Client::connect(ClientConfig {
+        amqp_url: connection.amqp_url.clone(),
+        redis_url: connection.redis_url.clone(),
+        namespace,
+    })
+    .await;
+    let workers = match client {
+        Ok(client) => client.workers().await,
+        Err(error) => Err(error),
+    };
+    match workers {
+        Ok(workers) if workers.is_empty() => format!(
+            "no worker is registered in namespace {:?}: start dtee-worker there first",
+            connection.namespace
+        ),
+        Ok(workers) => {
+            let mut keys: Vec<String> = workers
+                .iter()
+                .flat_map(|worker| worker.routing_keys.iter().cloned())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            format!(
+                "the {} worker(s) registered in namespace {:?} serve routing keys: {}",
+                workers.len(),
+                connection.namespace,
+                keys.join(", ")
+            )
+        }
+        Err(error) => format!("the worker registry could not be read: {error}"),
     }
 }
 
@@ -234,7 +318,21 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         redis_url: cli.connection.redis_url.clone(),
         namespace,
     };
-    Ok(Client::connect(config).await?)
+    let (amqp_url, redis_url) = (
+        dtee_schemas::cli::redact(&config.amqp_url),
+        dtee_schemas::cli::redact(&config.redis_url),
+    );
+    Client::connect(config).await.map_err(|error| {
+        let context = match &error {
+            ClientError::Redis(_) => format!("connecting to redis at {redis_url}"),
+            _ => format!("connecting to rabbitmq at {amqp_url}"),
+        };
+        let failure = Failure::from(error);
+        Failure {
+            code: failure.code,
+            error: failure.error.context(context),
+        }
+    })
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
@@ -383,7 +481,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 .parse()
                 .map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?;
             let client = connect(&cli).await?;
-            let result = client.wait(&id, seconds(*timeout)?).await?;
+            let result = with_progress(&id, client.wait(&id, seconds(*timeout)?)).await?;
             client.close().await;
             report(&result, save_outputs.as_deref())
         }
@@ -405,7 +503,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 .submit_json_replying(&body, Some(waiter.reply_to()))
                 .await?;
             eprintln!("submitted {id}");
-            let result = watch.result(seconds(*timeout)?).await?;
+            let result = with_progress(&id, watch.result(seconds(*timeout)?)).await?;
             waiter.close().await;
             client.close().await;
             report(&result, save_outputs.as_deref())
@@ -525,4 +623,35 @@ fn policy_path_display(cli: &Cli) -> String {
         Command::Verify { policy, .. } => policy.display().to_string(),
         _ => "policy".to_owned(),
     }
+}
+
+/// Awaits `waiting`; meanwhile, when stderr is a terminal, keeps one status line there with the
+/// elapsed time (cleared when the result arrives). Nothing is printed when stderr is not a
+/// terminal, so scripts see only the result.
+async fn with_progress<T>(id: &Digest, waiting: impl std::future::Future<Output = T>) -> T {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return waiting.await;
+    }
+    let started = std::time::Instant::now();
+    // Nothing for a result that comes within the first quarter second.
+    let period = Duration::from_millis(250);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tokio::pin!(waiting);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut waiting => break outcome,
+            _ = ticker.tick() => {
+                let short = &id.as_str()[..id.as_str().len().min(19)];
+                eprint!(
+                    "\r\x1b[2Kwaiting for {short}… {:.1} s (submitted; no result yet)",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+    };
+    eprint!("\r\x1b[2K");
+    let _ = std::io::stderr().flush();
+    outcome
 }

@@ -172,3 +172,122 @@ async fn dtee_verify_prints_every_check_and_exits_by_the_verdict() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// Runs `dtee` with explicit connection flags (no TestEnv defaults).
+fn dtee_raw(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(binary("dtee"))
+        .args(args)
+        .output()
+        .expect("run dtee");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_each_cause_once_with_context_and_a_hint() {
+    let env = TestEnv::new("cli-errors").await;
+    let echo = env.put_kernel("echo").await;
+    let job = serde_json::json!({
+        "schema": "dtee.job/v1",
+        "kernel": {"digest": echo.to_string(), "format": "wasm", "entry": "echo", "target": "wasm"},
+        "buffers": [{"kind": "input", "name": "in", "inline": "aGk="}, {"kind": "output", "name": "out", "size": 8}],
+        "params": []
+    });
+    let path = std::env::temp_dir().join(format!("dtee-cli-errors-{}.json", env.namespace));
+    std::fs::write(&path, serde_json::to_vec(&job).unwrap()).unwrap();
+    let path = path.to_str().unwrap();
+    let amqp = dtee_tests::amqp_url();
+    let redis = env.redis_url.clone();
+
+    // No worker ever started in the namespace.
+    let (code, stderr) = dtee_raw(&[
+        "--amqp-url",
+        &amqp,
+        "--redis-url",
+        &redis,
+        "--namespace",
+        "dtee-nobody-here",
+        "run",
+        path,
+    ]);
+    assert_eq!(code, Some(4), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one line of cause and one hint: {stderr}");
+    assert_eq!(
+        lines[0].matches("no exchange").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(
+        lines[1].contains("no worker has started in namespace \"dtee-nobody-here\""),
+        "{stderr}"
+    );
+
+    // RabbitMQ unreachable: the URL tried, its password redacted, the cause once.
+    let (code, stderr) = dtee_raw(&[
+        "--amqp-url",
+        "amqp://guest:secret@127.0.0.1:1/%2f",
+        "--redis-url",
+        &redis,
+        "run",
+        path,
+    ]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+    assert!(
+        stderr.contains("connecting to rabbitmq at amqp://guest:***@127.0.0.1:1/%2f"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert!(stderr.contains("hint: is RabbitMQ running"), "{stderr}");
+
+    // Redis unreachable.
+    let (_, stderr) = dtee_raw(&[
+        "--amqp-url",
+        &amqp,
+        "--redis-url",
+        "redis://127.0.0.1:1/",
+        "run",
+        path,
+    ]);
+    assert!(
+        stderr.contains("connecting to redis at redis://127.0.0.1:1/"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: is Redis running"), "{stderr}");
+
+    // No route: the hint lists what the registered workers serve.
+    let worker = env.start_worker().await;
+    let mut other = job.clone();
+    other["kernel"]["target"] = serde_json::json!("opencl");
+    std::fs::write(path, serde_json::to_vec(&other).unwrap()).unwrap();
+    let ns = env.namespace.to_string();
+    let (code, stderr) = dtee_raw(&[
+        "--amqp-url",
+        &amqp,
+        "--redis-url",
+        &redis,
+        "--namespace",
+        &ns,
+        "run",
+        path,
+    ]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("serve routing keys: wasm"), "{stderr}");
+
+    // -v shows the whole chain, a cause per line.
+    let (_, stderr) = dtee_raw(&[
+        "-v",
+        "--amqp-url",
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        "--redis-url",
+        &redis,
+        "run",
+        path,
+    ]);
+    assert!(stderr.contains("the causes, outermost first"), "{stderr}");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
