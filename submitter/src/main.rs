@@ -20,6 +20,7 @@ use dtee_schemas::{Digest, JobResult, JobSpec};
 use dtee_submitter::builder::{self, InputSource};
 use dtee_submitter::{Client, ClientConfig, ClientError};
 
+mod doctor;
 mod explain;
 
 #[derive(Debug, Parser)]
@@ -80,7 +81,28 @@ enum Command {
     },
     /// Lists the workers registered in the namespace, with platform, measurement and evidence
     /// age.
-    Workers,
+    Workers {
+        /// `table` for people, `json` for programs (the registry entries as they are stored).
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Prints a shell completion script: `dtee completions bash > /etc/bash_completion.d/dtee`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff): `dtee man > /usr/local/share/man/man1/dtee.1`.
+    Man,
+    /// Checks this client's set-up: RabbitMQ, the namespace's exchanges, Redis, the tenant, the
+    /// registered workers, and a canary job's round trip. Exit status 0 only when all pass.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Skip the canary job.
+        #[arg(long)]
+        no_canary: bool,
+    },
     /// Submits a job and prints its id once the broker has confirmed it.
     Submit(JobArgs),
     /// Waits for a job's result and prints it (the answer to a submission by this user, or the
@@ -396,9 +418,44 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             client.close().await;
             Ok(0)
         }
-        Command::Workers => {
+        Command::Doctor { json, no_canary } => {
+            let checks = doctor::run(&cli.connection, !no_canary).await;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&checks).map_err(|e| usage(e.into()))?
+                );
+            } else {
+                print!("{}", doctor::text(&checks));
+            }
+            Ok(if checks.iter().all(|c| c.ok) { 0 } else { 1 })
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "dtee", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure {
+                    code: 4,
+                    error: e.into(),
+                })?;
+            Ok(0)
+        }
+        Command::Workers { output } => {
             let client = connect(&cli).await?;
             let entries = client.workers().await?;
+            if output == "json" {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&entries).map_err(|e| usage(e.into()))?
+                );
+                client.close().await;
+                return Ok(0);
+            }
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);

@@ -291,3 +291,98 @@ async fn errors_say_each_cause_once_with_context_and_a_hint() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_healthy_set_up_and_says_what_is_wrong_otherwise() {
+    let env = TestEnv::new("cli-doctor").await;
+    let worker = env.start_worker().await;
+    let amqp = dtee_tests::amqp_url();
+    let ns = env.namespace.to_string();
+    let doctor = |namespace: &str, redis: &str| {
+        let output = Command::new(binary("dtee"))
+            .args([
+                "--amqp-url",
+                &amqp,
+                "--redis-url",
+                redis,
+                "--namespace",
+                namespace,
+                "doctor",
+                "--json",
+            ])
+            .output()
+            .expect("run dtee doctor");
+        let checks: Vec<serde_json::Value> =
+            serde_json::from_slice(&output.stdout).expect("doctor --json prints JSON");
+        (output.status.code(), checks)
+    };
+    let failed = |checks: &[serde_json::Value]| -> Vec<String> {
+        checks
+            .iter()
+            .filter(|c| c["ok"] == false)
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Healthy: every check passes, the canary job included.
+    let (code, checks) = doctor(&ns, &env.redis_url);
+    assert_eq!(code, Some(0), "{checks:#?}");
+    assert!(failed(&checks).is_empty());
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "canary job" && c["ok"] == true),
+        "{checks:#?}"
+    );
+
+    // A namespace without workers: its exchanges and workers fail, with hints.
+    let (code, checks) = doctor("dtee-doctor-nobody", &env.redis_url);
+    assert_eq!(code, Some(1));
+    let names = failed(&checks);
+    assert!(
+        names.contains(&"jobs exchange".to_owned()) && names.contains(&"workers".to_owned()),
+        "{names:?}"
+    );
+    assert!(checks
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .all(|c| c["hint"].is_string()));
+
+    // Redis down.
+    let (code, checks) = doctor(&ns, "redis://127.0.0.1:1/");
+    assert_eq!(code, Some(1));
+    assert_eq!(failed(&checks), ["redis"], "{checks:#?}");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_man_page_and_machine_readable_workers() {
+    let env = TestEnv::new("cli-conventions").await;
+    for (shell, marker) in [
+        ("bash", "_dtee()"),
+        ("zsh", "#compdef dtee"),
+        ("fish", "complete -c dtee"),
+    ] {
+        let out = dtee(&env, &["completions", shell]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(marker) && text.contains("doctor"),
+            "{shell}: {text}"
+        );
+    }
+    let man = dtee(&env, &["man"]);
+    assert!(String::from_utf8_lossy(&man.stdout).contains(".TH dtee 1"));
+    let worker = env.start_worker().await;
+    let out = dtee(&env, &["workers", "--output", "json"]);
+    assert!(out.status.success());
+    let workers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(
+        workers[0]["identity"]["worker_id"],
+        worker.worker_id.as_str()
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
