@@ -243,6 +243,22 @@ async fn errors_say_each_cause_once_with_context_and_a_hint() {
     assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
     assert!(stderr.contains("hint: is RabbitMQ running"), "{stderr}");
 
+    // A wrong password: the login is refused, and the hint says so.
+    let (code, stderr) = dtee_raw(&[
+        "--amqp-url",
+        "amqp://guest:wrong@127.0.0.1:5672/%2f",
+        "--redis-url",
+        &redis,
+        "run",
+        path,
+    ]);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(!stderr.contains("wrong@"), "{stderr}");
+    assert!(
+        stderr.contains("hint: RabbitMQ refused the user name or password"),
+        "{stderr}"
+    );
+
     // Redis unreachable.
     let (_, stderr) = dtee_raw(&[
         "--amqp-url",
