@@ -83,6 +83,11 @@ struct JobsArgs {
     /// (kernels/wasm/increment.wasm; 0 = no state, the noop kernel).
     #[arg(long, default_value = "0")]
     state_keys: usize,
+    /// `noop` (the default), or `sha256`: each job hashes its own 1 MiB blob input, byte i of
+    /// which is (31·i + the job's index) mod 256, with kernels/wasm/sha256.wasm; every digest is
+    /// checked. Not with `--wait all`.
+    #[arg(long, default_value = "noop", value_parser = ["noop", "sha256"])]
+    workload: String,
     /// Prefetch of the baseline's consumer (match the worker's).
     #[arg(long, default_value = "16")]
     prefetch: u16,
@@ -235,6 +240,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
+    if args.workload == "sha256" && args.wait == "all" {
+        bail!("--workload sha256 needs --wait reply or per-job");
+    }
     let before = cpu::snapshot();
     let mut report = if args.wait == "all" {
         jobs_all(cli, namespace, args).await?
@@ -288,6 +296,8 @@ async fn connect_and_store_kernel(
         .context("no dtee topology in this namespace: start a worker first")?;
     let kernel_path = if args.state_keys > 0 {
         args.kernel.with_file_name("increment.wasm")
+    } else if args.workload == "sha256" {
+        args.kernel.with_file_name("sha256.wasm")
     } else {
         args.kernel.clone()
     };
@@ -325,9 +335,25 @@ async fn jobs_watched(
         let permit = Arc::clone(&slots).acquire_owned().await.expect("open");
         let spec = job_spec(args, &digest, &tenant, run_id, idx);
         let (client, waiter) = (Arc::clone(&client), Arc::clone(&waiter));
+        let sha256 = args.workload == "sha256";
         tasks.spawn(async move {
             let _permit = permit;
             let sent = Instant::now();
+            let mut spec = spec;
+            let mut expected = None;
+            if sha256 {
+                // The job's own 1 MiB input, stored as a blob (as a client would), and its digest.
+                let data: Vec<u8> = (0..1usize << 20)
+                    .map(|i| (31usize.wrapping_mul(i).wrapping_add(idx) % 256) as u8)
+                    .collect();
+                let (blob, _) = client.put_blob(&data).await?;
+                expected = Some(dtee_schemas::Digest::of(&data));
+                spec.kernel.entry = "sha256".to_owned();
+                spec.buffers = vec![
+                    dtee_submitter::builder::blob_input("data", blob),
+                    dtee_submitter::builder::output("digest", 32),
+                ];
+            }
             let id = dtee_schemas::job_id(&spec)?;
             let result = if reply {
                 let watch = waiter.watch_reply(&id).await?;
@@ -338,6 +364,16 @@ async fn jobs_watched(
                 client.submit(&spec).await?;
                 watch.result(timeout).await?
             };
+            if let (Some(expected), true) = (&expected, result.succeeded()) {
+                let digest = result
+                    .output("digest")
+                    .map(|o| o.bytes())
+                    .transpose()?
+                    .unwrap_or_default();
+                if digest.as_slice() != expected.to_bytes().as_slice() {
+                    bail!("job {idx}: the kernel's digest is not SHA-256 of its input");
+                }
+            }
             anyhow::Ok((result.succeeded(), sent.elapsed()))
         });
         while let Some(done) = tasks.try_join_next() {
@@ -353,7 +389,13 @@ async fn jobs_watched(
     }
     let mode = format!(
         "{}/{}",
-        if args.state_keys > 0 { "state" } else { "jobs" },
+        if args.state_keys > 0 {
+            "state"
+        } else if args.workload == "sha256" {
+            "sha256"
+        } else {
+            "jobs"
+        },
         args.wait
     );
     Ok(Report::new(mode, args.in_flight, elapsed, latencies))
