@@ -402,3 +402,50 @@ async fn completions_man_page_and_machine_readable_workers() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_line_is_shown_while_waiting_on_a_terminal_only() {
+    let env = TestEnv::new("cli-progress").await;
+    let worker = env.start_worker().await;
+    // A job that takes about a second: it spins until its 1 s deadline.
+    let spin = env.put_kernel("spin").await;
+    let job = |nonce: &str| {
+        serde_json::json!({
+            "schema": "dtee.job/v1",
+            "kernel": {"digest": spin.to_string(), "format": "wasm", "entry": "spin", "target": "wasm"},
+            "limits": {"timeout_ms": 1000, "fuel": 1_000_000_000_000u64},
+            "nonce": nonce
+        })
+    };
+    let dir = std::env::temp_dir();
+    let on_tty = dir.join(format!("dtee-progress-tty-{}.json", env.namespace));
+    let off_tty = dir.join(format!("dtee-progress-pipe-{}.json", env.namespace));
+    std::fs::write(&on_tty, serde_json::to_vec(&job("tty")).unwrap()).unwrap();
+    std::fs::write(&off_tty, serde_json::to_vec(&job("pipe")).unwrap()).unwrap();
+    // On a terminal (script(1) gives dtee a pseudo-terminal): the status line, then cleared.
+    let command = format!(
+        "{} run {} >/dev/null",
+        binary("dtee").display(),
+        on_tty.display()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DTEE_NAMESPACE", env.namespace.as_str())
+        .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
+        .env("DTEE_REDIS_URL", dtee_tests::redis_url())
+        .output()
+        .expect("script(1) from util-linux");
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(terminal.contains("waiting for sha256:"), "{terminal:?}");
+    assert!(
+        terminal.contains("\u{1b}[2K"),
+        "the line is cleared: {terminal:?}"
+    );
+    // Not a terminal: only the submission line.
+    let piped = dtee(&env, &["run", off_tty.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!stderr.contains("waiting for"), "{stderr:?}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
