@@ -59,11 +59,13 @@ pub async fn run(connection: &ConnectionArgs, canary: bool) -> Vec<Check> {
         .await
     {
         Ok(amqp) => {
-            // lapin does not expose the server's properties, so the version is not shown.
+            let version = rabbitmq_version(&connection.amqp_url)
+                .await
+                .unwrap_or_else(|| "unknown version".to_owned());
             checks.push(check(
                 "rabbitmq",
                 true,
-                format!("reachable at {amqp_url}, logged in"),
+                format!("reachable at {amqp_url}, logged in, RabbitMQ {version}"),
                 None,
             ));
             for (what, exchange, kind) in [
@@ -274,6 +276,43 @@ async fn canary_check(client: &Client) -> Check {
             Some("a worker for target wasm must be running in this namespace".into()),
         ),
     }
+}
+
+/// The broker's version, from the server properties of its `connection.start` (lapin does not
+/// expose them): a second TCP connection sends the protocol header and reads that one frame.
+async fn rabbitmq_version(url: &str) -> Option<String> {
+    use amq_protocol::frame::{parse_frame, AMQPFrame};
+    use amq_protocol::protocol::{connection::AMQPMethod, AMQPClass};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    let address = (uri.authority.host.clone(), uri.authority.port);
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while bytes.len() < 1 << 16 {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            bytes.extend_from_slice(&chunk[..n]);
+            if let Ok((_, frame)) = parse_frame(bytes.as_slice()) {
+                let AMQPFrame::Method(_, AMQPClass::Connection(AMQPMethod::Start(start))) = frame
+                else {
+                    return None;
+                };
+                return match start.server_properties.inner().get("version")? {
+                    lapin::types::AMQPValue::LongString(version) => Some(version.to_string()),
+                    other => Some(format!("{other:?}")),
+                };
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()?
 }
 
 fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {

@@ -344,6 +344,11 @@ async fn doctor_passes_on_a_healthy_set_up_and_says_what_is_wrong_otherwise() {
     let (code, checks) = doctor(&ns, &env.redis_url);
     assert_eq!(code, Some(0), "{checks:#?}");
     assert!(failed(&checks).is_empty());
+    let rabbitmq = checks.iter().find(|c| c["name"] == "rabbitmq").unwrap();
+    assert!(
+        rabbitmq["detail"].as_str().unwrap().contains("RabbitMQ 3."),
+        "{rabbitmq}"
+    );
     assert!(
         checks
             .iter()
