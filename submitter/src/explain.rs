@@ -1,6 +1,10 @@
 //! What `dtee` prints when a command fails: one line with the context and each cause said once,
 //! and a hint where the fix is known (issue 17). `-v` prints the whole chain, a cause per line.
 
+use dtee_schemas::cli::ConnectionArgs;
+use dtee_schemas::protocol::Namespace;
+use dtee_submitter::{Client, ClientConfig, ClientError};
+
 /// The one-line message: the error's chain joined by `: `, with every segment that repeats an
 /// earlier one left out (lapin and redis repeat their source in their own message).
 pub fn one_line(error: &anyhow::Error) -> String {
@@ -94,6 +98,80 @@ pub fn hint(error: &anyhow::Error, setting: &Setting<'_>) -> Option<String> {
         ));
     }
     None
+}
+
+/// One line of cause with its context, then a hint where the fix is known (`-v`: every cause).
+pub fn report_failure(
+    runtime: &tokio::runtime::Runtime,
+    connection: &ConnectionArgs,
+    verbose: bool,
+    error: &anyhow::Error,
+) {
+    eprintln!("dtee: {}", one_line(error));
+    if verbose {
+        eprintln!("dtee: the causes, outermost first:\n{}", chain(error));
+    }
+    let amqp_url = dtee_schemas::cli::redact(&connection.amqp_url);
+    let redis_url = dtee_schemas::cli::redact(&connection.redis_url);
+    let user = connection
+        .amqp_url
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned());
+    let setting = Setting {
+        amqp_url: &amqp_url,
+        redis_url: &redis_url,
+        namespace: &connection.namespace,
+        user: &user,
+    };
+    let hint = match error.downcast_ref::<ClientError>() {
+        // Which routing keys the registered workers serve, to say what could have been meant.
+        Some(ClientError::NoRoute { .. }) => {
+            Some(runtime.block_on(served_routing_keys(connection)))
+        }
+        _ => hint(error, &setting),
+    };
+    if let Some(hint) = hint {
+        eprintln!("dtee: hint: {hint}");
+    }
+}
+
+/// What the workers registered in the namespace serve, in words.
+async fn served_routing_keys(connection: &ConnectionArgs) -> String {
+    let Ok(namespace) = Namespace::new(connection.namespace.clone()) else {
+        return "the namespace is not valid".to_owned();
+    };
+    let client = Client::connect(ClientConfig {
+        amqp_url: connection.amqp_url.clone(),
+        redis_url: connection.redis_url.clone(),
+        namespace,
+    })
+    .await;
+    let workers = match client {
+        Ok(client) => client.workers().await,
+        Err(error) => Err(error),
+    };
+    match workers {
+        Ok(workers) if workers.is_empty() => format!(
+            "no worker is registered in namespace {:?}: start dtee-worker there first",
+            connection.namespace
+        ),
+        Ok(workers) => {
+            let mut keys: Vec<String> = workers
+                .iter()
+                .flat_map(|worker| worker.routing_keys.iter().cloned())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            format!(
+                "the {} worker(s) registered in namespace {:?} serve routing keys: {}",
+                workers.len(),
+                connection.namespace,
+                keys.join(", ")
+            )
+        }
+        Err(error) => format!("the worker registry could not be read: {error}"),
+    }
 }
 
 #[cfg(test)]

@@ -4,15 +4,14 @@
 //! failed (its result is printed), or `verify` rejected; 3 no result arrived before the timeout; 4 RabbitMQ or Redis failed; 64 bad input
 //! (an invalid job, an unreadable file); 2 bad command-line usage.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use dtee_schemas::attestation::verify::{self, Policy};
 use dtee_schemas::attestation::Outcome;
-use dtee_schemas::cli::ConnectionArgs;
 use dtee_schemas::job::Limits;
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::StateKey;
@@ -20,190 +19,14 @@ use dtee_schemas::{Digest, JobResult, JobSpec};
 use dtee_submitter::builder::{self, InputSource};
 use dtee_submitter::{Client, ClientConfig, ClientError};
 
+mod args;
 mod doctor;
 mod explain;
+mod progress;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "dtee",
-    version,
-    about = "Submit attested kernel jobs to dtee workers and fetch their results"
-)]
-struct Cli {
-    /// RabbitMQ, Redis and the namespace.
-    #[command(flatten)]
-    connection: ConnectionArgs,
-    /// On failure, print every cause of the error, one per line.
-    #[arg(short, long, global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Kernels: `dtee kernel put FILE` stores a kernel binary and prints its digest.
-    Kernel {
-        #[command(subcommand)]
-        action: BlobAction,
-    },
-    /// Blobs (large inputs): `dtee blob put FILE` stores a file and prints its digest.
-    Blob {
-        #[command(subcommand)]
-        action: BlobAction,
-    },
-    /// Bound state, for operators: `dtee state get KEY`, `dtee state put KEY FILE`.
-    State {
-        #[command(subcommand)]
-        action: StateAction,
-    },
-    /// Checks a result's attestation offline against a policy; prints every check and exits 0
-    /// only when all pass.
-    Verify {
-        /// The result (dtee.result/v1 JSON), as `dtee wait` or `dtee run` print it.
-        result: PathBuf,
-        /// The policy (TOML; see deploy/policies/).
-        #[arg(long)]
-        policy: PathBuf,
-        /// Verify as of this Unix time (default: now), e.g. to check certificate validity.
-        #[arg(long)]
-        at: Option<i64>,
-    },
-    /// Cancels a job of this client's tenant (the AMQP user): a worker that receives it from
-    /// this tenant answers `cancelled` without running it. Jobs already answered keep their
-    /// result; other tenants' jobs are not affected.
-    Cancel {
-        /// The job id (sha256:...).
-        job_id: String,
-        /// How long the revocation lasts, in seconds.
-        #[arg(long, default_value = "604800")]
-        ttl_secs: u64,
-    },
-    /// Lists the workers registered in the namespace, with platform, measurement and evidence
-    /// age.
-    Workers {
-        /// `table` for people, `json` for programs (the registry entries as they are stored).
-        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
-        output: String,
-    },
-    /// Prints a shell completion script: `dtee completions bash > /etc/bash_completion.d/dtee`.
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Prints the man page (roff): `dtee man > /usr/local/share/man/man1/dtee.1`.
-    Man,
-    /// Checks this client's set-up: RabbitMQ, the namespace's exchanges, Redis, the tenant, the
-    /// registered workers, and a canary job's round trip. Exit status 0 only when all pass.
-    Doctor {
-        /// Print the checks as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Skip the canary job.
-        #[arg(long)]
-        no_canary: bool,
-    },
-    /// Submits a job and prints its id once the broker has confirmed it.
-    Submit(JobArgs),
-    /// Waits for a job's result and prints it (the answer to a submission by this user, or the
-    /// cached result).
-    Wait {
-        /// The job id (sha256:...).
-        job_id: String,
-        /// Seconds to wait.
-        #[arg(long, default_value = "60")]
-        timeout: f64,
-        /// Write each output to DIR/NAME.
-        #[arg(long, value_name = "DIR")]
-        save_outputs: Option<PathBuf>,
-    },
-    /// Submits a job, waits for its result and prints it.
-    Run {
-        #[command(flatten)]
-        job: JobArgs,
-        /// Seconds to wait.
-        #[arg(long, default_value = "60")]
-        timeout: f64,
-        /// Write each output to DIR/NAME.
-        #[arg(long, value_name = "DIR")]
-        save_outputs: Option<PathBuf>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BlobAction {
-    /// Stores FILE under its digest (only if absent) and prints the digest.
-    Put {
-        /// The file.
-        file: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum StateAction {
-    /// Prints a key's version, size, digest and value (base64), or the raw value with --raw.
-    Get {
-        /// The key, `<tenant>/<path>`.
-        key: String,
-        /// Write the raw value to standard output instead.
-        #[arg(long)]
-        raw: bool,
-    },
-    /// Replaces a key's value with FILE's bytes and prints the new version.
-    Put {
-        /// The key, `<tenant>/<path>`.
-        key: String,
-        /// The file.
-        file: PathBuf,
-    },
-}
-
-#[derive(Debug, Args)]
-struct JobArgs {
-    /// A job spec (dtee.job/v1 JSON); the flags below build one instead.
-    job_file: Option<PathBuf>,
-    /// Kernel binary to store and run.
-    #[arg(long, conflicts_with = "job_file")]
-    kernel: Option<PathBuf>,
-    /// Digest of an already stored kernel.
-    #[arg(long, conflicts_with_all = ["job_file", "kernel"])]
-    kernel_digest: Option<String>,
-    /// Exported function to call.
-    #[arg(long, default_value = "run")]
-    entry: String,
-    /// Input buffer: NAME=@FILE, NAME=blob:@FILE, NAME=blob:sha256:..., NAME=text:..., NAME=base64:...,
-    /// NAME=hex:..., NAME=f32:1,2,3, NAME=u32:1,2, NAME=u64:1,2 (repeatable).
-    #[arg(long = "input", value_name = "NAME=VALUE")]
-    inputs: Vec<String>,
-    /// Bound state NAME=MODE:KEY, e.g. counter=read_write?:alice/hits ('?': may be absent)
-    /// (repeatable).
-    #[arg(long = "state", value_name = "NAME=MODE:KEY")]
-    states: Vec<String>,
-    /// Output buffer NAME:SIZE, e.g. out:4096 or out:1m (repeatable).
-    #[arg(long = "output", value_name = "NAME:SIZE")]
-    outputs: Vec<String>,
-    /// Scalar parameter NAME:TYPE=VALUE, e.g. a:f32=2.5 (repeatable).
-    #[arg(long = "param", value_name = "NAME:TYPE=VALUE")]
-    params: Vec<String>,
-    /// Wall-clock limit, milliseconds.
-    #[arg(long)]
-    timeout_ms: Option<u64>,
-    /// Memory limit, bytes.
-    #[arg(long)]
-    memory_bytes: Option<u64>,
-    /// Fuel limit.
-    #[arg(long)]
-    fuel: Option<u64>,
-    /// Output limit, bytes.
-    #[arg(long)]
-    output_bytes: Option<u64>,
-    /// Nonce: makes otherwise identical work a new job.
-    #[arg(long)]
-    nonce: Option<String>,
-    /// Print the job spec instead of submitting it.
-    #[arg(long)]
-    print_job: bool,
-}
+use args::{BlobAction, Cli, Command, JobArgs, StateAction};
+use explain::report_failure;
+use progress::with_progress;
 
 /// A failure with the exit code it maps to.
 struct Failure {
@@ -252,83 +75,6 @@ fn main() -> ExitCode {
             report_failure(&runtime, &connection, verbose, &failure.error);
             ExitCode::from(failure.code)
         }
-    }
-}
-
-/// One line of cause with its context, then a hint where the fix is known (`-v`: every cause).
-fn report_failure(
-    runtime: &tokio::runtime::Runtime,
-    connection: &ConnectionArgs,
-    verbose: bool,
-    error: &anyhow::Error,
-) {
-    eprintln!("dtee: {}", explain::one_line(error));
-    if verbose {
-        eprintln!(
-            "dtee: the causes, outermost first:\n{}",
-            explain::chain(error)
-        );
-    }
-    let amqp_url = dtee_schemas::cli::redact(&connection.amqp_url);
-    let redis_url = dtee_schemas::cli::redact(&connection.redis_url);
-    let user = connection
-        .amqp_url
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|uri| uri.authority.userinfo.username)
-        .unwrap_or_else(|_| "guest".to_owned());
-    let setting = explain::Setting {
-        amqp_url: &amqp_url,
-        redis_url: &redis_url,
-        namespace: &connection.namespace,
-        user: &user,
-    };
-    let hint = match error.downcast_ref::<ClientError>() {
-        // Which routing keys the registered workers serve, to say what could have been meant.
-        Some(ClientError::NoRoute { .. }) => {
-            Some(runtime.block_on(served_routing_keys(connection)))
-        }
-        _ => explain::hint(error, &setting),
-    };
-    if let Some(hint) = hint {
-        eprintln!("dtee: hint: {hint}");
-    }
-}
-
-/// What the workers registered in the namespace serve, in words.
-async fn served_routing_keys(connection: &ConnectionArgs) -> String {
-    let Ok(namespace) = Namespace::new(connection.namespace.clone()) else {
-        return "the namespace is not valid".to_owned();
-    };
-    let client = Client::connect(ClientConfig {
-        amqp_url: connection.amqp_url.clone(),
-        redis_url: connection.redis_url.clone(),
-        namespace,
-    })
-    .await;
-    let workers = match client {
-        Ok(client) => client.workers().await,
-        Err(error) => Err(error),
-    };
-    match workers {
-        Ok(workers) if workers.is_empty() => format!(
-            "no worker is registered in namespace {:?}: start dtee-worker there first",
-            connection.namespace
-        ),
-        Ok(workers) => {
-            let mut keys: Vec<String> = workers
-                .iter()
-                .flat_map(|worker| worker.routing_keys.iter().cloned())
-                .collect();
-            keys.sort();
-            keys.dedup();
-            format!(
-                "the {} worker(s) registered in namespace {:?} serve routing keys: {}",
-                workers.len(),
-                connection.namespace,
-                keys.join(", ")
-            )
-        }
-        Err(error) => format!("the worker registry could not be read: {error}"),
     }
 }
 
@@ -680,35 +426,4 @@ fn policy_path_display(cli: &Cli) -> String {
         Command::Verify { policy, .. } => policy.display().to_string(),
         _ => "policy".to_owned(),
     }
-}
-
-/// Awaits `waiting`; meanwhile, when stderr is a terminal, keeps one status line there with the
-/// elapsed time (cleared when the result arrives). Nothing is printed when stderr is not a
-/// terminal, so scripts see only the result.
-async fn with_progress<T>(id: &Digest, waiting: impl std::future::Future<Output = T>) -> T {
-    use std::io::{IsTerminal, Write};
-    if !std::io::stderr().is_terminal() {
-        return waiting.await;
-    }
-    let started = std::time::Instant::now();
-    // Nothing for a result that comes within the first quarter second.
-    let period = Duration::from_millis(250);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tokio::pin!(waiting);
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut waiting => break outcome,
-            _ = ticker.tick() => {
-                let short = &id.as_str()[..id.as_str().len().min(19)];
-                eprint!(
-                    "\r\x1b[2Kwaiting for {short}… {:.1} s (submitted; no result yet)",
-                    started.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
-            }
-        }
-    };
-    eprint!("\r\x1b[2K");
-    let _ = std::io::stderr().flush();
-    outcome
 }
