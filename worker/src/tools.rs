@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use dtee_schemas::job::{CheckedBuffer, InputSource};
-use dtee_schemas::result::{Execution, JobError, JobResult, JobStatus, OutputData, ResultSchema};
+use dtee_schemas::result::{Execution, JobError, JobResult, JobStatus, ResultSchema};
 use dtee_schemas::Digest;
 use serde_json::json;
 
@@ -304,23 +304,7 @@ fn run_one(
     let ran = prepared.and_then(|kernel| runner.run(&kernel, &invocation));
     let (status, error, outputs, resources) = match ran {
         Ok(completed) => {
-            let outputs = parsed
-                .buffers
-                .iter()
-                .zip(completed.written)
-                .filter_map(|(buffer, written)| match buffer {
-                    CheckedBuffer::Output { name, .. } => {
-                        let bytes = written.unwrap_or_default();
-                        Some(OutputData {
-                            name: name.clone(),
-                            size: bytes.len() as u64,
-                            digest: Digest::of(&bytes),
-                            data: dtee_schemas::job::encode_base64(&bytes),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
+            let outputs = crate::job::execute::output_data(&parsed.buffers, completed.written);
             (JobStatus::Succeeded, None, outputs, Some(completed.usage))
         }
         Err(error) => (

@@ -159,67 +159,65 @@ pub(crate) async fn declare(
             FieldTable::default(),
         )
         .await?;
-    let mut stream = FieldTable::default();
-    stream.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("stream")),
-    );
-    channel
-        .queue_declare(
-            announcements.as_str().into(),
-            QueueDeclareOptions::durable(),
-            stream,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            announcements.as_str().into(),
-            announcements.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            namespace.dead_letter_queue().into(),
-            QueueDeclareOptions::durable(),
-            quorum,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            namespace.dead_letter_queue().into(),
-            namespace.dead_letter_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_bound(
+        channel,
+        &announcements,
+        queue_type("stream"),
+        &announcements,
+        "",
+    )
+    .await?;
+    declare_bound(
+        channel,
+        &namespace.dead_letter_queue(),
+        queue_type("quorum"),
+        &namespace.dead_letter_exchange(),
+        "",
+    )
+    .await?;
     for route in routes {
-        let queue = namespace.job_queue(route);
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                job_queue_arguments(namespace, delivery_limit),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.into(),
-                namespace.intake_exchange().into(),
-                format!("*.{route}").as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_bound(
+            channel,
+            &namespace.job_queue(route),
+            job_queue_arguments(namespace, delivery_limit),
+            &namespace.intake_exchange(),
+            &format!("*.{route}"),
+        )
+        .await?;
     }
+    Ok(())
+}
+
+/// Queue arguments naming only the queue type.
+fn queue_type(kind: &str) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(kind)),
+    );
+    arguments
+}
+
+/// Declares a durable queue with `arguments` and binds it to `exchange` by `key`.
+async fn declare_bound(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+    exchange: &str,
+    key: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 
@@ -235,24 +233,14 @@ pub(crate) async fn declare_tenant_queue(
     delivery_limit: u32,
 ) -> Result<String, lapin::Error> {
     let queue = namespace.tenant_job_queue(route, tenant);
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            job_queue_arguments(namespace, delivery_limit),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            namespace.jobs_exchange().into(),
-            dtee_schemas::protocol::submit_routing_key(tenant, route)
-                .as_str()
-                .into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_bound(
+        channel,
+        &queue,
+        job_queue_arguments(namespace, delivery_limit),
+        &namespace.jobs_exchange(),
+        &dtee_schemas::protocol::submit_routing_key(tenant, route),
+    )
+    .await?;
     Ok(queue)
 }
 

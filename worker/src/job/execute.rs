@@ -279,10 +279,17 @@ fn writes(job: &Admitted, seen: &[Seen], completed: &Completed) -> (Vec<CommitEn
 
 /// The output buffers the kernel wrote, in job order.
 fn outputs(job: &Admitted, completed: Completed) -> Vec<OutputData> {
-    job.parsed
-        .buffers
+    output_data(&job.parsed.buffers, completed.written)
+}
+
+/// The output buffers' bytes as a result gives them, from what a run wrote for each buffer.
+pub(crate) fn output_data(
+    buffers: &[CheckedBuffer],
+    written: Vec<Option<Vec<u8>>>,
+) -> Vec<OutputData> {
+    buffers
         .iter()
-        .zip(completed.written)
+        .zip(written)
         .filter_map(|(buffer, written)| match buffer {
             CheckedBuffer::Output { name, .. } => {
                 let bytes = written.unwrap_or_default();

@@ -18,7 +18,7 @@
 mod admit;
 mod dead_letter;
 mod deliver;
-mod execute;
+pub(crate) mod execute;
 mod fetch;
 pub(crate) mod outcome;
 pub(crate) mod plan;

@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::time::Instant;
 
 use cudarc::driver::sys::{self, CUresult};
@@ -188,11 +188,7 @@ impl Driver for Cuda {
         inputs: Vec<Vec<u8>>,
     ) -> Result<Ran, Failed> {
         let module = self.module(request, kernel)?;
-        let entry = CString::new(request.entry.as_str()).map_err(|_| Failed {
-            kind: FailureKind::EntryMissing,
-            message: "the entry point contains a NUL byte".to_owned(),
-            sticky: false,
-        })?;
+        let entry = request.entry_c_string()?;
         // SAFETY: a loaded module.
         let function = unsafe { result::module::get_function(module, entry) }.map_err(|error| {
             failed(
@@ -224,16 +220,7 @@ impl Driver for Cuda {
         let mut copy_time = copy_started.elapsed();
         // The kernel's arguments: each buffer's device pointer, then each scalar, by address.
         let mut pointers: Vec<sys::CUdeviceptr> = allocations.0.clone();
-        let mut scalars: Vec<[u8; 8]> = request
-            .params
-            .iter()
-            .map(|param| {
-                let mut slot = [0u8; 8];
-                let bytes = param.bytes();
-                slot[..bytes.len()].copy_from_slice(&bytes);
-                slot
-            })
-            .collect();
+        let mut scalars = request.scalar_slots();
         let mut arguments: Vec<*mut c_void> = pointers
             .iter_mut()
             .map(|p| (p as *mut sys::CUdeviceptr).cast::<c_void>())

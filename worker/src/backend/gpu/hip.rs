@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr};
 use std::time::Instant;
 
 use dtee_schemas::run::GpuDevice;
@@ -262,11 +262,7 @@ impl Driver for Hip {
                 module
             }
         };
-        let entry = CString::new(request.entry.as_str()).map_err(|_| Failed {
-            kind: FailureKind::EntryMissing,
-            message: "the entry point contains a NUL byte".to_owned(),
-            sticky: false,
-        })?;
+        let entry = request.entry_c_string()?;
         let mut function: Function = std::ptr::null_mut();
         // SAFETY: a loaded module and a NUL-terminated name.
         let code = unsafe { hipModuleGetFunction(&mut function, module, entry.as_ptr()) };
@@ -305,16 +301,7 @@ impl Driver for Hip {
         }
         let mut copy_time = copy_started.elapsed();
         let mut pointers = allocations.0.clone();
-        let mut scalars: Vec<[u8; 8]> = request
-            .params
-            .iter()
-            .map(|param| {
-                let mut slot = [0u8; 8];
-                let bytes = param.bytes();
-                slot[..bytes.len()].copy_from_slice(&bytes);
-                slot
-            })
-            .collect();
+        let mut scalars = request.scalar_slots();
         let mut arguments: Vec<*mut c_void> = pointers
             .iter_mut()
             .map(|p| (p as *mut *mut c_void).cast::<c_void>())

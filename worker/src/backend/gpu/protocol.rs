@@ -63,6 +63,31 @@ pub struct Request {
     pub params: Vec<ScalarArg>,
 }
 
+impl Request {
+    /// Each scalar's bytes in an 8-byte slot, in job order: the storage a driver passes the
+    /// kernel's scalar arguments from, by address.
+    pub fn scalar_slots(&self) -> Vec<[u8; 8]> {
+        self.params
+            .iter()
+            .map(|param| {
+                let mut slot = [0u8; 8];
+                let bytes = param.bytes();
+                slot[..bytes.len()].copy_from_slice(&bytes);
+                slot
+            })
+            .collect()
+    }
+
+    /// The entry point as a C string, or the failure of an entry with a NUL byte.
+    pub fn entry_c_string(&self) -> Result<std::ffi::CString, super::device::Failed> {
+        std::ffi::CString::new(self.entry.as_str()).map_err(|_| super::device::Failed {
+            kind: FailureKind::EntryMissing,
+            message: "the entry point contains a NUL byte".to_owned(),
+            sticky: false,
+        })
+    }
+}
+
 /// Why a run failed, as the host saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
