@@ -14,7 +14,11 @@ PACKAGES=(
   rabbitmq-server redis-server         # the broker and the state store
   swtpm swtpm-tools tpm2-tools libtss2-dev  # software TPM for attestation tests
   libamdhip64-dev                      # the HIP runtime the `hip` feature links (no GPU needed)
+  python3 python3-venv                 # the Python client (clients/python)
 )
+# The Node.js client (clients/node) needs node >= 18 and npm: Debian 12's packages, unless a
+# node is installed already.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh must run as root (it installs packages and starts services)" >&2
@@ -94,6 +98,25 @@ else
     --tpmstate "dir=$state" --flags not-need-init,startup-clear \
     --log "file=$state/swtpm.log"
   wait_port "$SWTPM_PORT" 30 swtpm
+fi
+
+# The client libraries' dependencies, from their lock files: a virtual environment for Python
+# (pinned versions and hashes; the tests import the package from its source directory) and
+# node_modules for Node.js. Redone only when a lock file changed.
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+venv="$repo/clients/python/.venv"
+lock="$repo/clients/python/requirements.lock"
+if [ -f "$lock" ] && ! cmp -s "$lock" "$venv/.installed.lock" 2>/dev/null; then
+  log "installing the Python client's dependencies into clients/python/.venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$lock"
+  cp "$lock" "$venv/.installed.lock"
+fi
+node_lock="$repo/clients/node/package-lock.json"
+if [ -f "$node_lock" ] && ! cmp -s "$node_lock" "$repo/clients/node/node_modules/.installed.lock" 2>/dev/null; then
+  log "installing the Node.js client's dependencies (npm ci)"
+  (cd "$repo/clients/node" && npm ci --silent --no-audit --no-fund)
+  cp "$node_lock" "$repo/clients/node/node_modules/.installed.lock"
 fi
 
 log "ready: rabbitmq 127.0.0.1:5672, redis 127.0.0.1:6379, swtpm 127.0.0.1:$SWTPM_PORT"

@@ -25,6 +25,9 @@ bash deploy/validate.sh --live
 echo "== cargo test"
 cargo test --workspace --locked
 
+echo "== client libraries: the Python and Node.js conformance suites (clients/conformance)"
+bash clients/conformance/run.sh
+
 echo "== GPU drivers: the cuda and hip builds pass clippy and fail cleanly without a GPU"
 export HIP_PATH=/usr
 cargo clippy -p dtee-worker --all-targets --locked --features cuda,hip -- -D warnings

@@ -47,6 +47,13 @@ pub enum JobParseError {
     /// JSON without a canonical form (integers beyond ±2^53).
     #[error("no canonical form: {0}")]
     Canonical(#[from] canonical::CanonicalError),
+    /// A `null` anywhere in the job. No field of a job takes `null`: an absent optional field is
+    /// left out, and `null` would otherwise give a different id from leaving it out.
+    #[error("{path} is null: leave an absent field out instead")]
+    Null {
+        /// Where, as `buffers[1].blob`; `the job` for a top-level `null`.
+        path: String,
+    },
     /// JSON that does not fit the schema.
     #[error("does not match dtee.job/v1: {0}")]
     Schema(serde_json::Error),
@@ -69,6 +76,9 @@ pub struct ParsedJob {
 /// Parses a job message body: strict JSON, canonical id, schema, validation.
 pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
     let value = canonical::parse_strict(body).map_err(JobParseError::Json)?;
+    if let Some(path) = null_path(&value, "") {
+        return Err(JobParseError::Null { path });
+    }
     // The spec is read from the canonical form, so that validity depends only on the id: `1e8`
     // and `100000000` are the same job.
     let canonical = canonical::to_canonical_vec(&value)?;
@@ -76,6 +86,25 @@ pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
     let spec: JobSpec = serde_json::from_slice(&canonical).map_err(JobParseError::Schema)?;
     let buffers = spec.validate()?;
     Ok(ParsedJob { id, spec, buffers })
+}
+
+/// Where the first `null` in `value` is, if there is one (objects in key order), written from
+/// `at` as `buffers[1].blob`.
+fn null_path(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::Null if at.is_empty() => Some("the job".to_owned()),
+        Value::Null => Some(at.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| null_path(item, &format!("{at}[{index}]"))),
+        Value::Object(members) => members.iter().find_map(|(name, item)| {
+            let dot = if at.is_empty() { "" } else { "." };
+            null_path(item, &format!("{at}{dot}{name}"))
+        }),
+        _ => None,
+    }
 }
 
 /// The job id of a spec: the digest of its canonical JSON.

@@ -23,9 +23,32 @@ pub enum ResultSchema {
     V1,
 }
 
+/// What the result schema says beyond the struct: `outputs` is always written (serde defaults it
+/// only to read results of older workers), and `error` is present exactly when `status` is
+/// `failed` (PROTOCOL.md §6).
+fn result_rules(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Array(required)) = schema.get_mut("required") {
+        if !required.iter().any(|name| name == "outputs") {
+            required.push("outputs".into());
+        }
+    }
+    schema.insert(
+        "if".to_owned(),
+        serde_json::json!({"properties": {"status": {"const": "failed"}}}),
+    );
+    schema.insert(
+        "then".to_owned(),
+        serde_json::json!({"required": ["error"]}),
+    );
+    schema.insert(
+        "else".to_owned(),
+        serde_json::json!({"not": {"required": ["error"]}}),
+    );
+}
+
 /// The terminal result of one job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(title = "dtee.result/v1")]
+#[schemars(title = "dtee.result/v1", transform = result_rules)]
 pub struct JobResult {
     /// Always `"dtee.result/v1"`.
     pub schema: ResultSchema,

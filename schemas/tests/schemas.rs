@@ -322,3 +322,63 @@ fn the_result_schema_refuses_a_wrong_version_but_allows_new_fields() {
     assert_eq!(schema_errors(&result, &newer), Vec::<String>::new());
     assert!(serde_json::from_value::<JobResult>(newer).is_ok());
 }
+
+#[test]
+fn the_result_schema_requires_outputs_and_an_error_exactly_when_failed() {
+    let result = validator("result.v1.schema.json");
+    let failed = examples()["result-failed.json"].1.clone();
+    let succeeded = examples()["result-succeeded.json"].1.clone();
+    assert_eq!(schema_errors(&result, &failed), Vec::<String>::new());
+    assert_eq!(schema_errors(&result, &succeeded), Vec::<String>::new());
+
+    let mut no_outputs = succeeded.clone();
+    no_outputs.as_object_mut().unwrap().remove("outputs");
+    assert!(!result.is_valid(&no_outputs));
+
+    let mut failed_without_error = failed.clone();
+    failed_without_error
+        .as_object_mut()
+        .unwrap()
+        .remove("error");
+    assert!(!result.is_valid(&failed_without_error));
+
+    let mut succeeded_with_error = succeeded;
+    succeeded_with_error["error"] = failed["error"].clone();
+    assert!(!result.is_valid(&succeeded_with_error));
+
+    let mut null_attestation = failed;
+    null_attestation["attestation"] = Value::Null;
+    assert!(!result.is_valid(&null_attestation));
+}
+
+/// `null` is refused anywhere in a job (PROTOCOL.md §2), by the parser and by the schema, with
+/// the field named; leaving the field out is the only way to say "absent".
+#[test]
+fn a_job_holding_null_is_refused_and_names_the_field() {
+    let job = validator("job.v1.schema.json");
+    let base = examples()["job-with-limits-and-state.json"].1.clone();
+    type Mutation = fn(&mut Value);
+    let cases: [(&str, Mutation); 6] = [
+        ("nonce", |v| v["nonce"] = Value::Null),
+        ("attestation", |v| v["attestation"] = Value::Null),
+        ("launch", |v| v["launch"] = Value::Null),
+        ("limits.fuel", |v| v["limits"]["fuel"] = Value::Null),
+        ("limits", |v| v["limits"] = Value::Null),
+        ("buffers[0].blob", |v| v["buffers"][0]["blob"] = Value::Null),
+    ];
+    for (path, mutate) in cases {
+        let mut spec = base.clone();
+        mutate(&mut spec);
+        assert!(!job.is_valid(&spec), "the schema accepts null at {path}");
+        let body = serde_json::to_vec(&spec).unwrap();
+        match parse_job(&body) {
+            Err(dtee_schemas::JobParseError::Null { path: named }) => assert_eq!(named, path),
+            other => panic!("null at {path}: {other:?}"),
+        }
+    }
+    let body = b"null";
+    assert!(matches!(
+        parse_job(body),
+        Err(dtee_schemas::JobParseError::Null { .. })
+    ));
+}

@@ -182,7 +182,8 @@ pub(crate) struct JobArgs {
     /// Nonce: makes otherwise identical work a new job.
     #[arg(long)]
     pub(crate) nonce: Option<String>,
-    /// Print the job spec instead of submitting it.
+    /// Print the job spec instead of submitting it: nothing is connected to or stored (kernel
+    /// and blob files are only hashed).
     #[arg(long)]
     pub(crate) print_job: bool,
 }

@@ -266,10 +266,11 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Submit(job) => {
+            if job.print_job {
+                return print_job(job).await;
+            }
             let client = connect(&cli).await?;
-            let Some(body) = job_body(&client, job).await? else {
-                return Ok(0);
-            };
+            let body = job_body(Some(&client), job).await?;
             let id = client.submit_json(&body).await?;
             println!("{id}");
             client.close().await;
@@ -293,10 +294,11 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             timeout,
             save_outputs,
         } => {
+            if job.print_job {
+                return print_job(job).await;
+            }
             let client = connect(&cli).await?;
-            let Some(body) = job_body(&client, job).await? else {
-                return Ok(0);
-            };
+            let body = job_body(Some(&client), job).await?;
             // Watch before submitting, so even a very fast result is not missed.
             let waiter = client.waiter().await?;
             let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
@@ -325,14 +327,37 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
         .map_err(usage)
 }
 
+/// `--print-job`: the job as JSON, built from the flags without connecting or storing anything
+/// (kernel and blob files are only hashed).
+async fn print_job(job: &JobArgs) -> Result<u8, Failure> {
+    let body = job_body(None, job).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .with_context(|| "the job is not JSON")
+        .map_err(usage)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).expect("serializes")
+    );
+    Ok(0)
+}
+
+/// Stores `bytes` as a blob and returns their digest; without a client (`--print-job`), only
+/// computes the digest.
+async fn blob(client: Option<&Client>, bytes: &[u8]) -> Result<Digest, Failure> {
+    match client {
+        Some(client) => Ok(client.put_blob(bytes).await?.0),
+        None => Ok(Digest::of(bytes)),
+    }
+}
+
 /// The job's JSON text: the file as given, or a spec built from the flags (uploading the
-/// kernel and blob inputs first). `None` when the spec was only printed.
-async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Failure> {
+/// kernel and blob inputs first, when there is a client).
+async fn job_body(client: Option<&Client>, job: &JobArgs) -> Result<Vec<u8>, Failure> {
     if let Some(path) = &job.job_file {
-        return Ok(Some(read(path)?));
+        return read(path);
     }
     let kernel = match (&job.kernel, &job.kernel_digest) {
-        (Some(path), _) => client.put_blob(&read(path)?).await?.0,
+        (Some(path), _) => blob(client, &read(path)?).await?,
         (None, Some(digest)) => digest
             .parse()
             .map_err(|e: dtee_schemas::digest::DigestParseError| usage(e.into()))?,
@@ -350,7 +375,7 @@ async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Fai
             InputSource::File(path) => builder::inline_input(&input.name, &read(Path::new(&path))?),
             InputSource::Blob(digest) => builder::blob_input(&input.name, digest),
             InputSource::BlobFile(path) => {
-                let (digest, _) = client.put_blob(&read(Path::new(&path))?).await?;
+                let digest = blob(client, &read(Path::new(&path))?).await?;
                 builder::blob_input(&input.name, digest)
             }
         });
@@ -375,15 +400,7 @@ async fn job_body(client: &Client, job: &JobArgs) -> Result<Option<Vec<u8>>, Fai
     };
     spec.nonce = job.nonce.clone();
     let value = serde_json::to_value(&spec).expect("a JobSpec serializes");
-    let body = dtee_schemas::canonical::to_canonical_vec(&value).map_err(|e| usage(e.into()))?;
-    if job.print_job {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("serializes")
-        );
-        return Ok(None);
-    }
-    Ok(Some(body))
+    dtee_schemas::canonical::to_canonical_vec(&value).map_err(|e| usage(e.into()))
 }
 
 fn report(result: &JobResult, save_outputs: Option<&Path>) -> Result<u8, Failure> {

@@ -454,3 +454,39 @@ async fn a_status_line_is_shown_while_waiting_on_a_terminal_only() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// `--print-job` builds the job without connecting to anything or storing anything: the kernel
+/// and blob files are only hashed (unreachable broker and Redis here), and the printed job is
+/// the one `submit` would send.
+#[test]
+fn print_job_connects_to_nothing_and_stores_nothing() {
+    let dir = std::env::temp_dir().join(format!("dtee-print-job-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let blob = dir.join("y.bin");
+    std::fs::write(&blob, [0u8, 0, 0, 63]).unwrap();
+    let kernel = repo_root().join("kernels/wasm/saxpy.wasm");
+    for command in ["submit", "run"] {
+        let output = Command::new(binary("dtee"))
+            .args([command, "--print-job", "--kernel", kernel.to_str().unwrap()])
+            .args(["--entry", "saxpy", "--input", "x=f32:1"])
+            .arg(format!("--input=y=blob:@{}", blob.display()))
+            .args(["--param", "a:f32=2", "--output", "out:4"])
+            .env("DTEE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("DTEE_REDIS_URL", "redis://127.0.0.1:1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{command}: {stderr}");
+        let job: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            job["kernel"]["digest"],
+            dtee_schemas::Digest::of(&dtee_tests::kernel("saxpy")).to_string()
+        );
+        assert_eq!(
+            job["buffers"][1]["blob"],
+            dtee_schemas::Digest::of(&[0, 0, 0, 63]).to_string()
+        );
+        dtee_schemas::parse_job(&output.stdout).expect("a valid job");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -107,6 +107,8 @@ async fn invalid_messages_fail_as_invalid_job_and_are_acked() {
     bad_digest["kernel"]["digest"] = "sha256:1234".into();
     let mut missing_kernel = good.clone();
     missing_kernel.as_object_mut().unwrap().remove("kernel");
+    let mut null_nonce = good.clone();
+    null_nonce["nonce"] = serde_json::Value::Null;
     let bodies: Vec<Vec<u8>> = vec![
         b"{not json".to_vec(),
         b"".to_vec(),
@@ -116,6 +118,8 @@ async fn invalid_messages_fail_as_invalid_job_and_are_acked() {
         serde_json::to_vec(&wrong_version).unwrap(),
         serde_json::to_vec(&bad_digest).unwrap(),
         serde_json::to_vec(&missing_kernel).unwrap(),
+        // PROTOCOL.md §2: null is refused, not read as absent.
+        serde_json::to_vec(&null_nonce).unwrap(),
     ];
     let waiter = env.client.waiter().await.unwrap();
     for (idx, body) in bodies.iter().enumerate() {
@@ -133,7 +137,11 @@ async fn invalid_messages_fail_as_invalid_job_and_are_acked() {
             Some(ErrorCode::InvalidJob),
             "body {idx}"
         );
-        assert!(!result.error.unwrap().message.is_empty());
+        let message = result.error.unwrap().message;
+        assert!(!message.is_empty());
+        if idx == bodies.len() - 1 {
+            assert!(message.contains("nonce is null"), "{message}");
+        }
     }
     waiter.close().await;
     // Every delivery was acked exactly once: after a graceful stop nothing is left or

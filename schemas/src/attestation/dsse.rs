@@ -70,29 +70,20 @@ impl Envelope {
             .map_err(|error| format!("payload is not base64: {error}"))
     }
 
-    /// Verifies that some signature is a valid Ed25519 signature by `public_key` over the PAE.
+    /// Verifies that some signature is a valid Ed25519 signature by `public_key` over the PAE,
+    /// under [`verify_ed25519`]'s rule.
     pub fn verify(&self, public_key: &[u8; 32]) -> Result<(), String> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(public_key)
-            .map_err(|error| format!("the public key is not a valid Ed25519 key: {error}"))?;
         let payload = self.payload_bytes()?;
         let message = pae(&self.payload_type, &payload);
         let wanted = keyid(public_key);
         let mut reasons = Vec::new();
         for signature in self.signatures.iter().filter(|s| s.keyid == wanted) {
-            let bytes = match crate::job::decode_base64(&signature.sig) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    reasons.push(format!("signature is not base64: {error}"));
-                    continue;
-                }
-            };
-            let Ok(bytes) = <[u8; 64]>::try_from(bytes.as_slice()) else {
-                reasons.push("signature is not 64 bytes".to_owned());
-                continue;
-            };
-            match key.verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&bytes)) {
-                Ok(()) => return Ok(()),
-                Err(error) => reasons.push(format!("signature does not verify: {error}")),
+            match crate::job::decode_base64(&signature.sig) {
+                Ok(bytes) => match verify_ed25519(public_key, &message, &bytes) {
+                    Ok(()) => return Ok(()),
+                    Err(why) => reasons.push(why),
+                },
+                Err(error) => reasons.push(format!("signature is not base64: {error}")),
             }
         }
         if reasons.is_empty() {
@@ -101,6 +92,33 @@ impl Envelope {
             Err(reasons.join("; "))
         }
     }
+}
+
+/// Ed25519 verification under dtee's strict rule (ATTESTATION.md §5), which clients in other
+/// languages follow and `schemas/vectors/ed25519/` pins:
+///
+/// - the signature is 64 bytes, `R ‖ S`, and `S` (little-endian) is below the group order `L`;
+/// - the public key `A` is a canonical point encoding (`y < p`, and `x = 0` only with the sign
+///   bit clear), and neither `A` nor `R` is of small order (order 1, 2, 4 or 8);
+/// - the encoding of `[S]B − [k]A` equals `R` byte for byte, with `k = SHA-512(R ‖ A ‖ M) mod L`
+///   (the cofactorless equation; a non-canonical `R` therefore never matches).
+///
+/// That is ed25519-dalek's `verify_strict` plus the canonical check of `A`, which dalek's key
+/// decoding does not make.
+pub fn verify_ed25519(
+    public_key: &[u8; 32],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key)
+        .map_err(|error| format!("the public key is not a valid Ed25519 key: {error}"))?;
+    if key.to_edwards().compress().to_bytes() != *public_key {
+        return Err("the public key is not a canonical point encoding".to_owned());
+    }
+    let signature =
+        <[u8; 64]>::try_from(signature).map_err(|_| "signature is not 64 bytes".to_owned())?;
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature))
+        .map_err(|error| format!("signature does not verify: {error}"))
 }
 
 #[cfg(test)]

@@ -56,8 +56,9 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
     let limits = resolve_limits(&ctx.config, spec).map_err(|error| {
         Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string())
     })?;
-    check_counts(&ctx.config, spec).map_err(|message| {
-        Failure::new(ErrorCode::ExcessiveResourceRequirements, message).with_limits(limits)
+    check_counts(&ctx.config, spec).map_err(|error| {
+        Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string())
+            .with_limits(limits)
     })?;
     if let Some(requirement) = &spec.attestation {
         if !ctx.attestor.satisfies(requirement.platform) {
@@ -75,17 +76,27 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
     Ok(Plan { limits, runner })
 }
 
+/// A job listing more buffers or parameters than this worker accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the job lists {count} {what}; this worker accepts at most {max}")]
+pub struct TooMany {
+    /// `buffers` or `params`.
+    pub what: &'static str,
+    /// How many the job lists.
+    pub count: usize,
+    /// The worker's maximum.
+    pub max: usize,
+}
+
 /// Refuses a job listing more buffers or parameters than this worker accepts: decided from the
 /// job alone, before anything is read from Redis.
-fn check_counts(config: &Config, spec: &JobSpec) -> Result<(), String> {
+fn check_counts(config: &Config, spec: &JobSpec) -> Result<(), TooMany> {
     for (what, count, max) in [
         ("buffers", spec.buffers.len(), config.max_buffers),
         ("params", spec.params.len(), config.max_params),
     ] {
         if count > max {
-            return Err(format!(
-                "the job lists {count} {what}; this worker accepts at most {max}"
-            ));
+            return Err(TooMany { what, count, max });
         }
     }
     Ok(())

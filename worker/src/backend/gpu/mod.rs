@@ -20,6 +20,7 @@
 pub mod device;
 pub mod host;
 pub mod protocol;
+mod transfer;
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -32,15 +33,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtee_schemas::job::{AccessMode, KernelFormat, Launch};
-use dtee_schemas::result::ResourceUsage;
+use dtee_schemas::job::{KernelFormat, Launch};
+use dtee_schemas::result::{EffectiveLimits, ResourceUsage};
 use dtee_schemas::run::GpuDevice;
 use dtee_schemas::{Digest, ErrorCode};
 
 use self::device::DriverKind;
-use self::host::{DeviceHost, HostError};
-use self::protocol::{BufferSpec, DeviceInfo, FailureKind, Request, ScalarArg};
-use super::{Backend, Completed, Invocation, KernelError, PrepareError, Prepared, Slot};
+use self::host::DeviceHost;
+use self::protocol::{BufferSpec, DeviceInfo, Request, ScalarArg};
+use self::transfer::{buffer_specs, host_answer, match_outputs, refuse};
+use super::{Backend, Completed, Invocation, KernelError, PrepareError, Prepared};
 use crate::fair::FairSlots;
 
 /// Kernels kept per device (their bytes; the host keeps the loaded modules).
@@ -176,81 +178,6 @@ impl GpuBackend {
     }
 }
 
-/// A failure before or without a run.
-fn refuse(code: ErrorCode, message: impl Into<String>) -> KernelError {
-    KernelError {
-        code,
-        message: message.into(),
-        usage: ResourceUsage::default(),
-    }
-}
-
-/// The device buffer of each slot: what is allocated, copied in and copied back.
-fn buffer_specs(slots: &[Slot]) -> Result<Vec<(BufferSpec, &[u8])>, KernelError> {
-    slots
-        .iter()
-        .map(|slot| match slot {
-            Slot::Input { data, .. } => Ok((
-                BufferSpec {
-                    device_bytes: (data.len() as u64).max(1),
-                    copy_in: data.len() as u64,
-                    copy_out: false,
-                },
-                &data[..],
-            )),
-            Slot::Output { capacity, .. } => Ok((
-                BufferSpec {
-                    device_bytes: *capacity,
-                    copy_in: 0,
-                    copy_out: true,
-                },
-                &[][..],
-            )),
-            Slot::State {
-                name,
-                mode,
-                current,
-                capacity,
-            } => {
-                let read: &[u8] = if mode.is_readable() { current } else { &[] };
-                match mode {
-                    AccessMode::ReadOnly => Ok((
-                        BufferSpec {
-                            device_bytes: (read.len() as u64).max(1),
-                            copy_in: read.len() as u64,
-                            copy_out: false,
-                        },
-                        read,
-                    )),
-                    AccessMode::AppendOnly => Err(refuse(
-                        ErrorCode::InvalidJob,
-                        format!("state {name:?}: a GPU kernel cannot append"),
-                    )),
-                    AccessMode::WriteOnly | AccessMode::ReadWrite => {
-                        if read.len() as u64 > *capacity {
-                            return Err(refuse(
-                                ErrorCode::OutputLimitExceeded,
-                                format!(
-                                    "state {name:?} holds {} bytes, more than its device buffer of {capacity} (max_size, capped by output_bytes)",
-                                    read.len()
-                                ),
-                            ));
-                        }
-                        Ok((
-                            BufferSpec {
-                                device_bytes: (*capacity).max(1),
-                                copy_in: read.len() as u64,
-                                copy_out: true,
-                            },
-                            read,
-                        ))
-                    }
-                }
-            }
-        })
-        .collect()
-}
-
 impl Backend for GpuBackend {
     type Kernel = GpuKernel;
 
@@ -295,7 +222,57 @@ impl Backend for GpuBackend {
         self.check_launch(&launch)
             .map_err(|why| refuse(ErrorCode::ExcessiveResourceRequirements, why))?;
         let buffers = buffer_specs(&invocation.slots)?;
-        // Everything the device would allocate, checked before anything is.
+        let copied_back = self.check_sizes(&buffers, limits)?;
+        let request = Request {
+            kernel_digest: kernel.digest.to_string(),
+            kernel_bytes: kernel.bytes.len() as u64,
+            entry: invocation.entry.clone(),
+            launch,
+            buffers: buffers.iter().map(|(spec, _)| spec.clone()).collect(),
+            params: invocation
+                .params
+                .iter()
+                .map(|param| ScalarArg {
+                    ty: param.ty,
+                    value: param.value,
+                })
+                .collect(),
+        };
+        let mut payloads: Vec<&[u8]> = vec![&kernel.bytes];
+        payloads.extend(buffers.iter().map(|(_, bytes)| *bytes));
+        let started = Instant::now();
+        let answer = self.host.run(
+            &request,
+            &payloads,
+            Duration::from_millis(limits.timeout_ms),
+        );
+        let wall_time_us = started.elapsed().as_micros() as u64;
+        let (response, outputs) = host_answer(answer, wall_time_us)?;
+        let written = match_outputs(&buffers, outputs)?;
+        Ok(Completed {
+            written,
+            usage: ResourceUsage {
+                fuel_consumed: 0,
+                peak_memory_bytes: response.device_bytes,
+                wall_time_us,
+                output_bytes: copied_back,
+                device_memory_bytes: response.device_bytes,
+                kernel_time_us: response.kernel_time_us,
+                copied_bytes: response.copied_bytes,
+                copy_time_us: response.copy_time_us,
+            },
+        })
+    }
+}
+
+impl GpuBackend {
+    /// Everything the device would allocate and copy back, checked against the job's limits
+    /// and the device before anything is allocated; returns the bytes copied back.
+    fn check_sizes(
+        &self,
+        buffers: &[(BufferSpec, &[u8])],
+        limits: EffectiveLimits,
+    ) -> Result<u64, KernelError> {
         let device_bytes = buffers
             .iter()
             .try_fold(0u64, |sum, (spec, _)| sum.checked_add(spec.device_bytes))
@@ -332,89 +309,7 @@ impl Backend for GpuBackend {
                 ),
             ));
         }
-        let request = Request {
-            kernel_digest: kernel.digest.to_string(),
-            kernel_bytes: kernel.bytes.len() as u64,
-            entry: invocation.entry.clone(),
-            launch,
-            buffers: buffers.iter().map(|(spec, _)| spec.clone()).collect(),
-            params: invocation
-                .params
-                .iter()
-                .map(|param| ScalarArg {
-                    ty: param.ty,
-                    value: param.value,
-                })
-                .collect(),
-        };
-        let mut payloads: Vec<&[u8]> = vec![&kernel.bytes];
-        payloads.extend(buffers.iter().map(|(_, bytes)| *bytes));
-        let started = Instant::now();
-        let answer = self.host.run(
-            &request,
-            &payloads,
-            Duration::from_millis(limits.timeout_ms),
-        );
-        let wall_time_us = started.elapsed().as_micros() as u64;
-        let usage = ResourceUsage {
-            wall_time_us,
-            ..ResourceUsage::default()
-        };
-        let (response, outputs) = answer.map_err(|error| KernelError {
-            code: match error {
-                HostError::Timeout(_) => ErrorCode::ExecutionTimeout,
-                HostError::Died(_) | HostError::Unavailable(_) => ErrorCode::DeviceFailed,
-            },
-            message: error.to_string(),
-            usage,
-        })?;
-        if let Some((kind, message)) = response.failure {
-            return Err(KernelError {
-                code: match kind {
-                    FailureKind::KernelInvalid => ErrorCode::KernelInvalid,
-                    FailureKind::EntryMissing => ErrorCode::KernelLinkFailed,
-                    FailureKind::KernelFault => ErrorCode::KernelTrapped,
-                    FailureKind::LaunchRefused => ErrorCode::ExcessiveResourceRequirements,
-                    FailureKind::OutOfMemory | FailureKind::Device => ErrorCode::DeviceFailed,
-                },
-                message,
-                usage,
-            });
-        }
-        let mut outputs = outputs.into_iter();
-        let mut written = Vec::with_capacity(buffers.len());
-        for (spec, _) in &buffers {
-            written.push(if spec.copy_out {
-                let bytes = outputs.next().ok_or_else(|| {
-                    refuse(
-                        ErrorCode::DeviceFailed,
-                        "the device host answered fewer buffers than were copied back",
-                    )
-                })?;
-                if bytes.len() as u64 != spec.device_bytes {
-                    return Err(refuse(
-                        ErrorCode::DeviceFailed,
-                        "the device host answered a buffer of the wrong length",
-                    ));
-                }
-                Some(bytes)
-            } else {
-                None
-            });
-        }
-        Ok(Completed {
-            written,
-            usage: ResourceUsage {
-                fuel_consumed: 0,
-                peak_memory_bytes: response.device_bytes,
-                wall_time_us,
-                output_bytes: copied_back,
-                device_memory_bytes: response.device_bytes,
-                kernel_time_us: response.kernel_time_us,
-                copied_bytes: response.copied_bytes,
-                copy_time_us: response.copy_time_us,
-            },
-        })
+        Ok(copied_back)
     }
 }
 
@@ -450,6 +345,8 @@ pub fn check_kernel_bytes(format: KernelFormat, bytes: &[u8]) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Slot;
+    use dtee_schemas::job::AccessMode;
 
     #[test]
     fn the_committed_kernels_pass_the_format_checks() {
