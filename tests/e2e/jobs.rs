@@ -127,3 +127,42 @@ async fn an_identical_job_is_answered_from_the_cache_not_run_again() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// PROTOCOL.md §10: a worker with two kernel slots that takes both deliveries of a job
+/// submitted twice at once runs it once; the second delivery waits for the first's result and is
+/// answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_runs_a_job_delivered_twice_at_once_only_once() {
+    let env = TestEnv::new("same-id").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
+    // Runs 400 ms and fails with execution_timeout, a final failure that is cached.
+    spec.limits.timeout_ms = Some(400);
+    spec.limits.fuel = Some(1_000_000_000_000);
+    let body = serde_json::to_vec(&spec).unwrap();
+    let id = dtee_schemas::parse_job(&body).unwrap().id;
+    let waiter = env.client.waiter().await.unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    env.client.submit_json(&body).await.unwrap();
+    env.client.submit_json(&body).await.unwrap();
+    let result = watch.result(dtee_tests::RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(
+        result.error_code(),
+        Some(dtee_schemas::ErrorCode::ExecutionTimeout)
+    );
+    // Both deliveries are answered.
+    let deadline = std::time::Instant::now() + dtee_tests::RESULT_TIMEOUT;
+    while Stats::get(&worker.stats.acked) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both deliveries answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(Stats::get(&worker.stats.received), 2);
+    assert_eq!(Stats::get(&worker.stats.executed), 1, "run once");
+    assert_eq!(Stats::get(&worker.stats.deduplicated), 1);
+    waiter.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -193,6 +193,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         publisher: std::sync::RwLock::new(publisher),
         wasm,
         gpus,
+        turns: job::turns::Turns::default(),
         session_broken: tokio::sync::Notify::new(),
     });
     let consumer = Consumer {

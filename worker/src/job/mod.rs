@@ -23,6 +23,7 @@ mod fetch;
 pub(crate) mod outcome;
 pub(crate) mod plan;
 mod prior;
+pub(crate) mod turns;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ pub(crate) struct Context {
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.
     pub attestor: Arc<Attestor>,
+    /// One delivery of a job id at a time on this worker (`turns`).
+    pub turns: turns::Turns,
     /// Notified when a publication finds the result channel closed while the consumer channel
     /// may still be up: the consumer loop then opens a new session, so that the retries of
     /// the job tasks do not fail on the dead channel for ever.
@@ -144,26 +147,28 @@ pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watc
 
 /// One attempt: decide the outcome, then deliver it.
 async fn attempt(ctx: &Context, delivery: &Delivery) -> Result<(), Transient> {
-    let outcome = if delivery.exchange.as_str() == ctx.config.namespace.dead_letter_exchange() {
-        match dead_letter::evaluate(ctx, delivery).await? {
-            Some(outcome) => outcome,
-            None => return deliver::ack_unanswered(ctx, delivery).await,
-        }
-    } else {
-        evaluate(ctx, delivery).await?
+    if delivery.exchange.as_str() == ctx.config.namespace.dead_letter_exchange() {
+        return match dead_letter::evaluate(ctx, delivery).await? {
+            Some(outcome) => deliver::deliver(ctx, delivery, outcome).await,
+            None => deliver::ack_unanswered(ctx, delivery).await,
+        };
+    }
+    let job = match admit::admit(ctx, delivery) {
+        Ok(job) => job,
+        Err(refused) => return deliver::deliver(ctx, delivery, refused).await,
     };
+    // Held until the outcome is cached and published, so that another delivery of the id on
+    // this worker is answered from the cache instead of running again.
+    let _turn = ctx.turns.take(job.id()).await;
+    let outcome = evaluate(ctx, &job).await?;
     deliver::deliver(ctx, delivery, outcome).await
 }
 
-/// Decides the result of one job delivery. Errors are transient: the caller retries.
-async fn evaluate(ctx: &Context, delivery: &Delivery) -> Result<Outcome, Transient> {
-    let job = match admit::admit(ctx, delivery) {
-        Ok(job) => job,
-        Err(refused) => return Ok(refused),
-    };
-    match run(ctx, &job).await {
+/// Decides the result of one admitted job. Errors are transient: the caller retries.
+async fn evaluate(ctx: &Context, job: &Admitted) -> Result<Outcome, Transient> {
+    match run(ctx, job).await {
         Ok(outcome) | Err(Halt::Answer(outcome)) => Ok(outcome),
-        Err(Halt::Fail(failure)) => Ok(outcome::failed(ctx, &job, failure)),
+        Err(Halt::Fail(failure)) => Ok(outcome::failed(ctx, job, failure)),
         Err(Halt::Retry(error)) => Err(error),
     }
 }
