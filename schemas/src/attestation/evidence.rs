@@ -49,6 +49,7 @@ impl Evidence {
 
 /// Software evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SoftwareEvidence {
     /// Always [`SOFTWARE_STATEMENT`].
     pub statement: String,
@@ -77,5 +78,31 @@ impl WorkerIdentity {
     pub fn public_key_bytes(&self) -> Option<[u8; 32]> {
         let bytes = hex::decode(&self.public_key).ok()?;
         bytes.try_into().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The evidence digest is taken over the canonical JSON of the evidence as received
+    /// (ATTESTATION.md §3): that equals the digest of what the types write back only because
+    /// evidence with a field they do not know is refused, not dropped.
+    #[test]
+    fn evidence_with_an_unknown_field_is_refused_and_known_evidence_digests_as_received() {
+        let measurement = Digest::of(b"worker");
+        let known = serde_json::json!({
+            "platform": "software",
+            "statement": SOFTWARE_STATEMENT,
+            "measurement": measurement.to_string(),
+        });
+        let evidence: Evidence = serde_json::from_value(known.clone()).unwrap();
+        assert_eq!(
+            evidence.digest(),
+            canonical::canonical_digest(&known).unwrap()
+        );
+        let mut extra = known;
+        extra["note"] = "added in transit".into();
+        assert!(serde_json::from_value::<Evidence>(extra).is_err());
     }
 }

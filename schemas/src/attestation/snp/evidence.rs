@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// `ask` it uses its pinned ASK (ASVK for a VLEK); an `ask` here must be that certificate, or one
 /// with the same subject that the pinned ARK signs (so that a reissued ASK still verifies).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SnpEvidence {
     /// The attestation report exactly as the firmware returned it (1184 bytes).
     #[serde(with = "crate::attestation::serde_base64")]

@@ -28,6 +28,7 @@ impl PcrValue {
 
 /// A TPM quote binding a worker key, as a worker publishes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TpmEvidence {
     /// The attestation key's `TPMT_PUBLIC`, marshalled, base64. A policy pins the SHA-256 of
     /// these bytes ([`ak_fingerprint`]).
