@@ -200,7 +200,7 @@ def check_definitions(parsed, facts):
     d = doc(parsed, "deploy/rabbitmq/definitions.json")[0]
     check(any(v["name"] == VHOST for v in d["vhosts"]), f"vhost {VHOST}")
     users = {u["name"]: u for u in d["users"]}
-    for name in ("dtee-worker", "dtee-submitter", "dtee-monitor", "dtee-admin"):
+    for name in ("dtee-worker", "dtee-submitter", "dtee-keeper", "dtee-monitor", "dtee-admin"):
         check(name in users, f"user {name}")
     for name, user in users.items():
         check(user.get("password_hash", "") == "", f"{name} has no password in the file",
@@ -269,6 +269,8 @@ def check_definitions(parsed, facts):
     perms = {p["user"]: p for p in d["permissions"] if p["vhost"] == VHOST}
     amq_gen = "amq.gen-JzTY20BRgKO-HjmUJj0wLg"
     job_queue = f"{NAMESPACE}.jobs.wasm"
+    keeper = f"{NAMESPACE}.keeper"
+    reply = f"{NAMESPACE}.keeper.reply.0a1b2c3d4e5f60718293a4b5"
     cases = {
         "dtee-worker": {
             "configure": ([f"{NAMESPACE}.jobs", job_queue, f"{NAMESPACE}.results", f"{NAMESPACE}.dead"],
@@ -279,13 +281,23 @@ def check_definitions(parsed, facts):
         # Submitters declare server-named queues (configure), bind them to the results
         # exchange (write on the queue, read on the exchange), consume them (read), and
         # publish jobs (write on the jobs exchange).
+        # Secrets: they declare and read their keeper reply queue, and publish requests.
         "dtee-submitter": {
-            "configure": ([amq_gen], [f"{NAMESPACE}.jobs", job_queue, f"{NAMESPACE}.results",
-                                      f"{NAMESPACE}.dead", "amq.gen"]),
-            "write": ([f"{NAMESPACE}.jobs", amq_gen], [job_queue, f"{NAMESPACE}.results",
-                                                     f"{NAMESPACE}.dead", f"{NAMESPACE}.jobsx"]),
-            "read": ([f"{NAMESPACE}.results", amq_gen], [job_queue, f"{NAMESPACE}.jobs",
-                                                       f"{NAMESPACE}.dead"]),
+            "configure": ([amq_gen, reply], [f"{NAMESPACE}.jobs", job_queue, f"{NAMESPACE}.results",
+                                             f"{NAMESPACE}.dead", "amq.gen", keeper]),
+            "write": ([f"{NAMESPACE}.jobs", amq_gen, keeper],
+                      [job_queue, f"{NAMESPACE}.results", f"{NAMESPACE}.dead",
+                       f"{NAMESPACE}.jobsx", "amq.default", reply]),
+            "read": ([f"{NAMESPACE}.results", amq_gen, reply],
+                     [job_queue, f"{NAMESPACE}.jobs", f"{NAMESPACE}.dead", keeper]),
+        },
+        # The keeper declares, binds and consumes its exchange and queue, and answers on the
+        # default exchange; nothing else.
+        "dtee-keeper": {
+            "configure": ([keeper], [reply, f"{NAMESPACE}.jobs", job_queue, amq_gen]),
+            "write": ([keeper, "amq.default"], [f"{NAMESPACE}.jobs", f"{NAMESPACE}.results",
+                                               job_queue, reply]),
+            "read": ([keeper], [f"{NAMESPACE}.jobs", f"{NAMESPACE}.results", job_queue, reply]),
         },
         "dtee-monitor": {
             "configure": ([], [job_queue, amq_gen]),

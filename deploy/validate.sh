@@ -65,6 +65,7 @@ run() { # description, command...
 tmp=$(mktemp -d)
 redis_pid=
 worker_pid=
+keeper_pid=
 rabbit_passwords_set=0
 # Stops a process this script started, and waits for it: SIGTERM, then SIGKILL after 10 s.
 stop() { # pid
@@ -78,10 +79,11 @@ stop() { # pid
 }
 cleanup() {
   if [ -n "$worker_pid" ]; then stop "$worker_pid"; fi
+  if [ -n "$keeper_pid" ]; then stop "$keeper_pid"; fi
   # Redis saves its snapshot on SIGTERM; it must finish before its folder goes.
   if [ -n "$redis_pid" ]; then stop "$redis_pid"; fi
   if [ "$rabbit_passwords_set" = 1 ]; then
-    for user in dtee-worker dtee-submitter; do rabbitmqctl -q clear_password "$user" >/dev/null 2>&1 || true; done
+    for user in dtee-worker dtee-submitter dtee-keeper; do rabbitmqctl -q clear_password "$user" >/dev/null 2>&1 || true; done
   fi
   rm -rf "$tmp"
 }
@@ -225,11 +227,13 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 pw_worker=worker-$RANDOM$RANDOM pw_submitter=submitter-$RANDOM$RANDOM pw_admin=admin-$RANDOM$RANDOM
+pw_keeper=keeper-$RANDOM$RANDOM
 redis_port=$(free_port)
 mkdir -p "$tmp/redis"
 if DTEE_REDIS_ACL_TEMPLATE=deploy/redis/users.acl DTEE_REDIS_ACL="$tmp/redis/users.acl" \
     DTEE_REDIS_WORKER_PASSWORD=$pw_worker DTEE_REDIS_SUBMITTER_PASSWORD=$pw_submitter \
-    DTEE_REDIS_ADMIN_PASSWORD=$pw_admin sh deploy/compose/redis-start.sh --acl-only; then
+    DTEE_REDIS_ADMIN_PASSWORD=$pw_admin DTEE_REDIS_KEEPER_PASSWORD=$pw_keeper \
+    sh deploy/compose/redis-start.sh --acl-only; then
   ok "deploy/compose/redis-start.sh writes the ACL file with password hashes"
 else
   fail "deploy/compose/redis-start.sh --acl-only"
@@ -352,8 +356,9 @@ else
     want_queues="dtee.dead dtee.jobs.wasm dtee.jobs.wasm.any-hardware dtee.jobs.wasm.snp dtee.jobs.wasm.tpm dtee.tenants"
     queues=
     for _ in $(seq 1 60); do
-      # Tenant queues (`dtee.jobs.<key>/<tenant>`) are the workers' own, from earlier --live runs.
-      queues=$(rabbitmqctl -s list_queues -p dtee name 2>/dev/null | grep -v / | sort | tr '\n' ' ' | sed 's/ $//' || true)
+      # Tenant queues (`dtee.jobs.<key>/<tenant>`) are the workers' own, and dtee.keeper the
+      # keeper's, from earlier --live runs.
+      queues=$(rabbitmqctl -s list_queues -p dtee name 2>/dev/null | grep -v / | grep -vx dtee.keeper | sort | tr '\n' ' ' | sed 's/ $//' || true)
       [ "$queues" = "$want_queues" ] && break
       sleep 0.5
     done
@@ -369,8 +374,9 @@ else
     permissions=$(rabbitmqctl -s list_permissions -p dtee 2>/dev/null | sort || true)
     expected_permissions=$(printf '%s\n' \
       'dtee-admin	.*	.*	.*' \
+      'dtee-keeper	^dtee\.keeper$	^(dtee\.keeper|amq\.default)$	^dtee\.keeper$' \
       'dtee-monitor	^$	^$	^$' \
-      'dtee-submitter	^amq\.gen-	^(dtee\.jobs|amq\.gen-.*)$	^(dtee\.results|amq\.gen-.*)$' \
+      'dtee-submitter	^(amq\.gen-|dtee\.keeper\.reply\.)	^(dtee\.jobs|dtee\.keeper|amq\.gen-.*)$	^(dtee\.results|amq\.gen-.*|dtee\.keeper\.reply\..*)$' \
       'dtee-worker	^dtee\.	^dtee\.	^dtee\.' | sort)
     [ "$permissions" = "$expected_permissions" ] && ok "permissions on vhost dtee" || { fail "permissions on vhost dtee"; printf '%s\n' "$permissions" | sed 's/^/      /'; }
     if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep '^dtee-submitter	dtee.results	^\$	^{username}\\\.(sha256:\[0-9a-f\]{64}|reply\\\.amq\\\.gen-\[A-Za-z0-9_-\]{1,64})\$$' >/dev/null; then
@@ -417,7 +423,7 @@ if [ "$live" = 1 ]; then
   bin=${DTEE_BIN_DIR:-}
   if [ -z "$bin" ]; then
     for candidate in target/debug target/release; do
-      if [ -x "$candidate/dtee-worker" ] && [ -x "$candidate/dtee" ]; then
+      if [ -x "$candidate/dtee-worker" ] && [ -x "$candidate/dtee" ] && [ -x "$candidate/dtee-keeper" ]; then
         if [ -z "$bin" ] || [ "$candidate/dtee-worker" -nt "$bin/dtee-worker" ]; then bin=$candidate; fi
       fi
     done
@@ -436,6 +442,8 @@ if [ "$live" = 1 ]; then
     rabbit_passwords_set=1
     rabbitmqctl -q change_password dtee-worker "$rpw_worker" >/dev/null
     rabbitmqctl -q change_password dtee-submitter "$rpw_submitter" >/dev/null
+    rpw_keeper=rk-$RANDOM$RANDOM$RANDOM
+    rabbitmqctl -q change_password dtee-keeper "$rpw_keeper" >/dev/null
     metrics_port=$(free_port)
     worker_env=(env -i PATH="$PATH" HOME="$tmp"
       DTEE_AMQP_URL="amqp://dtee-worker:$rpw_worker@127.0.0.1:5672/dtee"
@@ -478,6 +486,30 @@ if [ "$live" = 1 ]; then
       else
         ok "dtee-submitter cannot read another tenant's state"
       fi
+      # Secrets: a keeper as dtee-keeper, a tenant's secret and policy, a job that reads it.
+      head -c 32 /dev/urandom > "$tmp/kek"
+      env -i PATH="$PATH" HOME="$tmp" DTEE_KEEPER_KEK_FILE="$tmp/kek" \
+        DTEE_AMQP_URL="amqp://dtee-keeper:$rpw_keeper@127.0.0.1:5672/dtee" \
+        DTEE_REDIS_URL="redis://dtee-keeper:$pw_keeper@127.0.0.1:$redis_port/" \
+        "$bin/dtee-keeper" </dev/null > "$tmp/keeper.log" 2>&1 &
+      keeper_pid=$!
+      for _ in $(seq 1 100); do
+        rabbitmqctl -s list_queues -p dtee name 2>/dev/null | grep -qx dtee.keeper && break
+        kill -0 "$keeper_pid" 2>/dev/null || break
+        sleep 0.2
+      done
+      printf 'validate-%s' "$nonce" > "$tmp/secret.value"
+      if "${client[@]}" secret put data --from-file "$tmp/secret.value" > "$tmp/secret.out" 2>&1 \
+          && "${client[@]}" secret policy set deploy/policies/software-dev.toml >> "$tmp/secret.out" 2>&1 \
+          && "${client[@]}" run --kernel kernels/wasm/sha256.wasm --entry sha256 --secret data \
+            --output digest:32 --timeout 30 > "$tmp/secret.json" 2>>"$tmp/secret.out" \
+          && grep -q '"status": "succeeded"' "$tmp/secret.json"; then
+        ok "secrets as dtee-keeper and dtee-submitter: put, policy set, and a job that reads the secret"
+      else
+        fail "secrets under the least-privilege users"; tail -n 5 "$tmp/secret.out" | sed 's/^/      /'
+        tail -n 5 "$tmp/keeper.log" | sed 's/^/      /'
+      fi
+      stop "$keeper_pid"; keeper_pid=
       curl -fsS "http://127.0.0.1:$metrics_port/metrics" > "$tmp/metrics.txt"
       if python3 deploy/validate-files.py "${verbose[@]}" --metrics "$tmp/metrics.txt"; then :; else fail "metric names served by the worker"; fi
       kill -TERM "$worker_pid"

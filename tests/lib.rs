@@ -293,6 +293,7 @@ impl TestEnv {
         let mut queues = vec![
             self.namespace.dead_letter_queue(),
             self.namespace.tenants_announcements(),
+            self.namespace.keeper_queue(),
         ];
         for route in [
             "wasm",
@@ -317,6 +318,7 @@ impl TestEnv {
             self.namespace.tenants_announcements(),
             self.namespace.results_exchange(),
             self.namespace.dead_letter_exchange(),
+            self.namespace.keeper_exchange(),
         ] {
             if let Ok(channel) = self.client.connection().create_channel().await {
                 let _ = channel

@@ -4,8 +4,8 @@
 # through the image's entry point (which drops to the redis user).
 #
 # Environment: DTEE_REDIS_WORKER_PASSWORD, DTEE_REDIS_SUBMITTER_PASSWORD,
-# DTEE_REDIS_ADMIN_PASSWORD (required), DTEE_REDIS_OPERATOR_PASSWORD (optional: without it
-# dtee-operator cannot log in), DTEE_REDIS_MAXMEMORY (default 1gb).
+# DTEE_REDIS_ADMIN_PASSWORD (required), DTEE_REDIS_OPERATOR_PASSWORD and
+# DTEE_REDIS_KEEPER_PASSWORD (optional: without one, that user cannot log in), DTEE_REDIS_MAXMEMORY (default 1gb).
 #
 # `redis-start.sh --acl-only` writes the ACL file and stops (deploy/validate.sh uses it, with
 # DTEE_REDIS_ACL_TEMPLATE and DTEE_REDIS_ACL naming the template and the file to write).
@@ -26,6 +26,7 @@ while IFS= read -r line; do
     "user dtee-worker "*) password=$DTEE_REDIS_WORKER_PASSWORD ;;
     "user dtee-submitter "*) password=$DTEE_REDIS_SUBMITTER_PASSWORD ;;
     "user dtee-operator "*) password=${DTEE_REDIS_OPERATOR_PASSWORD:-} ;;
+    "user dtee-keeper "*) password=${DTEE_REDIS_KEEPER_PASSWORD:-} ;;
     "user dtee-admin "*) password=$DTEE_REDIS_ADMIN_PASSWORD ;;
   esac
   if [ -n "$password" ]; then

@@ -71,6 +71,12 @@ pub enum ErrorCode {
     /// The GPU, its driver or the worker's device host failed for a reason not shown to be the
     /// kernel's (the host died, the device ran out of memory, the device was given up).
     DeviceFailed,
+    /// The secret keeper refused to release a secret the job names: the secret belongs to
+    /// another tenant, or this worker's evidence does not pass the owner's release policy (or
+    /// the owner set none).
+    SecretReleaseDenied,
+    /// A secret (or the version) the job names does not exist.
+    SecretNotFound,
 }
 
 impl ErrorCode {
@@ -104,6 +110,8 @@ impl ErrorCode {
         ErrorCode::StateValueTooLarge,
         ErrorCode::KernelCompileLimitExceeded,
         ErrorCode::DeviceFailed,
+        ErrorCode::SecretReleaseDenied,
+        ErrorCode::SecretNotFound,
     ];
 
     /// Whether this failure is a property of the job itself, so running the same job again
@@ -148,7 +156,10 @@ impl ErrorCode {
             // worker is, not by the job alone: a worker with larger bounds may compile it.
             | ErrorCode::KernelCompileLimitExceeded
             // The device, not the job: another worker (or a fresh host) may run it.
-            | ErrorCode::DeviceFailed => false,
+            | ErrorCode::DeviceFailed
+            // A policy can change, or another worker pass it; a secret can be stored later.
+            | ErrorCode::SecretReleaseDenied
+            | ErrorCode::SecretNotFound => false,
         }
     }
 
@@ -183,6 +194,8 @@ impl ErrorCode {
             ErrorCode::StateValueTooLarge => "state_value_too_large",
             ErrorCode::KernelCompileLimitExceeded => "kernel_compile_limit_exceeded",
             ErrorCode::DeviceFailed => "device_failed",
+            ErrorCode::SecretReleaseDenied => "secret_release_denied",
+            ErrorCode::SecretNotFound => "secret_not_found",
         }
     }
 }
@@ -205,6 +218,6 @@ mod tests {
             assert_eq!(via_serde, serde_json::Value::from(code.as_str()));
             assert!(seen.insert(code.as_str()), "{code} listed twice");
         }
-        assert_eq!(seen.len(), 28);
+        assert_eq!(seen.len(), 30);
     }
 }

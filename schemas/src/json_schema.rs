@@ -35,6 +35,18 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 .into_root_schema_for::<crate::result::JobResult>()
                 .to_value(),
         ),
+        (
+            "keeper-request.v1.schema.json",
+            generator()
+                .into_root_schema_for::<crate::secrets::KeeperRequest>()
+                .to_value(),
+        ),
+        (
+            "keeper-reply.v1.schema.json",
+            generator()
+                .into_root_schema_for::<crate::secrets::KeeperReply>()
+                .to_value(),
+        ),
     ]
 }
 

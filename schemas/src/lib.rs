@@ -31,6 +31,7 @@ pub mod namespace;
 pub mod protocol;
 pub mod result;
 pub mod run;
+pub mod secrets;
 pub mod state;
 
 pub use digest::Digest;

@@ -113,6 +113,38 @@ impl Namespace {
         format!("{}:revoked:{tenant}:{job_id}", self.0)
     }
 
+    /// The direct exchange of requests to the secret keeper (routing keys [`KEEPER_TENANT_KEY`]
+    /// and [`KEEPER_RELEASE_KEY`]).
+    pub fn keeper_exchange(&self) -> String {
+        format!("{}.keeper", self.0)
+    }
+
+    /// The queue the keepers consume requests from.
+    pub fn keeper_queue(&self) -> String {
+        format!("{}.keeper", self.0)
+    }
+
+    /// Redis hash of a tenant's secret: `next` (the last version given), and per version `v:<n>`
+    /// (nonce and ciphertext under the keeper's at-rest key) and `t:<n>` (created, Unix ms).
+    pub fn secret_key(&self, tenant: &str, name: &str) -> String {
+        format!("{}:secret:{{{tenant}}}:{name}", self.0)
+    }
+
+    /// Redis set of a tenant's secret names.
+    pub fn secret_names_key(&self, tenant: &str) -> String {
+        format!("{}:secrets:{{{tenant}}}", self.0)
+    }
+
+    /// Redis key of a tenant's release policy (TOML, as `dtee verify --policy` reads).
+    pub fn secret_policy_key(&self, tenant: &str) -> String {
+        format!("{}:secret-policy:{{{tenant}}}", self.0)
+    }
+
+    /// Redis key where keepers publish their HPKE public key (hex).
+    pub fn keeper_public_key(&self) -> String {
+        format!("{}:keeper:public-key", self.0)
+    }
+
     /// Redis key of a worker's registry entry ([`crate::protocol::WorkerEntry`], its identity
     /// and evidence, with a heartbeat TTL): `<ns>:worker:<worker id>`.
     pub fn worker_key(&self, worker_id: &str) -> String {
@@ -142,6 +174,12 @@ impl fmt::Display for Namespace {
         f.write_str(&self.0)
     }
 }
+
+/// Routing key of tenants' requests to the keeper (`put`, `list`, `get`, `delete`,
+/// `set_policy`).
+pub const KEEPER_TENANT_KEY: &str = "tenant";
+/// Routing key of workers' `release` requests.
+pub const KEEPER_RELEASE_KEY: &str = "release";
 
 #[cfg(test)]
 mod tests {

@@ -114,3 +114,11 @@ pub struct GpuDevice {
     /// The driver and its version, e.g. `cuda 13000`.
     pub driver: String,
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): wall-clock time as the
+/// protocol records it.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

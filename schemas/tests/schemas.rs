@@ -382,3 +382,51 @@ fn a_job_holding_null_is_refused_and_names_the_field() {
         Err(dtee_schemas::JobParseError::Null { .. })
     ));
 }
+
+/// The keeper's messages validate against their generated schemas, and a request with an
+/// unknown operation or field does not.
+#[test]
+fn keeper_messages_match_their_schemas() {
+    use dtee_schemas::secrets::{
+        seal, HpkeKeyPair, KeeperErrorCode, KeeperReply, KeeperRequest, PUT_INFO,
+    };
+    let request = validator("keeper-request.v1.schema.json");
+    let reply = validator("keeper-reply.v1.schema.json");
+    let key = HpkeKeyPair::generate();
+    let requests = [
+        KeeperRequest::Put {
+            name: "api-key".into(),
+            value: seal(&key.public(), PUT_INFO, b"alice/api-key", b"v").unwrap(),
+        },
+        KeeperRequest::List,
+        KeeperRequest::Get {
+            name: "api-key".into(),
+            version: Some(2),
+            reply_key: key.public_hex(),
+        },
+        KeeperRequest::Delete {
+            name: "api-key".into(),
+            version: None,
+        },
+        KeeperRequest::SetPolicy {
+            policy: "allow_software = true".into(),
+        },
+    ];
+    for message in &requests {
+        let value = serde_json::to_value(message).unwrap();
+        assert_eq!(
+            schema_errors(&request, &value),
+            Vec::<String>::new(),
+            "{value}"
+        );
+    }
+    assert!(!request.is_valid(&json!({"op": "steal"})));
+    assert!(!request.is_valid(&json!({"op": "list", "all_tenants": true})));
+    let refusal = serde_json::to_value(KeeperReply::refuse(
+        KeeperErrorCode::SecretReleaseDenied,
+        "no policy",
+    ))
+    .unwrap();
+    assert_eq!(schema_errors(&reply, &refusal), Vec::<String>::new());
+    assert_eq!(refusal["error"]["code"], "secret_release_denied");
+}

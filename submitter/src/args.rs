@@ -39,6 +39,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Secrets of this client's tenant, kept by the secret keeper and released only to workers
+    /// that pass the tenant's policy: `dtee secret put NAME --from-file F`, `list`, `get`,
+    /// `delete`, `policy set FILE`.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Checks a result's attestation offline against a policy; prints every check and exits 0
     /// only when all pass.
     Verify {
@@ -140,6 +147,62 @@ pub(crate) enum StateAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretAction {
+    /// Stores a new version of a secret and prints it: `NAME version N`.
+    Put {
+        /// The secret's name (1 to 128 of A-Z a-z 0-9 _ . -).
+        name: String,
+        /// Read the value from this file.
+        #[arg(
+            long,
+            conflicts_with = "from_env",
+            required_unless_present = "from_env"
+        )]
+        from_file: Option<PathBuf>,
+        /// Read the value from this environment variable.
+        #[arg(long)]
+        from_env: Option<String>,
+    },
+    /// Lists the tenant's secrets and versions (never values).
+    List {
+        /// `table` for people, `json` for programs.
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
+    /// Writes a secret's value to standard output (if the operator allows reading back).
+    Get {
+        /// The secret's name.
+        name: String,
+        /// The version; the latest by default.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Deletes a secret: every version, or one. Jobs naming a deleted version fail with
+    /// `secret_not_found`.
+    Delete {
+        /// The secret's name.
+        name: String,
+        /// Delete only this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// The release policy: which workers may receive this tenant's secrets.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyAction {
+    /// Sets the policy from a TOML file (the format `dtee verify --policy` reads).
+    Set {
+        /// The policy file.
+        file: PathBuf,
+    },
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct JobArgs {
     /// A job spec (dtee.job/v1 JSON); the flags below build one instead.
@@ -182,6 +245,10 @@ pub(crate) struct JobArgs {
     /// Nonce: makes otherwise identical work a new job.
     #[arg(long)]
     pub(crate) nonce: Option<String>,
+    /// A secret of this tenant as a read-only input buffer of the same name:
+    /// `NAME` (the latest version, looked up now and pinned in the job) or `NAME=VERSION`.
+    #[arg(long = "secret", value_name = "NAME[=VERSION]")]
+    pub(crate) secrets: Vec<String>,
     /// Print the job spec instead of submitting it: nothing is connected to or stored (kernel
     /// and blob files are only hashed).
     #[arg(long)]

@@ -232,6 +232,38 @@ pub fn param(name: &str, ty: ScalarType, value: f64) -> dtee_schemas::job::Param
     }
 }
 
+/// A secret buffer: `tenant`'s secret `secret` at `version`, read by the kernel as `name`.
+pub fn secret(name: &str, tenant: &str, secret: &str, version: u64) -> dtee_schemas::job::Buffer {
+    dtee_schemas::job::Buffer::Secret {
+        name: name.to_owned(),
+        secret: format!("{tenant}/{secret}"),
+        version,
+    }
+}
+
+/// Parses `--secret NAME[=VERSION]`.
+pub fn parse_secret(text: &str) -> Result<(String, Option<u64>), String> {
+    let (name, version) = match text.split_once('=') {
+        Some((name, version)) => (
+            name,
+            Some(
+                version
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| format!("--secret {text}: the version is a number from 1"))?,
+            ),
+        ),
+        None => (text, None),
+    };
+    if !dtee_schemas::secrets::is_valid_secret_name(name) {
+        return Err(format!(
+            "--secret {text}: {name:?} is not a secret name (1 to 128 of A-Z a-z 0-9 _ . -)"
+        ));
+    }
+    Ok((name.to_owned(), version))
+}
+
 /// A wasm job skeleton for `kernel` and `entry` with no buffers, params or limits.
 pub fn wasm_job(kernel: Digest, entry: &str) -> dtee_schemas::JobSpec {
     dtee_schemas::JobSpec {

@@ -133,11 +133,7 @@ impl Client {
         let redis = redis::Client::open(config.redis_url.as_str())?
             .get_connection_manager()
             .await?;
-        let user = config
-            .amqp_url
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|uri| uri.authority.userinfo.username)
-            .unwrap_or_else(|_| "guest".to_owned());
+        let user = dtee_keeper::client::amqp_user(&config.amqp_url);
         Ok(Client {
             config,
             connection,
@@ -150,6 +146,11 @@ impl Client {
     /// The tenant: the AMQP user, sent as `user_id` on every job.
     pub fn tenant(&self) -> &str {
         &self.user
+    }
+
+    /// The configuration it connected with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
     }
 
     /// The namespace in use.

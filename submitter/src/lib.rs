@@ -11,6 +11,7 @@
 
 pub mod builder;
 mod client;
+pub mod secrets;
 mod waiter;
 
 pub use client::{Client, ClientConfig, ClientError};

@@ -23,6 +23,7 @@ mod args;
 mod doctor;
 mod explain;
 mod progress;
+mod secret_cmd;
 
 use args::{BlobAction, Cli, Command, JobArgs, StateAction};
 use explain::report_failure;
@@ -224,6 +225,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             client.close().await;
             Ok(0)
         }
+        Command::Secret { action } => secret_cmd::run(&cli, action).await,
         Command::State { action } => {
             let key_text = match action {
                 StateAction::Get { key, .. } | StateAction::Put { key, .. } => key,
@@ -267,10 +269,10 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Submit(job) => {
             if job.print_job {
-                return print_job(job).await;
+                return print_job(&cli, job).await;
             }
             let client = connect(&cli).await?;
-            let body = job_body(Some(&client), job).await?;
+            let body = job_body(Some(&client), client.tenant(), job).await?;
             let id = client.submit_json(&body).await?;
             println!("{id}");
             client.close().await;
@@ -295,10 +297,10 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             save_outputs,
         } => {
             if job.print_job {
-                return print_job(job).await;
+                return print_job(&cli, job).await;
             }
             let client = connect(&cli).await?;
-            let body = job_body(Some(&client), job).await?;
+            let body = job_body(Some(&client), client.tenant(), job).await?;
             // Watch before submitting, so even a very fast result is not missed.
             let waiter = client.waiter().await?;
             let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
@@ -327,10 +329,48 @@ fn read(path: &Path) -> Result<Vec<u8>, Failure> {
         .map_err(usage)
 }
 
+/// The `--secret NAME[=VERSION]` buffers; a version left out is the latest, asked of the keeper
+/// now and pinned in the job.
+async fn secret_buffers(
+    client: Option<&Client>,
+    tenant: &str,
+    texts: &[String],
+) -> Result<Vec<dtee_schemas::job::Buffer>, Failure> {
+    let mut buffers = Vec::with_capacity(texts.len());
+    let mut keeper = None;
+    for text in texts {
+        let (name, version) = builder::parse_secret(text).map_err(|e| usage(anyhow!(e)))?;
+        let version = match (version, client) {
+            (Some(version), _) => version,
+            (None, None) => {
+                return Err(usage(anyhow!(
+                    "--print-job does not ask the keeper: give --secret {name}=VERSION"
+                )))
+            }
+            (None, Some(client)) => {
+                if keeper.is_none() {
+                    keeper = Some(secret_cmd::open(client.config()).await?);
+                }
+                let keeper = keeper.as_ref().expect("opened above");
+                keeper
+                    .latest_version(&name)
+                    .await
+                    .map_err(secret_cmd::failure)?
+            }
+        };
+        buffers.push(builder::secret(&name, tenant, &name, version));
+    }
+    if let Some(keeper) = keeper {
+        keeper.close().await;
+    }
+    Ok(buffers)
+}
+
 /// `--print-job`: the job as JSON, built from the flags without connecting or storing anything
 /// (kernel and blob files are only hashed).
-async fn print_job(job: &JobArgs) -> Result<u8, Failure> {
-    let body = job_body(None, job).await?;
+async fn print_job(cli: &Cli, job: &JobArgs) -> Result<u8, Failure> {
+    let tenant = dtee_keeper::client::amqp_user(&cli.connection.amqp_url);
+    let body = job_body(None, &tenant, job).await?;
     let value: serde_json::Value = serde_json::from_slice(&body)
         .with_context(|| "the job is not JSON")
         .map_err(usage)?;
@@ -352,7 +392,11 @@ async fn blob(client: Option<&Client>, bytes: &[u8]) -> Result<Digest, Failure> 
 
 /// The job's JSON text: the file as given, or a spec built from the flags (uploading the
 /// kernel and blob inputs first, when there is a client).
-async fn job_body(client: Option<&Client>, job: &JobArgs) -> Result<Vec<u8>, Failure> {
+async fn job_body(
+    client: Option<&Client>,
+    tenant: &str,
+    job: &JobArgs,
+) -> Result<Vec<u8>, Failure> {
     if let Some(path) = &job.job_file {
         return read(path);
     }
@@ -384,6 +428,8 @@ async fn job_body(client: Option<&Client>, job: &JobArgs) -> Result<Vec<u8>, Fai
         spec.buffers
             .push(builder::parse_state(text).map_err(|e| usage(anyhow!(e)))?);
     }
+    spec.buffers
+        .extend(secret_buffers(client, tenant, &job.secrets).await?);
     for text in &job.outputs {
         let (name, size) = builder::parse_output(text).map_err(|e| usage(anyhow!(e)))?;
         spec.buffers.push(builder::output(&name, size));

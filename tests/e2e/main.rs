@@ -17,6 +17,7 @@ mod operability;
 mod resources;
 mod result_routing;
 mod scale;
+mod secrets;
 mod shutdown;
 mod state;
 mod tenancy;

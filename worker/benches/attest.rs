@@ -92,6 +92,7 @@ fn statement(attestor: &Attestor) -> ExecutionStatement {
             target: "wasm".to_owned(),
         }),
         nonce: Some("7f3c2a9e0b1d4c5f".to_owned()),
+        secrets: Vec::new(),
         inputs: ["a", "b"]
             .into_iter()
             .map(|name| NamedDigest {

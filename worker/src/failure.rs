@@ -33,6 +33,12 @@ pub enum Transient {
     /// The backend could not run its compiler (not the kernel's fault).
     #[error("worker: compiling the kernel")]
     Prepare(#[source] crate::backend::PrepareError),
+    /// The secret keeper could not be asked, or did not answer in time.
+    #[error("the secret keeper is unavailable")]
+    Keeper(#[source] dtee_keeper::client::KeeperClientError),
+    /// The secret keeper answered that its store is unavailable.
+    #[error("the secret keeper's store is unavailable: {0}")]
+    KeeperStore(String),
 }
 
 impl From<redis::RedisError> for Transient {

@@ -38,6 +38,7 @@ mod hooks;
 mod job;
 mod metrics;
 mod registry;
+mod secrets;
 pub mod state;
 pub mod stats;
 mod store;
@@ -182,6 +183,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
     let (probes, metrics_addr) =
         serve_probes(&config, &store, &metrics, &health, &attestor).await?;
     let worker_id = config.worker_id.clone();
+    let secret_link = secrets::SecretLink::new(config.amqp_url.clone(), config.namespace.clone());
     let ctx = Arc::new(Context {
         attestor,
         telemetry,
@@ -194,6 +196,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         wasm,
         gpus,
         turns: job::turns::Turns::default(),
+        secrets: secret_link,
         session_broken: tokio::sync::Notify::new(),
     });
     let consumer = Consumer {

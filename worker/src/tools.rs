@@ -272,6 +272,9 @@ fn run_one(
             CheckedBuffer::State { name, .. } => {
                 bail!("buffer {name:?} binds state: exec runs jobs without a store (state bindings are refused)")
             }
+            CheckedBuffer::Secret { name, .. } => {
+                bail!("buffer {name:?} names a secret: exec runs jobs without a secret keeper")
+            }
         });
     }
     let kernel_bytes = blob(&spec.kernel.digest)?;

@@ -4,7 +4,8 @@
 # passwords from the environment, and marks the container ready for its health check.
 #
 # Environment: DTEE_RABBITMQ_WORKER_PASSWORD, DTEE_RABBITMQ_SUBMITTER_PASSWORD,
-# DTEE_RABBITMQ_ADMIN_PASSWORD (required), DTEE_RABBITMQ_MONITOR_PASSWORD (optional: without
+# DTEE_RABBITMQ_ADMIN_PASSWORD (required), DTEE_RABBITMQ_KEEPER_PASSWORD (optional: without it
+# dtee-keeper cannot log in), DTEE_RABBITMQ_MONITOR_PASSWORD (optional: without
 # it dtee-monitor cannot log in).
 set -euo pipefail
 
@@ -34,6 +35,7 @@ set_password dtee-worker "${DTEE_RABBITMQ_WORKER_PASSWORD:?}"
 set_password dtee-submitter "${DTEE_RABBITMQ_SUBMITTER_PASSWORD:?}"
 set_password dtee-admin "${DTEE_RABBITMQ_ADMIN_PASSWORD:?}"
 set_password dtee-monitor "${DTEE_RABBITMQ_MONITOR_PASSWORD:-}"
+set_password dtee-keeper "${DTEE_RABBITMQ_KEEPER_PASSWORD:-}"
 # A node that imports definitions at boot creates no `guest`; remove one left by an earlier
 # set-up all the same (the image lets guest log in from anywhere).
 if ctl list_users --silent | awk '{print $1}' | grep -x guest >/dev/null; then

@@ -39,6 +39,9 @@ pub struct ExecutionStatement {
     pub nonce: Option<String>,
     /// Digest of each input buffer's bytes.
     pub inputs: Vec<NamedDigest>,
+    /// Each secret the job names: buffer, secret and version, never the value or its digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretUse>,
     /// Bound state read and written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateReport>,
@@ -65,6 +68,17 @@ pub struct ExecutionStatement {
     pub worker: WorkerRef,
     /// What the platform protected during this execution.
     pub tcb: Tcb,
+}
+
+/// A secret a job used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretUse {
+    /// Buffer name.
+    pub name: String,
+    /// `<tenant>/<secret name>`.
+    pub secret: String,
+    /// The version released.
+    pub version: u64,
 }
 
 /// A named digest.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::dsse::EXECUTION_PAYLOAD_TYPE;
-use super::evidence::Evidence;
+use super::evidence::{Evidence, WorkerIdentity};
 use super::execution::{ExecutionStatement, OutputDigest, EXECUTION_SCHEMA};
 use super::Check;
 use crate::digest::Digest;
@@ -192,6 +192,26 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
     }));
 
     // The worker and its evidence.
+    checks.extend(verify_identity(
+        identity,
+        &public_key,
+        policy,
+        now_unix_secs,
+    ));
+    checks
+}
+
+/// The checks of a worker identity against a policy, without a result: the measurement, the
+/// evidence age and the platform's evidence binding `public_key`. `verify_result` ends with
+/// these; the secret keeper (`dtee-keeper`) runs them before it releases a secret.
+pub fn verify_identity(
+    identity: &WorkerIdentity,
+    public_key: &[u8; 32],
+    policy: &Policy,
+    now_unix_secs: i64,
+) -> Vec<Check> {
+    let public_key = *public_key;
+    let mut checks = Vec::new();
     checks.push(if policy.worker_measurements.is_empty() {
         Check::skipped(
             "policy.worker_measurement",

@@ -147,6 +147,19 @@ pub enum Buffer {
         #[schemars(range(min = 1))]
         max_size: Option<u64>,
     },
+    /// A secret of the job's tenant, released by the secret keeper to the worker for this job
+    /// only; the kernel reads it as an input (PROTOCOL.md §12).
+    Secret {
+        /// Buffer name, unique in the job.
+        #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"))]
+        name: String,
+        /// `<tenant>/<secret name>`: a secret of the job's own tenant.
+        #[schemars(length(min = 3, max = 193))]
+        secret: String,
+        /// The version (from 1): the job id pins the value it runs with.
+        #[schemars(range(min = 1))]
+        version: u64,
+    },
 }
 
 impl Buffer {
@@ -155,7 +168,8 @@ impl Buffer {
         match self {
             Buffer::Input { name, .. }
             | Buffer::Output { name, .. }
-            | Buffer::State { name, .. } => name,
+            | Buffer::State { name, .. }
+            | Buffer::Secret { name, .. } => name,
         }
     }
 }

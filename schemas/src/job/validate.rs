@@ -66,6 +66,15 @@ pub enum CheckedBuffer {
         /// Largest value the kernel may write (at least 1), if the job caps it.
         max_size: Option<u64>,
     },
+    /// A secret, read-only to the kernel.
+    Secret {
+        /// Buffer name.
+        name: String,
+        /// The tenant that owns the secret (the job's tenant, or the job is refused).
+        tenant: String,
+        /// The secret and version.
+        secret: crate::secrets::SecretVersion,
+    },
 }
 
 impl CheckedBuffer {
@@ -74,9 +83,42 @@ impl CheckedBuffer {
         match self {
             CheckedBuffer::Input { name, .. }
             | CheckedBuffer::Output { name, .. }
-            | CheckedBuffer::State { name, .. } => name,
+            | CheckedBuffer::State { name, .. }
+            | CheckedBuffer::Secret { name, .. } => name,
         }
     }
+}
+
+/// A `secret` buffer's reference, `<tenant>/<name>` and its version.
+fn check_secret(
+    name: &str,
+    secret: &str,
+    version: u64,
+    field: impl Fn(&str) -> String,
+) -> Result<CheckedBuffer, ValidationError> {
+    let (tenant, secret_name) = secret
+        .split_once('/')
+        .filter(|(tenant, secret_name)| {
+            crate::state::is_valid_tenant(tenant)
+                && crate::secrets::is_valid_secret_name(secret_name)
+        })
+        .ok_or_else(|| {
+            invalid(
+                field("secret"),
+                format!("{secret:?} is not <tenant>/<secret name> (1 to 128 of A-Z a-z 0-9 _ . -)"),
+            )
+        })?;
+    if version == 0 {
+        return Err(invalid(field("version"), "must be at least 1"));
+    }
+    Ok(CheckedBuffer::Secret {
+        name: name.to_owned(),
+        tenant: tenant.to_owned(),
+        secret: crate::secrets::SecretVersion {
+            name: secret_name.to_owned(),
+            version,
+        },
+    })
 }
 
 fn is_name(name: &str) -> bool {
@@ -245,6 +287,9 @@ impl JobSpec {
                         max_size: *max_size,
                     }
                 }
+                Buffer::Secret {
+                    secret, version, ..
+                } => check_secret(name, secret, *version, field)?,
             });
         }
         Ok(checked)

@@ -269,6 +269,12 @@ impl Attestor {
         self.provider.tcb()
     }
 
+    /// Signs `bytes` with the worker key (Ed25519). Callers prefix their own domain separator.
+    pub fn sign(&self, bytes: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer as _;
+        self.key.sign(bytes).to_bytes()
+    }
+
     /// Signs a statement. The identity is read once, so the statement's evidence digest and the
     /// identity carried beside it agree even across a concurrent refresh.
     pub fn attest(&self, mut statement: ExecutionStatement) -> Attestation {

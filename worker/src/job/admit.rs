@@ -4,6 +4,7 @@
 //! so nothing (the result cache included) is read before this.
 
 use dtee_schemas::job::{AccessMode, CheckedBuffer};
+use dtee_schemas::secrets::SecretVersion;
 use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, ErrorCode, ParsedJob};
 use lapin::message::Delivery;
@@ -36,11 +37,24 @@ impl Admitted {
         writable_hash_tag(&self.parsed)
     }
 
-    /// Whether the job id belongs to this tenant alone: it binds state, and every state key
-    /// lies in the tenant's namespace, so no other tenant's delivery of the id is admitted.
-    /// A stateless job id is shared by every tenant that may publish the same job.
+    /// Whether the job id belongs to this tenant alone: it binds state or names secrets, all
+    /// in the tenant's namespace, so no other tenant's delivery of the id is admitted. Any
+    /// other job id is shared by every tenant that may publish the same job.
     pub fn id_is_tenants_own(&self) -> bool {
-        !self.bindings.is_empty()
+        !self.bindings.is_empty() || !self.secrets().is_empty()
+    }
+
+    /// The secrets the job names: buffer index, buffer name and secret.
+    pub fn secrets(&self) -> Vec<(usize, &str, &SecretVersion)> {
+        self.parsed
+            .buffers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, buffer)| match buffer {
+                CheckedBuffer::Secret { name, secret, .. } => Some((index, name.as_str(), secret)),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -94,8 +108,10 @@ pub(crate) fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outc
     }
     let parsed =
         dtee_schemas::parse_job(body).map_err(|error| refuse_message(error.to_string()))?;
-    let bindings = tenant_of(ctx, delivery)
-        .and_then(|tenant| Ok((tenant.to_owned(), bindings_of(&parsed, tenant)?)));
+    let bindings = tenant_of(ctx, delivery).and_then(|tenant| {
+        check_secrets(&parsed, tenant)?;
+        Ok((tenant.to_owned(), bindings_of(&parsed, tenant)?))
+    });
     match bindings {
         Ok((tenant, bindings)) => Ok(Admitted {
             parsed,
@@ -104,7 +120,11 @@ pub(crate) fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outc
             started_at,
         }),
         Err(refused) => {
-            let failure = Failure::new(ErrorCode::StateAccessDenied, refused.to_string());
+            let code = match refused {
+                TenantError::ForeignSecret { .. } => ErrorCode::SecretReleaseDenied,
+                _ => ErrorCode::StateAccessDenied,
+            };
+            let failure = Failure::new(code, refused.to_string());
             let id = parsed.id.clone();
             Err(outcome::failed_unadmitted(
                 ctx,
@@ -136,6 +156,41 @@ pub(crate) enum TenantError {
         /// The delivery's tenant.
         tenant: String,
     },
+    /// A secret of another tenant: answered `secret_release_denied`.
+    #[error("buffer {buffer:?} names secret {owner}/{secret}, which is not a secret of tenant {tenant:?}")]
+    ForeignSecret {
+        /// The buffer.
+        buffer: String,
+        /// The secret's owner.
+        owner: String,
+        /// The secret's name.
+        secret: String,
+        /// The delivery's tenant.
+        tenant: String,
+    },
+}
+
+/// Refuses a job naming another tenant's secret, before anything is read (the result cache
+/// included): a job that names secrets belongs to their tenant alone.
+fn check_secrets(parsed: &ParsedJob, tenant: &str) -> Result<(), TenantError> {
+    for buffer in &parsed.buffers {
+        if let CheckedBuffer::Secret {
+            name,
+            tenant: owner,
+            secret,
+        } = buffer
+        {
+            if owner != tenant {
+                return Err(TenantError::ForeignSecret {
+                    buffer: name.clone(),
+                    owner: owner.clone(),
+                    secret: secret.name.clone(),
+                    tenant: tenant.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tenant of a delivery: the worker's single tenant if it has one, else the AMQP

@@ -21,6 +21,7 @@ use super::Kernel;
 use super::{Context, Halt};
 use crate::backend::{Prepared, Slot};
 use crate::failure::Transient;
+use crate::secrets::SecretValues;
 
 /// The job's kernel, compiled and linked: from the module cache, or from Redis by digest.
 pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result<Kernel, Halt> {
@@ -174,6 +175,7 @@ pub(crate) async fn slots(
     job: &Admitted,
     plan: &Plan,
     inputs: Inputs,
+    secrets: &SecretValues,
 ) -> Result<Vec<Slot>, Halt> {
     if let Some((name, digest)) = inputs.missing {
         return Err(Halt::Fail(
@@ -188,7 +190,7 @@ pub(crate) async fn slots(
     let output_bytes = plan.limits.output_bytes;
     let buffers = &job.parsed.buffers;
     let mut slots = Vec::with_capacity(buffers.len());
-    for buffer in buffers {
+    for (index, buffer) in buffers.iter().enumerate() {
         slots.push(match buffer {
             CheckedBuffer::Input {
                 name,
@@ -218,6 +220,19 @@ pub(crate) async fn slots(
                 mode: *mode,
                 current: Arc::from(Vec::new()),
                 capacity: max_size.unwrap_or(output_bytes).min(output_bytes),
+            },
+            // Released for this job by the keeper (every secret the job names, or it failed).
+            CheckedBuffer::Secret { name, .. } => match secrets.get(index) {
+                Some(value) => Slot::Input {
+                    name: name.clone(),
+                    data: Arc::clone(value),
+                },
+                None => {
+                    return Err(Halt::Fail(Failure::new(
+                        ErrorCode::SecretReleaseDenied,
+                        format!("secret buffer {name:?} was not released"),
+                    )))
+                }
             },
         });
     }

@@ -69,6 +69,8 @@ pub(crate) struct Context {
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.
     pub attestor: Arc<Attestor>,
+    /// The secret keeper, for jobs that name secrets.
+    pub secrets: crate::secrets::SecretLink,
     /// One delivery of a job id at a time on this worker (`turns`).
     pub turns: turns::Turns,
     /// Notified when a publication finds the result channel closed while the consumer channel
@@ -179,6 +181,15 @@ async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
     let plan = plan::plan(ctx, job)?;
     let inputs = fetch::measure_inputs(ctx, job, &plan).await?;
     let kernel = fetch::kernel(ctx, job, &plan).await?;
-    let slots = fetch::slots(ctx, job, &plan, inputs).await?;
+    // Held (and zeroed when dropped) until the run is over.
+    let secrets = ctx
+        .secrets
+        .release(&ctx.attestor, &job.tenant, job.id(), &job.secrets())
+        .await
+        .map_err(|halt| match halt {
+            Halt::Fail(failure) => Halt::Fail(failure.with_limits(plan.limits)),
+            other => other,
+        })?;
+    let slots = fetch::slots(ctx, job, &plan, inputs, &secrets).await?;
     execute::execute(ctx, job, &plan, kernel, slots).await
 }

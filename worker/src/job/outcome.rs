@@ -3,7 +3,7 @@
 //! and adopting a result cached by another execution one method ([`Outcome::adopt`]).
 
 use dtee_schemas::attestation::execution::{
-    ExecutionStatement, NamedDigest, OutputDigest, Tcb, EXECUTION_SCHEMA,
+    ExecutionStatement, NamedDigest, OutputDigest, SecretUse, Tcb, EXECUTION_SCHEMA,
 };
 use dtee_schemas::job::{CheckedBuffer, InputSource};
 use dtee_schemas::result::{
@@ -294,6 +294,26 @@ fn input_digests(parsed: &ParsedJob) -> Vec<NamedDigest> {
         .collect()
 }
 
+/// The secrets the job names, as the statement names them: never a value or its digest.
+fn secret_uses(parsed: &ParsedJob) -> Vec<SecretUse> {
+    parsed
+        .buffers
+        .iter()
+        .filter_map(|buffer| match buffer {
+            CheckedBuffer::Secret {
+                name,
+                tenant,
+                secret,
+            } => Some(SecretUse {
+                name: name.clone(),
+                secret: format!("{tenant}/{}", secret.name),
+                version: secret.version,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Signs the result's execution statement, attaches the attestation, and serializes: the only
 /// place a result is serialized.
 fn seal(
@@ -321,6 +341,7 @@ pub(crate) fn statement(
         kernel: parsed.map(|parsed| parsed.spec.kernel.clone()),
         nonce: parsed.and_then(|parsed| parsed.spec.nonce.clone()),
         inputs: parsed.map(input_digests).unwrap_or_default(),
+        secrets: parsed.map(secret_uses).unwrap_or_default(),
         state: result.state.clone(),
         outputs: result
             .outputs

@@ -1,0 +1,110 @@
+//! dtee's secret keeper (`dtee-keeper`) and the client of its protocol.
+//!
+//! The keeper stores tenants' secrets in Redis, encrypted at rest under a key derived from the
+//! operator's key-encryption key (KEK), and answers requests over AMQP (PROTOCOL.md §12): from
+//! tenants, `put`, `list`, `get`, `delete` and `set_policy`; from workers, `release`, which it
+//! grants only when the worker's evidence passes the secret owner's policy, sealing each value
+//! to the worker's attested HPKE key and to the job. It keeps no state but its key, so several
+//! keepers can serve one namespace, and a restart loses nothing.
+//!
+//! - [`client`]: [`client::KeeperClient`], used by `dtee` and by workers.
+//! - `service`: the request handlers; `release`: the release decision; `store`: Redis.
+
+pub mod client;
+mod release;
+mod service;
+mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use dtee_schemas::namespace::Namespace;
+use dtee_schemas::secrets::HpkeKeyPair;
+use redis::AsyncCommands;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+pub use release::{check_claims, MAX_SECRETS_PER_JOB};
+
+/// What a keeper needs.
+#[derive(Debug, Clone)]
+pub struct KeeperConfig {
+    /// RabbitMQ.
+    pub amqp_url: String,
+    /// Redis.
+    pub redis_url: String,
+    /// The namespace it serves.
+    pub namespace: Namespace,
+    /// The key-encryption key: every keeper of a namespace has the same.
+    pub kek: Zeroizing<[u8; 32]>,
+    /// Whether owners may read values back.
+    pub allow_get: bool,
+}
+
+/// The keys a KEK gives: the at-rest key and the HPKE key pair tenants seal to. Each is
+/// SHA-256 of a label and the KEK, so neither reveals the other or the KEK.
+pub fn derive_keys(kek: &[u8; 32]) -> (Zeroizing<[u8; 32]>, HpkeKeyPair) {
+    let derive = |label: &[u8]| {
+        let mut hasher = Sha256::new();
+        hasher.update(label);
+        hasher.update(kek);
+        Zeroizing::new(<[u8; 32]>::from(hasher.finalize()))
+    };
+    let at_rest = derive(b"dtee.keeper.at-rest.v1\0");
+    let hpke = HpkeKeyPair::derive(&derive(b"dtee.keeper.hpke.v1\0")[..]);
+    (at_rest, hpke)
+}
+
+/// Reads a KEK file: 32 raw bytes, or 64 hex digits (a trailing newline allowed).
+pub fn read_kek(path: &std::path::Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    let bytes = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading the KEK file {}", path.display()))?,
+    );
+    let raw = if bytes.len() == 32 {
+        Zeroizing::new(bytes.to_vec())
+    } else {
+        let text = std::str::from_utf8(&bytes).unwrap_or("").trim();
+        Zeroizing::new(hex::decode(text).unwrap_or_default())
+    };
+    let kek: [u8; 32] = raw[..].try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{} must hold 32 bytes, raw or as 64 hex digits (make one with: head -c 32 /dev/urandom > FILE)",
+            path.display()
+        )
+    })?;
+    Ok(Zeroizing::new(kek))
+}
+
+/// Runs a keeper until `shutdown`: publishes its public key in Redis, then serves requests,
+/// reconnecting to RabbitMQ when the connection is lost.
+pub async fn run(config: KeeperConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let (at_rest, key) = derive_keys(&config.kek);
+    let redis = redis::Client::open(config.redis_url.as_str())?
+        .get_connection_manager()
+        .await
+        .context("connecting to redis")?;
+    redis
+        .clone()
+        .set::<_, _, ()>(config.namespace.keeper_public_key(), key.public_hex())
+        .await
+        .context("publishing the keeper's public key")?;
+    let keeper = Arc::new(service::Keeper {
+        store: store::SecretStore::new(redis, config.namespace.clone(), &at_rest),
+        key,
+        allow_get: config.allow_get,
+        namespace: config.namespace.clone(),
+    });
+    loop {
+        match service::serve(Arc::clone(&keeper), &config.amqp_url, shutdown.clone()).await {
+            Ok(()) if *shutdown.borrow() => return Ok(()),
+            Ok(()) => tracing::warn!("the broker connection ended; reconnecting"),
+            Err(error) => tracing::warn!(%error, "broker connection failed; reconnecting"),
+        }
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}

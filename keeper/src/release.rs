@@ -1,0 +1,118 @@
+//! Deciding a worker's `release` request: the tenant's policy must accept the worker's evidence,
+//! the worker's key must have signed the claims, and the claims must be recent. Only then is each
+//! secret sealed to the worker's HPKE key, bound to the job.
+
+use dtee_schemas::attestation::dsse::verify_ed25519;
+use dtee_schemas::attestation::evidence::WorkerIdentity;
+use dtee_schemas::attestation::verify::{accepted, verify_identity, Policy};
+use dtee_schemas::attestation::Outcome;
+use dtee_schemas::job::decode_base64;
+use dtee_schemas::secrets::{
+    is_valid_secret_name, parse_public_key, release_aad, seal, KeeperErrorCode, KeeperReply,
+    ReleaseClaims, Released, RELEASE_CLOCK_SKEW_MS, RELEASE_INFO,
+};
+
+use crate::store::{SecretStore, StoreError};
+
+/// At most this many secrets in one request.
+pub const MAX_SECRETS_PER_JOB: usize = 16;
+
+/// Why a release is refused, before any secret is read.
+pub fn check_claims(
+    policy: Option<&str>,
+    claims: &ReleaseClaims,
+    identity: &WorkerIdentity,
+    signature: &str,
+    now_ms: u64,
+) -> Result<(), String> {
+    if claims.secrets.is_empty() || claims.secrets.len() > MAX_SECRETS_PER_JOB {
+        return Err(format!(
+            "a release names 1 to {MAX_SECRETS_PER_JOB} secrets, not {}",
+            claims.secrets.len()
+        ));
+    }
+    if let Some(bad) = claims
+        .secrets
+        .iter()
+        .find(|s| !is_valid_secret_name(&s.name))
+    {
+        return Err(format!("{:?} is not a secret name", bad.name));
+    }
+    parse_public_key(&claims.worker_hpke_key)
+        .map_err(|_| "worker_hpke_key is not an X25519 public key".to_owned())?;
+    if claims.issued_at_unix_ms.abs_diff(now_ms) > RELEASE_CLOCK_SKEW_MS {
+        return Err(format!(
+            "the request was made at {} ms, {} ms from the keeper's clock (at most {RELEASE_CLOCK_SKEW_MS})",
+            claims.issued_at_unix_ms,
+            claims.issued_at_unix_ms.abs_diff(now_ms)
+        ));
+    }
+    let key = identity
+        .public_key_bytes()
+        .ok_or("the identity's public key is not 32 bytes of hex")?;
+    let signature =
+        decode_base64(signature).map_err(|_| "the signature is not base64".to_owned())?;
+    verify_ed25519(&key, &claims.signed_bytes(), &signature)
+        .map_err(|why| format!("the claims are not signed by the identity's key: {why}"))?;
+    let Some(policy) = policy else {
+        return Err(format!(
+            "tenant {} has set no release policy (dtee secret policy set)",
+            claims.tenant
+        ));
+    };
+    let policy: Policy =
+        toml::from_str(policy).map_err(|e| format!("the tenant's policy does not parse: {e}"))?;
+    let checks = verify_identity(identity, &key, &policy, (now_ms / 1000) as i64);
+    if !accepted(&checks) {
+        let failed: Vec<String> = checks
+            .iter()
+            .filter_map(|check| match &check.outcome {
+                Outcome::Fail(why) => Some(format!("{}: {why}", check.name)),
+                _ => None,
+            })
+            .collect();
+        return Err(format!(
+            "the worker's evidence does not pass the tenant's policy: {}",
+            failed.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// Seals each requested secret of the claims' tenant to the worker.
+pub async fn release(
+    store: &SecretStore,
+    claims: &ReleaseClaims,
+) -> Result<KeeperReply, StoreError> {
+    let worker_key = parse_public_key(&claims.worker_hpke_key).expect("checked by check_claims");
+    let mut released = Vec::with_capacity(claims.secrets.len());
+    for secret in &claims.secrets {
+        let Some((_, value)) = store
+            .get(&claims.tenant, &secret.name, Some(secret.version))
+            .await?
+        else {
+            return Ok(KeeperReply::refuse(
+                KeeperErrorCode::SecretNotFound,
+                format!(
+                    "tenant {} has no secret {} version {}",
+                    claims.tenant, secret.name, secret.version
+                ),
+            ));
+        };
+        let value = seal(
+            &worker_key,
+            RELEASE_INFO,
+            &release_aad(claims, secret),
+            &value,
+        )
+        .expect("a checked key");
+        released.push(Released {
+            secret: secret.clone(),
+            value,
+        });
+    }
+    Ok(KeeperReply {
+        released: Some(released),
+        ..KeeperReply::default()
+    })
+}

@@ -1,0 +1,323 @@
+//! The keeper service: consumes requests from `<ns>.keeper`, answers each on its `reply_to`
+//! queue with the same correlation id, then acks. The tenant of a request is its AMQP
+//! `user_id`, which RabbitMQ checks against the sender's connection. Values are never logged:
+//! a log line names the tenant, the operation, the secret and the outcome.
+
+use std::sync::Arc;
+
+use dtee_schemas::namespace::{Namespace, KEEPER_RELEASE_KEY, KEEPER_TENANT_KEY};
+use dtee_schemas::secrets::{
+    is_valid_secret_name, owner_aad, parse_public_key, seal, HpkeKeyPair, KeeperErrorCode,
+    KeeperReply, KeeperRequest, GET_INFO, MAX_SECRET_BYTES, PUT_INFO,
+};
+use dtee_schemas::state::is_valid_tenant;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::release::{check_claims, release};
+use crate::store::{SecretStore, StoreError};
+
+/// The largest request body.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct Keeper {
+    /// Where secrets live.
+    pub store: SecretStore,
+    /// The key tenants seal values to.
+    pub key: HpkeKeyPair,
+    /// Whether owners may read values back (`get`).
+    pub allow_get: bool,
+    /// The namespace.
+    pub namespace: Namespace,
+}
+
+/// Declares the keeper's exchange and queue and consumes requests until `shutdown` or the
+/// connection ends.
+pub async fn serve(
+    keeper: Arc<Keeper>,
+    amqp_url: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    let connection = Connection::connect(
+        amqp_url,
+        ConnectionProperties::default().with_connection_name("dtee-keeper".into()),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    declare(&channel, &keeper.namespace).await?;
+    channel.basic_qos(64, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            keeper.namespace.keeper_queue().as_str().into(),
+            "dtee-keeper".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(namespace = %keeper.namespace, public_key = %keeper.key.public_hex(), "keeper serving");
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (keeper, channel) = (Arc::clone(&keeper), channel.clone());
+                    tokio::spawn(async move { answer(&keeper, &channel, delivery).await });
+                }
+                Some(Err(error)) => return Err(error),
+                None => break,
+            },
+        }
+    }
+    let _ = connection.close(200, "keeper stopping".into()).await;
+    Ok(())
+}
+
+async fn declare(channel: &Channel, namespace: &Namespace) -> Result<(), lapin::Error> {
+    let durable = || ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            namespace.keeper_exchange().as_str().into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            namespace.keeper_queue().as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await?;
+    for key in [KEEPER_TENANT_KEY, KEEPER_RELEASE_KEY] {
+        channel
+            .queue_bind(
+                namespace.keeper_queue().as_str().into(),
+                namespace.keeper_exchange().as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Answers one request, then acks it. A request whose store access failed is answered
+/// `unavailable` (the asker retries) rather than left unacked.
+async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
+    let reply = match handle(keeper, &delivery).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            warn!(%error, "secret store unavailable");
+            KeeperReply::refuse(
+                KeeperErrorCode::Unavailable,
+                "the keeper's store failed; retry",
+            )
+        }
+    };
+    let outcome = reply
+        .error
+        .as_ref()
+        .map_or("ok", |error| code_name(error.code));
+    metrics::counter!("dtee_keeper_requests_total", "outcome" => outcome).increment(1);
+    let properties = &delivery.properties;
+    if let Some(reply_to) = properties.reply_to() {
+        let mut answer = BasicProperties::default().with_content_type("application/json".into());
+        if let Some(id) = properties.correlation_id() {
+            answer = answer.with_correlation_id(id.clone());
+        }
+        let body = serde_json::to_vec(&reply).expect("a reply serializes");
+        let published = channel
+            .basic_publish(
+                "".into(),
+                reply_to.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                answer,
+            )
+            .await;
+        if let Err(error) = published {
+            warn!(%error, "could not publish a keeper answer");
+        }
+    }
+    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+}
+
+fn code_name(code: KeeperErrorCode) -> &'static str {
+    match code {
+        KeeperErrorCode::InvalidRequest => "invalid_request",
+        KeeperErrorCode::SecretNotFound => "secret_not_found",
+        KeeperErrorCode::SecretReleaseDenied => "secret_release_denied",
+        KeeperErrorCode::GetDisabled => "get_disabled",
+        KeeperErrorCode::Unavailable => "unavailable",
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Result<KeeperReply, StoreError> {
+    Ok(KeeperReply::refuse(
+        KeeperErrorCode::InvalidRequest,
+        message,
+    ))
+}
+
+/// Decides one request.
+async fn handle(keeper: &Keeper, delivery: &Delivery) -> Result<KeeperReply, StoreError> {
+    let Some(tenant) = delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .map(|user| user.as_str().to_owned())
+        .filter(|user| is_valid_tenant(user))
+    else {
+        return invalid("a keeper request needs a user_id that names a tenant");
+    };
+    if delivery.data.len() > MAX_REQUEST_BYTES {
+        return invalid(format!("requests are at most {MAX_REQUEST_BYTES} bytes"));
+    }
+    let request: KeeperRequest = match serde_json::from_slice(&delivery.data) {
+        Ok(request) => request,
+        Err(error) => return invalid(format!("not a keeper request: {error}")),
+    };
+    let is_release = matches!(request, KeeperRequest::Release { .. });
+    if is_release != (delivery.routing_key.as_str() == KEEPER_RELEASE_KEY) {
+        return invalid("release requests go under routing key `release`, others under `tenant`");
+    }
+    match request {
+        KeeperRequest::Release {
+            claims,
+            identity,
+            signature,
+        } => {
+            let policy = keeper.store.policy(&claims.tenant).await?;
+            let now = dtee_schemas::run::unix_ms();
+            let names: Vec<String> = claims
+                .secrets
+                .iter()
+                .map(|s| format!("{}@{}", s.name, s.version))
+                .collect();
+            if let Err(why) = check_claims(policy.as_deref(), &claims, &identity, &signature, now) {
+                warn!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, secrets = ?names, %why, "release refused");
+                metrics::counter!("dtee_keeper_release_refusals_total").increment(1);
+                return Ok(KeeperReply::refuse(
+                    KeeperErrorCode::SecretReleaseDenied,
+                    why,
+                ));
+            }
+            let reply = release(&keeper.store, &claims).await?;
+            info!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, secrets = ?names, outcome = reply.error.as_ref().map_or("released", |e| code_name(e.code)), "release");
+            Ok(reply)
+        }
+        request => owner_request(keeper, &tenant, request).await,
+    }
+}
+
+/// `put`, `list`, `get`, `delete` and `set_policy`, for the tenant that sent them.
+async fn owner_request(
+    keeper: &Keeper,
+    tenant: &str,
+    request: KeeperRequest,
+) -> Result<KeeperReply, StoreError> {
+    let store = &keeper.store;
+    match request {
+        KeeperRequest::Put { name, value } => {
+            if !is_valid_secret_name(&name) {
+                return invalid(format!("{name:?} is not a secret name"));
+            }
+            let Ok(plain) = keeper.key.open(&value, PUT_INFO, &owner_aad(tenant, &name)) else {
+                return invalid(
+                    "the value is not sealed to this keeper's key for this tenant and name",
+                );
+            };
+            if plain.len() > MAX_SECRET_BYTES {
+                return invalid(format!("a secret is at most {MAX_SECRET_BYTES} bytes"));
+            }
+            let version = store.put(tenant, &name, &plain).await?;
+            info!(%tenant, secret = %name, version, "secret stored");
+            Ok(KeeperReply {
+                version: Some(version),
+                ..KeeperReply::default()
+            })
+        }
+        KeeperRequest::List => Ok(KeeperReply {
+            secrets: Some(store.list(tenant).await?),
+            ..KeeperReply::default()
+        }),
+        KeeperRequest::Get {
+            name,
+            version,
+            reply_key,
+        } => {
+            if !keeper.allow_get {
+                return Ok(KeeperReply::refuse(
+                    KeeperErrorCode::GetDisabled,
+                    "the operator disabled reading secrets back (DTEE_KEEPER_ALLOW_GET=false)",
+                ));
+            }
+            let Ok(reply_key) = parse_public_key(&reply_key) else {
+                return invalid("reply_key is not an X25519 public key");
+            };
+            let Some((version, plain)) = store.get(tenant, &name, version).await? else {
+                return Ok(not_found(tenant, &name, version));
+            };
+            info!(%tenant, secret = %name, version, "secret read by its owner");
+            let value = seal(&reply_key, GET_INFO, &owner_aad(tenant, &name), &plain)
+                .expect("a checked key");
+            Ok(KeeperReply {
+                version: Some(version),
+                value: Some(value),
+                ..KeeperReply::default()
+            })
+        }
+        KeeperRequest::Delete { name, version } => {
+            let deleted = store.delete(tenant, &name, version).await?;
+            if deleted == 0 {
+                return Ok(not_found(tenant, &name, version));
+            }
+            info!(%tenant, secret = %name, ?version, deleted, "secret deleted");
+            Ok(KeeperReply {
+                deleted: Some(deleted),
+                ..KeeperReply::default()
+            })
+        }
+        KeeperRequest::SetPolicy { policy } => {
+            if let Err(error) = toml::from_str::<dtee_schemas::attestation::verify::Policy>(&policy)
+            {
+                return invalid(format!("the policy does not parse: {error}"));
+            }
+            store.set_policy(tenant, &policy).await?;
+            info!(%tenant, "release policy set");
+            Ok(KeeperReply::default())
+        }
+        KeeperRequest::Release { .. } => invalid("release requests are answered by `handle`"),
+    }
+}
+
+fn not_found(tenant: &str, name: &str, version: Option<u64>) -> KeeperReply {
+    let which = version.map_or_else(String::new, |v| format!(" version {v}"));
+    KeeperReply::refuse(
+        KeeperErrorCode::SecretNotFound,
+        format!("tenant {tenant} has no secret {name}{which}"),
+    )
+}

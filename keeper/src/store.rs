@@ -1,0 +1,214 @@
+//! Secrets at rest in Redis, encrypted under the keeper's at-rest key (ChaCha20-Poly1305, a
+//! random 96-bit nonce per value, associated data `<ns>/<tenant>/<name>/<version>`), so Redis
+//! holds no value in the clear and a value moved to another key, tenant or version does not
+//! decrypt. Keys follow the Redis Cluster rule: one tenant's keys share the tag `{<tenant>}`.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use dtee_schemas::namespace::Namespace;
+use dtee_schemas::secrets::{SecretInfo, VersionInfo};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use zeroize::Zeroizing;
+
+/// Why a stored value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value does not decrypt under this keeper's key (another key, or tampered).
+    #[error("stored secret {0} does not decrypt under this keeper's key")]
+    Corrupt(String),
+}
+
+/// The secrets of every tenant of one namespace.
+pub struct SecretStore {
+    redis: ConnectionManager,
+    namespace: Namespace,
+    cipher: ChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretStore")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn version_of(field: &str, prefix: &str) -> Option<u64> {
+    field.strip_prefix(prefix)?.parse().ok()
+}
+
+impl SecretStore {
+    /// A store over `redis`, encrypting under `at_rest_key`.
+    pub fn new(
+        redis: ConnectionManager,
+        namespace: Namespace,
+        at_rest_key: &[u8; 32],
+    ) -> SecretStore {
+        SecretStore {
+            redis,
+            namespace,
+            cipher: ChaCha20Poly1305::new(Key::from_slice(at_rest_key)),
+        }
+    }
+
+    fn aad(&self, tenant: &str, name: &str, version: u64) -> Vec<u8> {
+        format!("{}/{tenant}/{name}/{version}", self.namespace).into_bytes()
+    }
+
+    /// Stores a new version and returns its number.
+    pub async fn put(&self, tenant: &str, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+        let key = self.namespace.secret_key(tenant, name);
+        let mut redis = self.redis.clone();
+        let version: u64 = redis.hincr(&key, "next", 1).await?;
+        let nonce: [u8; 12] = rand::random();
+        let aad = self.aad(tenant, name, version);
+        let mut stored = nonce.to_vec();
+        stored.extend(
+            self.cipher
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: value,
+                        aad: &aad,
+                    },
+                )
+                .expect("encryption of a bounded value"),
+        );
+        let created = dtee_schemas::run::unix_ms();
+        redis::pipe()
+            .atomic()
+            .hset(&key, format!("v:{version}"), stored)
+            .hset(&key, format!("t:{version}"), created)
+            .sadd(self.namespace.secret_names_key(tenant), name)
+            .query_async::<()>(&mut redis)
+            .await?;
+        Ok(version)
+    }
+
+    /// The versions of `name`, oldest first (empty when there is none).
+    async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        let mut redis = self.redis.clone();
+        // Values are binary (`v:<n>`); only the `t:<n>` fields are read as text.
+        let fields: Vec<(String, Vec<u8>)> = redis
+            .hgetall(self.namespace.secret_key(tenant, name))
+            .await?;
+        let mut versions: Vec<VersionInfo> = fields
+            .iter()
+            .filter_map(|(field, value)| {
+                Some(VersionInfo {
+                    version: version_of(field, "t:")?,
+                    created_at_unix_ms: std::str::from_utf8(value).ok()?.parse().ok()?,
+                })
+            })
+            .collect();
+        versions.sort_by_key(|info| info.version);
+        Ok(versions)
+    }
+
+    /// The value of a version (the latest when `version` is `None`), or `None` when there is
+    /// no such secret or version.
+    pub async fn get(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Option<(u64, Zeroizing<Vec<u8>>)>, StoreError> {
+        let version = match version {
+            Some(version) => version,
+            None => match self.versions(tenant, name).await?.last() {
+                Some(latest) => latest.version,
+                None => return Ok(None),
+            },
+        };
+        let mut redis = self.redis.clone();
+        let stored: Option<Vec<u8>> = redis
+            .hget(
+                self.namespace.secret_key(tenant, name),
+                format!("v:{version}"),
+            )
+            .await?;
+        let Some(stored) = stored.filter(|stored| stored.len() > 12) else {
+            return Ok(None);
+        };
+        let (nonce, ciphertext) = stored.split_at(12);
+        let aad = self.aad(tenant, name, version);
+        let value = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| StoreError::Corrupt(format!("{tenant}/{name} version {version}")))?;
+        Ok(Some((version, Zeroizing::new(value))))
+    }
+
+    /// The tenant's secrets and their versions, without values.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<SecretInfo>, StoreError> {
+        let mut redis = self.redis.clone();
+        let mut names: Vec<String> = redis
+            .smembers(self.namespace.secret_names_key(tenant))
+            .await?;
+        names.sort();
+        let mut secrets = Vec::with_capacity(names.len());
+        for name in names {
+            let versions = self.versions(tenant, &name).await?;
+            if !versions.is_empty() {
+                secrets.push(SecretInfo { name, versions });
+            }
+        }
+        Ok(secrets)
+    }
+
+    /// Deletes one version, or all; returns how many versions went.
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let key = self.namespace.secret_key(tenant, name);
+        let mut redis = self.redis.clone();
+        let existing = self.versions(tenant, name).await?;
+        let doomed: Vec<u64> = existing
+            .iter()
+            .map(|info| info.version)
+            .filter(|v| version.is_none_or(|wanted| wanted == *v))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for v in &doomed {
+            pipe.hdel(&key, vec![format!("v:{v}"), format!("t:{v}")]);
+        }
+        if doomed.len() == existing.len() {
+            // Keep `next`, so a version number is never given twice.
+            pipe.srem(self.namespace.secret_names_key(tenant), name);
+        }
+        pipe.query_async::<()>(&mut redis).await?;
+        Ok(doomed.len() as u64)
+    }
+
+    /// Sets the tenant's release policy (already checked to parse).
+    pub async fn set_policy(&self, tenant: &str, policy: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        redis
+            .set::<_, _, ()>(self.namespace.secret_policy_key(tenant), policy)
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant's release policy, if it set one.
+    pub async fn policy(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        Ok(redis.get(self.namespace.secret_policy_key(tenant)).await?)
+    }
+}
