@@ -173,6 +173,8 @@ export class JobBuilder {
   output(name: string, size: number): this;
   param(name: string, type: ScalarType, value: number): this;
   state(name: string, key: string, mode: AccessMode, options?: StateOptions): this;
+  /** A secret buffer (PROTOCOL.md §12): `tenant`'s secret at `version`, read by the kernel as the input `name`. */
+  secret(name: string, tenant: string, secret: string, version: number): this;
   /** Later calls override the fields they give. */
   limits(limits: Limits): this;
   launch(launch: { grid: number[]; block: number[]; sharedMemBytes?: number }): this;

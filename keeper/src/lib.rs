@@ -11,10 +11,12 @@
 //! - `service`: the request handlers; `release`: the release decision; `store`: Redis.
 
 pub mod client;
+pub mod http;
 mod release;
 mod service;
 mod store;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -40,6 +42,8 @@ pub struct KeeperConfig {
     pub kek: Zeroizing<[u8; 32]>,
     /// Whether owners may read values back.
     pub allow_get: bool,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The keys a KEK gives: the at-rest key and the HPKE key pair tenants seal to. Each is
@@ -76,6 +80,62 @@ pub fn read_kek(path: &std::path::Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
     Ok(Zeroizing::new(kek))
 }
 
+/// Aborts the probe tasks when dropped.
+struct Probes(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Serves `/metrics` (a Prometheus recorder installed for this process), `/healthz` (the process
+/// answers) and `/readyz` (consuming requests, and Redis answered its last PING, every 5 s).
+async fn serve_probes(
+    addr: std::net::SocketAddr,
+    keeper: Arc<service::Keeper>,
+    redis: redis::aio::ConnectionManager,
+) -> anyhow::Result<Probes> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let redis_ok = Arc::new(AtomicBool::new(false));
+    let watched = Arc::clone(&redis_ok);
+    let watcher = tokio::spawn(async move {
+        loop {
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut redis.clone()).await;
+            watched.store(pong.is_ok(), Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    });
+    let handler: http::Handler = Arc::new(move |path: &str| match path {
+        "/metrics" => Some(http::Response::metrics(metrics.render())),
+        "/healthz" => Some(http::Response::ok("ok\n")),
+        "/readyz" => Some(
+            match (
+                keeper.serving.load(Ordering::Relaxed),
+                redis_ok.load(Ordering::Relaxed),
+            ) {
+                (true, true) => http::Response::ok("ready\n"),
+                (false, _) => http::Response::unavailable("not consuming requests from RabbitMQ"),
+                (_, false) => http::Response::unavailable("Redis does not answer"),
+            },
+        ),
+        _ => None,
+    });
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    Ok(Probes(vec![
+        watcher,
+        tokio::spawn(http::serve(listener, handler)),
+    ]))
+}
+
 /// Runs a keeper until `shutdown`: publishes its public key in Redis, then serves requests,
 /// reconnecting to RabbitMQ when the connection is lost.
 pub async fn run(config: KeeperConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -90,11 +150,16 @@ pub async fn run(config: KeeperConfig, shutdown: watch::Receiver<bool>) -> anyho
         .await
         .context("publishing the keeper's public key")?;
     let keeper = Arc::new(service::Keeper {
-        store: store::SecretStore::new(redis, config.namespace.clone(), &at_rest),
+        store: store::SecretStore::new(redis.clone(), config.namespace.clone(), &at_rest),
         key,
         allow_get: config.allow_get,
         namespace: config.namespace.clone(),
+        serving: AtomicBool::new(false),
     });
+    let _probes = match config.metrics_addr {
+        Some(addr) => Some(serve_probes(addr, Arc::clone(&keeper), redis).await?),
+        None => None,
+    };
     loop {
         match service::serve(Arc::clone(&keeper), &config.amqp_url, shutdown.clone()).await {
             Ok(()) if *shutdown.borrow() => return Ok(()),

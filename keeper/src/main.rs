@@ -23,6 +23,9 @@ struct Args {
     /// Whether tenants may read their secrets back (`dtee secret get`).
     #[arg(long, env = "DTEE_KEEPER_ALLOW_GET", default_value_t = true, action = clap::ArgAction::Set)]
     allow_get: bool,
+    /// Address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9465); none by default.
+    #[arg(long, env = "DTEE_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Print the keeper's HPKE public key (what tenants seal values to) and exit.
     #[arg(long)]
     print_public_key: bool,
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             namespace: Namespace::new(args.connection.namespace.clone())?,
             kek,
             allow_get: args.allow_get,
+            metrics_addr: args.metrics_addr,
         };
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async {

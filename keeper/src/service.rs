@@ -39,6 +39,8 @@ pub struct Keeper {
     pub allow_get: bool,
     /// The namespace.
     pub namespace: Namespace,
+    /// Consuming requests (for `/readyz`).
+    pub serving: std::sync::atomic::AtomicBool,
 }
 
 /// Declares the keeper's exchange and queue and consumes requests until `shutdown` or the
@@ -65,6 +67,9 @@ pub async fn serve(
         )
         .await?;
     info!(namespace = %keeper.namespace, public_key = %keeper.key.public_hex(), "keeper serving");
+    keeper
+        .serving
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -73,11 +78,17 @@ pub async fn serve(
                     let (keeper, channel) = (Arc::clone(&keeper), channel.clone());
                     tokio::spawn(async move { answer(&keeper, &channel, delivery).await });
                 }
-                Some(Err(error)) => return Err(error),
+                Some(Err(error)) => {
+                    keeper.serving.store(false, std::sync::atomic::Ordering::Relaxed);
+                    return Err(error);
+                }
                 None => break,
             },
         }
     }
+    keeper
+        .serving
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = connection.close(200, "keeper stopping".into()).await;
     Ok(())
 }
@@ -127,6 +138,7 @@ async fn declare(channel: &Channel, namespace: &Namespace) -> Result<(), lapin::
 /// Answers one request, then acks it. A request whose store access failed is answered
 /// `unavailable` (the asker retries) rather than left unacked.
 async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
+    let op = op_name(&delivery);
     let reply = match handle(keeper, &delivery).await {
         Ok(reply) => reply,
         Err(error) => {
@@ -141,7 +153,7 @@ async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
         .error
         .as_ref()
         .map_or("ok", |error| code_name(error.code));
-    metrics::counter!("dtee_keeper_requests_total", "outcome" => outcome).increment(1);
+    metrics::counter!("dtee_keeper_requests_total", "op" => op, "outcome" => outcome).increment(1);
     let properties = &delivery.properties;
     if let Some(reply_to) = properties.reply_to() {
         let mut answer = BasicProperties::default().with_content_type("application/json".into());
@@ -163,6 +175,19 @@ async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
         }
     }
     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+}
+
+/// The request's operation, for metrics (`invalid` when it does not parse).
+fn op_name(delivery: &Delivery) -> &'static str {
+    match serde_json::from_slice::<KeeperRequest>(&delivery.data) {
+        Ok(KeeperRequest::Put { .. }) => "put",
+        Ok(KeeperRequest::List) => "list",
+        Ok(KeeperRequest::Get { .. }) => "get",
+        Ok(KeeperRequest::Delete { .. }) => "delete",
+        Ok(KeeperRequest::SetPolicy { .. }) => "set_policy",
+        Ok(KeeperRequest::Release { .. }) => "release",
+        Err(_) => "invalid",
+    }
 }
 
 fn code_name(code: KeeperErrorCode) -> &'static str {
@@ -219,7 +244,6 @@ async fn handle(keeper: &Keeper, delivery: &Delivery) -> Result<KeeperReply, Sto
                 .collect();
             if let Err(why) = check_claims(policy.as_deref(), &claims, &identity, &signature, now) {
                 warn!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, secrets = ?names, %why, "release refused");
-                metrics::counter!("dtee_keeper_release_refusals_total").increment(1);
                 return Ok(KeeperReply::refuse(
                     KeeperErrorCode::SecretReleaseDenied,
                     why,

@@ -75,6 +75,12 @@ fn apply(spec: &mut JobSpec, step: &Value) {
             }
             spec.buffers.push(buffer);
         }
+        "secret" => spec.buffers.push(builder::secret(
+            &text(args, "name"),
+            &text(args, "tenant"),
+            &text(args, "secret"),
+            args["version"].as_u64().expect("version"),
+        )),
         "limits" => spec.limits = from::<Limits>(args),
         "attestation" => {
             spec.attestation = Some(AttestationRequirement {

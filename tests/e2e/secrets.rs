@@ -29,6 +29,7 @@ impl Keeper {
             namespace: env.namespace.clone(),
             kek: zeroize::Zeroizing::new(kek),
             allow_get: true,
+            metrics_addr: None,
         };
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(run_keeper(config, shutdown));
@@ -171,6 +172,35 @@ async fn a_tenants_job_gets_its_own_secret_and_no_other_tenants() {
         value
     );
 
+    // Bob claiming to be Alice: RabbitMQ refuses a request whose user_id is not the
+    // connection's user, so the keeper never sees it.
+    let connection = lapin::Connection::connect(
+        &tenant_amqp_url("dtee-test-bob"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let forged = channel
+        .basic_publish(
+            env.namespace.keeper_exchange().as_str().into(),
+            "tenant".into(),
+            lapin::options::BasicPublishOptions::default(),
+            br#"{"op":"list"}"#,
+            lapin::BasicProperties::default().with_user_id("dtee-test-alice".into()),
+        )
+        .await;
+    let refused = match forged {
+        Ok(confirm) => confirm.await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "RabbitMQ refuses a forged user_id");
+    let _ = connection.close(200, "bye".into()).await;
+
     bob_secrets.close().await;
     alice_secrets.close().await;
     worker.shutdown().await.unwrap();
@@ -276,7 +306,19 @@ fn tpm_tcti() -> String {
 
 /// The keeper as its binary, with its log captured.
 fn keeper_process(env: &TestEnv, kek_file: &std::path::Path) -> Child {
-    Command::new(binary("dtee-keeper"))
+    keeper_process_at(env, kek_file, None)
+}
+
+fn keeper_process_at(
+    env: &TestEnv,
+    kek_file: &std::path::Path,
+    metrics: Option<std::net::SocketAddr>,
+) -> Child {
+    let mut command = Command::new(binary("dtee-keeper"));
+    if let Some(addr) = metrics {
+        command.env("DTEE_METRICS_ADDR", addr.to_string());
+    }
+    command
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
         .env("DTEE_REDIS_URL", &env.redis_url)
@@ -303,8 +345,13 @@ async fn rotation_deletion_keeper_restart_and_outage() {
     std::fs::create_dir_all(&dir).unwrap();
     let kek = dir.join("kek");
     std::fs::write(&kek, hex::encode(rand::random::<[u8; 32]>())).unwrap();
-    let keeper = keeper_process(&env, &kek);
+    let probes = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let keeper = keeper_process_at(&env, &kek, Some(probes));
     wait_for_keeper(&env).await;
+    dtee_tests::wait_for_status(probes, "/readyz", 200).await;
     let worker = env.start_worker().await;
     let (alice, secrets) = tenant(&env, "dtee-test-alice").await;
     secrets.set_policy(SOFTWARE).await.unwrap();
@@ -328,6 +375,16 @@ async fn rotation_deletion_keeper_restart_and_outage() {
     .await;
     assert_eq!(gone.error_code(), Some(ErrorCode::SecretNotFound));
     assert_eq!(secrets.list().await.unwrap()[0].versions.len(), 1);
+    // The keeper counts requests by operation and outcome: releases and refusals by reason.
+    let (status, metrics) = dtee_tests::http_get(probes, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"dtee_keeper_requests_total{op="release",outcome="ok"} 1"#,
+        r#"dtee_keeper_requests_total{op="release",outcome="secret_not_found"} 1"#,
+        r#"dtee_keeper_requests_total{op="put",outcome="ok"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // A keeper restart loses nothing: the secrets live in Redis under the operator's KEK.
     let log = stop_process(keeper);

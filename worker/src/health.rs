@@ -1,15 +1,15 @@
 //! The worker's HTTP endpoints on the metrics address: `/metrics` (Prometheus), `/healthz`
 //! (alive and making progress) and `/readyz` (connected to RabbitMQ and Redis, and attested).
 //!
-//! A deliberately tiny HTTP/1.1 server: one request per connection, GET only.
+//! Served by the tiny HTTP/1.1 server of `dtee_keeper::http`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use dtee_keeper::http::{Handler, Response};
+use tokio::net::TcpListener;
 
 use crate::attestation::Attestor;
 use crate::clock::unix_ms;
@@ -112,80 +112,20 @@ pub async fn serve(
     health: Arc<Health>,
     attestor: Arc<Attestor>,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (metrics, health, attestor) = (
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-            Arc::clone(&attestor),
-        );
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                answer(stream, &metrics, &health, &attestor),
-            )
-            .await;
-        });
-    }
-}
-
-async fn answer(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    health: &Health,
-    attestor: &Attestor,
-) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            break;
-        }
-        request.extend_from_slice(&buffer[..read]);
-    }
-    let line = String::from_utf8_lossy(&request);
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => {
+    let handler: Handler = Arc::new(move |path: &str| match path {
+        "/metrics" => {
             let created = attestor.identity().evidence_created_at_unix_ms;
-            (
-                "200 OK",
-                "text/plain; version=0.0.4",
-                metrics.render(created),
-            )
+            Some(Response::metrics(metrics.render(created)))
         }
-        ("GET", "/healthz") => match health.alive() {
-            Ok(()) => ("200 OK", "text/plain", "ok\n".to_owned()),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-        },
-        ("GET", "/readyz") => match health.ready() {
-            Ok(()) => (
-                "200 OK",
-                "text/plain",
-                format!("ready ({} attestation)\n", attestor.platform()),
-            ),
-            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-        },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+        "/healthz" => Some(match health.alive() {
+            Ok(()) => Response::ok("ok\n"),
+            Err(why) => Response::unavailable(why),
+        }),
+        "/readyz" => Some(match health.ready() {
+            Ok(()) => Response::ok(format!("ready ({} attestation)\n", attestor.platform())),
+            Err(why) => Response::unavailable(why),
+        }),
+        _ => None,
+    });
+    dtee_keeper::http::serve(listener, handler).await;
 }

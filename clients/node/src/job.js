@@ -219,6 +219,22 @@ export class JobBuilder {
   }
 
   /**
+   * A secret buffer (PROTOCOL.md §12): `tenant`'s secret `secret` at `version`, released by the
+   * secret keeper to the worker for this job only, read by the kernel as the input `name`.
+   * @param {string} name the buffer name the kernel uses
+   * @param {string} tenant the secret's owner: the submitting AMQP user
+   * @param {string} secret the secret's name (1 to 128 of A-Z a-z 0-9 _ . -, not starting with .)
+   * @param {number} version from 1
+   */
+  secret(name, tenant, secret, version) {
+    checkName(name, 'buffer');
+    given(secret, `secret ${name} name`);
+    if (typeof secret !== 'string' || !/^(?!\.)[A-Za-z0-9_.-]{1,128}$/.test(secret)) refuse(`secret ${name}: ${JSON.stringify(secret)} is not a secret name`);
+    parseStateKey(`${tenant}/x`); // the tenant rule
+    return this.#addBuffer({ kind: 'secret', name, secret: `${tenant}/${secret}`, version: checkCount(version, `secret ${name} version`) });
+  }
+
+  /**
    * Resource limits; fields left out take the worker's defaults. Later calls override the
    * fields they give and keep the others.
    * @param {{timeoutMs?: number, memoryBytes?: number, fuel?: number, outputBytes?: number}} limits

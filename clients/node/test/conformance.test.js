@@ -113,6 +113,9 @@ function buildCase(c) {
       case 'state':
         b.state(a.name, a.key, a.mode, { mayBeAbsent: a.may_be_absent, maxSize: a.max_size });
         break;
+      case 'secret':
+        b.secret(a.name, a.tenant, a.secret, a.version);
+        break;
       case 'limits':
         b.limits({ timeoutMs: a.timeout_ms, memoryBytes: a.memory_bytes, fuel: a.fuel, outputBytes: a.output_bytes });
         break;

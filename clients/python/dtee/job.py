@@ -176,6 +176,18 @@ class Job:
             buffer["max_size"] = _check_count(max_size, f"state {name!r} max_size")
         return self._add_buffer(buffer)
 
+    def secret(self, name: str, tenant: str, secret: str, version: int) -> "Job":
+        """A secret buffer (PROTOCOL.md §12): ``tenant``'s secret ``secret`` at ``version``,
+        released by the secret keeper to the worker for this job and read by the kernel as the
+        read-only input ``name``. ``tenant`` must be the submitting AMQP user."""
+        if not _SECRET_NAME.fullmatch(secret):
+            raise InvalidJobError(f"secret {name!r}: {secret!r} is not a secret name")
+        StateKey.parse(f"{tenant}/x")  # the tenant rule
+        version = _check_count(version, f"secret {name!r} version")
+        return self._add_buffer(
+            {"kind": "secret", "name": name, "secret": f"{tenant}/{secret}", "version": version}
+        )
+
     # -- the rest ------------------------------------------------------------------------------
 
     def param(self, name: str, type: str, value: int | float) -> "Job":
@@ -291,10 +303,13 @@ class Job:
 # -- validating specs given as dicts or JSON ------------------------------------------------------
 
 _SPEC_FIELDS = {"schema", "kernel", "buffers", "params", "launch", "limits", "attestation", "nonce"}
+_SECRET_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]{1,128}")
+
 _BUFFER_FIELDS = {
     "input": ({"kind", "name"}, {"inline", "blob"}),
     "output": ({"kind", "name", "size"}, set()),
     "state": ({"kind", "name", "key", "mode"}, {"may_be_absent", "max_size"}),
+    "secret": ({"kind", "name", "secret", "version"}, set()),
 }
 
 
@@ -323,7 +338,7 @@ def validate_spec(spec: Any) -> None:
     for i, buffer in enumerate(_list(spec.get("buffers", []), "buffers")):
         kind = buffer.get("kind") if isinstance(buffer, Mapping) else None
         if kind not in _BUFFER_FIELDS:
-            raise InvalidJobError(f"buffers[{i}].kind must be input, output or state")
+            raise InvalidJobError(f"buffers[{i}].kind must be input, output, state or secret")
         required, optional = _BUFFER_FIELDS[kind]
         _fields(buffer, f"buffers[{i}]", required, optional)
         if kind == "input":
@@ -342,6 +357,9 @@ def validate_spec(spec: Any) -> None:
                 probe.input_bytes(buffer["name"], data)
         elif kind == "output":
             probe.output(buffer["name"], buffer["size"])
+        elif kind == "secret":
+            tenant, _, secret = str(buffer["secret"]).partition("/")
+            probe.secret(buffer["name"], tenant, secret, buffer["version"])
         else:
             if "may_be_absent" in buffer and not isinstance(buffer["may_be_absent"], bool):
                 raise InvalidJobError(f"buffers[{i}].may_be_absent must be a bool")

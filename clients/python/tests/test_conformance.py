@@ -83,6 +83,8 @@ def build_case(case: dict) -> dtee.Job:
             job.param(args["name"], args["type"], args["value"])
         elif helper == "state":
             job.state(args["name"], args["key"], args["mode"], args["may_be_absent"], args.get("max_size"))
+        elif helper == "secret":
+            job.secret(args["name"], args["tenant"], args["secret"], args["version"])
         elif helper == "limits":
             job.limits(**args)
         elif helper == "attestation":
