@@ -189,7 +189,7 @@ def code_facts():
     facts["worker_redis_commands"] = commands
 
     health = (ROOT / "worker/src/health.rs").read_text()
-    facts["paths"] = set(re.findall(r'\("GET", "(/[a-z]+)"\)', health))
+    facts["paths"] = set(re.findall(r'^\s*"(/[a-z]+)" =>', health, re.M))
     return facts
 
 
