@@ -86,6 +86,10 @@ struct JobsArgs {
     /// checked. Not with `--wait all`.
     #[arg(long, default_value = "noop", value_parser = ["noop", "sha256"])]
     workload: String,
+    /// With `--workload sha256`: every job hashes the same 1 MiB blob (stored once; jobs differ
+    /// by nonce), a hot input that the worker's blob cache (DTEE_BLOB_CACHE_BYTES) serves.
+    #[arg(long)]
+    hot_blob: bool,
     /// Prefetch of the baseline's consumer (match the worker's).
     #[arg(long, default_value = "16")]
     prefetch: u16,
@@ -305,6 +309,13 @@ async fn connect_and_store_kernel(
     Ok((client, digest))
 }
 
+/// The 1 MiB input of the sha256 workload: byte i is (31·i + seed) mod 256.
+fn sha256_input(seed: usize) -> Vec<u8> {
+    (0..1usize << 20)
+        .map(|i| (31usize.wrapping_mul(i).wrapping_add(seed) % 256) as u8)
+        .collect()
+}
+
 /// Every job watched on its own, as real clients wait: through the waiter's reply binding
 /// (`reply`), or with a binding per job id (`per-job`).
 async fn jobs_watched(
@@ -329,23 +340,40 @@ async fn jobs_watched(
         latencies.push(latency);
         Ok(())
     };
+    let hot = if args.hot_blob && args.workload == "sha256" {
+        let data = sha256_input(0);
+        Some((
+            client.put_blob(&data).await?.0,
+            dtee_schemas::Digest::of(&data),
+        ))
+    } else {
+        None
+    };
     for idx in 0..args.jobs {
         let permit = Arc::clone(&slots).acquire_owned().await.expect("open");
         let spec = job_spec(args, &digest, &tenant, run_id, idx);
         let (client, waiter) = (Arc::clone(&client), Arc::clone(&waiter));
         let sha256 = args.workload == "sha256";
+        let hot = hot.clone();
         tasks.spawn(async move {
             let _permit = permit;
             let sent = Instant::now();
             let mut spec = spec;
             let mut expected = None;
             if sha256 {
-                // The job's own 1 MiB input, stored as a blob (as a client would), and its digest.
-                let data: Vec<u8> = (0..1usize << 20)
-                    .map(|i| (31usize.wrapping_mul(i).wrapping_add(idx) % 256) as u8)
-                    .collect();
-                let (blob, _) = client.put_blob(&data).await?;
-                expected = Some(dtee_schemas::Digest::of(&data));
+                // The job's own 1 MiB input, stored as a blob (as a client would), and its
+                // digest; or the one hot blob every job shares.
+                let blob = match hot {
+                    Some((blob, digest)) => {
+                        expected = Some(digest);
+                        blob
+                    }
+                    None => {
+                        let data = sha256_input(idx);
+                        expected = Some(dtee_schemas::Digest::of(&data));
+                        client.put_blob(&data).await?.0
+                    }
+                };
                 spec.kernel.entry = "sha256".to_owned();
                 spec.buffers = vec![
                     dtee_submitter::builder::blob_input("data", blob),

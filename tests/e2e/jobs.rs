@@ -166,3 +166,35 @@ async fn one_worker_runs_a_job_delivered_twice_at_once_only_once() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A hot input blob is read from Redis once per worker (the blob cache), and per job when the
+/// cache is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_input_blob_is_fetched_once_per_worker() {
+    let env = TestEnv::new("blob-cache").await;
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 256) as u8).collect();
+    let blob = env.client.put_blob(&data).await.unwrap().0;
+    let kernel = env.put_kernel("sha256").await;
+    for (cache_bytes, expected) in [(1 << 20, data.len()), (0, 3 * data.len())] {
+        let worker = env
+            .start_worker_with(|c| c.blob_cache_bytes = cache_bytes)
+            .await;
+        for run in 0..3 {
+            let mut spec = wasm_job(kernel.clone(), "sha256");
+            spec.buffers = vec![blob_input("data", blob.clone()), output("digest", 32)];
+            spec.nonce = Some(format!("cache {cache_bytes} run {run}"));
+            let result = env.run(&spec).await;
+            assert_eq!(
+                result.output("digest").unwrap().bytes().unwrap(),
+                sha2::Sha256::digest(&data).to_vec()
+            );
+        }
+        assert_eq!(
+            Stats::get(&worker.stats.input_bytes_fetched),
+            expected as u64,
+            "cache of {cache_bytes} bytes"
+        );
+        worker.shutdown().await.unwrap();
+    }
+    env.cleanup().await;
+}

@@ -81,6 +81,8 @@ pub struct Config {
     pub max_kernel_bytes: usize,
     /// Largest total of a job's inputs, counted once per listing.
     pub max_input_bytes: usize,
+    /// Bytes of hot input blobs kept in memory (0: none).
+    pub blob_cache_bytes: usize,
     /// Most buffers a job may list.
     pub max_buffers: usize,
     /// Most scalar parameters a job may list.
@@ -191,6 +193,7 @@ impl Config {
             max_job_bytes: args.max_job_bytes,
             max_kernel_bytes: args.max_kernel_bytes,
             max_input_bytes: args.max_input_bytes,
+            blob_cache_bytes: args.blob_cache_bytes,
             max_buffers: args.max_buffers,
             max_params: args.max_params,
             max_result_bytes: args.max_result_bytes,

@@ -27,6 +27,7 @@
 
 pub mod attestation;
 pub mod backend;
+mod blob_cache;
 mod broker;
 mod clock;
 pub mod config;
@@ -184,6 +185,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         serve_probes(&config, &store, &metrics, &health, &attestor).await?;
     let worker_id = config.worker_id.clone();
     let secret_link = secrets::SecretLink::new(config.amqp_url.clone(), config.namespace.clone());
+    let blob_cache_bytes = config.blob_cache_bytes;
     let ctx = Arc::new(Context {
         attestor,
         telemetry,
@@ -196,6 +198,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         wasm,
         gpus,
         turns: job::turns::Turns::default(),
+        blob_cache: blob_cache::BlobCache::new(blob_cache_bytes),
         secrets: secret_link,
         session_broken: tokio::sync::Notify::new(),
     });

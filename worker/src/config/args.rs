@@ -67,6 +67,10 @@ pub struct Args {
     #[arg(long, env = "DTEE_MAX_INPUT_BYTES", default_value = "268435456")]
     #[arg(value_parser = at_least(1usize))]
     pub max_input_bytes: usize,
+    /// Bytes of input blobs kept in memory by digest, so that inputs many jobs read are not
+    /// fetched per job (0 turns the cache off); a blob over a quarter of it is not kept.
+    #[arg(long, env = "DTEE_BLOB_CACHE_BYTES", default_value = "67108864")]
+    pub blob_cache_bytes: usize,
     /// Most buffers (inputs, outputs and state) a job may list.
     #[arg(long, env = "DTEE_MAX_BUFFERS", default_value = "64")]
     #[arg(value_parser = at_least(1usize))]

@@ -105,6 +105,8 @@ async fn kernel_bytes(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Vec
 pub(crate) struct Inputs {
     blobs: Vec<(Digest, usize)>,
     missing: Option<(String, Digest)>,
+    /// Blobs found in the worker's blob cache: not measured or read from Redis again.
+    cached: HashMap<Digest, Arc<[u8]>>,
 }
 
 /// Measures the job's inputs without reading any blob, and refuses a job whose inputs total
@@ -136,9 +138,17 @@ pub(crate) async fn measure_inputs(
             distinct.push(digest);
         }
     }
+    let cached: HashMap<Digest, Arc<[u8]>> = distinct
+        .iter()
+        .filter_map(|digest| Some(((*digest).clone(), ctx.blob_cache.get(digest)?)))
+        .collect();
+    distinct.retain(|digest| !cached.contains_key(*digest));
     let lengths = ctx.store.blob_lengths(&distinct).await?;
-    let length_of: HashMap<&Digest, Option<usize>> =
+    let mut length_of: HashMap<&Digest, Option<usize>> =
         distinct.iter().copied().zip(lengths).collect();
+    for (digest, bytes) in &cached {
+        length_of.insert(digest, Some(bytes.len()));
+    }
     let total = listed.iter().fold(inline, |total, (_, digest)| {
         total.saturating_add(length_of[digest].unwrap_or(0))
     });
@@ -163,7 +173,11 @@ pub(crate) async fn measure_inputs(
         .into_iter()
         .filter_map(|digest| Some((digest.clone(), length_of[digest]?)))
         .collect();
-    Ok(Inputs { blobs, missing })
+    Ok(Inputs {
+        blobs,
+        missing,
+        cached,
+    })
 }
 
 /// The job's buffers as backend slots, in job order: inputs with their bytes (each distinct blob
@@ -254,7 +268,7 @@ async fn blob_data(
     let read = ctx.store.blobs_bounded(&wanted).await?;
     ctx.telemetry
         .inputs_fetched(read.iter().map(Vec::len).sum());
-    let mut blobs = HashMap::with_capacity(read.len());
+    let mut blobs = inputs.cached.clone();
     for ((digest, _), bytes) in wanted.into_iter().zip(read) {
         if !digest.matches(&bytes) {
             return Err(Halt::Fail(
@@ -268,7 +282,9 @@ async fn blob_data(
                 .with_limits(plan.limits),
             ));
         }
-        blobs.insert(digest.clone(), Arc::from(bytes));
+        let bytes: Arc<[u8]> = Arc::from(bytes);
+        ctx.blob_cache.insert(digest, &bytes);
+        blobs.insert(digest.clone(), bytes);
     }
     Ok(blobs)
 }

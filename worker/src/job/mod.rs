@@ -69,6 +69,8 @@ pub(crate) struct Context {
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.
     pub attestor: Arc<Attestor>,
+    /// Hot input blobs, by digest.
+    pub blob_cache: crate::blob_cache::BlobCache,
     /// The secret keeper, for jobs that name secrets.
     pub secrets: crate::secrets::SecretLink,
     /// One delivery of a job id at a time on this worker (`turns`).
