@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+mod checked;
 mod validate;
 
-pub use validate::{CheckedBuffer, InputSource, ValidationError};
+pub use checked::{CheckedBuffer, InputSource};
+pub use validate::ValidationError;
 
 /// The schema tag of a job spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
