@@ -340,6 +340,24 @@ impl TestEnv {
     }
 }
 
+/// The signed execution statement of a result, and its payload bytes as signed.
+pub fn statement_of(
+    result: &JobResult,
+) -> (
+    dtee_schemas::attestation::execution::ExecutionStatement,
+    Vec<u8>,
+) {
+    let payload = result
+        .attestation
+        .as_ref()
+        .expect("an attested result")
+        .envelope
+        .payload_bytes()
+        .expect("a base64 payload");
+    let statement = serde_json::from_slice(&payload).expect("an execution statement");
+    (statement, payload)
+}
+
 /// Little-endian f32 bytes.
 pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()

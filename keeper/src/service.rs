@@ -138,15 +138,24 @@ async fn declare(channel: &Channel, namespace: &Namespace) -> Result<(), lapin::
 /// Answers one request, then acks it. A request whose store access failed is answered
 /// `unavailable` (the asker retries) rather than left unacked.
 async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
-    let op = op_name(&delivery);
-    let reply = match handle(keeper, &delivery).await {
-        Ok(reply) => reply,
-        Err(error) => {
-            warn!(%error, "secret store unavailable");
-            KeeperReply::refuse(
-                KeeperErrorCode::Unavailable,
-                "the keeper's store failed; retry",
-            )
+    let (op, reply) = match parse(&delivery) {
+        Err(why) => (
+            "invalid",
+            KeeperReply::refuse(KeeperErrorCode::InvalidRequest, why),
+        ),
+        Ok((tenant, request)) => {
+            let op = request.op();
+            match handle(keeper, &delivery, &tenant, request).await {
+                Ok(reply) => (op, reply),
+                Err(error) => {
+                    warn!(%error, "secret store unavailable");
+                    let refusal = KeeperReply::refuse(
+                        KeeperErrorCode::Unavailable,
+                        "the keeper's store failed; retry",
+                    );
+                    (op, refusal)
+                }
+            }
         }
     };
     let outcome = reply
@@ -177,19 +186,6 @@ async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
 }
 
-/// The request's operation, for metrics (`invalid` when it does not parse).
-fn op_name(delivery: &Delivery) -> &'static str {
-    match serde_json::from_slice::<KeeperRequest>(&delivery.data) {
-        Ok(KeeperRequest::Put { .. }) => "put",
-        Ok(KeeperRequest::List) => "list",
-        Ok(KeeperRequest::Get { .. }) => "get",
-        Ok(KeeperRequest::Delete { .. }) => "delete",
-        Ok(KeeperRequest::SetPolicy { .. }) => "set_policy",
-        Ok(KeeperRequest::Release { .. }) => "release",
-        Err(_) => "invalid",
-    }
-}
-
 fn code_name(code: KeeperErrorCode) -> &'static str {
     match code {
         KeeperErrorCode::InvalidRequest => "invalid_request",
@@ -207,8 +203,10 @@ fn invalid(message: impl Into<String>) -> Result<KeeperReply, StoreError> {
     ))
 }
 
-/// Decides one request.
-async fn handle(keeper: &Keeper, delivery: &Delivery) -> Result<KeeperReply, StoreError> {
+/// The tenant (`user_id`) and the request; or, for a message that is not one (too large,
+/// checked before it is parsed; without a tenant; not a keeper request), why, for an
+/// `invalid_request` answer.
+fn parse(delivery: &Delivery) -> Result<(String, KeeperRequest), String> {
     let Some(tenant) = delivery
         .properties
         .user_id()
@@ -216,15 +214,23 @@ async fn handle(keeper: &Keeper, delivery: &Delivery) -> Result<KeeperReply, Sto
         .map(|user| user.as_str().to_owned())
         .filter(|user| is_valid_tenant(user))
     else {
-        return invalid("a keeper request needs a user_id that names a tenant");
+        return Err("a keeper request needs a user_id that names a tenant".to_owned());
     };
     if delivery.data.len() > MAX_REQUEST_BYTES {
-        return invalid(format!("requests are at most {MAX_REQUEST_BYTES} bytes"));
+        return Err(format!("requests are at most {MAX_REQUEST_BYTES} bytes"));
     }
-    let request: KeeperRequest = match serde_json::from_slice(&delivery.data) {
-        Ok(request) => request,
-        Err(error) => return invalid(format!("not a keeper request: {error}")),
-    };
+    let request = serde_json::from_slice(&delivery.data)
+        .map_err(|error| format!("not a keeper request: {error}"))?;
+    Ok((tenant, request))
+}
+
+/// Decides one request.
+async fn handle(
+    keeper: &Keeper,
+    delivery: &Delivery,
+    tenant: &str,
+    request: KeeperRequest,
+) -> Result<KeeperReply, StoreError> {
     let is_release = matches!(request, KeeperRequest::Release { .. });
     if is_release != (delivery.routing_key.as_str() == KEEPER_RELEASE_KEY) {
         return invalid("release requests go under routing key `release`, others under `tenant`");
@@ -253,7 +259,7 @@ async fn handle(keeper: &Keeper, delivery: &Delivery) -> Result<KeeperReply, Sto
             info!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, secrets = ?names, outcome = reply.error.as_ref().map_or("released", |e| code_name(e.code)), "release");
             Ok(reply)
         }
-        request => owner_request(keeper, &tenant, request).await,
+        request => owner_request(keeper, tenant, request).await,
     }
 }
 

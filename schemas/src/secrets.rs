@@ -279,6 +279,20 @@ pub enum KeeperRequest {
     },
 }
 
+impl KeeperRequest {
+    /// The operation, as its `op` is written.
+    pub fn op(&self) -> &'static str {
+        match self {
+            KeeperRequest::Put { .. } => "put",
+            KeeperRequest::List => "list",
+            KeeperRequest::Get { .. } => "get",
+            KeeperRequest::Delete { .. } => "delete",
+            KeeperRequest::SetPolicy { .. } => "set_policy",
+            KeeperRequest::Release { .. } => "release",
+        }
+    }
+}
+
 /// Versions of a secret, without values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretInfo {

@@ -60,15 +60,7 @@ async fn a_gpu_job_runs_on_the_device_host_and_its_result_names_the_device() {
     assert_eq!(execution.device.as_ref().unwrap().vendor, "stand-in");
     let resources = result.resources.unwrap();
     assert_eq!(resources.device_memory_bytes, 22 + 32);
-    let payload = result
-        .attestation
-        .as_ref()
-        .unwrap()
-        .envelope
-        .payload_bytes()
-        .unwrap();
-    let statement: dtee_schemas::attestation::execution::ExecutionStatement =
-        serde_json::from_slice(&payload).unwrap();
+    let (statement, _) = dtee_tests::statement_of(&result);
     let tcb = &statement.tcb;
     assert!(!tcb.gpu_in_tcb);
     assert_eq!(tcb.backend, "stand-in");

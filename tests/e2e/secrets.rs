@@ -5,13 +5,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use dtee_keeper::{run as run_keeper, KeeperConfig};
-use dtee_schemas::attestation::execution::{ExecutionStatement, SecretUse};
+use dtee_schemas::attestation::execution::SecretUse;
 use dtee_schemas::secrets::KeeperErrorCode;
 use dtee_schemas::{ErrorCode, JobResult, JobSpec};
 use dtee_submitter::builder::{output, secret, wasm_job};
 use dtee_submitter::secrets::{Secrets, SecretsError};
 use dtee_submitter::{Client, ClientConfig};
-use dtee_tests::{binary, run_as, tenant_amqp_url, TestEnv};
+use dtee_tests::{binary, run_as, statement_of, tenant_amqp_url, TestEnv};
 use sha2::Digest as _;
 use tokio::sync::watch;
 
@@ -76,17 +76,6 @@ async fn digest_job(env: &TestEnv, tenant: &str, name: &str, version: u64, nonce
     spec.buffers = vec![secret("data", tenant, name, version), output("digest", 32)];
     spec.nonce = Some(nonce.to_owned());
     spec
-}
-
-fn statement_of(result: &JobResult) -> (ExecutionStatement, Vec<u8>) {
-    let payload = result
-        .attestation
-        .as_ref()
-        .unwrap()
-        .envelope
-        .payload_bytes()
-        .unwrap();
-    (serde_json::from_slice(&payload).unwrap(), payload)
 }
 
 fn refusal(error: SecretsError) -> KeeperErrorCode {

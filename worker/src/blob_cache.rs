@@ -1,7 +1,8 @@
 //! Input blobs that many jobs read, kept in memory by digest so that a hot input is not fetched
-//! from Redis and copied per job. Bounded in bytes (`DTEE_BLOB_CACHE_BYTES`); the least recently
-//! used blobs go first, and no blob larger than a quarter of the bound is kept, so one large
-//! input cannot flush the rest. Only bytes already checked against their digest enter, so an
+//! from Redis and copied per job. Bounded in bytes (`DTEE_BLOB_CACHE_BYTES`) and in entries
+//! ([`MAX_ENTRIES`], so that finding the least recently used blob stays cheap whatever blobs
+//! jobs name); the least recently used blobs go first, and no blob larger than a quarter of the
+//! bound is kept, so one large input cannot flush the rest. Only bytes already checked against their digest enter, so an
 //! entry is the content its digest names, whoever's job read it first (blobs are shared by
 //! digest in Redis too, PROTOCOL.md §7).
 
@@ -9,6 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use dtee_schemas::Digest;
+
+/// Most blobs kept at once: eviction scans them all.
+pub(crate) const MAX_ENTRIES: usize = 4096;
 
 /// The cache.
 #[derive(Debug)]
@@ -53,7 +57,7 @@ impl BlobCache {
         if inner.entries.contains_key(digest) {
             return;
         }
-        while inner.bytes + bytes.len() > self.capacity {
+        while inner.bytes + bytes.len() > self.capacity || inner.entries.len() >= MAX_ENTRIES {
             let Some(oldest) = inner
                 .entries
                 .iter()
@@ -110,6 +114,13 @@ mod tests {
         let big = blob(6, 26);
         cache.insert(&big.0, &big.1);
         assert!(cache.get(&big.0).is_none());
+        // At most MAX_ENTRIES blobs, however small.
+        let many = BlobCache::new(1 << 30);
+        for n in 0..MAX_ENTRIES + 10 {
+            let bytes: Arc<[u8]> = Arc::from(n.to_le_bytes().to_vec());
+            many.insert(&Digest::of(&bytes), &bytes);
+        }
+        assert_eq!(many.inner.lock().unwrap().entries.len(), MAX_ENTRIES);
         // A zero bound keeps nothing.
         let none = BlobCache::new(0);
         none.insert(&a.0, &a.1);

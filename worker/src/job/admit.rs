@@ -41,7 +41,12 @@ impl Admitted {
     /// in the tenant's namespace, so no other tenant's delivery of the id is admitted. Any
     /// other job id is shared by every tenant that may publish the same job.
     pub fn id_is_tenants_own(&self) -> bool {
-        !self.bindings.is_empty() || !self.secrets().is_empty()
+        !self.bindings.is_empty()
+            || self
+                .parsed
+                .buffers
+                .iter()
+                .any(|buffer| matches!(buffer, CheckedBuffer::Secret { .. }))
     }
 
     /// The secrets the job names: buffer index, buffer name and secret.
