@@ -2,7 +2,10 @@
 //! exchanges, queues and Redis keys) on the real RabbitMQ and Redis, and in-process workers.
 //!
 //! The broker and Redis come from `DTEE_TEST_AMQP_URL` and `DTEE_TEST_REDIS_URL`, with
-//! loopback defaults.
+//! loopback defaults; TLS files from `DTEE_TLS_CA_FILE`, `DTEE_TLS_CERT_FILE` and
+//! `DTEE_TLS_KEY_FILE` (as for the binaries), and `rabbitmqctl` addresses
+//! `DTEE_TEST_RABBITMQ_NODE` when it is set (a node of the test cluster, see
+//! deploy/local/cluster.sh).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +30,25 @@ pub fn amqp_url() -> String {
 /// The Redis URL tests use.
 pub fn redis_url() -> String {
     std::env::var("DTEE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// The TLS material tests connect with (the `DTEE_TLS_*` files, if set).
+pub fn tls() -> dtee_net::Tls {
+    let file = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    dtee_net::Tls::load(&dtee_net::TlsFiles {
+        tls_ca_file: file("DTEE_TLS_CA_FILE"),
+        tls_cert_file: file("DTEE_TLS_CERT_FILE"),
+        tls_key_file: file("DTEE_TLS_KEY_FILE"),
+    })
+    .expect("reading the DTEE_TLS_* files")
+}
+
+/// An AMQP connection to the test broker as `url` says (TLS and node lists included).
+pub async fn amqp_connect(url: &str) -> lapin::Connection {
+    dtee_net::amqp::connect(url, lapin::ConnectionProperties::default(), &tls())
+        .await
+        .expect("connecting to RabbitMQ")
+        .connection
 }
 
 /// The repository root.
@@ -81,7 +103,11 @@ pub const TENANT_PASSWORD: &str = "dtee-test-password";
 
 /// Runs `rabbitmqctl -q` with `args`; whether it succeeded.
 pub fn rabbitmqctl(args: &[&str]) -> bool {
-    std::process::Command::new("rabbitmqctl")
+    let mut command = std::process::Command::new("rabbitmqctl");
+    if let Ok(node) = std::env::var("DTEE_TEST_RABBITMQ_NODE") {
+        command.arg("-n").arg(node);
+    }
+    command
         .arg("-q")
         .args(args)
         .output()
@@ -106,8 +132,21 @@ pub fn ensure_tenant_user(user: &str) {
 }
 
 /// The AMQP URL of the tenant user `user` (see [`ensure_tenant_user`]).
+/// The test broker's URL (each node's, for a cluster) with that user's credentials.
 pub fn tenant_amqp_url(user: &str) -> String {
-    format!("amqp://{user}:{TENANT_PASSWORD}@127.0.0.1:5672/%2f")
+    dtee_net::amqp::urls(&amqp_url())
+        .into_iter()
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").expect("an AMQP URL has a scheme");
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let host = match rest[..authority_end].rfind('@') {
+                Some(at) => &rest[at + 1..],
+                None => rest,
+            };
+            format!("{scheme}://{user}:{TENANT_PASSWORD}@{host}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Submits `spec` as `client`'s tenant and waits for its result.
@@ -133,6 +172,7 @@ impl TestEnv {
             amqp_url: tenant_amqp_url(user),
             redis_url: redis_url(),
             namespace: self.namespace.clone(),
+            tls: tls(),
         })
         .await
         .expect("connecting as a tenant")
@@ -162,6 +202,7 @@ impl TestEnv {
             amqp_url: amqp_url(),
             redis_url: redis.to_owned(),
             namespace: namespace.clone(),
+            tls: tls(),
         })
         .await
         .expect("connecting to RabbitMQ and Redis (are they running? see README)");

@@ -56,14 +56,17 @@ impl KeeperClient {
     /// `set_policy`.
     pub async fn connect(
         amqp_url: &str,
+        tls: &dtee_net::Tls,
         namespace: Namespace,
         timeout: Duration,
     ) -> Result<KeeperClient, KeeperClientError> {
-        let connection = Connection::connect(
+        let connection = dtee_net::amqp::connect(
             amqp_url,
             ConnectionProperties::default().with_connection_name("dtee keeper client".into()),
+            tls,
         )
-        .await?;
+        .await?
+        .connection;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -209,9 +212,13 @@ impl KeeperClient {
 }
 
 /// The user name of an AMQP URL (RabbitMQ's default `guest` when it names none): the tenant
-/// of what a client with that URL sends as `user_id`.
+/// of what a client with that URL sends as `user_id`. Of a list of cluster nodes, the first
+/// URL's (every node of a cluster has the same users).
 pub fn amqp_user(amqp_url: &str) -> String {
-    amqp_url
+    dtee_net::amqp::urls(amqp_url)
+        .first()
+        .copied()
+        .unwrap_or("")
         .parse::<lapin::uri::AMQPUri>()
         .map(|uri| uri.authority.userinfo.username)
         .unwrap_or_else(|_| "guest".to_owned())

@@ -36,6 +36,8 @@ pub struct KeeperConfig {
     pub amqp_url: String,
     /// Redis.
     pub redis_url: String,
+    /// TLS material for `amqps://` and `rediss://`.
+    pub tls: dtee_net::Tls,
     /// The namespace it serves.
     pub namespace: Namespace,
     /// The key-encryption key: every keeper of a namespace has the same.
@@ -96,7 +98,7 @@ impl Drop for Probes {
 async fn serve_probes(
     addr: std::net::SocketAddr,
     keeper: Arc<service::Keeper>,
-    redis: redis::aio::ConnectionManager,
+    redis: dtee_net::RedisConn,
 ) -> anyhow::Result<Probes> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -140,10 +142,13 @@ async fn serve_probes(
 /// reconnecting to RabbitMQ when the connection is lost.
 pub async fn run(config: KeeperConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let (at_rest, key) = derive_keys(&config.kek);
-    let redis = redis::Client::open(config.redis_url.as_str())?
-        .get_connection_manager()
-        .await
-        .context("connecting to redis")?;
+    let redis = dtee_net::redis_conn::connect(
+        &config.redis_url,
+        &config.tls,
+        dtee_net::RedisOptions::default(),
+    )
+    .await
+    .context("connecting to redis")?;
     redis
         .clone()
         .set::<_, _, ()>(config.namespace.keeper_public_key(), key.public_hex())
@@ -161,7 +166,14 @@ pub async fn run(config: KeeperConfig, shutdown: watch::Receiver<bool>) -> anyho
         None => None,
     };
     loop {
-        match service::serve(Arc::clone(&keeper), &config.amqp_url, shutdown.clone()).await {
+        match service::serve(
+            Arc::clone(&keeper),
+            &config.amqp_url,
+            &config.tls,
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(()) if *shutdown.borrow() => return Ok(()),
             Ok(()) => tracing::warn!("the broker connection ended; reconnecting"),
             Err(error) => tracing::warn!(%error, "broker connection failed; reconnecting"),

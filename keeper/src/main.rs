@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         let config = KeeperConfig {
             amqp_url: args.connection.amqp_url.clone(),
             redis_url: args.connection.redis_url.clone(),
+            tls: dtee_net::Tls::load(&args.connection.tls)?,
             namespace: Namespace::new(args.connection.namespace.clone())?,
             kek,
             allow_get: args.allow_get,

@@ -18,7 +18,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -48,13 +48,16 @@ pub struct Keeper {
 pub async fn serve(
     keeper: Arc<Keeper>,
     amqp_url: &str,
+    tls: &dtee_net::Tls,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), lapin::Error> {
-    let connection = Connection::connect(
+    let connection = dtee_net::amqp::connect(
         amqp_url,
         ConnectionProperties::default().with_connection_name("dtee-keeper".into()),
+        tls,
     )
-    .await?;
+    .await?
+    .connection;
     let channel = connection.create_channel().await?;
     declare(&channel, &keeper.namespace).await?;
     channel.basic_qos(64, BasicQosOptions::default()).await?;

@@ -5,9 +5,9 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use dtee_net::RedisConn;
 use dtee_schemas::namespace::Namespace;
 use dtee_schemas::secrets::{SecretInfo, VersionInfo};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use zeroize::Zeroizing;
 
@@ -24,7 +24,7 @@ pub enum StoreError {
 
 /// The secrets of every tenant of one namespace.
 pub struct SecretStore {
-    redis: ConnectionManager,
+    redis: RedisConn,
     namespace: Namespace,
     cipher: ChaCha20Poly1305,
 }
@@ -43,11 +43,7 @@ fn version_of(field: &str, prefix: &str) -> Option<u64> {
 
 impl SecretStore {
     /// A store over `redis`, encrypting under `at_rest_key`.
-    pub fn new(
-        redis: ConnectionManager,
-        namespace: Namespace,
-        at_rest_key: &[u8; 32],
-    ) -> SecretStore {
+    pub fn new(redis: RedisConn, namespace: Namespace, at_rest_key: &[u8; 32]) -> SecretStore {
         SecretStore {
             redis,
             namespace,

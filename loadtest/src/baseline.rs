@@ -16,15 +16,19 @@ use tokio::sync::Semaphore;
 
 use crate::{cpu, AmqpArgs, Report};
 
-pub(crate) async fn amqp(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
+pub(crate) async fn amqp(
+    url: &str,
+    tls: &dtee_net::Tls,
+    args: &AmqpArgs,
+) -> anyhow::Result<Report> {
     let before = cpu::snapshot();
-    let mut report = amqp_baseline(url, args).await?;
+    let mut report = amqp_baseline(url, tls, args).await?;
     report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
     Ok(report)
 }
 
-async fn amqp_baseline(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+async fn amqp_baseline(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyhow::Result<Report> {
+    let connection = connect(url, tls).await?;
     let setup = connection.create_channel().await?;
     let queue = scratch_queue(&setup, "baseline").await?;
 
@@ -77,9 +81,13 @@ async fn amqp_baseline(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
     Ok(Report::new("amqp", args.in_flight, elapsed, latencies))
 }
 
-pub(crate) async fn roundtrip(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
+pub(crate) async fn roundtrip(
+    url: &str,
+    tls: &dtee_net::Tls,
+    args: &AmqpArgs,
+) -> anyhow::Result<Report> {
     let before = cpu::snapshot();
-    let mut report = roundtrip_raw(url, args).await?;
+    let mut report = roundtrip_raw(url, tls, args).await?;
     report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
     Ok(report)
 }
@@ -120,6 +128,15 @@ async fn publish_timed(
     Ok(())
 }
 
+/// A connection to the first node of `url` that answers (TLS for `amqps://`).
+async fn connect(url: &str, tls: &dtee_net::Tls) -> anyhow::Result<Connection> {
+    Ok(
+        dtee_net::amqp::connect(url, ConnectionProperties::default(), tls)
+            .await?
+            .connection,
+    )
+}
+
 async fn scratch_queue(channel: &lapin::Channel, role: &str) -> anyhow::Result<String> {
     let queue = format!("dtee-loadtest.{role}.{:08x}", rand::random::<u32>());
     let mut quorum = FieldTable::default();
@@ -137,9 +154,9 @@ async fn scratch_queue(channel: &lapin::Channel, role: &str) -> anyhow::Result<S
     Ok(queue)
 }
 
-async fn roundtrip_raw(url: &str, args: &AmqpArgs) -> anyhow::Result<Report> {
-    let client = Connection::connect(url, ConnectionProperties::default()).await?;
-    let server = Connection::connect(url, ConnectionProperties::default()).await?;
+async fn roundtrip_raw(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyhow::Result<Report> {
+    let client = connect(url, tls).await?;
+    let server = connect(url, tls).await?;
     let setup = client.create_channel().await?;
     let jobs = scratch_queue(&setup, "jobs").await?;
     let results = scratch_queue(&setup, "results").await?;

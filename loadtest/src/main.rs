@@ -204,13 +204,15 @@ fn print_table(reports: &[&Report]) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let namespace = Namespace::new(cli.connection.namespace.clone())?;
+    let tls = dtee_net::Tls::load(&cli.connection.tls)?;
     let reports = match &cli.mode {
         Mode::Jobs(args) => vec![jobs(&cli, &namespace, args).await?],
-        Mode::Amqp(args) => vec![amqp(&cli.connection.amqp_url, args).await?],
-        Mode::Roundtrip(args) => vec![roundtrip(&cli.connection.amqp_url, args).await?],
+        Mode::Amqp(args) => vec![amqp(&cli.connection.amqp_url, &tls, args).await?],
+        Mode::Roundtrip(args) => vec![roundtrip(&cli.connection.amqp_url, &tls, args).await?],
         Mode::Both(args) => {
             let baseline = amqp(
                 &cli.connection.amqp_url,
+                &tls,
                 &AmqpArgs {
                     messages: args.jobs,
                     in_flight: args.in_flight,
@@ -288,6 +290,7 @@ async fn connect_and_store_kernel(
             amqp_url: cli.connection.amqp_url.clone(),
             redis_url: cli.connection.redis_url.clone(),
             namespace: namespace.clone(),
+            tls: dtee_net::Tls::load(&cli.connection.tls)?,
         })
         .await
         .context("connecting")?,

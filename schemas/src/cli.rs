@@ -13,6 +13,12 @@ pub const AMQP_URL_ENV: &str = "DTEE_AMQP_URL";
 pub const REDIS_URL_ENV: &str = "DTEE_REDIS_URL";
 /// Environment variable of `--namespace`.
 pub const NAMESPACE_ENV: &str = "DTEE_NAMESPACE";
+/// Environment variable of `--tls-ca-file`.
+pub const TLS_CA_FILE_ENV: &str = "DTEE_TLS_CA_FILE";
+/// Environment variable of `--tls-cert-file`.
+pub const TLS_CERT_FILE_ENV: &str = "DTEE_TLS_CERT_FILE";
+/// Environment variable of `--tls-key-file`.
+pub const TLS_KEY_FILE_ENV: &str = "DTEE_TLS_KEY_FILE";
 
 /// Where RabbitMQ and Redis are, and the namespace of every name used there. Each binary
 /// flattens it into its own arguments (`#[command(flatten)]`); the flags are global, so they
@@ -25,19 +31,45 @@ pub const NAMESPACE_ENV: &str = "DTEE_NAMESPACE";
 // description each binary prints in `--help`.
 #[command(about = None, long_about = None)]
 pub struct ConnectionArgs {
-    /// AMQP URL of RabbitMQ.
+    /// AMQP URL of RabbitMQ (`amqp://` or `amqps://`); the nodes of a cluster as several URLs
+    /// separated by commas, tried in turn.
     #[arg(long, global = true, env = AMQP_URL_ENV, default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
-    /// Redis URL.
+    /// Redis URL: `redis://` or `rediss://` for one node, `redis+cluster://` or
+    /// `rediss+cluster://` with one or more `host:port` separated by commas for Redis Cluster.
     #[arg(long, global = true, env = REDIS_URL_ENV, default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Namespace of exchanges, queues and Redis keys.
     #[arg(long, global = true, env = NAMESPACE_ENV, default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
+    /// TLS files for `amqps://` and `rediss://`.
+    #[command(flatten)]
+    pub tls: TlsFiles,
 }
 
-/// The URL without its password, for error messages: `amqp://user:***@host/vhost`.
+/// The PEM files TLS connections (`amqps://`, `rediss://`) use. Servers are always verified,
+/// host name included, against the system's CA store plus `ca_file`; a client certificate is
+/// presented when `cert_file` and `key_file` are given (both or neither).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[command(about = None, long_about = None)]
+pub struct TlsFiles {
+    /// PEM file of CA certificates trusted for RabbitMQ and Redis, besides the system's.
+    #[arg(long, global = true, env = TLS_CA_FILE_ENV)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate (chain) to present, with `--tls-key-file`.
+    #[arg(long, global = true, env = TLS_CERT_FILE_ENV, requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key, with `--tls-cert-file`.
+    #[arg(long, global = true, env = TLS_KEY_FILE_ENV, requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+/// The URL without its password, for error messages: `amqp://user:***@host/vhost`. A list of
+/// URLs separated by commas is redacted URL by URL.
 pub fn redact(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -72,6 +104,14 @@ mod tests {
         );
         assert_eq!(redact("redis://redis:6379/"), "redis://redis:6379/");
         assert_eq!(redact("not a url @ all"), "not a url @ all");
+        assert_eq!(
+            redact("amqps://w:a@h1:5671/dtee,amqps://w:b@h2:5671/dtee"),
+            "amqps://w:***@h1:5671/dtee,amqps://w:***@h2:5671/dtee"
+        );
+        assert_eq!(
+            redact("rediss+cluster://u:p@h1:7001,h2:7002"),
+            "rediss+cluster://u:***@h1:7001,h2:7002"
+        );
     }
 
     #[test]
@@ -87,6 +127,9 @@ mod tests {
                 ("amqp_url", Some(AMQP_URL_ENV.as_ref())),
                 ("redis_url", Some(REDIS_URL_ENV.as_ref())),
                 ("namespace", Some(NAMESPACE_ENV.as_ref())),
+                ("tls_ca_file", Some(TLS_CA_FILE_ENV.as_ref())),
+                ("tls_cert_file", Some(TLS_CERT_FILE_ENV.as_ref())),
+                ("tls_key_file", Some(TLS_KEY_FILE_ENV.as_ref())),
             ]
         );
         let cli = Cli::parse_from(["dtee", "--namespace", "other"]);

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use dtee_net::RedisConn;
 use dtee_schemas::protocol::{self, Namespace, WorkerEntry};
 use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, JobResult, JobSpec};
@@ -8,7 +9,6 @@ use lapin::types::FieldTable;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use redis::aio::ConnectionManager;
 
 use crate::waiter::ResultWaiter;
 
@@ -21,6 +21,8 @@ pub struct ClientConfig {
     pub redis_url: String,
     /// Namespace of exchanges, queues and keys.
     pub namespace: Namespace,
+    /// TLS material for `amqps://` and `rediss://`.
+    pub tls: dtee_net::Tls,
 }
 
 impl Default for ClientConfig {
@@ -29,6 +31,7 @@ impl Default for ClientConfig {
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
             redis_url: "redis://127.0.0.1:6379/".to_owned(),
             namespace: Namespace::default(),
+            tls: dtee_net::Tls::default(),
         }
     }
 }
@@ -63,9 +66,9 @@ pub enum ClientError {
     /// No result arrived in time.
     #[error("no result for {0} arrived in time")]
     Timeout(Digest),
-    /// A TLS URL (amqps://, rediss://) was given; this build has no TLS.
-    #[error("TLS URLs (amqps://, rediss://) are not supported by this build; use amqp:// and redis:// on a trusted network or a TLS-terminating proxy")]
-    TlsUnsupported,
+    /// A connection setting cannot work (a URL's scheme, a cluster URL).
+    #[error("{0}")]
+    InvalidSetting(String),
     /// A message that is not a valid result arrived.
     #[error("malformed result: {0}")]
     MalformedResult(serde_json::Error),
@@ -90,7 +93,7 @@ pub struct Client {
     connection: Connection,
     /// Publishes jobs, in confirm mode.
     channel: Channel,
-    redis: ConnectionManager,
+    redis: RedisConn,
     /// The AMQP user, sent as `user_id` on every job: the job's tenant.
     user: String,
 }
@@ -103,36 +106,35 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// lapin and redis are built without TLS: TLS URLs are refused rather than connected to in the
-/// clear. Schemes are case-insensitive (RFC 3986 §3.1): `AMQPS://` is TLS too.
-fn refuse_tls(config: &ClientConfig) -> Result<(), ClientError> {
-    let has_scheme = |url: &str, scheme: &str| {
-        url.trim_start()
-            .split_once(':')
-            .is_some_and(|(found, _)| found.eq_ignore_ascii_case(scheme))
-    };
-    if has_scheme(&config.amqp_url, "amqps") || has_scheme(&config.redis_url, "rediss") {
-        return Err(ClientError::TlsUnsupported);
-    }
-    Ok(())
+/// Refuses settings that cannot work before connecting: a scheme that is not AMQP or Redis,
+/// a malformed cluster URL.
+fn check_urls(config: &ClientConfig) -> Result<(), ClientError> {
+    dtee_net::amqp::check(&config.amqp_url)
+        .and_then(|()| dtee_net::redis_conn::check(&config.redis_url))
+        .map_err(ClientError::InvalidSetting)
 }
 
 impl Client {
     /// Connects to RabbitMQ and Redis.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        refuse_tls(&config)?;
-        let connection = Connection::connect(
+        check_urls(&config)?;
+        let connection = dtee_net::amqp::connect(
             &config.amqp_url,
             ConnectionProperties::default().with_connection_name("dtee client".into()),
+            &config.tls,
         )
-        .await?;
+        .await?
+        .connection;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let redis = redis::Client::open(config.redis_url.as_str())?
-            .get_connection_manager()
-            .await?;
+        let redis = dtee_net::redis_conn::connect(
+            &config.redis_url,
+            &config.tls,
+            dtee_net::RedisOptions::default(),
+        )
+        .await?;
         let user = dtee_keeper::client::amqp_user(&config.amqp_url);
         Ok(Client {
             config,
@@ -164,7 +166,7 @@ impl Client {
     }
 
     /// A Redis connection (cheap clone).
-    pub fn redis(&self) -> ConnectionManager {
+    pub fn redis(&self) -> RedisConn {
         self.redis.clone()
     }
 
@@ -376,24 +378,9 @@ impl Client {
     /// version cannot read is left out.
     pub async fn workers(&self) -> Result<Vec<WorkerEntry>, ClientError> {
         let mut redis = self.redis.clone();
-        let pattern = self.config.namespace.worker_key_pattern();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut redis)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let mut keys = redis
+            .scan_match(&self.config.namespace.worker_key_pattern())
+            .await?;
         keys.sort();
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
@@ -461,7 +448,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tls_urls_are_refused_in_any_case() {
+    fn tls_and_cluster_urls_are_accepted_and_bad_schemes_refused() {
         let with = |amqp: &str, redis: &str| ClientConfig {
             amqp_url: amqp.to_owned(),
             redis_url: redis.to_owned(),
@@ -469,20 +456,23 @@ mod tests {
         };
         for (amqp, redis) in [
             ("amqps://u:p@host/%2f", "redis://host/"),
-            ("AMQPS://u:p@host/%2f", "redis://host/"),
-            ("AmqpS://u:p@host/%2f", "redis://host/"),
-            ("amqp://u:p@host/%2f", "rediss://host/"),
-            ("amqp://u:p@host/%2f", "REDISS://host/"),
-            ("amqp://u:p@host/%2f", " Rediss://host/"),
+            ("AMQPS://u:p@a/%2f,amqp://u:p@b/%2f", "REDISS://host/"),
+            ("amqp://u:p@host/%2f", "rediss+cluster://a:7001,b:7002"),
+        ] {
+            assert!(check_urls(&with(amqp, redis)).is_ok(), "{amqp} {redis}");
+        }
+        for (amqp, redis) in [
+            ("http://u:p@host/", "redis://host/"),
+            ("amqp://u:p@host/%2f", "memcached://host/"),
+            ("amqp://u:p@host/%2f", "redis+cluster://a:1/5"),
         ] {
             assert!(
                 matches!(
-                    refuse_tls(&with(amqp, redis)),
-                    Err(ClientError::TlsUnsupported)
+                    check_urls(&with(amqp, redis)),
+                    Err(ClientError::InvalidSetting(_))
                 ),
                 "{amqp} {redis}"
             );
         }
-        assert!(refuse_tls(&with("AMQP://u:p@host/%2f", "Redis://host/")).is_ok());
     }
 }

@@ -54,12 +54,31 @@ pub async fn run(connection: &ConnectionArgs, canary: bool) -> Vec<Check> {
         }
     };
 
+    let tls = match dtee_net::Tls::load(&connection.tls) {
+        Ok(tls) => tls,
+        Err(error) => {
+            checks.push(check(
+                "tls files",
+                false,
+                error.to_string(),
+                Some("--tls-ca-file, --tls-cert-file and --tls-key-file name PEM files (DTEE_TLS_CA_FILE, DTEE_TLS_CERT_FILE, DTEE_TLS_KEY_FILE)".into()),
+            ));
+            return checks;
+        }
+    };
+
     // RabbitMQ, alone first, so that its failure is told apart from Redis's.
-    match lapin::Connection::connect(&connection.amqp_url, lapin::ConnectionProperties::default())
-        .await
+    match dtee_net::amqp::connect(
+        &connection.amqp_url,
+        lapin::ConnectionProperties::default(),
+        &tls,
+    )
+    .await
     {
-        Ok(amqp) => {
-            let version = rabbitmq_version(&connection.amqp_url)
+        Ok(connected) => {
+            let amqp = connected.connection;
+            let node = dtee_net::amqp::urls(&connection.amqp_url)[connected.node];
+            let version = rabbitmq_version(node)
                 .await
                 .unwrap_or_else(|| "unknown version".to_owned());
             checks.push(check(
@@ -114,16 +133,17 @@ pub async fn run(connection: &ConnectionArgs, canary: bool) -> Vec<Check> {
     }
 
     // Redis.
-    let redis = match redis::Client::open(connection.redis_url.as_str()) {
-        Ok(client) => tokio::time::timeout(
-            Duration::from_secs(10),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .map_err(|_| "no answer within 10 s".to_owned())
-        .and_then(|r| r.map_err(|e| e.to_string())),
-        Err(error) => Err(error.to_string()),
-    };
+    let redis = tokio::time::timeout(
+        Duration::from_secs(10),
+        dtee_net::redis_conn::connect(
+            &connection.redis_url,
+            &tls,
+            dtee_net::RedisOptions::default(),
+        ),
+    )
+    .await
+    .map_err(|_| "no answer within 10 s".to_owned())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match redis {
         Ok(mut redis) => {
             let pong: Result<String, _> = redis::cmd("PING").query_async(&mut redis).await;
@@ -133,6 +153,9 @@ pub async fn run(connection: &ConnectionArgs, canary: bool) -> Vec<Check> {
                 .query_async(&mut redis)
                 .await;
             let (version, role) = match &info {
+                // Each node of a cluster has its own role; the client sends every read and
+                // write to the primary of the key's slot.
+                _ if redis.is_cluster() => ("of a Redis Cluster", "master"),
                 Ok(info) => (
                     field(info, "redis_version").unwrap_or("unknown"),
                     field(info, "role").unwrap_or("unknown"),
@@ -179,6 +202,7 @@ pub async fn run(connection: &ConnectionArgs, canary: bool) -> Vec<Check> {
         amqp_url: connection.amqp_url.clone(),
         redis_url: connection.redis_url.clone(),
         namespace: namespace.clone(),
+        tls: tls.clone(),
     })
     .await
     {
@@ -285,6 +309,10 @@ async fn rabbitmq_version(url: &str) -> Option<String> {
     use amq_protocol::protocol::{connection::AMQPMethod, AMQPClass};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    if uri.scheme != lapin::uri::AMQPScheme::AMQP {
+        // Read in the clear only: over TLS the version is left unknown.
+        return None;
+    }
     let address = (uri.authority.host.clone(), uri.authority.port);
     let read = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;

@@ -145,6 +145,7 @@ async fn served_routing_keys(connection: &ConnectionArgs) -> String {
         amqp_url: connection.amqp_url.clone(),
         redis_url: connection.redis_url.clone(),
         namespace,
+        tls: dtee_net::Tls::load(&connection.tls).unwrap_or_default(),
     })
     .await;
     let workers = match client {

@@ -44,7 +44,7 @@ impl From<ClientError> for Failure {
         let code = match &error {
             ClientError::InvalidJob(_)
             | ClientError::NoRoute { .. }
-            | ClientError::TlsUnsupported => 64,
+            | ClientError::InvalidSetting(_) => 64,
             ClientError::Timeout(_) => 3,
             _ => 4,
         };
@@ -86,6 +86,7 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         amqp_url: cli.connection.amqp_url.clone(),
         redis_url: cli.connection.redis_url.clone(),
         namespace,
+        tls: dtee_net::Tls::load(&cli.connection.tls).map_err(|e| usage(e.into()))?,
     };
     let (amqp_url, redis_url) = (
         dtee_schemas::cli::redact(&config.amqp_url),

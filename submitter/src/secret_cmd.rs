@@ -37,6 +37,7 @@ pub(crate) async fn run(cli: &Cli, action: &SecretAction) -> Result<u8, Failure>
         amqp_url: cli.connection.amqp_url.clone(),
         redis_url: cli.connection.redis_url.clone(),
         namespace: Namespace::new(cli.connection.namespace.clone()).map_err(|e| usage(e.into()))?,
+        tls: dtee_net::Tls::load(&cli.connection.tls).map_err(|e| usage(e.into()))?,
     };
     let secrets = open(&config).await?;
     let code = act(&secrets, action).await;

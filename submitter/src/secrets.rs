@@ -54,9 +54,12 @@ impl Secrets {
         let key_text = match std::env::var(KEEPER_PUBLIC_KEY_ENV) {
             Ok(pinned) => pinned,
             Err(_) => {
-                let mut redis = redis::Client::open(config.redis_url.as_str())?
-                    .get_multiplexed_async_connection()
-                    .await?;
+                let mut redis = dtee_net::redis_conn::connect(
+                    &config.redis_url,
+                    &config.tls,
+                    dtee_net::RedisOptions::default(),
+                )
+                .await?;
                 let published: Option<String> =
                     redis.get(config.namespace.keeper_public_key()).await?;
                 published.ok_or(SecretsError::NoKeeperKey)?
@@ -66,6 +69,7 @@ impl Secrets {
             .map_err(|_| SecretsError::Malformed("the keeper's public key is malformed".into()))?;
         let keeper = KeeperClient::connect(
             &config.amqp_url,
+            &config.tls,
             config.namespace.clone(),
             Duration::from_secs(30),
         )

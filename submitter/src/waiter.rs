@@ -2,13 +2,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dtee_net::RedisConn;
 use dtee_schemas::protocol::{result_routing_key, Namespace};
 use dtee_schemas::{Digest, JobResult};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ClientError;
@@ -37,7 +37,7 @@ pub struct ResultWaiter {
     namespace: Namespace,
     /// The AMQP user: the first word of every routing key bound.
     user: String,
-    redis: ConnectionManager,
+    redis: RedisConn,
     pending: Pending,
     all: AllResults,
     next_waiter: std::sync::atomic::AtomicU64,
@@ -60,7 +60,7 @@ impl ResultWaiter {
         connection: &Connection,
         namespace: Namespace,
         user: String,
-        redis: ConnectionManager,
+        redis: RedisConn,
     ) -> Result<ResultWaiter, ClientError> {
         let channel = connection.create_channel().await?;
         let queue = channel

@@ -161,6 +161,7 @@ async fn connect(env: &TestEnv) -> Client {
             amqp_url: dtee_tests::amqp_url(),
             redis_url: env.redis_url.clone(),
             namespace: env.namespace.clone(),
+            tls: dtee_tests::tls(),
         };
         match Client::connect(config).await {
             Ok(client) => return client,

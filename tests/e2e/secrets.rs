@@ -26,6 +26,7 @@ impl Keeper {
         let config = KeeperConfig {
             amqp_url: dtee_tests::amqp_url(),
             redis_url: env.redis_url.clone(),
+            tls: dtee_tests::tls(),
             namespace: env.namespace.clone(),
             kek: zeroize::Zeroizing::new(kek),
             allow_get: true,
@@ -59,6 +60,7 @@ fn config_of(env: &TestEnv, user: &str) -> ClientConfig {
         amqp_url: tenant_amqp_url(user),
         redis_url: env.redis_url.clone(),
         namespace: env.namespace.clone(),
+        tls: dtee_tests::tls(),
     }
 }
 
@@ -163,12 +165,7 @@ async fn a_tenants_job_gets_its_own_secret_and_no_other_tenants() {
 
     // Bob claiming to be Alice: RabbitMQ refuses a request whose user_id is not the
     // connection's user, so the keeper never sees it.
-    let connection = lapin::Connection::connect(
-        &tenant_amqp_url("dtee-test-bob"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = dtee_tests::amqp_connect(&tenant_amqp_url("dtee-test-bob")).await;
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())

@@ -11,7 +11,7 @@ use dtee_submitter::builder::{inline_input, output, state, wasm_job};
 use dtee_tests::TestEnv;
 use dtee_worker::stats::Stats;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 
 /// Polls until `queue` holds `depth` messages.
 async fn until_depth(env: &TestEnv, queue: &str, depth: u32) {
@@ -27,12 +27,7 @@ async fn until_depth(env: &TestEnv, queue: &str, depth: u32) {
 /// Publishes `spec` as `user` with a per-message TTL (`expiration`), the way any AMQP client
 /// may.
 async fn publish_expiring(env: &TestEnv, user: &str, spec: &JobSpec, expiration_ms: u32) {
-    let connection = Connection::connect(
-        &dtee_tests::tenant_amqp_url(user),
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
+    let connection = dtee_tests::amqp_connect(&dtee_tests::tenant_amqp_url(user)).await;
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())

@@ -61,6 +61,8 @@ pub struct Config {
     pub amqp_url: String,
     /// Redis URL.
     pub redis_url: String,
+    /// TLS material for `amqps://` and `rediss://`.
+    pub tls: dtee_net::Tls,
     /// Namespace of every name the worker uses.
     pub namespace: Namespace,
     /// Targets served; one queue each.
@@ -162,7 +164,7 @@ impl Config {
     /// Checks what involves more than one setting, or a connection setting, and fills in the
     /// defaults that depend on the machine; each value was parsed on its own by [`Args`].
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        let namespace = check_connection(&args.connection)?;
+        let (namespace, tls) = check_connection(&args.connection)?;
         let (default_limits, max_limits) = limits(&args)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let concurrency = args.concurrency.unwrap_or(cores);
@@ -183,6 +185,7 @@ impl Config {
         Ok(Config {
             amqp_url: args.connection.amqp_url,
             redis_url: args.connection.redis_url,
+            tls,
             namespace,
             targets: args.targets,
             concurrency,
@@ -232,36 +235,42 @@ impl Config {
     }
 }
 
-/// Whether `url`'s scheme is `scheme`. Schemes are case-insensitive (RFC 3986 §3.1), and the
-/// clients accept `AMQPS://` as readily as `amqps://`.
-fn has_scheme(url: &str, scheme: &str) -> bool {
-    url.trim_start()
-        .split_once(':')
-        .is_some_and(|(found, _)| found.eq_ignore_ascii_case(scheme))
-}
-
-/// The namespace, after refusing TLS URLs: lapin and redis are built without TLS, and would
-/// otherwise connect in the clear.
-fn check_connection(connection: &ConnectionArgs) -> Result<Namespace, ConfigError> {
-    if has_scheme(&connection.amqp_url, "amqps") {
-        return Err(ConfigError {
-            name: cli::AMQP_URL_ENV.to_owned(),
-            value: redact(&connection.amqp_url),
-            why: "TLS (amqps://) is not built into this worker; use amqp:// on a trusted network or a TLS-terminating proxy".to_owned(),
-        });
-    }
-    if has_scheme(&connection.redis_url, "rediss") {
-        return Err(ConfigError {
-            name: cli::REDIS_URL_ENV.to_owned(),
-            value: redact(&connection.redis_url),
-            why: "TLS (rediss://) is not built into this worker; use redis:// on a trusted network or a TLS-terminating proxy".to_owned(),
-        });
-    }
-    Namespace::new(connection.namespace.clone()).map_err(|error| ConfigError {
+/// The namespace, after checking the URLs (schemes, cluster node lists) and reading the TLS
+/// files, so that a bad setting stops the worker at start-up with its name.
+fn check_connection(
+    connection: &ConnectionArgs,
+) -> Result<(Namespace, dtee_net::Tls), ConfigError> {
+    dtee_net::amqp::check(&connection.amqp_url).map_err(|why| ConfigError {
+        name: cli::AMQP_URL_ENV.to_owned(),
+        value: redact(&connection.amqp_url),
+        why,
+    })?;
+    dtee_net::redis_conn::check(&connection.redis_url).map_err(|why| ConfigError {
+        name: cli::REDIS_URL_ENV.to_owned(),
+        value: redact(&connection.redis_url),
+        why,
+    })?;
+    let tls = dtee_net::Tls::load(&connection.tls).map_err(|error| {
+        let (name, value) = match (&error, &connection.tls.tls_ca_file) {
+            (dtee_net::TlsError::HalfIdentity, _) | (_, None) => {
+                (cli::TLS_CERT_FILE_ENV, connection.tls.tls_cert_file.clone())
+            }
+            (_, Some(ca)) => (cli::TLS_CA_FILE_ENV, Some(ca.clone())),
+        };
+        ConfigError {
+            name: name.to_owned(),
+            value: value
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
+            why: error.to_string(),
+        }
+    })?;
+    let namespace = Namespace::new(connection.namespace.clone()).map_err(|error| ConfigError {
         name: cli::NAMESPACE_ENV.to_owned(),
         value: connection.namespace.clone(),
         why: error.to_string(),
-    })
+    })?;
+    Ok((namespace, tls))
 }
 
 /// The default and the maximum limits; no default may exceed its maximum.
@@ -344,27 +353,20 @@ mod tests {
         );
         let error = parse(&["--namespace", "Bad.Name"]).unwrap_err();
         assert_eq!(error.name, "DTEE_NAMESPACE");
-        for url in [
-            "amqps://user:secret@host/%2f",
-            "AMQPS://user:secret@host/%2f",
-            "AmQpS://user:secret@host/%2f",
-            " amqps://user:secret@host/%2f",
-        ] {
-            let error = parse(&["--amqp-url", url]).unwrap_err();
-            assert_eq!(error.name, "DTEE_AMQP_URL", "{url}");
-            assert!(
-                !error.to_string().contains("secret"),
-                "passwords are not echoed"
-            );
-        }
-        for url in [
-            "rediss://host:6379/",
-            "REDISS://host:6379/",
-            "RediSS://host/",
-        ] {
-            let error = parse(&["--redis-url", url]).unwrap_err();
-            assert_eq!(error.name, "DTEE_REDIS_URL", "{url}");
-        }
+        // TLS URLs and cluster node lists are accepted; bad schemes are refused by name,
+        // without echoing passwords.
+        assert!(parse(&["--amqp-url", "amqps://u:p@a/%2f,AMQPS://u:p@b/%2f"]).is_ok());
+        assert!(parse(&["--redis-url", "rediss+cluster://a:7001,b:7002"]).is_ok());
+        let error = parse(&["--amqp-url", "amqp://u:p@a/%2f,http://user:secret@b/"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_AMQP_URL");
+        assert!(
+            !error.to_string().contains("secret"),
+            "passwords are not echoed"
+        );
+        let error = parse(&["--redis-url", "redis+cluster://a:1/2"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_REDIS_URL");
+        let error = parse(&["--tls-ca-file", "/nonexistent/ca.pem"]).unwrap_err();
+        assert_eq!(error.name, "DTEE_TLS_CA_FILE");
         assert!(parse(&["--amqp-url", "AMQP://guest:guest@host/%2f"]).is_ok());
     }
 

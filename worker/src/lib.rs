@@ -123,7 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// RabbitMQ connection is lost later, the worker reconnects with backoff, declares its
 /// topology again and resumes; `/readyz` reports the outage meanwhile.
 pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
-    let store = store::Store::connect(&config.redis_url, config.namespace.clone())
+    let store = store::Store::connect(&config.redis_url, &config.tls, config.namespace.clone())
         .await
         .with_context(|| format!("connecting to redis at {}", redact(&config.redis_url)))?;
     // A commit past Redis's own string limit would fail inside the commit script: the script
@@ -184,7 +184,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
     let (probes, metrics_addr) =
         serve_probes(&config, &store, &metrics, &health, &attestor).await?;
     let worker_id = config.worker_id.clone();
-    let secret_link = secrets::SecretLink::new(config.amqp_url.clone(), config.namespace.clone());
+    let secret_link = secrets::SecretLink::new(
+        config.amqp_url.clone(),
+        config.tls.clone(),
+        config.namespace.clone(),
+    );
     let blob_cache_bytes = config.blob_cache_bytes;
     let ctx = Arc::new(Context {
         attestor,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dtee_net::RedisConn;
 use dtee_schemas::protocol::{Namespace, WorkerEntry};
-use redis::aio::ConnectionManager;
 use tracing::warn;
 
 use crate::attestation::Attestor;
@@ -15,7 +15,7 @@ use crate::telemetry::Telemetry;
 
 /// Heartbeats and refreshes evidence until aborted.
 pub async fn run(
-    redis: ConnectionManager,
+    redis: RedisConn,
     namespace: Namespace,
     attestor: Arc<Attestor>,
     routing_keys: Vec<String>,
@@ -65,7 +65,7 @@ pub async fn run(
 }
 
 /// Removes a worker's entry (on graceful shutdown).
-pub async fn deregister(redis: ConnectionManager, namespace: &Namespace, worker_id: &str) {
+pub async fn deregister(redis: RedisConn, namespace: &Namespace, worker_id: &str) {
     let _: Result<(), redis::RedisError> = redis::cmd("DEL")
         .arg(namespace.worker_key(worker_id))
         .query_async(&mut redis.clone())

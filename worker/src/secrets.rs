@@ -28,6 +28,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct SecretLink {
     key: HpkeKeyPair,
     amqp_url: String,
+    tls: dtee_net::Tls,
     namespace: Namespace,
     client: Mutex<Option<Arc<KeeperClient>>>,
 }
@@ -65,10 +66,11 @@ fn wipe(value: &mut Arc<[u8]>) -> bool {
 
 impl SecretLink {
     /// A link with a fresh HPKE key; the keeper connection opens on first use.
-    pub(crate) fn new(amqp_url: String, namespace: Namespace) -> SecretLink {
+    pub(crate) fn new(amqp_url: String, tls: dtee_net::Tls, namespace: Namespace) -> SecretLink {
         SecretLink {
             key: HpkeKeyPair::generate(),
             amqp_url,
+            tls,
             namespace,
             client: Mutex::new(None),
         }
@@ -154,6 +156,7 @@ impl SecretLink {
                 None => {
                     let connected = KeeperClient::connect(
                         &self.amqp_url,
+                        &self.tls,
                         self.namespace.clone(),
                         RELEASE_TIMEOUT,
                     )
@@ -211,7 +214,11 @@ mod tests {
 
     #[test]
     fn a_release_opens_only_for_this_worker_and_this_job() {
-        let link = SecretLink::new(String::new(), Namespace::new("t").unwrap());
+        let link = SecretLink::new(
+            String::new(),
+            dtee_net::Tls::default(),
+            Namespace::new("t").unwrap(),
+        );
         let wanted = SecretVersion {
             name: "token".into(),
             version: 1,

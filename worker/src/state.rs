@@ -11,10 +11,10 @@
 
 use std::time::Duration;
 
+use dtee_net::RedisConn;
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::{applied_key, StateKey};
 use dtee_schemas::Digest;
-use redis::aio::ConnectionManager;
 use redis::{Script, Value};
 
 const SNAPSHOT: &str = r#"
@@ -151,7 +151,7 @@ fn as_bytes(value: &Value) -> Option<Vec<u8>> {
 
 /// Redis's `proto-max-bulk-len` (the largest string it stores), when the ACL lets the worker
 /// read it with `CONFIG GET`; `None` otherwise.
-pub async fn redis_value_limit(redis: &ConnectionManager) -> Option<u64> {
+pub async fn redis_value_limit(redis: &RedisConn) -> Option<u64> {
     let reply: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("proto-max-bulk-len")
@@ -172,7 +172,7 @@ fn text(value: Option<&Value>) -> String {
 /// The worker's access to bound state.
 #[derive(Clone)]
 pub struct StateStore {
-    redis: ConnectionManager,
+    redis: RedisConn,
     namespace: Namespace,
     snapshot: Script,
     commit: Script,
@@ -188,7 +188,7 @@ impl std::fmt::Debug for StateStore {
 
 impl StateStore {
     /// A store on an existing Redis connection.
-    pub fn new(redis: ConnectionManager, namespace: Namespace) -> StateStore {
+    pub fn new(redis: RedisConn, namespace: Namespace) -> StateStore {
         StateStore {
             redis,
             namespace,

@@ -1,13 +1,13 @@
 //! Redis access: blobs by digest and the result cache.
 //!
 //! Every call can fail only transiently (Redis unreachable or restarting); the caller retries.
-//! The connection is a [`ConnectionManager`], which reconnects by itself.
+//! The connection is a [`RedisConn`] (one node or a Redis Cluster), which reconnects by itself.
 
 use std::time::Duration;
 
+use dtee_net::RedisConn;
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::Digest;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 /// The length of each key's string value, or -1 where the key holds none: one round trip that
@@ -27,7 +27,7 @@ return lengths
 /// The worker's view of Redis.
 #[derive(Clone)]
 pub struct Store {
-    redis: ConnectionManager,
+    redis: RedisConn,
     namespace: Namespace,
 }
 
@@ -41,13 +41,13 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Connects to Redis.
-    pub async fn connect(url: &str, namespace: Namespace) -> Result<Store, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_max_delay(Duration::from_secs(2));
-        let redis = client.get_connection_manager_with_config(config).await?;
+    pub async fn connect(
+        url: &str,
+        tls: &dtee_net::Tls,
+        namespace: Namespace,
+    ) -> Result<Store, redis::RedisError> {
+        let redis =
+            dtee_net::redis_conn::connect(url, tls, dtee_net::RedisOptions::default()).await?;
         Ok(Store { redis, namespace })
     }
 
@@ -60,7 +60,7 @@ impl Store {
     }
 
     /// The underlying connection (cheap to clone).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.redis.clone()
     }
 
@@ -73,12 +73,26 @@ impl Store {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
-        let script = redis::Script::new(BLOB_LENGTHS);
-        let mut invocation = script.prepare_invoke();
-        for digest in digests {
-            invocation.key(self.namespace.blob_key(digest));
-        }
-        let lengths: Vec<i64> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let lengths: Vec<i64> = if self.redis.is_cluster() {
+            // Blobs lie in many slots, and a script may touch only one: the same script once
+            // per blob, pipelined (the client sends each to its blob's node).
+            let mut pipe = redis::pipe();
+            for digest in digests {
+                pipe.cmd("EVAL")
+                    .arg(BLOB_LENGTHS)
+                    .arg(1)
+                    .arg(self.namespace.blob_key(digest));
+            }
+            let each: Vec<Vec<i64>> = pipe.query_async(&mut self.redis.clone()).await?;
+            each.into_iter().flatten().collect()
+        } else {
+            let script = redis::Script::new(BLOB_LENGTHS);
+            let mut invocation = script.prepare_invoke();
+            for digest in digests {
+                invocation.key(self.namespace.blob_key(digest));
+            }
+            invocation.invoke_async(&mut self.redis.clone()).await?
+        };
         Ok(lengths
             .into_iter()
             .map(|length| usize::try_from(length).ok())

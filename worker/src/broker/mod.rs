@@ -11,13 +11,19 @@ pub(crate) mod session;
 pub(crate) mod tenants;
 pub(crate) mod topology;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 
-/// Connects to RabbitMQ with a connection name that shows up in the management UI.
-pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    Connection::connect(
+/// Connects to RabbitMQ (the first node of `url` that answers, over TLS for `amqps://`) with a
+/// connection name that shows up in the management UI.
+pub(crate) async fn connect(
+    url: &str,
+    tls: &dtee_net::Tls,
+    name: &str,
+) -> Result<dtee_net::amqp::Connected, lapin::Error> {
+    dtee_net::amqp::connect(
         url,
         ConnectionProperties::default().with_connection_name(name.into()),
+        tls,
     )
     .await
 }

@@ -88,12 +88,29 @@ impl Session {
         routing_keys: &[String],
         tenant_queues: &[TenantQueue],
     ) -> anyhow::Result<(Session, ResultPublisher)> {
-        let connection = super::connect(
+        let connected = super::connect(
             &config.amqp_url,
+            &config.tls,
             &format!("dtee-worker {}", config.worker_id),
         )
         .await
         .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
+        let node = connected.node;
+        let opened = Self::set_up(connected.connection, config, routing_keys, tenant_queues).await;
+        if opened.is_err() {
+            // A node that accepts connections but cannot serve the topology (one cut off from
+            // its cluster's majority, say): the next attempt starts with another node.
+            dtee_net::amqp::lost(node);
+        }
+        opened
+    }
+
+    async fn set_up(
+        connection: lapin::Connection,
+        config: &Config,
+        routing_keys: &[String],
+        tenant_queues: &[TenantQueue],
+    ) -> anyhow::Result<(Session, ResultPublisher)> {
         let setup = connection
             .create_channel()
             .await
