@@ -14,7 +14,8 @@
 #   deploy/local/cluster.sh env      print the settings (export lines) for workers, dtee and tests
 #   deploy/local/cluster.sh down     stop everything and delete its data
 #   deploy/local/cluster.sh stop-rabbit N | start-rabbit N     stop or start RabbitMQ node N
-#   deploy/local/cluster.sh stop-redis PORT | start-redis PORT  stop or start a Redis node
+#   deploy/local/cluster.sh stop-redis PORT | kill-redis PORT | start-redis PORT
+#                                    stop (SHUTDOWN), crash (SIGKILL) or start a Redis node
 #
 # Everything lives under DTEE_CLUSTER_DIR (default /var/tmp/dtee-cluster). The system's own
 # RabbitMQ (5672) and Redis (6379) are left alone.
@@ -155,6 +156,14 @@ EOF
   return 1
 }
 
+kill_redis() { # a crash: SIGKILL, no shutdown, nothing flushed
+  local pid
+  pid=$(cat "$DIR/redis$1/redis.pid" 2>/dev/null) || return 0
+  log "killing Redis node 127.0.0.1:$1 (pid $pid)"
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$DIR/redis$1/redis.pid"
+}
+
 stop_redis() {
   local port=$1
   # shellcheck disable=SC2046
@@ -216,6 +225,7 @@ case "${1:-}" in
   stop-rabbit) stop_rabbit "$2" ;;
   start-rabbit) start_rabbit "$2" ;;
   stop-redis) stop_redis "$2" ;;
+  kill-redis) kill_redis "$2" ;;
   start-redis) start_redis "$2" ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2

@@ -9,7 +9,7 @@ set -euo pipefail
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 PACKAGES=(
-  build-essential pkg-config ca-certificates curl git jq
+  build-essential pkg-config ca-certificates curl git jq openssl
   clang-15 lld-15 wabt                 # WebAssembly kernels (kernels/build.sh)
   rabbitmq-server redis-server         # the broker and the state store
   swtpm swtpm-tools tpm2-tools libtss2-dev  # software TPM for attestation tests

@@ -25,6 +25,9 @@ bash deploy/validate.sh --live
 echo "== cargo test"
 cargo test --workspace --locked
 
+echo "== cluster and TLS: a 3-node RabbitMQ cluster and a Redis Cluster (3+3) with TLS and client certificates (deploy/local/cluster.sh)"
+bash deploy/local/test-cluster.sh
+
 echo "== client libraries: the Python and Node.js conformance suites (clients/conformance)"
 bash clients/conformance/run.sh
 

@@ -182,10 +182,153 @@ pub async fn connect(url: &str, tls: &Tls, options: RedisOptions) -> RedisResult
     ))
 }
 
+/// A Lua script and its hash, run with [`RedisConn::run_script`].
+#[derive(Debug, Clone)]
+pub struct Lua {
+    code: &'static str,
+    script: redis::Script,
+}
+
+impl Lua {
+    /// The script `code`.
+    pub fn new(code: &'static str) -> Lua {
+        Lua {
+            code,
+            script: redis::Script::new(code),
+        }
+    }
+
+    /// A call with no keys or arguments yet.
+    pub fn call(&self) -> LuaCall<'_> {
+        LuaCall {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// The keys and arguments of one run of a [`Lua`] script.
+#[derive(Debug)]
+pub struct LuaCall<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl LuaCall<'_> {
+    /// Adds a key.
+    pub fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument.
+    pub fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn command(&self, verb: &str, body: &str) -> Cmd {
+        let mut command = redis::cmd(verb);
+        command
+            .arg(body)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        command
+    }
+}
+
 impl RedisConn {
+    /// Runs a script: `EVALSHA`, and on `NOSCRIPT` the script itself. On one node the script
+    /// is then loaded with `SCRIPT LOAD`, as redis-rs does; on a cluster it is sent with `EVAL`
+    /// to its keys' node, because redis-rs sends `SCRIPT LOAD` to every node and fails while
+    /// any node is down, which is exactly when a promoted replica, whose script cache is
+    /// empty, needs it.
+    pub async fn run_script<T: redis::FromRedisValue>(&self, call: &LuaCall<'_>) -> RedisResult<T> {
+        match self {
+            RedisConn::Single(connection) => {
+                let mut invocation = call.lua.script.prepare_invoke();
+                for key in &call.keys {
+                    invocation.key(key.as_slice());
+                }
+                for arg in &call.args {
+                    invocation.arg(arg.as_slice());
+                }
+                invocation.invoke_async(&mut connection.clone()).await
+            }
+            RedisConn::Cluster(connection) => {
+                let mut connection = connection.clone();
+                let by_hash = call.command("EVALSHA", call.lua.script.get_hash());
+                match by_hash.query_async(&mut connection).await {
+                    Err(error)
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        call.command("EVAL", call.lua.code)
+                            .query_async(&mut connection)
+                            .await
+                    }
+                    answer => answer,
+                }
+            }
+        }
+    }
+
     /// Whether this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConn::Cluster(_))
+    }
+
+    /// The values of `keys`, in order (`None` where absent): one `MGET` on one node; on a
+    /// cluster, one `GET` per key, sent at once (redis-rs splits a multi-slot `MGET`, but
+    /// after a failover its split answers stop matching, and its cluster pipelines refuse keys
+    /// of several slots). Not atomic across keys on a cluster: for keys of one slot that must
+    /// be read together, `MGET` them directly.
+    pub async fn get_many(&self, keys: &[String]) -> RedisResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            RedisConn::Single(connection) => {
+                redis::cmd("MGET")
+                    .arg(keys)
+                    .query_async(&mut connection.clone())
+                    .await
+            }
+            RedisConn::Cluster(_) => {
+                let commands = keys
+                    .iter()
+                    .map(|key| redis::cmd("GET").arg(key).clone())
+                    .collect();
+                self.each(commands).await
+            }
+        }
+    }
+
+    /// The answers to `commands`, in order: one pipeline (one round trip) on one node; on a
+    /// cluster, each command sent to its own slot's node, all at once.
+    pub async fn each<T: redis::FromRedisValue>(&self, commands: Vec<Cmd>) -> RedisResult<Vec<T>> {
+        match self {
+            RedisConn::Single(connection) => {
+                if commands.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut pipe = redis::pipe();
+                for command in commands {
+                    pipe.add_command(command);
+                }
+                pipe.query_async(&mut connection.clone()).await
+            }
+            RedisConn::Cluster(connection) => {
+                futures_util::future::try_join_all(commands.into_iter().map(|command| {
+                    let mut connection = connection.clone();
+                    async move { command.query_async(&mut connection).await }
+                }))
+                .await
+            }
+        }
     }
 
     /// Every key matching `pattern` (`SCAN … MATCH`), on every primary of a cluster. Keys may

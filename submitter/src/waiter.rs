@@ -203,11 +203,15 @@ impl ResultWaiter {
         }
         drop(binding);
         let (result, failure): (Option<Vec<u8>>, Option<Vec<u8>>) = if accept_failure {
-            redis::cmd("MGET")
-                .arg(self.namespace.result_key(job_id))
-                .arg(self.namespace.failure_key(job_id))
-                .query_async(&mut self.redis.clone())
+            let mut values = self
+                .redis
+                .get_many(&[
+                    self.namespace.result_key(job_id),
+                    self.namespace.failure_key(job_id),
+                ])
                 .await?
+                .into_iter();
+            (values.next().flatten(), values.next().flatten())
         } else {
             // A caller about to submit takes only the result key (§9): one key to read.
             let result = redis::cmd("GET")

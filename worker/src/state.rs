@@ -1,7 +1,7 @@
 //! Bound state in Redis: consistent snapshots and atomic, exactly-once commits.
 //!
 //! Layout and the Redis Cluster rule: see [`dtee_schemas::state`]. Two Lua scripts, loaded
-//! once and called by hash ([`redis::Script`] loads them again after a Redis restart):
+//! once and called by hash ([`dtee_net::RedisConn::run_script`] sends them again after a Redis restart or a failover):
 //! - the *snapshot* reads the version (and, for readable modes, the value) of every bound key
 //!   in one atomic step;
 //! - the *commit* checks that no bound key changed since the snapshot, applies every write and
@@ -11,11 +11,12 @@
 
 use std::time::Duration;
 
+use dtee_net::Lua;
 use dtee_net::RedisConn;
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::{applied_key, StateKey};
 use dtee_schemas::Digest;
-use redis::{Script, Value};
+use redis::Value;
 
 const SNAPSHOT: &str = r#"
 -- KEYS: value and version key of each binding, in pairs. ARGV[i]: '1' to read value i.
@@ -174,8 +175,8 @@ fn text(value: Option<&Value>) -> String {
 pub struct StateStore {
     redis: RedisConn,
     namespace: Namespace,
-    snapshot: Script,
-    commit: Script,
+    snapshot: Lua,
+    commit: Lua,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -192,8 +193,8 @@ impl StateStore {
         StateStore {
             redis,
             namespace,
-            snapshot: Script::new(SNAPSHOT),
-            commit: Script::new(COMMIT),
+            snapshot: Lua::new(SNAPSHOT),
+            commit: Lua::new(COMMIT),
         }
     }
 
@@ -205,14 +206,14 @@ impl StateStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut invocation = self.snapshot.prepare_invoke();
+        let mut invocation = self.snapshot.call();
         for (key, read) in keys {
             invocation
                 .key(key.value_key(&self.namespace))
                 .key(key.version_key(&self.namespace));
             invocation.arg(if *read { "1" } else { "0" });
         }
-        let reply: Value = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let reply: Value = self.redis.run_script(&invocation).await?;
         let Value::Array(entries) = reply else {
             return Err(malformed("snapshot reply is not an array"));
         };
@@ -294,7 +295,7 @@ impl StateStore {
         applied_ttl: Duration,
         max_value_bytes: u64,
     ) -> Result<Commit, redis::RedisError> {
-        let mut invocation = self.commit.prepare_invoke();
+        let mut invocation = self.commit.call();
         invocation.key(applied_key(&self.namespace, hash_tag, job_id));
         invocation
             .arg(result)
@@ -311,7 +312,7 @@ impl StateStore {
                 WriteOp::Append(bytes) => invocation.arg("append").arg(bytes.as_slice()),
             };
         }
-        let reply: Value = invocation.invoke_async(&mut self.redis.clone()).await?;
+        let reply: Value = self.redis.run_script(&invocation).await?;
         let Value::Array(fields) = reply else {
             return Err(malformed("commit reply is not an array"));
         };

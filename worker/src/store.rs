@@ -75,23 +75,26 @@ impl Store {
         }
         let lengths: Vec<i64> = if self.redis.is_cluster() {
             // Blobs lie in many slots, and a script may touch only one: the same script once
-            // per blob, pipelined (the client sends each to its blob's node).
-            let mut pipe = redis::pipe();
-            for digest in digests {
-                pipe.cmd("EVAL")
-                    .arg(BLOB_LENGTHS)
-                    .arg(1)
-                    .arg(self.namespace.blob_key(digest));
-            }
-            let each: Vec<Vec<i64>> = pipe.query_async(&mut self.redis.clone()).await?;
+            // per blob, all sent at once (each to its blob's node).
+            let commands = digests
+                .iter()
+                .map(|digest| {
+                    redis::cmd("EVAL")
+                        .arg(BLOB_LENGTHS)
+                        .arg(1)
+                        .arg(self.namespace.blob_key(digest))
+                        .clone()
+                })
+                .collect();
+            let each: Vec<Vec<i64>> = self.redis.each(commands).await?;
             each.into_iter().flatten().collect()
         } else {
-            let script = redis::Script::new(BLOB_LENGTHS);
-            let mut invocation = script.prepare_invoke();
+            let script = dtee_net::Lua::new(BLOB_LENGTHS);
+            let mut invocation = script.call();
             for digest in digests {
                 invocation.key(self.namespace.blob_key(digest));
             }
-            invocation.invoke_async(&mut self.redis.clone()).await?
+            self.redis.run_script(&invocation).await?
         };
         Ok(lengths
             .into_iter()
@@ -106,24 +109,22 @@ impl Store {
         &self,
         digests: &[(&Digest, usize)],
     ) -> Result<Vec<Vec<u8>>, redis::RedisError> {
-        let mut pipe = redis::pipe();
-        for (digest, length) in digests {
-            if *length == 0 {
-                pipe.cmd("GETRANGE")
+        // GETRANGE 1 0 reads nothing: an empty blob.
+        let commands = digests
+            .iter()
+            .map(|(digest, length)| {
+                let (start, end) = match length {
+                    0 => (1, 0),
+                    length => (0, *length as i64 - 1),
+                };
+                redis::cmd("GETRANGE")
                     .arg(self.namespace.blob_key(digest))
-                    .arg(1)
-                    .arg(0);
-            } else {
-                pipe.cmd("GETRANGE")
-                    .arg(self.namespace.blob_key(digest))
-                    .arg(0)
-                    .arg(*length - 1);
-            }
-        }
-        if digests.is_empty() {
-            return Ok(Vec::new());
-        }
-        pipe.query_async(&mut self.redis.clone()).await
+                    .arg(start)
+                    .arg(end)
+                    .clone()
+            })
+            .collect();
+        self.redis.each(commands).await
     }
 
     /// In one round trip: the cached result of `job_id`, if any, and whether `tenant` revoked
@@ -133,11 +134,15 @@ impl Store {
         tenant: &str,
         job_id: &Digest,
     ) -> Result<(Option<Vec<u8>>, bool), redis::RedisError> {
-        let (cached, revoked): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-            .arg(self.namespace.result_key(job_id))
-            .arg(self.namespace.revoked_key(tenant, job_id))
-            .query_async(&mut self.redis.clone())
-            .await?;
+        let mut values = self
+            .redis
+            .get_many(&[
+                self.namespace.result_key(job_id),
+                self.namespace.revoked_key(tenant, job_id),
+            ])
+            .await?
+            .into_iter();
+        let (cached, revoked) = (values.next().flatten(), values.next().flatten());
         Ok((cached, revoked.is_some()))
     }
 
