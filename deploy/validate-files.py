@@ -170,7 +170,8 @@ def code_facts():
 
     # Redis commands the worker sends: redis::cmd("X"), AsyncCommands methods on a key of
     # the namespace (`.get(self.namespace.blob_key(..))`), commands inside Lua scripts, and
-    # redis::Script, which sends EVALSHA and, after NOSCRIPT, SCRIPT LOAD.
+    # redis::Script or dtee_net::Lua, which send EVALSHA and, after NOSCRIPT, SCRIPT LOAD (one node)
+    # (on a cluster, on the primary of the keys' slot).
     commands = set()
     for path in (ROOT / "worker/src").rglob("*.rs"):
         source = path.read_text()
@@ -178,7 +179,7 @@ def code_facts():
         commands |= {c.lower() for c in re.findall(r"redis\.call\('([A-Za-z]+)'", source)}
         commands |= {c.lower() for c in re.findall(r"\.(\w+)\(\s*self\.namespace\.\w+_key\(", source)
                      if c not in ("arg", "key")}
-        if "Script::new(" in source:
+        if "Script::new(" in source or "Lua::new(" in source:
             commands |= {"evalsha", "script|load"}
         if re.search(r"redis::pipe\(\)\s*\.atomic\(\)", source):
             commands |= {"multi", "exec"}

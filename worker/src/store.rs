@@ -76,17 +76,16 @@ impl Store {
         let lengths: Vec<i64> = if self.redis.is_cluster() {
             // Blobs lie in many slots, and a script may touch only one: the same script once
             // per blob, all sent at once (each to its blob's node).
-            let commands = digests
-                .iter()
-                .map(|digest| {
-                    redis::cmd("EVAL")
-                        .arg(BLOB_LENGTHS)
-                        .arg(1)
-                        .arg(self.namespace.blob_key(digest))
-                        .clone()
-                })
-                .collect();
-            let each: Vec<Vec<i64>> = self.redis.each(commands).await?;
+            let script = dtee_net::Lua::new(BLOB_LENGTHS);
+            let each = futures_util::future::try_join_all(digests.iter().map(|digest| {
+                let script = &script;
+                async move {
+                    let mut call = script.call();
+                    call.key(self.namespace.blob_key(digest));
+                    self.redis.run_script::<Vec<i64>>(&call).await
+                }
+            }))
+            .await?;
             each.into_iter().flatten().collect()
         } else {
             let script = dtee_net::Lua::new(BLOB_LENGTHS);
