@@ -89,30 +89,6 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// The hash slot of `key`, as Redis Cluster computes it: CRC16 (XMODEM) of the hash tag (the
-/// text between the first `{` and the next `}`, when not empty) or of the key, modulo 16384.
-pub fn slot_of(key: &[u8]) -> u16 {
-    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
-        rest.iter()
-            .position(|&b| b == b'}')
-            .filter(|&close| close > 0)
-            .map(|close| &rest[..close])
-    });
-    let mut crc: u16 = 0;
-    for &byte in tagged.unwrap_or(key) {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 /// Whether `url` names a Redis Cluster.
 pub fn is_cluster_url(url: &str) -> bool {
     has_scheme(url, "redis+cluster") || has_scheme(url, "rediss+cluster")
@@ -289,7 +265,10 @@ impl RedisConn {
                         if error.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                     {
-                        let slot = call.keys.first().map_or(0, |key| slot_of(key));
+                        let slot = call
+                            .keys
+                            .first()
+                            .map_or(0, dtee_schemas::state::cluster_slot);
                         let route = redis::cluster_routing::Route::new(
                             slot,
                             redis::cluster_routing::SlotAddr::Master,
@@ -499,15 +478,6 @@ mod tests {
         assert!(!is_cluster_url("rediss://a:1"));
         assert!(check("redis://a:1/0").is_ok());
         assert!(check("http://a:1/").is_err());
-    }
-
-    #[test]
-    fn slots_are_redis_clusters() {
-        // Values from `CLUSTER KEYSLOT` on Redis 7.0.
-        assert_eq!(slot_of(b"foo"), 12182);
-        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
-        assert_eq!(slot_of(b"foo{}{bar}"), slot_of(b"foo{}{bar}"));
-        assert_eq!(slot_of(b"123456789"), 0x31C3);
     }
 
     #[test]

@@ -140,8 +140,8 @@ pub fn applied_key(namespace: &Namespace, hash_tag: &str, job_id: &Digest) -> St
 }
 
 /// The Redis Cluster hash slot of a key (CRC16/XMODEM of its hash tag, modulo 16384).
-pub fn cluster_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
+pub fn cluster_slot(key: impl AsRef<[u8]>) -> u16 {
+    let bytes = key.as_ref();
     let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &bytes[open + 1..];
         rest.iter()
@@ -197,7 +197,7 @@ mod tests {
         let job = Digest::of(b"job");
         let a = StateKey::parse("alice/{g}/a").unwrap();
         let b = StateKey::parse("alice/{g}/b").unwrap();
-        let slot = cluster_slot(&a.value_key(&ns));
+        let slot = cluster_slot(a.value_key(&ns));
         for key in [
             a.version_key(&ns),
             b.value_key(&ns),
