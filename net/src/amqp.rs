@@ -12,8 +12,9 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::{has_scheme, Tls};
 
-/// How long one node may take to accept a connection (TCP, TLS and the AMQP handshake) before
-/// the next one is tried.
+/// How long one node of several may take to accept a connection (TCP, TLS and the AMQP
+/// handshake) before the next one is tried. A single node has no bound of its own here: the
+/// caller's bound applies (the worker's session set-up timeout).
 pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The node to try first: the one after the node that last failed (shared by the process's
@@ -63,7 +64,8 @@ pub struct Connected {
 }
 
 /// Connects to the first node of `setting` that answers, starting after the last one that
-/// failed, each within [`NODE_CONNECT_TIMEOUT`]. The error is the last node's.
+/// failed, each within [`NODE_CONNECT_TIMEOUT`] when there are several. The error is the last
+/// node's.
 pub async fn connect(
     setting: &str,
     properties: ConnectionProperties,
@@ -81,7 +83,12 @@ pub async fn connect(
         let node = (start + offset) % urls.len();
         let url = urls[node];
         let attempt = connect_one(url, properties.clone(), tls);
-        match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+        let bound = if urls.len() > 1 {
+            NODE_CONNECT_TIMEOUT
+        } else {
+            Duration::MAX
+        };
+        match tokio::time::timeout(bound, attempt).await {
             Ok(Ok(connection)) => {
                 NEXT.store(node, Ordering::Relaxed);
                 return Ok(Connected { connection, node });
