@@ -27,6 +27,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import validate_cluster  # noqa: E402 - deploy/validate_cluster.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 NAMESPACE = "dtee"
@@ -444,9 +447,8 @@ def check_kubernetes(parsed, definitions, facts):
     check(secret["metadata"]["name"] in refs
           and {"DTEE_AMQP_URL", "DTEE_REDIS_URL"} <= set(secret["stringData"]),
           "the example Secret carries the URLs the Deployment reads")
-    for key in ("DTEE_AMQP_URL", "DTEE_REDIS_URL"):
-        check(not secret["stringData"][key].startswith(("amqps:", "rediss:")),
-              f"{key} in the example does not ask for TLS the build lacks")
+    validate_cluster.check_urls(check, "the example Secret", secret["stringData"]["DTEE_AMQP_URL"],
+                                secret["stringData"]["DTEE_REDIS_URL"])
 
     scaled = objects[("ScaledObject", "dtee-worker")]
     check(scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"],
@@ -527,9 +529,7 @@ def check_systemd(facts):
           "DeviceAllow for /dev/sev-guest and /dev/tpmrm0")
     check(settings.get("MemoryDenyWriteExecute") != ["yes"],
           "MemoryDenyWriteExecute is off (Wasmtime compiles kernels at run time)")
-    for key in ("DTEE_AMQP_URL", "DTEE_REDIS_URL"):
-        check(not env[key].startswith(("amqps:", "rediss:")),
-              f"{key} in worker.env does not ask for TLS the build lacks")
+    validate_cluster.check_urls(check, "worker.env", env["DTEE_AMQP_URL"], env["DTEE_REDIS_URL"])
     return grace
 
 
@@ -698,6 +698,7 @@ def main(argv):
         packages = guarded("Dockerfile", check_dockerfile, facts)
         if packages:
             (out / "dockerfile-packages.txt").write_text("\n".join(packages) + "\n")
+        guarded("clusters and TLS", validate_cluster.check_cluster, parsed, facts, ROOT, DEPLOY, doc, check, section)
         guarded("metric names", check_metric_names, parsed, facts)
         guarded("dashboard", check_dashboard, parsed, out)
     else:

@@ -22,7 +22,8 @@
 #   --live   also runs a real worker and the `dtee` command line (from target/debug or
 #            target/release; DTEE_BIN_DIR to choose) as the least-privilege users, against the
 #            imported vhost and the throwaway Redis: jobs, state, a refused foreign key, the
-#            health endpoints, the metric names, and a graceful stop. Temporary passwords are
+#            health endpoints, the metric names, and a graceful stop; then the same users
+#            against a one-node Redis Cluster (deploy/validate-live-cluster.sh). Temporary passwords are
 #            set on the RabbitMQ users for the run and removed afterwards.
 #   -v       prints every check.
 #
@@ -169,14 +170,16 @@ fi
 # --- Compose, Dockerfile, Kubernetes, systemd, scripts -----------------------------------------
 step "compose, docker, kubernetes, systemd, scripts"
 if [ ${#compose[@]} -gt 0 ]; then
-  run "${compose[*]} config: deploy/compose/docker-compose.yml with .env.example" \
-    "${compose[@]}" --env-file deploy/compose/.env.example -f deploy/compose/docker-compose.yml config -q
   : > "$tmp/empty.env"
-  if "${compose[@]}" --env-file "$tmp/empty.env" -f deploy/compose/docker-compose.yml config -q >/dev/null 2>&1; then
-    fail "the Compose file must refuse to start without the passwords of .env"
-  else
-    ok "the Compose file refuses to start without the passwords of .env"
-  fi
+  for file in docker-compose.yml docker-compose.cluster.yml; do
+    run "${compose[*]} config: deploy/compose/$file with .env.example" \
+      "${compose[@]}" --env-file deploy/compose/.env.example -f "deploy/compose/$file" config -q
+    if "${compose[@]}" --env-file "$tmp/empty.env" -f "deploy/compose/$file" config -q >/dev/null 2>&1; then
+      fail "deploy/compose/$file must refuse to start without the passwords of .env"
+    else
+      ok "deploy/compose/$file refuses to start without the passwords of .env"
+    fi
+  done
 fi
 if [ -s "$tmp/dockerfile-packages.txt" ]; then
   if compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
@@ -195,6 +198,7 @@ if [ -s "$tmp/dockerfile-packages.txt" ]; then
 fi
 if command -v kubectl >/dev/null 2>&1; then
   run "kubectl kustomize deploy/kubernetes" kubectl kustomize deploy/kubernetes
+  run "kubectl kustomize deploy/kubernetes-cluster" kubectl kustomize deploy/kubernetes-cluster
 else
   ok "kubectl not installed: Kubernetes manifests checked by validate-files.py only"
 fi
@@ -220,6 +224,8 @@ fi
 run "bash -n deploy/compose/rabbitmq/rabbitmq-start.sh" bash -n deploy/compose/rabbitmq/rabbitmq-start.sh
 run "sh -n deploy/compose/redis-start.sh" sh -n deploy/compose/redis-start.sh
 run "bash -n deploy/validate.sh" bash -n deploy/validate.sh
+run "bash -n deploy/validate-live-cluster.sh" bash -n deploy/validate-live-cluster.sh
+run "bash -n deploy/tls/make-certs.sh" bash -n deploy/tls/make-certs.sh
 
 # --- Redis ------------------------------------------------------------------------------------
 step "redis: redis.conf and users.acl in a throwaway redis-server"
@@ -316,6 +322,19 @@ if [ "$(rcli dtee-admin "$pw_admin" PING)" = PONG ]; then
       expect denied "${s[@]}" FLUSHALL
       expect denied "${s[@]}" CONFIG GET dir
       expect denied dtee-operator "" PING
+      # Redis Cluster clients (redis-rs, redis-py, node-redis) read the slot map and follow ASK
+      # redirections; redis-py also reads COMMAND. Asked with ACL DRYRUN: this server is no
+      # cluster.
+      for user in dtee-worker dtee-submitter dtee-keeper dtee-operator; do
+        for command in "CLUSTER SLOTS" ASKING "CLUSTER RESET" "CLUSTER FAILOVER"; do
+          # shellcheck disable=SC2086
+          reply=$(rcli dtee-admin "$pw_admin" ACL DRYRUN "$user" $command)
+          case "$command:$reply" in
+            CLUSTER\ SLOTS:OK | ASKING:OK | CLUSTER\ RESET:*"no permissions"* | CLUSTER\ FAILOVER:*"no permissions"*) ;;
+            *) echo "ACL DRYRUN $user $command: $reply" ;;
+          esac
+        done
+      done
     } 2>&1
   ) || true
   if [ -z "$acl_errors" ]; then
@@ -517,6 +536,13 @@ if [ "$live" = 1 ]; then
       wait "$worker_pid" || status=$?
       worker_pid=
       [ "$status" = 0 ] && ok "SIGTERM: the worker stops gracefully (exit 0)" || fail "SIGTERM: the worker exited $status"
+      # The same users against Redis in cluster mode (after this worker stopped: it would take
+      # the jobs, and it reads another Redis).
+      cluster_failures=0
+      BIN=$bin TMP=$tmp RABBIT_WORKER_URL="amqp://dtee-worker:$rpw_worker@127.0.0.1:5672/dtee" \
+        RABBIT_SUBMITTER_URL="amqp://dtee-submitter:$rpw_submitter@127.0.0.1:5672/dtee" \
+        bash deploy/validate-live-cluster.sh || cluster_failures=$?
+      failures=$((failures + cluster_failures))
     else
       fail "$bin/dtee-worker did not become ready"
       tail -n 5 "$tmp/worker.log" | sed 's/^/      /'

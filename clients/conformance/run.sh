@@ -5,8 +5,10 @@
 #
 # Needs: deploy/local/setup.sh run (it installs the clients' dependencies) and
 # `cargo build --workspace --bins` (target/debug/dtee-worker and target/debug/dtee).
-# Environment: DTEE_AMQP_URL, DTEE_REDIS_URL (defaults: the local guest broker and Redis);
-# CONFORMANCE=python|node to run one suite.
+# Environment: DTEE_AMQP_URL, DTEE_REDIS_URL (defaults: the local guest broker and Redis; node
+# lists and redis+cluster:// or rediss+cluster:// URLs as the worker takes them),
+# DTEE_TLS_CA_FILE, DTEE_TLS_CERT_FILE, DTEE_TLS_KEY_FILE (for amqps and rediss; the worker and
+# both suites use them); CONFORMANCE=python|node to run one suite.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -27,11 +29,31 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 DTEE_ATTESTATION=software DTEE_LOG=warn DTEE_WORKER_ID="conformance-$$" \
   DTEE_METRICS_ADDR="127.0.0.1:$port" target/debug/dtee-worker >"$log" 2>&1 &
 worker=$!
+# Deletes the namespace's keys: on one node, or on each seed node of a cluster (-c follows
+# MOVED to the keys' primaries).
+remove_keys() {
+  local tls=() url=$DTEE_REDIS_URL
+  [ -z "${DTEE_TLS_CA_FILE:-}" ] || tls+=(--tls --cacert "$DTEE_TLS_CA_FILE")
+  [ -z "${DTEE_TLS_CERT_FILE:-}" ] || tls+=(--cert "$DTEE_TLS_CERT_FILE" --key "$DTEE_TLS_KEY_FILE")
+  case $url in
+    redis+cluster://* | rediss+cluster://*)
+      local authority=${url#*://} node
+      authority=${authority%%/*}
+      for node in $(printf '%s' "${authority##*@}" | tr ',' ' '); do
+        redis-cli -c "${tls[@]}" -h "${node%:*}" -p "${node##*:}" --scan --pattern "$DTEE_NAMESPACE:*" \
+          | xargs -r -n 1 redis-cli -c "${tls[@]}" -h "${node%:*}" -p "${node##*:}" del >/dev/null || true
+      done
+      ;;
+    *)
+      redis-cli "${tls[@]}" -u "$url" --scan --pattern "$DTEE_NAMESPACE:*" \
+        | xargs -r -n 500 redis-cli "${tls[@]}" -u "$url" del >/dev/null || true
+      ;;
+  esac
+}
 cleanup() {
   kill -TERM "$worker" 2>/dev/null || true
   wait "$worker" 2>/dev/null || true
-  redis-cli -u "$DTEE_REDIS_URL" --scan --pattern "$DTEE_NAMESPACE:*" \
-    | xargs -r -n 500 redis-cli -u "$DTEE_REDIS_URL" del >/dev/null || true
+  remove_keys
   rm -f "$log"
 }
 trap cleanup EXIT

@@ -241,11 +241,45 @@ export const HEADER_SUBMITTED_AT: string;
 /** The user name of an AMQP URL, `guest` when it has none. */
 export function amqpUser(url: string): string;
 
+/** The URLs of an AMQP setting (a comma-separated string or an array); throws on a bad one. */
+export function amqpUrls(setting: string | string[]): string[];
+
+/** PEM files for amqps and rediss. A client certificate needs its key. */
+export interface TlsFiles {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+}
+
+/** Reads TLS files: `{ca, cert, key}`, absent where no file is named. */
+export function loadTls(files?: TlsFiles): { ca?: Buffer; cert?: Buffer; key?: Buffer };
+
+/** Whether a Redis URL asks for Redis Cluster (`redis+cluster://`, `rediss+cluster://`). */
+export function isClusterUrl(url: string): boolean;
+
+/** A cluster URL's seed nodes (port 6379 when absent), credentials and TLS. */
+export function parseClusterUrl(url: string): {
+  nodes: { host: string; port: number }[];
+  username?: string;
+  password?: string;
+  tls: boolean;
+};
+
 export interface ConnectOptions {
-  /** Default `amqp://guest:guest@127.0.0.1:5672/%2f`. Its user name is the jobs' tenant. */
-  amqpUrl?: string;
-  /** Default `redis://127.0.0.1:6379`; must be the primary. */
+  /**
+   * Default `amqp://guest:guest@127.0.0.1:5672/%2f`. Its user name is the jobs' tenant. Several
+   * nodes of a RabbitMQ cluster (comma-separated, or an array, all with the same user): the first
+   * that answers is used.
+   */
+  amqpUrl?: string | string[];
+  /**
+   * Default `redis://127.0.0.1:6379`; must be the primary. `redis+cluster://` or
+   * `rediss+cluster://user:password@host:port,host:port` selects Redis Cluster (reads go to
+   * primaries).
+   */
   redisUrl?: string;
+  /** TLS files for `amqps://` and `rediss://`; host names are verified. */
+  tls?: TlsFiles;
   /** Default `dtee`. */
   namespace?: string;
   /** Default 10000. */

@@ -7,6 +7,13 @@
 # DTEE_REDIS_ADMIN_PASSWORD (required), DTEE_REDIS_OPERATOR_PASSWORD and
 # DTEE_REDIS_KEEPER_PASSWORD (optional: without one, that user cannot log in), DTEE_REDIS_MAXMEMORY (default 1gb).
 #
+# Cluster (deploy/compose/docker-compose.cluster.yml): with DTEE_REDIS_CLUSTER=yes the node
+# joins a Redis Cluster over TLS only: DTEE_TLS_DIR names a folder with ca.pem, server.pem and
+# server.key (deploy/tls/make-certs.sh), copied under /data for the redis user; clients,
+# replication and the cluster bus use TLS, clients must present a certificate of the CA, the
+# node announces DTEE_REDIS_ANNOUNCE_HOSTNAME (clients verify it against the certificate), and
+# replicas authenticate to their primary as dtee-admin.
+#
 # `redis-start.sh --acl-only` writes the ACL file and stops (deploy/validate.sh uses it, with
 # DTEE_REDIS_ACL_TEMPLATE and DTEE_REDIS_ACL naming the template and the file to write).
 set -eu
@@ -39,5 +46,30 @@ mv "$acl.new" "$acl"
 if [ "${1:-}" = --acl-only ]; then
   exit 0
 fi
+set --
+if [ "${DTEE_REDIS_CLUSTER:-no}" = yes ]; then
+  : "${DTEE_TLS_DIR:?}" "${DTEE_REDIS_ANNOUNCE_HOSTNAME:?}"
+  mkdir -p /data/tls
+  cp "$DTEE_TLS_DIR/ca.pem" "$DTEE_TLS_DIR/server.pem" "$DTEE_TLS_DIR/server.key" /data/tls/
+  # The entry point gives /data to the redis user before it drops to it.
+  cat > /data/cluster.conf <<EOF
+port 0
+tls-port 6379
+tls-cert-file /data/tls/server.pem
+tls-key-file /data/tls/server.key
+tls-ca-cert-file /data/tls/ca.pem
+tls-auth-clients yes
+tls-replication yes
+tls-cluster yes
+cluster-enabled yes
+cluster-config-file /data/nodes.conf
+cluster-announce-hostname $DTEE_REDIS_ANNOUNCE_HOSTNAME
+cluster-preferred-endpoint-type hostname
+masteruser dtee-admin
+masterauth $DTEE_REDIS_ADMIN_PASSWORD
+EOF
+  chmod 0600 /data/cluster.conf
+  set -- --include /data/cluster.conf
+fi
 exec docker-entrypoint.sh redis-server /usr/local/etc/redis/redis.conf \
-  --dir /data --aclfile "$acl" --maxmemory "${DTEE_REDIS_MAXMEMORY:-1gb}"
+  --dir /data --aclfile "$acl" --maxmemory "${DTEE_REDIS_MAXMEMORY:-1gb}" "$@"

@@ -22,6 +22,7 @@
 set -euo pipefail
 
 DIR=${DTEE_CLUSTER_DIR:-/var/tmp/dtee-cluster}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 RABBIT_NODES=(1 2 3)
 REDIS_PORTS=(7001 7002 7003 7004 7005 7006)
 log() { printf '[cluster] %s\n' "$*" >&2; }
@@ -39,19 +40,7 @@ certs() {
   local tls=$DIR/tls
   [ -f "$tls/client.key" ] && return 0
   log "making a CA, a server certificate (localhost, 127.0.0.1) and a client certificate in $tls"
-  mkdir -p "$tls"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-    -subj "/CN=dtee test CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
-  for who in server client; do
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -subj "/CN=dtee test $who" -keyout "$tls/$who.key" -out "$tls/$who.csr" 2>/dev/null
-  done
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >"$tls/server.ext"
-  printf 'extendedKeyUsage=clientAuth\n' >"$tls/client.ext"
-  for who in server client; do
-    openssl x509 -req -in "$tls/$who.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
-      -CAcreateserial -days 30 -extfile "$tls/$who.ext" -out "$tls/$who.pem" 2>/dev/null
-  done
+  bash "$REPO/deploy/tls/make-certs.sh" "$tls" DNS:localhost,IP:127.0.0.1 30
   # RabbitMQ runs as the rabbitmq user and must read the server's key.
   chown -R rabbitmq: "$tls"
   chmod 0750 "$tls"
@@ -79,7 +68,8 @@ ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = true
 EOF
   echo '[].' >"$base/enabled_plugins"
-  echo '[].' >"$base/advanced.config"
+  # Three replicas per quorum queue, as in every deployment of deploy/.
+  cp "$REPO/deploy/rabbitmq/advanced.config" "$base/advanced.config"
   chown -R rabbitmq: "$base"
   log "starting RabbitMQ node $(rabbit_node "$n") (amqps 127.0.0.1:$(rabbit_port "$n"))"
   # shellcheck disable=SC2046

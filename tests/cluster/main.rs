@@ -37,8 +37,8 @@ fn cluster(args: &[&str]) {
     assert!(status.success(), "cluster.sh {args:?}");
 }
 
-/// The RabbitMQ node (1..=3) that leads `queue`, asked of a node other than `avoid`.
-fn queue_leader(queue: &str) -> usize {
+/// The RabbitMQ node (1..=3) that leads `queue`, and how many nodes hold a replica of it.
+fn queue_leader(queue: &str) -> (usize, usize) {
     for ask in 1..=3 {
         let output = Command::new("rabbitmqctl")
             .args(["-q", "-n", &format!("dtee-c{ask}@localhost")])
@@ -48,6 +48,7 @@ fn queue_leader(queue: &str) -> usize {
                 "/",
                 "name",
                 "leader",
+                "members",
                 "--formatter",
                 "json",
             ])
@@ -63,12 +64,17 @@ fn queue_leader(queue: &str) -> usize {
                 let leader = entry["leader"]
                     .as_str()
                     .expect("a quorum queue has a leader");
-                return leader
+                let members = entry["members"]
+                    .as_array()
+                    .expect("a quorum queue has members")
+                    .len();
+                let leader = leader
                     .trim_start_matches("dtee-c")
                     .split('@')
                     .next()
                     .and_then(|n| n.parse().ok())
                     .expect("a dtee-cN node");
+                return (leader, members);
             }
         }
     }
@@ -204,7 +210,9 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
     // A first job makes the tenant's own jobs queue, whose leader is then stopped.
     assert!(env.run(&spec_of(JOBS)).await.succeeded());
     let queue = env.namespace.tenant_job_queue("wasm", &tenant);
-    let leader = queue_leader(&queue);
+    let (leader, replicas) = queue_leader(&queue);
+    // deploy/rabbitmq/advanced.config: quorum_cluster_size 3.
+    assert_eq!(replicas, 3, "{queue} is replicated on every node");
     // Every result message, counted by a subscriber on a node that stays up.
     let watcher_node = if leader == 3 { 2 } else { 3 };
     let watcher_url = dtee_net::amqp::urls(&amqp_url())[watcher_node - 1].to_owned();

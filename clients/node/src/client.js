@@ -2,9 +2,8 @@
 // awaited without a race (PROTOCOL.md §5, §7, §9). One AMQP connection carries a confirm
 // channel for publishing and one channel with the result queue.
 
-import amqp from 'amqplib';
-
-import { createClient, commandOptionsFor } from './redis.js';
+import { amqpUser, connectAmqp, loadTls } from './amqp.js';
+import { commandOptionsFor, connectRedis, getMany } from './redis.js';
 import { digestOf, isDigest } from './digest.js';
 import { prepareJob } from './job.js';
 import { parseStrict } from './jcs.js';
@@ -33,19 +32,7 @@ export const DEFAULT_TIMEOUT_MS = 60_000;
 /** Default lifetime of a revocation (`cancel`): 7 days. */
 export const DEFAULT_CANCEL_TTL_SECS = 604_800;
 
-/**
- * The user name of an AMQP URL (percent-decoded), `guest` when it has none, as amqplib does.
- * @param {string} url
- */
-export function amqpUser(url) {
-  let user = '';
-  try {
-    user = decodeURIComponent(new URL(url).username);
-  } catch {
-    user = '';
-  }
-  return user === '' ? 'guest' : user;
-}
+export { amqpUser };
 
 function noNamespace(namespace, error) {
   return new DteeError(`namespace ${JSON.stringify(namespace)} does not exist on this broker (no worker has ever started in it): ${error.message}`, { cause: error });
@@ -87,8 +74,13 @@ export class Client {
 
   /**
    * Connects to RabbitMQ and Redis.
-   * @param {{amqpUrl?: string, redisUrl?: string, namespace?: string, connectTimeoutMs?: number}} [options]
-   *   defaults: `amqp://guest:guest@127.0.0.1:5672/%2f`, `redis://127.0.0.1:6379`, `dtee`, 10 s
+   * @param {{amqpUrl?: string | string[], redisUrl?: string, namespace?: string, connectTimeoutMs?: number,
+   *   tls?: {caFile?: string, certFile?: string, keyFile?: string}}} [options]
+   *   defaults: `amqp://guest:guest@127.0.0.1:5672/%2f`, `redis://127.0.0.1:6379`, `dtee`, 10 s.
+   *   `amqpUrl` may list several RabbitMQ nodes (comma-separated or an array): the first that
+   *   answers is used. `redisUrl` `redis+cluster://` or `rediss+cluster://host:port,host:port`
+   *   selects Redis Cluster. `amqps://` and `rediss://` use `tls` (PEM files: a CA, a client
+   *   certificate and key); host names are verified.
    * @returns {Promise<Client>}
    */
   static async connect({
@@ -96,32 +88,30 @@ export class Client {
     redisUrl = DEFAULT_REDIS_URL,
     namespace = DEFAULT_NAMESPACE,
     connectTimeoutMs = 10_000,
+    tls = {},
   } = {}) {
     if (!isValidNamespace(namespace)) {
       throw new DteeError(`namespace ${JSON.stringify(namespace)} must be 1 to 48 of a-z, 0-9, '_', '-', starting with a letter or digit`);
     }
-    const connection = await amqp.connect(amqpUrl, {
+    const material = loadTls(tls);
+    const { connection, url } = await connectAmqp(amqpUrl, material, {
       timeout: connectTimeoutMs,
       clientProperties: { connection_name: 'dtee node client' },
     });
     connection.on('error', () => {}); // reported through the channels and 'close'
-    const redis = createClient({
-      url: redisUrl,
-      socket: {
+    let redis;
+    try {
+      redis = await connectRedis(redisUrl, material, {
         connectTimeout: connectTimeoutMs,
         // Give up after a few attempts instead of retrying forever, so that a Redis that is
         // down fails the call instead of hanging it.
         reconnectStrategy: (retries, cause) => (retries >= 5 ? cause : Math.min(100 * 2 ** retries, 2000)),
-      },
-    });
-    redis.on('error', () => {}); // commands fail with the error; without a listener it would crash
-    try {
-      await redis.connect();
+      });
     } catch (error) {
       await connection.close().catch(() => {});
       throw error;
     }
-    return new Client({ connection, redis, namespace, user: amqpUser(amqpUrl) });
+    return new Client({ connection, redis, namespace, user: amqpUser(url) });
   }
 
   /** The confirm channel, created on first use and again after it closed. */
@@ -329,7 +319,7 @@ export class Client {
    */
   async stateGet(key) {
     const parsed = parseStateKey(key);
-    const [value, version] = await this.#redis.mGet(commandOptionsFor(), [parsed.valueKey(this.namespace), parsed.versionKey(this.namespace)]);
+    const [value, version] = await getMany(this.#redis, commandOptionsFor(), [parsed.valueKey(this.namespace), parsed.versionKey(this.namespace)]);
     return { value: value ?? null, version: version ? Number(version.toString()) : 0 };
   }
 

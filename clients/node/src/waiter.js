@@ -5,7 +5,7 @@
 // last one ends), wait for bind-ok, THEN read Redis: only the result key for a job about to be
 // published, the result and failure keys (MGET) for a job published elsewhere.
 
-import { commandOptionsFor } from './redis.js';
+import { commandOptionsFor, getMany } from './redis.js';
 import { parseStrict } from './jcs.js';
 import { DteeError, MalformedResultError, TimeoutError } from './errors.js';
 
@@ -130,7 +130,7 @@ export class ResultWaiter {
       const options = commandOptionsFor();
       const keys = [`${this.#namespace}:result:${jobId}`];
       if (acceptFailure) keys.push(`${this.#namespace}:failure:${jobId}`);
-      const values = await this.#redis.mGet(options, keys);
+      const values = await getMany(this.#redis, options, keys);
       const found = values.find((value) => value !== null && value !== undefined);
       if (found) watch.cached = parseResult(found);
     } catch (error) {

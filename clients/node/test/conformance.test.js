@@ -3,7 +3,8 @@
 //
 //   DTEE_NAMESPACE=conf-node npm test
 //
-// DTEE_AMQP_URL, DTEE_REDIS_URL, DTEE_KERNELS and DTEE_BIN have defaults (below). A live case
+// DTEE_AMQP_URL, DTEE_REDIS_URL, DTEE_KERNELS and DTEE_BIN have defaults (below; DTEE_TLS_CA_FILE,
+// DTEE_TLS_CERT_FILE and DTEE_TLS_KEY_FILE for amqps and rediss). A live case
 // that finds no broker FAILS. Set DTEE_TEST_OFFLINE=1 to skip the live cases on purpose.
 
 import { test, after } from 'node:test';
@@ -41,6 +42,11 @@ const env = {
   namespace: process.env.DTEE_NAMESPACE,
   kernels: process.env.DTEE_KERNELS ?? join(REPO, 'kernels', 'wasm'),
   dteeBin: process.env.DTEE_BIN ?? join(REPO, 'target', 'debug', 'dtee'),
+  tls: {
+    caFile: process.env.DTEE_TLS_CA_FILE || undefined,
+    certFile: process.env.DTEE_TLS_CERT_FILE || undefined,
+    keyFile: process.env.DTEE_TLS_KEY_FILE || undefined,
+  },
 };
 const OFFLINE_ONLY = process.env.DTEE_TEST_OFFLINE === '1';
 const TIMEOUT_MS = 60_000;
@@ -334,7 +340,7 @@ const blobs = new Map();
 /** The shared client of the live cases; it fails (never skips) without a broker. */
 function live() {
   if (!env.namespace) throw new Error('DTEE_NAMESPACE must be set for the live cases (a namespace a worker serves)');
-  clientPromise ??= Client.connect({ amqpUrl: env.amqpUrl, redisUrl: env.redisUrl, namespace: env.namespace });
+  clientPromise ??= Client.connect({ amqpUrl: env.amqpUrl, redisUrl: env.redisUrl, namespace: env.namespace, tls: env.tls });
   return clientPromise;
 }
 
@@ -435,7 +441,7 @@ liveTest('wait_after_result', async () => {
   const spec = await saxpyJob([5, 6, 7, 8], 'wait');
   const ran = await client.run(spec, { timeoutMs: TIMEOUT_MS });
   // A new waiter, on a connection of its own, opened after the result was cached.
-  const other = await Client.connect({ amqpUrl: env.amqpUrl, redisUrl: env.redisUrl, namespace: env.namespace });
+  const other = await Client.connect({ amqpUrl: env.amqpUrl, redisUrl: env.redisUrl, namespace: env.namespace, tls: env.tls });
   try {
     const started = Date.now();
     const waited = await other.wait(spec.id(), { timeoutMs: 5_000 });

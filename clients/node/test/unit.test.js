@@ -10,11 +10,16 @@ import { fileURLToPath } from 'node:url';
 
 import {
   Client,
+  DteeError,
   InvalidJobError,
   MalformedResultError,
   TimeoutError,
   VerifyError,
   amqpUser,
+  amqpUrls,
+  isClusterUrl,
+  loadTls,
+  parseClusterUrl,
   canonicalBytes,
   digestOf,
   job,
@@ -245,6 +250,7 @@ test('waiting ends with TimeoutError', { skip: !process.env.DTEE_NAMESPACE && 'l
     amqpUrl: process.env.DTEE_AMQP_URL,
     redisUrl: process.env.DTEE_REDIS_URL,
     namespace: process.env.DTEE_NAMESPACE,
+    tls: { caFile: process.env.DTEE_TLS_CA_FILE, certFile: process.env.DTEE_TLS_CERT_FILE, keyFile: process.env.DTEE_TLS_KEY_FILE },
   });
   try {
     const id = digestOf(randomBytes(32));
@@ -255,5 +261,46 @@ test('waiting ends with TimeoutError', { skip: !process.env.DTEE_NAMESPACE && 'l
     await assert.rejects(client.wait('sha256:nope'), InvalidJobError);
   } finally {
     await client.close();
+  }
+});
+
+test('AMQP settings: node lists, schemes, one tenant', () => {
+  assert.deepEqual(amqpUrls(' amqp://a@h1/%2f, amqps://a@h2:5671/%2f ,'), ['amqp://a@h1/%2f', 'amqps://a@h2:5671/%2f']);
+  assert.deepEqual(amqpUrls(['amqp://u@x/v']), ['amqp://u@x/v']);
+  for (const bad of ['', ' , ', [], 'http://u:p@h/']) assert.throws(() => amqpUrls(bad), DteeError);
+  assert.throws(() => amqpUrls('https://u:secret@h/'), (error) => !error.message.includes('secret'));
+});
+
+test('AMQP URLs naming different users are refused before connecting', async () => {
+  await assert.rejects(
+    Client.connect({ amqpUrl: 'amqp://alice:p@127.0.0.1:1/%2f,amqp://bob:p@127.0.0.1:1/%2f' }),
+    /different users/,
+  );
+});
+
+test('TLS files: a certificate needs its key', () => {
+  assert.throws(() => loadTls({ certFile: 'client.pem' }), DteeError);
+  assert.throws(() => loadTls({ keyFile: 'client.key' }), DteeError);
+  assert.deepEqual(loadTls({}), { ca: undefined, cert: undefined, key: undefined });
+});
+
+test('Redis Cluster URLs give their seed nodes and credentials', () => {
+  assert.ok(isClusterUrl('rediss+cluster://h:1'));
+  assert.ok(isClusterUrl(' Redis+Cluster://h:1'));
+  assert.ok(!isClusterUrl('redis://h:1'));
+  assert.deepEqual(parseClusterUrl('rediss+cluster://dtee-worker:p%40ss@10.0.0.1:7001, node-b:7002,[::1]:7003,node-c/'), {
+    nodes: [
+      { host: '10.0.0.1', port: 7001 },
+      { host: 'node-b', port: 7002 },
+      { host: '::1', port: 7003 },
+      { host: 'node-c', port: 6379 },
+    ],
+    username: 'dtee-worker',
+    password: 'p@ss',
+    tls: true,
+  });
+  assert.deepEqual(parseClusterUrl('redis+cluster://h:1'), { nodes: [{ host: 'h', port: 1 }], username: undefined, password: undefined, tls: false });
+  for (const bad of ['redis://h:1', 'redis+cluster://', 'redis+cluster://h:port', 'redis+cluster://h:0', 'redis+cluster://u:p@,']) {
+    assert.throws(() => parseClusterUrl(bad), DteeError, bad);
   }
 });

@@ -15,6 +15,7 @@ b'hello'
 """
 
 from .client import Client
+from .connect import Tls
 from .errors import (
     BrokerError,
     BrokerRefusedError,
@@ -59,6 +60,7 @@ __all__ = [
     "Result",
     "ResultWaiter",
     "StateKey",
+    "Tls",
     "UnroutableUserError",
     "Verdict",
     "WaitTimeoutError",

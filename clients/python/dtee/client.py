@@ -8,9 +8,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pika
 import pika.exceptions
-import redis
 
 from . import jcs
+from .connect import Tls, amqp_parameters, get_many, redis_client
 from .errors import (
     BrokerError,
     BrokerRefusedError,
@@ -43,8 +43,13 @@ class Client:
     mode to publish, and one result queue, :attr:`waiter`, for every wait) and one Redis client.
 
     ``amqp_url``'s user name is the tenant: it is sent as ``user_id`` on every job, prefixes the
-    routing keys, and owns the state keys a job may bind. ``redis_url`` must reach the Redis
-    primary. ``namespace`` names the deployment's exchanges and keys (default ``dtee``).
+    routing keys, and owns the state keys a job may bind. It may list several nodes of a
+    RabbitMQ cluster (comma-separated, or a sequence): the first that answers is used.
+    ``redis_url`` must reach the Redis primary; ``redis+cluster://`` or ``rediss+cluster://``
+    with seed nodes (``host:port,host:port``) selects Redis Cluster. ``amqps://`` and
+    ``rediss://`` use TLS with ``tls`` (:class:`~dtee.connect.Tls`: a CA file, a client
+    certificate and key; host names are verified). ``namespace`` names the deployment's
+    exchanges and keys (default ``dtee``).
 
     Use it as a context manager, or call :meth:`close`. Not thread safe (pika is not): use one
     client per thread.
@@ -52,23 +57,25 @@ class Client:
 
     def __init__(
         self,
-        amqp_url: str = DEFAULT_AMQP_URL,
+        amqp_url: str | Sequence[str] = DEFAULT_AMQP_URL,
         redis_url: str = DEFAULT_REDIS_URL,
         namespace: str = "dtee",
         *,
         connection_name: str = "dtee python client",
+        tls: Optional[Tls] = None,
     ):
         self.namespace = check_namespace(namespace)
-        parameters = pika.URLParameters(amqp_url)
-        parameters.client_properties = {"connection_name": connection_name}
+        tls = tls or Tls()
+        parameters = amqp_parameters(amqp_url, tls, connection_name)
         #: The AMQP user: the tenant of every job this client submits.
-        self.user: str = parameters.credentials.username
-        self.redis = redis.Redis.from_url(redis_url)
+        self.user: str = parameters[0].credentials.username
+        #: A ``redis.Redis`` (one node) or ``redis.cluster.RedisCluster``.
+        self.redis = redis_client(redis_url, tls)
         self._waiter: Optional[ResultWaiter] = None
         self._channel = None
         try:
             self._connection = pika.BlockingConnection(parameters)
-        except pika.exceptions.AMQPError as error:
+        except (pika.exceptions.AMQPError, OSError) as error:  # OSError: TLS verification
             self.redis.close()
             raise BrokerError(f"cannot connect to RabbitMQ: {error!r}") from error
 
@@ -138,8 +145,8 @@ class Client:
         """A state key's value (``None`` when absent) and version (0 when never written), read
         with one ``MGET``. For operators and tests; jobs read state through their bindings."""
         parsed = StateKey.parse(key)
-        value, version = self.redis.mget(
-            parsed.value_key(self.namespace), parsed.version_key(self.namespace)
+        value, version = get_many(
+            self.redis, [parsed.value_key(self.namespace), parsed.version_key(self.namespace)]
         )
         return value, int(version) if version is not None else 0
 

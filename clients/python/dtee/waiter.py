@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 import pika.exceptions
 
 from . import jcs
+from .connect import get_many
 from .errors import BrokerError, MalformedResultError, WaitTimeoutError
 from .keys import failure_key, result_key, result_routing_key
 from .result import Result
@@ -121,7 +122,7 @@ class ResultWaiter:
                 keys.append(result_key(ns, job_id))
                 if accept_failure:
                     keys.append(failure_key(ns, job_id))
-            values = self._client.redis.mget(keys) if keys else []
+            values = get_many(self._client.redis, keys)
             step = 2 if accept_failure else 1
             for i, watch in enumerate(watches):
                 found = values[i * step]

@@ -8,6 +8,7 @@ Redis and a worker serving ``wasm`` in ``$DTEE_NAMESPACE``, and FAIL (never skip
     DTEE_NAMESPACE  required for live cases
     DTEE_KERNELS    default <repo>/kernels/wasm
     DTEE_BIN        default <repo>/target/debug/dtee (the verification call-out)
+    DTEE_TLS_CA_FILE, DTEE_TLS_CERT_FILE, DTEE_TLS_KEY_FILE   TLS files (amqps, rediss)
 
 Run from the repository root: ``python -m unittest discover -s clients/python/tests -v``.
 """
@@ -51,6 +52,7 @@ REDIS_URL = env("DTEE_REDIS_URL", "redis://127.0.0.1:6379")
 NAMESPACE = env("DTEE_NAMESPACE")
 KERNELS = Path(env("DTEE_KERNELS", str(REPO / "kernels" / "wasm")))
 DTEE_BIN = env("DTEE_BIN", str(REPO / "target" / "debug" / "dtee"))
+TLS = dtee.Tls(env("DTEE_TLS_CA_FILE"), env("DTEE_TLS_CERT_FILE"), env("DTEE_TLS_KEY_FILE"))
 TIMEOUT = 60.0
 
 
@@ -253,7 +255,7 @@ class LiveConformance(unittest.TestCase):
             if cls._connect_error is not None:
                 self.fail(f"cannot reach the broker: {cls._connect_error!r}")
             try:
-                cls._client = dtee.Client(AMQP_URL, REDIS_URL, NAMESPACE)
+                cls._client = dtee.Client(AMQP_URL, REDIS_URL, NAMESPACE, tls=TLS)
                 cls._client.check_topology()
                 cls._client.redis.ping()
             except Exception as error:  # noqa: BLE001 - reported as a failure, not a skip
@@ -352,7 +354,7 @@ class LiveConformance(unittest.TestCase):
         job.nonce(fresh("wait-after"))
         first = client.run(job, TIMEOUT, check=True)
         # A new waiter (another connection and queue), opened after the result was cached.
-        with dtee.Client(AMQP_URL, REDIS_URL, NAMESPACE) as other:
+        with dtee.Client(AMQP_URL, REDIS_URL, NAMESPACE, tls=TLS) as other:
             started = time.monotonic()
             again = other.wait(job.id, timeout=5.0)
             elapsed = time.monotonic() - started

@@ -7,10 +7,24 @@
 # DTEE_RABBITMQ_ADMIN_PASSWORD (required), DTEE_RABBITMQ_KEEPER_PASSWORD (optional: without it
 # dtee-keeper cannot log in), DTEE_RABBITMQ_MONITOR_PASSWORD (optional: without
 # it dtee-monitor cannot log in).
+#
+# Cluster (deploy/compose/docker-compose.cluster.yml): DTEE_RABBITMQ_COOKIE_FILE names the
+# Erlang cookie that every node of the cluster shares, installed as the rabbitmq user's cookie;
+# DTEE_TLS_DIR names a folder with ca.pem, server.pem and server.key (deploy/tls/make-certs.sh),
+# copied to /etc/rabbitmq/tls for the rabbitmq user, where the cluster's configuration reads it.
 set -euo pipefail
 
 ready=/tmp/dtee-passwords-set
 rm -f "$ready"
+
+if [ -n "${DTEE_RABBITMQ_COOKIE_FILE:-}" ]; then
+  install -o rabbitmq -g rabbitmq -m 0400 "$DTEE_RABBITMQ_COOKIE_FILE" /var/lib/rabbitmq/.erlang.cookie
+fi
+if [ -n "${DTEE_TLS_DIR:-}" ]; then
+  install -d -o rabbitmq -g rabbitmq -m 0750 /etc/rabbitmq/tls
+  install -o rabbitmq -g rabbitmq -m 0644 "$DTEE_TLS_DIR/ca.pem" "$DTEE_TLS_DIR/server.pem" /etc/rabbitmq/tls/
+  install -o rabbitmq -g rabbitmq -m 0600 "$DTEE_TLS_DIR/server.key" /etc/rabbitmq/tls/
+fi
 
 docker-entrypoint.sh rabbitmq-server &
 server=$!
