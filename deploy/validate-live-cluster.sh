@@ -45,7 +45,7 @@ done
 admin CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null
 # (Not `| grep -q` under pipefail: grep's early exit can fail the pipe.)
 formed() { [[ "$(admin CLUSTER INFO)" == *cluster_state:ok* ]]; }
-for _ in $(seq 1 150); do
+for _ in $(seq 1 300); do
   formed && break
   sleep 0.1
 done

@@ -104,3 +104,54 @@ async fn a_panic_while_running_a_kernel_is_answered_and_not_retried() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_a_job_is_answered_only_once_replicas_hold_its_writes() {
+    // DTEE_REDIS_WAIT_REPLICAS=1 against this Redis, which has no replica: the worker runs the
+    // job and caches its result, but WAIT never counts a replica, so it publishes nothing and
+    // acks nothing; it retries. A worker without the setting then answers the redelivered job
+    // from the cache: nothing was lost. (tests/cluster runs its failover with the setting on a
+    // cluster whose primaries have replicas.)
+    let env = TestEnv::new("wait-replicas").await;
+    let mut redis = env.client.redis();
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        info.contains("connected_slaves:0"),
+        "this test needs a Redis without replicas: {info}"
+    );
+    let waiting = env
+        .start_worker_with(|c| {
+            c.redis_wait_replicas = 1;
+            c.redis_wait_timeout = Duration::from_millis(50);
+        })
+        .await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"replicated?"), output("out", 16)];
+    let id = env.client.submit(&spec).await.unwrap();
+    let unanswered = env.client.wait(&id, Duration::from_secs(3)).await;
+    assert!(
+        unanswered.is_err(),
+        "answered without a replica: {unanswered:?}"
+    );
+    let cached = env.client.cached_result(&id).await.unwrap();
+    assert!(
+        cached.is_some_and(|r| r.succeeded()),
+        "the result is cached"
+    );
+    assert!(Stats::get(&waiting.stats.retried) > 0, "the job is retried");
+    assert_eq!(Stats::get(&waiting.stats.acked), 0, "nothing is acked");
+    waiting.shutdown().await.unwrap();
+
+    let plain = env.start_worker().await;
+    let result = env.client.wait(&id, Duration::from_secs(30)).await.unwrap();
+    assert!(result.succeeded());
+    assert_eq!(
+        result.output("out").unwrap().bytes().unwrap(),
+        b"replicated?"
+    );
+    plain.shutdown().await.unwrap();
+}

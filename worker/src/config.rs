@@ -77,6 +77,10 @@ pub struct Config {
     pub result_ttl: Duration,
     /// Lifetime of a failure that is not final.
     pub failure_ttl: Duration,
+    /// Redis replicas that must acknowledge a job's writes before it is answered (0: none).
+    pub redis_wait_replicas: u32,
+    /// How long to wait for them.
+    pub redis_wait_timeout: Duration,
     /// Largest job message accepted.
     pub max_job_bytes: usize,
     /// Largest kernel accepted.
@@ -193,6 +197,8 @@ impl Config {
             max_tenant_queues: args.max_tenant_queues,
             result_ttl: Duration::from_secs(args.result_ttl_secs),
             failure_ttl: Duration::from_secs(args.failure_ttl_secs),
+            redis_wait_replicas: args.redis_wait_replicas,
+            redis_wait_timeout: Duration::from_millis(args.redis_wait_timeout_ms),
             max_job_bytes: args.max_job_bytes,
             max_kernel_bytes: args.max_kernel_bytes,
             max_input_bytes: args.max_input_bytes,

@@ -36,6 +36,15 @@ pub enum Transient {
     /// The secret keeper could not be asked, or did not answer in time.
     #[error("the secret keeper is unavailable")]
     Keeper(#[source] dtee_keeper::client::KeeperClientError),
+    /// Fewer Redis replicas than `DTEE_REDIS_WAIT_REPLICAS` acknowledged the job's writes in
+    /// time: it is not answered yet.
+    #[error("redis: {acknowledged} of {wanted} replicas acknowledged the job's writes in time")]
+    NotReplicated {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acknowledged: i64,
+    },
     /// The secret keeper answered that its store is unavailable.
     #[error("the secret keeper's store is unavailable: {0}")]
     KeeperStore(String),

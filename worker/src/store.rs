@@ -173,6 +173,21 @@ impl Store {
             .await
     }
 
+    /// Waits until `replicas` replicas hold every write this worker made so far (Redis `WAIT`,
+    /// on the connection that made them; on a cluster every primary answers and the smallest
+    /// count counts), for at most `timeout`. Returns how many did.
+    pub async fn wait_replicated(
+        &self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<i64, redis::RedisError> {
+        redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            .query_async(&mut self.redis.clone())
+            .await
+    }
+
     /// Caches a final result. The first result cached for a job wins: a second execution (after a
     /// crash between caching and acking) does not overwrite it.
     pub async fn cache_result(

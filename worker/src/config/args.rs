@@ -50,6 +50,18 @@ pub struct Args {
     #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
     #[arg(value_parser = at_least(1u64))]
     pub result_ttl_secs: u64,
+    /// Redis replicas that must hold a job's writes (its state commit and cached result) before
+    /// the result is published and the job acked (Redis `WAIT`; on a cluster, every primary's
+    /// replicas). 0: do not wait (Redis replication is asynchronous: a primary that crashes can
+    /// lose its last writes).
+    #[arg(long, env = "DTEE_REDIS_WAIT_REPLICAS", default_value = "0")]
+    #[arg(value_parser = at_least(0u32))]
+    pub redis_wait_replicas: u32,
+    /// How long, in milliseconds, to wait for those replicas; a job whose writes they have not
+    /// acknowledged by then is retried with backoff, and not answered.
+    #[arg(long, env = "DTEE_REDIS_WAIT_TIMEOUT_MS", default_value = "1000")]
+    #[arg(value_parser = whole_ms_under_response_timeout)]
+    pub redis_wait_timeout_ms: u64,
     /// Lifetime, in seconds, of a failure that is not final (kernel_not_found, ...).
     #[arg(long, env = "DTEE_FAILURE_TTL_SECS", default_value = "60")]
     #[arg(value_parser = at_least(1u64))]
@@ -261,6 +273,20 @@ impl<T: Clone + Send + Sync + 'static> TypedValueParser for Setting<T> {
 }
 
 /// A whole number of at least `min`.
+/// A `WAIT` timeout: 1 ms or more, and under the Redis response timeout (10 s), so that a
+/// `WAIT` is answered before the connection gives up on it.
+fn whole_ms_under_response_timeout(text: &str) -> Result<u64, String> {
+    let limit = dtee_net::redis_conn::RedisOptions::default().response_timeout;
+    let ms = whole_number(text, 1u64)?;
+    if u128::from(ms) >= limit.as_millis() {
+        return Err(format!(
+            "must be under {} ms (the Redis response timeout)",
+            limit.as_millis()
+        ));
+    }
+    Ok(ms)
+}
+
 fn at_least<T>(min: T) -> Setting<T>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,

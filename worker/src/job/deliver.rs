@@ -19,6 +19,7 @@ pub(crate) async fn deliver(
     mut outcome: Outcome,
 ) -> Result<(), Transient> {
     cache(ctx, &mut outcome).await?;
+    replicated(ctx).await?;
     let publisher = ctx.publisher.read().expect("publisher lock").clone();
     let started = Instant::now();
     // The answer goes to the submitter of this delivery only (`<user_id>.<job id>`): a copy of
@@ -59,6 +60,27 @@ pub(crate) async fn deliver(
         Err(error) => {
             warn!(job_id = %outcome.job_id, %error, "ack failed; the job will be redelivered and answered from the cache")
         }
+    }
+    Ok(())
+}
+
+/// With `DTEE_REDIS_WAIT_REPLICAS`, waits until that many replicas hold this worker's writes
+/// (this job's commit and cached result among them) before anything is published or acked. A
+/// job answered from the cache waits too: a retry after a shortfall finds its own result there.
+async fn replicated(ctx: &Context) -> Result<(), Transient> {
+    let wanted = ctx.config.redis_wait_replicas;
+    if wanted == 0 {
+        return Ok(());
+    }
+    let acknowledged = ctx
+        .store
+        .wait_replicated(wanted, ctx.config.redis_wait_timeout)
+        .await?;
+    if acknowledged < i64::from(wanted) {
+        return Err(Transient::NotReplicated {
+            wanted,
+            acknowledged,
+        });
     }
     Ok(())
 }
