@@ -12,6 +12,7 @@
 //!   certificate is presented when `DTEE_TLS_CERT_FILE` and `DTEE_TLS_KEY_FILE` are set.
 
 pub mod amqp;
+mod redis_cluster;
 pub mod redis_conn;
 pub mod tls;
 

@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+pub use crate::redis_cluster::Cluster;
 use crate::{has_scheme, Tls};
 
 /// Timeouts of a Redis connection.
@@ -44,8 +44,8 @@ impl Default for RedisOptions {
 pub enum RedisConn {
     /// One node.
     Single(ConnectionManager),
-    /// A Redis Cluster.
-    Cluster(ClusterConnection),
+    /// A Redis Cluster (rebuilt when it keeps timing out: [`Cluster`]).
+    Cluster(Cluster),
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -164,8 +164,9 @@ pub async fn connect(url: &str, tls: &Tls, options: RedisOptions) -> RedisResult
         if has_scheme(&nodes[0], "rediss") {
             builder = builder.certs(tls.for_redis());
         }
-        let connection = builder.build()?.get_async_connection().await?;
-        return Ok(RedisConn::Cluster(connection));
+        return Ok(RedisConn::Cluster(
+            Cluster::connect(builder.build()?).await?,
+        ));
     }
     check(url).map_err(invalid)?;
     let client = if has_scheme(url, "rediss") {
@@ -362,7 +363,7 @@ impl RedisConn {
 }
 
 /// The primaries of a cluster, from `CLUSTER NODES` (those not marked failed).
-async fn primaries(connection: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+async fn primaries(connection: &mut Cluster) -> RedisResult<Vec<(String, u16)>> {
     let nodes = connection
         .route_command(
             redis::cmd("CLUSTER").arg("NODES").clone(),
@@ -435,7 +436,7 @@ impl RouteTo for ConnectionManager {
     }
 }
 
-impl RouteTo for ClusterConnection {
+impl RouteTo for Cluster {
     async fn query_at<T: redis::FromRedisValue>(
         &mut self,
         cmd: Cmd,

@@ -139,6 +139,14 @@ async fn promotion(redis: &mut dtee_net::RedisConn, key: &str, killed: u16) -> D
     }
 }
 
+/// How many times a cluster connection replaced itself (dtee_net::redis_conn::Cluster).
+fn rebuilt(redis: &dtee_net::RedisConn) -> u32 {
+    match redis {
+        dtee_net::RedisConn::Cluster(cluster) => cluster.rebuilt(),
+        dtee_net::RedisConn::Single(_) => 0,
+    }
+}
+
 /// Starts what the test stopped when it ends, passed or not, so the cluster stays whole.
 struct Restart(Vec<Vec<String>>);
 
@@ -336,6 +344,7 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
             Err(error) => {
                 read_errors += 1;
                 assert!(Instant::now() < deadline, "reading results: {error}");
+                eprintln!("reading the results failed ({error}); reading again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -397,7 +406,8 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
          executions {executed}, commits {}, submissions repeated after errors {resubmitted};\n  \
          result messages: {} jobs seen, {duplicates} duplicate messages (identical), \
          {missing} jobs with no message seen by the subscriber;\n  \
-         the test's own reads of the result cache that failed and were repeated: {read_errors}",
+         the test's own reads of the result cache that failed and were repeated: {read_errors}; \
+         the test client's cluster connection rebuilt after repeated timeouts: {} times",
         elapsed.as_secs_f64(),
         stop_rabbit_took.as_secs_f64(),
         rabbit_recovery.as_secs_f64(),
@@ -405,6 +415,7 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
         redis_recovery.as_secs_f64(),
         commits(&workers),
         ids.len() - missing,
+        rebuilt(&env.client.redis()),
     );
     assert_eq!(missing, 0, "the subscriber saw a result for every job");
 
