@@ -25,6 +25,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 mod baseline;
 mod cpu;
+mod drain;
 
 use baseline::{amqp, roundtrip};
 
@@ -98,6 +99,13 @@ struct JobsArgs {
     /// job it did not submit does), or `all` (one binding to `#`, a monitor's view).
     #[arg(long, default_value = "reply", value_parser = ["reply", "per-job", "all"])]
     wait: String,
+    /// Drain mode: the shell command that starts one worker (for example
+    /// `target/release/dtee-worker`), run with this run's connection settings and namespace.
+    /// With no worker consuming the namespace, it is started once so that the topology exists
+    /// and stopped; then every job is queued; then it is started again, and the run is timed
+    /// from that start (its start-up included) until every result is in.
+    #[arg(long, value_name = "COMMAND")]
+    drain_worker: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -247,6 +255,12 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
     if args.workload == "sha256" && args.wait == "all" {
         bail!("--workload sha256 needs --wait reply or per-job");
     }
+    if let Some(command) = &args.drain_worker {
+        if args.wait == "all" {
+            bail!("--drain-worker needs --wait reply or per-job");
+        }
+        return drain::jobs_drained(cli, namespace, args, command).await;
+    }
     let before = cpu::snapshot();
     let mut report = if args.wait == "all" {
         jobs_all(cli, namespace, args).await?
@@ -319,6 +333,53 @@ fn sha256_input(seed: usize) -> Vec<u8> {
         .collect()
 }
 
+/// With the sha256 workload, gives the job its 1 MiB input: its own, stored as a blob (as a
+/// client would), or the one hot blob every job shares; returns the digest to expect.
+async fn with_input(
+    client: &Client,
+    mut spec: dtee_schemas::JobSpec,
+    sha256: bool,
+    hot: Option<(dtee_schemas::Digest, dtee_schemas::Digest)>,
+    idx: usize,
+) -> anyhow::Result<(dtee_schemas::JobSpec, Option<dtee_schemas::Digest>)> {
+    if !sha256 {
+        return Ok((spec, None));
+    }
+    let (blob, expected) = match hot {
+        Some((blob, digest)) => (blob, digest),
+        None => {
+            let data = sha256_input(idx);
+            let digest = dtee_schemas::Digest::of(&data);
+            (client.put_blob(&data).await?.0, digest)
+        }
+    };
+    spec.kernel.entry = "sha256".to_owned();
+    spec.buffers = vec![
+        dtee_submitter::builder::blob_input("data", blob),
+        dtee_submitter::builder::output("digest", 32),
+    ];
+    Ok((spec, Some(expected)))
+}
+
+/// Fails when a succeeded sha256 job's digest is not SHA-256 of its input.
+fn check_digest(
+    result: &dtee_schemas::JobResult,
+    expected: Option<&dtee_schemas::Digest>,
+    idx: usize,
+) -> anyhow::Result<()> {
+    if let (Some(expected), true) = (expected, result.succeeded()) {
+        let digest = result
+            .output("digest")
+            .map(|o| o.bytes())
+            .transpose()?
+            .unwrap_or_default();
+        if digest.as_slice() != expected.to_bytes().as_slice() {
+            bail!("job {idx}: the kernel's digest is not SHA-256 of its input");
+        }
+    }
+    Ok(())
+}
+
 /// Every job watched on its own, as real clients wait: through the waiter's reply binding
 /// (`reply`), or with a binding per job id (`per-job`).
 async fn jobs_watched(
@@ -361,28 +422,7 @@ async fn jobs_watched(
         tasks.spawn(async move {
             let _permit = permit;
             let sent = Instant::now();
-            let mut spec = spec;
-            let mut expected = None;
-            if sha256 {
-                // The job's own 1 MiB input, stored as a blob (as a client would), and its
-                // digest; or the one hot blob every job shares.
-                let blob = match hot {
-                    Some((blob, digest)) => {
-                        expected = Some(digest);
-                        blob
-                    }
-                    None => {
-                        let data = sha256_input(idx);
-                        expected = Some(dtee_schemas::Digest::of(&data));
-                        client.put_blob(&data).await?.0
-                    }
-                };
-                spec.kernel.entry = "sha256".to_owned();
-                spec.buffers = vec![
-                    dtee_submitter::builder::blob_input("data", blob),
-                    dtee_submitter::builder::output("digest", 32),
-                ];
-            }
+            let (spec, expected) = with_input(&client, spec, sha256, hot, idx).await?;
             let id = dtee_schemas::job_id(&spec)?;
             let result = if reply {
                 let watch = waiter.watch_reply(&id).await?;
@@ -393,16 +433,7 @@ async fn jobs_watched(
                 client.submit(&spec).await?;
                 watch.result(timeout).await?
             };
-            if let (Some(expected), true) = (&expected, result.succeeded()) {
-                let digest = result
-                    .output("digest")
-                    .map(|o| o.bytes())
-                    .transpose()?
-                    .unwrap_or_default();
-                if digest.as_slice() != expected.to_bytes().as_slice() {
-                    bail!("job {idx}: the kernel's digest is not SHA-256 of its input");
-                }
-            }
+            check_digest(&result, expected.as_ref(), idx)?;
             anyhow::Ok((result.succeeded(), sent.elapsed()))
         });
         while let Some(done) = tasks.try_join_next() {
@@ -416,18 +447,24 @@ async fn jobs_watched(
     if failed > 0 {
         bail!("{failed} jobs failed");
     }
-    let mode = format!(
-        "{}/{}",
-        if args.state_keys > 0 {
-            "state"
-        } else if args.workload == "sha256" {
-            "sha256"
-        } else {
-            "jobs"
-        },
-        args.wait
-    );
-    Ok(Report::new(mode, args.in_flight, elapsed, latencies))
+    Ok(Report::new(
+        mode_name(args, ""),
+        args.in_flight,
+        elapsed,
+        latencies,
+    ))
+}
+
+/// `jobs`, `state` or `sha256`, the wait path, and `suffix`: `sha256/reply`, `jobs/reply/drain`.
+fn mode_name(args: &JobsArgs, suffix: &str) -> String {
+    let load = if args.state_keys > 0 {
+        "state"
+    } else if args.workload == "sha256" {
+        "sha256"
+    } else {
+        "jobs"
+    };
+    format!("{load}/{}{suffix}", args.wait)
 }
 
 /// Every result through one binding to `#` (needs a user without a topic permission on the
