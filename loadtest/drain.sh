@@ -2,7 +2,8 @@
 # Issue 13's drain comparison, in alternated rounds of one session: N SHA-256-of-1-MiB jobs
 # queued while nothing consumes, then timed from the start of consumption, through
 #   - dtee: one release worker (DTEE_CONCURRENCY=2, fuel and the epoch deadline on, every result
-#     attested), `dtee-loadtest jobs --workload sha256 --drain-worker ...`;
+#     attested), `dtee-loadtest jobs --workload sha256 --drain-worker ...`, hashing in
+#     WebAssembly, then through the host's SHA-256 primitive (--host-sha256);
 #   - a plain Python task queue on the same broker and Redis (loadtest/python_pool.py: two
 #     processes, hashlib, confirms and acks, no sandbox, no attestation);
 # and a drain of trivial (noop) jobs through dtee. Prints one line per run.
@@ -27,6 +28,8 @@ for round in $(seq 1 "$rounds"); do
   echo "round $round"
   DTEE_NAMESPACE="drain-$$-$round" ./target/release/dtee-loadtest jobs --workload sha256 \
     --jobs "$jobs" --in-flight 64 --drain-worker "$worker" --json | line
+  DTEE_NAMESPACE="drain-host-$$-$round" ./target/release/dtee-loadtest jobs --workload sha256 \
+    --host-sha256 --jobs "$jobs" --in-flight 64 --drain-worker "$worker" --json | line
   clients/python/.venv/bin/python loadtest/python_pool.py --jobs "$jobs" --processes 2 --json | line
   DTEE_NAMESPACE="drain-noop-$$-$round" ./target/release/dtee-loadtest jobs \
     --jobs $((jobs * 10)) --in-flight 256 --drain-worker "$worker" --json | line

@@ -79,24 +79,16 @@ pub(super) async fn jobs_drained(
             Err(error) => return Err(error.context("the worker did not declare its topology")),
         }
     };
-    // The exchange comes first; the shared queue that holds the backlog, then.
-    let queue = namespace.job_queue("wasm");
+    // The exchange comes first, the queues and bindings then: a probe job (mandatory, so an
+    // unroutable one is refused) is published until it is routed. Its answer is not awaited.
+    let probe = job_spec(args, &digest, client.tenant(), rand::random(), 0);
     loop {
-        let channel = client.connection().create_channel().await?;
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(queue.as_str().into(), passive, Default::default())
-            .await;
-        let _ = channel.close(200, "".into()).await;
-        match declared {
+        match client.submit(&probe).await {
             Ok(_) => break,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(error) => bail!("the worker did not declare {queue}: {error}"),
+            Err(error) => bail!("the worker did not declare its queues: {error}"),
         }
     }
     stop_worker(worker).await?;

@@ -91,6 +91,10 @@ struct JobsArgs {
     /// by nonce), a hot input that the worker's blob cache (DTEE_BLOB_CACHE_BYTES) serves.
     #[arg(long)]
     hot_blob: bool,
+    /// With `--workload sha256`: hash with kernels/wasm/sha256_host.wasm, through the host's
+    /// SHA-256 primitive (`buffer_sha256`), instead of SHA-256 compiled to WebAssembly.
+    #[arg(long)]
+    host_sha256: bool,
     /// Prefetch of the baseline's consumer (match the worker's).
     #[arg(long, default_value = "16")]
     prefetch: u16,
@@ -315,6 +319,8 @@ async fn connect_and_store_kernel(
         .context("no dtee topology in this namespace: start a worker first")?;
     let kernel_path = if args.state_keys > 0 {
         args.kernel.with_file_name("increment.wasm")
+    } else if args.workload == "sha256" && args.host_sha256 {
+        args.kernel.with_file_name("sha256_host.wasm")
     } else if args.workload == "sha256" {
         args.kernel.with_file_name("sha256.wasm")
     } else {
@@ -459,6 +465,8 @@ async fn jobs_watched(
 fn mode_name(args: &JobsArgs, suffix: &str) -> String {
     let load = if args.state_keys > 0 {
         "state"
+    } else if args.workload == "sha256" && args.host_sha256 {
+        "sha256-host"
     } else if args.workload == "sha256" {
         "sha256"
     } else {

@@ -135,6 +135,24 @@ int64_t dtee_raw_param_i64(int32_t param);
 DTEE__IMPORT("param_f64")
 double dtee_raw_param_f64(int32_t param);
 
+/*
+ * Host primitives: work the host does at native speed, charged in fuel per byte (KERNEL_ABI.md,
+ * "Host primitives"). Too little fuel left TRAPS (fuel_exhausted) before any work is done.
+ *
+ * buffer_sha256: the SHA-256 digest of min(len, length - offset) bytes of a readable buffer,
+ * from offset, written as 32 bytes at dst; returns 0. The buffer is hashed where the host holds
+ * it, without being copied into linear memory. Returns -1, -2, -3 as buffer_read does; a dst
+ * range outside linear memory TRAPS.
+ */
+DTEE__IMPORT("buffer_sha256")
+int32_t dtee_raw_buffer_sha256(int32_t buffer, int64_t offset, int64_t len, void *dst);
+
+/* sha256: the SHA-256 digest of len bytes of linear memory at src, written as 32 bytes at dst
+ * (the ranges may overlap); returns 0, or -3 if len is negative. A range outside linear memory
+ * TRAPS. */
+DTEE__IMPORT("sha256")
+int32_t dtee_raw_sha256(const void *src, int32_t len, void *dst);
+
 #undef DTEE__IMPORT
 
 /* ---------------------------------------------------------------------------------------------

@@ -52,19 +52,32 @@ async fn matmul_sha256_and_saxpy_outputs_match_rust_references() {
         assert_eq!(got.to_bits(), want.to_bits(), "c[{idx}]: {got} != {want}");
     }
 
-    // sha256 of a 1 MiB + 3 byte blob input (not a multiple of the block size).
+    // sha256 of a 1 MiB + 3 byte blob input (not a multiple of the block size), hashed in
+    // WebAssembly and by the host's primitive (buffer_sha256), which charges far less fuel.
     let data: Vec<u8> = (0..(1 << 20) + 3).map(|i| (i * 31 % 251) as u8).collect();
     let (data_digest, _) = env.client.put_blob(&data).await.unwrap();
-    let mut spec = wasm_job(env.put_kernel("sha256").await, "sha256");
-    spec.buffers = vec![blob_input("data", data_digest), output("digest", 32)];
-    let result = env.run(&spec).await;
-    assert!(result.succeeded(), "{:?}", result.error);
-    let digest = result.output("digest").unwrap();
-    assert_eq!(
-        digest.bytes().unwrap(),
-        sha2::Sha256::digest(&data).to_vec()
+    let mut fuel = Vec::new();
+    for kernel in ["sha256", "sha256_host"] {
+        let mut spec = wasm_job(env.put_kernel(kernel).await, "sha256");
+        spec.buffers = vec![
+            blob_input("data", data_digest.clone()),
+            output("digest", 32),
+        ];
+        let result = env.run(&spec).await;
+        assert!(result.succeeded(), "{kernel}: {:?}", result.error);
+        let digest = result.output("digest").unwrap();
+        assert_eq!(
+            digest.bytes().unwrap(),
+            sha2::Sha256::digest(&data).to_vec(),
+            "{kernel}"
+        );
+        assert_eq!(digest.digest, Digest::of(&digest.bytes().unwrap()));
+        fuel.push(result.resources.unwrap().fuel_consumed);
+    }
+    assert!(
+        fuel[1] * 10 < fuel[0],
+        "host hashing charges less fuel: {fuel:?}"
     );
-    assert_eq!(digest.digest, Digest::of(&digest.bytes().unwrap()));
 
     // saxpy.
     let x = [1.5f32, -2.0, 3.25, 1e-3];
@@ -84,7 +97,7 @@ async fn matmul_sha256_and_saxpy_outputs_match_rust_references() {
     let resources = result.resources.expect("resources reported");
     assert!(resources.fuel_consumed > 0 && resources.peak_memory_bytes >= 65536);
 
-    assert_eq!(Stats::get(&worker.stats.executed), 3);
+    assert_eq!(Stats::get(&worker.stats.executed), 4);
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

@@ -1,10 +1,12 @@
-//! The host ABI of schemas/KERNEL_ABI.md: the eight functions a kernel imports from module
-//! `dtee`, one Rust function each.
+//! The host ABI of schemas/KERNEL_ABI.md: the ten functions a kernel imports from module
+//! `dtee`, one Rust function each: eight for buffers and parameters, and two host primitives
+//! (SHA-256 of a buffer or of linear memory), charged in fuel per byte.
 //!
 //! A recoverable misuse returns one of the header's `DTEE_ERR_*` codes (the constants below,
 //! with the same names and values as schemas/include/dtee_kernel.h). A write past a limit, a
 //! pointer range outside linear memory, or a bad parameter index traps instead.
 
+use sha2::{Digest as _, Sha256};
 use wasmtime::{Caller, Extern, Linker, Memory, Trap};
 
 use super::limits::{HostParam, HostState, HostTrap};
@@ -34,7 +36,103 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "param_find", param_find)?;
     linker.func_wrap(MODULE, "param_i64", param_i64)?;
     linker.func_wrap(MODULE, "param_f64", param_f64)?;
+    linker.func_wrap(MODULE, "buffer_sha256", buffer_sha256)?;
+    linker.func_wrap(MODULE, "sha256", sha256)?;
     Ok(())
+}
+
+/// Fuel a host primitive charges per call, on top of its per-byte charge.
+pub const HOST_CALL_FUEL: u64 = 64;
+/// Fuel SHA-256 charges per byte hashed. The same C hash compiled to WebAssembly spends about
+/// 20 units per byte; the host's (SHA extensions where the CPU has them) is far cheaper.
+pub const SHA256_FUEL_PER_BYTE: u64 = 1;
+
+/// Charges `HOST_CALL_FUEL` plus `per_byte * bytes` of fuel before a host primitive runs; too
+/// little left traps with `OutOfFuel` (`fuel_exhausted`), as the kernel running out would.
+fn charge_fuel(
+    caller: &mut Caller<'_, HostState>,
+    per_byte: u64,
+    bytes: usize,
+) -> wasmtime::Result<()> {
+    let cost = HOST_CALL_FUEL.saturating_add(per_byte.saturating_mul(bytes as u64));
+    let left = caller.get_fuel()?;
+    if left < cost {
+        caller.set_fuel(0)?;
+        return Err(wasmtime::Error::new(Trap::OutOfFuel));
+    }
+    caller.set_fuel(left - cost)?;
+    Ok(())
+}
+
+/// `buffer_sha256(idx, offset, len, dst_ptr) -> i32`: the SHA-256 of min(len, length - offset)
+/// bytes of a readable buffer, from offset, written as 32 bytes at `dst_ptr`; returns 0. The
+/// buffer is hashed where the host holds it: nothing is copied into linear memory. Error codes
+/// as `buffer_read`'s; a destination outside memory traps.
+fn buffer_sha256(
+    mut caller: Caller<'_, HostState>,
+    idx: i32,
+    offset: i64,
+    len: i64,
+    dst: i32,
+) -> wasmtime::Result<i32> {
+    let range = {
+        let state = caller.data();
+        let Some(slot) = usize::try_from(idx)
+            .ok()
+            .and_then(|idx| state.slots.get(idx))
+        else {
+            return Ok(DTEE_ERR_BAD_INDEX);
+        };
+        let Some(bytes) = &slot.readable else {
+            return Ok(DTEE_ERR_ACCESS);
+        };
+        let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+            return Ok(DTEE_ERR_RANGE);
+        };
+        if offset > bytes.len() {
+            return Ok(DTEE_ERR_RANGE);
+        }
+        offset..offset + len.min(bytes.len() - offset)
+    };
+    charge_fuel(&mut caller, SHA256_FUEL_PER_BYTE, range.len())?;
+    let memory = memory_of(&mut caller)?;
+    let (mem, state) = memory.data_and_store_mut(&mut caller);
+    let dst = dst as u32 as usize;
+    let target = mem
+        .get_mut(dst..dst.saturating_add(32))
+        .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
+    let bytes = state.slots[idx as usize]
+        .readable
+        .as_ref()
+        .expect("checked readable");
+    target.copy_from_slice(&Sha256::digest(&bytes[range]));
+    Ok(0)
+}
+
+/// `sha256(src_ptr, len, dst_ptr) -> i32`: the SHA-256 of `len` bytes of linear memory at
+/// `src_ptr`, written as 32 bytes at `dst_ptr` (the ranges may overlap); returns 0, or -3 for a
+/// negative length. A range outside memory traps.
+fn sha256(
+    mut caller: Caller<'_, HostState>,
+    src: i32,
+    len: i32,
+    dst: i32,
+) -> wasmtime::Result<i32> {
+    let Ok(len) = usize::try_from(len) else {
+        return Ok(DTEE_ERR_RANGE);
+    };
+    charge_fuel(&mut caller, SHA256_FUEL_PER_BYTE, len)?;
+    let memory = memory_of(&mut caller)?;
+    let mem = memory.data_mut(&mut caller);
+    let (src, dst) = (src as u32 as usize, dst as u32 as usize);
+    let digest = Sha256::digest(
+        mem.get(src..src.saturating_add(len))
+            .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?,
+    );
+    mem.get_mut(dst..dst.saturating_add(32))
+        .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?
+        .copy_from_slice(&digest);
+    Ok(0)
 }
 
 /// `buffer_find(name_ptr, name_len) -> i32`: the index of the named buffer.

@@ -242,3 +242,85 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
     assert!(small.prepare(&a, &bytes).is_ok());
     assert!(small.cached(&a).is_none());
 }
+
+/// Runs the `sha256` entry of `name` over `data` (input "data", output "digest") with `fuel`.
+fn run_hash(name: &str, data: &[u8], fuel: u64) -> Result<Completed, KernelError> {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let bytes = kernel(name);
+    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let Ok(prepared) = prepared.as_ref() else {
+        panic!("{name} does not compile")
+    };
+    let invocation = Invocation {
+        launch: None,
+        entry: "sha256".to_owned(),
+        slots: vec![
+            Slot::Input {
+                name: "data".to_owned(),
+                data: data.into(),
+            },
+            Slot::Output {
+                name: "digest".to_owned(),
+                capacity: 32,
+            },
+        ],
+        params: vec![],
+        limits: EffectiveLimits { fuel, ..LIMITS },
+    };
+    backend.run(prepared, &invocation)
+}
+
+#[test]
+fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_twentieth_of_the_fuel() {
+    use sha2::Digest as _;
+    for len in [0usize, 1, 55, 64, 65_537, (1 << 20) + 7] {
+        let data: Vec<u8> = (0..len).map(|i| (31 * i + 7) as u8).collect();
+        let expected = sha2::Sha256::digest(&data).to_vec();
+        let host = run_hash("sha256_host", &data, LIMITS.fuel).unwrap();
+        let wasm = run_hash("sha256", &data, LIMITS.fuel).unwrap();
+        assert_eq!(
+            host.written[1].as_deref(),
+            Some(expected.as_slice()),
+            "{len} bytes"
+        );
+        assert_eq!(
+            wasm.written[1].as_deref(),
+            Some(expected.as_slice()),
+            "{len} bytes"
+        );
+        // Charged per byte: at least the bytes hashed, and (for a real input) far less than
+        // hashing them in WebAssembly.
+        let (host_fuel, wasm_fuel) = (host.usage.fuel_consumed, wasm.usage.fuel_consumed);
+        assert!(
+            host_fuel >= len as u64 + abi::HOST_CALL_FUEL,
+            "{len}: {host_fuel}"
+        );
+        if len >= 65_537 {
+            assert!(
+                host_fuel * 10 < wasm_fuel,
+                "{len}: {host_fuel} vs {wasm_fuel}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_sha256_host_primitive_is_refused_without_the_fuel_for_it() {
+    // 1 MiB needs 2^20 + 64 units for the hash alone: with 100,000 the call traps before
+    // hashing anything.
+    let data = vec![7u8; 1 << 20];
+    let error = run_hash("sha256_host", &data, 100_000).unwrap_err();
+    assert_eq!(error.code, ErrorCode::FuelExhausted, "{}", error.message);
+}
+
+#[test]
+fn the_sha256_host_primitive_hashes_linear_memory_and_traps_outside_it() {
+    use sha2::Digest as _;
+    let done = run_edges("sha256_memory").unwrap();
+    assert_eq!(
+        done.written[0].as_deref(),
+        Some(sha2::Sha256::digest(b"abc").as_slice())
+    );
+    let error = run_edges("sha256_high").unwrap_err();
+    assert_eq!(error.code, ErrorCode::KernelTrapped, "{}", error.message);
+}
