@@ -136,8 +136,8 @@ DTEE__IMPORT("param_f64")
 double dtee_raw_param_f64(int32_t param);
 
 /*
- * Host primitives: work the host does at native speed, charged in fuel per byte (KERNEL_ABI.md,
- * "Host primitives"). Too little fuel left TRAPS (fuel_exhausted) before any work is done.
+ * Host primitives: work the host does at native speed, charged in fuel (KERNEL_ABI.md, "Host
+ * primitives"). Too little fuel left TRAPS (fuel_exhausted) before any work is done.
  *
  * buffer_sha256: the SHA-256 digest of min(len, length - offset) bytes of a readable buffer,
  * from offset, written as 32 bytes at dst; returns 0. The buffer is hashed where the host holds
@@ -152,6 +152,15 @@ int32_t dtee_raw_buffer_sha256(int32_t buffer, int64_t offset, int64_t len, void
  * TRAPS. */
 DTEE__IMPORT("sha256")
 int32_t dtee_raw_sha256(const void *src, int32_t len, void *dst);
+
+/* ed25519_verify: 1 if the 64-byte signature of message[0..message_len) verifies under the
+ * 32-byte public key by dtee's strict rule (schemas/ATTESTATION.md §5, the rule results are
+ * verified by), 0 if it does not (a malformed key or signature included), -3 if message_len is
+ * negative. Charged 100,000 units of fuel plus one per message byte. A range outside linear
+ * memory TRAPS. */
+DTEE__IMPORT("ed25519_verify")
+int32_t dtee_raw_ed25519_verify(const void *public_key, const void *message, int32_t message_len,
+                                const void *signature);
 
 #undef DTEE__IMPORT
 

@@ -1,6 +1,6 @@
-//! The host ABI of schemas/KERNEL_ABI.md: the ten functions a kernel imports from module
-//! `dtee`, one Rust function each: eight for buffers and parameters, and two host primitives
-//! (SHA-256 of a buffer or of linear memory), charged in fuel per byte.
+//! The host ABI of schemas/KERNEL_ABI.md: the eleven functions a kernel imports from module
+//! `dtee`, one Rust function each: eight for buffers and parameters, and three host primitives
+//! (SHA-256 of a buffer or of linear memory, Ed25519 verification), charged in fuel.
 //!
 //! A recoverable misuse returns one of the header's `DTEE_ERR_*` codes (the constants below,
 //! with the same names and values as schemas/include/dtee_kernel.h). A write past a limit, a
@@ -38,6 +38,7 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "param_f64", param_f64)?;
     linker.func_wrap(MODULE, "buffer_sha256", buffer_sha256)?;
     linker.func_wrap(MODULE, "sha256", sha256)?;
+    linker.func_wrap(MODULE, "ed25519_verify", ed25519_verify)?;
     Ok(())
 }
 
@@ -47,14 +48,21 @@ pub const HOST_CALL_FUEL: u64 = 64;
 /// 20 units per byte; the host's (SHA extensions where the CPU has them) is far cheaper.
 pub const SHA256_FUEL_PER_BYTE: u64 = 1;
 
-/// Charges `HOST_CALL_FUEL` plus `per_byte * bytes` of fuel before a host primitive runs; too
+/// Fuel an Ed25519 verification charges besides one unit per message byte: about what the
+/// verification (two scalar multiplications) would cost as WebAssembly instructions.
+pub const ED25519_VERIFY_FUEL: u64 = 100_000;
+
+/// Charges `HOST_CALL_FUEL + base + per_byte * bytes` of fuel before a host primitive runs; too
 /// little left traps with `OutOfFuel` (`fuel_exhausted`), as the kernel running out would.
 fn charge_fuel(
     caller: &mut Caller<'_, HostState>,
+    base: u64,
     per_byte: u64,
     bytes: usize,
 ) -> wasmtime::Result<()> {
-    let cost = HOST_CALL_FUEL.saturating_add(per_byte.saturating_mul(bytes as u64));
+    let cost = HOST_CALL_FUEL
+        .saturating_add(base)
+        .saturating_add(per_byte.saturating_mul(bytes as u64));
     let left = caller.get_fuel()?;
     if left < cost {
         caller.set_fuel(0)?;
@@ -94,7 +102,7 @@ fn buffer_sha256(
         }
         offset..offset + len.min(bytes.len() - offset)
     };
-    charge_fuel(&mut caller, SHA256_FUEL_PER_BYTE, range.len())?;
+    charge_fuel(&mut caller, 0, SHA256_FUEL_PER_BYTE, range.len())?;
     let memory = memory_of(&mut caller)?;
     let (mem, state) = memory.data_and_store_mut(&mut caller);
     let dst = dst as u32 as usize;
@@ -121,7 +129,7 @@ fn sha256(
     let Ok(len) = usize::try_from(len) else {
         return Ok(DTEE_ERR_RANGE);
     };
-    charge_fuel(&mut caller, SHA256_FUEL_PER_BYTE, len)?;
+    charge_fuel(&mut caller, 0, SHA256_FUEL_PER_BYTE, len)?;
     let memory = memory_of(&mut caller)?;
     let mem = memory.data_mut(&mut caller);
     let (src, dst) = (src as u32 as usize, dst as u32 as usize);
@@ -133,6 +141,37 @@ fn sha256(
         .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?
         .copy_from_slice(&digest);
     Ok(0)
+}
+
+/// `ed25519_verify(public_key_ptr, message_ptr, message_len, signature_ptr) -> i32`: 1 if the
+/// 64-byte signature of the message verifies under the 32-byte public key by dtee's strict rule
+/// (ATTESTATION.md §5, the rule results are verified by), 0 if not (a malformed key or
+/// signature included), -3 for a negative length. A range outside memory traps.
+fn ed25519_verify(
+    mut caller: Caller<'_, HostState>,
+    key: i32,
+    message: i32,
+    message_len: i32,
+    signature: i32,
+) -> wasmtime::Result<i32> {
+    let Ok(message_len) = usize::try_from(message_len) else {
+        return Ok(DTEE_ERR_RANGE);
+    };
+    charge_fuel(&mut caller, ED25519_VERIFY_FUEL, 1, message_len)?;
+    let memory = memory_of(&mut caller)?;
+    let mem = memory.data(&caller);
+    let range = |ptr: i32, len: usize| {
+        let start = ptr as u32 as usize;
+        mem.get(start..start.saturating_add(len))
+            .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))
+    };
+    let key: &[u8; 32] = range(key, 32)?.try_into().expect("32 bytes");
+    let verified = dtee_schemas::attestation::dsse::verify_ed25519(
+        key,
+        range(message, message_len)?,
+        range(signature, 64)?,
+    );
+    Ok(i32::from(verified.is_ok()))
 }
 
 /// `buffer_find(name_ptr, name_len) -> i32`: the index of the named buffer.

@@ -324,3 +324,88 @@ fn the_sha256_host_primitive_hashes_linear_memory_and_traps_outside_it() {
     let error = run_edges("sha256_high").unwrap_err();
     assert_eq!(error.code, ErrorCode::KernelTrapped, "{}", error.message);
 }
+
+/// Runs kernels/wasm/ed25519_verify.wasm: the verdict byte, and the fuel the run used.
+fn run_verify(
+    key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    fuel: u64,
+) -> Result<(u8, u64), KernelError> {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let bytes = kernel("ed25519_verify");
+    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let Ok(prepared) = prepared.as_ref() else {
+        panic!("ed25519_verify does not compile")
+    };
+    let input = |name: &str, data: &[u8]| Slot::Input {
+        name: name.to_owned(),
+        data: data.into(),
+    };
+    let invocation = Invocation {
+        launch: None,
+        entry: "verify".to_owned(),
+        slots: vec![
+            input("public_key", key),
+            input("message", message),
+            input("signature", signature),
+            Slot::Output {
+                name: "valid".to_owned(),
+                capacity: 1,
+            },
+        ],
+        params: vec![],
+        limits: EffectiveLimits { fuel, ..LIMITS },
+    };
+    let done = backend.run(prepared, &invocation)?;
+    Ok((
+        done.written[3].as_ref().unwrap()[0],
+        done.usage.fuel_consumed,
+    ))
+}
+
+#[test]
+fn the_ed25519_host_primitive_verifies_by_the_strict_rule_and_charges_before_work() {
+    use ed25519_dalek::Signer as _;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let public = key.verifying_key().to_bytes();
+    let message = b"a message signed outside the sandbox".repeat(100);
+    let signature = key.sign(&message).to_bytes();
+    let (valid, fuel) = run_verify(&public, &message, &signature, LIMITS.fuel).unwrap();
+    assert_eq!(valid, 1);
+    assert!(
+        fuel >= abi::ED25519_VERIFY_FUEL + message.len() as u64,
+        "{fuel}"
+    );
+    // A changed message, a changed signature, a key of small order: 0, not an error.
+    let mut tampered = message.clone();
+    tampered[0] ^= 1;
+    assert_eq!(
+        run_verify(&public, &tampered, &signature, LIMITS.fuel)
+            .unwrap()
+            .0,
+        0
+    );
+    let mut forged = signature;
+    forged[10] ^= 1;
+    assert_eq!(
+        run_verify(&public, &message, &forged, LIMITS.fuel)
+            .unwrap()
+            .0,
+        0
+    );
+    let identity = {
+        let mut point = [0u8; 32];
+        point[0] = 1;
+        point
+    };
+    assert_eq!(
+        run_verify(&identity, &message, &signature, LIMITS.fuel)
+            .unwrap()
+            .0,
+        0
+    );
+    // Too little fuel for the verification: fuel_exhausted, before any work.
+    let error = run_verify(&public, &message, &signature, 50_000).unwrap_err();
+    assert_eq!(error.code, ErrorCode::FuelExhausted, "{}", error.message);
+}
