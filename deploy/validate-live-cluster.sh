@@ -38,11 +38,17 @@ redis-server deploy/redis/redis.conf --port "$port" --bind 127.0.0.1 --dir "$dir
   --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" </dev/null >/dev/null 2>&1 &
 redis_pid=$!
 admin() { REDISCLI_AUTH=$pw_admin redis-cli -p "$port" --user dtee-admin "$@" 2>&1; }
-for _ in $(seq 1 50); do
+# Under load the server can take seconds to start: wait for it, then assign every slot (again
+# until it is accepted).
+for _ in $(seq 1 300); do
   [ "$(admin PING)" = PONG ] && break
   sleep 0.1
 done
-admin CLUSTER ADDSLOTSRANGE 0 16383 >/dev/null
+for _ in $(seq 1 50); do
+  reply=$(admin CLUSTER ADDSLOTSRANGE 0 16383)
+  [ "$reply" = OK ] || [[ "$reply" == *busy* ]] && break
+  sleep 0.2
+done
 # (Not `| grep -q` under pipefail: grep's early exit can fail the pipe.)
 formed() { [[ "$(admin CLUSTER INFO)" == *cluster_state:ok* ]]; }
 for _ in $(seq 1 300); do
@@ -52,7 +58,10 @@ done
 if formed; then
   ok "a one-node Redis Cluster with redis.conf and users.acl (127.0.0.1:$port)"
 else
-  fail "the throwaway Redis Cluster did not form"; exit "$failures"
+  fail "the throwaway Redis Cluster did not form (CLUSTER ADDSLOTSRANGE: ${reply:-no answer})"
+  admin CLUSTER INFO | head -n 3 | sed 's/^/      /'
+  tail -n 5 "$dir/redis.log" | sed 's/^/      /'
+  exit "$failures"
 fi
 
 metrics_port=$(free_port)
