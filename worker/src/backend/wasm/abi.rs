@@ -83,24 +83,9 @@ fn buffer_sha256(
     len: i64,
     dst: i32,
 ) -> wasmtime::Result<i32> {
-    let range = {
-        let state = caller.data();
-        let Some(slot) = usize::try_from(idx)
-            .ok()
-            .and_then(|idx| state.slots.get(idx))
-        else {
-            return Ok(DTEE_ERR_BAD_INDEX);
-        };
-        let Some(bytes) = &slot.readable else {
-            return Ok(DTEE_ERR_ACCESS);
-        };
-        let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
-            return Ok(DTEE_ERR_RANGE);
-        };
-        if offset > bytes.len() {
-            return Ok(DTEE_ERR_RANGE);
-        }
-        offset..offset + len.min(bytes.len() - offset)
+    let (slot, range) = match readable_range(caller.data(), idx, offset, len) {
+        Ok(readable) => readable,
+        Err(code) => return Ok(code),
     };
     charge_fuel(&mut caller, 0, SHA256_FUEL_PER_BYTE, range.len())?;
     let memory = memory_of(&mut caller)?;
@@ -109,10 +94,7 @@ fn buffer_sha256(
     let target = mem
         .get_mut(dst..dst.saturating_add(32))
         .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
-    let bytes = state.slots[idx as usize]
-        .readable
-        .as_ref()
-        .expect("checked readable");
+    let bytes = state.slots[slot].readable.as_ref().expect("readable");
     target.copy_from_slice(&Sha256::digest(&bytes[range]));
     Ok(0)
 }
@@ -213,31 +195,40 @@ fn buffer_read(
 ) -> wasmtime::Result<i32> {
     let memory = memory_of(&mut caller)?;
     let (mem, state) = memory.data_and_store_mut(&mut caller);
-    let Some(slot) = usize::try_from(idx)
+    let (slot, range) = match readable_range(state, idx, offset, i64::from(len)) {
+        Ok(readable) => readable,
+        Err(code) => return Ok(code),
+    };
+    let dst = dst as u32 as usize;
+    let target = mem
+        .get_mut(dst..dst.saturating_add(range.len()))
+        .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
+    let count = range.len();
+    let bytes = state.slots[slot].readable.as_ref().expect("readable");
+    target.copy_from_slice(&bytes[range]);
+    Ok(count as i32)
+}
+
+/// Readable buffer `idx`'s bytes from `offset`, at most `len` of them, as (slot index, range);
+/// or the code for a bad index, a buffer that cannot be read, or a bad offset or length.
+fn readable_range(
+    state: &HostState,
+    idx: i32,
+    offset: i64,
+    len: i64,
+) -> Result<(usize, std::ops::Range<usize>), i32> {
+    let slot = usize::try_from(idx)
         .ok()
-        .and_then(|idx| state.slots.get(idx))
-    else {
-        return Ok(DTEE_ERR_BAD_INDEX);
-    };
-    let Some(bytes) = &slot.readable else {
-        return Ok(DTEE_ERR_ACCESS);
-    };
-    let (Ok(offset), Ok(len), Ok(dst)) = (
-        usize::try_from(offset),
-        usize::try_from(len),
-        usize::try_from(dst as u32),
-    ) else {
-        return Ok(DTEE_ERR_RANGE);
+        .filter(|&slot| slot < state.slots.len())
+        .ok_or(DTEE_ERR_BAD_INDEX)?;
+    let bytes = state.slots[slot].readable.as_ref().ok_or(DTEE_ERR_ACCESS)?;
+    let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+        return Err(DTEE_ERR_RANGE);
     };
     if offset > bytes.len() {
-        return Ok(DTEE_ERR_RANGE);
+        return Err(DTEE_ERR_RANGE);
     }
-    let count = len.min(bytes.len() - offset);
-    let target = mem
-        .get_mut(dst..dst.saturating_add(count))
-        .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
-    target.copy_from_slice(&bytes[offset..offset + count]);
-    Ok(count as i32)
+    Ok((slot, offset..offset + len.min(bytes.len() - offset)))
 }
 
 /// `buffer_write(idx, offset, src_ptr, len) -> i32`: copies bytes from linear memory into a
