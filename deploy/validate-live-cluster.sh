@@ -22,6 +22,8 @@ dir=$TMP/cluster
 mkdir -p "$dir"
 pw_worker=cw-$RANDOM$RANDOM pw_submitter=cs-$RANDOM$RANDOM pw_admin=ca-$RANDOM$RANDOM
 port=$(free_port)
+# The cluster bus defaults to port + 10000, past 65535 for a high free port: name it.
+bus_port=$(free_port)
 redis_pid= worker_pid=
 cleanup() {
   for pid in $worker_pid $redis_pid; do
@@ -35,7 +37,8 @@ DTEE_REDIS_ACL_TEMPLATE=deploy/redis/users.acl DTEE_REDIS_ACL="$dir/users.acl" \
   DTEE_REDIS_ADMIN_PASSWORD=$pw_admin sh deploy/compose/redis-start.sh --acl-only
 redis-server deploy/redis/redis.conf --port "$port" --bind 127.0.0.1 --dir "$dir" \
   --aclfile "$dir/users.acl" --logfile "$dir/redis.log" --daemonize no \
-  --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" </dev/null >/dev/null 2>&1 &
+  --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-port "$bus_port" \
+  </dev/null >/dev/null 2>&1 &
 redis_pid=$!
 admin() { REDISCLI_AUTH=$pw_admin redis-cli -p "$port" --user dtee-admin "$@" 2>&1; }
 # Under load the server can take seconds to start: wait for it, then assign every slot (again

@@ -1,7 +1,7 @@
 /*
  * sha256_host: the SHA-256 digest of an input, computed by the host (the buffer_sha256 host
  * primitive) instead of in WebAssembly: the same job as sha256.c, charged one unit of fuel per
- * byte instead of about twenty, and the input is never copied into the kernel's memory.
+ * byte instead of about 134, and the input is never copied into the kernel's memory.
  *
  * Entry: "sha256", () -> i32.
  * Buffers: input "data" (any length, possibly empty); output "digest" (capacity at least 32

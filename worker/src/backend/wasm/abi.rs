@@ -45,7 +45,8 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// Fuel a host primitive charges per call, on top of its per-byte charge.
 pub const HOST_CALL_FUEL: u64 = 64;
 /// Fuel SHA-256 charges per byte hashed. The same C hash compiled to WebAssembly spends about
-/// 20 units per byte; the host's (SHA extensions where the CPU has them) is far cheaper.
+/// 134 units per byte (`loadtest/primitives.sh`); the host's (SHA extensions where the CPU has
+/// them) takes about a ninth of the time.
 pub const SHA256_FUEL_PER_BYTE: u64 = 1;
 
 /// Fuel an Ed25519 verification charges besides one unit per message byte: about what the

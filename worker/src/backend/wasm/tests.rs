@@ -271,7 +271,7 @@ fn run_hash(name: &str, data: &[u8], fuel: u64) -> Result<Completed, KernelError
 }
 
 #[test]
-fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_twentieth_of_the_fuel() {
+fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_hundredth_of_the_fuel() {
     use sha2::Digest as _;
     for len in [0usize, 1, 55, 64, 65_537, (1 << 20) + 7] {
         let data: Vec<u8> = (0..len).map(|i| (31 * i + 7) as u8).collect();
@@ -297,7 +297,7 @@ fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_twentieth_of_the_
         );
         if len >= 65_537 {
             assert!(
-                host_fuel * 10 < wasm_fuel,
+                host_fuel * 100 < wasm_fuel,
                 "{len}: {host_fuel} vs {wasm_fuel}"
             );
         }
