@@ -15,7 +15,9 @@ use dtee_schemas::protocol::Namespace;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::process::{Child, Command};
 
-use super::{check_digest, connect_and_store_kernel, cpu, job_spec, mode_name, with_input};
+use super::{
+    check_digest, connect_and_store_kernel, cpu, hot_blob, job_spec, mode_name, with_input,
+};
 use super::{Cli, JobsArgs, Report};
 
 /// Starts `command` (through `sh -c exec …`) with the run's settings.
@@ -100,15 +102,7 @@ pub(super) async fn jobs_drained(
     let reply = args.wait == "reply";
     let run_id: u64 = rand::random();
     let sha256 = args.workload == "sha256";
-    let hot = if args.hot_blob && sha256 {
-        let data = super::sha256_input(0);
-        Some((
-            client.put_blob(&data).await?.0,
-            dtee_schemas::Digest::of(&data),
-        ))
-    } else {
-        None
-    };
+    let hot = hot_blob(&client, args).await?;
     let waiter = &waiter;
     let client = &client;
     let hot = &hot;

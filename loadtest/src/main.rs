@@ -367,6 +367,22 @@ async fn with_input(
     Ok((spec, Some(expected)))
 }
 
+/// With `--hot-blob` and the sha256 workload: the one 1 MiB input every job hashes, stored
+/// once, and its digest.
+async fn hot_blob(
+    client: &Client,
+    args: &JobsArgs,
+) -> anyhow::Result<Option<(dtee_schemas::Digest, dtee_schemas::Digest)>> {
+    if !(args.hot_blob && args.workload == "sha256") {
+        return Ok(None);
+    }
+    let data = sha256_input(0);
+    Ok(Some((
+        client.put_blob(&data).await?.0,
+        dtee_schemas::Digest::of(&data),
+    )))
+}
+
 /// Fails when a succeeded sha256 job's digest is not SHA-256 of its input.
 fn check_digest(
     result: &dtee_schemas::JobResult,
@@ -410,15 +426,7 @@ async fn jobs_watched(
         latencies.push(latency);
         Ok(())
     };
-    let hot = if args.hot_blob && args.workload == "sha256" {
-        let data = sha256_input(0);
-        Some((
-            client.put_blob(&data).await?.0,
-            dtee_schemas::Digest::of(&data),
-        ))
-    } else {
-        None
-    };
+    let hot = hot_blob(&client, args).await?;
     for idx in 0..args.jobs {
         let permit = Arc::clone(&slots).acquire_owned().await.expect("open");
         let spec = job_spec(args, &digest, &tenant, run_id, idx);

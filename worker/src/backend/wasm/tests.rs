@@ -10,7 +10,17 @@ fn kernel(name: &str) -> Vec<u8> {
 }
 
 fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, KernelError> {
-    let backend = WasmBackend::new(4, usize::MAX, CompileSettings::in_process()).unwrap();
+    run_with(name, entry, vec![], limits)
+}
+
+/// Compiles the committed kernel `name` on a fresh backend and runs `entry` with `slots`.
+fn run_with(
+    name: &str,
+    entry: &str,
+    slots: Vec<Slot>,
+    limits: EffectiveLimits,
+) -> Result<Completed, KernelError> {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
     let bytes = kernel(name);
     let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
     let Ok(prepared) = prepared.as_ref() else {
@@ -19,7 +29,7 @@ fn run(name: &str, entry: &str, limits: EffectiveLimits) -> Result<Completed, Ke
     let invocation = Invocation {
         launch: None,
         entry: entry.to_owned(),
-        slots: vec![],
+        slots,
         params: vec![],
         limits,
     };
@@ -73,26 +83,15 @@ fn a_module_without_memory_is_a_link_failure() {
 fn a_write_far_past_the_output_limit_traps_before_allocating() {
     // out has a huge declared size; the job's output limit is 1 MiB. flood writes 64 KiB
     // chunks until it hits the limit: it must stop at 1 MiB, not allocate the declared size.
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
-    let bytes = kernel("flood");
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
-    let Ok(prepared) = prepared.as_ref() else {
-        panic!("flood does not compile")
+    let slots = vec![Slot::Output {
+        name: "out".to_owned(),
+        capacity: 1 << 40,
+    }];
+    let limits = EffectiveLimits {
+        output_bytes: 1 << 20,
+        ..LIMITS
     };
-    let invocation = Invocation {
-        launch: None,
-        entry: "flood".to_owned(),
-        slots: vec![Slot::Output {
-            name: "out".to_owned(),
-            capacity: 1 << 40,
-        }],
-        params: vec![],
-        limits: EffectiveLimits {
-            output_bytes: 1 << 20,
-            ..LIMITS
-        },
-    };
-    let error = backend.run(prepared, &invocation).unwrap_err();
+    let error = run_with("flood", "flood", slots, limits).unwrap_err();
     assert_eq!(error.code, ErrorCode::OutputLimitExceeded);
     assert!(error.usage.output_bytes <= 1 << 20, "{:?}", error.usage);
 }
@@ -100,27 +99,15 @@ fn a_write_far_past_the_output_limit_traps_before_allocating() {
 /// Runs an entry of kernels/wasm/edges.wasm with outputs `a` and `b` (1 KiB each) and a
 /// 1 KiB output limit.
 fn run_edges(entry: &str) -> Result<Completed, KernelError> {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
-    let bytes = kernel("edges");
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
-    let Ok(prepared) = prepared.as_ref() else {
-        panic!("edges does not compile")
-    };
     let output = |name: &str| Slot::Output {
         name: name.to_owned(),
         capacity: 1024,
     };
-    let invocation = Invocation {
-        launch: None,
-        entry: entry.to_owned(),
-        slots: vec![output("a"), output("b")],
-        params: vec![],
-        limits: EffectiveLimits {
-            output_bytes: 1024,
-            ..LIMITS
-        },
+    let limits = EffectiveLimits {
+        output_bytes: 1024,
+        ..LIMITS
     };
-    backend.run(prepared, &invocation)
+    run_with("edges", entry, vec![output("a"), output("b")], limits)
 }
 
 #[test]
@@ -245,29 +232,17 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
 
 /// Runs the `sha256` entry of `name` over `data` (input "data", output "digest") with `fuel`.
 fn run_hash(name: &str, data: &[u8], fuel: u64) -> Result<Completed, KernelError> {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
-    let bytes = kernel(name);
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
-    let Ok(prepared) = prepared.as_ref() else {
-        panic!("{name} does not compile")
-    };
-    let invocation = Invocation {
-        launch: None,
-        entry: "sha256".to_owned(),
-        slots: vec![
-            Slot::Input {
-                name: "data".to_owned(),
-                data: data.into(),
-            },
-            Slot::Output {
-                name: "digest".to_owned(),
-                capacity: 32,
-            },
-        ],
-        params: vec![],
-        limits: EffectiveLimits { fuel, ..LIMITS },
-    };
-    backend.run(prepared, &invocation)
+    let slots = vec![
+        Slot::Input {
+            name: "data".to_owned(),
+            data: data.into(),
+        },
+        Slot::Output {
+            name: "digest".to_owned(),
+            capacity: 32,
+        },
+    ];
+    run_with(name, "sha256", slots, EffectiveLimits { fuel, ..LIMITS })
 }
 
 #[test]
@@ -332,32 +307,25 @@ fn run_verify(
     signature: &[u8],
     fuel: u64,
 ) -> Result<(u8, u64), KernelError> {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
-    let bytes = kernel("ed25519_verify");
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
-    let Ok(prepared) = prepared.as_ref() else {
-        panic!("ed25519_verify does not compile")
-    };
     let input = |name: &str, data: &[u8]| Slot::Input {
         name: name.to_owned(),
         data: data.into(),
     };
-    let invocation = Invocation {
-        launch: None,
-        entry: "verify".to_owned(),
-        slots: vec![
-            input("public_key", key),
-            input("message", message),
-            input("signature", signature),
-            Slot::Output {
-                name: "valid".to_owned(),
-                capacity: 1,
-            },
-        ],
-        params: vec![],
-        limits: EffectiveLimits { fuel, ..LIMITS },
-    };
-    let done = backend.run(prepared, &invocation)?;
+    let slots = vec![
+        input("public_key", key),
+        input("message", message),
+        input("signature", signature),
+        Slot::Output {
+            name: "valid".to_owned(),
+            capacity: 1,
+        },
+    ];
+    let done = run_with(
+        "ed25519_verify",
+        "verify",
+        slots,
+        EffectiveLimits { fuel, ..LIMITS },
+    )?;
     Ok((
         done.written[3].as_ref().unwrap()[0],
         done.usage.fuel_consumed,
