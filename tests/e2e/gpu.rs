@@ -10,10 +10,10 @@
 
 use std::time::{Duration, Instant};
 
-use dtee_schemas::job::{AccessMode, KernelFormat, Launch, Limits};
+use dtee_schemas::job::{AccessMode, KernelFormat, Launch, Limits, ScalarType};
 use dtee_schemas::state::StateKey;
 use dtee_schemas::{ErrorCode, JobSpec};
-use dtee_submitter::builder::{inline_input, output, state, wasm_job};
+use dtee_submitter::builder::{inline_input, output, param, state, wasm_job};
 use dtee_tests::{run_as, TestEnv};
 
 /// A PTX kernel's bytes (the stand-in only checks the format; its entry decides what it does).
@@ -362,12 +362,12 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
     assert!(body.contains("GPU target stand-in is not served"), "{body}");
     let (_, metrics) = dtee_tests::http_get(addr, "/metrics").await;
     assert!(
-        metrics.contains("dtee_device_up{target=\"stand-in\"} 0"),
+        metrics.contains("dtee_device_up{target=\"stand-in\",device=\"0\"} 0"),
         "{metrics}"
     );
     assert!(
         metrics.contains(&format!(
-            "dtee_device_host_restarts_total{{target=\"stand-in\"}} {}",
+            "dtee_device_host_restarts_total{{target=\"stand-in\",device=\"0\"}} {}",
             dtee_worker::backend::gpu::host::MAX_RESTARTS + 1
         )),
         "{metrics}"
@@ -386,6 +386,88 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
     let mut wasm = wasm_job(env.put_kernel("echo").await, "echo");
     wasm.buffers = vec![inline_input("in", b"cpu"), output("out", 8)];
     assert!(run_as(&env.client, &wasm).await.succeeded());
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_serving() {
+    let env = TestEnv::new("gpu-devices").await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.targets = vec!["wasm".to_owned(), "stand-in".to_owned()];
+            c.stand_in_devices = 2;
+            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let addr = worker.metrics_addr.unwrap();
+    // Two jobs whose kernels take 1.5 s each, submitted together: each gets its own device,
+    // and their kernel runs overlap (each run's interval ends at `finished_at` and lasts its
+    // wall time).
+    let mut naps = Vec::new();
+    for nonce in ["nap a", "nap b"] {
+        let mut spec = stand_in_job(&env, "nap", nonce).await;
+        spec.params = vec![param("ms", ScalarType::U32, 1500.0)];
+        naps.push(spec);
+    }
+    let (a, b) = tokio::join!(run_as(&env.client, &naps[0]), run_as(&env.client, &naps[1]));
+    let interval = |result: &dtee_schemas::JobResult| {
+        assert!(result.succeeded(), "{result:?}");
+        let execution = result.execution.as_ref().unwrap();
+        let end = execution.finished_at_unix_ms;
+        let start = end - result.resources.unwrap().wall_time_us / 1000;
+        let device = execution.device.as_ref().unwrap().name.clone();
+        let (statement, _) = dtee_tests::statement_of(result);
+        assert_eq!(
+            statement.tcb.device.unwrap().name,
+            device,
+            "the statement names it"
+        );
+        (start, end, device)
+    };
+    let ((start_a, end_a, device_a), (start_b, end_b, device_b)) = (interval(&a), interval(&b));
+    assert_ne!(device_a, device_b, "each job ran on its own device");
+    assert!(
+        start_a < end_b && start_b < end_a,
+        "the two kernels ran at the same time: {start_a}..{end_a} and {start_b}..{end_b}"
+    );
+    // Crashes give one device up (a job takes the first idle device that is not given up);
+    // the other goes on serving the target, and the worker stays ready.
+    let mut given_up = None;
+    for attempt in 0..=dtee_worker::backend::gpu::host::MAX_RESTARTS + 1 {
+        let result = run_as(
+            &env.client,
+            &stand_in_job(&env, "crash", &format!("crash {attempt}")).await,
+        )
+        .await;
+        assert_eq!(result.error_code(), Some(ErrorCode::DeviceFailed));
+        if result.error.unwrap().message.contains("given up") {
+            given_up = Some(result.execution.unwrap().device.unwrap().name);
+            break;
+        }
+    }
+    let given_up = given_up.expect("a device was given up");
+    let after = run_as(
+        &env.client,
+        &stand_in_job(&env, "copy", "still served").await,
+    )
+    .await;
+    assert!(after.succeeded(), "{after:?}");
+    let serving = after.execution.unwrap().device.unwrap().name;
+    assert_ne!(serving, given_up, "the job ran on the device still up");
+    let (status, body) = dtee_tests::http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "one device up serves the target: {body}");
+    let (_, metrics) = dtee_tests::http_get(addr, "/metrics").await;
+    let up: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("dtee_device_up{"))
+        .collect();
+    assert_eq!(up.len(), 2, "{metrics}");
+    assert_eq!(
+        up.iter().filter(|line| line.ends_with(" 0")).count(),
+        1,
+        "{up:?}"
+    );
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

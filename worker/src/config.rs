@@ -108,6 +108,8 @@ pub struct Config {
     pub default_limits: EffectiveLimits,
     /// Largest limits a job may ask for.
     pub max_limits: EffectiveLimits,
+    /// Largest memory limit a GPU job may ask for (device allocations, bytes).
+    pub max_device_memory_bytes: u64,
     /// Delivery limit of declared job queues.
     pub delivery_limit: u32,
     /// Time in-flight jobs get to finish on shutdown.
@@ -125,6 +127,9 @@ pub struct Config {
     /// Test hook (builds with the cargo feature `test-hooks` only).
     #[cfg(feature = "test-hooks")]
     pub test_hook: Option<TestHook>,
+    /// Stand-in GPU devices the worker finds (test builds only; set by the test suite).
+    #[cfg(feature = "test-hooks")]
+    pub stand_in_devices: u32,
     /// Attestation provider.
     pub attestation: crate::attestation::ProviderChoice,
     /// TPM settings.
@@ -220,6 +225,7 @@ impl Config {
             },
             default_limits,
             max_limits,
+            max_device_memory_bytes: args.max_device_memory_bytes,
             delivery_limit: args.delivery_limit,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             worker_id,
@@ -229,6 +235,8 @@ impl Config {
             applied_ttl: Duration::from_secs(args.applied_ttl_secs),
             #[cfg(feature = "test-hooks")]
             test_hook: args.test_hook,
+            #[cfg(feature = "test-hooks")]
+            stand_in_devices: 1,
             attestation: args.attestation,
             provider_settings: crate::attestation::ProviderSettings {
                 tpm_tcti: args.tpm_tcti,
@@ -303,6 +311,11 @@ fn limits(args: &Args) -> Result<(EffectiveLimits, EffectiveLimits), ConfigError
             "default_memory_bytes",
             default_limits.memory_bytes,
             max_limits.memory_bytes,
+        ),
+        (
+            "default_memory_bytes",
+            default_limits.memory_bytes,
+            args.max_device_memory_bytes,
         ),
         ("default_fuel", default_limits.fuel, max_limits.fuel),
         (

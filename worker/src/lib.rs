@@ -279,6 +279,7 @@ fn measured_configuration(config: &Config) -> serde_json::Value {
         "targets": config.targets,
         "default_limits": config.default_limits,
         "max_limits": config.max_limits,
+        "max_device_memory_bytes": config.max_device_memory_bytes,
         "max_job_bytes": config.max_job_bytes,
         "max_kernel_bytes": config.max_kernel_bytes,
         "compile_timeout_ms": config.compile.timeout.as_millis() as u64,
@@ -306,8 +307,8 @@ async fn watch_redis(store: store::Store, health: Arc<Health>) {
     }
 }
 
-/// Finds the GPUs this worker serves and starts a device host for each (the first device of
-/// each target), and resolves `DTEE_TARGETS`: `auto` becomes wasm plus the targets found; a GPU
+/// Finds the GPUs this worker serves and starts a device host for each (every device of a
+/// target serves it), and resolves `DTEE_TARGETS`: `auto` becomes wasm plus the targets found; a GPU
 /// target named explicitly without a device to serve it refuses start-up, with the reason.
 fn start_gpus(
     config: &mut Config,
@@ -348,22 +349,34 @@ fn start_gpus(
                 continue;
             }
         };
+        #[cfg(feature = "test-hooks")]
+        let devices = if kind == DriverKind::StandIn {
+            gpu::stand_in_devices(config.stand_in_devices)
+        } else {
+            devices
+        };
+        // Every device of a target serves it, each through its own device host.
+        let mut by_target: Vec<(String, Vec<u32>)> = Vec::new();
         for (ordinal, device) in devices.iter().enumerate() {
             let target = gpu::target_of(kind, device);
-            if gpus.contains_key(&target) {
-                info!(%target, ordinal, "one device per target is used; this one is not");
-                continue;
-            }
             if !auto && !wanted.contains(&target) {
                 continue;
             }
-            match gpu::GpuBackend::start(kind, ordinal as u32, program.clone()) {
+            match by_target.iter_mut().find(|(t, _)| *t == target) {
+                Some((_, ordinals)) => ordinals.push(ordinal as u32),
+                None => by_target.push((target, vec![ordinal as u32])),
+            }
+        }
+        for (target, ordinals) in by_target {
+            match gpu::GpuBackend::start(kind, &ordinals, program.clone()) {
                 Ok(backend) => {
-                    info!(%target, device = %backend.device().name, arch = %backend.device().arch, driver = %backend.device().driver, "serving a GPU");
+                    for device in backend.devices() {
+                        info!(%target, ordinal = device.ordinal, device = %device.info.device.name, arch = %device.info.device.arch, driver = %device.info.device.driver, "serving a GPU");
+                    }
                     gpus.insert(target, Arc::new(backend));
                 }
                 Err(why) => {
-                    warn!(%target, ordinal, "the device host did not start: {why}");
+                    warn!(%target, "no device host started: {why}");
                     reasons.push((kind, why));
                 }
             }

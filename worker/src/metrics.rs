@@ -45,8 +45,8 @@ pub struct Metrics {
     limit_kills: Vec<(Counter, usize)>,
     in_flight: Gauge,
     evidence_age: Gauge,
-    /// Per GPU: its backend, its host-restart counter and its up gauge.
-    devices: Vec<(Arc<GpuBackend>, Counter, Gauge)>,
+    /// Each GPU device: its target's backend, its index there, its restarts and whether it is up.
+    devices: Vec<(Arc<GpuBackend>, usize, Counter, Gauge)>,
     /// Time from publication (header `dtee-submitted-unix-ms`) to delivery.
     pub queue_wait: Histogram,
     /// Kernel execution (instantiation and entry call).
@@ -216,21 +216,32 @@ impl Metrics {
         recorder.describe_counter(
             KeyName::from("dtee_device_host_restarts_total"),
             None,
-            SharedString::from("Device hosts started again (after a deadline kill, a crash or a fault), per GPU target."),
+            SharedString::from("Device hosts started again (after a deadline kill, a crash or a fault), per GPU device."),
         );
         let devices = gpus
             .iter()
-            .map(|gpu| {
-                let labels = vec![Label::new("target", gpu.target().to_owned())];
+            .flat_map(|gpu| {
+                gpu.devices()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, device)| (Arc::clone(gpu), index, device.ordinal))
+                    .collect::<Vec<_>>()
+            })
+            .map(|(gpu, index, ordinal)| {
+                let labels = vec![
+                    Label::new("target", gpu.target().to_owned()),
+                    Label::new("device", ordinal.to_string()),
+                ];
                 (
-                    Arc::clone(gpu),
+                    gpu,
+                    index,
                     recorder.register_counter(
                         &Key::from_parts("dtee_device_host_restarts_total", labels.clone()),
                         &metadata(),
                     ),
                     gauge(
                         "dtee_device_up",
-                        "1 while the GPU target's device is in use, 0 once it was given up.",
+                        "1 while the GPU is in use, 0 once it was given up.",
                         labels,
                     ),
                 )
@@ -288,9 +299,10 @@ impl Metrics {
             .map_or(0, |d| d.as_millis() as u64);
         self.evidence_age
             .set(now.saturating_sub(evidence_created_at_unix_ms) as f64 / 1000.0);
-        for (gpu, restarts, up) in &self.devices {
-            restarts.absolute(gpu.restarts());
-            up.set(if gpu.failed().is_some() { 0.0 } else { 1.0 });
+        for (gpu, index, restarts, up) in &self.devices {
+            let host = &gpu.devices()[*index].host;
+            restarts.absolute(host.restarts());
+            up.set(if host.failed().is_some() { 0.0 } else { 1.0 });
         }
         let _ = &self.recorder;
         self.handle.render()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _};
 use dtee_schemas::job::{CheckedBuffer, InputSource};
 use dtee_schemas::result::{Execution, JobError, JobResult, JobStatus, ResultSchema};
+use dtee_schemas::run::GpuDevice;
 use dtee_schemas::Digest;
 use serde_json::json;
 
@@ -31,7 +32,8 @@ pub fn doctor_report(config: &Config) -> serde_json::Value {
             json!({
                 "driver": kind.name(),
                 "built": kind.built(),
-                "devices": devices.iter().map(|info| json!({
+                "devices": devices.iter().enumerate().map(|(ordinal, info)| json!({
+                    "ordinal": ordinal,
                     "vendor": info.device.vendor,
                     "name": info.device.name,
                     "arch": info.device.arch,
@@ -167,10 +169,15 @@ pub fn exec(
         };
         let limits = crate::job::plan::resolve_limits(config, &parsed.spec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (mut result, timings) = run_one(&runner, &parsed, &store, limits, repeat)?;
+        let (mut result, timings, ran_on) = run_one(&runner, &parsed, &store, limits, repeat)?;
+        // The device the kernel ran on; a GPU job refused before reaching one names the
+        // target's first device.
         let (backend, device) = match &runner {
             Runner::Wasm(wasm) => (wasm.name(), None),
-            Runner::Gpu(gpu) => (gpu.name(), Some(gpu.device().clone())),
+            Runner::Gpu(gpu) => (
+                gpu.name(),
+                Some(ran_on.unwrap_or_else(|| gpu.device().clone())),
+            ),
         };
         let execution = Execution {
             execution_id: format!("{:032x}", rand::random::<u128>()),
@@ -209,12 +216,14 @@ fn start_runner(config: &Config, target: &str) -> anyhow::Result<Runner> {
         let kind = gpu::driver_for_target(target).expect("a GPU target");
         let devices =
             device::probe(kind).map_err(|why| anyhow::anyhow!("target {target}: {why}"))?;
-        let ordinal = devices
-            .iter()
-            .position(|info| gpu::target_of(kind, info) == target)
-            .with_context(|| format!("no device here serves target {target}"))?;
+        let ordinals: Vec<u32> = (0..devices.len() as u32)
+            .filter(|&ordinal| gpu::target_of(kind, &devices[ordinal as usize]) == target)
+            .collect();
+        if ordinals.is_empty() {
+            bail!("no device here serves target {target}");
+        }
         let backend =
-            GpuBackend::start(kind, ordinal as u32, program).map_err(|why| anyhow::anyhow!(why))?;
+            GpuBackend::start(kind, &ordinals, program).map_err(|why| anyhow::anyhow!(why))?;
         Ok(Runner::Gpu(Arc::new(backend)))
     } else if target == "wasm" {
         let mut compile = config.compile.clone();
@@ -235,7 +244,7 @@ fn run_one(
     store: &HashMap<Digest, Vec<u8>>,
     limits: dtee_schemas::result::EffectiveLimits,
     repeat: usize,
-) -> anyhow::Result<(JobResult, Vec<std::time::Duration>)> {
+) -> anyhow::Result<(JobResult, Vec<std::time::Duration>, Option<GpuDevice>)> {
     let spec = &parsed.spec;
     let blob = |digest: &Digest| {
         store
@@ -305,10 +314,16 @@ fn run_one(
         }
     }
     let ran = prepared.and_then(|kernel| runner.run(&kernel, &invocation));
-    let (status, error, outputs, resources) = match ran {
+    let (status, error, outputs, resources, device) = match ran {
         Ok(completed) => {
             let outputs = crate::job::execute::output_data(&parsed.buffers, completed.written);
-            (JobStatus::Succeeded, None, outputs, Some(completed.usage))
+            (
+                JobStatus::Succeeded,
+                None,
+                outputs,
+                Some(completed.usage),
+                completed.device,
+            )
         }
         Err(error) => (
             JobStatus::Failed,
@@ -318,6 +333,7 @@ fn run_one(
             }),
             Vec::new(),
             Some(error.usage),
+            error.device.map(|d| *d),
         ),
     };
     let result = JobResult {
@@ -332,7 +348,7 @@ fn run_one(
         execution: None,
         attestation: None,
     };
-    Ok((result, timings))
+    Ok((result, timings, device))
 }
 
 /// The files of `dir`, by the digest of their bytes.

@@ -63,6 +63,7 @@ use std::sync::Arc;
 
 use dtee_schemas::job::{AccessMode, KernelFormat, ScalarType};
 use dtee_schemas::result::{EffectiveLimits, ResourceUsage};
+use dtee_schemas::run::GpuDevice;
 use dtee_schemas::{Digest, ErrorCode};
 
 pub mod gpu;
@@ -179,6 +180,8 @@ pub struct Completed {
     pub written: Vec<Option<Vec<u8>>>,
     /// Resources used.
     pub usage: ResourceUsage,
+    /// The GPU it ran on (`None` on the CPU).
+    pub device: Option<GpuDevice>,
 }
 
 /// The backend could not try to prepare a kernel, for a reason that is not the kernel's (its
@@ -203,6 +206,8 @@ pub struct KernelError {
     pub message: String,
     /// Resources used up to the failure.
     pub usage: ResourceUsage,
+    /// The GPU it failed on, once a device was chosen (boxed: most errors have none).
+    pub device: Option<Box<GpuDevice>>,
 }
 
 impl KernelError {
@@ -212,6 +217,7 @@ impl KernelError {
             code,
             message: message.into(),
             usage: ResourceUsage::default(),
+            device: None,
         }
     }
 }
@@ -280,6 +286,7 @@ impl Runner {
                 code: ErrorCode::InternalError,
                 message: "a kernel prepared by one backend was given to another".to_owned(),
                 usage: ResourceUsage::default(),
+                device: None,
             }),
         }
     }

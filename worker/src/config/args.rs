@@ -138,6 +138,15 @@ pub struct Args {
     #[arg(long, env = "DTEE_MAX_MEMORY_BYTES", default_value = "1073741824")]
     #[arg(value_parser = setting(max_memory_bytes))]
     pub max_memory_bytes: u64,
+    /// Largest memory limit a GPU job may ask for, bytes: the sum of its device allocations.
+    /// Not bound by WebAssembly's 4 GiB; each device's own memory still bounds it.
+    #[arg(
+        long,
+        env = "DTEE_MAX_DEVICE_MEMORY_BYTES",
+        default_value = "17179869184"
+    )]
+    #[arg(value_parser = at_least(65536u64))]
+    pub max_device_memory_bytes: u64,
     /// Default fuel.
     #[arg(long, env = "DTEE_DEFAULT_FUEL", default_value = "10000000000")]
     #[arg(value_parser = at_least(1u64))]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use dtee_schemas::job::{encode_base64, AccessMode, CheckedBuffer};
 use dtee_schemas::result::{OutputData, ResourceUsage, StateRead, StateReport, StateWritten};
+use dtee_schemas::run::GpuDevice;
 use dtee_schemas::{Digest, ErrorCode};
 use tracing::debug;
 
@@ -43,15 +44,17 @@ pub(crate) async fn execute(
         let (entries, state) = writes(job, &seen, &completed);
         let writes_state = !state.written.is_empty();
         let usage = completed.usage;
+        let device = completed.device.clone();
         let success = Success {
             outputs: outputs(job, completed),
             state: (!job.bindings.is_empty()).then_some(state),
             limits: plan.limits,
             resources: usage,
             attempts: attempt,
+            device: device.clone(),
         };
         let outcome = outcome::succeeded(ctx, job, success);
-        check_result_size(ctx, &outcome, plan, usage)?;
+        check_result_size(ctx, &outcome, plan, usage, &device)?;
         let Some(hash_tag) = job.bindings.first().map(|b| b.key.hash_tag()) else {
             return Ok(outcome);
         };
@@ -72,7 +75,11 @@ pub(crate) async fn execute(
                 debug!(job_id = %job.id(), %key, attempt, "state conflict; running again on fresh state");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            refused => return Err(Halt::Fail(refused_commit(ctx, refused, plan, usage))),
+            refused => {
+                return Err(Halt::Fail(refused_commit(
+                    ctx, refused, plan, usage, device,
+                )))
+            }
         }
     }
     Err(Halt::Fail(
@@ -127,7 +134,13 @@ async fn commit(
 }
 
 /// The failure of a commit the script refused before writing anything.
-fn refused_commit(ctx: &Context, commit: Commit, plan: &Plan, usage: ResourceUsage) -> Failure {
+fn refused_commit(
+    ctx: &Context,
+    commit: Commit,
+    plan: &Plan,
+    usage: ResourceUsage,
+    device: Option<GpuDevice>,
+) -> Failure {
     let (code, message) = match commit {
         Commit::TooLarge { key, size } => (
             ErrorCode::StateValueTooLarge,
@@ -150,6 +163,7 @@ fn refused_commit(ctx: &Context, commit: Commit, plan: &Plan, usage: ResourceUsa
             code,
             message,
             usage,
+            device: device.map(Box::new),
         },
         plan.limits,
     )
@@ -227,6 +241,7 @@ async fn run_kernel(
                 code: ErrorCode::InternalError,
                 message: "the worker failed while running the kernel (a panic); this is a bug in the worker".to_owned(),
                 usage: ResourceUsage::default(),
+                device: None,
             })
         }
         Err(source) => {
@@ -312,6 +327,7 @@ fn check_result_size(
     outcome: &Outcome,
     plan: &Plan,
     usage: ResourceUsage,
+    device: &Option<GpuDevice>,
 ) -> Result<(), Failure> {
     if outcome.body.len() <= ctx.config.max_result_bytes {
         return Ok(());
@@ -324,6 +340,7 @@ fn check_result_size(
             ctx.config.max_result_bytes
         ),
         usage,
+        device: device.clone().map(Box::new),
     };
     Err(Failure::ran(error, plan.limits))
 }

@@ -59,7 +59,7 @@ pub(crate) struct Context {
     pub publisher: std::sync::RwLock<ResultPublisher>,
     /// The WebAssembly backend.
     pub wasm: Arc<WasmBackend>,
-    /// The GPU backends, by target (one device per target).
+    /// The GPU backends, by target (each with every device that serves the target).
     pub gpus: std::collections::HashMap<String, Arc<crate::backend::gpu::GpuBackend>>,
     /// Kernel slots: at most `concurrency` kernels run at once, shared fairly by tenant.
     pub kernel_slots: Arc<FairSlots>,

@@ -10,6 +10,7 @@ use dtee_schemas::result::{
     EffectiveLimits, Execution, JobError, JobStatus, OutputData, ResourceUsage, ResultSchema,
     StateReport,
 };
+use dtee_schemas::run::GpuDevice;
 use dtee_schemas::{Digest, ErrorCode, JobResult, ParsedJob};
 use serde::Deserialize;
 use tracing::debug;
@@ -118,6 +119,8 @@ pub(crate) struct Failure {
     pub limits: Option<EffectiveLimits>,
     /// Resources used, when the kernel ran (boxed: most failures have none).
     pub resources: Option<Box<ResourceUsage>>,
+    /// The GPU the kernel ran on, if one was chosen.
+    pub device: Option<Box<GpuDevice>>,
 }
 
 impl Failure {
@@ -128,6 +131,7 @@ impl Failure {
             message: message.into(),
             limits: None,
             resources: None,
+            device: None,
         }
     }
 
@@ -138,6 +142,7 @@ impl Failure {
             message: error.message,
             limits: Some(limits),
             resources: Some(Box::new(error.usage)),
+            device: error.device,
         }
     }
 
@@ -161,6 +166,8 @@ pub(crate) struct Success {
     pub resources: ResourceUsage,
     /// Runs it took (state conflicts run a job again).
     pub attempts: u32,
+    /// The GPU it ran on (`None` on the CPU).
+    pub device: Option<GpuDevice>,
 }
 
 /// The outcome of a successful run.
@@ -177,7 +184,13 @@ pub(crate) fn succeeded(ctx: &Context, job: &Admitted, success: Success) -> Outc
         execution: None,
         attestation: None,
     };
-    let execution = execution(ctx, Some(&job.parsed), job.started_at, success.attempts);
+    let execution = execution(
+        ctx,
+        Some(&job.parsed),
+        job.started_at,
+        success.attempts,
+        success.device,
+    );
     Outcome {
         job_id: job.id().clone(),
         body: seal(ctx, result, execution, Some(&job.parsed)),
@@ -239,7 +252,13 @@ pub(crate) fn failed_as(
         execution: None,
         attestation: None,
     };
-    let execution = execution(ctx, parsed, started_at, attempts);
+    let execution = execution(
+        ctx,
+        parsed,
+        started_at,
+        attempts,
+        failure.device.map(|d| *d),
+    );
     let claim = match cache {
         CachePolicy::Final => parsed.and_then(admit::writable_hash_tag),
         CachePolicy::Never | CachePolicy::Failure => None,
@@ -259,9 +278,11 @@ fn execution(
     parsed: Option<&ParsedJob>,
     started_at: u64,
     attempts: u32,
+    device: Option<GpuDevice>,
 ) -> Execution {
     // The backend of the job's target: a GPU's, or the wasm engine (also for jobs refused
-    // before a backend was chosen).
+    // before a backend was chosen). The device is the one the kernel ran on; a GPU job that
+    // never reached a device names its target's first.
     let gpu = parsed.and_then(|parsed| ctx.gpus.get(&parsed.spec.kernel.target));
     Execution {
         execution_id: format!("{:032x}", rand::random::<u128>()),
@@ -269,7 +290,7 @@ fn execution(
         backend: gpu
             .map_or_else(|| ctx.wasm.name(), |gpu| gpu.name())
             .to_owned(),
-        device: gpu.map(|gpu| gpu.device().clone()),
+        device: gpu.map(|gpu| device.unwrap_or_else(|| gpu.device().clone())),
         started_at_unix_ms: started_at,
         finished_at_unix_ms: unix_ms(),
         attempts,

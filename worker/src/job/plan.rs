@@ -2,6 +2,7 @@
 //! kernel format it serves, the job's limits with the worker's defaults filled in (never above
 //! its maximums), and the attestation the job requires.
 
+use dtee_schemas::job::KernelFormat;
 use dtee_schemas::result::EffectiveLimits;
 use dtee_schemas::{ErrorCode, JobSpec};
 
@@ -130,11 +131,16 @@ pub fn resolve_limits(config: &Config, spec: &JobSpec) -> Result<EffectiveLimits
             defaults.timeout_ms,
             max.timeout_ms,
         )?,
+        // A GPU job's memory is its device allocations, not a 32-bit linear memory.
         memory_bytes: pick(
             "memory_bytes",
             asked.memory_bytes,
             defaults.memory_bytes,
-            max.memory_bytes,
+            if spec.kernel.format == KernelFormat::Wasm {
+                max.memory_bytes
+            } else {
+                config.max_device_memory_bytes
+            },
         )?,
         fuel: pick("fuel", asked.fuel, defaults.fuel, max.fuel)?,
         output_bytes: pick(
@@ -144,4 +150,47 @@ pub fn resolve_limits(config: &Config, spec: &JobSpec) -> Result<EffectiveLimits
             max.output_bytes,
         )?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_job_may_ask_for_more_memory_than_a_wasm_memory_holds() {
+        let config =
+            Config::parse_from(["dtee-worker", "--max-device-memory-bytes", "34359738368"])
+                .expect("a valid configuration");
+        let mut spec = minimal_job();
+        spec.limits.memory_bytes = Some(8 << 30);
+        let refused = resolve_limits(&config, &spec).unwrap_err();
+        assert_eq!((refused.name, refused.max), ("memory_bytes", 1 << 30));
+        spec.kernel.format = KernelFormat::Ptx;
+        assert_eq!(
+            resolve_limits(&config, &spec).unwrap().memory_bytes,
+            8 << 30
+        );
+        spec.limits.memory_bytes = Some(64 << 30);
+        assert_eq!(resolve_limits(&config, &spec).unwrap_err().max, 32 << 30);
+        spec.limits.memory_bytes = None;
+        assert_eq!(
+            resolve_limits(&config, &spec).unwrap().memory_bytes,
+            config.default_limits.memory_bytes
+        );
+    }
+
+    /// A minimal wasm job (no buffers).
+    fn minimal_job() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "schema": "dtee.job/v1",
+            "kernel": {
+                "digest": format!("sha256:{}", "0".repeat(64)),
+                "format": "wasm",
+                "entry": "run",
+                "target": "wasm"
+            },
+            "buffers": []
+        }))
+        .expect("a job")
+    }
 }

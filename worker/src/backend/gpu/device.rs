@@ -128,7 +128,7 @@ pub fn probe(kind: DriverKind) -> Result<Vec<DeviceInfo>, String> {
         #[cfg(feature = "hip")]
         DriverKind::Hip => super::hip::probe(),
         #[cfg(feature = "test-hooks")]
-        DriverKind::StandIn => Ok(vec![super::stand_in::info()]),
+        DriverKind::StandIn => Ok(super::stand_in::probe(1)),
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked by built()"),
     }

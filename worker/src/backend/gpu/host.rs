@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::device::DriverKind;
@@ -64,7 +64,6 @@ struct State {
     running: Option<Running>,
     started_once: bool,
     restarts: VecDeque<Instant>,
-    failed: Option<String>,
 }
 
 /// One device and the host process that drives it.
@@ -74,6 +73,9 @@ pub struct DeviceHost {
     program: std::path::PathBuf,
     state: Mutex<State>,
     restarts: AtomicU64,
+    /// Set once, when the device is given up: read without the state lock, which a running
+    /// job holds for as long as it runs.
+    failed: OnceLock<String>,
 }
 
 impl std::fmt::Debug for DeviceHost {
@@ -95,6 +97,7 @@ impl DeviceHost {
             program,
             state: Mutex::new(State::default()),
             restarts: AtomicU64::new(0),
+            failed: OnceLock::new(),
         }
     }
 
@@ -105,7 +108,7 @@ impl DeviceHost {
 
     /// Why the device was given up, if it was.
     pub fn failed(&self) -> Option<String> {
-        self.state.lock().expect("host lock").failed.clone()
+        self.failed.get().cloned()
     }
 
     /// Starts the first host and waits for its hello: the device it opened.
@@ -165,7 +168,7 @@ impl DeviceHost {
 
     /// Starts a host unless one runs; the device it opened, if it started one now.
     fn ensure_running(&self, state: &mut State) -> Result<Option<DeviceInfo>, HostError> {
-        if let Some(why) = &state.failed {
+        if let Some(why) = self.failed.get() {
             return Err(HostError::Unavailable(why.clone()));
         }
         if state.running.is_some() {
@@ -189,7 +192,7 @@ impl DeviceHost {
                     RESTART_WINDOW.as_secs()
                 );
                 tracing::error!(driver = self.kind.name(), device = self.ordinal, "{why}");
-                state.failed = Some(why.clone());
+                let _ = self.failed.set(why.clone());
                 return Err(HostError::Unavailable(why));
             }
         }

@@ -1,5 +1,7 @@
-//! The GPU backend: one kernel format on one device, through a supervised device host.
+//! The GPU backend: one kernel format on the devices of one target, each through its own
+//! supervised device host.
 //!
+//! - `pool.rs` — the devices of a target, one job at a time each;
 //! - `protocol.rs` — the frames between the worker and a device host;
 //! - `host.rs` — the supervisor: one host process per device, killed at the job's deadline and
 //!   restarted, given up after repeated failures;
@@ -19,6 +21,7 @@
 
 pub mod device;
 pub mod host;
+mod pool;
 pub mod protocol;
 mod transfer;
 
@@ -40,6 +43,8 @@ use dtee_schemas::{Digest, ErrorCode};
 
 use self::device::DriverKind;
 use self::host::DeviceHost;
+pub use self::pool::Device;
+use self::pool::Pool;
 use self::protocol::{BufferSpec, DeviceInfo, Request, ScalarArg};
 use self::transfer::{buffer_specs, host_answer, match_outputs, refuse};
 use super::{Backend, Completed, Invocation, KernelError, PrepareError, Prepared};
@@ -55,15 +60,16 @@ pub struct GpuKernel {
     bytes: Arc<[u8]>,
 }
 
-/// One device, serving one target with one kernel format.
+/// The devices of one target, serving it with one kernel format.
 #[derive(Debug)]
 pub struct GpuBackend {
     kind: DriverKind,
     target: String,
     format: KernelFormat,
-    info: DeviceInfo,
-    host: DeviceHost,
-    /// One job at a time on the device, handed out fairly between tenants.
+    /// The limits every device of the target meets.
+    limits: DeviceInfo,
+    pool: Pool,
+    /// One job at a time per device, handed out fairly between tenants.
     pub(crate) slots: Arc<FairSlots>,
     cache: Mutex<HashMap<Digest, Arc<Prepared<GpuKernel>>>>,
 }
@@ -86,6 +92,12 @@ pub fn format_of(kind: DriverKind) -> KernelFormat {
     }
 }
 
+/// `count` stand-in devices, for a worker whose test configuration asks for more than one.
+#[cfg(feature = "test-hooks")]
+pub fn stand_in_devices(count: u32) -> Vec<DeviceInfo> {
+    stand_in::probe(count)
+}
+
 /// Whether `target` names a GPU target (`cuda`, `hip.<arch>`, `stand-in`).
 pub fn is_gpu_target(target: &str) -> bool {
     target == "cuda" || target.starts_with("hip.") || target == "stand-in"
@@ -105,73 +117,121 @@ pub fn driver_for_target(target: &str) -> Option<DriverKind> {
 }
 
 impl GpuBackend {
-    /// Starts the device host of device `ordinal` and learns the device from it. `program` is
-    /// the worker's executable (the host is `program __dtee-device-host`).
+    /// Starts a device host for each of `ordinals` (devices of `kind` that serve one target)
+    /// and learns each device from its host. `program` is the worker's executable (a host is
+    /// `program __dtee-device-host`). A device whose host does not start is left out, with a
+    /// warning; no device at all is an error that gives every reason.
     pub fn start(
         kind: DriverKind,
-        ordinal: u32,
+        ordinals: &[u32],
         program: std::path::PathBuf,
     ) -> Result<GpuBackend, String> {
-        let host = DeviceHost::new(kind, ordinal, program);
-        let info = host.start().map_err(|error| error.to_string())?;
+        let mut devices = Vec::with_capacity(ordinals.len());
+        let mut reasons = Vec::new();
+        for &ordinal in ordinals {
+            let host = DeviceHost::new(kind, ordinal, program.clone());
+            match host.start() {
+                Ok(info) => devices.push(Device {
+                    ordinal,
+                    info,
+                    host,
+                }),
+                Err(error) => {
+                    tracing::warn!(
+                        driver = kind.name(),
+                        ordinal,
+                        "the device host did not start: {error}"
+                    );
+                    reasons.push(format!("device {ordinal}: {error}"));
+                }
+            }
+        }
+        let Some(first) = devices.first() else {
+            return Err(if reasons.is_empty() {
+                "no device was named".to_owned()
+            } else {
+                reasons.join("; ")
+            });
+        };
+        let target = target_of(kind, &first.info);
+        if let Some(other) = devices
+            .iter()
+            .find(|device| target_of(kind, &device.info) != target)
+        {
+            return Err(format!(
+                "device {} serves {}, not {target}",
+                other.ordinal,
+                target_of(kind, &other.info)
+            ));
+        }
+        let pool = Pool::new(devices);
         Ok(GpuBackend {
             kind,
-            target: target_of(kind, &info),
+            target,
             format: format_of(kind),
-            info,
-            host,
-            slots: FairSlots::new(1),
+            limits: pool.limits(),
+            slots: FairSlots::new(pool.devices().len()),
+            pool,
             cache: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The target this device serves.
+    /// The target these devices serve.
     pub fn target(&self) -> &str {
         &self.target
     }
 
-    /// The device.
+    /// The first device: the one named where no job's device is known.
     pub fn device(&self) -> &GpuDevice {
-        &self.info.device
+        self.pool.first()
     }
 
-    /// The device and its limits.
+    /// The devices, each with its ordinal and host.
+    pub fn devices(&self) -> &[Device] {
+        self.pool.devices()
+    }
+
+    /// The limits every device of the target meets (the smallest of each).
     pub fn info(&self) -> &DeviceInfo {
-        &self.info
+        &self.limits
     }
 
-    /// Device host restarts so far.
+    /// Device host restarts so far, over every device.
     pub fn restarts(&self) -> u64 {
-        self.host.restarts()
+        self.pool
+            .devices()
+            .iter()
+            .map(|device| device.host.restarts())
+            .sum()
     }
 
-    /// Why the device was given up, if it was.
+    /// Why the target is not served, once every device of it was given up.
     pub fn failed(&self) -> Option<String> {
-        self.host.failed()
+        self.pool.failed()
     }
 
     fn check_launch(&self, launch: &Launch) -> Result<(), String> {
         let threads: u64 = launch.block.iter().map(|&d| u64::from(d)).product();
-        if threads > u64::from(self.info.max_threads_per_block) {
+        if threads > u64::from(self.limits.max_threads_per_block) {
             return Err(format!(
                 "the launch asks for {threads} threads per block; {} allows {}",
-                self.info.device.name, self.info.max_threads_per_block
+                self.limits.device.name, self.limits.max_threads_per_block
             ));
         }
-        for (axis, (grid, max)) in launch.grid.iter().zip(self.info.max_grid).enumerate() {
+        for (axis, (grid, max)) in launch.grid.iter().zip(self.limits.max_grid).enumerate() {
             if *grid > max {
                 return Err(format!(
                     "grid dimension {axis} is {grid}; {} allows {max}",
-                    self.info.device.name
+                    self.limits.device.name
                 ));
             }
         }
-        if launch.shared_mem_bytes > self.info.max_shared_bytes_per_block {
+        if launch.shared_mem_bytes > self.limits.max_shared_bytes_per_block {
             return Err(format!(
                 "the launch asks for {} bytes of shared memory per block; {} allows {}",
                 launch.shared_mem_bytes,
-                self.info.device.name,
-                self.info.max_shared_bytes_per_block
+                self.limits.device.name,
+                self.limits.max_shared_bytes_per_block
             ));
         }
         Ok(())
@@ -240,15 +300,26 @@ impl Backend for GpuBackend {
         };
         let mut payloads: Vec<&[u8]> = vec![&kernel.bytes];
         payloads.extend(buffers.iter().map(|(_, bytes)| *bytes));
+        let lease = self.pool.checkout().map_err(|why| {
+            refuse(
+                ErrorCode::DeviceFailed,
+                format!("every device of target {} was given up: {why}", self.target),
+            )
+        })?;
+        let device = lease.device();
+        let on_device = |mut error: KernelError| {
+            error.device = Some(Box::new(device.info.device.clone()));
+            error
+        };
         let started = Instant::now();
-        let answer = self.host.run(
+        let answer = device.host.run(
             &request,
             &payloads,
             Duration::from_millis(limits.timeout_ms),
         );
         let wall_time_us = started.elapsed().as_micros() as u64;
-        let (response, outputs) = host_answer(answer, wall_time_us)?;
-        let written = match_outputs(&buffers, outputs)?;
+        let (response, outputs) = host_answer(answer, wall_time_us).map_err(on_device)?;
+        let written = match_outputs(&buffers, outputs).map_err(on_device)?;
         Ok(Completed {
             written,
             usage: ResourceUsage {
@@ -261,6 +332,7 @@ impl Backend for GpuBackend {
                 copied_bytes: response.copied_bytes,
                 copy_time_us: response.copy_time_us,
             },
+            device: Some(device.info.device.clone()),
         })
     }
 }
@@ -286,12 +358,12 @@ impl GpuBackend {
                 ),
             ));
         }
-        if device_bytes > self.info.memory_bytes {
+        if device_bytes > self.limits.memory_bytes {
             return Err(refuse(
                 ErrorCode::ExcessiveResourceRequirements,
                 format!(
                     "the job's device buffers need {device_bytes} bytes; {} has {}",
-                    self.info.device.name, self.info.memory_bytes
+                    self.limits.device.name, self.limits.memory_bytes
                 ),
             ));
         }
@@ -347,6 +419,22 @@ mod tests {
     use super::*;
     use crate::backend::Slot;
     use dtee_schemas::job::AccessMode;
+
+    /// A device's limits for tests that start no host.
+    pub(crate) fn sample_info() -> DeviceInfo {
+        DeviceInfo {
+            device: GpuDevice {
+                vendor: "test".to_owned(),
+                name: "a device for unit tests".to_owned(),
+                arch: "sm_80".to_owned(),
+                driver: "none".to_owned(),
+            },
+            memory_bytes: 1 << 30,
+            max_threads_per_block: 1024,
+            max_shared_bytes_per_block: 48 << 10,
+            max_grid: [65_535; 3],
+        }
+    }
 
     #[test]
     fn the_committed_kernels_pass_the_format_checks() {

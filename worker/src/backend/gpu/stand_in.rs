@@ -5,12 +5,15 @@
 //!
 //! - `copy`: copies buffer 0's bytes into buffer 1 (up to buffer 1's size);
 //! - `fill`: fills every copied-back buffer with its index plus the first parameter (u32);
+//! - `nap`: sleeps for the first parameter's milliseconds (at most a minute), then copies
+//!   nothing (a kernel that takes a while);
 //! - `sleep`: never returns (a kernel that spins: the worker's watchdog must kill the host);
 //! - `crash`: the host aborts (a driver that dies);
 //! - `fault`: answers a kernel fault with a sticky context, as CUDA does after an illegal
 //!   address.
 //!
-//! Every result says `vendor: stand-in`, so that none can pass for a GPU's.
+//! Every result says `vendor: stand-in`, so that none can pass for a GPU's. There is one
+//! stand-in device, or as many as the worker's `stand_in_devices` (a test setting) says.
 
 use std::time::Instant;
 
@@ -19,12 +22,20 @@ use dtee_schemas::run::GpuDevice;
 use super::device::{Driver, Failed, Ran};
 use super::protocol::{DeviceInfo, FailureKind, Request};
 
-/// The stand-in device.
-pub fn info() -> DeviceInfo {
+/// The most stand-in devices a worker can be given (`Config::stand_in_devices`).
+pub const MAX_DEVICES: u32 = 16;
+
+/// `count` stand-in devices (what the worker's test configuration asks for).
+pub fn probe(count: u32) -> Vec<DeviceInfo> {
+    (0..count.clamp(1, MAX_DEVICES)).map(info).collect()
+}
+
+/// Stand-in device `ordinal`.
+pub fn info(ordinal: u32) -> DeviceInfo {
     DeviceInfo {
         device: GpuDevice {
             vendor: "stand-in".to_owned(),
-            name: "dtee stand-in device (no GPU; for tests)".to_owned(),
+            name: format!("dtee stand-in device {ordinal} (no GPU; for tests)"),
             arch: "stand-in".to_owned(),
             driver: "stand-in 1".to_owned(),
         },
@@ -40,12 +51,16 @@ pub struct StandIn {
     info: DeviceInfo,
 }
 
-/// Opens the stand-in device (ordinal 0 only).
+/// Opens stand-in device `ordinal`.
 pub fn open(ordinal: u32) -> Result<StandIn, String> {
-    if ordinal != 0 {
-        return Err(format!("the stand-in has one device, not {ordinal}"));
+    if ordinal >= MAX_DEVICES {
+        return Err(format!(
+            "the stand-in has at most {MAX_DEVICES} devices; there is no device {ordinal}"
+        ));
     }
-    Ok(StandIn { info: info() })
+    Ok(StandIn {
+        info: info(ordinal),
+    })
 }
 
 impl Driver for StandIn {
@@ -89,6 +104,14 @@ impl Driver for StandIn {
                 for (index, buffer) in buffers.iter_mut().enumerate() {
                     buffer.fill((base as usize + index) as u8);
                 }
+            }
+            "nap" => {
+                let ms = request
+                    .params
+                    .first()
+                    .map_or(0.0, |p| p.value)
+                    .clamp(0.0, 60_000.0) as u64;
+                std::thread::sleep(std::time::Duration::from_millis(ms));
             }
             "sleep" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));

@@ -16,6 +16,7 @@ pub(super) fn refuse(code: ErrorCode, message: impl Into<String>) -> KernelError
         code,
         message: message.into(),
         usage: ResourceUsage::default(),
+        device: None,
     }
 }
 
@@ -101,6 +102,7 @@ pub(super) fn host_answer(
         },
         message: error.to_string(),
         usage,
+        device: None,
     })?;
     if let Some((kind, message)) = response.failure {
         return Err(KernelError {
@@ -113,6 +115,7 @@ pub(super) fn host_answer(
             },
             message,
             usage,
+            device: None,
         });
     }
     Ok((response, outputs))

@@ -198,6 +198,7 @@ impl Backend for WasmBackend {
                 return Ok(Completed {
                     written: state.into_written(),
                     usage,
+                    device: None,
                 })
             }
             Ok(status) => (
@@ -211,6 +212,7 @@ impl Backend for WasmBackend {
             code,
             message,
             usage,
+            device: None,
         })
     }
 }
