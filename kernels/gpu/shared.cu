@@ -1,6 +1,7 @@
 // shared: uses as much dynamic shared memory as the launch gives it (launch.shared_mem_bytes):
 // a job that asks for more than a block may have is refused before launch.
-// Buffers: out (output, 4 bytes). Params: none.
+// Buffers: out (output, 4 bytes). Params: words (u32): how many 4-byte words of shared memory to
+// use, 1 to shared_mem_bytes / 4.
 #include "dtee_gpu.h"
 
 extern DTEE_SHARED u32 dtee_dynamic_shared[];

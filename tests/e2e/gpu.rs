@@ -142,6 +142,15 @@ async fn the_supervisor_kills_a_host_past_its_deadline_and_survives_crashes_and_
     env.cleanup().await;
 }
 
+/// Runs `spec` and checks that it failed with `code` before any device memory was allocated;
+/// returns the error's message.
+async fn refused(env: &TestEnv, spec: &JobSpec, code: ErrorCode) -> String {
+    let result = run_as(&env.client, spec).await;
+    assert_eq!(result.error_code(), Some(code), "{result:?}");
+    assert_eq!(result.resources.map_or(0, |r| r.device_memory_bytes), 0);
+    result.error.unwrap().message
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_limits_are_checked_before_the_device_is_asked() {
     let env = TestEnv::new("gpu-limits").await;
@@ -155,24 +164,28 @@ async fn device_limits_are_checked_before_the_device_is_asked() {
         output_bytes: Some(16 << 20),
         ..Limits::default()
     };
-    let result = run_as(&env.client, &big).await;
-    assert_eq!(
-        result.error_code(),
-        Some(ErrorCode::MemoryLimitExceeded),
-        "{result:?}"
+    refused(&env, &big, ErrorCode::MemoryLimitExceeded).await;
+
+    // An output larger than the output limit: a GPU kernel writes its whole declared buffer,
+    // so the buffer is not shrunk to the limit (the kernel would write past it); the job is
+    // refused before the device is asked.
+    let mut wide = stand_in_job(&env, "fill", "wide").await;
+    wide.buffers = vec![inline_input("in", b"x"), output("out", 2 << 20)];
+    wide.limits = Limits {
+        output_bytes: Some(1 << 20),
+        ..Limits::default()
+    };
+    let message = refused(&env, &wide, ErrorCode::OutputLimitExceeded).await;
+    assert!(
+        message.contains("2097152 bytes"),
+        "the whole declared buffer is counted: {message}"
     );
-    assert_eq!(result.resources.map_or(0, |r| r.device_memory_bytes), 0);
 
     // More shared memory per block than the device allows.
     let mut shared = stand_in_job(&env, "copy", "shared").await;
     shared.launch.as_mut().unwrap().shared_mem_bytes = 1 << 20;
-    let result = run_as(&env.client, &shared).await;
-    assert_eq!(
-        result.error_code(),
-        Some(ErrorCode::ExcessiveResourceRequirements),
-        "{result:?}"
-    );
-    assert!(result.error.unwrap().message.contains("shared memory"));
+    let message = refused(&env, &shared, ErrorCode::ExcessiveResourceRequirements).await;
+    assert!(message.contains("shared memory"), "{message}");
 
     // A GPU format on a target that runs wasm.
     let mut wrong = stand_in_job(&env, "copy", "wrong").await;

@@ -16,8 +16,11 @@
 # Usage: tests/gpu/device-check.sh [path/to/dtee-worker]   (default: target/device/dtee-worker,
 # made by tests/gpu/build-for-device.sh on a development machine). Finishes in well under 5 min.
 set -euo pipefail
+# A worker path relative to where the script was started, resolved before changing directory.
+worker=${1:-}
+if [ -n "$worker" ]; then worker=$(realpath "$worker"); fi
 cd "$(dirname "$0")/../.."
-worker=${1:-target/device/dtee-worker}
+worker=${worker:-target/device/dtee-worker}
 [ -x "$worker" ] || { echo "device-check: no $worker (run tests/gpu/build-for-device.sh first)" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 exec python3 tests/gpu/device_check.py "$worker"

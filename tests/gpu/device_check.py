@@ -2,10 +2,12 @@
 """The GPU device check (see device-check.sh): runs GPU jobs through `dtee-worker exec` on a real
 NVIDIA GPU, checks their outputs against CPU references, and prints what it measured."""
 
+import atexit
 import base64
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import numpy as np
 WORKER = sys.argv[1]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORK = tempfile.mkdtemp(prefix="dtee-device-check-")
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)  # the blobs take a few hundred MB
 BLOBS = os.path.join(WORK, "blobs")
 os.makedirs(BLOBS)
 ENV = dict(
@@ -113,7 +116,11 @@ def code(result):
 
 
 print("== doctor")
-doctor = json.loads(subprocess.run([WORKER, "doctor", "--json"], env=ENV, capture_output=True, check=True).stdout)
+ran = subprocess.run([WORKER, "doctor", "--json"], env=ENV, capture_output=True)
+if ran.returncode != 0:
+    sys.exit(f"device-check: {WORKER} doctor failed (exit {ran.returncode}); a binary built on another "
+             f"machine may need a newer glibc here:\n{ran.stderr.decode(errors='replace')}")
+doctor = json.loads(ran.stdout)
 cuda = [g for g in doctor["gpus"] if g["driver"] == "cuda"][0]
 check(bool(cuda["devices"]), f"a CUDA device: {cuda['devices'][:1] or cuda['detail']}")
 if not cuda["devices"]:
@@ -177,6 +184,12 @@ big = job("vadd", [inp("a", x.tobytes()), inp("b", y.tobytes()), out("out", 4 * 
 (r_big,), _, _ = run(big)
 check(code(r_big) == "memory_limit_exceeded" and not (r_big.get("resources") or {}).get("device_memory_bytes"),
       f"a job over its device-memory limit is refused before allocation: {code(r_big)}")
+# One scalar fewer than the PTX entry declares: refused before the driver reads arguments the
+# host never passed.
+short = job("vadd", [inp("a", b"\0" * 4), inp("b", b"\0" * 4), out("out", 4)], [], (1, 1, 1), (32, 1, 1))
+(r_short,), _, _ = run(short)
+check(code(r_short) == "kernel_link_failed" and not (r_short.get("resources") or {}).get("device_memory_bytes"),
+      f"a launch missing an argument the entry declares is refused before the device: {code(r_short)}")
 
 print("== figures")
 trivial = job("vadd", [inp("a", b"\0" * 4), inp("b", b"\0" * 4), out("out", 4)], [u32("n", 1)],
@@ -193,7 +206,7 @@ big_mm = job("matmul", [inp("a", A.tobytes()), inp("b", B.tobytes()), out("c", 4
              limits={"memory_bytes": 3 * 4 * size * size, "output_bytes": 4 * size * size, "timeout_ms": 60000})
 (r_mm,), _, _ = run(big_mm)
 check(r_mm["status"] == "succeeded", f"matmul 4096³: {r_mm['status']} {code(r_mm) or ''}")
-dtee_ms = r_mm["resources"]["kernel_time_us"] / 1000 if r_mm["status"] == "succeeded" else float("nan")
+dtee_ms = r_mm["resources"].get("kernel_time_us", 0) / 1000 if r_mm["status"] == "succeeded" else float("nan")
 if r_mm["status"] == "succeeded":
     C = output(r_mm, "c").reshape(size, size)
     rows = rng.integers(0, size, 16)

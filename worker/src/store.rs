@@ -24,6 +24,17 @@ end
 return lengths
 ";
 
+/// What exists for a job before it runs ([`Store::prior`]).
+#[derive(Debug, Default)]
+pub struct Prior {
+    /// The cached result.
+    pub cached: Option<Vec<u8>>,
+    /// Whether the delivery's tenant revoked the job.
+    pub revoked: bool,
+    /// The applied record of a job that writes state: the result recorded with its commit.
+    pub applied: Option<Vec<u8>>,
+}
+
 /// The worker's view of Redis.
 #[derive(Clone)]
 pub struct Store {
@@ -126,23 +137,26 @@ impl Store {
         self.redis.each(commands).await
     }
 
-    /// In one round trip: the cached result of `job_id`, if any, and whether `tenant` revoked
-    /// it (`dtee cancel`).
-    pub async fn cached_result_and_revocation(
+    /// In one round trip (on one node): the cached result of `job_id`, if any, whether `tenant`
+    /// revoked it (`dtee cancel`), and the value of `applied_key` (the job's applied record,
+    /// for a job that writes state), if one is named and set.
+    pub async fn prior(
         &self,
         tenant: &str,
         job_id: &Digest,
-    ) -> Result<(Option<Vec<u8>>, bool), redis::RedisError> {
-        let mut values = self
-            .redis
-            .get_many(&[
-                self.namespace.result_key(job_id),
-                self.namespace.revoked_key(tenant, job_id),
-            ])
-            .await?
-            .into_iter();
-        let (cached, revoked) = (values.next().flatten(), values.next().flatten());
-        Ok((cached, revoked.is_some()))
+        applied_key: Option<String>,
+    ) -> Result<Prior, redis::RedisError> {
+        let mut keys = vec![
+            self.namespace.result_key(job_id),
+            self.namespace.revoked_key(tenant, job_id),
+        ];
+        keys.extend(applied_key);
+        let mut values = self.redis.get_many(&keys).await?.into_iter();
+        Ok(Prior {
+            cached: values.next().flatten(),
+            revoked: values.next().flatten().is_some(),
+            applied: values.next().flatten(),
+        })
     }
 
     /// The cached result of `job_id`, if any.

@@ -276,7 +276,11 @@ fn run_one(
             },
             CheckedBuffer::Output { name, size } => Slot::Output {
                 name: name.clone(),
-                capacity: (*size).min(limits.output_bytes),
+                capacity: crate::backend::slot_capacity(
+                    spec.kernel.format,
+                    Some(*size),
+                    limits.output_bytes,
+                ),
             },
             CheckedBuffer::State { name, .. } => {
                 bail!("buffer {name:?} binds state: exec runs jobs without a store (state bindings are refused)")

@@ -222,6 +222,18 @@ impl KernelError {
     }
 }
 
+/// The capacity of an output or writable state slot, `declared` by the job (a state binding
+/// without `max_size` declares none). A WebAssembly kernel writes through host calls that stop
+/// at the capacity, so the output limit caps it. A GPU kernel writes its device buffer
+/// directly, so the buffer has the size the job declared (a smaller one would be written past)
+/// and the GPU backend refuses the job when what it copies back exceeds the output limit.
+pub fn slot_capacity(format: KernelFormat, declared: Option<u64>, output_bytes: u64) -> u64 {
+    match format {
+        KernelFormat::Wasm => declared.unwrap_or(output_bytes).min(output_bytes),
+        KernelFormat::Ptx | KernelFormat::Hsaco => declared.unwrap_or(output_bytes),
+    }
+}
+
 /// The backend one job runs on: the wasm engine, or one GPU device.
 #[derive(Debug, Clone)]
 pub(crate) enum Runner {

@@ -19,7 +19,7 @@ use super::outcome::Failure;
 use super::plan::Plan;
 use super::Kernel;
 use super::{Context, Halt};
-use crate::backend::{Prepared, Slot};
+use crate::backend::{slot_capacity, Prepared, Slot};
 use crate::failure::Transient;
 use crate::secrets::SecretValues;
 
@@ -182,8 +182,8 @@ pub(crate) async fn measure_inputs(
 
 /// The job's buffers as backend slots, in job order: inputs with their bytes (each distinct blob
 /// read once, in one round trip, checked against its digest, and shared by every listing),
-/// outputs and state with their capacity (the output limit also caps what any one buffer can
-/// hold). State slots are filled by each attempt's snapshot.
+/// outputs and state with their capacity ([`slot_capacity`]: for wasm the output limit also
+/// caps what any one buffer can hold). State slots are filled by each attempt's snapshot.
 pub(crate) async fn slots(
     ctx: &Context,
     job: &Admitted,
@@ -202,6 +202,7 @@ pub(crate) async fn slots(
     }
     let blobs = blob_data(ctx, plan, &inputs).await?;
     let output_bytes = plan.limits.output_bytes;
+    let format = job.parsed.spec.kernel.format;
     let buffers = &job.parsed.buffers;
     let mut slots = Vec::with_capacity(buffers.len());
     for (index, buffer) in buffers.iter().enumerate() {
@@ -222,7 +223,7 @@ pub(crate) async fn slots(
             },
             CheckedBuffer::Output { name, size } => Slot::Output {
                 name: name.clone(),
-                capacity: (*size).min(output_bytes),
+                capacity: slot_capacity(format, Some(*size), output_bytes),
             },
             CheckedBuffer::State {
                 name,
@@ -233,7 +234,7 @@ pub(crate) async fn slots(
                 name: name.clone(),
                 mode: *mode,
                 current: Arc::from(Vec::new()),
-                capacity: max_size.unwrap_or(output_bytes).min(output_bytes),
+                capacity: slot_capacity(format, *max_size, output_bytes),
             },
             // Released for this job by the keeper (every secret the job names, or it failed).
             CheckedBuffer::Secret { name, .. } => match secrets.get(index) {

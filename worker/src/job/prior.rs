@@ -8,6 +8,7 @@
 //! 3. a revocation (`dtee cancel`) by the delivery's own tenant: the job is answered
 //!    `cancelled` and never runs. Another tenant's revocation of the same id is not read.
 
+use dtee_schemas::state::applied_key;
 use dtee_schemas::{Digest, ErrorCode};
 use tracing::debug;
 
@@ -15,15 +16,20 @@ use super::admit::Admitted;
 use super::outcome::{CachePolicy, Failure, Outcome};
 use super::{Context, Halt};
 use crate::failure::Transient;
+use crate::store::Prior;
 
 /// Stops the path with the answer that already exists, if one does.
 pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
     let id = job.id();
-    // Both read in one round trip; the answers keep their order of precedence.
-    let (cached, revoked) = ctx
-        .store
-        .cached_result_and_revocation(&job.tenant, id)
-        .await?;
+    // All read in one round trip (on one node); the answers keep their order of precedence.
+    let applied_key = job
+        .writable_hash_tag()
+        .map(|tag| applied_key(&ctx.config.namespace, &tag, id));
+    let Prior {
+        cached,
+        revoked,
+        applied,
+    } = ctx.store.prior(&job.tenant, id, applied_key).await?;
     if let Some(cached) = cached {
         ctx.telemetry.answered_from_cache();
         debug!(job_id = %id, "answered from the result cache");
@@ -33,11 +39,13 @@ pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
             CachePolicy::Never,
         )));
     }
-    if let Some(tag) = job.writable_hash_tag() {
-        if let Some(first) = applied(ctx, &tag, id).await? {
-            ctx.telemetry.found_applied();
-            return Err(Halt::Answer(first));
-        }
+    if let Some(first) = applied {
+        ctx.telemetry.found_applied();
+        return Err(Halt::Answer(Outcome::cached(
+            id.clone(),
+            first,
+            CachePolicy::Final,
+        )));
     }
     if revoked {
         return Err(Halt::Fail(Failure::new(

@@ -40,6 +40,7 @@ fn is_sticky_fault(code: CUresult) -> bool {
             | CUresult::CUDA_ERROR_INVALID_PC
             | CUresult::CUDA_ERROR_HARDWARE_STACK_ERROR
             | CUresult::CUDA_ERROR_LAUNCH_FAILED
+            | CUresult::CUDA_ERROR_LAUNCH_TIMEOUT
             | CUresult::CUDA_ERROR_ASSERT
     )
 }
@@ -54,6 +55,37 @@ fn failed(kind: FailureKind, error: DriverError, what: &str) -> Failed {
         },
         message: format!("{what}: {}", describe(error)),
         sticky,
+    }
+}
+
+/// A failure once the kernel was launched (waiting for it, timing it, copying back): whatever
+/// the error, the context may be unusable now, so the host exits and a fresh one takes the
+/// next job. The kernel's faults stay the kernel's; other errors are the device's.
+fn failed_after_launch(error: DriverError, what: &str) -> Failed {
+    Failed {
+        sticky: true,
+        ..failed(FailureKind::Device, error, what)
+    }
+}
+
+/// Events, destroyed when dropped (also on the error paths).
+struct Events(Vec<sys::CUevent>);
+
+impl Events {
+    fn create(&mut self) -> Result<sys::CUevent, Failed> {
+        let event = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map_err(|error| failed(FailureKind::Device, error, "creating an event"))?;
+        self.0.push(event);
+        Ok(event)
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        for event in &self.0 {
+            // SAFETY: created by `event::create` and not destroyed elsewhere.
+            let _ = unsafe { result::event::destroy(*event) };
+        }
     }
 }
 
@@ -143,14 +175,18 @@ pub fn open(ordinal: u32) -> Result<Cuda, String> {
     })
 }
 
-/// Device allocations, freed when dropped.
-struct Allocations(Vec<sys::CUdeviceptr>);
+/// Device allocations with their sizes, zeroed and freed when dropped: what one tenant's job
+/// left in device memory is gone before the next job allocates.
+struct Allocations(Vec<(sys::CUdeviceptr, usize)>);
 
 impl Drop for Allocations {
     fn drop(&mut self) {
-        for pointer in &self.0 {
-            // SAFETY: allocated by `malloc_sync` and not freed elsewhere.
-            let _ = unsafe { result::free_sync(*pointer) };
+        for (pointer, bytes) in &self.0 {
+            // SAFETY: allocated by `malloc_sync` with `bytes` and not freed elsewhere.
+            unsafe {
+                let _ = result::memset_d8_sync(*pointer, 0, *bytes);
+                let _ = result::free_sync(*pointer);
+            }
         }
     }
 }
@@ -164,7 +200,16 @@ impl Cuda {
         image.push(0); // PTX is passed as a NUL-terminated string
                        // SAFETY: a NUL-terminated PTX image, alive for the call.
         let module = unsafe { result::module::load_data(image.as_ptr().cast::<c_void>()) }
-            .map_err(|error| failed(FailureKind::KernelInvalid, error, "loading the PTX"))?;
+            .map_err(|error| {
+                // The driver's own trouble is not the kernel's fault (not a final answer).
+                let kind = match error.0 {
+                    CUresult::CUDA_ERROR_OUT_OF_MEMORY => FailureKind::OutOfMemory,
+                    CUresult::CUDA_ERROR_JIT_COMPILER_NOT_FOUND
+                    | CUresult::CUDA_ERROR_JIT_COMPILATION_DISABLED => FailureKind::Device,
+                    _ => FailureKind::KernelInvalid,
+                };
+                failed(kind, error, "loading the PTX")
+            })?;
         if self.modules.len() >= 64 {
             for (_, old) in self.modules.drain() {
                 // SAFETY: loaded above and no longer used.
@@ -199,27 +244,31 @@ impl Driver for Cuda {
         })?;
         let mut ran = Ran::default();
         let mut allocations = Allocations(Vec::with_capacity(request.buffers.len()));
-        let copy_started = Instant::now();
+        // Copy time counts the copies only, not allocating and zeroing.
+        let mut copy_time = std::time::Duration::ZERO;
         for (spec, bytes) in request.buffers.iter().zip(&inputs) {
             // SAFETY: plain allocations, zeroed, then filled from host memory of the right size.
             unsafe {
                 let pointer = result::malloc_sync(spec.device_bytes as usize).map_err(|error| {
                     failed(FailureKind::OutOfMemory, error, "allocating device memory")
                 })?;
-                allocations.0.push(pointer);
+                allocations.0.push((pointer, spec.device_bytes as usize));
                 result::memset_d8_sync(pointer, 0, spec.device_bytes as usize)
                     .map_err(|error| failed(FailureKind::Device, error, "zeroing"))?;
                 if !bytes.is_empty() {
+                    let copy_started = Instant::now();
                     result::memcpy_htod_sync(pointer, bytes)
                         .map_err(|error| failed(FailureKind::Device, error, "copying in"))?;
+                    copy_time += copy_started.elapsed();
                 }
             }
             ran.device_bytes += spec.device_bytes;
             ran.copied_bytes += bytes.len() as u64;
         }
-        let mut copy_time = copy_started.elapsed();
-        // The kernel's arguments: each buffer's device pointer, then each scalar, by address.
-        let mut pointers: Vec<sys::CUdeviceptr> = allocations.0.clone();
+        // The kernel's arguments: each buffer's device pointer, then each scalar, by address
+        // (their number and sizes were checked against the PTX entry by the worker).
+        let mut pointers: Vec<sys::CUdeviceptr> =
+            allocations.0.iter().map(|(pointer, _)| *pointer).collect();
         let mut scalars = request.scalar_slots();
         let mut arguments: Vec<*mut c_void> = pointers
             .iter_mut()
@@ -227,11 +276,9 @@ impl Driver for Cuda {
             .chain(scalars.iter_mut().map(|s| s.as_mut_ptr().cast::<c_void>()))
             .collect();
         let launch = &request.launch;
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let start = result::event::create(flags)
-            .map_err(|error| failed(FailureKind::Device, error, "creating an event"))?;
-        let end = result::event::create(flags)
-            .map_err(|error| failed(FailureKind::Device, error, "creating an event"))?;
+        let mut events = Events(Vec::with_capacity(2));
+        let start = events.create()?;
+        let end = events.create()?;
         let stream = std::ptr::null_mut();
         // SAFETY: the function takes exactly the buffers' pointers and the scalars, as the job
         // ABI says; the argument storage outlives the synchronisation below.
@@ -248,24 +295,23 @@ impl Driver for Cuda {
             )
             .map_err(|error| failed(FailureKind::LaunchRefused, error, "launching"))?;
             result::event::record(end, stream)
-                .map_err(|error| failed(FailureKind::Device, error, "recording"))?;
+                .map_err(|error| failed_after_launch(error, "recording"))?;
             result::ctx::synchronize()
-                .map_err(|error| failed(FailureKind::Device, error, "running the kernel"))?;
+                .map_err(|error| failed_after_launch(error, "running the kernel"))?;
             let elapsed_ms = result::event::elapsed(start, end)
-                .map_err(|error| failed(FailureKind::Device, error, "timing"))?;
+                .map_err(|error| failed_after_launch(error, "timing"))?;
             ran.kernel_time_us = (f64::from(elapsed_ms) * 1000.0) as u64;
-            let _ = result::event::destroy(start);
-            let _ = result::event::destroy(end);
         }
+        drop(events);
         let copy_back = Instant::now();
-        for (spec, pointer) in request.buffers.iter().zip(&allocations.0) {
+        for (spec, (pointer, _)) in request.buffers.iter().zip(&allocations.0) {
             if !spec.copy_out {
                 continue;
             }
             let mut bytes = vec![0u8; spec.device_bytes as usize];
             // SAFETY: the allocation holds `device_bytes`.
             unsafe { result::memcpy_dtoh_sync(&mut bytes, *pointer) }
-                .map_err(|error| failed(FailureKind::Device, error, "copying back"))?;
+                .map_err(|error| failed_after_launch(error, "copying back"))?;
             ran.copied_bytes += bytes.len() as u64;
             ran.outputs.push(bytes);
         }

@@ -21,8 +21,10 @@
 
 pub mod device;
 pub mod host;
+mod hsaco;
 mod pool;
 pub mod protocol;
+mod ptx;
 mod transfer;
 
 #[cfg(feature = "cuda")]
@@ -36,7 +38,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dtee_schemas::job::{KernelFormat, Launch};
+use dtee_schemas::job::{KernelFormat, Launch, ScalarType};
 use dtee_schemas::result::{EffectiveLimits, ResourceUsage};
 use dtee_schemas::run::GpuDevice;
 use dtee_schemas::{Digest, ErrorCode};
@@ -58,6 +60,8 @@ const CACHE_ENTRIES: usize = 256;
 pub struct GpuKernel {
     digest: Digest,
     bytes: Arc<[u8]>,
+    /// Each entry point's parameter sizes (`ptx.rs`, `hsaco.rs`): a launch must match them.
+    entries: Option<Arc<HashMap<String, Vec<u64>>>>,
 }
 
 /// The devices of one target, serving it with one kernel format.
@@ -258,9 +262,23 @@ impl Backend for GpuBackend {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<Arc<Prepared<GpuKernel>>, PrepareError> {
-        let checked = check_kernel_bytes(self.format, bytes).map(|()| GpuKernel {
-            digest: digest.clone(),
-            bytes: Arc::from(bytes),
+        let checked = check_kernel_bytes(self.format, bytes).and_then(|()| {
+            let entries = match (self.format, self.kind) {
+                // The test suite's stand-in runs "kernels" named by entry point, whatever
+                // the PTX holds.
+                (_, DriverKind::StandIn) => None,
+                // Checked to be UTF-8 text above.
+                (KernelFormat::Ptx, _) => Some(Arc::new(ptx::entries(
+                    std::str::from_utf8(bytes).unwrap_or_default(),
+                )?)),
+                (KernelFormat::Hsaco, _) => Some(Arc::new(hsaco::entries(bytes)?)),
+                (KernelFormat::Wasm, _) => None,
+            };
+            Ok(GpuKernel {
+                digest: digest.clone(),
+                bytes: Arc::from(bytes),
+                entries,
+            })
         });
         let prepared = Arc::new(checked.map_err(|why| refuse(ErrorCode::KernelInvalid, why)));
         let mut cache = self.cache.lock().expect("cache lock");
@@ -282,6 +300,8 @@ impl Backend for GpuBackend {
         self.check_launch(&launch)
             .map_err(|why| refuse(ErrorCode::ExcessiveResourceRequirements, why))?;
         let buffers = buffer_specs(&invocation.slots)?;
+        check_arguments(kernel, invocation)
+            .map_err(|why| refuse(ErrorCode::KernelLinkFailed, why))?;
         let copied_back = self.check_sizes(&buffers, limits)?;
         let request = Request {
             kernel_digest: kernel.digest.to_string(),
@@ -385,6 +405,35 @@ impl GpuBackend {
     }
 }
 
+/// Refuses a launch whose arguments differ from the parameters the kernel's entry declares:
+/// one 64-bit device pointer per buffer, then each scalar at its type's width (the driver would
+/// otherwise read past the arguments the host passes; `ptx.rs`, `hsaco.rs`).
+fn check_arguments(kernel: &GpuKernel, invocation: &Invocation) -> Result<(), String> {
+    let Some(entries) = &kernel.entries else {
+        return Ok(());
+    };
+    let declared = entries
+        .get(&invocation.entry)
+        .ok_or_else(|| format!("the kernel has no entry {:?}", invocation.entry))?;
+    let passed: Vec<u64> = invocation
+        .slots
+        .iter()
+        .map(|_| 8)
+        .chain(invocation.params.iter().map(|param| match param.ty {
+            ScalarType::I32 | ScalarType::U32 | ScalarType::F32 => 4,
+            ScalarType::I64 | ScalarType::U64 | ScalarType::F64 => 8,
+        }))
+        .collect();
+    if *declared != passed {
+        return Err(format!(
+            "entry {:?} declares parameters of {declared:?} bytes; the job passes {passed:?} ({} buffers as 8-byte device pointers, then its scalars)",
+            invocation.entry,
+            invocation.slots.len()
+        ));
+    }
+    Ok(())
+}
+
 /// A cheap check that `bytes` can be a kernel of `format` (the driver checks the rest when it
 /// loads it, under the job's deadline).
 pub fn check_kernel_bytes(format: KernelFormat, bytes: &[u8]) -> Result<(), String> {
@@ -450,6 +499,57 @@ mod tests {
             b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_launch_must_pass_exactly_the_parameters_the_ptx_entry_declares() {
+        use crate::backend::ParamValue;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels");
+        let bytes = std::fs::read(root.join("ptx/saxpy.ptx")).unwrap();
+        let kernel = GpuKernel {
+            digest: Digest::of(&bytes),
+            entries: Some(Arc::new(
+                ptx::entries(std::str::from_utf8(&bytes).unwrap()).unwrap(),
+            )),
+            bytes: Arc::from(bytes),
+        };
+        let buffer = |name: &str| Slot::Output {
+            name: name.into(),
+            capacity: 16,
+        };
+        let param = |ty| ParamValue {
+            name: "p".into(),
+            ty,
+            value: 1.0,
+        };
+        let mut invocation = Invocation {
+            entry: "saxpy".into(),
+            slots: vec![buffer("x"), buffer("y"), buffer("out")],
+            params: vec![param(ScalarType::F32), param(ScalarType::U32)],
+            limits: EffectiveLimits {
+                timeout_ms: 1000,
+                memory_bytes: 1 << 20,
+                fuel: 1,
+                output_bytes: 1 << 20,
+            },
+            launch: None,
+        };
+        check_arguments(&kernel, &invocation).unwrap();
+        // One scalar short: the driver would read a pointer the host never passed.
+        invocation.params.pop();
+        assert!(check_arguments(&kernel, &invocation)
+            .unwrap_err()
+            .contains("declares parameters"));
+        // A 64-bit scalar where the entry declares 32 bits.
+        invocation.params.push(param(ScalarType::U64));
+        assert!(check_arguments(&kernel, &invocation).is_err());
+        invocation.params[1] = param(ScalarType::U32);
+        invocation.slots.pop();
+        assert!(check_arguments(&kernel, &invocation).is_err());
+        invocation.entry = "nothing".into();
+        assert!(check_arguments(&kernel, &invocation)
+            .unwrap_err()
+            .contains("no entry"));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(super) fn buffer_specs(slots: &[Slot]) -> Result<Vec<(BufferSpec, &[u8])>, K
                             return Err(refuse(
                                 ErrorCode::OutputLimitExceeded,
                                 format!(
-                                    "state {name:?} holds {} bytes, more than its device buffer of {capacity} (max_size, capped by output_bytes)",
+                                    "state {name:?} holds {} bytes, more than its device buffer of {capacity} (its max_size)",
                                     read.len()
                                 ),
                             ));

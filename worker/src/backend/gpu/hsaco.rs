@@ -1,0 +1,290 @@
+//! The arguments of an AMD GPU code object's kernels, read from its metadata before the device
+//! is asked (the HIP counterpart of `ptx.rs`).
+//!
+//! `hipModuleLaunchKernel` copies each explicit argument the code object declares, at the size
+//! it declares, from the pointers the host passes, so a kernel declaring more or larger
+//! arguments than the job supplies would read the device host's own memory. The code object's
+//! metadata (the `NT_AMDGPU_METADATA` note, MessagePack: `amdhsa.kernels[].{.name, .args}`)
+//! says what each kernel takes; arguments whose `.value_kind` starts with `hidden_` are the
+//! runtime's to fill. Anything this reader does not understand refuses the kernel.
+
+use std::collections::HashMap;
+
+/// Every kernel of the code object `elf` with the size in bytes of each explicit argument:
+/// a `global_buffer` is a device pointer (8 bytes), a `by_value` argument its `.size`.
+pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
+    let metadata = metadata_note(elf)?;
+    let mut reader = Reader {
+        bytes: &metadata,
+        at: 0,
+    };
+    let root = reader.value(0)?;
+    let kernels = root
+        .get("amdhsa.kernels")
+        .and_then(Value::as_array)
+        .ok_or("the code object's metadata lists no kernels")?;
+    let mut found = HashMap::new();
+    for kernel in kernels {
+        let name = kernel
+            .get(".name")
+            .and_then(Value::as_str)
+            .ok_or("a kernel without a name in the metadata")?;
+        let mut sizes = Vec::new();
+        for arg in kernel.get(".args").and_then(Value::as_array).unwrap_or(&[]) {
+            let kind = arg
+                .get(".value_kind")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("kernel {name:?}: an argument without a kind"))?;
+            let size = arg
+                .get(".size")
+                .and_then(Value::as_uint)
+                .ok_or_else(|| format!("kernel {name:?}: an argument without a size"))?;
+            match kind {
+                _ if kind.starts_with("hidden_") => {}
+                "global_buffer" if size == 8 => sizes.push(8),
+                "by_value" => sizes.push(size),
+                other => {
+                    return Err(format!(
+                    "kernel {name:?}: arguments of kind {other:?} (size {size}) are not supported"
+                ))
+                }
+            }
+        }
+        if found.insert(name.to_owned(), sizes).is_some() {
+            return Err(format!("the code object declares kernel {name:?} twice"));
+        }
+    }
+    Ok(found)
+}
+
+/// The description of the ELF64 little-endian object's `AMDGPU` note of type 32.
+fn metadata_note(elf: &[u8]) -> Result<Vec<u8>, String> {
+    let bad = || "a malformed ELF object".to_owned();
+    let u16_at = |at: usize| -> Result<u64, String> {
+        Ok(u16::from_le_bytes(elf.get(at..at + 2).ok_or_else(bad)?.try_into().unwrap()).into())
+    };
+    let u32_at = |at: usize| -> Result<u64, String> {
+        Ok(u32::from_le_bytes(elf.get(at..at + 4).ok_or_else(bad)?.try_into().unwrap()).into())
+    };
+    let u64_at = |at: usize| -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            elf.get(at..at + 8).ok_or_else(bad)?.try_into().unwrap(),
+        ))
+    };
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err("not a 64-bit little-endian ELF object".to_owned());
+    }
+    let (table, entry_size, count) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?);
+    for index in 0..count {
+        let header = table
+            .checked_add(index * entry_size)
+            .and_then(|at| usize::try_from(at).ok())
+            .filter(|at| at.checked_add(0x40).is_some_and(|end| end <= elf.len()))
+            .ok_or_else(bad)?;
+        if u32_at(header + 4)? != 7 {
+            continue; // not SHT_NOTE
+        }
+        let offset = usize::try_from(u64_at(header + 0x18)?).map_err(|_| bad())?;
+        let size = usize::try_from(u64_at(header + 0x20)?).map_err(|_| bad())?;
+        let end = offset.checked_add(size).ok_or_else(bad)?;
+        let notes = elf.get(offset..end).ok_or_else(bad)?;
+        let mut at = 0;
+        while at + 12 <= notes.len() {
+            let word = |i: usize| u32::from_le_bytes(notes[i..i + 4].try_into().unwrap()) as usize;
+            let (name_size, desc_size, kind) = (word(at), word(at + 4), word(at + 8));
+            let name_start = at + 12;
+            let desc_start = name_start
+                .checked_add(name_size.div_ceil(4) * 4)
+                .ok_or_else(bad)?;
+            let desc_end = desc_start.checked_add(desc_size).ok_or_else(bad)?;
+            let name = notes
+                .get(name_start..name_start + name_size)
+                .ok_or_else(bad)?;
+            let desc = notes.get(desc_start..desc_end).ok_or_else(bad)?;
+            if kind == 32 && name.strip_suffix(b"\0").unwrap_or(name) == b"AMDGPU" {
+                return Ok(desc.to_vec());
+            }
+            at = desc_start + desc_size.div_ceil(4) * 4;
+        }
+    }
+    Err("the code object has no AMDGPU metadata note".to_owned())
+}
+
+/// The MessagePack values the metadata uses.
+#[derive(Debug)]
+enum Value {
+    Nil,
+    Bool,
+    Int(i128),
+    Float,
+    Str(String),
+    Bin,
+    Array(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+}
+
+impl Value {
+    fn get(&self, key: &str) -> Option<&Value> {
+        match self {
+            Value::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    fn as_uint(&self) -> Option<u64> {
+        match self {
+            Value::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// Nesting deeper than this is refused (the metadata nests four levels).
+const MAX_DEPTH: usize = 16;
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or("the metadata ends early")?;
+        let taken = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(taken)
+    }
+
+    fn uint(&mut self, n: usize) -> Result<u64, String> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, String> {
+        if depth > MAX_DEPTH {
+            return Err("the metadata nests too deeply".to_owned());
+        }
+        let tag = self.take(1)?[0];
+        Ok(match tag {
+            0x00..=0x7f => Value::Int(tag.into()),
+            0xe0..=0xff => Value::Int(i128::from(tag as i8)),
+            0xc0 => Value::Nil,
+            0xc2 | 0xc3 => Value::Bool,
+            0xcc..=0xcf => Value::Int(self.uint(1 << (tag - 0xcc))?.into()),
+            0xd0..=0xd3 => {
+                let n = 1 << (tag - 0xd0);
+                let raw = self.uint(n)?;
+                let shift = 64 - 8 * n as u32;
+                Value::Int(i128::from(((raw << shift) as i64) >> shift))
+            }
+            0xca => self.take(4).map(|_| Value::Float)?,
+            0xcb => self.take(8).map(|_| Value::Float)?,
+            0xa0..=0xbf => self.string(usize::from(tag - 0xa0))?,
+            0xd9..=0xdb => {
+                let n = self.uint(1 << (tag - 0xd9))? as usize;
+                self.string(n)?
+            }
+            0xc4..=0xc6 => {
+                let n = self.uint(1 << (tag - 0xc4))? as usize;
+                self.take(n).map(|_| Value::Bin)?
+            }
+            0x90..=0x9f => self.array(usize::from(tag - 0x90), depth)?,
+            0xdc | 0xdd => {
+                let n = self.uint(if tag == 0xdc { 2 } else { 4 })? as usize;
+                self.array(n, depth)?
+            }
+            0x80..=0x8f => self.map(usize::from(tag - 0x80), depth)?,
+            0xde | 0xdf => {
+                let n = self.uint(if tag == 0xde { 2 } else { 4 })? as usize;
+                self.map(n, depth)?
+            }
+            other => return Err(format!("unsupported MessagePack tag {other:#04x}")),
+        })
+    }
+
+    fn string(&mut self, n: usize) -> Result<Value, String> {
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec())
+            .map(Value::Str)
+            .map_err(|_| "a metadata string is not UTF-8".to_owned())
+    }
+
+    fn array(&mut self, n: usize, depth: usize) -> Result<Value, String> {
+        // Every element takes at least a byte: a count beyond what is left is malformed.
+        if n > self.bytes.len() - self.at {
+            return Err("the metadata ends early".to_owned());
+        }
+        (0..n)
+            .map(|_| self.value(depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array)
+    }
+
+    fn map(&mut self, n: usize, depth: usize) -> Result<Value, String> {
+        if n > self.bytes.len() - self.at {
+            return Err("the metadata ends early".to_owned());
+        }
+        (0..n)
+            .map(|_| Ok((self.value(depth + 1)?, self.value(depth + 1)?)))
+            .collect::<Result<_, String>>()
+            .map(Value::Map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(name: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/hsaco");
+        std::fs::read(root.join(name)).unwrap()
+    }
+
+    #[test]
+    fn the_committed_code_objects_declare_their_buffers_then_their_scalars() {
+        for arch in ["gfx90a", "gfx1100"] {
+            let saxpy = entries(&read(&format!("saxpy.{arch}.hsaco"))).unwrap();
+            assert_eq!(saxpy["saxpy"], [8, 8, 8, 4, 4], "{arch}");
+            let matmul = entries(&read(&format!("matmul.{arch}.hsaco"))).unwrap();
+            assert_eq!(matmul["matmul"], [8, 8, 8, 4, 4, 4], "{arch}");
+        }
+    }
+
+    #[test]
+    fn malformed_objects_are_refused_without_panicking() {
+        let good = read("saxpy.gfx90a.hsaco");
+        assert!(entries(b"\x7fELF").is_err());
+        // Every truncation of a real object, and bytes flipped across its headers and notes.
+        for cut in (0..good.len()).step_by(97) {
+            let _ = entries(&good[..cut]);
+        }
+        for at in (0..good.len()).step_by(13) {
+            let mut bad = good.clone();
+            bad[at] ^= 0xff;
+            let _ = entries(&bad);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The parameter list of a PTX entry point, read from the PTX text before the device is asked.
+//!
+//! `cuLaunchKernel` reads one argument per parameter the kernel declares, each of the size the
+//! kernel declares, from the pointers the host passes: a kernel declaring more parameters (or a
+//! larger one) than the job supplies would make the driver read the device host's own memory
+//! into the kernel, which could copy it into an output. So every PTX kernel's entry must declare
+//! exactly the job's buffers (one 64-bit device pointer each) and then its scalar parameters
+//! (each of its type's width), or the job is refused before its kernel reaches the driver.
+//!
+//! The reader is strict rather than complete: comments are skipped, and anything it does not
+//! understand in a parameter list (or a preprocessor line anywhere) refuses the kernel.
+
+use std::collections::HashMap;
+
+/// Every entry point of `ptx` with the size in bytes of each of its parameters, in order.
+pub fn entries(ptx: &str) -> Result<HashMap<String, Vec<u64>>, String> {
+    let text = strip_comments(ptx)?;
+    if text.lines().any(|line| line.trim_start().starts_with('#')) {
+        return Err("PTX with preprocessor lines is not accepted".to_owned());
+    }
+    let mut found = HashMap::new();
+    let mut rest = text.as_str();
+    while let Some(at) = find_word(rest, ".entry") {
+        let after = rest[at + ".entry".len()..].trim_start();
+        let name_end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_$%.".contains(c)))
+            .unwrap_or(after.len());
+        let name = &after[..name_end];
+        if name.is_empty() {
+            return Err("an .entry without a name".to_owned());
+        }
+        let params = param_list(after[name_end..].trim_start(), name)?;
+        if found.insert(name.to_owned(), params).is_some() {
+            return Err(format!("the PTX declares entry {name:?} twice"));
+        }
+        rest = &after[name_end..];
+    }
+    Ok(found)
+}
+
+/// The text without `//` and `/* */` comments (strings do not occur in PTX).
+fn strip_comments(ptx: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(ptx.len());
+    let mut rest = ptx;
+    loop {
+        match (rest.find("//"), rest.find("/*")) {
+            (Some(line), block) if block.is_none_or(|b| line < b) => {
+                out.push_str(&rest[..line]);
+                rest = rest[line..]
+                    .find('\n')
+                    .map_or("", |end| &rest[line + end..]);
+            }
+            (_, Some(block)) => {
+                out.push_str(&rest[..block]);
+                out.push(' ');
+                let end = rest[block + 2..]
+                    .find("*/")
+                    .ok_or("the PTX has an unterminated comment")?;
+                rest = &rest[block + 2 + end + 2..];
+            }
+            _ => {
+                out.push_str(rest);
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Where `word` occurs in `text` as a whole directive (not as part of a longer name).
+fn find_word(text: &str, word: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(word) {
+        let start = from + at;
+        let end = start + word.len();
+        let next = text[end..].chars().next();
+        if next.is_none_or(|c| c.is_whitespace()) {
+            return Some(start);
+        }
+        from = end;
+    }
+    None
+}
+
+/// The sizes of the parameters in `list`, which starts at the entry's `(`.
+fn param_list(list: &str, entry: &str) -> Result<Vec<u64>, String> {
+    let bad = |why: &str| format!("entry {entry:?}: {why}");
+    let Some(inner) = list.strip_prefix('(') else {
+        // An entry without a parameter list takes no parameters.
+        return Ok(Vec::new());
+    };
+    let close = inner
+        .find(')')
+        .ok_or_else(|| bad("its parameter list is not closed"))?;
+    let inner = inner[..close].trim();
+    if inner.is_empty() {
+        return Ok(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|param| param_size(param.trim()).map_err(|why| bad(&why)))
+        .collect()
+}
+
+/// The size of one `.param` declaration: `.param [.ptr …] [.align N] .type name[[N]]`.
+fn param_size(param: &str) -> Result<u64, String> {
+    let mut words = param.split_whitespace().peekable();
+    if words.next() != Some(".param") {
+        return Err(format!("cannot read parameter {param:?}"));
+    }
+    let mut width = None;
+    let mut name = None;
+    for word in words {
+        match word {
+            ".b8" | ".u8" | ".s8" => width = Some(1),
+            ".b16" | ".u16" | ".s16" | ".f16" => width = Some(2),
+            ".b32" | ".u32" | ".s32" | ".f32" => width = Some(4),
+            ".b64" | ".u64" | ".s64" | ".f64" => width = Some(8),
+            ".ptr" | ".global" | ".const" | ".shared" | ".local" | ".align" => {}
+            w if w.chars().all(|c| c.is_ascii_digit()) => {} // the alignment's value
+            w if !w.starts_with('.') && name.is_none() => name = Some(w),
+            _ => return Err(format!("cannot read parameter {param:?}")),
+        }
+    }
+    let width: u64 = width.ok_or_else(|| format!("parameter {param:?} has no type"))?;
+    let name = name.ok_or_else(|| format!("parameter {param:?} has no name"))?;
+    let count = match name.split_once('[') {
+        None => 1,
+        Some((_, dims)) => {
+            let n = dims
+                .strip_suffix(']')
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| format!("cannot read the array size of {param:?}"))?;
+            n.max(1)
+        }
+    };
+    Ok(width.saturating_mul(count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry_params(ptx: &str, entry: &str) -> Result<Vec<u64>, String> {
+        entries(ptx)?
+            .remove(entry)
+            .ok_or_else(|| format!("the PTX has no entry {entry:?}"))
+    }
+
+    #[test]
+    fn the_committed_kernels_declare_their_buffers_then_their_scalars() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/ptx");
+        let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+        assert_eq!(
+            entry_params(&read("saxpy.ptx"), "saxpy").unwrap(),
+            [8, 8, 8, 4, 4]
+        );
+        assert_eq!(
+            entry_params(&read("matmul.ptx"), "matmul").unwrap(),
+            [8, 8, 8, 4, 4, 4]
+        );
+        assert!(entry_params(&read("saxpy.ptx"), "sax")
+            .unwrap_err()
+            .contains("no entry"));
+    }
+
+    #[test]
+    fn what_it_cannot_read_refuses_the_kernel() {
+        let ptx = ".version 7.0\n.target sm_80\n// .entry fake(.param .u64 a)\n\
+                   .visible .entry k( /* two */ .param .u64 k_0, .param .align 8 .b8 k_1[4096] )\n{ ret; }";
+        assert_eq!(entry_params(ptx, "k").unwrap(), [8, 4096]);
+        assert!(entry_params(ptx, "fake").is_err(), "a commented-out entry");
+        let no_params = ".entry spin()\n{ ret; }";
+        assert_eq!(entry_params(no_params, "spin").unwrap(), Vec::<u64>::new());
+        for bad in [
+            "#define X\n.entry k(.param .u64 a)\n{}",
+            ".entry k(.param .u64 a\n{}",
+            ".entry k(.param .u64 .weird a)\n{}",
+            ".entry k(.param a)\n{}",
+            ".entry k(.param .u64 a) {}\n.entry k(.param .u64 a) {}",
+            ".entry k(.param .u64 a) /* unterminated",
+        ] {
+            assert!(entry_params(bad, "k").is_err(), "{bad}");
+        }
+    }
+}
