@@ -444,22 +444,33 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
         start_a < end_b && start_b < end_a,
         "the two kernels ran at the same time: {start_a}..{end_a} and {start_b}..{end_b}"
     );
-    // Crashes give one device up (a job takes the first idle device that is not given up);
-    // the other goes on serving the target, and the worker stays ready.
-    let mut given_up = None;
-    for attempt in 0..=dtee_worker::backend::gpu::host::MAX_RESTARTS + 1 {
+    // Crashes give one device up (a job takes the first idle device that is not given up, so
+    // they all land on the same one); the job that finds it given up runs on the other device,
+    // which goes on serving the target, and the worker stays ready.
+    let down = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("dtee_device_up{") && line.ends_with(" 0"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let mut given_up = Vec::new();
+    for attempt in 0..2 * (dtee_worker::backend::gpu::host::MAX_RESTARTS + 1) {
         let result = run_as(
             &env.client,
             &stand_in_job(&env, "crash", &format!("crash {attempt}")).await,
         )
         .await;
         assert_eq!(result.error_code(), Some(ErrorCode::DeviceFailed));
-        if result.error.unwrap().message.contains("given up") {
-            given_up = Some(result.execution.unwrap().device.unwrap().name);
+        let message = result.error.unwrap().message;
+        assert!(!message.contains("given up"), "{message}");
+        given_up = down(&dtee_tests::http_get(addr, "/metrics").await.1);
+        if !given_up.is_empty() {
+            println!("a device was given up after crash job {attempt}: {given_up:?}");
             break;
         }
     }
-    let given_up = given_up.expect("a device was given up");
+    assert_eq!(given_up.len(), 1, "one device was given up: {given_up:?}");
     let after = run_as(
         &env.client,
         &stand_in_job(&env, "copy", "still served").await,
@@ -467,20 +478,24 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
     .await;
     assert!(after.succeeded(), "{after:?}");
     let serving = after.execution.unwrap().device.unwrap().name;
-    assert_ne!(serving, given_up, "the job ran on the device still up");
+    let ordinal = serving
+        .strip_prefix("dtee stand-in device ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        !given_up[0].contains(&format!("device=\"{ordinal}\"")),
+        "the job ran on the device still up ({serving}), not on {given_up:?}"
+    );
     let (status, body) = dtee_tests::http_get(addr, "/readyz").await;
     assert_eq!(status, 200, "one device up serves the target: {body}");
     let (_, metrics) = dtee_tests::http_get(addr, "/metrics").await;
-    let up: Vec<&str> = metrics
+    let up = metrics
         .lines()
         .filter(|line| line.starts_with("dtee_device_up{"))
-        .collect();
-    assert_eq!(up.len(), 2, "{metrics}");
-    assert_eq!(
-        up.iter().filter(|line| line.ends_with(" 0")).count(),
-        1,
-        "{up:?}"
-    );
+        .count();
+    assert_eq!(up, 2, "{metrics}");
+    assert_eq!(down(&metrics), given_up);
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

@@ -355,17 +355,17 @@ fn start_gpus(
         } else {
             devices
         };
-        // Every device of a target serves it, each through its own device host.
-        let mut by_target: Vec<(String, Vec<u32>)> = Vec::new();
-        for (ordinal, device) in devices.iter().enumerate() {
-            let target = gpu::target_of(kind, device);
-            if !auto && !wanted.contains(&target) {
+        // Every device of a target serves it (of one architecture), each through its own
+        // device host.
+        let mut by_target = Vec::new();
+        for group in gpu::serving_groups(kind, &devices) {
+            if !auto && !wanted.contains(&group.target) {
                 continue;
             }
-            match by_target.iter_mut().find(|(t, _)| *t == target) {
-                Some((_, ordinals)) => ordinals.push(ordinal as u32),
-                None => by_target.push((target, vec![ordinal as u32])),
+            for (ordinal, arch) in &group.left_out {
+                warn!(target = %group.target, ordinal, %arch, "this device is left out: a target's devices share one architecture (give it its own worker with CUDA_VISIBLE_DEVICES or HIP_VISIBLE_DEVICES)");
             }
+            by_target.push((group.target, group.ordinals));
         }
         for (target, ordinals) in by_target {
             match gpu::GpuBackend::start(kind, &ordinals, program.clone()) {

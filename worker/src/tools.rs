@@ -216,12 +216,13 @@ fn start_runner(config: &Config, target: &str) -> anyhow::Result<Runner> {
         let kind = gpu::driver_for_target(target).expect("a GPU target");
         let devices =
             device::probe(kind).map_err(|why| anyhow::anyhow!("target {target}: {why}"))?;
-        let ordinals: Vec<u32> = (0..devices.len() as u32)
-            .filter(|&ordinal| gpu::target_of(kind, &devices[ordinal as usize]) == target)
-            .collect();
-        if ordinals.is_empty() {
+        let Some(group) = gpu::serving_groups(kind, &devices)
+            .into_iter()
+            .find(|group| group.target == target)
+        else {
             bail!("no device here serves target {target}");
-        }
+        };
+        let ordinals = group.ordinals;
         let backend =
             GpuBackend::start(kind, &ordinals, program).map_err(|why| anyhow::anyhow!(why))?;
         Ok(Runner::Gpu(Arc::new(backend)))

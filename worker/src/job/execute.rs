@@ -31,6 +31,8 @@ pub(crate) async fn execute(
 ) -> Result<Outcome, Halt> {
     let params = params_of(job);
     let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+    // The GPU the last run used, named by a failure after it.
+    let mut last_device = None;
     for attempt in 1..=ctx.config.state_max_attempts {
         let seen = snapshot(ctx, job, plan, &mut slots).await?;
         let invocation = Invocation {
@@ -45,6 +47,7 @@ pub(crate) async fn execute(
         let writes_state = !state.written.is_empty();
         let usage = completed.usage;
         let device = completed.device.clone();
+        last_device.clone_from(&device);
         let success = Success {
             outputs: outputs(job, completed),
             state: (!job.bindings.is_empty()).then_some(state),
@@ -90,7 +93,8 @@ pub(crate) async fn execute(
                 ctx.config.state_max_attempts
             ),
         )
-        .with_limits(plan.limits),
+        .with_limits(plan.limits)
+        .on_device(last_device),
     ))
 }
 

@@ -146,6 +146,12 @@ impl Failure {
         }
     }
 
+    /// The same failure, naming the GPU the kernel ran on.
+    pub fn on_device(mut self, device: Option<GpuDevice>) -> Failure {
+        self.device = device.map(Box::new);
+        self
+    }
+
     /// The same failure, with the limits that were resolved.
     pub fn with_limits(mut self, limits: EffectiveLimits) -> Failure {
         self.limits = Some(limits);

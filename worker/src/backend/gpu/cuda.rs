@@ -226,12 +226,7 @@ impl Driver for Cuda {
         &self.info
     }
 
-    fn run(
-        &mut self,
-        request: &Request,
-        kernel: &[u8],
-        inputs: Vec<Vec<u8>>,
-    ) -> Result<Ran, Failed> {
+    fn run(&mut self, request: &Request, kernel: &[u8], inputs: &[Vec<u8>]) -> Result<Ran, Failed> {
         let module = self.module(request, kernel)?;
         let entry = request.entry_c_string()?;
         // SAFETY: a loaded module.
@@ -246,7 +241,7 @@ impl Driver for Cuda {
         let mut allocations = Allocations(Vec::with_capacity(request.buffers.len()));
         // Copy time counts the copies only, not allocating and zeroing.
         let mut copy_time = std::time::Duration::ZERO;
-        for (spec, bytes) in request.buffers.iter().zip(&inputs) {
+        for (spec, bytes) in request.buffers.iter().zip(inputs) {
             // SAFETY: plain allocations, zeroed, then filled from host memory of the right size.
             unsafe {
                 let pointer = result::malloc_sync(spec.device_bytes as usize).map_err(|error| {

@@ -79,13 +79,9 @@ pub struct Failed {
 pub trait Driver {
     /// The device.
     fn info(&self) -> &DeviceInfo;
-    /// Runs a request: `kernel` is the code object or PTX, `inputs` each buffer's copy-in bytes.
-    fn run(
-        &mut self,
-        request: &Request,
-        kernel: &[u8],
-        inputs: Vec<Vec<u8>>,
-    ) -> Result<Ran, Failed>;
+    /// Runs a request: `kernel` is the code object or PTX, `inputs` each buffer's copy-in bytes
+    /// (the host wipes them, and the outputs, once the job is answered).
+    fn run(&mut self, request: &Request, kernel: &[u8], inputs: &[Vec<u8>]) -> Result<Ran, Failed>;
 }
 
 /// Opens device `ordinal` with `kind`.
@@ -154,12 +150,19 @@ pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
         }
     };
     while let Some(request) = protocol::read_header::<Request>(&mut input)? {
-        let kernel = protocol::read_payload(&mut input, request.kernel_bytes)?;
-        let mut inputs = Vec::with_capacity(request.buffers.len());
+        // A job's bytes are wiped once it is answered, so that the next tenant's kernel finds
+        // none of them in this process's memory (a GPU with unified addressing may read it).
+        let kernel = Wiped(vec![protocol::read_payload(
+            &mut input,
+            request.kernel_bytes,
+        )?]);
+        let mut inputs = Wiped(Vec::with_capacity(request.buffers.len()));
         for buffer in &request.buffers {
-            inputs.push(protocol::read_payload(&mut input, buffer.copy_in)?);
+            inputs
+                .0
+                .push(protocol::read_payload(&mut input, buffer.copy_in)?);
         }
-        let (response, outputs, sticky) = match driver.run(&request, &kernel, inputs) {
+        let (response, outputs, sticky) = match driver.run(&request, &kernel.0[0], &inputs.0) {
             Ok(ran) => (
                 Response {
                     failure: None,
@@ -187,11 +190,23 @@ pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
                 failed.sticky,
             ),
         };
-        let payloads: Vec<&[u8]> = outputs.iter().map(Vec::as_slice).collect();
+        let outputs = Wiped(outputs);
+        let payloads: Vec<&[u8]> = outputs.0.iter().map(Vec::as_slice).collect();
         protocol::write_frame(&mut output, &response, &payloads)?;
         if sticky {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// Buffers zeroed when dropped.
+struct Wiped(Vec<Vec<u8>>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        for buffer in &mut self.0 {
+            zeroize::Zeroize::zeroize(buffer);
+        }
+    }
 }

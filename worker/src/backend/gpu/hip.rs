@@ -239,12 +239,7 @@ impl Driver for Hip {
         &self.info
     }
 
-    fn run(
-        &mut self,
-        request: &Request,
-        kernel: &[u8],
-        inputs: Vec<Vec<u8>>,
-    ) -> Result<Ran, Failed> {
+    fn run(&mut self, request: &Request, kernel: &[u8], inputs: &[Vec<u8>]) -> Result<Ran, Failed> {
         let module = match self.modules.get(&request.kernel_digest) {
             Some(module) => *module,
             None => {
@@ -276,7 +271,7 @@ impl Driver for Hip {
         let mut ran = Ran::default();
         let mut allocations = Allocations(Vec::new());
         let copy_started = Instant::now();
-        for (spec, bytes) in request.buffers.iter().zip(&inputs) {
+        for (spec, bytes) in request.buffers.iter().zip(inputs) {
             let mut pointer = std::ptr::null_mut();
             // SAFETY: allocation, zeroing and a copy of `bytes.len()` ≤ `device_bytes`.
             unsafe {

@@ -57,57 +57,102 @@ pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
     Ok(found)
 }
 
-/// The description of the ELF64 little-endian object's `AMDGPU` note of type 32.
+/// The largest metadata note read (real ones are a few KiB per kernel).
+const MAX_METADATA_BYTES: usize = 1 << 20;
+
+/// The description of the ELF64 little-endian object's `AMDGPU` note of type 32. Notes are
+/// looked for in the section headers and the program headers alike, and every copy found must
+/// be the same bytes, so that whichever the runtime reads is the one checked here.
 fn metadata_note(elf: &[u8]) -> Result<Vec<u8>, String> {
     let bad = || "a malformed ELF object".to_owned();
-    let u16_at = |at: usize| -> Result<u64, String> {
-        Ok(u16::from_le_bytes(elf.get(at..at + 2).ok_or_else(bad)?.try_into().unwrap()).into())
+    let bytes_at = |at: u64, n: usize| -> Result<&[u8], String> {
+        let at = usize::try_from(at).map_err(|_| bad())?;
+        elf.get(at..at.checked_add(n).ok_or_else(bad)?)
+            .ok_or_else(bad)
     };
-    let u32_at = |at: usize| -> Result<u64, String> {
-        Ok(u32::from_le_bytes(elf.get(at..at + 4).ok_or_else(bad)?.try_into().unwrap()).into())
+    let u16_at = |at: u64| -> Result<u64, String> {
+        Ok(u16::from_le_bytes(bytes_at(at, 2)?.try_into().unwrap()).into())
     };
-    let u64_at = |at: usize| -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            elf.get(at..at + 8).ok_or_else(bad)?.try_into().unwrap(),
-        ))
+    let u32_at = |at: u64| -> Result<u64, String> {
+        Ok(u32::from_le_bytes(bytes_at(at, 4)?.try_into().unwrap()).into())
+    };
+    let u64_at = |at: u64| -> Result<u64, String> {
+        Ok(u64::from_le_bytes(bytes_at(at, 8)?.try_into().unwrap()))
     };
     if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return Err("not a 64-bit little-endian ELF object".to_owned());
     }
-    let (table, entry_size, count) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?);
-    for index in 0..count {
-        let header = table
-            .checked_add(index * entry_size)
-            .and_then(|at| usize::try_from(at).ok())
-            .filter(|at| at.checked_add(0x40).is_some_and(|end| end <= elf.len()))
-            .ok_or_else(bad)?;
-        if u32_at(header + 4)? != 7 {
-            continue; // not SHT_NOTE
-        }
-        let offset = usize::try_from(u64_at(header + 0x18)?).map_err(|_| bad())?;
-        let size = usize::try_from(u64_at(header + 0x20)?).map_err(|_| bad())?;
-        let end = offset.checked_add(size).ok_or_else(bad)?;
-        let notes = elf.get(offset..end).ok_or_else(bad)?;
-        let mut at = 0;
-        while at + 12 <= notes.len() {
-            let word = |i: usize| u32::from_le_bytes(notes[i..i + 4].try_into().unwrap()) as usize;
-            let (name_size, desc_size, kind) = (word(at), word(at + 4), word(at + 8));
-            let name_start = at + 12;
-            let desc_start = name_start
-                .checked_add(name_size.div_ceil(4) * 4)
-                .ok_or_else(bad)?;
-            let desc_end = desc_start.checked_add(desc_size).ok_or_else(bad)?;
-            let name = notes
-                .get(name_start..name_start + name_size)
-                .ok_or_else(bad)?;
-            let desc = notes.get(desc_start..desc_end).ok_or_else(bad)?;
-            if kind == 32 && name.strip_suffix(b"\0").unwrap_or(name) == b"AMDGPU" {
-                return Ok(desc.to_vec());
+    // (header table, entry size, count, the type of a note, where type, offset and size are).
+    let tables = [
+        (
+            u64_at(0x28)?,
+            u16_at(0x3a)?,
+            u16_at(0x3c)?,
+            7,
+            (4, 0x18, 0x20),
+        ), // SHT_NOTE
+        (
+            u64_at(0x20)?,
+            u16_at(0x36)?,
+            u16_at(0x38)?,
+            4,
+            (0, 0x08, 0x20),
+        ), // PT_NOTE
+    ];
+    let mut found: Option<Vec<u8>> = None;
+    for (table, entry_size, count, note_type, (type_at, offset_at, size_at)) in tables {
+        for index in 0..count {
+            let header = table.checked_add(index * entry_size).ok_or_else(bad)?;
+            if u32_at(header.checked_add(type_at).ok_or_else(bad)?)? != note_type {
+                continue;
             }
-            at = desc_start + desc_size.div_ceil(4) * 4;
+            let offset = u64_at(header.checked_add(offset_at).ok_or_else(bad)?)?;
+            let size = u64_at(header.checked_add(size_at).ok_or_else(bad)?)?;
+            let notes = bytes_at(offset, usize::try_from(size).map_err(|_| bad())?)?;
+            for desc in amdgpu_notes(notes)? {
+                if desc.len() > MAX_METADATA_BYTES {
+                    return Err(format!(
+                        "the code object's metadata is {} bytes; at most {MAX_METADATA_BYTES} are read",
+                        desc.len()
+                    ));
+                }
+                match &found {
+                    Some(earlier) if earlier.as_slice() != desc => {
+                        return Err("the code object carries two different metadata notes".into())
+                    }
+                    Some(_) => {}
+                    None => found = Some(desc.to_vec()),
+                }
+            }
         }
     }
-    Err("the code object has no AMDGPU metadata note".to_owned())
+    found.ok_or_else(|| "the code object has no AMDGPU metadata note".to_owned())
+}
+
+/// The descriptions of the `AMDGPU` notes of type 32 (`NT_AMDGPU_METADATA`) in `notes`.
+fn amdgpu_notes(notes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let bad = || "a malformed ELF note".to_owned();
+    let mut found = Vec::new();
+    let mut at = 0usize;
+    while at + 12 <= notes.len() {
+        let word = |i: usize| u32::from_le_bytes(notes[i..i + 4].try_into().unwrap()) as usize;
+        let (name_size, desc_size, kind) = (word(at), word(at + 4), word(at + 8));
+        let name_start = at + 12;
+        let name_end = name_start.checked_add(name_size).ok_or_else(bad)?;
+        let desc_start = name_start
+            .checked_add(name_size.div_ceil(4) * 4)
+            .ok_or_else(bad)?;
+        let desc_end = desc_start.checked_add(desc_size).ok_or_else(bad)?;
+        let name = notes.get(name_start..name_end).ok_or_else(bad)?;
+        let desc = notes.get(desc_start..desc_end).ok_or_else(bad)?;
+        if kind == 32 && name.strip_suffix(b"\0").unwrap_or(name) == b"AMDGPU" {
+            found.push(desc);
+        }
+        at = desc_start
+            .checked_add(desc_size.div_ceil(4) * 4)
+            .ok_or_else(bad)?;
+    }
+    Ok(found)
 }
 
 /// The MessagePack values the metadata uses.
@@ -247,10 +292,19 @@ impl Reader<'_> {
         if n > self.bytes.len() - self.at {
             return Err("the metadata ends early".to_owned());
         }
-        (0..n)
-            .map(|_| Ok((self.value(depth + 1)?, self.value(depth + 1)?)))
-            .collect::<Result<_, String>>()
-            .map(Value::Map)
+        let mut pairs: Vec<(Value, Value)> = Vec::with_capacity(n);
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..n {
+            let key = self.value(depth + 1)?;
+            // A reader that took the other copy of a key would see other arguments.
+            if let Some(text) = key.as_str() {
+                if !keys.insert(text.to_owned()) {
+                    return Err(format!("the metadata repeats the key {text:?}"));
+                }
+            }
+            pairs.push((key, self.value(depth + 1)?));
+        }
+        Ok(Value::Map(pairs))
     }
 }
 

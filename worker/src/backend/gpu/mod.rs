@@ -44,7 +44,7 @@ use dtee_schemas::run::GpuDevice;
 use dtee_schemas::{Digest, ErrorCode};
 
 use self::device::DriverKind;
-use self::host::DeviceHost;
+use self::host::{DeviceHost, HostError};
 pub use self::pool::Device;
 use self::pool::Pool;
 use self::protocol::{BufferSpec, DeviceInfo, Request, ScalarArg};
@@ -94,6 +94,65 @@ pub fn format_of(kind: DriverKind) -> KernelFormat {
         DriverKind::Cuda | DriverKind::StandIn => KernelFormat::Ptx,
         DriverKind::Hip => KernelFormat::Hsaco,
     }
+}
+
+/// Which devices serve which target: every device of a target, as long as they share one
+/// architecture (a PTX for `sm_90` does not load on an `sm_80` device, and which device a job
+/// gets must not decide its answer). Where a target's devices differ, the architecture with
+/// the most devices serves it (the lowest ordinal breaks ties) and the others are returned as
+/// left out, each with its architecture.
+pub fn serving_groups(kind: DriverKind, devices: &[DeviceInfo]) -> Vec<ServingGroup> {
+    let mut groups: Vec<ServingGroup> = Vec::new();
+    for (ordinal, info) in devices.iter().enumerate() {
+        let target = target_of(kind, info);
+        let arch = &info.device.arch;
+        let ordinal = ordinal as u32;
+        match groups.iter_mut().find(|g| g.target == target) {
+            Some(group) => group.candidates.push((ordinal, arch.clone())),
+            None => groups.push(ServingGroup {
+                target,
+                ordinals: Vec::new(),
+                left_out: Vec::new(),
+                candidates: vec![(ordinal, arch.clone())],
+            }),
+        }
+    }
+    for group in &mut groups {
+        let count = |arch: &str| group.candidates.iter().filter(|(_, a)| a == arch).count();
+        let most = group
+            .candidates
+            .iter()
+            .map(|(_, arch)| count(arch))
+            .max()
+            .unwrap_or(0);
+        // The first device's architecture among those with the most devices.
+        let best = group
+            .candidates
+            .iter()
+            .find(|(_, arch)| count(arch) == most)
+            .map(|(_, arch)| arch.clone())
+            .unwrap_or_default();
+        for (ordinal, arch) in std::mem::take(&mut group.candidates) {
+            if arch == best {
+                group.ordinals.push(ordinal);
+            } else {
+                group.left_out.push((ordinal, arch));
+            }
+        }
+    }
+    groups
+}
+
+/// The devices that serve one target ([`serving_groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingGroup {
+    /// The target.
+    pub target: String,
+    /// The ordinals of the devices that serve it.
+    pub ordinals: Vec<u32>,
+    /// Devices of the target left out for another architecture: ordinal and architecture.
+    pub left_out: Vec<(u32, String)>,
+    candidates: Vec<(u32, String)>,
 }
 
 /// `count` stand-in devices, for a worker whose test configuration asks for more than one.
@@ -320,24 +379,31 @@ impl Backend for GpuBackend {
         };
         let mut payloads: Vec<&[u8]> = vec![&kernel.bytes];
         payloads.extend(buffers.iter().map(|(_, bytes)| *bytes));
-        let lease = self.pool.checkout().map_err(|why| {
-            refuse(
-                ErrorCode::DeviceFailed,
-                format!("every device of target {} was given up: {why}", self.target),
-            )
-        })?;
+        let deadline = Duration::from_millis(limits.timeout_ms);
+        let (lease, answer, wall_time_us) = loop {
+            let lease = self.pool.checkout().map_err(|why| {
+                refuse(
+                    ErrorCode::DeviceFailed,
+                    format!("every device of target {} was given up: {why}", self.target),
+                )
+            })?;
+            let started = Instant::now();
+            let answer = lease.device().host.run(&request, &payloads, deadline);
+            // A device given up just now, before the job reached it (its host would not start
+            // again): another device of the target takes the job, if one is left.
+            if matches!(answer, Err(HostError::Unavailable(_)))
+                && lease.device().host.failed().is_some()
+                && self.pool.failed().is_none()
+            {
+                continue;
+            }
+            break (lease, answer, started.elapsed().as_micros() as u64);
+        };
         let device = lease.device();
         let on_device = |mut error: KernelError| {
             error.device = Some(Box::new(device.info.device.clone()));
             error
         };
-        let started = Instant::now();
-        let answer = device.host.run(
-            &request,
-            &payloads,
-            Duration::from_millis(limits.timeout_ms),
-        );
-        let wall_time_us = started.elapsed().as_micros() as u64;
         let (response, outputs) = host_answer(answer, wall_time_us).map_err(on_device)?;
         let written = match_outputs(&buffers, outputs).map_err(on_device)?;
         Ok(Completed {
@@ -550,6 +616,37 @@ mod tests {
         assert!(check_arguments(&kernel, &invocation)
             .unwrap_err()
             .contains("no entry"));
+    }
+
+    #[test]
+    fn a_target_is_served_by_devices_of_one_architecture() {
+        let device = |arch: &str| {
+            let mut info = sample_info();
+            info.device.arch = arch.to_owned();
+            info
+        };
+        let devices = [
+            device("sm_80"),
+            device("sm_90"),
+            device("sm_90"),
+            device("sm_80"),
+            device("sm_90"),
+        ];
+        let groups = serving_groups(DriverKind::Cuda, &devices);
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].target, "cuda");
+        assert_eq!(groups[0].ordinals, [1, 2, 4]);
+        assert_eq!(
+            groups[0].left_out,
+            [(0, "sm_80".to_owned()), (3, "sm_80".to_owned())]
+        );
+        // A tie goes to the first device's architecture.
+        let tie = serving_groups(DriverKind::Cuda, &[device("sm_90"), device("sm_80")]);
+        assert_eq!(tie[0].ordinals, [0]);
+        // HIP targets name the architecture: each has its own group.
+        let hip = serving_groups(DriverKind::Hip, &[device("gfx90a"), device("gfx1100")]);
+        let targets: Vec<&str> = hip.iter().map(|g| g.target.as_str()).collect();
+        assert_eq!(targets, ["hip.gfx90a", "hip.gfx1100"]);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! exactly the job's buffers (one 64-bit device pointer each) and then its scalar parameters
 //! (each of its type's width), or the job is refused before its kernel reaches the driver.
 //!
-//! The reader is strict rather than complete: comments are skipped, and anything it does not
-//! understand in a parameter list (or a preprocessor line anywhere) refuses the kernel.
+//! The reader is strict rather than complete: comments and the contents of strings are skipped,
+//! and anything it does not understand in a parameter list (or a preprocessor line anywhere)
+//! refuses the kernel.
 
 use std::collections::HashMap;
 
@@ -38,30 +39,69 @@ pub fn entries(ptx: &str) -> Result<HashMap<String, Vec<u64>>, String> {
     Ok(found)
 }
 
-/// The text without `//` and `/* */` comments (strings do not occur in PTX).
+/// The text with `//` and `/* */` comments replaced by a space and the contents of string
+/// literals (`.file 1 "…"`, `.pragma "…"`) blanked, so that neither can hide or fake a
+/// directive; one pass over the text.
 fn strip_comments(ptx: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(ptx.len());
-    let mut rest = ptx;
-    loop {
-        match (rest.find("//"), rest.find("/*")) {
-            (Some(line), block) if block.is_none_or(|b| line < b) => {
-                out.push_str(&rest[..line]);
-                rest = rest[line..]
-                    .find('\n')
-                    .map_or("", |end| &rest[line + end..]);
+    enum In {
+        Code,
+        LineComment,
+        BlockComment,
+        Str,
+    }
+    let bytes = ptx.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut state = In::Code;
+    let mut i = 0;
+    while i < bytes.len() {
+        let (byte, next) = (bytes[i], bytes.get(i + 1).copied());
+        match state {
+            In::Code => match (byte, next) {
+                (b'/', Some(b'/')) => {
+                    state = In::LineComment;
+                    i += 1;
+                }
+                (b'/', Some(b'*')) => {
+                    out.push(b' ');
+                    state = In::BlockComment;
+                    i += 1;
+                }
+                (b'"', _) => {
+                    out.push(b'"');
+                    state = In::Str;
+                }
+                _ => out.push(byte),
+            },
+            In::LineComment => {
+                if byte == b'\n' {
+                    out.push(b'\n');
+                    state = In::Code;
+                }
             }
-            (_, Some(block)) => {
-                out.push_str(&rest[..block]);
-                out.push(' ');
-                let end = rest[block + 2..]
-                    .find("*/")
-                    .ok_or("the PTX has an unterminated comment")?;
-                rest = &rest[block + 2 + end + 2..];
+            In::BlockComment => {
+                if byte == b'*' && next == Some(b'/') {
+                    state = In::Code;
+                    i += 1;
+                }
             }
-            _ => {
-                out.push_str(rest);
-                return Ok(out);
-            }
+            In::Str => match byte {
+                b'\\' => i += 1, // an escaped character, skipped with it
+                b'"' => {
+                    out.push(b'"');
+                    state = In::Code;
+                }
+                b'\n' => return Err("the PTX has an unterminated string".to_owned()),
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    match state {
+        In::BlockComment => Err("the PTX has an unterminated comment".to_owned()),
+        In::Str => Err("the PTX has an unterminated string".to_owned()),
+        In::Code | In::LineComment => {
+            // Only ASCII bytes were dropped or inserted, so the text is still UTF-8.
+            String::from_utf8(out).map_err(|_| "PTX must be text (UTF-8)".to_owned())
         }
     }
 }
@@ -169,6 +209,13 @@ mod tests {
                    .visible .entry k( /* two */ .param .u64 k_0, .param .align 8 .b8 k_1[4096] )\n{ ret; }";
         assert_eq!(entry_params(ptx, "k").unwrap(), [8, 4096]);
         assert!(entry_params(ptx, "fake").is_err(), "a commented-out entry");
+        // A string cannot open a comment that hides the real entry (nor fake one).
+        let strings = ".file 1 \"/*\"\n.visible .entry k(.param .u64 a, .param .u64 b)\n{}\n\
+                       .file 2 \"*/ .entry k(.param .u64 x) \\\" //\"\n";
+        assert_eq!(entry_params(strings, "k").unwrap(), [8, 8]);
+        // Linear in the text: a kernel of many comment lines is read quickly.
+        let many = "//\n".repeat(1 << 20) + ".entry k(.param .u64 a)\n{}";
+        assert_eq!(entry_params(&many, "k").unwrap(), [8]);
         let no_params = ".entry spin()\n{ ret; }";
         assert_eq!(entry_params(no_params, "spin").unwrap(), Vec::<u64>::new());
         for bad in [
@@ -178,6 +225,7 @@ mod tests {
             ".entry k(.param a)\n{}",
             ".entry k(.param .u64 a) {}\n.entry k(.param .u64 a) {}",
             ".entry k(.param .u64 a) /* unterminated",
+            ".entry k(.param .u64 a) {}\n.file 1 \"unterminated",
         ] {
             assert!(entry_params(bad, "k").is_err(), "{bad}");
         }

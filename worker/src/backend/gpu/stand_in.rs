@@ -68,12 +68,7 @@ impl Driver for StandIn {
         &self.info
     }
 
-    fn run(
-        &mut self,
-        request: &Request,
-        kernel: &[u8],
-        inputs: Vec<Vec<u8>>,
-    ) -> Result<Ran, Failed> {
+    fn run(&mut self, request: &Request, kernel: &[u8], inputs: &[Vec<u8>]) -> Result<Ran, Failed> {
         let started = Instant::now();
         if kernel.is_empty() {
             return Err(Failed {
@@ -85,7 +80,7 @@ impl Driver for StandIn {
         let mut buffers: Vec<Vec<u8>> = request
             .buffers
             .iter()
-            .zip(inputs)
+            .zip(inputs.iter().cloned())
             .map(|(spec, mut bytes)| {
                 bytes.resize(spec.device_bytes as usize, 0);
                 bytes
