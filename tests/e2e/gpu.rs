@@ -349,14 +349,29 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
         })
         .await;
     let addr = worker.metrics_addr.unwrap();
-    // Each crash costs a restart; past MAX_RESTARTS within a minute the device is given up.
+    let max = dtee_worker::backend::gpu::host::MAX_RESTARTS;
+    // One tenant's crashing kernels, more than MAX_RESTARTS within a minute, cost that tenant
+    // its jobs, not the device: another tenant's job still runs.
+    let other = env.tenant_client("dtee-test-gpu-other").await;
+    for attempt in 0..max + 2 {
+        let crash = stand_in_job(&env, "crash", &format!("one tenant {attempt}")).await;
+        let result = run_as(&env.client, &crash).await;
+        assert_eq!(result.error_code(), Some(ErrorCode::DeviceFailed));
+        assert!(!result.error.unwrap().message.contains("given up"));
+    }
+    let served = run_as(&other, &stand_in_job(&env, "copy", "still up").await).await;
+    assert!(served.succeeded(), "{served:?}");
+    // Crashes that two tenants' jobs meet are the device's: past MAX_RESTARTS within a minute
+    // it is given up.
     let mut given_up = None;
-    for attempt in 0..=dtee_worker::backend::gpu::host::MAX_RESTARTS + 1 {
-        let result = run_as(
-            &env.client,
-            &stand_in_job(&env, "crash", &format!("crash {attempt}")).await,
-        )
-        .await;
+    for attempt in 0..=max + 1 {
+        let client = if attempt % 2 == 0 {
+            &other
+        } else {
+            &env.client
+        };
+        let crash = stand_in_job(&env, "crash", &format!("crash {attempt}")).await;
+        let result = run_as(client, &crash).await;
         assert_eq!(
             result.error_code(),
             Some(ErrorCode::DeviceFailed),
@@ -369,7 +384,7 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
         }
     }
     let attempt = given_up.expect("the device was never given up");
-    println!("given up at crash job {attempt}");
+    println!("given up at crash job {attempt} of two tenants");
     let (status, body) = dtee_tests::http_get(addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("GPU target stand-in is not served"), "{body}");
@@ -379,9 +394,11 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
         "{metrics}"
     );
     assert!(
+        // Every job after a crash started a fresh host: max + 1 in the first round, one for
+        // the other tenant's job, one per crash job of the second round after its first.
         metrics.contains(&format!(
             "dtee_device_host_restarts_total{{target=\"stand-in\",device=\"0\"}} {}",
-            dtee_worker::backend::gpu::host::MAX_RESTARTS + 1
+            max + 2 + attempt
         )),
         "{metrics}"
     );
@@ -454,13 +471,17 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
+    let other = env.tenant_client("dtee-test-gpu-devices-other").await;
     let mut given_up = Vec::new();
     for attempt in 0..2 * (dtee_worker::backend::gpu::host::MAX_RESTARTS + 1) {
-        let result = run_as(
-            &env.client,
-            &stand_in_job(&env, "crash", &format!("crash {attempt}")).await,
-        )
-        .await;
+        // Two tenants' jobs crash it: the device's fault, not one tenant's.
+        let client = if attempt % 2 == 0 {
+            &other
+        } else {
+            &env.client
+        };
+        let crash = stand_in_job(&env, "crash", &format!("crash {attempt}")).await;
+        let result = run_as(client, &crash).await;
         assert_eq!(result.error_code(), Some(ErrorCode::DeviceFailed));
         let message = result.error.unwrap().message;
         assert!(!message.contains("given up"), "{message}");

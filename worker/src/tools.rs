@@ -307,6 +307,7 @@ fn run_one(
             .collect(),
         limits,
         launch: spec.launch,
+        tenant: "exec".to_owned(),
     };
     let mut timings = Vec::with_capacity(repeat);
     if let Ok(kernel) = &prepared {

@@ -169,6 +169,9 @@ pub struct Invocation {
     pub limits: EffectiveLimits,
     /// GPU launch geometry (`None` for wasm).
     pub launch: Option<dtee_schemas::job::Launch>,
+    /// The tenant whose job this is (a GPU device is given up only for failures that more
+    /// than one tenant's jobs met).
+    pub tenant: String,
 }
 
 /// A run that completed.

@@ -41,6 +41,7 @@ pub(crate) async fn execute(
             params: params.clone(),
             limits: plan.limits,
             launch: job.parsed.spec.launch,
+            tenant: job.tenant.clone(),
         };
         let completed = run_kernel(ctx, job, plan, &kernel, invocation).await?;
         let (entries, state) = writes(job, &seen, &completed);

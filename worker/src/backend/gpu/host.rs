@@ -2,7 +2,9 @@
 //! waits for the answer no longer than the job's deadline, kills it (SIGKILL) when the deadline
 //! passes or after a sticky failure, and starts a fresh one for the next job. A host that keeps
 //! dying is given up: more than [`MAX_RESTARTS`] restarts within [`RESTART_WINDOW`] mark the
-//! device failed, and its jobs are answered `device_failed` without a host.
+//! device failed, and its jobs are answered `device_failed` without a host — unless every one
+//! of those restarts followed the same tenant's job (its kernels fault or overrun, the device is
+//! fine): one tenant cannot take a device away from the others.
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter};
@@ -63,7 +65,11 @@ impl Running {
 struct State {
     running: Option<Running>,
     started_once: bool,
-    restarts: VecDeque<Instant>,
+    /// Restarts within the window, each with the tenant whose job ended the host before it
+    /// (`None`: the host ended outside a job, or the cause is not known).
+    restarts: VecDeque<(Instant, Option<String>)>,
+    /// Who ended the host that the next start replaces.
+    ended_by: Option<String>,
 }
 
 /// One device and the host process that drives it.
@@ -120,18 +126,24 @@ impl DeviceHost {
 
     /// Runs one request: sends it with `payloads` (the kernel, then each buffer's copy-in
     /// bytes) and waits for the answer until `deadline` after now. Blocking.
+    /// `tenant`'s job is named as the cause if the host ends during it.
     pub fn run(
         &self,
         request: &Request,
         payloads: &[&[u8]],
         deadline: Duration,
+        tenant: &str,
     ) -> Result<(Response, Vec<Vec<u8>>), HostError> {
         let started = Instant::now();
         let mut state = self.state.lock().expect("host lock");
         self.ensure_running(&mut state)?;
+        // Every way below that ends the host ends it during this job, but a failed send.
+        state.ended_by = Some(tenant.to_owned());
         let running = state.running.as_mut().expect("a running host");
         if let Err(error) = protocol::write_frame(&mut running.stdin, request, payloads) {
+            // The host had ended before this job reached it.
             let status = state.running.take().expect("running").kill();
+            state.ended_by = None;
             return Err(HostError::Died(format!(
                 "sending it the job failed ({error}); it exited with {status}"
             )));
@@ -176,16 +188,24 @@ impl DeviceHost {
         }
         if state.started_once {
             let now = Instant::now();
-            state.restarts.push_back(now);
+            let cause = state.ended_by.take();
+            state.restarts.push_back((now, cause));
             while state
                 .restarts
                 .front()
-                .is_some_and(|at| now.duration_since(*at) > RESTART_WINDOW)
+                .is_some_and(|(at, _)| now.duration_since(*at) > RESTART_WINDOW)
             {
                 state.restarts.pop_front();
             }
             self.restarts.fetch_add(1, Ordering::Relaxed);
-            if state.restarts.len() > MAX_RESTARTS {
+            // One tenant's kernels that fault or run past their deadlines end the host as
+            // often as that tenant submits them: its own jobs pay for it, and the device stays
+            // up for the others. Failures that several tenants' jobs (or no job) met are the
+            // device's.
+            let first = &state.restarts[0].1;
+            let one_tenant =
+                first.is_some() && state.restarts.iter().all(|(_, cause)| cause == first);
+            if state.restarts.len() > MAX_RESTARTS && !one_tenant {
                 let why = format!(
                     "its device host was restarted {} times within {} s; the device is given up until the worker restarts",
                     state.restarts.len(),

@@ -388,7 +388,10 @@ impl Backend for GpuBackend {
                 )
             })?;
             let started = Instant::now();
-            let answer = lease.device().host.run(&request, &payloads, deadline);
+            let answer = lease
+                .device()
+                .host
+                .run(&request, &payloads, deadline, &invocation.tenant);
             // A device given up just now, before the job reached it (its host would not start
             // again): another device of the target takes the job, if one is left.
             if matches!(answer, Err(HostError::Unavailable(_)))
@@ -599,6 +602,7 @@ mod tests {
                 output_bytes: 1 << 20,
             },
             launch: None,
+            tenant: "tenant".to_owned(),
         };
         check_arguments(&kernel, &invocation).unwrap();
         // One scalar short: the driver would read a pointer the host never passed.

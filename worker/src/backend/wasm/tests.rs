@@ -32,6 +32,7 @@ fn run_with(
         slots,
         params: vec![],
         limits,
+        tenant: "tenant".to_owned(),
     };
     backend.run(prepared, &invocation)
 }
@@ -171,6 +172,7 @@ fn echo_through_the_backend_trait_copies_its_input() {
         ],
         params: vec![],
         limits: LIMITS,
+        tenant: "tenant".to_owned(),
     };
     let completed = run_through(&backend, &bytes, &invocation).unwrap();
     assert_eq!(completed.written, vec![None, Some(data.to_vec())]);
