@@ -27,6 +27,8 @@ struct State {
     waiting: HashMap<Arc<str>, VecDeque<oneshot::Sender<SlotPermit>>>,
     /// Tenants with waiters, in the order their turn comes when they hold equally many slots.
     turns: VecDeque<Arc<str>>,
+    /// Slots retired while held: the next ones returned are kept instead of handed on.
+    owed: usize,
 }
 
 /// One slot, held by one tenant until dropped.
@@ -88,6 +90,17 @@ impl FairSlots {
         receiver.await.expect("fair slots outlive their waiters")
     }
 
+    /// Takes one slot away for good (a GPU device given up): a free one now, or else the next
+    /// one returned.
+    pub(crate) fn retire(&self) {
+        let mut state = self.state.lock().expect("fair slots lock");
+        if state.free > 0 {
+            state.free -= 1;
+        } else {
+            state.owed += 1;
+        }
+    }
+
     /// Slots held by `tenant` now (for tests and metrics).
     #[cfg(test)]
     pub(crate) fn held_by(&self, tenant: &str) -> usize {
@@ -111,6 +124,10 @@ impl FairSlots {
             if let Some(turned) = state.turns.remove(position) {
                 state.turns.push_back(turned);
             }
+        }
+        if state.owed > 0 {
+            state.owed -= 1;
+            return;
         }
         loop {
             let Some((next, sender)) = state.next_waiter() else {
@@ -185,6 +202,25 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_secs(1), slots.acquire("a")).await;
         assert!(again.is_ok(), "a returned slot can be taken again");
         drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_retired_slot_is_never_handed_out_again() {
+        let slots = FairSlots::new(2);
+        slots.retire();
+        let held = slots.acquire("a").await;
+        let waiter = {
+            let slots = Arc::clone(&slots);
+            tokio::spawn(async move { slots.acquire("b").await })
+        };
+        settle().await;
+        assert!(!waiter.is_finished(), "one slot is left, and it is held");
+        // Retired while every slot is held: the next one returned is kept.
+        slots.retire();
+        drop(held);
+        settle().await;
+        assert!(!waiter.is_finished(), "no slot is left at all");
+        waiter.abort();
     }
 
     #[tokio::test]

@@ -137,9 +137,10 @@ impl Store {
         self.redis.each(commands).await
     }
 
-    /// In one round trip (on one node): the cached result of `job_id`, if any, whether `tenant`
-    /// revoked it (`dtee cancel`), and the value of `applied_key` (the job's applied record,
-    /// for a job that writes state), if one is named and set.
+    /// The cached result of `job_id`, if any, whether `tenant` revoked it (`dtee cancel`), and
+    /// the value of `applied_key` (the job's applied record, for a job that writes state), if
+    /// one is named and set: in one round trip on one node; on a Redis Cluster key by key, all
+    /// at once.
     pub async fn prior(
         &self,
         tenant: &str,

@@ -21,7 +21,7 @@ use crate::store::Prior;
 /// Stops the path with the answer that already exists, if one does.
 pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
     let id = job.id();
-    // All read in one round trip (on one node); the answers keep their order of precedence.
+    // All read at once (one round trip on one node); the answers keep their order of precedence.
     let applied_key = job
         .writable_hash_tag()
         .map(|tag| applied_key(&ctx.config.namespace, &tag, id));

@@ -198,6 +198,7 @@ impl GpuBackend {
                     ordinal,
                     info,
                     host,
+                    retired: Default::default(),
                 }),
                 Err(error) => {
                     tracing::warn!(
@@ -392,6 +393,18 @@ impl Backend for GpuBackend {
                 .device()
                 .host
                 .run(&request, &payloads, deadline, &invocation.tenant);
+            // A device given up no longer has a job slot while others remain: its jobs wait
+            // for theirs. (Once all are given up, jobs are answered `device_failed` at once and
+            // the target's queues are no longer consumed.)
+            let device = lease.device();
+            if device.host.failed().is_some()
+                && self.pool.failed().is_none()
+                && !device
+                    .retired
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                self.slots.retire();
+            }
             // A device given up just now, before the job reached it (its host would not start
             // again): another device of the target takes the job, if one is left.
             if matches!(answer, Err(HostError::Unavailable(_)))

@@ -20,6 +20,8 @@ pub struct Device {
     pub info: DeviceInfo,
     /// Its host's supervisor.
     pub host: DeviceHost,
+    /// Set once the device's job slot was retired after it was given up.
+    pub(super) retired: std::sync::atomic::AtomicBool,
 }
 
 /// The devices of one target, handed out one job at a time each.
@@ -147,6 +149,7 @@ mod tests {
             info,
             // Never started: these tests do not run jobs.
             host: DeviceHost::new(DriverKind::StandIn, ordinal, "/nonexistent".into()),
+            retired: Default::default(),
         }
     }
 
