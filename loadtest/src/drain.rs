@@ -136,6 +136,9 @@ pub(super) async fn jobs_drained(
         .map(|(idx, watch, expected)| async move {
             let result = watch.result(timeout).await?;
             check_digest(&result, expected.as_ref(), idx)?;
+            if args.workload == "vadd" {
+                crate::gpu::check(&result, args.gpu_elements, idx)?;
+            }
             anyhow::Ok((result.succeeded(), started.elapsed()))
         })
         .buffer_unordered(usize::MAX)

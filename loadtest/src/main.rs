@@ -26,6 +26,7 @@ use tokio::sync::{Mutex, Semaphore};
 mod baseline;
 mod cpu;
 mod drain;
+mod gpu;
 
 use baseline::{amqp, roundtrip};
 
@@ -84,9 +85,17 @@ struct JobsArgs {
     state_keys: usize,
     /// `noop` (the default), or `sha256`: each job hashes its own 1 MiB blob input, byte i of
     /// which is (31·i + the job's index) mod 256, with kernels/wasm/sha256.wasm; every digest is
-    /// checked. Not with `--wait all`.
-    #[arg(long, default_value = "noop", value_parser = ["noop", "sha256"])]
+    /// checked. Or `vadd`: a GPU job adding two vectors of `--gpu-elements` f32 on
+    /// `--gpu-target` (kernels/ptx/vadd.ptx); every output is checked. Not with `--wait all`.
+    #[arg(long, default_value = "noop", value_parser = ["noop", "sha256", "vadd"])]
     workload: String,
+    /// With `--workload vadd`: the GPU target (`cuda`, or `stand-in` for a worker built with
+    /// the test-hooks feature, whose stand-in device host adds on the CPU).
+    #[arg(long, default_value = "cuda")]
+    gpu_target: String,
+    /// With `--workload vadd`: f32 elements per vector.
+    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    gpu_elements: u32,
     /// With `--workload sha256`: every job hashes the same 1 MiB blob (stored once; jobs differ
     /// by nonce), a hot input that the worker's blob cache (DTEE_BLOB_CACHE_BYTES) serves.
     #[arg(long)]
@@ -256,8 +265,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
-    if args.workload == "sha256" && args.wait == "all" {
-        bail!("--workload sha256 needs --wait reply or per-job");
+    if args.workload != "noop" && args.wait == "all" {
+        bail!("--workload {} needs --wait reply or per-job", args.workload);
     }
     if let Some(command) = &args.drain_worker {
         if args.wait == "all" {
@@ -283,6 +292,11 @@ fn job_spec(
     run_id: u64,
     idx: usize,
 ) -> dtee_schemas::JobSpec {
+    if args.workload == "vadd" {
+        let mut spec = gpu::job(digest, &args.gpu_target, args.gpu_elements, idx);
+        spec.nonce = Some(format!("{run_id:016x}-{idx}"));
+        return spec;
+    }
     let mut spec = wasm_job(digest.clone(), &args.entry);
     if args.state_keys > 0 {
         spec.kernel.entry = "increment".to_owned();
@@ -317,7 +331,9 @@ async fn connect_and_store_kernel(
         .check_topology()
         .await
         .context("no dtee topology in this namespace: start a worker first")?;
-    let kernel_path = if args.state_keys > 0 {
+    let kernel_path = if args.workload == "vadd" {
+        gpu::kernel_path(&args.kernel)
+    } else if args.state_keys > 0 {
         args.kernel.with_file_name("increment.wasm")
     } else if args.workload == "sha256" && args.host_sha256 {
         args.kernel.with_file_name("sha256_host.wasm")
@@ -432,6 +448,7 @@ async fn jobs_watched(
         let spec = job_spec(args, &digest, &tenant, run_id, idx);
         let (client, waiter) = (Arc::clone(&client), Arc::clone(&waiter));
         let sha256 = args.workload == "sha256";
+        let gpu_elements = (args.workload == "vadd").then_some(args.gpu_elements);
         let hot = hot.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -448,6 +465,9 @@ async fn jobs_watched(
                 watch.result(timeout).await?
             };
             check_digest(&result, expected.as_ref(), idx)?;
+            if let Some(elements) = gpu_elements {
+                gpu::check(&result, elements, idx)?;
+            }
             anyhow::Ok((result.succeeded(), sent.elapsed()))
         });
         while let Some(done) = tasks.try_join_next() {
@@ -471,7 +491,9 @@ async fn jobs_watched(
 
 /// `jobs`, `state` or `sha256`, the wait path, and `suffix`: `sha256/reply`, `jobs/reply/drain`.
 fn mode_name(args: &JobsArgs, suffix: &str) -> String {
-    let load = if args.state_keys > 0 {
+    let load = if args.workload == "vadd" {
+        "vadd"
+    } else if args.state_keys > 0 {
         "state"
     } else if args.workload == "sha256" && args.host_sha256 {
         "sha256-host"

@@ -5,6 +5,8 @@
 //!
 //! - `copy`: copies buffer 0's bytes into buffer 1 (up to buffer 1's size);
 //! - `fill`: fills every copied-back buffer with its index plus the first parameter (u32);
+//! - `vadd`: adds buffers 0 and 1 as f32 into buffer 2, for the first parameter's n elements
+//!   (the load generator's GPU workload);
 //! - `nap`: sleeps for the first parameter's milliseconds (at most a minute), then copies
 //!   nothing (a kernel that takes a while);
 //! - `sleep`: never returns (a kernel that spins: the worker's watchdog must kill the host);
@@ -98,6 +100,24 @@ impl Driver for StandIn {
                 let base = request.params.first().map_or(0, |p| p.value as u32);
                 for (index, buffer) in buffers.iter_mut().enumerate() {
                     buffer.fill((base as usize + index) as u8);
+                }
+            }
+            // out[i] = a[i] + b[i] over f32, for the first parameter's n elements (the
+            // load generator's GPU workload, measured through the device host).
+            "vadd" => {
+                let n = request.params.first().map_or(0.0, |p| p.value) as usize;
+                if buffers.len() >= 3 {
+                    let (ab, out) = buffers.split_at_mut(2);
+                    let f32_at = |bytes: &[u8], i: usize| {
+                        bytes
+                            .get(4 * i..4 * i + 4)
+                            .map_or(0.0, |b| f32::from_le_bytes(b.try_into().unwrap()))
+                    };
+                    let limit = n.min(out[0].len() / 4);
+                    for i in 0..limit {
+                        let sum = f32_at(&ab[0], i) + f32_at(&ab[1], i);
+                        out[0][4 * i..4 * i + 4].copy_from_slice(&sum.to_le_bytes());
+                    }
                 }
             }
             "nap" => {
