@@ -113,6 +113,11 @@ pub struct GpuDevice {
     pub arch: String,
     /// The driver and its version, e.g. `cuda 13000`.
     pub driver: String,
+    /// Which of the worker machine's devices it is: the driver's ordinal, as
+    /// `CUDA_VISIBLE_DEVICES` or `HIP_VISIBLE_DEVICES` left the devices visible to the worker
+    /// (tells identical GPUs of one machine apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordinal: Option<u32>,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it): wall-clock time as the

@@ -446,14 +446,14 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
         let execution = result.execution.as_ref().unwrap();
         let end = execution.finished_at_unix_ms;
         let start = end - result.resources.unwrap().wall_time_us / 1000;
-        let device = execution.device.as_ref().unwrap().name.clone();
+        let device = execution.device.clone().unwrap();
         let (statement, _) = dtee_tests::statement_of(result);
         assert_eq!(
-            statement.tcb.device.unwrap().name,
+            statement.tcb.device.unwrap(),
             device,
             "the statement names it"
         );
-        (start, end, device)
+        (start, end, device.ordinal.unwrap())
     };
     let ((start_a, end_a, device_a), (start_b, end_b, device_b)) = (interval(&a), interval(&b));
     assert_ne!(device_a, device_b, "each job ran on its own device");
@@ -498,15 +498,10 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
     )
     .await;
     assert!(after.succeeded(), "{after:?}");
-    let serving = after.execution.unwrap().device.unwrap().name;
-    let ordinal = serving
-        .strip_prefix("dtee stand-in device ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap()
-        .to_owned();
+    let ordinal = after.execution.unwrap().device.unwrap().ordinal.unwrap();
     assert!(
         !given_up[0].contains(&format!("device=\"{ordinal}\"")),
-        "the job ran on the device still up ({serving}), not on {given_up:?}"
+        "the job ran on the device still up (device {ordinal}), not on {given_up:?}"
     );
     let (status, body) = dtee_tests::http_get(addr, "/readyz").await;
     assert_eq!(status, 200, "one device up serves the target: {body}");

@@ -124,6 +124,7 @@ fn device_info(ordinal: i32) -> Result<DeviceInfo, String> {
             name,
             arch: format!("sm_{major}{minor}"),
             driver: format!("cuda {version}"),
+            ordinal: u32::try_from(ordinal).ok(),
         },
         memory_bytes: memory as u64,
         max_threads_per_block: attribute(device, A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?

@@ -171,6 +171,7 @@ fn device_info(device: i32) -> Result<DeviceInfo, String> {
             name,
             arch,
             driver: format!("hip {version}"),
+            ordinal: u32::try_from(device).ok(),
         },
         memory_bytes: memory as u64,
         max_threads_per_block: attribute(Attribute::hipDeviceAttributeMaxThreadsPerBlock, device)?

@@ -559,6 +559,7 @@ mod tests {
                 name: "a device for unit tests".to_owned(),
                 arch: "sm_80".to_owned(),
                 driver: "none".to_owned(),
+                ordinal: Some(0),
             },
             memory_bytes: 1 << 30,
             max_threads_per_block: 1024,

@@ -40,6 +40,7 @@ pub fn info(ordinal: u32) -> DeviceInfo {
             name: format!("dtee stand-in device {ordinal} (no GPU; for tests)"),
             arch: "stand-in".to_owned(),
             driver: "stand-in 1".to_owned(),
+            ordinal: Some(ordinal),
         },
         memory_bytes: 1 << 30,
         max_threads_per_block: 1024,
