@@ -339,6 +339,24 @@ fn exec_runs_one_job_without_a_broker_and_its_result_verifies() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("state bindings are refused"));
 }
 
+/// Crash job `attempt`, submitted by `other` and the test's own tenant in turn: answered
+/// `device_failed`; returns the error's message.
+async fn crash_in_turn(env: &TestEnv, other: &dtee_submitter::Client, attempt: usize) -> String {
+    let client = if attempt.is_multiple_of(2) {
+        other
+    } else {
+        &env.client
+    };
+    let crash = stand_in_job(env, "crash", &format!("crash {attempt}")).await;
+    let result = run_as(client, &crash).await;
+    assert_eq!(
+        result.error_code(),
+        Some(ErrorCode::DeviceFailed),
+        "{result:?}"
+    );
+    result.error.unwrap().message
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consumed() {
     let env = TestEnv::new("gpu-give-up").await;
@@ -365,19 +383,7 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
     // it is given up.
     let mut given_up = None;
     for attempt in 0..=max + 1 {
-        let client = if attempt % 2 == 0 {
-            &other
-        } else {
-            &env.client
-        };
-        let crash = stand_in_job(&env, "crash", &format!("crash {attempt}")).await;
-        let result = run_as(client, &crash).await;
-        assert_eq!(
-            result.error_code(),
-            Some(ErrorCode::DeviceFailed),
-            "{result:?}"
-        );
-        let message = result.error.unwrap().message;
+        let message = crash_in_turn(&env, &other, attempt).await;
         if message.contains("given up") {
             given_up = Some(attempt);
             break;
@@ -475,15 +481,7 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
     let mut given_up = Vec::new();
     for attempt in 0..2 * (dtee_worker::backend::gpu::host::MAX_RESTARTS + 1) {
         // Two tenants' jobs crash it: the device's fault, not one tenant's.
-        let client = if attempt % 2 == 0 {
-            &other
-        } else {
-            &env.client
-        };
-        let crash = stand_in_job(&env, "crash", &format!("crash {attempt}")).await;
-        let result = run_as(client, &crash).await;
-        assert_eq!(result.error_code(), Some(ErrorCode::DeviceFailed));
-        let message = result.error.unwrap().message;
+        let message = crash_in_turn(&env, &other, attempt).await;
         assert!(!message.contains("given up"), "{message}");
         given_up = down(&dtee_tests::http_get(addr, "/metrics").await.1);
         if !given_up.is_empty() {
