@@ -98,6 +98,8 @@ pub struct Config {
     /// Largest value a bound state key may hold after a commit; a commit that would make one
     /// larger writes nothing and the job is answered `state_value_too_large`.
     pub max_state_value_bytes: u64,
+    /// Fuel of a short first run of a WebAssembly kernel on the job's task (0: none).
+    pub short_run_fuel: u64,
     /// Compiled modules kept in memory.
     pub module_cache_size: usize,
     /// Bytes of compiled modules kept in memory.
@@ -176,7 +178,7 @@ impl Config {
         let (namespace, tls) = check_connection(&args.connection)?;
         let (default_limits, max_limits) = limits(&args)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let concurrency = args.concurrency.unwrap_or(cores);
+        let concurrency = args.concurrency.unwrap_or(cores).min(args::MAX_CONCURRENCY);
         let prefetch = args
             .prefetch
             .unwrap_or_else(|| u16::try_from(concurrency.saturating_mul(8)).unwrap_or(u16::MAX));
@@ -212,6 +214,7 @@ impl Config {
             max_params: args.max_params,
             max_result_bytes: args.max_result_bytes,
             max_state_value_bytes: args.max_state_value_bytes,
+            short_run_fuel: args.short_run_fuel,
             module_cache_size: args.module_cache_size,
             module_cache_bytes: args.module_cache_bytes,
             compile: CompileSettings {

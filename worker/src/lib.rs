@@ -154,6 +154,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         config.module_cache_size,
         config.module_cache_bytes,
         config.compile.clone(),
+        config.concurrency,
     )?);
     let stats = Arc::new(Stats::default());
     let devices: Vec<Arc<backend::gpu::GpuBackend>> = gpus.values().cloned().collect();
@@ -202,6 +203,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         wasm,
         gpus,
         turns: job::turns::Turns::default(),
+        long_kernels: Default::default(),
         blob_cache: blob_cache::BlobCache::new(blob_cache_bytes),
         secrets: secret_link,
         session_broken: tokio::sync::Notify::new(),

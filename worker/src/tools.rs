@@ -233,6 +233,7 @@ fn start_runner(config: &Config, target: &str) -> anyhow::Result<Runner> {
             4,
             1 << 30,
             compile,
+            1,
         )?)))
     } else {
         bail!("no backend serves target {target:?}")

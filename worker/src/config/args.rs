@@ -33,9 +33,10 @@ pub struct Args {
     #[arg(long, env = "DTEE_TARGETS", default_value = "auto")]
     #[arg(value_parser = setting(targets))]
     pub targets: ::std::vec::Vec<String>,
-    /// Kernels running at once (default: the number of cores).
+    /// Kernels running at once (default: the number of cores; at most 1024: each slot reserves
+    /// about 4 GiB of address space for a kernel's linear memory).
     #[arg(long, env = "DTEE_CONCURRENCY")]
-    #[arg(value_parser = at_least(1usize))]
+    #[arg(value_parser = setting(concurrency))]
     pub concurrency: Option<usize>,
     /// Unacknowledged deliveries the broker may push to this worker (default: 8 per kernel slot).
     #[arg(long, env = "DTEE_PREFETCH")]
@@ -101,6 +102,10 @@ pub struct Args {
     #[arg(long, env = "DTEE_MAX_STATE_VALUE_BYTES", default_value = "536870912")]
     #[arg(value_parser = at_least(1u64))]
     pub max_state_value_bytes: u64,
+    /// Fuel a WebAssembly kernel may use in a short first run on the job's own task, before it
+    /// is run again, from the start, on a blocking thread (0: every kernel on a blocking thread).
+    #[arg(long, env = "DTEE_SHORT_RUN_FUEL", default_value = "2000000")]
+    pub short_run_fuel: u64,
     /// Compiled modules kept in memory.
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     #[arg(value_parser = at_least(1usize))]
@@ -343,6 +348,19 @@ fn targets(text: &str) -> Result<Vec<String>, String> {
         return Err("auto stands alone".to_owned());
     }
     Ok(targets)
+}
+
+/// The most kernel slots a worker may have.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+fn concurrency(text: &str) -> Result<usize, String> {
+    let slots = whole_number(text, 1usize)?;
+    if slots > MAX_CONCURRENCY {
+        return Err(format!(
+            "must be at most {MAX_CONCURRENCY} (each kernel slot reserves about 4 GiB of address space)"
+        ));
+    }
+    Ok(slots)
 }
 
 fn max_memory_bytes(text: &str) -> Result<u64, String> {

@@ -14,6 +14,7 @@ use tracing::debug;
 use super::admit::Admitted;
 use super::outcome::{self, CachePolicy, Failure, Outcome, Success};
 use super::plan::Plan;
+use super::short_run;
 use super::Kernel;
 use super::{Context, Halt};
 use crate::backend::{Completed, Invocation, KernelError, ParamValue, Runner, Slot};
@@ -212,7 +213,7 @@ async fn snapshot(
     Ok(seen)
 }
 
-/// Runs the kernel once on a blocking thread, in a kernel slot.
+/// Runs the kernel once, in a kernel slot: a short run here, or on a blocking thread.
 async fn run_kernel(
     ctx: &Context,
     job: &Admitted,
@@ -226,39 +227,41 @@ async fn run_kernel(
         Runner::Gpu(gpu) => gpu.slots.acquire(&job.tenant).await,
     };
     ctx.telemetry.kernel_started();
+    let started = Instant::now();
+    let completed = match short_run::try_short(ctx, job, &plan.runner, kernel, &invocation) {
+        Some(completed) => completed,
+        None => run_blocking(ctx, job, plan, kernel, invocation).await?,
+    };
+    let error = completed.as_ref().err().map(|error| error.code);
+    ctx.telemetry.kernel_stopped(started.elapsed(), error);
+    completed.map_err(|error| Halt::Fail(Failure::ran(error, plan.limits)))
+}
+
+/// Runs the kernel on a blocking thread.
+async fn run_blocking(
+    ctx: &Context,
+    job: &Admitted,
+    plan: &Plan,
+    kernel: &Kernel,
+    invocation: Invocation,
+) -> Result<Result<Completed, KernelError>, Halt> {
     let runner = plan.runner.clone();
     let kernel = kernel.clone();
     let panic_hook = hooks::active(&ctx.config, TestHook::PanicInKernel);
-    let started = Instant::now();
-    let completed = match tokio::task::spawn_blocking(move || {
+    match tokio::task::spawn_blocking(move || {
         assert!(!panic_hook, "dtee-test-hook: panic-in-kernel");
         runner.run(&kernel, &invocation)
     })
     .await
     {
-        Ok(completed) => completed,
-        // A panic while running this job (a bug in the worker or in Wasmtime) would most
-        // likely recur on every retry: the job is answered `internal_error` (not final, so a
-        // resubmission runs it again) instead of being retried for ever.
-        Err(error) if error.is_panic() => {
-            tracing::error!(job_id = %job.id(), "the kernel's thread panicked; answering internal_error");
-            Err(KernelError {
-                code: ErrorCode::InternalError,
-                message: "the worker failed while running the kernel (a panic); this is a bug in the worker".to_owned(),
-                usage: ResourceUsage::default(),
-                device: None,
-            })
-        }
-        Err(source) => {
-            return Err(Halt::Retry(Transient::TaskLost {
-                what: "kernel",
-                source,
-            }))
-        }
-    };
-    let error = completed.as_ref().err().map(|error| error.code);
-    ctx.telemetry.kernel_stopped(started.elapsed(), error);
-    completed.map_err(|error| Halt::Fail(Failure::ran(error, plan.limits)))
+        Ok(completed) => Ok(completed),
+        // A panic while running this job would most likely recur on every retry.
+        Err(error) if error.is_panic() => Ok(Err(short_run::panicked(job))),
+        Err(source) => Err(Halt::Retry(Transient::TaskLost {
+            what: "kernel",
+            source,
+        })),
+    }
 }
 
 /// What the commit writes, and what the result reports of the state read and written.

@@ -23,6 +23,7 @@ mod fetch;
 pub(crate) mod outcome;
 pub(crate) mod plan;
 mod prior;
+mod short_run;
 pub(crate) mod turns;
 
 use std::sync::Arc;
@@ -75,6 +76,8 @@ pub(crate) struct Context {
     pub secrets: crate::secrets::SecretLink,
     /// One delivery of a job id at a time on this worker (`turns`).
     pub turns: turns::Turns,
+    /// Kernels too long for a short run on the job's task (`short_run`).
+    pub long_kernels: short_run::LongKernels,
     /// Notified when a publication finds the result channel closed while the consumer channel
     /// may still be up: the consumer loop then opens a new session, so that the retries of
     /// the job tasks do not fail on the dead channel for ever.

@@ -81,9 +81,6 @@ pub enum CompilerError {
     /// Waiting for the compiler failed.
     #[error("waiting for the kernel compiler")]
     Wait(#[source] std::io::Error),
-    /// The artefact did not load into this worker's engine.
-    #[error("loading the compiled kernel")]
-    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Compiles `bytes` in a child process under `settings`' bounds.
@@ -187,7 +184,7 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Loads an artefact that [`in_child`] compiled.
-pub(super) fn load(engine: &Engine, artefact: &[u8]) -> Result<Module, CompilerError> {
+pub(super) fn load(engine: &Engine, artefact: &[u8]) -> wasmtime::Result<Module> {
     #[allow(unsafe_code)]
     // SAFETY: `Module::deserialize` trusts its input to be native code that Wasmtime compiled.
     // These bytes come from our own executable (the `dtee-worker` binary, run with
@@ -196,8 +193,9 @@ pub(super) fn load(engine: &Engine, artefact: &[u8]) -> Result<Module, CompilerE
     // two processes hold; the kernel's tenant supplied the WebAssembly, never these bytes.
     // Wasmtime checks the artefact's header (its version and the engine's settings) and
     // refuses a mismatch.
-    let module = unsafe { Module::deserialize(engine, artefact) };
-    module.map_err(|error| CompilerError::Load(error.into()))
+    unsafe {
+        Module::deserialize(engine, artefact)
+    }
 }
 
 /// Compiles in this thread with no bound: for unit tests only.
@@ -222,7 +220,7 @@ pub fn child_main(args: &[OsString]) -> ExitCode {
         eprintln!("reading the kernel: {error}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let engine = match super::engine::new_engine() {
+    let engine = match super::engine::new_engine(None) {
         Ok(engine) => engine,
         Err(error) => {
             eprintln!("{error:#}");

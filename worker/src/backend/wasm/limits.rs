@@ -15,15 +15,16 @@
 use std::sync::Arc;
 
 use dtee_schemas::job::AccessMode;
+use dtee_schemas::run::EffectiveLimits;
 use dtee_schemas::ErrorCode;
 use wasmtime::{ResourceLimiter, Trap};
 
 use crate::backend::{Invocation, Slot};
 
 /// The most elements a kernel's tables may grow to.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
+pub(super) const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// The most tables a kernel may define.
-const MAX_TABLES: usize = 4;
+pub(super) const MAX_TABLES: usize = 4;
 
 /// Host-side reasons to stop a kernel; they become traps carrying this value.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -147,8 +148,8 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// The state for one run of `invocation`.
-    pub(super) fn new(invocation: &Invocation) -> HostState {
+    /// The state for one run of `invocation` within `limits`.
+    pub(super) fn new(invocation: &Invocation, limits: EffectiveLimits) -> HostState {
         HostState {
             slots: invocation.slots.iter().map(HostSlot::new).collect(),
             params: invocation
@@ -160,9 +161,9 @@ impl HostState {
                     float: param.value,
                 })
                 .collect(),
-            memory_limit: invocation.limits.memory_bytes,
+            memory_limit: limits.memory_bytes,
             peak_memory: 0,
-            output_limit: invocation.limits.output_bytes,
+            output_limit: limits.output_bytes,
             output_used: 0,
             tripped: None,
         }
@@ -249,6 +250,11 @@ impl HostState {
             Some(other) => (
                 ErrorCode::KernelTrapped,
                 format!("the kernel trapped: {other}"),
+            ),
+            // Every pool slot is taken: the worker's fault, not the kernel's (not final).
+            None if error.is::<wasmtime::PoolConcurrencyLimitError>() => (
+                ErrorCode::InternalError,
+                format!("the worker had no free instance slot: {error:#}"),
             ),
             None => (
                 ErrorCode::KernelTrapped,

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use dtee_schemas::job::KernelFormat;
 use dtee_schemas::result::ResourceUsage;
+use dtee_schemas::run::EffectiveLimits;
 use dtee_schemas::{Digest, ErrorCode};
 use wasmtime::{Engine, InstancePre, Linker, Module, Store, Val, ValType};
 
@@ -64,13 +65,16 @@ impl std::fmt::Debug for WasmBackend {
 impl WasmBackend {
     /// Creates the engine, the linker with the host ABI, and the epoch ticker.
     /// Compiled modules are cached up to `module_cache_size` of them and `module_cache_bytes`
-    /// in all; kernels are compiled within `compile`'s bounds.
+    /// in all; kernels are compiled within `compile`'s bounds. At most `kernel_slots` kernels
+    /// run at once (the engine's instance pool has room for two more).
     pub fn new(
         module_cache_size: usize,
         module_cache_bytes: usize,
         compile: CompileSettings,
+        kernel_slots: usize,
     ) -> anyhow::Result<WasmBackend> {
-        let engine = engine::new_engine()?;
+        let pool_slots = u32::try_from(kernel_slots.saturating_add(2)).unwrap_or(u32::MAX);
+        let engine = engine::new_engine(Some(pool_slots))?;
         let mut linker = Linker::new(&engine);
         abi::define(&mut linker)
             .map_err(|error| anyhow::anyhow!("defining the host ABI: {error}"))?;
@@ -105,9 +109,18 @@ impl WasmBackend {
                 .and_then(|module| self.link(&module)));
         };
         Ok(match compile::in_child(program, &self.compile, bytes)? {
-            compile::Compiled::Artefact(artefact) => {
-                self.link(&compile::load(&self.engine, &artefact)?)
-            }
+            // The artefact is this executable's own; loading it checks it against the
+            // engine's instance pool, which refuses a module needing more than a pool slot
+            // holds: a property of the kernel, answered as such.
+            compile::Compiled::Artefact(artefact) => match compile::load(&self.engine, &artefact) {
+                Ok(module) => self.link(&module),
+                Err(error) => Err(KernelError::before_run(
+                    ErrorCode::KernelLinkFailed,
+                    format!(
+                        "the kernel cannot be loaded into this worker's instance pool: {error:#}"
+                    ),
+                )),
+            },
             compile::Compiled::Invalid(message) => Err(invalid(message)),
             compile::Compiled::LimitExceeded(message) => Err(KernelError::before_run(
                 ErrorCode::KernelCompileLimitExceeded,
@@ -173,8 +186,60 @@ impl Backend for WasmBackend {
         prepared: &InstancePre<HostState>,
         invocation: &Invocation,
     ) -> Result<Completed, KernelError> {
-        let limits = invocation.limits;
-        let mut store = Store::new(&self.engine, HostState::new(invocation));
+        self.run_within(prepared, invocation, invocation.limits)
+    }
+}
+
+/// A short run's limits ([`WasmBackend::run_short`]): what a kernel may spend where the job's
+/// task runs, before it is run again on a blocking thread.
+#[derive(Debug, Clone, Copy)]
+pub struct ShortRun {
+    /// Fuel.
+    pub fuel: u64,
+    /// Linear memory, bytes: bounds what one bulk memory instruction (one unit of fuel) may
+    /// touch.
+    pub memory_bytes: u64,
+    /// Wall-clock time, milliseconds (to the epoch's granularity).
+    pub timeout_ms: u64,
+}
+
+impl WasmBackend {
+    /// Runs `invocation` within the smaller of its limits and `short`. `None` when it stopped
+    /// at one of `short`'s limits and its own would have let it go on: then nothing of this run
+    /// counts, and it is to be run again, from the start, with [`Backend::run`] (a kernel sees
+    /// only its buffers and parameters, so the second run does what the first would have).
+    pub fn run_short(
+        &self,
+        prepared: &InstancePre<HostState>,
+        invocation: &Invocation,
+        short: ShortRun,
+    ) -> Option<Result<Completed, KernelError>> {
+        let own = invocation.limits;
+        let mut limits = own;
+        limits.fuel = own.fuel.min(short.fuel);
+        limits.memory_bytes = own.memory_bytes.min(short.memory_bytes);
+        limits.timeout_ms = own.timeout_ms.min(short.timeout_ms);
+        let result = self.run_within(prepared, invocation, limits);
+        let cut_short = match &result {
+            Err(error) => match error.code {
+                ErrorCode::FuelExhausted => limits.fuel < own.fuel,
+                ErrorCode::MemoryLimitExceeded => limits.memory_bytes < own.memory_bytes,
+                ErrorCode::ExecutionTimeout => limits.timeout_ms < own.timeout_ms,
+                _ => false,
+            },
+            Ok(_) => false,
+        };
+        (!cut_short).then_some(result)
+    }
+
+    /// Runs one invocation within `limits`.
+    fn run_within(
+        &self,
+        prepared: &InstancePre<HostState>,
+        invocation: &Invocation,
+        limits: EffectiveLimits,
+    ) -> Result<Completed, KernelError> {
+        let mut store = Store::new(&self.engine, HostState::new(invocation, limits));
         store.limiter(|state| state);
         store.set_fuel(limits.fuel).expect("fuel is enabled");
         store.set_epoch_deadline(engine::deadline_ticks(limits.timeout_ms));
@@ -281,3 +346,6 @@ fn call_entry(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod short_tests;

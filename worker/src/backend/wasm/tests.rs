@@ -4,7 +4,7 @@ use super::*;
 use crate::backend::Slot;
 use dtee_schemas::result::EffectiveLimits;
 
-fn kernel(name: &str) -> Vec<u8> {
+pub(super) fn kernel(name: &str) -> Vec<u8> {
     let path = format!("{}/../kernels/wasm/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
 }
@@ -20,21 +20,30 @@ fn run_with(
     slots: Vec<Slot>,
     limits: EffectiveLimits,
 ) -> Result<Completed, KernelError> {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
+    backend.run(&prepared(&backend, name), &invocation(entry, slots, limits))
+}
+
+/// The committed kernel `name`, compiled and linked by `backend`.
+pub(super) fn prepared(backend: &WasmBackend, name: &str) -> InstancePre<HostState> {
     let bytes = kernel(name);
     let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
-    let Ok(prepared) = prepared.as_ref() else {
-        panic!("{name} does not compile")
-    };
-    let invocation = Invocation {
+    match prepared.as_ref() {
+        Ok(prepared) => prepared.clone(),
+        Err(error) => panic!("{name} does not compile: {}", error.message),
+    }
+}
+
+/// An invocation of `entry` with `slots`, no parameters.
+pub(super) fn invocation(entry: &str, slots: Vec<Slot>, limits: EffectiveLimits) -> Invocation {
+    Invocation {
         launch: None,
         entry: entry.to_owned(),
         slots,
         params: vec![],
         limits,
         tenant: "tenant".to_owned(),
-    };
-    backend.run(prepared, &invocation)
+    }
 }
 
 const LIMITS: EffectiveLimits = EffectiveLimits {
@@ -66,7 +75,7 @@ fn a_timed_out_kernel_stops_at_its_deadline() {
 
 #[test]
 fn a_module_without_memory_is_a_link_failure() {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     // (module (func (export "run") (result i32) i32.const 0))
     let bytes = [
         0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f,
@@ -150,7 +159,7 @@ fn run_through<B: Backend>(
 
 #[test]
 fn echo_through_the_backend_trait_copies_its_input() {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     assert_eq!(
         (backend.name(), backend.format()),
         ("wasm", KernelFormat::Wasm)
@@ -190,7 +199,7 @@ fn echo_through_the_backend_trait_copies_its_input() {
 
 #[test]
 fn the_cache_keeps_a_deterministic_failure() {
-    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process()).unwrap();
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     let digest = Digest::of(b"junk");
     let prepared = backend.prepare(&digest, b"junk").unwrap();
     assert_eq!(
@@ -206,7 +215,7 @@ fn the_cache_keeps_a_deterministic_failure() {
 #[test]
 fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
     let bytes = kernel("echo");
-    let probe = WasmBackend::new(16, usize::MAX, CompileSettings::in_process()).unwrap();
+    let probe = WasmBackend::new(16, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     let size = cached_size(
         &probe.prepare(&Digest::of(b"probe"), &bytes).unwrap(),
         bytes.len(),
@@ -214,7 +223,7 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
     assert!(size > bytes.len(), "a compiled module has an image: {size}");
     // Room for two and a half compiled copies (under different digests): a third evicts
     // the least recently used, although the count bound (16) is far away.
-    let backend = WasmBackend::new(16, size * 5 / 2, CompileSettings::in_process()).unwrap();
+    let backend = WasmBackend::new(16, size * 5 / 2, CompileSettings::in_process(), 1).unwrap();
     let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
     assert!(backend.prepare(&a, &bytes).is_ok());
     assert!(backend.prepare(&b, &bytes).is_ok());
@@ -227,7 +236,7 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
     assert!(backend.cached(&a).is_some() && backend.cached(&c).is_some());
     assert_eq!(backend.cache.lock().unwrap().bytes(), 2 * size);
     // A module larger than the whole budget runs but is not kept.
-    let small = WasmBackend::new(16, size - 1, CompileSettings::in_process()).unwrap();
+    let small = WasmBackend::new(16, size - 1, CompileSettings::in_process(), 1).unwrap();
     assert!(small.prepare(&a, &bytes).is_ok());
     assert!(small.cached(&a).is_none());
 }
