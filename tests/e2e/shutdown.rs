@@ -10,7 +10,14 @@ use dtee_submitter::builder::wasm_job;
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
 
 fn start_worker(env: &TestEnv, grace_secs: u32) -> std::process::Child {
-    Command::new(dtee_tests::binary("dtee-worker"))
+    worker_command(env, grace_secs)
+        .spawn()
+        .expect("starting dtee-worker")
+}
+
+fn worker_command(env: &TestEnv, grace_secs: u32) -> Command {
+    let mut command = Command::new(dtee_tests::binary("dtee-worker"));
+    command
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
         .env("DTEE_REDIS_URL", dtee_tests::redis_url())
@@ -18,9 +25,8 @@ fn start_worker(env: &TestEnv, grace_secs: u32) -> std::process::Child {
         .env("DTEE_SHUTDOWN_GRACE_SECS", grace_secs.to_string())
         .env("DTEE_LOG", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting dtee-worker")
+        .stderr(Stdio::null());
+    command
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -174,5 +180,55 @@ async fn a_start_against_a_silent_broker_fails_after_the_set_up_timeout() {
         "{stderr}"
     );
     assert!(started.elapsed() < Duration::from_secs(60));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_returns_its_running_job_though_later_jobs_were_acknowledged() {
+    // Acks are sent together (`multiple`) where that is safe: never past a delivery still being
+    // worked on. A job that runs for a minute is delivered first, 20 quick jobs after it; once
+    // those are answered and acknowledged, the worker is killed: the long job, and only it,
+    // must come back to the queue.
+    let env = TestEnv::new("ack-kill").await;
+    env.start_worker().await.shutdown().await.unwrap(); // declare the topology
+    let spin = env.put_kernel("spin").await;
+    let echo = env.put_kernel("echo").await;
+    let waiter = env.client.waiter().await.unwrap();
+    env.client
+        .submit(&spin_job(spin, 60_000, "long"))
+        .await
+        .unwrap();
+    let mut watches = Vec::new();
+    for index in 0..20 {
+        let mut spec = wasm_job(echo.clone(), "noop");
+        spec.nonce = Some(format!("quick-{index}"));
+        let id = dtee_schemas::job_id(&spec).unwrap();
+        watches.push(waiter.watch_fresh(&id).await.unwrap());
+        env.client.submit(&spec).await.unwrap();
+    }
+    until_depth(&env, 21).await;
+    // Two kernel slots: the long job holds one, the quick jobs take the other.
+    let mut worker = worker_command(&env, 30)
+        .env("DTEE_CONCURRENCY", "2")
+        .spawn()
+        .expect("starting dtee-worker");
+    for watch in watches {
+        assert!(watch.result(RESULT_TIMEOUT).await.unwrap().succeeded());
+    }
+    // Longer than an ack may wait for a slower delivery below it (2 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.kill().unwrap();
+    tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    until_depth(&env, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.queue_depth("wasm").await,
+        1,
+        "only the long job returns: the quick ones were acknowledged"
+    );
+    waiter.close().await;
     env.cleanup().await;
 }

@@ -99,12 +99,15 @@ impl Consumer {
                 }
                 next = current.consumers.next(), if !stall => match next {
                     Some(Ok(delivery)) => {
+                        // Registered before anything else: no `multiple` ack may pass it.
+                        let acks = current.acks.clone();
+                        acks.received(delivery.delivery_tag);
                         if let Some(queue) = self.tenants.missing(&delivery) {
                             self.provision(queue).await;
                         }
                         self.health.delivered();
                         self.ctx.telemetry.delivery_received(queue_wait(&delivery));
-                        let task = job::handle(Arc::clone(&self.ctx), delivery, shutdown_rx.clone());
+                        let task = job::handle(Arc::clone(&self.ctx), delivery, acks, shutdown_rx.clone());
                         in_flight.spawn(task);
                     }
                     Some(Err(error)) => {

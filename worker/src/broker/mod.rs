@@ -4,8 +4,10 @@
 //! - [`session`] — one connection: topology, result channel, consumer channel, consumers;
 //! - [`topology`] — exchanges and queues (see schemas/PROTOCOL.md);
 //! - [`tenants`] — which tenants' own queues the worker consumes;
-//! - [`publisher`] — results, published with a confirm.
+//! - [`publisher`] — results, published with a confirm;
+//! - [`acks`] — the consumer channel's acknowledgements, batched with `multiple` where safe.
 
+pub(crate) mod acks;
 pub(crate) mod publisher;
 pub(crate) mod session;
 pub(crate) mod tenants;

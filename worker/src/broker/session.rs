@@ -50,6 +50,8 @@ pub(crate) struct Session {
     connection: lapin::Connection,
     consume: lapin::Channel,
     pub(crate) consumers: SelectAll<lapin::Consumer>,
+    /// The acknowledgements of the consumer channel's deliveries.
+    pub(crate) acks: super::acks::Acks,
     /// The tenant-queue announcements (`<ns>.tenants`), read from the stream's start.
     pub(crate) announcements: lapin::Consumer,
     consumer_tags: Vec<String>,
@@ -148,6 +150,7 @@ impl Session {
             connection,
             consume,
             consumers: SelectAll::new(),
+            acks: super::acks::Acks::start(),
             announcements,
             consumer_tags: Vec::new(),
             queues: Vec::new(),
@@ -306,6 +309,8 @@ impl Session {
 
     /// Closes the connection; unacknowledged deliveries return to their queues.
     pub(crate) async fn close(self) {
+        // Acknowledgements handed over by finished jobs go out before the channel closes.
+        self.acks.flush().await;
         let _ = self.consume.close(200, "worker shutting down".into()).await;
         let _ = self
             .connection

@@ -1,12 +1,12 @@
 //! Delivering an outcome: cache it (first result wins), publish it with a publisher confirm
-//! under the delivery's own submitter (`<user_id>.<job id>`), and only then ack the delivery. If the worker dies anywhere before the ack, the broker
+//! under the delivery's own submitter (`<user_id>.<job id>`), and only then hand the delivery's
+//! ack to the channel's [`Acks`] (which may send it together with others). If the worker dies anywhere before the ack, the broker
 //! redelivers the job and the cache answers it.
 
 use std::time::Instant;
 
+use crate::broker::acks::Acks;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
-use tracing::warn;
 
 use super::outcome::{CachePolicy, Outcome, Verdict};
 use super::Context;
@@ -16,6 +16,7 @@ use crate::failure::Transient;
 pub(crate) async fn deliver(
     ctx: &Context,
     delivery: &Delivery,
+    acks: &Acks,
     mut outcome: Outcome,
 ) -> Result<(), Transient> {
     cache(ctx, &mut outcome).await?;
@@ -54,13 +55,10 @@ pub(crate) async fn deliver(
         Verdict::Failed(code) => Err(code),
     };
     ctx.telemetry.result_published(started.elapsed(), status);
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(_) => ctx.telemetry.acked(),
-        // The result is out and cached: a redelivery will be answered from the cache.
-        Err(error) => {
-            warn!(job_id = %outcome.job_id, %error, "ack failed; the job will be redelivered and answered from the cache")
-        }
-    }
+    // The result is out and cached: should the ack be lost, a redelivery is answered from the
+    // cache.
+    acks.answered(delivery.delivery_tag, delivery.acker.clone());
+    ctx.telemetry.acked();
     Ok(())
 }
 
@@ -85,14 +83,11 @@ async fn replicated(ctx: &Context) -> Result<(), Transient> {
     Ok(())
 }
 
-/// Acks a delivery that gets no answer (an expired dead letter: as if never submitted).
-pub(crate) async fn ack_unanswered(ctx: &Context, delivery: &Delivery) -> Result<(), Transient> {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(_) => ctx.telemetry.acked(),
-        // Redelivered, it is dropped again.
-        Err(error) => warn!(%error, "ack of an expired dead letter failed"),
-    }
-    Ok(())
+/// Acks a delivery that gets no answer (an expired dead letter: as if never submitted; if the
+/// ack is lost, it is dropped again when redelivered).
+pub(crate) fn ack_unanswered(ctx: &Context, delivery: &Delivery, acks: &Acks) {
+    acks.answered(delivery.delivery_tag, delivery.acker.clone());
+    ctx.telemetry.acked();
 }
 
 /// Caches the outcome as its policy says. Where another execution of the same job recorded a

@@ -40,6 +40,7 @@ pub(crate) use self::admit::Admitted;
 pub(crate) use self::outcome::{Failure, Outcome};
 use crate::attestation::Attestor;
 use crate::backend::wasm::WasmBackend;
+use crate::broker::acks::Acks;
 use crate::broker::publisher::ResultPublisher;
 use crate::config::Config;
 use crate::failure::{Backoff, Chain, Transient};
@@ -118,14 +119,19 @@ impl From<Failure> for Halt {
 
 /// Processes one delivery, retrying transient failures with backoff until it is answered or
 /// the worker stops (then the delivery returns to the queue).
-pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn handle(
+    ctx: Arc<Context>,
+    delivery: Delivery,
+    acks: Acks,
+    shutdown: watch::Receiver<bool>,
+) {
     let span = tracing::debug_span!("job", message_id = ?delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()));
     async move {
         let received = Instant::now();
         let _in_flight = ctx.telemetry.in_flight();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            match attempt(&ctx, &delivery).await {
+            match attempt(&ctx, &delivery, &acks).await {
                 Ok(()) => {
                     ctx.telemetry.job_answered(received.elapsed());
                     return;
@@ -141,6 +147,7 @@ pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watc
                             ..BasicNackOptions::default()
                         };
                         let _ = delivery.acker.nack(requeue).await;
+                        acks.settled(delivery.delivery_tag);
                         return;
                     }
                     tokio::time::sleep(delay).await;
@@ -153,22 +160,25 @@ pub(crate) async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: watc
 }
 
 /// One attempt: decide the outcome, then deliver it.
-async fn attempt(ctx: &Context, delivery: &Delivery) -> Result<(), Transient> {
+async fn attempt(ctx: &Context, delivery: &Delivery, acks: &Acks) -> Result<(), Transient> {
     if delivery.exchange.as_str() == ctx.config.namespace.dead_letter_exchange() {
         return match dead_letter::evaluate(ctx, delivery).await? {
-            Some(outcome) => deliver::deliver(ctx, delivery, outcome).await,
-            None => deliver::ack_unanswered(ctx, delivery).await,
+            Some(outcome) => deliver::deliver(ctx, delivery, acks, outcome).await,
+            None => {
+                deliver::ack_unanswered(ctx, delivery, acks);
+                Ok(())
+            }
         };
     }
     let job = match admit::admit(ctx, delivery) {
         Ok(job) => job,
-        Err(refused) => return deliver::deliver(ctx, delivery, refused).await,
+        Err(refused) => return deliver::deliver(ctx, delivery, acks, refused).await,
     };
     // Held until the outcome is cached and published, so that another delivery of the id on
     // this worker is answered from the cache instead of running again.
     let _turn = ctx.turns.take(job.id()).await;
     let outcome = evaluate(ctx, &job).await?;
-    deliver::deliver(ctx, delivery, outcome).await
+    deliver::deliver(ctx, delivery, acks, outcome).await
 }
 
 /// Decides the result of one admitted job. Errors are transient: the caller retries.
