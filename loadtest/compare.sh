@@ -19,7 +19,8 @@ workers=("$@")
 if [ ${#workers[@]} -eq 0 ]; then workers=(./target/release/dtee-worker); fi
 jobs=${DTEE_COMPARE_JOBS:-5000}
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+namespaces=()
+trap 'rm -f "$out"; loadtest/forget.sh "${namespaces[@]}"' EXIT
 
 report() { # NAME JSON_LINE
   echo "$1 $2" >>"$out"
@@ -34,11 +35,13 @@ PY
 for round in $(seq 1 "$rounds"); do
   echo "== round $round"
   ns="compare-$$-$round-raw"
+  namespaces+=("$ns")
   report roundtrip "$(DTEE_NAMESPACE=$ns ./target/release/dtee-loadtest roundtrip \
     --messages "$jobs" --in-flight 256 --json | tail -1)"
   for index in "${!workers[@]}"; do
     worker_bin=${workers[$index]}
     ns="compare-$$-$round-$index"
+    namespaces+=("$ns")
     # shellcheck disable=SC2086 # DTEE_COMPARE_ENV is a list of NAME=VALUE words
     env ${DTEE_COMPARE_ENV:-} DTEE_NAMESPACE="$ns" DTEE_CONCURRENCY=2 DTEE_ATTESTATION=software \
       DTEE_LOG=warn DTEE_WORKER_ID="$ns" "$worker_bin" &

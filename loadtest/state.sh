@@ -17,12 +17,13 @@ workers=(./target/release/dtee-worker)
 if [ -n "${2:-}" ]; then workers+=("$2"); fi
 jobs=${DTEE_STATE_JOBS:-3000}
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+trap 'rm -f "$out"; loadtest/forget.sh $(cut -d" " -f1 "$out.ns" 2>/dev/null); rm -f "$out.ns"' EXIT
 
 printf '%-6s %-28s %-6s %9s  %s\n' round worker load jobs/s "CPU µs per job"
 for round in $(seq 1 "$rounds"); do
   for worker_bin in "${workers[@]}"; do
     ns="perf-state-$$-$round-${#worker_bin}"
+    echo "$ns" >>"$out.ns"
     (
       export DTEE_NAMESPACE=$ns
       DTEE_CONCURRENCY=2 DTEE_ATTESTATION=software DTEE_LOG=warn DTEE_WORKER_ID="$ns" \
