@@ -14,7 +14,7 @@
 //! and host primitives (charged per byte), the memory bound bounds what one bulk memory
 //! instruction touches, and the epoch deadline bounds the rest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
@@ -32,36 +32,48 @@ pub(crate) const SHORT_RUN_BYTES: usize = 1 << 20;
 const SHORT_RUN_MEMORY_BYTES: u64 = 4 << 20;
 /// Wall-clock limit of a short run, milliseconds (the epoch ticks every 2 ms, so 2 to 4 ms).
 const SHORT_RUN_TIMEOUT_MS: u64 = 2;
-/// Kernels remembered as too long for a short run; the set starts again when full.
-const MAX_LONG_KERNELS: usize = 4096;
+/// Kernels a tenant has that are remembered as too long for a short run; that tenant's set
+/// starts again when full, so one tenant's kernels never push out another's.
+const MAX_LONG_KERNELS_PER_TENANT: usize = 1024;
+/// Tenants with kernels remembered; every set starts again past this many.
+const MAX_TENANTS: usize = 4096;
 
-/// Kernels, by tenant, digest and entry, whose short run reached its budget.
+/// Kernels (digest and entry), by tenant, whose short run reached its budget.
 #[derive(Debug, Default)]
-pub(crate) struct LongKernels(Mutex<HashSet<(String, Digest, String)>>);
+pub(crate) struct LongKernels(Mutex<HashMap<String, HashSet<(Digest, String)>>>);
 
 impl LongKernels {
-    fn key(job: &Admitted) -> (String, Digest, String) {
+    fn key(job: &Admitted) -> (&str, (Digest, String)) {
         let kernel = &job.parsed.spec.kernel;
-        (
-            job.tenant.clone(),
-            kernel.digest.clone(),
-            kernel.entry.clone(),
-        )
+        (&job.tenant, (kernel.digest.clone(), kernel.entry.clone()))
     }
 
     fn contains(&self, job: &Admitted) -> bool {
-        self.0
-            .lock()
-            .expect("long kernels lock")
-            .contains(&Self::key(job))
+        let (tenant, kernel) = Self::key(job);
+        self.has(tenant, &kernel)
     }
 
     fn insert(&self, job: &Admitted) {
+        let (tenant, kernel) = Self::key(job);
+        self.remember(tenant, kernel);
+    }
+
+    fn has(&self, tenant: &str, kernel: &(Digest, String)) -> bool {
+        let long = self.0.lock().expect("long kernels lock");
+        long.get(tenant)
+            .is_some_and(|kernels| kernels.contains(kernel))
+    }
+
+    fn remember(&self, tenant: &str, kernel: (Digest, String)) {
         let mut long = self.0.lock().expect("long kernels lock");
-        if long.len() >= MAX_LONG_KERNELS {
+        if !long.contains_key(tenant) && long.len() >= MAX_TENANTS {
             long.clear();
         }
-        long.insert(Self::key(job));
+        let kernels = long.entry(tenant.to_owned()).or_default();
+        if kernels.len() >= MAX_LONG_KERNELS_PER_TENANT {
+            kernels.clear();
+        }
+        kernels.insert(kernel);
     }
 }
 
@@ -129,4 +141,26 @@ fn slot_bytes(slots: &[Slot]) -> usize {
             Slot::Output { .. } => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(n: usize) -> (Digest, String) {
+        (Digest::of(&n.to_le_bytes()), "run".to_owned())
+    }
+
+    #[test]
+    fn one_tenants_long_kernels_never_push_out_anothers() {
+        let long = LongKernels::default();
+        long.remember("alice", kernel(0));
+        for n in 0..3 * MAX_LONG_KERNELS_PER_TENANT {
+            long.remember("mallory", kernel(n + 1));
+        }
+        assert!(long.has("alice", &kernel(0)));
+        assert!(!long.has("mallory", &kernel(0)), "per tenant");
+        let sets = long.0.lock().unwrap();
+        assert!(sets["mallory"].len() <= MAX_LONG_KERNELS_PER_TENANT);
+    }
 }
