@@ -164,10 +164,7 @@ impl TestEnv {
     /// A client of this namespace whose tenant is `user` (the RabbitMQ user is made first).
     pub async fn tenant_client(&self, user: &str) -> Client {
         ensure_tenant_user(user);
-        self.tenants
-            .lock()
-            .expect("tenants lock")
-            .push(user.to_owned());
+        self.acts_as(user);
         Client::connect(ClientConfig {
             amqp_url: tenant_amqp_url(user),
             redis_url: redis_url(),
@@ -176,6 +173,15 @@ impl TestEnv {
         })
         .await
         .expect("connecting as a tenant")
+    }
+
+    /// Records that this test acts as tenant `user` (its own connection, the `dtee` command line
+    /// as that user), so that [`TestEnv::cleanup`] deletes the user's tenant queues too.
+    pub fn acts_as(&self, user: &str) {
+        self.tenants
+            .lock()
+            .expect("tenants lock")
+            .push(user.to_owned());
     }
 
     /// A fresh namespace named after the test.

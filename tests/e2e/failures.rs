@@ -154,4 +154,5 @@ async fn with_wait_replicas_a_job_is_answered_only_once_replicas_hold_its_writes
         b"replicated?"
     );
     plain.shutdown().await.unwrap();
+    env.cleanup().await;
 }

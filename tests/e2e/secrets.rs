@@ -631,6 +631,7 @@ async fn the_cli_puts_lists_gets_deletes_and_runs_with_secrets() {
     let worker = env.start_worker().await;
     let user = "dtee-test-carol";
     dtee_tests::ensure_tenant_user(user);
+    env.acts_as(user);
     let dir = std::env::temp_dir().join(format!("dtee-secret-cli-{}", env.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let dtee = |args: &[&str]| {

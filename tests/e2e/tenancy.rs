@@ -27,6 +27,7 @@ async fn until_depth(env: &TestEnv, queue: &str, depth: u32) {
 /// Publishes `spec` as `user` with a per-message TTL (`expiration`), the way any AMQP client
 /// may.
 async fn publish_expiring(env: &TestEnv, user: &str, spec: &JobSpec, expiration_ms: u32) {
+    env.acts_as(user);
     let connection = dtee_tests::amqp_connect(&dtee_tests::tenant_amqp_url(user)).await;
     let channel = connection.create_channel().await.unwrap();
     channel
