@@ -43,25 +43,25 @@ const MAX_TENANTS: usize = 4096;
 pub(crate) struct LongKernels(Mutex<HashMap<String, HashSet<(Digest, String)>>>);
 
 impl LongKernels {
-    fn key(job: &Admitted) -> (&str, (Digest, String)) {
+    fn kernel(job: &Admitted) -> (Digest, String) {
         let kernel = &job.parsed.spec.kernel;
-        (&job.tenant, (kernel.digest.clone(), kernel.entry.clone()))
+        (kernel.digest.clone(), kernel.entry.clone())
     }
 
     fn contains(&self, job: &Admitted) -> bool {
-        let (tenant, kernel) = Self::key(job);
-        self.has(tenant, &kernel)
+        self.has(&job.tenant, || Self::kernel(job))
     }
 
     fn insert(&self, job: &Admitted) {
-        let (tenant, kernel) = Self::key(job);
-        self.remember(tenant, kernel);
+        self.remember(&job.tenant, Self::kernel(job));
     }
 
-    fn has(&self, tenant: &str, kernel: &(Digest, String)) -> bool {
+    /// Whether `tenant` has `kernel` remembered; the key is made only for a tenant that has
+    /// any (most have none), so the common case allocates nothing.
+    fn has(&self, tenant: &str, kernel: impl FnOnce() -> (Digest, String)) -> bool {
         let long = self.0.lock().expect("long kernels lock");
         long.get(tenant)
-            .is_some_and(|kernels| kernels.contains(kernel))
+            .is_some_and(|kernels| kernels.contains(&kernel()))
     }
 
     fn remember(&self, tenant: &str, kernel: (Digest, String)) {
@@ -158,8 +158,8 @@ mod tests {
         for n in 0..3 * MAX_LONG_KERNELS_PER_TENANT {
             long.remember("mallory", kernel(n + 1));
         }
-        assert!(long.has("alice", &kernel(0)));
-        assert!(!long.has("mallory", &kernel(0)), "per tenant");
+        assert!(long.has("alice", || kernel(0)));
+        assert!(!long.has("mallory", || kernel(0)), "per tenant");
         let sets = long.0.lock().unwrap();
         assert!(sets["mallory"].len() <= MAX_LONG_KERNELS_PER_TENANT);
     }
