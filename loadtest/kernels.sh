@@ -11,12 +11,14 @@
 #
 # Usage: loadtest/kernels.sh [RUNS] [path/to/dtee-worker]   (defaults: 20, target/release)
 # NATIVE_FLAGS replaces the native build's -O2 (e.g. "-O2 -fno-vectorize -fno-slp-vectorize").
-# WASM_DIR takes the .wasm kernels from another folder (default kernels/wasm).
+# WASM_DIRS: the folders of .wasm kernels to run, space-separated (default kernels/wasm); give
+# two to compare builds in the same run. ROUNDS (3): alternated rounds of native and wasm runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
 worker=${2:-target/release/dtee-worker}
 [ -x "$worker" ] || { echo "kernels.sh: no $worker (cargo build --release -p dtee-worker)" >&2; exit 2; }
+read -r -a dirs <<<"${WASM_DIRS:-kernels/wasm}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -32,7 +34,7 @@ PY
 
 # The wasm jobs' inputs, identical to the harness's.
 mkdir -p "$tmp/blobs"
-python3 - "$tmp" <<'PY'
+python3 - "$tmp" "${dirs[@]}" <<'PY'
 import base64, hashlib, json, os, struct, sys
 tmp = sys.argv[1]
 def blob(data):
@@ -43,12 +45,14 @@ def floats(n, mod, div):
     import array
     return array.array("f", [float(i % mod) / div for i in range(n)]).tobytes()
 def job(name, buffers, params):
-    kernel = open(f"{os.environ.get('WASM_DIR', 'kernels/wasm')}/{name}.wasm", "rb").read()
+  for index, folder in enumerate(sys.argv[2:]):
+    kernel = open(f"{folder}/{name}.wasm", "rb").read()
     spec = {"schema": "dtee.job/v1",
             "kernel": {"digest": blob(kernel), "format": "wasm", "entry": name, "target": "wasm"},
             "buffers": buffers, "params": params,
             "limits": {"timeout_ms": 60000, "memory_bytes": 256 << 20, "output_bytes": 8 << 20}}
-    json.dump(spec, open(f"{tmp}/{name}.json", "w"))
+    os.makedirs(f"{tmp}/{index}", exist_ok=True)
+    json.dump(spec, open(f"{tmp}/{index}/{name}.json", "w"))
 def inp(name, data): return {"kind": "input", "name": name, "blob": blob(data)}
 def out(name, size): return {"kind": "output", "name": name, "size": size}
 n = 1 << 20
@@ -60,16 +64,40 @@ job("matmul", [inp("a", floats(256 * 256, 100, 10.0)), inp("b", floats(256 * 256
     [{"name": k, "type": "u32", "value": 256} for k in ("m", "n", "k")])
 PY
 
-printf '%-8s %12s %12s %8s  %s\n' kernel "native µs" "wasm µs" ratio "same output"
+# Each round runs the native build RUNS times and then every wasm build RUNS times, so that a
+# noisy spell on this shared machine hits both sides; the ratio is the median of the rounds'.
+rounds=${ROUNDS:-3}
+median() { python3 -c 'import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 2))' "$@"; }
+header="kernel     native µs"
+for dir in "${dirs[@]}"; do header+="  $(basename "$dir") µs, ratio"; done
+echo "$header  (medians of $rounds rounds of $runs runs)"
 for kernel in sha256 saxpy matmul; do
   # shellcheck disable=SC2086 # NATIVE_FLAGS is a list of flags
   clang-15 ${NATIVE_FLAGS:--O2} -ffp-contract=off -std=c11 -w -I "$tmp" -DENTRY="$kernel" -DKERNEL_NAME="\"$kernel\"" \
     "kernels/src/$kernel.c" loadtest/native/harness.c -o "$tmp/$kernel"
-  read -r native_us native_head < <("$tmp/$kernel" "$runs")
-  wasm_us=$(DTEE_ATTESTATION=software DTEE_MAX_MEMORY_BYTES=$((1 << 30)) "$worker" exec "$tmp/$kernel.json" \
-      --blobs "$tmp/blobs" --repeat "$runs" 2>&1 >"$tmp/$kernel.result" | sed -n 's/.*median \([0-9]*\) us.*/\1/p')
-  wasm_head=$(python3 -c 'import base64,json,sys; r=json.load(open(sys.argv[1])); print(base64.b64decode(r["outputs"][-1]["data"])[:8].hex())' "$tmp/$kernel.result")
-  same=$([ "$native_head" = "$wasm_head" ] && echo yes || echo "NO ($native_head / $wasm_head)")
-  printf '%-8s %12s %12s %8s  %s\n' "$kernel" "$native_us" "$wasm_us" \
-    "$(python3 -c "print(f'{$wasm_us / $native_us:.2f}')")" "$same"
+  natives=()
+  declare -A times=() ratios=()
+  for _ in $(seq 1 "$rounds"); do
+    read -r native_us native_head < <("$tmp/$kernel" "$runs")
+    natives+=("$native_us")
+    for index in "${!dirs[@]}"; do
+      job="$tmp/$index/$kernel.json"
+      wasm_us=$(DTEE_ATTESTATION=software DTEE_MAX_MEMORY_BYTES=$((1 << 30)) "$worker" exec "$job" \
+          --blobs "$tmp/blobs" --repeat "$runs" 2>&1 >"$tmp/$kernel.result" | sed -n 's/.*median \([0-9]*\) us.*/\1/p')
+      wasm_head=$(python3 -c 'import base64,json,sys; r=json.load(open(sys.argv[1])); print(base64.b64decode(r["outputs"][-1]["data"])[:8].hex())' "$tmp/$kernel.result")
+      if [ "$native_head" != "$wasm_head" ]; then
+        echo "kernels.sh: $kernel from ${dirs[$index]} differs from native ($wasm_head / $native_head)" >&2
+        exit 1
+      fi
+      times[$index]+=" $wasm_us"
+      ratios[$index]+=" $(python3 -c "print($wasm_us / $native_us)")"
+    done
+  done
+  line=$(printf '%-8s %12s' "$kernel" "$(median "${natives[@]}")")
+  for index in "${!dirs[@]}"; do
+    # shellcheck disable=SC2086 # the lists are space-separated numbers
+    line+=$(printf '  %12s %6s' "$(median ${times[$index]})" "$(median ${ratios[$index]})")
+  done
+  echo "$line"
+  unset times ratios
 done

@@ -47,6 +47,9 @@ int32_t saxpy(void) {
             return 3;
         }
         size_t count = bytes / 4;
+        /* Eight vectors per iteration: the sandbox checks fuel and its deadline once per loop
+         * iteration, so a longer iteration pays for them less often (kernels/README.md). */
+#pragma clang loop interleave_count(8)
         for (size_t i = 0; i < count; i++) {
             chunk_x[i] = a * chunk_x[i] + chunk_y[i];
         }

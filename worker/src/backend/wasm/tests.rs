@@ -257,7 +257,7 @@ fn run_hash(name: &str, data: &[u8], fuel: u64) -> Result<Completed, KernelError
 }
 
 #[test]
-fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_hundredth_of_the_fuel() {
+fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_fiftieth_of_the_fuel() {
     use sha2::Digest as _;
     for len in [0usize, 1, 55, 64, 65_537, (1 << 20) + 7] {
         let data: Vec<u8> = (0..len).map(|i| (31 * i + 7) as u8).collect();
@@ -275,7 +275,7 @@ fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_hundredth_of_the_
             "{len} bytes"
         );
         // Charged per byte: at least the bytes hashed, and (for a real input) far less than
-        // hashing them in WebAssembly.
+        // hashing them in WebAssembly (about 80 units per byte with the unrolled sha256.c).
         let (host_fuel, wasm_fuel) = (host.usage.fuel_consumed, wasm.usage.fuel_consumed);
         assert!(
             host_fuel >= len as u64 + abi::HOST_CALL_FUEL,
@@ -283,7 +283,7 @@ fn the_sha256_host_primitive_agrees_with_the_wasm_kernel_for_a_hundredth_of_the_
         );
         if len >= 65_537 {
             assert!(
-                host_fuel * 100 < wasm_fuel,
+                host_fuel * 50 < wasm_fuel,
                 "{len}: {host_fuel} vs {wasm_fuel}"
             );
         }
