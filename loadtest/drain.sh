@@ -24,8 +24,11 @@ print(f"{r['mode']:<26} {r['count']:>6} {r['per_second']:>9.0f} jobs/s  p50 {r['
 PY
 )
 line() { python3 -c "$script"; }
+namespaces=()
+trap 'loadtest/forget.sh "${namespaces[@]}"' EXIT
 for round in $(seq 1 "$rounds"); do
   echo "round $round"
+  namespaces+=("drain-$$-$round" "drain-host-$$-$round" "drain-noop-$$-$round")
   DTEE_NAMESPACE="drain-$$-$round" ./target/release/dtee-loadtest jobs --workload sha256 \
     --jobs "$jobs" --in-flight 64 --drain-worker "$worker" --json | line
   DTEE_NAMESPACE="drain-host-$$-$round" ./target/release/dtee-loadtest jobs --workload sha256 \
