@@ -1,11 +1,12 @@
-//! The Wasmtime engine every kernel runs in, and the thread that advances its epoch.
+//! The Wasmtime engine every kernel runs in, and the thread that advances its epoch while
+//! kernels run.
 //!
 //! The engine meters fuel and interrupts on epochs; its other settings make a kernel's result
 //! independent of the host CPU. The wall-clock limit is an epoch deadline, so it is enforced to
 //! the granularity of [`EPOCH_TICK`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -71,38 +72,130 @@ pub(super) fn deadline_ticks(timeout_ms: u64) -> u64 {
     timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Ticks in a row with no kernel running (and none started) after which the ticker parks until
+/// one starts: an idle worker does not wake every [`EPOCH_TICK`] (measured: 1.5–1.8 % of a core
+/// on this machine, for nothing), and a busy one never parks, so starting a kernel costs no
+/// wake-up while jobs keep coming.
+const IDLE_TICKS_BEFORE_PARKING: u32 = 50;
+
+/// What the ticker thread and the runs share.
+#[derive(Default)]
+struct Shared {
+    /// Kernels running now.
+    running: AtomicUsize,
+    /// Kernels started so far (activity between two ticks).
+    started: AtomicU64,
+    /// The thread is parked, or about to: a run that starts must wake it.
+    parked: AtomicBool,
+    /// Set on drop.
+    stop: AtomicBool,
+    /// Held while parking and while waking the thread, so no wake-up is lost.
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while kernels run, until dropped.
 pub(super) struct EpochTicker {
-    /// Set on drop; the thread checks it every tick.
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     /// Joined on drop.
     thread: Option<JoinHandle<()>>,
+}
+
+/// A kernel run in progress ([`EpochTicker::running`]): the epoch advances while one exists.
+pub(super) struct Running<'a>(&'a Shared);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl EpochTicker {
     /// Starts the ticker thread for `engine`.
     pub(super) fn start(engine: Engine) -> EpochTicker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
+        let shared = Arc::new(Shared::default());
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("dtee-epoch".to_owned())
-            .spawn(move || {
-                while !thread_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
+            .spawn(move || tick(&engine, &thread_shared))
             .expect("spawning the epoch thread");
         EpochTicker {
-            stop,
+            shared,
             thread: Some(thread),
         }
+    }
+
+    /// Marks a kernel run as started, waking the ticker if it parked; hold the guard until the
+    /// run ends. Take it before setting the run's epoch deadline.
+    pub(super) fn running(&self) -> Running<'_> {
+        let shared = &*self.shared;
+        shared.started.fetch_add(1, Ordering::Relaxed);
+        // SeqCst with the thread's store of `parked` and load of `running`: either this sees
+        // `parked` and wakes it, or it sees this run and does not wait.
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        if shared.parked.load(Ordering::SeqCst) {
+            let _lock = shared
+                .lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            shared.wake.notify_one();
+        }
+        Running(shared)
+    }
+
+    /// Whether the thread is parked (tests).
+    #[cfg(test)]
+    pub(super) fn is_parked(&self) -> bool {
+        self.shared.parked.load(Ordering::SeqCst)
+    }
+}
+
+/// The ticker thread: advances the epoch every tick, and parks after a while with no run.
+fn tick(engine: &Engine, shared: &Shared) {
+    let mut idle = 0;
+    let mut seen = shared.started.load(Ordering::Relaxed);
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(EPOCH_TICK);
+        engine.increment_epoch();
+        let started = shared.started.load(Ordering::Relaxed);
+        if shared.running.load(Ordering::SeqCst) > 0 || started != seen {
+            idle = 0;
+            seen = started;
+            continue;
+        }
+        idle += 1;
+        if idle < IDLE_TICKS_BEFORE_PARKING {
+            continue;
+        }
+        let mut lock = shared
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shared.parked.store(true, Ordering::SeqCst);
+        while shared.running.load(Ordering::SeqCst) == 0 && !shared.stop.load(Ordering::SeqCst) {
+            lock = shared
+                .wake
+                .wait(lock)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        shared.parked.store(false, Ordering::SeqCst);
+        drop(lock);
+        idle = 0;
+        seen = shared.started.load(Ordering::Relaxed);
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        {
+            let _lock = self
+                .shared
+                .lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.shared.wake.notify_all();
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -52,8 +52,8 @@ pub struct WasmBackend {
     cache: Mutex<ModuleCache<InstancePre<HostState>>>,
     /// How kernels are compiled, and within which bounds.
     compile: CompileSettings,
-    /// Advances the engine's epoch until the backend is dropped.
-    _ticker: EpochTicker,
+    /// Advances the engine's epoch while kernels run, until the backend is dropped.
+    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for WasmBackend {
@@ -84,7 +84,7 @@ impl WasmBackend {
             linker,
             cache: Mutex::new(ModuleCache::new(module_cache_size, module_cache_bytes)),
             compile,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -242,6 +242,8 @@ impl WasmBackend {
         let mut store = Store::new(&self.engine, HostState::new(invocation, limits));
         store.limiter(|state| state);
         store.set_fuel(limits.fuel).expect("fuel is enabled");
+        // The epoch advances while this is held; taken before the deadline is set.
+        let _running = self.ticker.running();
         store.set_epoch_deadline(engine::deadline_ticks(limits.timeout_ms));
         store.epoch_deadline_trap();
 

@@ -3,6 +3,7 @@
 use super::*;
 use crate::backend::Slot;
 use dtee_schemas::result::EffectiveLimits;
+use std::time::Duration;
 
 pub(super) fn kernel(name: &str) -> Vec<u8> {
     let path = format!("{}/../kernels/wasm/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
@@ -71,6 +72,49 @@ fn a_timed_out_kernel_stops_at_its_deadline() {
     // fuel of an interrupted run is only what was flushed at the last call: a lower bound
     // (documented on ResourceUsage::fuel_consumed).
     assert!(error.usage.fuel_consumed <= LIMITS.fuel);
+}
+
+#[test]
+fn an_idle_ticker_parks_and_a_run_wakes_it_in_time_for_its_deadline() {
+    let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
+    let spin = prepared(&backend, "spin");
+    // Fifty idle ticks of 2 ms, and then some.
+    let parked_by = Instant::now() + Duration::from_secs(5);
+    while !backend.ticker.is_parked() {
+        assert!(Instant::now() < parked_by, "the ticker never parked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        // Fuel for seconds (spin burns a few billion units a second): stopped in time only by
+        // its deadline, hence by a ticking epoch; without one it ends fuel_exhausted.
+        let started = Instant::now();
+        let error = backend
+            .run(
+                &spin,
+                &invocation(
+                    "spin",
+                    vec![],
+                    EffectiveLimits {
+                        timeout_ms: 30,
+                        fuel: 20_000_000_000,
+                        ..LIMITS
+                    },
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(error.code, ErrorCode::ExecutionTimeout);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Parked again before the next run.
+        let parked_by = Instant::now() + Duration::from_secs(5);
+        while !backend.ticker.is_parked() {
+            assert!(Instant::now() < parked_by, "the ticker never parked again");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 #[test]
