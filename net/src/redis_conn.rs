@@ -288,6 +288,34 @@ impl RedisConn {
         }
     }
 
+    /// [`RedisConn::get_many`] of `keys` and [`RedisConn::run_script`] of `call`, together: on
+    /// one node in one pipeline (one round trip; should Redis have lost the script, as after a
+    /// restart, both are sent again one after the other, which loads it); on a cluster at once,
+    /// each to its own node. Each is atomic on its own, not the two together.
+    pub async fn get_many_and_script<T: redis::FromRedisValue>(
+        &self,
+        keys: &[String],
+        call: &LuaCall<'_>,
+    ) -> RedisResult<(Vec<Option<Vec<u8>>>, T)> {
+        match self {
+            RedisConn::Single(connection) if !keys.is_empty() => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(redis::cmd("MGET").arg(keys).clone())
+                    .add_command(call.command("EVALSHA", call.lua.script.get_hash()));
+                match pipe.query_async(&mut connection.clone()).await {
+                    Err(error)
+                        if error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        Ok((self.get_many(keys).await?, self.run_script(call).await?))
+                    }
+                    answer => answer,
+                }
+            }
+            _ => futures_util::future::try_join(self.get_many(keys), self.run_script(call)).await,
+        }
+    }
+
     /// Whether this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisConn::Cluster(_))

@@ -20,4 +20,5 @@ mod scale;
 mod secrets;
 mod shutdown;
 mod state;
+mod state_snapshot;
 mod tenancy;

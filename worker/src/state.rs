@@ -11,17 +11,27 @@
 
 use std::time::Duration;
 
-use dtee_net::Lua;
 use dtee_net::RedisConn;
+use dtee_net::{Lua, LuaCall};
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::{applied_key, StateKey};
 use dtee_schemas::Digest;
 use redis::Value;
 
 const SNAPSHOT: &str = r#"
--- KEYS: value and version key of each binding, in pairs. ARGV[i]: '1' to read value i.
+-- KEYS: value and version key of each binding, in pairs. ARGV[i]: '1' to read value i; the
+-- last ARGV: the most bytes the values read may total. Over it, nothing is read and the answer
+-- is {'too_large', total}.
+local n = #ARGV - 1
+local total = 0
+for i = 1, n do
+  if ARGV[i] == '1' and redis.call('TYPE', KEYS[2 * i - 1])['ok'] == 'string' then
+    total = total + redis.call('STRLEN', KEYS[2 * i - 1])
+  end
+end
+if total > tonumber(ARGV[#ARGV]) then return {'too_large', tostring(total)} end
 local out = {}
-for i = 1, #ARGV do
+for i = 1, n do
   local version = redis.call('GET', KEYS[2 * i]) or '0'
   local exists = redis.call('EXISTS', KEYS[2 * i - 1])
   local value = false
@@ -199,13 +209,26 @@ impl StateStore {
     }
 
     /// Reads every key in one atomic step; `read_value[i]` says whether to fetch key i's value.
+    /// Values that would total more than `max_bytes` are not read: [`Snapshot::TooLarge`].
     pub async fn snapshot(
         &self,
         keys: &[(&StateKey, bool)],
-    ) -> Result<Vec<Seen>, redis::RedisError> {
+        max_bytes: u64,
+    ) -> Result<Snapshot, redis::RedisError> {
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Snapshot::Seen(Vec::new()));
         }
+        let reply: Value = self
+            .redis
+            .run_script(&self.snapshot_call(keys, max_bytes))
+            .await?;
+        read_snapshot(reply, keys)
+    }
+
+    /// The snapshot of `keys` (not empty) as a script call, for a caller that sends it together
+    /// with other reads ([`dtee_net::RedisConn::get_many_and_script`]) and reads the reply
+    /// with [`read_snapshot`].
+    pub fn snapshot_call(&self, keys: &[(&StateKey, bool)], max_bytes: u64) -> LuaCall<'_> {
         let mut invocation = self.snapshot.call();
         for (key, read) in keys {
             invocation
@@ -213,39 +236,8 @@ impl StateStore {
                 .key(key.version_key(&self.namespace));
             invocation.arg(if *read { "1" } else { "0" });
         }
-        let reply: Value = self.redis.run_script(&invocation).await?;
-        let Value::Array(entries) = reply else {
-            return Err(malformed("snapshot reply is not an array"));
-        };
-        if entries.len() != keys.len() {
-            return Err(malformed("snapshot reply has the wrong length"));
-        }
-        entries
-            .iter()
-            .zip(keys)
-            .map(|(entry, (_, read))| {
-                let Value::Array(fields) = entry else {
-                    return Err(malformed("snapshot entry is not an array"));
-                };
-                let version = fields
-                    .first()
-                    .and_then(as_bytes)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| malformed("snapshot version is not a number"))?;
-                let exists = matches!(fields.get(1), Some(Value::Int(n)) if *n > 0) || version > 0;
-                let value = if *read {
-                    Some(fields.get(2).and_then(as_bytes).unwrap_or_default())
-                } else {
-                    None
-                };
-                Ok(Seen {
-                    version,
-                    exists,
-                    value,
-                })
-            })
-            .collect()
+        invocation.arg(max_bytes);
+        invocation
     }
 
     /// The result recorded when the job's writes were committed, if they were.
@@ -333,4 +325,64 @@ impl StateStore {
             _ => Err(malformed("commit reply has an unknown status")),
         }
     }
+}
+
+/// A snapshot of a job's bound state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Each key as the snapshot saw it.
+    Seen(Vec<Seen>),
+    /// The values to read total this many bytes, more than allowed: none was read.
+    TooLarge(u64),
+}
+
+/// The snapshot script's reply for `keys`.
+pub fn read_snapshot(
+    reply: Value,
+    keys: &[(&StateKey, bool)],
+) -> Result<Snapshot, redis::RedisError> {
+    let Value::Array(entries) = reply else {
+        return Err(malformed("snapshot reply is not an array"));
+    };
+    if let [Value::BulkString(marker), total] = entries.as_slice() {
+        if marker.as_slice() == b"too_large" {
+            return text(Some(total))
+                .parse()
+                .map(Snapshot::TooLarge)
+                .map_err(|_| malformed("snapshot reply has a size that is not a number"));
+        }
+    }
+    if entries.len() != keys.len() {
+        return Err(malformed("snapshot reply has the wrong length"));
+    }
+    let seen: Result<Vec<Seen>, redis::RedisError> = entries
+        .into_iter()
+        .zip(keys)
+        .map(|(entry, (_, read))| {
+            let Value::Array(mut fields) = entry else {
+                return Err(malformed("snapshot entry is not an array"));
+            };
+            let version = fields
+                .first()
+                .and_then(as_bytes)
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| malformed("snapshot version is not a number"))?;
+            let exists = matches!(fields.get(1), Some(Value::Int(n)) if *n > 0) || version > 0;
+            let value = if *read {
+                Some(match fields.get_mut(2).map(std::mem::take) {
+                    Some(Value::BulkString(bytes)) => bytes,
+                    other => other.as_ref().and_then(as_bytes).unwrap_or_default(),
+                })
+            } else {
+                None
+            };
+            Ok(Seen {
+                version,
+                exists,
+                value,
+            })
+        })
+        .collect();
+    seen.map(Snapshot::Seen)
 }

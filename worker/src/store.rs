@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dtee_net::RedisConn;
+use dtee_net::{LuaCall, RedisConn};
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::Digest;
 use redis::AsyncCommands;
@@ -139,25 +139,35 @@ impl Store {
 
     /// The cached result of `job_id`, if any, whether `tenant` revoked it (`dtee cancel`), and
     /// the value of `applied_key` (the job's applied record, for a job that writes state), if
-    /// one is named and set: in one round trip on one node; on a Redis Cluster key by key, all
-    /// at once.
+    /// one is named and set; with `snapshot`, that script's reply too (a job's state snapshot,
+    /// read before it is known whether the job runs, to save a round trip when it does): in one
+    /// round trip on one node; on a Redis Cluster key by key, all at once.
     pub async fn prior(
         &self,
         tenant: &str,
         job_id: &Digest,
         applied_key: Option<String>,
-    ) -> Result<Prior, redis::RedisError> {
+        snapshot: Option<&LuaCall<'_>>,
+    ) -> Result<(Prior, Option<redis::Value>), redis::RedisError> {
         let mut keys = vec![
             self.namespace.result_key(job_id),
             self.namespace.revoked_key(tenant, job_id),
         ];
         keys.extend(applied_key);
-        let mut values = self.redis.get_many(&keys).await?.into_iter();
-        Ok(Prior {
+        let (values, snapshot) = match snapshot {
+            Some(call) => {
+                let (values, reply) = self.redis.get_many_and_script(&keys, call).await?;
+                (values, Some(reply))
+            }
+            None => (self.redis.get_many(&keys).await?, None),
+        };
+        let mut values = values.into_iter();
+        let prior = Prior {
             cached: values.next().flatten(),
             revoked: values.next().flatten().is_some(),
             applied: values.next().flatten(),
-        })
+        };
+        Ok((prior, snapshot))
     }
 
     /// The cached result of `job_id`, if any.

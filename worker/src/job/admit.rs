@@ -37,6 +37,14 @@ impl Admitted {
         writable_hash_tag(&self.parsed)
     }
 
+    /// The keys its state snapshot reads, each with whether its value is read.
+    pub fn snapshot_keys(&self) -> Vec<(&StateKey, bool)> {
+        self.bindings
+            .iter()
+            .map(|binding| (&binding.key, binding.reads_value()))
+            .collect()
+    }
+
     /// Whether the job id belongs to this tenant alone: it binds state or names secrets, all
     /// in the tenant's namespace, so no other tenant's delivery of the id is admitted. Any
     /// other job id is shared by every tenant that may publish the same job.

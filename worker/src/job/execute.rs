@@ -20,7 +20,7 @@ use super::{Context, Halt};
 use crate::backend::{Completed, Invocation, KernelError, ParamValue, Runner, Slot};
 use crate::failure::{Backoff, Transient};
 use crate::hooks::{self, TestHook};
-use crate::state::{Commit, CommitEntry, Seen, WriteOp};
+use crate::state::{Commit, CommitEntry, Seen, Snapshot, WriteOp};
 
 /// Runs the job to its outcome: a success (committed, if it writes state) or a failure.
 pub(crate) async fn execute(
@@ -29,13 +29,20 @@ pub(crate) async fn execute(
     plan: &Plan,
     kernel: Kernel,
     mut slots: Vec<Slot>,
+    mut first_snapshot: Option<Vec<Seen>>,
 ) -> Result<Outcome, Halt> {
     let params = params_of(job);
     let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     // The GPU the last run used, named by a failure after it.
     let mut last_device = None;
     for attempt in 1..=ctx.config.state_max_attempts {
-        let seen = snapshot(ctx, job, plan, &mut slots).await?;
+        // The first attempt runs on the snapshot read with the job's prior answers (one round
+        // trip fewer), a later one on a fresh snapshot.
+        let seen = match first_snapshot.take() {
+            Some(seen) => seen,
+            None => snapshot(ctx, job).await?,
+        };
+        fill_state(job, plan, &seen, &mut slots)?;
         let invocation = Invocation {
             entry: job.parsed.spec.kernel.entry.clone(),
             slots: slots.clone(),
@@ -175,25 +182,44 @@ fn refused_commit(
     )
 }
 
-/// Reads the bound state in one atomic snapshot and puts each value in its slot.
-async fn snapshot(
-    ctx: &Context,
-    job: &Admitted,
-    plan: &Plan,
-    slots: &mut [Slot],
-) -> Result<Vec<Seen>, Halt> {
+/// Reads the bound state in one atomic snapshot.
+async fn snapshot(ctx: &Context, job: &Admitted) -> Result<Vec<Seen>, Halt> {
     if job.bindings.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<_> = job
-        .bindings
-        .iter()
-        .map(|binding| (&binding.key, binding.reads_value()))
-        .collect();
     let started = Instant::now();
-    let seen = ctx.state.snapshot(&keys).await?;
+    let snapshot = ctx
+        .state
+        .snapshot(&job.snapshot_keys(), state_read_limit(ctx))
+        .await?;
     ctx.telemetry.state_read(started.elapsed());
-    for (binding, seen) in job.bindings.iter().zip(&seen) {
+    seen_or_refused(ctx, snapshot)
+}
+
+/// The most bytes a job's readable state values may total: the same bound as its inputs
+/// (`DTEE_MAX_INPUT_BYTES`), checked by the snapshot before it reads any value.
+pub(crate) fn state_read_limit(ctx: &Context) -> u64 {
+    ctx.config.max_input_bytes as u64
+}
+
+/// The keys the snapshot saw, or the job's refusal when its values total too many bytes.
+pub(crate) fn seen_or_refused(ctx: &Context, snapshot: Snapshot) -> Result<Vec<Seen>, Halt> {
+    match snapshot {
+        Snapshot::Seen(seen) => Ok(seen),
+        Snapshot::TooLarge(total) => Err(Halt::Fail(Failure::new(
+            ErrorCode::ExcessiveResourceRequirements,
+            format!(
+                "the job's readable state values total {total} bytes; this worker reads at most {} (DTEE_MAX_INPUT_BYTES), and read none of them",
+                state_read_limit(ctx)
+            ),
+        ))),
+    }
+}
+
+/// Puts each value the snapshot read in its slot; a key that must exist and does not fails
+/// the job.
+fn fill_state(job: &Admitted, plan: &Plan, seen: &[Seen], slots: &mut [Slot]) -> Result<(), Halt> {
+    for (binding, seen) in job.bindings.iter().zip(seen) {
         if !seen.exists && !binding.may_be_absent {
             return Err(Halt::Fail(
                 Failure::new(
@@ -207,10 +233,10 @@ async fn snapshot(
             ));
         }
         if let Some(Slot::State { current, .. }) = slots.get_mut(binding.buffer) {
-            *current = Arc::from(seen.value.clone().unwrap_or_default());
+            *current = Arc::from(seen.value.as_deref().unwrap_or_default());
         }
     }
-    Ok(seen)
+    Ok(())
 }
 
 /// Runs the kernel once, in a kernel slot: a short run here, or on a blocking thread.

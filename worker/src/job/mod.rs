@@ -192,7 +192,7 @@ async fn evaluate(ctx: &Context, job: &Admitted) -> Result<Outcome, Transient> {
 
 /// The stages after admission, top to bottom.
 async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
-    prior::answer(ctx, job).await?;
+    let first_snapshot = prior::answer(ctx, job).await?;
     let plan = plan::plan(ctx, job)?;
     let inputs = fetch::measure_inputs(ctx, job, &plan).await?;
     let kernel = fetch::kernel(ctx, job, &plan).await?;
@@ -206,5 +206,5 @@ async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
             other => other,
         })?;
     let slots = fetch::slots(ctx, job, &plan, inputs, &secrets).await?;
-    execute::execute(ctx, job, &plan, kernel, slots).await
+    execute::execute(ctx, job, &plan, kernel, slots, first_snapshot).await
 }

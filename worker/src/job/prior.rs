@@ -16,20 +16,36 @@ use super::admit::Admitted;
 use super::outcome::{CachePolicy, Failure, Outcome};
 use super::{Context, Halt};
 use crate::failure::Transient;
+use crate::state::{read_snapshot, Seen};
 use crate::store::Prior;
+use std::time::Instant;
 
-/// Stops the path with the answer that already exists, if one does.
-pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
+/// Stops the path with the answer that already exists, if one does. Otherwise, for a job
+/// that binds state, answers the snapshot of its state read in the same round trip (the first
+/// attempt runs on it: [`super::execute`]).
+pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<Option<Vec<Seen>>, Halt> {
     let id = job.id();
     // All read at once (one round trip on one node); the answers keep their order of precedence.
     let applied_key = job
         .writable_hash_tag()
         .map(|tag| applied_key(&ctx.config.namespace, &tag, id));
-    let Prior {
-        cached,
-        revoked,
-        applied,
-    } = ctx.store.prior(&job.tenant, id, applied_key).await?;
+    let keys = job.snapshot_keys();
+    let call = (!keys.is_empty()).then(|| {
+        ctx.state
+            .snapshot_call(&keys, super::execute::state_read_limit(ctx))
+    });
+    let started = Instant::now();
+    let (
+        Prior {
+            cached,
+            revoked,
+            applied,
+        },
+        snapshot,
+    ) = ctx
+        .store
+        .prior(&job.tenant, id, applied_key, call.as_ref())
+        .await?;
     if let Some(cached) = cached {
         ctx.telemetry.answered_from_cache();
         debug!(job_id = %id, "answered from the result cache");
@@ -53,7 +69,12 @@ pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<(), Halt> {
             "the job was cancelled before it ran",
         )));
     }
-    Ok(())
+    let Some(reply) = snapshot else {
+        return Ok(None);
+    };
+    ctx.telemetry.state_read(started.elapsed());
+    let snapshot = read_snapshot(reply, &keys).map_err(Transient::Redis)?;
+    super::execute::seen_or_refused(ctx, snapshot).map(Some)
 }
 
 /// The job's applied record under `hash_tag`, as the outcome to cache and publish.

@@ -1,0 +1,108 @@
+//! A state job's snapshot is read in the same round trip as its prior answers (result cache,
+//! revocation, applied record), and survives Redis forgetting its scripts (a restart, a
+//! failover, `SCRIPT FLUSH`) without a retry.
+
+use dtee_schemas::job::AccessMode;
+use dtee_schemas::state::StateKey;
+use dtee_schemas::ErrorCode;
+use dtee_submitter::builder::{state, wasm_job};
+use dtee_tests::TestEnv;
+use dtee_worker::stats::Stats;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_read_with_the_prior_answers_survives_a_script_flush() {
+    let env = TestEnv::new("snapshot-flush").await;
+    let worker = env.start_worker().await;
+    let kernel = env.put_kernel("increment").await;
+    let counter = format!("{}/snapshot/{}/counter", env.client.tenant(), env.namespace);
+    let increment = |nonce: &str| {
+        let mut spec = wasm_job(kernel.clone(), "increment");
+        spec.buffers = vec![state("counter", &counter, AccessMode::ReadWrite, true)];
+        spec.nonce = Some(nonce.to_owned());
+        spec
+    };
+    let first = env.run(&increment("1")).await;
+    assert!(first.succeeded(), "{:?}", first.error);
+
+    // Redis forgets every script (other tests' workers load theirs again on their next call).
+    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let flushed: String = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .expect("SCRIPT FLUSH");
+    assert_eq!(flushed, "OK");
+
+    // The snapshot sent with the prior answers meets NOSCRIPT; the worker sends the two again
+    // one after the other in the same attempt (without that, every attempt would fail the same
+    // way and the job would never be answered).
+    let second = env.run(&increment("2")).await;
+    assert!(second.succeeded(), "{:?}", second.error);
+    assert_eq!(second.state.as_ref().unwrap().read[0].version, 1);
+    let (value, version) = env
+        .client
+        .state_get(&StateKey::parse(&counter).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some(&2u64.to_le_bytes()[..]));
+    assert_eq!(version, 2);
+    assert_eq!(Stats::get(&worker.stats.retried), 0, "no transient retry");
+    assert_eq!(Stats::get(&worker.stats.executed), 2, "each job ran once");
+
+    // A key that must exist and does not is still refused, from the snapshot read up front.
+    let mut must_exist = wasm_job(kernel.clone(), "increment");
+    let absent = format!("{}/snapshot/{}/absent", env.client.tenant(), env.namespace);
+    must_exist.buffers = vec![state("counter", &absent, AccessMode::ReadWrite, false)];
+    let refused = env.run(&must_exist).await;
+    assert_eq!(
+        refused.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::StateBindingNotFound),
+        "{:?}",
+        refused.error
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readable_state_values_over_the_input_bound_are_refused_before_any_is_read() {
+    let env = TestEnv::new("snapshot-bound").await;
+    let worker = env.start_worker_with(|c| c.max_input_bytes = 1024).await;
+    let kernel = env.put_kernel("increment").await;
+    let tenant = env.client.tenant().to_owned();
+    let big = format!("{tenant}/snapshot/{}/big", env.namespace);
+    env.client
+        .state_put(&StateKey::parse(&big).unwrap(), &[7u8; 1025])
+        .await
+        .unwrap();
+    let mut spec = wasm_job(kernel.clone(), "increment");
+    spec.buffers = vec![state("counter", &big, AccessMode::ReadWrite, false)];
+    let refused = env.run(&spec).await;
+    let error = refused.error.expect("refused");
+    assert_eq!(error.code, ErrorCode::ExcessiveResourceRequirements);
+    assert!(error.message.contains("1025 bytes"), "{}", error.message);
+    assert_eq!(Stats::get(&worker.stats.executed), 0, "nothing ran");
+
+    // At the bound, the value is read and the kernel runs (the increment kernel answers 2: its
+    // counter must be 0 or 8 bytes).
+    let exact = format!("{tenant}/snapshot/{}/exact", env.namespace);
+    env.client
+        .state_put(&StateKey::parse(&exact).unwrap(), &[7u8; 1024])
+        .await
+        .unwrap();
+    spec.buffers = vec![state("counter", &exact, AccessMode::ReadWrite, false)];
+    let ran = env.run(&spec).await;
+    assert_eq!(
+        ran.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::KernelFailed),
+        "{:?}",
+        ran.error
+    );
+    assert_eq!(Stats::get(&worker.stats.executed), 1);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
