@@ -76,7 +76,7 @@ pub struct Args {
     #[arg(value_parser = at_least(8usize))]
     pub max_kernel_bytes: usize,
     /// Largest total of a job's inputs, inline and blob, in bytes; a blob listed twice counts
-    /// twice.
+    /// twice. Also, separately, the largest total of the state values a job reads.
     #[arg(long, env = "DTEE_MAX_INPUT_BYTES", default_value = "268435456")]
     #[arg(value_parser = at_least(1usize))]
     pub max_input_bytes: usize,
