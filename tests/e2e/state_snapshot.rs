@@ -1,6 +1,7 @@
 //! A state job's snapshot is read in the same round trip as its prior answers (result cache,
 //! revocation, applied record), and survives Redis forgetting its scripts (a restart, a
-//! failover, `SCRIPT FLUSH`) without a retry.
+//! failover, `SCRIPT FLUSH`) without a retry. It bounds what it reads, and a key of the wrong
+//! type fails the job without stopping its cached answer.
 
 use dtee_schemas::job::AccessMode;
 use dtee_schemas::state::StateKey;
@@ -103,6 +104,62 @@ async fn readable_state_values_over_the_input_bound_are_refused_before_any_is_re
         ran.error
     );
     assert_eq!(Stats::get(&worker.stats.executed), 1);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_key_of_the_wrong_type_fails_the_job_but_not_its_cached_answer() {
+    let env = TestEnv::new("snapshot-type").await;
+    let worker = env.start_worker().await;
+    let kernel = env.put_kernel("increment").await;
+    let tenant = env.client.tenant().to_owned();
+    let job = |path: &str, nonce: &str| {
+        let mut spec = wasm_job(kernel.clone(), "increment");
+        let key = format!("{tenant}/snapshot/{}/{path}", env.namespace);
+        spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
+        spec.nonce = Some(nonce.to_owned());
+        spec
+    };
+    let first = env.run(&job("counter", "1")).await;
+    assert!(first.succeeded(), "{:?}", first.error);
+
+    // Someone turns the value into a hash, and another key's version into a word.
+    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let counter = StateKey::parse(&format!("{tenant}/snapshot/{}/counter", env.namespace)).unwrap();
+    let other = StateKey::parse(&format!("{tenant}/snapshot/{}/other", env.namespace)).unwrap();
+    let value_key = counter.value_key(&env.namespace);
+    let version_key = other.version_key(&env.namespace);
+    redis::pipe()
+        .del(&value_key)
+        .hset(&value_key, "field", "x")
+        .set(&version_key, "seven")
+        .query_async::<()>(&mut redis)
+        .await
+        .expect("writes");
+
+    // The job already answered is answered again from the cache: its snapshot is not needed.
+    let again = env.run(&job("counter", "1")).await;
+    assert!(again.succeeded(), "{:?}", again.error);
+    assert_eq!(
+        Stats::get(&worker.stats.executed),
+        1,
+        "answered from the cache"
+    );
+
+    // New jobs fail at once with the key named, instead of retrying a failing read.
+    for (path, key) in [("counter", &value_key), ("other", &version_key)] {
+        let failed = env.run(&job(path, "2")).await;
+        let error = failed.error.expect("failed");
+        assert_eq!(error.code, ErrorCode::InternalError);
+        assert!(error.message.contains(key.as_str()), "{}", error.message);
+    }
+    assert_eq!(Stats::get(&worker.stats.executed), 1, "nothing else ran");
+    assert_eq!(Stats::get(&worker.stats.retried), 0, "no transient retry");
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

@@ -21,22 +21,26 @@ use redis::Value;
 const SNAPSHOT: &str = r#"
 -- KEYS: value and version key of each binding, in pairs. ARGV[i]: '1' to read value i; the
 -- last ARGV: the most bytes the values read may total. Over it, nothing is read and the answer
--- is {'too_large', total}.
+-- is {'too_large', total}; a key that is not a string (the worker writes only strings) answers
+-- {'wrong_type', key}, and so does a version that is not a number, so that no read fails.
 local n = #ARGV - 1
 local total = 0
-for i = 1, n do
-  if ARGV[i] == '1' and redis.call('TYPE', KEYS[2 * i - 1])['ok'] == 'string' then
-    total = total + redis.call('STRLEN', KEYS[2 * i - 1])
-  end
-end
-if total > tonumber(ARGV[#ARGV]) then return {'too_large', tostring(total)} end
 local out = {}
 for i = 1, n do
+  for _, key in ipairs({KEYS[2 * i - 1], KEYS[2 * i]}) do
+    local key_type = redis.call('TYPE', key)['ok']
+    if key_type ~= 'none' and key_type ~= 'string' then return {'wrong_type', key} end
+  end
   local version = redis.call('GET', KEYS[2 * i]) or '0'
-  local exists = redis.call('EXISTS', KEYS[2 * i - 1])
-  local value = false
-  if ARGV[i] == '1' then value = redis.call('GET', KEYS[2 * i - 1]) end
-  out[i] = {version, exists, value}
+  if not string.match(version, '^%d+$') or string.len(version) > 18 then
+    return {'wrong_type', KEYS[2 * i]}
+  end
+  if ARGV[i] == '1' then total = total + redis.call('STRLEN', KEYS[2 * i - 1]) end
+  out[i] = {version, redis.call('EXISTS', KEYS[2 * i - 1]), false}
+end
+if total > tonumber(ARGV[#ARGV]) then return {'too_large', tostring(total)} end
+for i = 1, n do
+  if ARGV[i] == '1' then out[i][3] = redis.call('GET', KEYS[2 * i - 1]) end
 end
 return out
 "#;
@@ -334,6 +338,8 @@ pub enum Snapshot {
     Seen(Vec<Seen>),
     /// The values to read total this many bytes, more than allowed: none was read.
     TooLarge(u64),
+    /// This Redis key (a value or its version) is not a string: nothing was read.
+    WrongType(String),
 }
 
 /// The snapshot script's reply for `keys`.
@@ -344,12 +350,16 @@ pub fn read_snapshot(
     let Value::Array(entries) = reply else {
         return Err(malformed("snapshot reply is not an array"));
     };
-    if let [Value::BulkString(marker), total] = entries.as_slice() {
-        if marker.as_slice() == b"too_large" {
-            return text(Some(total))
-                .parse()
-                .map(Snapshot::TooLarge)
-                .map_err(|_| malformed("snapshot reply has a size that is not a number"));
+    if let [Value::BulkString(marker), detail] = entries.as_slice() {
+        match marker.as_slice() {
+            b"too_large" => {
+                return text(Some(detail))
+                    .parse()
+                    .map(Snapshot::TooLarge)
+                    .map_err(|_| malformed("snapshot reply has a size that is not a number"))
+            }
+            b"wrong_type" => return Ok(Snapshot::WrongType(text(Some(detail)))),
+            _ => {}
         }
     }
     if entries.len() != keys.len() {

@@ -213,6 +213,10 @@ pub(crate) fn seen_or_refused(ctx: &Context, snapshot: Snapshot) -> Result<Vec<S
                 state_read_limit(ctx)
             ),
         ))),
+        Snapshot::WrongType(key) => Err(Halt::Fail(Failure::new(
+            ErrorCode::InternalError,
+            format!("redis key {key} holds a value the worker never writes (not a string); nothing was read"),
+        ))),
     }
 }
 
