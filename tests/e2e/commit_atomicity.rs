@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use dtee_schemas::job::AccessMode;
 use dtee_schemas::state::StateKey;
-use dtee_schemas::{ErrorCode, JobResult, JobSpec};
+use dtee_schemas::{Digest, ErrorCode, JobResult, JobSpec};
 use dtee_submitter::builder::{inline_input, state, wasm_job};
 use dtee_tests::TestEnv;
+use dtee_worker::state::{Commit, CommitEntry, StateStore, WriteOp};
 use dtee_worker::stats::Stats;
 use dtee_worker::WorkerHandle;
 
@@ -144,8 +145,44 @@ async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
     let result = result.expect("the job is answered");
     let error = result.error.expect("the job failed");
     assert_eq!(error.code, ErrorCode::InternalError, "{}", error.message);
-    assert!(error.message.contains("wrong type"), "{}", error.message);
+    // The snapshot finds the list before the kernel runs (state_snapshot.rs).
+    let list_key = second_key.value_key(&env.namespace);
+    assert!(error.message.contains(&list_key), "{}", error.message);
     assert_answered_once(&env, &worker).await;
+
+    // Should the list appear between a job's snapshot and its commit, the commit script
+    // refuses before its first write: called here directly, with the versions the snapshot
+    // would have seen.
+    let store = StateStore::new(env.client.redis(), env.namespace.clone());
+    let entries = [
+        CommitEntry {
+            key: first_key.clone(),
+            seen_version: 0,
+            op: WriteOp::Set(b"hello".to_vec()),
+        },
+        CommitEntry {
+            key: second_key.clone(),
+            seen_version: 0,
+            op: WriteOp::Append(b"hello".to_vec()),
+        },
+    ];
+    let answer = store
+        .commit(
+            &first_key.hash_tag(),
+            &Digest::of(b"a commit between snapshot and list"),
+            &entries,
+            b"result",
+            Duration::from_secs(60),
+            1 << 20,
+        )
+        .await
+        .expect("commit script");
+    assert_eq!(answer, Commit::WrongType(list_key));
+    assert_eq!(
+        env.client.state_get(&first_key).await.unwrap(),
+        (None, 0),
+        "the commit wrote nothing"
+    );
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
