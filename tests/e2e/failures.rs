@@ -1,5 +1,5 @@
 //! Failures that must not wedge a worker: a result channel the broker closed, a result too
-//! large to publish, a panic while running a kernel.
+//! large to publish, a panic while running a kernel or elsewhere in the job path.
 
 use std::time::Duration;
 
@@ -100,6 +100,48 @@ async fn a_panic_while_running_a_kernel_is_answered_and_not_retried() {
     dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
     assert_eq!(Stats::get(&worker.stats.retried), 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(env.queue_depth("wasm").await, 0);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_job_path_returns_the_delivery_until_it_is_dead_lettered() {
+    // Stand-in for a bug in the job path outside the kernel: the panic-in-job hook panics in
+    // the job's task for the job whose nonce is `dtee-test-panic`. Its delivery goes back to
+    // the queue each time, so the delivery limit dead-letters it and it is answered
+    // dead_lettered, instead of being held (with a prefetch credit) for as long as the channel
+    // lives; other jobs, before and after, are answered and acknowledged.
+    let env = TestEnv::new("panic-job").await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.test_hook = Some(dtee_worker::config::TestHook::PanicInJob);
+            c.delivery_limit = 1;
+        })
+        .await;
+    let echo = env.put_kernel("echo").await;
+    let job = |text: &str, nonce: &str| {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![inline_input("in", text.as_bytes()), output("out", 16)];
+        spec.nonce = Some(nonce.to_owned());
+        spec
+    };
+    assert!(env.run(&job("before", "1")).await.succeeded());
+    let poison = env.run(&job("poison", "dtee-test-panic")).await;
+    assert_eq!(
+        poison.error_code(),
+        Some(ErrorCode::DeadLettered),
+        "{:?}",
+        poison.error
+    );
+    for index in 0..20 {
+        let text = format!("after {index}");
+        assert!(env.run(&job(&text, &text)).await.succeeded());
+    }
+    // The poison's two deliveries were returned (not acked); its dead letter and the 21
+    // other jobs were acked.
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 22).await;
+    assert_eq!(Stats::get(&worker.stats.dead_lettered), 1);
     assert_eq!(env.queue_depth("wasm").await, 0);
     worker.shutdown().await.unwrap();
     env.cleanup().await;

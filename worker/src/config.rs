@@ -52,6 +52,9 @@ pub enum TestHook {
     /// Panic on the kernel's thread instead of running the kernel, as a bug in the worker or
     /// in Wasmtime would.
     PanicInKernel,
+    /// Panic in the job's own task, after admission, for a job whose nonce is
+    /// `dtee-test-panic`, as a bug in the job path would.
+    PanicInJob,
 }
 
 /// The worker's typed configuration.
@@ -452,7 +455,7 @@ mod tests {
         {
             assert_eq!(
                 error.to_string(),
-                "DTEE_TEST_HOOK=sleep is not valid: hooks: pause-after-commit, stall-consumer, panic-in-kernel"
+                "DTEE_TEST_HOOK=sleep is not valid: hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job"
             );
             assert_eq!(result.unwrap().test_hook, Some(TestHook::StallConsumer));
         }

@@ -400,7 +400,10 @@ fn test_hook(text: &str) -> Result<Option<TestHook>, String> {
         "pause-after-commit" => Ok(Some(TestHook::PauseAfterCommit)),
         "stall-consumer" => Ok(Some(TestHook::StallConsumer)),
         "panic-in-kernel" => Ok(Some(TestHook::PanicInKernel)),
-        _ => Err("hooks: pause-after-commit, stall-consumer, panic-in-kernel".to_owned()),
+        "panic-in-job" => Ok(Some(TestHook::PanicInJob)),
+        _ => Err(
+            "hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job".to_owned(),
+        ),
     }
 }
 

@@ -34,7 +34,9 @@ use lapin::options::BasicNackOptions;
 use tokio::sync::watch;
 
 use crate::fair::FairSlots;
-use tracing::{debug, warn, Instrument};
+use futures_util::FutureExt as _;
+use std::panic::AssertUnwindSafe;
+use tracing::{debug, error, warn, Instrument};
 
 pub(crate) use self::admit::Admitted;
 pub(crate) use self::outcome::{Failure, Outcome};
@@ -131,7 +133,27 @@ pub(crate) async fn handle(
         let _in_flight = ctx.telemetry.in_flight();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            match attempt(&ctx, &delivery, &acks).await {
+            // A panic here is a bug in the job path (a kernel's panic is caught where it runs
+            // and answered): the delivery goes back to the queue, so that its delivery limit
+            // dead-letters a job that keeps doing it, instead of holding one of the channel's
+            // prefetch credits and blocking batched acks for as long as the channel lives.
+            let attempted = AssertUnwindSafe(attempt(&ctx, &delivery, &acks))
+                .catch_unwind()
+                .await;
+            let Ok(attempted) = attempted else {
+                error!("the job path panicked; returning the delivery to the queue");
+                ctx.telemetry.retrying();
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(error) = delivery.acker.nack(requeue).await {
+                    warn!(%error, "returning a delivery after a panic failed; it returns when the channel closes");
+                }
+                acks.settled(delivery.delivery_tag);
+                return;
+            };
+            match attempted {
                 Ok(()) => {
                     ctx.telemetry.job_answered(received.elapsed());
                     return;
@@ -174,6 +196,11 @@ async fn attempt(ctx: &Context, delivery: &Delivery, acks: &Acks) -> Result<(), 
         Ok(job) => job,
         Err(refused) => return deliver::deliver(ctx, delivery, acks, refused).await,
     };
+    if crate::hooks::active(&ctx.config, crate::hooks::TestHook::PanicInJob)
+        && job.parsed.spec.nonce.as_deref() == Some("dtee-test-panic")
+    {
+        panic!("dtee-test-hook: panic-in-job");
+    }
     // Held until the outcome is cached and published, so that another delivery of the id on
     // this worker is answered from the cache instead of running again.
     let _turn = ctx.turns.take(job.id()).await;
