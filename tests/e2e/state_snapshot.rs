@@ -5,10 +5,18 @@
 
 use dtee_schemas::job::AccessMode;
 use dtee_schemas::state::StateKey;
-use dtee_schemas::ErrorCode;
+use dtee_schemas::{Digest, ErrorCode, JobSpec};
 use dtee_submitter::builder::{state, wasm_job};
 use dtee_tests::TestEnv;
 use dtee_worker::stats::Stats;
+
+/// An `increment` job on `key` (read_write).
+fn increment(kernel: &Digest, key: &str, nonce: &str, may_be_absent: bool) -> JobSpec {
+    let mut spec = wasm_job(kernel.clone(), "increment");
+    spec.buffers = vec![state("counter", key, AccessMode::ReadWrite, may_be_absent)];
+    spec.nonce = Some(nonce.to_owned());
+    spec
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_snapshot_read_with_the_prior_answers_survives_a_script_flush() {
@@ -16,21 +24,11 @@ async fn the_snapshot_read_with_the_prior_answers_survives_a_script_flush() {
     let worker = env.start_worker().await;
     let kernel = env.put_kernel("increment").await;
     let counter = format!("{}/snapshot/{}/counter", env.client.tenant(), env.namespace);
-    let increment = |nonce: &str| {
-        let mut spec = wasm_job(kernel.clone(), "increment");
-        spec.buffers = vec![state("counter", &counter, AccessMode::ReadWrite, true)];
-        spec.nonce = Some(nonce.to_owned());
-        spec
-    };
-    let first = env.run(&increment("1")).await;
+    let first = env.run(&increment(&kernel, &counter, "1", true)).await;
     assert!(first.succeeded(), "{:?}", first.error);
 
     // Redis forgets every script (other tests' workers load theirs again on their next call).
-    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut redis = env.client.redis();
     let flushed: String = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut redis)
@@ -41,7 +39,7 @@ async fn the_snapshot_read_with_the_prior_answers_survives_a_script_flush() {
     // The snapshot sent with the prior answers meets NOSCRIPT; the worker sends the two again
     // one after the other in the same attempt (without that, every attempt would fail the same
     // way and the job would never be answered).
-    let second = env.run(&increment("2")).await;
+    let second = env.run(&increment(&kernel, &counter, "2", true)).await;
     assert!(second.succeeded(), "{:?}", second.error);
     assert_eq!(second.state.as_ref().unwrap().read[0].version, 1);
     let (value, version) = env
@@ -55,10 +53,8 @@ async fn the_snapshot_read_with_the_prior_answers_survives_a_script_flush() {
     assert_eq!(Stats::get(&worker.stats.executed), 2, "each job ran once");
 
     // A key that must exist and does not is still refused, from the snapshot read up front.
-    let mut must_exist = wasm_job(kernel.clone(), "increment");
     let absent = format!("{}/snapshot/{}/absent", env.client.tenant(), env.namespace);
-    must_exist.buffers = vec![state("counter", &absent, AccessMode::ReadWrite, false)];
-    let refused = env.run(&must_exist).await;
+    let refused = env.run(&increment(&kernel, &absent, "3", false)).await;
     assert_eq!(
         refused.error.as_ref().map(|e| e.code),
         Some(ErrorCode::StateBindingNotFound),
@@ -80,9 +76,7 @@ async fn readable_state_values_over_the_input_bound_are_refused_before_any_is_re
         .state_put(&StateKey::parse(&big).unwrap(), &[7u8; 1025])
         .await
         .unwrap();
-    let mut spec = wasm_job(kernel.clone(), "increment");
-    spec.buffers = vec![state("counter", &big, AccessMode::ReadWrite, false)];
-    let refused = env.run(&spec).await;
+    let refused = env.run(&increment(&kernel, &big, "1", false)).await;
     let error = refused.error.expect("refused");
     assert_eq!(error.code, ErrorCode::ExcessiveResourceRequirements);
     assert!(error.message.contains("1025 bytes"), "{}", error.message);
@@ -95,8 +89,7 @@ async fn readable_state_values_over_the_input_bound_are_refused_before_any_is_re
         .state_put(&StateKey::parse(&exact).unwrap(), &[7u8; 1024])
         .await
         .unwrap();
-    spec.buffers = vec![state("counter", &exact, AccessMode::ReadWrite, false)];
-    let ran = env.run(&spec).await;
+    let ran = env.run(&increment(&kernel, &exact, "1", false)).await;
     assert_eq!(
         ran.error.as_ref().map(|e| e.code),
         Some(ErrorCode::KernelFailed),
@@ -115,21 +108,14 @@ async fn a_bound_key_of_the_wrong_type_fails_the_job_but_not_its_cached_answer()
     let kernel = env.put_kernel("increment").await;
     let tenant = env.client.tenant().to_owned();
     let job = |path: &str, nonce: &str| {
-        let mut spec = wasm_job(kernel.clone(), "increment");
         let key = format!("{tenant}/snapshot/{}/{path}", env.namespace);
-        spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
-        spec.nonce = Some(nonce.to_owned());
-        spec
+        increment(&kernel, &key, nonce, true)
     };
     let first = env.run(&job("counter", "1")).await;
     assert!(first.succeeded(), "{:?}", first.error);
 
     // Someone turns the value into a hash, and another key's version into a word.
-    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut redis = env.client.redis();
     let counter = StateKey::parse(&format!("{tenant}/snapshot/{}/counter", env.namespace)).unwrap();
     let other = StateKey::parse(&format!("{tenant}/snapshot/{}/other", env.namespace)).unwrap();
     let value_key = counter.value_key(&env.namespace);

@@ -143,14 +143,7 @@ pub(crate) async fn handle(
             let Ok(attempted) = attempted else {
                 error!("the job path panicked; returning the delivery to the queue");
                 ctx.telemetry.retrying();
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                if let Err(error) = delivery.acker.nack(requeue).await {
-                    warn!(%error, "returning a delivery after a panic failed; it returns when the channel closes");
-                }
-                acks.settled(delivery.delivery_tag);
+                return_to_queue(&delivery, &acks).await;
                 return;
             };
             match attempted {
@@ -164,12 +157,7 @@ pub(crate) async fn handle(
                     warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
                     if *shutdown.borrow() {
                         debug!("shutting down: returning the job to the queue");
-                        let requeue = BasicNackOptions {
-                            requeue: true,
-                            ..BasicNackOptions::default()
-                        };
-                        let _ = delivery.acker.nack(requeue).await;
-                        acks.settled(delivery.delivery_tag);
+                        return_to_queue(&delivery, &acks).await;
                         return;
                     }
                     tokio::time::sleep(delay).await;
@@ -179,6 +167,18 @@ pub(crate) async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Returns a delivery to its queue (a nack with requeue) and settles its tag.
+async fn return_to_queue(delivery: &Delivery, acks: &Acks) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(error) = delivery.acker.nack(requeue).await {
+        warn!(%error, "returning a delivery to the queue failed; it returns when the channel closes");
+    }
+    acks.settled(delivery.delivery_tag);
 }
 
 /// One attempt: decide the outcome, then deliver it.
