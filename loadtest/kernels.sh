@@ -8,6 +8,8 @@
 # kernels/wasm/*.wasm RUNS times through `dtee-worker exec --repeat` (the worker's own backend:
 # instantiation, the copies in and out, fuel metering and the epoch deadline all on, as for a
 # job). Prints the medians, their ratio, and checks that both produced the same output bytes.
+# Each wasm build runs in each wasm profile of PROFILES (default "deterministic fast": fuel
+# metering and NaN canonicalisation on, or neither; schemas/PROTOCOL.md §3).
 #
 # Usage: loadtest/kernels.sh [RUNS] [path/to/dtee-worker]   (defaults: 20, target/release)
 # NATIVE_FLAGS replaces the native build's -O2 (e.g. "-O2 -fno-vectorize -fno-slp-vectorize").
@@ -19,6 +21,12 @@ runs=${1:-20}
 worker=${2:-target/release/dtee-worker}
 [ -x "$worker" ] || { echo "kernels.sh: no $worker (cargo build --release -p dtee-worker)" >&2; exit 2; }
 read -r -a dirs <<<"${WASM_DIRS:-kernels/wasm}"
+read -r -a profiles <<<"${PROFILES:-deterministic fast}"
+# The wasm variants, build-major: the same order as the job folders made below.
+labels=()
+for dir in "${dirs[@]}"; do
+  for profile in "${profiles[@]}"; do labels+=("$(basename "$dir")/$profile"); done
+done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -34,9 +42,10 @@ PY
 
 # The wasm jobs' inputs, identical to the harness's.
 mkdir -p "$tmp/blobs"
-python3 - "$tmp" "${dirs[@]}" <<'PY'
+PROFILES="${profiles[*]}" python3 - "$tmp" "${dirs[@]}" <<'PY'
 import base64, hashlib, json, os, struct, sys
 tmp = sys.argv[1]
+profiles = os.environ["PROFILES"].split()
 def blob(data):
     digest = hashlib.sha256(data).hexdigest()
     open(f"{tmp}/blobs/{digest}", "wb").write(data)
@@ -45,10 +54,12 @@ def floats(n, mod, div):
     import array
     return array.array("f", [float(i % mod) / div for i in range(n)]).tobytes()
 def job(name, buffers, params):
-  for index, folder in enumerate(sys.argv[2:]):
+  variants = [(f, p) for f in sys.argv[2:] for p in profiles]
+  for index, (folder, profile) in enumerate(variants):
     kernel = open(f"{folder}/{name}.wasm", "rb").read()
     spec = {"schema": "dtee.job/v1",
-            "kernel": {"digest": blob(kernel), "format": "wasm", "entry": name, "target": "wasm"},
+            "kernel": {"digest": blob(kernel), "format": "wasm", "entry": name, "target": "wasm",
+                       "profile": profile},
             "buffers": buffers, "params": params,
             "limits": {"timeout_ms": 60000, "memory_bytes": 256 << 20, "output_bytes": 8 << 20}}
     os.makedirs(f"{tmp}/{index}", exist_ok=True)
@@ -69,7 +80,7 @@ PY
 rounds=${ROUNDS:-3}
 median() { python3 -c 'import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 2))' "$@"; }
 header="kernel     native µs"
-for dir in "${dirs[@]}"; do header+="  $(basename "$dir") µs, ratio"; done
+for label in "${labels[@]}"; do header+="  $label µs, ratio"; done
 echo "$header  (medians of $rounds rounds of $runs runs)"
 for kernel in sha256 saxpy matmul; do
   # shellcheck disable=SC2086 # NATIVE_FLAGS is a list of flags
@@ -80,13 +91,13 @@ for kernel in sha256 saxpy matmul; do
   for _ in $(seq 1 "$rounds"); do
     read -r native_us native_head < <("$tmp/$kernel" "$runs")
     natives+=("$native_us")
-    for index in "${!dirs[@]}"; do
+    for index in "${!labels[@]}"; do
       job="$tmp/$index/$kernel.json"
       wasm_us=$(DTEE_ATTESTATION=software DTEE_MAX_MEMORY_BYTES=$((1 << 30)) "$worker" exec "$job" \
           --blobs "$tmp/blobs" --repeat "$runs" 2>&1 >"$tmp/$kernel.result" | sed -n 's/.*median \([0-9]*\) us.*/\1/p')
       wasm_head=$(python3 -c 'import base64,json,sys; r=json.load(open(sys.argv[1])); print(base64.b64decode(r["outputs"][-1]["data"])[:8].hex())' "$tmp/$kernel.result")
       if [ "$native_head" != "$wasm_head" ]; then
-        echo "kernels.sh: $kernel from ${dirs[$index]} differs from native ($wasm_head / $native_head)" >&2
+        echo "kernels.sh: $kernel, ${labels[$index]}, differs from native ($wasm_head / $native_head)" >&2
         exit 1
       fi
       times[$index]+=" $wasm_us"
@@ -94,7 +105,7 @@ for kernel in sha256 saxpy matmul; do
     done
   done
   line=$(printf '%-8s %12s' "$kernel" "$(median "${natives[@]}")")
-  for index in "${!dirs[@]}"; do
+  for index in "${!labels[@]}"; do
     # shellcheck disable=SC2086 # the lists are space-separated numbers
     line+=$(printf '  %12s %6s' "$(median ${times[$index]})" "$(median ${ratios[$index]})")
   done

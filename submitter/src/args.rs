@@ -236,9 +236,14 @@ pub(crate) struct JobArgs {
     /// Memory limit, bytes.
     #[arg(long)]
     pub(crate) memory_bytes: Option<u64>,
-    /// Fuel limit.
+    /// Fuel limit (the deterministic profile only).
     #[arg(long)]
     pub(crate) fuel: Option<u64>,
+    /// How the wasm kernel runs: `deterministic` (the default: fuel metered, canonical NaN bit
+    /// patterns, the same bytes on every host) or `fast` (the wall-clock deadline only, NaN
+    /// bit patterns as the host CPU makes them).
+    #[arg(long, value_parser = ["deterministic", "fast"])]
+    pub(crate) profile: Option<String>,
     /// Output limit, bytes.
     #[arg(long)]
     pub(crate) output_bytes: Option<u64>,

@@ -273,6 +273,7 @@ pub fn wasm_job(kernel: Digest, entry: &str) -> dtee_schemas::JobSpec {
             format: dtee_schemas::job::KernelFormat::Wasm,
             entry: entry.to_owned(),
             target: "wasm".to_owned(),
+            profile: None,
         },
         buffers: Vec::new(),
         params: Vec::new(),

@@ -446,6 +446,12 @@ async fn job_body(
         output_bytes: job.output_bytes,
     };
     spec.nonce = job.nonce.clone();
+    spec.kernel.profile = match job.profile.as_deref() {
+        Some("fast") => Some(dtee_schemas::job::WasmProfile::Fast),
+        Some(_) => Some(dtee_schemas::job::WasmProfile::Deterministic),
+        None => None,
+    };
+    spec.validate().map_err(|e| usage(anyhow!(e)))?;
     let value = serde_json::to_value(&spec).expect("a JobSpec serializes");
     dtee_schemas::canonical::to_canonical_vec(&value).map_err(|e| usage(e.into()))
 }

@@ -101,6 +101,10 @@ fn typed_helpers_build_the_conformance_jobs() {
     for case in file["cases"].as_array_mut().unwrap() {
         let kernel: Digest = text(case, "kernel").parse().unwrap();
         let mut spec = builder::wasm_job(kernel, &text(case, "entry"));
+        // The wasm profile, given when the builder is made.
+        spec.kernel.profile = case
+            .get("profile")
+            .map(|profile| serde_json::from_value(profile.clone()).expect("a profile name"));
         for step in case["steps"].as_array().unwrap() {
             apply(&mut spec, step);
         }

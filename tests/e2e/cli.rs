@@ -487,6 +487,35 @@ fn print_job_connects_to_nothing_and_stores_nothing() {
             dtee_schemas::Digest::of(&[0, 0, 0, 63]).to_string()
         );
         dtee_schemas::parse_job(&output.stdout).expect("a valid job");
+        assert!(
+            job["kernel"].get("profile").is_none(),
+            "no profile unless asked"
+        );
     }
+    // `--profile fast` writes the profile; with `--fuel` too it is refused before anything is
+    // sent (the fast profile meters no fuel): 64, naming the field.
+    let print = |extra: &[&str]| {
+        Command::new(binary("dtee"))
+            .args(["run", "--print-job", "--kernel", kernel.to_str().unwrap()])
+            .args(["--entry", "saxpy", "--output", "out:4", "--profile", "fast"])
+            .args(extra)
+            .env("DTEE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .env("DTEE_REDIS_URL", "redis://127.0.0.1:1")
+            .output()
+            .unwrap()
+    };
+    let fast = print(&[]);
+    assert_eq!(
+        fast.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fast.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&fast.stdout).unwrap();
+    assert_eq!(job["kernel"]["profile"], "fast");
+    let refused = print(&["--fuel", "1000"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("limits.fuel"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -248,7 +248,7 @@ struct Hostile {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_four_hostile_jobs_get_their_codes_and_the_worker_survives() {
+async fn thirty_five_hostile_jobs_get_their_codes_and_the_worker_survives() {
     use serde_json::{json, Value};
     let env = TestEnv::new("hostile-table").await;
     const MAX_JOB_BYTES: usize = 64 * 1024;
@@ -345,6 +345,14 @@ async fn thirty_four_hostile_jobs_get_their_codes_and_the_worker_survives() {
                 v["buffers"][0]["inline"] =
                     json!(base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 80 * 1024]));
                 v["buffers"][1]["size"] = json!(80 * 1024);
+            }),
+            expected: ErrorCode::InvalidJob,
+        },
+        Hostile {
+            what: "fuel asked of the fast profile, which meters none",
+            body: with(echo_job(), &|v| {
+                v["kernel"]["profile"] = json!("fast");
+                v["limits"] = json!({"fuel": 1000});
             }),
             expected: ErrorCode::InvalidJob,
         },

@@ -14,6 +14,7 @@ mod hostile;
 mod jobs;
 mod limits;
 mod operability;
+mod profiles;
 mod resources;
 mod result_routing;
 mod scale;

@@ -90,6 +90,7 @@ fn statement(attestor: &Attestor) -> ExecutionStatement {
             format: KernelFormat::Wasm,
             entry: "increment".to_owned(),
             target: "wasm".to_owned(),
+            profile: None,
         }),
         nonce: Some("7f3c2a9e0b1d4c5f".to_owned()),
         secrets: Vec::new(),

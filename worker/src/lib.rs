@@ -51,6 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use dtee_schemas::job::WasmProfile;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -150,12 +151,17 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
     // The tenant queues: the session reads their announcements from the start.
     let tenants = broker::tenants::Tenants::new(&routing_keys, config.max_tenant_queues);
     let (session, publisher) = Session::open(&config, &routing_keys, &tenants.queues()).await?;
-    let wasm = Arc::new(WasmBackend::new(
-        config.module_cache_size,
-        config.module_cache_bytes,
-        config.compile.clone(),
-        config.concurrency,
-    )?);
+    let [wasm, wasm_fast] = [WasmProfile::Deterministic, WasmProfile::Fast].map(|profile| {
+        WasmBackend::with_profile(
+            profile,
+            config.module_cache_size,
+            config.module_cache_bytes,
+            config.compile.clone(),
+            config.concurrency,
+        )
+        .map(Arc::new)
+    });
+    let (wasm, wasm_fast) = (wasm?, wasm_fast?);
     let stats = Arc::new(Stats::default());
     let devices: Vec<Arc<backend::gpu::GpuBackend>> = gpus.values().cloned().collect();
     let metrics = Arc::new(metrics::Metrics::new(
@@ -201,6 +207,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         store,
         publisher: std::sync::RwLock::new(publisher),
         wasm,
+        wasm_fast,
         gpus,
         turns: job::turns::Turns::default(),
         long_kernels: Default::default(),

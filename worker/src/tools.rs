@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use dtee_schemas::job::{CheckedBuffer, InputSource};
+use dtee_schemas::job::{CheckedBuffer, InputSource, WasmProfile};
 use dtee_schemas::result::{Execution, JobError, JobResult, JobStatus, ResultSchema};
 use dtee_schemas::run::GpuDevice;
 use dtee_schemas::Digest;
@@ -152,18 +152,20 @@ pub fn exec(
         None => HashMap::new(),
     };
     let attestor = crate::attest(config)?;
-    let mut runners: HashMap<String, Runner> = HashMap::new();
+    let mut runners: HashMap<(String, Option<WasmProfile>), Runner> = HashMap::new();
     let mut executed = Vec::with_capacity(jobs.len());
     for job in jobs {
         let started_at = crate::clock::unix_ms();
         let bytes = std::fs::read(job).with_context(|| format!("reading {}", job.display()))?;
         let parsed = dtee_schemas::parse_job(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let target = parsed.spec.kernel.target.clone();
-        let runner = match runners.get(&target) {
+        let profile = parsed.spec.kernel.profile;
+        let key = (target, profile);
+        let runner = match runners.get(&key) {
             Some(runner) => runner.clone(),
             None => {
-                let runner = start_runner(config, &target)?;
-                runners.insert(target, runner.clone());
+                let runner = start_runner(config, &key.0, profile.unwrap_or_default())?;
+                runners.insert(key, runner.clone());
                 runner
             }
         };
@@ -206,7 +208,7 @@ pub struct Executed {
     pub timings: Vec<std::time::Duration>,
 }
 
-fn start_runner(config: &Config, target: &str) -> anyhow::Result<Runner> {
+fn start_runner(config: &Config, target: &str, profile: WasmProfile) -> anyhow::Result<Runner> {
     let program = config
         .compile
         .program
@@ -229,7 +231,8 @@ fn start_runner(config: &Config, target: &str) -> anyhow::Result<Runner> {
     } else if target == "wasm" {
         let mut compile = config.compile.clone();
         compile.program = Some(program);
-        Ok(Runner::Wasm(Arc::new(WasmBackend::new(
+        Ok(Runner::Wasm(Arc::new(WasmBackend::with_profile(
+            profile,
             4,
             1 << 30,
             compile,

@@ -16,6 +16,8 @@ export const JOB_SCHEMA = 'dtee.job/v1';
 const NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/;
 const TARGET = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const FORMATS = ['wasm', 'ptx', 'hsaco'];
+/** How a wasm kernel runs: fuel metered and canonical NaN bits (the default), or the deadline only. */
+const PROFILES = ['deterministic', 'fast'];
 const MODES = ['read_only', 'write_only', 'read_write', 'append_only'];
 const PLATFORMS = ['any', 'tpm', 'snp', 'any-hardware'];
 const LIMITS = { timeoutMs: 'timeout_ms', memoryBytes: 'memory_bytes', fuel: 'fuel', outputBytes: 'output_bytes' };
@@ -107,9 +109,12 @@ export class JobBuilder {
   /**
    * @param {string} kernel the kernel's digest (`sha256:…`), as stored with putBlob
    * @param {string} entry the exported function to call
-   * @param {{target?: string, format?: 'wasm'|'ptx'|'hsaco'}} [options] default target and format `wasm`
+   * @param {{target?: string, format?: 'wasm'|'ptx'|'hsaco', profile?: 'deterministic'|'fast'}} [options]
+   *   default target and format `wasm`; `profile` (wasm only): `deterministic` (what leaving it
+   *   out means, though another job id: fuel metered, canonical NaN bit patterns) or `fast` (the
+   *   wall-clock deadline only, no fuel limit, NaN bit patterns as the host CPU makes them)
    */
-  constructor(kernel, entry, { target = 'wasm', format = 'wasm' } = {}) {
+  constructor(kernel, entry, { target = 'wasm', format = 'wasm', profile } = {}) {
     given(kernel, 'kernel digest');
     if (!isDigest(kernel)) refuse(`kernel digest ${JSON.stringify(kernel)} is not sha256: and 64 lowercase hex digits`);
     given(entry, 'kernel entry');
@@ -122,6 +127,11 @@ export class JobBuilder {
     }
     if (!FORMATS.includes(format)) refuse(`kernel format ${JSON.stringify(format)} is not one of ${FORMATS.join(', ')}`);
     this.#kernel = { digest: kernel, format, entry, target };
+    if (profile !== undefined) {
+      if (!PROFILES.includes(profile)) refuse(`kernel profile ${JSON.stringify(profile)} is not one of ${PROFILES.join(', ')}`);
+      if (format !== 'wasm') refuse('kernel profile applies to wasm kernels only');
+      this.#kernel.profile = profile;
+    }
   }
 
   #addBuffer(buffer) {
@@ -245,6 +255,7 @@ export class JobBuilder {
       const wire = LIMITS[field];
       if (!wire) refuse(`unknown limit ${JSON.stringify(field)} (${Object.keys(LIMITS).join(', ')})`);
       if (value === undefined) continue;
+      if (wire === 'fuel' && this.#kernel.profile === 'fast') refuse('limits.fuel: the fast profile meters no fuel');
       this.#limits[wire] = checkCount(value, `limit ${field}`);
     }
     return this;

@@ -96,7 +96,7 @@ test('jcs_vectors', () => {
 
 /** Builds a case of clients/conformance/jobs.json, one helper call per step. */
 function buildCase(c) {
-  const b = job(c.kernel, c.entry);
+  const b = job(c.kernel, c.entry, c.profile === undefined ? undefined : { profile: c.profile });
   for (const step of c.steps) {
     const [[helper, a], ...rest] = Object.entries(step);
     assert.equal(rest.length, 0, 'a step is one helper call');

@@ -32,6 +32,8 @@ KERNEL_FORMATS = ("wasm", "ptx", "hsaco")
 STATE_MODES = ("read_only", "write_only", "read_write", "append_only")
 SCALAR_TYPES = ("i32", "u32", "i64", "u64", "f32", "f64")
 LIMIT_FIELDS = ("timeout_ms", "memory_bytes", "fuel", "output_bytes")
+#: How a wasm kernel runs: fuel metered and canonical NaN bits (the default), or the deadline only.
+WASM_PROFILES = ("deterministic", "fast")
 MAX_F32 = 3.4028234663852886e38
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -94,10 +96,21 @@ class Job:
 
     ``kernel`` is the kernel's digest (see :meth:`dtee.Client.put_blob`), ``entry`` the exported
     function to call, ``target`` the routing target (``wasm``), ``format`` the kernel format
-    (``wasm``; ``ptx``/``hsaco`` for GPU kernels, which also need :meth:`launch`).
+    (``wasm``; ``ptx``/``hsaco`` for GPU kernels, which also need :meth:`launch`). ``profile``
+    (wasm only) is ``"deterministic"`` (what leaving it out means, though another job id: fuel
+    metered, canonical NaN bit patterns) or ``"fast"`` (the wall-clock deadline only, no fuel
+    limit, NaN bit patterns as the host CPU makes them).
     """
 
-    def __init__(self, kernel: str, entry: str, *, target: str = "wasm", format: str = "wasm"):
+    def __init__(
+        self,
+        kernel: str,
+        entry: str,
+        *,
+        target: str = "wasm",
+        format: str = "wasm",
+        profile: Optional[str] = None,
+    ):
         _check_digest(kernel, "kernel digest")
         if not isinstance(entry, str) or not 1 <= len(entry.encode("utf-8", "surrogatepass")) <= 128:
             raise InvalidJobError(f"kernel entry {entry!r} must be 1 to 128 bytes")
@@ -106,6 +119,12 @@ class Job:
         if format not in KERNEL_FORMATS:
             raise InvalidJobError(f"kernel format {format!r} is not one of {KERNEL_FORMATS}")
         self._kernel = {"digest": kernel, "format": format, "entry": entry, "target": target}
+        if profile is not None:
+            if profile not in WASM_PROFILES:
+                raise InvalidJobError(f"kernel profile {profile!r} is not one of {WASM_PROFILES}")
+            if format != "wasm":
+                raise InvalidJobError("kernel profile applies to wasm kernels only")
+            self._kernel["profile"] = profile
         self._buffers: list[dict[str, Any]] = []
         self._params: list[dict[str, Any]] = []
         self._launch: Optional[dict[str, Any]] = None
@@ -233,6 +252,8 @@ class Job:
             "fuel": fuel,
             "output_bytes": output_bytes,
         }
+        if fuel is not None and self._kernel.get("profile") == "fast":
+            raise InvalidJobError("limits.fuel: the fast profile meters no fuel")
         self._limits = {k: _check_count(v, f"limits.{k}") for k, v in given.items() if v is not None}
         return self
 
@@ -333,8 +354,14 @@ def validate_spec(spec: Any) -> None:
     spec = _fields(spec, "the job", {"schema", "kernel"}, _SPEC_FIELDS - {"schema", "kernel"})
     if spec["schema"] != JOB_SCHEMA:
         raise InvalidJobError(f"schema must be {JOB_SCHEMA!r}")
-    kernel = _fields(spec["kernel"], "kernel", {"digest", "format", "entry", "target"}, set())
-    probe = Job(kernel["digest"], kernel["entry"], target=kernel["target"], format=kernel["format"])
+    kernel = _fields(spec["kernel"], "kernel", {"digest", "format", "entry", "target"}, {"profile"})
+    probe = Job(
+        kernel["digest"],
+        kernel["entry"],
+        target=kernel["target"],
+        format=kernel["format"],
+        profile=kernel.get("profile"),
+    )
     for i, buffer in enumerate(_list(spec.get("buffers", []), "buffers")):
         kind = buffer.get("kind") if isinstance(buffer, Mapping) else None
         if kind not in _BUFFER_FIELDS:

@@ -70,7 +70,7 @@ def f32(values) -> bytes:
 
 def build_case(case: dict) -> dtee.Job:
     """Builds a case of jobs.json with the typed helpers, one call per step."""
-    job = dtee.Job(case["kernel"], case["entry"])
+    job = dtee.Job(case["kernel"], case["entry"], profile=case.get("profile"))
     for step in case["steps"]:
         ((helper, args),) = step.items()
         if helper == "input_f32":
@@ -201,6 +201,10 @@ class OfflineConformance(unittest.TestCase):
             lambda: dtee.Job(kernel, "echo").attestation(None),
             lambda: dtee.Job(kernel, "echo").param("a", "f32", None),
             lambda: dtee.Job(kernel, None),
+            # The wasm profiles: a known name, wasm only, and no fuel for the fast one.
+            lambda: dtee.Job(kernel, "echo", profile="turbo"),
+            lambda: dtee.Job(kernel, "echo", format="ptx", profile="fast"),
+            lambda: dtee.Job(kernel, "echo", profile="fast").limits(fuel=5),
         ):
             with self.assertRaises(dtee.InvalidJobError):
                 build()

@@ -72,6 +72,33 @@ pub struct KernelRef {
     /// Routing target, and so the queue: `wasm`, `hip.gfx90a`, ...
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$"))]
     pub target: String,
+    /// How a WebAssembly kernel is run (absent: `deterministic`). GPU kernels take none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<WasmProfile>,
+}
+
+/// How a WebAssembly kernel is run: what the job trades between reproducibility and speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WasmProfile {
+    /// Fuel is metered (`limits.fuel`, `resources.fuel_consumed`) and every float operation's
+    /// NaN result is canonicalised: the same result bytes on every host. The default.
+    #[default]
+    Deterministic,
+    /// The wall-clock deadline only: no fuel is metered, and NaN bit patterns are what the
+    /// host CPU makes (results can differ between CPU architectures in the bits of NaN values,
+    /// and nowhere else). Tight float loops run up to 1.5 times faster.
+    Fast,
+}
+
+impl WasmProfile {
+    /// The profile's name in jobs (`deterministic`, `fast`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WasmProfile::Deterministic => "deterministic",
+            WasmProfile::Fast => "fast",
+        }
+    }
 }
 
 /// Kernel binary formats.

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 
 use super::checked::{check_secret, CheckedBuffer, InputSource};
-use super::{decode_base64, is_valid_target, AccessMode, Buffer, JobSpec, Param, ScalarType};
+use super::{
+    decode_base64, is_valid_target, AccessMode, Buffer, JobSpec, Param, ScalarType, WasmProfile,
+};
 use crate::state::StateKey;
 
 /// Why a parsed job is not acceptable: the field at fault, as a path into the spec
@@ -73,6 +75,21 @@ impl JobSpec {
                     kernel.target
                 ),
             ));
+        }
+        match (kernel.format.is_gpu(), kernel.profile) {
+            (true, Some(_)) => {
+                return Err(invalid(
+                    "kernel.profile",
+                    "applies to wasm kernels only: a GPU kernel is not metered or canonicalised",
+                ))
+            }
+            (false, Some(WasmProfile::Fast)) if self.limits.fuel.is_some() => {
+                return Err(invalid(
+                    "limits.fuel",
+                    "the fast profile meters no fuel: leave limits.fuel out, or use the deterministic profile",
+                ))
+            }
+            _ => {}
         }
         match (kernel.format.is_gpu(), &self.launch) {
             (false, Some(_)) => Err(invalid(
@@ -367,6 +384,25 @@ mod tests {
                 Box::new(|v| v["kernel"]["target"] = json!("WASM!")),
             ),
             (
+                "fuel with the fast profile",
+                Box::new(|v| {
+                    v["kernel"]["profile"] = json!("fast");
+                    v["limits"] = json!({"fuel": 1000});
+                }),
+            ),
+            (
+                "a profile on a GPU kernel",
+                Box::new(|v| {
+                    v["kernel"]["format"] = json!("ptx");
+                    v["kernel"]["profile"] = json!("deterministic");
+                    v["launch"] = json!({"grid": [1, 1, 1], "block": [64, 1, 1]});
+                }),
+            ),
+            (
+                "an unknown profile",
+                Box::new(|v| v["kernel"]["profile"] = json!("turbo")),
+            ),
+            (
                 "launch on wasm",
                 Box::new(|v| v["launch"] = json!({"grid": [1,1,1], "block": [1,1,1]})),
             ),
@@ -448,6 +484,31 @@ mod tests {
             field_of(Box::new(|v| v["kernel"]["entry"] = json!(""))),
             "kernel.entry"
         );
+        assert_eq!(
+            field_of(Box::new(|v| {
+                v["kernel"]["profile"] = json!("fast");
+                v["limits"] = json!({"fuel": 5});
+            })),
+            "limits.fuel"
+        );
+    }
+
+    #[test]
+    fn a_wasm_job_may_name_either_profile_and_leaving_it_out_is_another_job() {
+        let mut ids = HashSet::new();
+        for profile in [None, Some("deterministic"), Some("fast")] {
+            let mut value = base();
+            if let Some(profile) = profile {
+                value["kernel"]["profile"] = json!(profile);
+            }
+            let spec = parse(value).unwrap_or_else(|e| panic!("{profile:?}: {e}"));
+            assert_eq!(
+                spec.kernel.profile.map(WasmProfile::as_str),
+                profile,
+                "the profile round-trips"
+            );
+            assert!(ids.insert(crate::job_id(&spec).unwrap()), "{profile:?}");
+        }
     }
 
     #[test]

@@ -106,11 +106,12 @@ pub struct Args {
     /// is run again, from the start, on a blocking thread (0: every kernel on a blocking thread).
     #[arg(long, env = "DTEE_SHORT_RUN_FUEL", default_value = "2000000")]
     pub short_run_fuel: u64,
-    /// Compiled modules kept in memory.
+    /// Compiled modules kept in memory, for each wasm profile (`deterministic`, `fast`).
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     #[arg(value_parser = at_least(1usize))]
     pub module_cache_size: usize,
-    /// Bytes of compiled code and data the module cache keeps (least recently used evicted).
+    /// Bytes of compiled code and data the module cache keeps, for each wasm profile (least
+    /// recently used evicted).
     #[arg(long, env = "DTEE_MODULE_CACHE_BYTES", default_value = "536870912")]
     #[arg(value_parser = at_least(1usize))]
     pub module_cache_bytes: usize,

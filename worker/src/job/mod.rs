@@ -61,8 +61,10 @@ pub(crate) struct Context {
     pub state: StateStore,
     /// Result publishing with confirms; replaced when the worker reconnects.
     pub publisher: std::sync::RwLock<ResultPublisher>,
-    /// The WebAssembly backend.
+    /// The WebAssembly backend for the `deterministic` profile (the default).
     pub wasm: Arc<WasmBackend>,
+    /// The WebAssembly backend for the `fast` profile.
+    pub wasm_fast: Arc<WasmBackend>,
     /// The GPU backends, by target (each with every device that serves the target).
     pub gpus: std::collections::HashMap<String, Arc<crate::backend::gpu::GpuBackend>>,
     /// Kernel slots: at most `concurrency` kernels run at once, shared fairly by tenant.

@@ -2,7 +2,7 @@
 //! kernel format it serves, the job's limits with the worker's defaults filled in (never above
 //! its maximums), and the attestation the job requires.
 
-use dtee_schemas::job::KernelFormat;
+use dtee_schemas::job::{KernelFormat, WasmProfile};
 use dtee_schemas::result::EffectiveLimits;
 use dtee_schemas::{ErrorCode, JobSpec};
 
@@ -37,6 +37,9 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
     }
     let runner = match ctx.gpus.get(&spec.kernel.target) {
         Some(gpu) => Runner::Gpu(Arc::clone(gpu)),
+        None if spec.kernel.profile == Some(WasmProfile::Fast) => {
+            Runner::Wasm(Arc::clone(&ctx.wasm_fast))
+        }
         None => Runner::Wasm(Arc::clone(&ctx.wasm)),
     };
     let format = match &runner {

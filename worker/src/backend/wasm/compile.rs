@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use dtee_schemas::job::WasmProfile;
 use wasmtime::{Engine, Module};
 
 /// The hidden first argument that makes the worker's executable a kernel compiler.
@@ -87,6 +88,7 @@ pub enum CompilerError {
 pub(super) fn in_child(
     program: &PathBuf,
     settings: &CompileSettings,
+    profile: WasmProfile,
     bytes: &[u8],
 ) -> Result<Compiled, CompilerError> {
     let cpu_secs = settings.timeout.as_secs().saturating_add(2);
@@ -94,6 +96,7 @@ pub(super) fn in_child(
         .arg(COMPILE_SUBCOMMAND)
         .arg(settings.memory_bytes.to_string())
         .arg(cpu_secs.to_string())
+        .arg(profile.as_str())
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -203,12 +206,21 @@ pub(super) fn in_process(engine: &Engine, bytes: &[u8]) -> Result<Module, String
     Module::new(engine, bytes).map_err(|error| format!("{error:#}"))
 }
 
-/// The compiler child's `main`: `dtee-worker __dtee-compile-kernel MEMORY_BYTES CPU_SECS`, the
-/// kernel on stdin, the artefact on stdout, why it failed on stderr.
+/// The compiler child's `main`: `dtee-worker __dtee-compile-kernel MEMORY_BYTES CPU_SECS
+/// PROFILE`, the kernel on stdin, the artefact on stdout, why it failed on stderr.
 pub fn child_main(args: &[OsString]) -> ExitCode {
     let parse = |arg: Option<&OsString>| arg.and_then(|a| a.to_str()?.parse::<u64>().ok());
-    let (Some(memory_bytes), Some(cpu_secs)) = (parse(args.first()), parse(args.get(1))) else {
-        eprintln!("usage: dtee-worker {COMPILE_SUBCOMMAND} MEMORY_BYTES CPU_SECS < kernel.wasm");
+    let profile = match args.get(2).and_then(|a| a.to_str()) {
+        Some("deterministic") => Some(WasmProfile::Deterministic),
+        Some("fast") => Some(WasmProfile::Fast),
+        _ => None,
+    };
+    let (Some(memory_bytes), Some(cpu_secs), Some(profile)) =
+        (parse(args.first()), parse(args.get(1)), profile)
+    else {
+        eprintln!(
+            "usage: dtee-worker {COMPILE_SUBCOMMAND} MEMORY_BYTES CPU_SECS deterministic|fast < kernel.wasm"
+        );
         return ExitCode::from(EXIT_USAGE);
     };
     if let Err(error) = limit_self(memory_bytes, cpu_secs) {
@@ -220,7 +232,7 @@ pub fn child_main(args: &[OsString]) -> ExitCode {
         eprintln!("reading the kernel: {error}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let engine = match super::engine::new_engine(None) {
+    let engine = match super::engine::new_engine(None, profile) {
         Ok(engine) => engine,
         Err(error) => {
             eprintln!("{error:#}");

@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use dtee_schemas::job::WasmProfile;
 use wasmtime::Engine;
 
 use super::limits::{MAX_TABLES, MAX_TABLE_ELEMENTS};
@@ -29,7 +30,7 @@ const KEEP_RESIDENT_BYTES: usize = 256 << 10;
 /// pool slot. A module too large for it is refused when it is loaded.
 const MAX_INSTANCE_BYTES: usize = 4 << 20;
 
-/// A new engine with fuel, epoch interruption and deterministic floating point.
+/// A new engine for `profile`, with epoch interruption.
 ///
 /// With `pool_slots`, kernels are instantiated from a pool of that many slots, each with its
 /// linear memory and tables reserved when the engine is made: instantiating is then a matter of
@@ -37,13 +38,18 @@ const MAX_INSTANCE_BYTES: usize = 4 << 20;
 /// (measured: 28 µs less worker CPU per trivial job). A slot's memory is zeroed before it is
 /// used again, so nothing of one run is seen by the next. The compiler child makes its engine
 /// without a pool (its address space is limited; compiling instantiates nothing).
-pub(super) fn new_engine(pool_slots: Option<u32>) -> anyhow::Result<Engine> {
+///
+/// The `deterministic` profile meters fuel and canonicalises NaN results, so a result does not
+/// depend on the host CPU; `fast` does neither (the epoch deadline still bounds a run). Each
+/// costs about as much as the other in tight float loops (loadtest/kernels.sh: matmul 1.7×
+/// native with both, 1.37× without canonicalisation, 1.15× without either).
+pub(super) fn new_engine(pool_slots: Option<u32>, profile: WasmProfile) -> anyhow::Result<Engine> {
+    let deterministic = profile == WasmProfile::Deterministic;
     let mut config = wasmtime::Config::new();
     config
-        .consume_fuel(true)
+        .consume_fuel(deterministic)
         .epoch_interruption(true)
-        // Deterministic NaN bit patterns, so a result does not depend on the host CPU.
-        .cranelift_nan_canonicalization(true)
+        .cranelift_nan_canonicalization(deterministic)
         // Relaxed SIMD with one deterministic semantics on every host.
         .relaxed_simd_deterministic(true)
         .max_wasm_stack(MAX_WASM_STACK);

@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use dtee_schemas::job::KernelFormat;
+use dtee_schemas::job::{KernelFormat, WasmProfile};
 use dtee_schemas::result::ResourceUsage;
 use dtee_schemas::run::EffectiveLimits;
 use dtee_schemas::{Digest, ErrorCode};
@@ -44,6 +44,8 @@ pub type Prepared = super::Prepared<InstancePre<HostState>>;
 /// The WebAssembly backend. Cheap to share behind an `Arc`.
 ///
 pub struct WasmBackend {
+    /// How this backend's kernels run: metered and canonical, or fast.
+    profile: WasmProfile,
     /// The engine every kernel is compiled for and run in.
     engine: Engine,
     /// The host ABI, linked into every module at compilation.
@@ -73,19 +75,43 @@ impl WasmBackend {
         compile: CompileSettings,
         kernel_slots: usize,
     ) -> anyhow::Result<WasmBackend> {
+        WasmBackend::with_profile(
+            WasmProfile::Deterministic,
+            module_cache_size,
+            module_cache_bytes,
+            compile,
+            kernel_slots,
+        )
+    }
+
+    /// Like [`WasmBackend::new`], for the jobs of one profile (a backend serves one: fuel
+    /// metering and NaN canonicalisation are properties of the engine).
+    pub fn with_profile(
+        profile: WasmProfile,
+        module_cache_size: usize,
+        module_cache_bytes: usize,
+        compile: CompileSettings,
+        kernel_slots: usize,
+    ) -> anyhow::Result<WasmBackend> {
         let pool_slots = u32::try_from(kernel_slots.saturating_add(2)).unwrap_or(u32::MAX);
-        let engine = engine::new_engine(Some(pool_slots))?;
+        let engine = engine::new_engine(Some(pool_slots), profile)?;
         let mut linker = Linker::new(&engine);
         abi::define(&mut linker)
             .map_err(|error| anyhow::anyhow!("defining the host ABI: {error}"))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(WasmBackend {
+            profile,
             engine,
             linker,
             cache: Mutex::new(ModuleCache::new(module_cache_size, module_cache_bytes)),
             compile,
             ticker,
         })
+    }
+
+    /// The profile this backend runs kernels with.
+    pub fn profile(&self) -> WasmProfile {
+        self.profile
     }
 
     /// Compiles (in a child process, under the compile bounds) and links `bytes`; `Err` when
@@ -108,25 +134,29 @@ impl WasmBackend {
                 .map_err(invalid)
                 .and_then(|module| self.link(&module)));
         };
-        Ok(match compile::in_child(program, &self.compile, bytes)? {
-            // The artefact is this executable's own; loading it checks it against the
-            // engine's instance pool, which refuses a module needing more than a pool slot
-            // holds: a property of the kernel, answered as such.
-            compile::Compiled::Artefact(artefact) => match compile::load(&self.engine, &artefact) {
-                Ok(module) => self.link(&module),
-                Err(error) => Err(KernelError::before_run(
-                    ErrorCode::KernelLinkFailed,
-                    format!(
+        Ok(
+            match compile::in_child(program, &self.compile, self.profile, bytes)? {
+                // The artefact is this executable's own; loading it checks it against the
+                // engine's instance pool, which refuses a module needing more than a pool slot
+                // holds: a property of the kernel, answered as such.
+                compile::Compiled::Artefact(artefact) => {
+                    match compile::load(&self.engine, &artefact) {
+                        Ok(module) => self.link(&module),
+                        Err(error) => Err(KernelError::before_run(
+                            ErrorCode::KernelLinkFailed,
+                            format!(
                         "the kernel cannot be loaded into this worker's instance pool: {error:#}"
                     ),
+                        )),
+                    }
+                }
+                compile::Compiled::Invalid(message) => Err(invalid(message)),
+                compile::Compiled::LimitExceeded(message) => Err(KernelError::before_run(
+                    ErrorCode::KernelCompileLimitExceeded,
+                    message,
                 )),
             },
-            compile::Compiled::Invalid(message) => Err(invalid(message)),
-            compile::Compiled::LimitExceeded(message) => Err(KernelError::before_run(
-                ErrorCode::KernelCompileLimitExceeded,
-                message,
-            )),
-        })
+        )
     }
 
     /// Checks that a compiled module exports its memory, and links it with the host ABI.
@@ -241,7 +271,10 @@ impl WasmBackend {
     ) -> Result<Completed, KernelError> {
         let mut store = Store::new(&self.engine, HostState::new(invocation, limits));
         store.limiter(|state| state);
-        store.set_fuel(limits.fuel).expect("fuel is enabled");
+        let metered = self.profile == WasmProfile::Deterministic;
+        if metered {
+            store.set_fuel(limits.fuel).expect("fuel is enabled");
+        }
         // The epoch advances while this is held; taken before the deadline is set.
         let _running = self.ticker.running();
         store.set_epoch_deadline(engine::deadline_ticks(limits.timeout_ms));
@@ -251,10 +284,14 @@ impl WasmBackend {
         let outcome = call_entry(&mut store, prepared, &invocation.entry);
         let wall_time = started.elapsed();
 
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        // The fast profile meters nothing: it reports no fuel consumed.
+        let fuel_consumed = match store.get_fuel() {
+            Ok(left) if metered => limits.fuel.saturating_sub(left),
+            _ => 0,
+        };
         let state = store.into_data();
         let usage = ResourceUsage {
-            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            fuel_consumed,
             peak_memory_bytes: state.peak_memory,
             wall_time_us: wall_time.as_micros() as u64,
             output_bytes: state.output_used,
@@ -351,3 +388,6 @@ mod tests;
 
 #[cfg(test)]
 mod short_tests;
+
+#[cfg(test)]
+mod profile_tests;

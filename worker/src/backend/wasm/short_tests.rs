@@ -93,7 +93,7 @@ const TWO_MEMORIES: &[u8] = &[
 fn the_compiler_childs_artefacts_load_into_the_pool_unless_a_kernel_needs_more_than_a_slot() {
     // The compiler child makes its engine without a pool; the worker loads what it made into
     // an engine with one.
-    let child = engine::new_engine(None).unwrap();
+    let child = engine::new_engine(None, dtee_schemas::job::WasmProfile::Deterministic).unwrap();
     let pooled = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     let echo = child.precompile_module(&kernel("echo")).unwrap();
     compile::load(&pooled.engine, &echo).unwrap();
