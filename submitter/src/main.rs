@@ -401,6 +401,12 @@ async fn job_body(
     if let Some(path) = &job.job_file {
         return read(path);
     }
+    // Refused before the kernel or any blob is stored (the whole spec is validated below).
+    if job.profile.as_deref() == Some("fast") && job.fuel.is_some() {
+        return Err(usage(anyhow!(
+            "limits.fuel: the fast profile meters no fuel (leave --fuel out, or use --profile deterministic)"
+        )));
+    }
     let kernel = match (&job.kernel, &job.kernel_digest) {
         (Some(path), _) => blob(client, &read(path)?).await?,
         (None, Some(digest)) => digest

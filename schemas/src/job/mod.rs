@@ -87,7 +87,7 @@ pub enum WasmProfile {
     Deterministic,
     /// The wall-clock deadline only: no fuel is metered, and NaN bit patterns are what the
     /// host CPU makes (results can differ between CPU architectures in the bits of NaN values,
-    /// and nowhere else). Tight float loops run up to 1.5 times faster.
+    /// and in what a kernel computes from them). Tight float loops run up to 1.5 times faster.
     Fast,
 }
 

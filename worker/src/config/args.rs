@@ -34,7 +34,8 @@ pub struct Args {
     #[arg(value_parser = setting(targets))]
     pub targets: ::std::vec::Vec<String>,
     /// Kernels running at once (default: the number of cores; at most 1024: each slot reserves
-    /// about 4 GiB of address space for a kernel's linear memory).
+    /// about 4 GiB of address space for a kernel's linear memory in each of the two wasm
+    /// profiles' instance pools).
     #[arg(long, env = "DTEE_CONCURRENCY")]
     #[arg(value_parser = setting(concurrency))]
     pub concurrency: Option<usize>,
@@ -358,7 +359,7 @@ fn concurrency(text: &str) -> Result<usize, String> {
     let slots = whole_number(text, 1usize)?;
     if slots > MAX_CONCURRENCY {
         return Err(format!(
-            "must be at most {MAX_CONCURRENCY} (each kernel slot reserves about 4 GiB of address space)"
+            "must be at most {MAX_CONCURRENCY} (each kernel slot reserves about 8 GiB of address space)"
         ));
     }
     Ok(slots)

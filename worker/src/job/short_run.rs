@@ -10,14 +10,17 @@
 //! would have done; the first run's work is lost, at most the budget.
 //!
 //! What a short run can hold an async thread for is bounded before it starts: the job's inputs
-//! and state are at most [`SHORT_RUN_BYTES`] (they are copied in), the fuel bounds instructions
-//! and host primitives (charged per byte), the memory bound bounds what one bulk memory
-//! instruction touches, and the epoch deadline bounds the rest.
+//! and state are at most [`SHORT_RUN_BYTES`] (they are copied in), the memory bound bounds what
+//! one bulk memory instruction or host call touches, the epoch deadline (checked at function
+//! entries and loop heads) and the host's own deadline check (at every host call) bound the
+//! time, and in the `deterministic` profile the fuel bounds instructions and host primitives
+//! too. The `fast` profile meters no fuel: there the deadlines alone bound it.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 
+use dtee_schemas::job::WasmProfile;
 use dtee_schemas::{Digest, ErrorCode};
 
 use super::admit::Admitted;
@@ -38,14 +41,22 @@ const MAX_LONG_KERNELS_PER_TENANT: usize = 1024;
 /// Tenants with kernels remembered; every set starts again past this many.
 const MAX_TENANTS: usize = 4096;
 
-/// Kernels (digest and entry), by tenant, whose short run reached its budget.
+/// A kernel as a short run knows it: digest, entry and profile (a kernel that is long in one
+/// profile may be short in the other).
+type KernelKey = (Digest, String, WasmProfile);
+
+/// Kernels, by tenant, whose short run reached its budget.
 #[derive(Debug, Default)]
-pub(crate) struct LongKernels(Mutex<HashMap<String, HashSet<(Digest, String)>>>);
+pub(crate) struct LongKernels(Mutex<HashMap<String, HashSet<KernelKey>>>);
 
 impl LongKernels {
-    fn kernel(job: &Admitted) -> (Digest, String) {
+    fn kernel(job: &Admitted) -> KernelKey {
         let kernel = &job.parsed.spec.kernel;
-        (kernel.digest.clone(), kernel.entry.clone())
+        (
+            kernel.digest.clone(),
+            kernel.entry.clone(),
+            kernel.profile.unwrap_or_default(),
+        )
     }
 
     fn contains(&self, job: &Admitted) -> bool {
@@ -58,13 +69,13 @@ impl LongKernels {
 
     /// Whether `tenant` has `kernel` remembered; the key is made only for a tenant that has
     /// any (most have none), so the common case allocates nothing.
-    fn has(&self, tenant: &str, kernel: impl FnOnce() -> (Digest, String)) -> bool {
+    fn has(&self, tenant: &str, kernel: impl FnOnce() -> KernelKey) -> bool {
         let long = self.0.lock().expect("long kernels lock");
         long.get(tenant)
             .is_some_and(|kernels| kernels.contains(&kernel()))
     }
 
-    fn remember(&self, tenant: &str, kernel: (Digest, String)) {
+    fn remember(&self, tenant: &str, kernel: KernelKey) {
         let mut long = self.0.lock().expect("long kernels lock");
         if !long.contains_key(tenant) && long.len() >= MAX_TENANTS {
             long.clear();
@@ -147,8 +158,12 @@ fn slot_bytes(slots: &[Slot]) -> usize {
 mod tests {
     use super::*;
 
-    fn kernel(n: usize) -> (Digest, String) {
-        (Digest::of(&n.to_le_bytes()), "run".to_owned())
+    fn kernel(n: usize) -> KernelKey {
+        (
+            Digest::of(&n.to_le_bytes()),
+            "run".to_owned(),
+            WasmProfile::Deterministic,
+        )
     }
 
     #[test]
@@ -160,6 +175,8 @@ mod tests {
         }
         assert!(long.has("alice", || kernel(0)));
         assert!(!long.has("mallory", || kernel(0)), "per tenant");
+        let fast = || (kernel(0).0, kernel(0).1, WasmProfile::Fast);
+        assert!(!long.has("alice", fast), "per profile");
         let sets = long.0.lock().unwrap();
         assert!(sets["mallory"].len() <= MAX_LONG_KERNELS_PER_TENANT);
     }

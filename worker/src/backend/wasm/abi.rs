@@ -87,6 +87,7 @@ fn buffer_sha256(
     len: i64,
     dst: i32,
 ) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let (slot, range) = match readable_range(caller.data(), idx, offset, len) {
         Ok(readable) => readable,
         Err(code) => return Ok(code),
@@ -112,6 +113,7 @@ fn sha256(
     len: i32,
     dst: i32,
 ) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let Ok(len) = usize::try_from(len) else {
         return Ok(DTEE_ERR_RANGE);
     };
@@ -140,6 +142,7 @@ fn ed25519_verify(
     message_len: i32,
     signature: i32,
 ) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let Ok(message_len) = usize::try_from(message_len) else {
         return Ok(DTEE_ERR_RANGE);
     };
@@ -162,6 +165,7 @@ fn ed25519_verify(
 
 /// `buffer_find(name_ptr, name_len) -> i32`: the index of the named buffer.
 fn buffer_find(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let Some(name) = read_name(&mut caller, ptr, len)? else {
         return Ok(DTEE_ERR_BAD_INDEX);
     };
@@ -174,18 +178,19 @@ fn buffer_find(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtim
 }
 
 /// `buffer_len(idx) -> i64`: a readable buffer's length, or a write-only buffer's capacity.
-fn buffer_len(caller: Caller<'_, HostState>, idx: i32) -> i64 {
+fn buffer_len(caller: Caller<'_, HostState>, idx: i32) -> wasmtime::Result<i64> {
+    caller.data().check_deadline()?;
     let Some(slot) = usize::try_from(idx)
         .ok()
         .and_then(|idx| caller.data().slots.get(idx))
     else {
-        return DTEE_ERR_BAD_INDEX.into();
+        return Ok(DTEE_ERR_BAD_INDEX.into());
     };
-    match (&slot.readable, slot.capacity) {
+    Ok(match (&slot.readable, slot.capacity) {
         (Some(bytes), _) => bytes.len() as i64,
         (None, Some(capacity)) => capacity.min(i64::MAX as u64) as i64,
         (None, None) => DTEE_ERR_BAD_INDEX.into(),
-    }
+    })
 }
 
 /// `buffer_read(idx, offset, dst_ptr, len) -> i32`: copies bytes of a readable buffer into
@@ -197,6 +202,7 @@ fn buffer_read(
     dst: i32,
     len: i32,
 ) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let memory = memory_of(&mut caller)?;
     let (mem, state) = memory.data_and_store_mut(&mut caller);
     let (slot, range) = match readable_range(state, idx, offset, i64::from(len)) {
@@ -245,6 +251,7 @@ fn buffer_write(
     src: i32,
     len: i32,
 ) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let memory = memory_of(&mut caller)?;
     let (mem, state) = memory.data_and_store_mut(&mut caller);
     let (slot_idx, capacity) = match writable(state, idx) {
@@ -276,6 +283,7 @@ fn buffer_write(
 
 /// `buffer_set_len(idx, len) -> i32`: truncates or zero-fills a writable buffer to `len`.
 fn buffer_set_len(mut caller: Caller<'_, HostState>, idx: i32, len: i64) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let state = caller.data_mut();
     let (slot_idx, capacity) = match writable(state, idx) {
         Ok(writable) => writable,
@@ -297,6 +305,7 @@ fn buffer_set_len(mut caller: Caller<'_, HostState>, idx: i32, len: i64) -> wasm
 
 /// `param_find(name_ptr, name_len) -> i32`: the index of the named parameter.
 fn param_find(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    caller.data().check_deadline()?;
     let Some(name) = read_name(&mut caller, ptr, len)? else {
         return Ok(DTEE_ERR_BAD_INDEX);
     };
@@ -310,11 +319,13 @@ fn param_find(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) -> wasmtime
 
 /// `param_i64(idx) -> i64`: the parameter as an integer; a bad index traps.
 fn param_i64(mut caller: Caller<'_, HostState>, idx: i32) -> wasmtime::Result<i64> {
+    caller.data().check_deadline()?;
     param(&mut caller, idx).map(|param| param.int)
 }
 
 /// `param_f64(idx) -> f64`: the parameter as a float; a bad index traps.
 fn param_f64(mut caller: Caller<'_, HostState>, idx: i32) -> wasmtime::Result<f64> {
+    caller.data().check_deadline()?;
     param(&mut caller, idx).map(|param| param.float)
 }
 

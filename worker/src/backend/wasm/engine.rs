@@ -40,9 +40,9 @@ const MAX_INSTANCE_BYTES: usize = 4 << 20;
 /// without a pool (its address space is limited; compiling instantiates nothing).
 ///
 /// The `deterministic` profile meters fuel and canonicalises NaN results, so a result does not
-/// depend on the host CPU; `fast` does neither (the epoch deadline still bounds a run). Each
-/// costs about as much as the other in tight float loops (loadtest/kernels.sh: matmul 1.7×
-/// native with both, 1.37× without canonicalisation, 1.15× without either).
+/// depend on the host CPU; `fast` does neither (the epoch deadline still bounds a run). In
+/// tight float loops the two costs compound (loadtest/kernels.sh: matmul 1.7× native with both,
+/// 1.7× without fuel alone, 1.37× without canonicalisation alone, 1.15× without either).
 pub(super) fn new_engine(pool_slots: Option<u32>, profile: WasmProfile) -> anyhow::Result<Engine> {
     let deterministic = profile == WasmProfile::Deterministic;
     let mut config = wasmtime::Config::new();

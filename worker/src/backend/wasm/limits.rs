@@ -13,6 +13,7 @@
 //! whatever trap Wasmtime reports as the kernel unwinds.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dtee_schemas::job::AccessMode;
 use dtee_schemas::run::EffectiveLimits;
@@ -145,6 +146,11 @@ pub struct HostState {
     pub(super) output_used: u64,
     /// The first limit a host check tripped; it wins over whatever trap follows.
     tripped: Option<HostTrap>,
+    /// When the run's wall-clock limit passes (`None`: too far away to represent). Wasmtime
+    /// checks its epoch deadline at function entries and loop heads, not when a host call
+    /// returns, so every host function checks this one first: straight-line host calls cannot
+    /// run past the limit by more than one call's work.
+    deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -166,6 +172,17 @@ impl HostState {
             output_limit: limits.output_bytes,
             output_used: 0,
             tripped: None,
+            deadline: Instant::now().checked_add(Duration::from_millis(limits.timeout_ms)),
+        }
+    }
+
+    /// Traps with the wall-clock deadline's trap (`execution_timeout`) once it has passed.
+    pub(super) fn check_deadline(&self) -> wasmtime::Result<()> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => {
+                Err(wasmtime::Error::new(Trap::Interrupt))
+            }
+            _ => Ok(()),
         }
     }
 
