@@ -152,19 +152,19 @@ pub fn exec(
         None => HashMap::new(),
     };
     let attestor = crate::attest(config)?;
-    let mut runners: HashMap<(String, Option<WasmProfile>), Runner> = HashMap::new();
+    let mut runners: HashMap<(String, WasmProfile), Runner> = HashMap::new();
     let mut executed = Vec::with_capacity(jobs.len());
     for job in jobs {
         let started_at = crate::clock::unix_ms();
         let bytes = std::fs::read(job).with_context(|| format!("reading {}", job.display()))?;
         let parsed = dtee_schemas::parse_job(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let target = parsed.spec.kernel.target.clone();
-        let profile = parsed.spec.kernel.profile;
+        let profile = parsed.spec.kernel.profile.unwrap_or_default();
         let key = (target, profile);
         let runner = match runners.get(&key) {
             Some(runner) => runner.clone(),
             None => {
-                let runner = start_runner(config, &key.0, profile.unwrap_or_default())?;
+                let runner = start_runner(config, &key.0, profile)?;
                 runners.insert(key, runner.clone());
                 runner
             }
