@@ -13,13 +13,13 @@
 //! whatever trap Wasmtime reports as the kernel unwinds.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use dtee_schemas::job::AccessMode;
 use dtee_schemas::run::EffectiveLimits;
 use dtee_schemas::ErrorCode;
 use wasmtime::{ResourceLimiter, Trap};
 
+use super::engine::HostDeadline;
 use crate::backend::{Invocation, Slot};
 
 /// The most elements a kernel's tables may grow to.
@@ -146,11 +146,11 @@ pub struct HostState {
     pub(super) output_used: u64,
     /// The first limit a host check tripped; it wins over whatever trap follows.
     tripped: Option<HostTrap>,
-    /// When the run's wall-clock limit passes (`None`: too far away to represent). Wasmtime
+    /// The run's wall-clock deadline (`None`: unchecked, for runs outside a backend). Wasmtime
     /// checks its epoch deadline at function entries and loop heads, not when a host call
     /// returns, so every host function checks this one first: straight-line host calls cannot
     /// run past the limit by more than one call's work.
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<HostDeadline>,
 }
 
 impl HostState {
@@ -172,16 +172,14 @@ impl HostState {
             output_limit: limits.output_bytes,
             output_used: 0,
             tripped: None,
-            deadline: Instant::now().checked_add(Duration::from_millis(limits.timeout_ms)),
+            deadline: None,
         }
     }
 
     /// Traps with the wall-clock deadline's trap (`execution_timeout`) once it has passed.
     pub(super) fn check_deadline(&self) -> wasmtime::Result<()> {
-        match self.deadline {
-            Some(deadline) if Instant::now() >= deadline => {
-                Err(wasmtime::Error::new(Trap::Interrupt))
-            }
+        match &self.deadline {
+            Some(deadline) if deadline.passed() => Err(wasmtime::Error::new(Trap::Interrupt)),
             _ => Ok(()),
         }
     }

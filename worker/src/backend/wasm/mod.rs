@@ -278,6 +278,7 @@ impl WasmBackend {
         // The epoch advances while this is held; taken before the deadline is set.
         let _running = self.ticker.running();
         store.set_epoch_deadline(engine::deadline_ticks(limits.timeout_ms));
+        store.data_mut().deadline = Some(self.ticker.host_deadline(limits.timeout_ms));
         store.epoch_deadline_trap();
 
         let started = Instant::now();
