@@ -37,7 +37,7 @@ for driver in cuda hip; do
 done
 
 if json=$("$worker" doctor --json); then
-  if python3 -c 'import json,sys; d=json.load(sys.stdin); g=d["gpus"]; assert all(not x["devices"] for x in g), g; assert {x["driver"] for x in g} == {"cuda","hip"}, g; assert d["wasm"]["available"]' <<<"$json"; then
+  if python3 -c 'import json,sys; d=json.load(sys.stdin); g=d["gpus"]; assert all(not x["devices"] for x in g), g; assert {x["driver"] for x in g} == {"cuda","hip"}, g; assert d["wasm"]["available"]; assert d["wasm"]["profiles"] == ["deterministic", "fast"], d["wasm"]' <<<"$json"; then
     ok "doctor --json exits 0 and reports no GPU for cuda and hip"
   else
     fail "doctor --json: $json"

@@ -62,6 +62,7 @@ pub fn doctor_report(config: &Config) -> serde_json::Value {
             "target": "wasm",
             "format": "wasm",
             "engine": "wasmtime",
+            "profiles": ["deterministic", "fast"],
         },
     })
 }
@@ -128,7 +129,11 @@ pub fn doctor_text(report: &serde_json::Value) -> String {
             );
         }
     }
-    out += &line(true, "wasm backend (wasmtime), serves target wasm", "");
+    out += &line(
+        true,
+        "wasm backend (wasmtime), serves target wasm (profiles deterministic and fast)",
+        "",
+    );
     out
 }
 
