@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context as _};
 use clap::Parser;
 use dtee_schemas::attestation::verify::{self, Policy};
 use dtee_schemas::attestation::Outcome;
-use dtee_schemas::job::Limits;
+use dtee_schemas::job::{Limits, WasmProfile};
 use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::StateKey;
 use dtee_schemas::{Digest, JobResult, JobSpec};
@@ -402,7 +402,9 @@ async fn job_body(
         return read(path);
     }
     // Refused before the kernel or any blob is stored (the whole spec is validated below).
-    if job.profile.as_deref() == Some("fast") && job.fuel.is_some() {
+    // clap allows only the profiles' names.
+    let profile = job.profile.as_deref().and_then(WasmProfile::from_name);
+    if profile == Some(WasmProfile::Fast) && job.fuel.is_some() {
         return Err(usage(anyhow!(
             "limits.fuel: the fast profile meters no fuel (leave --fuel out, or use --profile deterministic)"
         )));
@@ -452,11 +454,7 @@ async fn job_body(
         output_bytes: job.output_bytes,
     };
     spec.nonce = job.nonce.clone();
-    spec.kernel.profile = match job.profile.as_deref() {
-        Some("fast") => Some(dtee_schemas::job::WasmProfile::Fast),
-        Some(_) => Some(dtee_schemas::job::WasmProfile::Deterministic),
-        None => None,
-    };
+    spec.kernel.profile = profile;
     spec.validate().map_err(|e| usage(anyhow!(e)))?;
     let value = serde_json::to_value(&spec).expect("a JobSpec serializes");
     dtee_schemas::canonical::to_canonical_vec(&value).map_err(|e| usage(e.into()))

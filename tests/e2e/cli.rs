@@ -458,6 +458,15 @@ async fn a_status_line_is_shown_while_waiting_on_a_terminal_only() {
 /// `--print-job` builds the job without connecting to anything or storing anything: the kernel
 /// and blob files are only hashed (unreachable broker and Redis here), and the printed job is
 /// the one `submit` would send.
+/// `dtee` pointed at a broker and a Redis that are not there.
+fn offline_dtee() -> Command {
+    let mut command = Command::new(binary("dtee"));
+    command
+        .env("DTEE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("DTEE_REDIS_URL", "redis://127.0.0.1:1");
+    command
+}
+
 #[test]
 fn print_job_connects_to_nothing_and_stores_nothing() {
     let dir = std::env::temp_dir().join(format!("dtee-print-job-{}", std::process::id()));
@@ -466,13 +475,11 @@ fn print_job_connects_to_nothing_and_stores_nothing() {
     std::fs::write(&blob, [0u8, 0, 0, 63]).unwrap();
     let kernel = repo_root().join("kernels/wasm/saxpy.wasm");
     for command in ["submit", "run"] {
-        let output = Command::new(binary("dtee"))
+        let output = offline_dtee()
             .args([command, "--print-job", "--kernel", kernel.to_str().unwrap()])
             .args(["--entry", "saxpy", "--input", "x=f32:1"])
             .arg(format!("--input=y=blob:@{}", blob.display()))
             .args(["--param", "a:f32=2", "--output", "out:4"])
-            .env("DTEE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
-            .env("DTEE_REDIS_URL", "redis://127.0.0.1:1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -495,12 +502,10 @@ fn print_job_connects_to_nothing_and_stores_nothing() {
     // `--profile fast` writes the profile; with `--fuel` too it is refused before anything is
     // sent (the fast profile meters no fuel): 64, naming the field.
     let print = |extra: &[&str]| {
-        Command::new(binary("dtee"))
+        offline_dtee()
             .args(["run", "--print-job", "--kernel", kernel.to_str().unwrap()])
             .args(["--entry", "saxpy", "--output", "out:4", "--profile", "fast"])
             .args(extra)
-            .env("DTEE_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
-            .env("DTEE_REDIS_URL", "redis://127.0.0.1:1")
             .output()
             .unwrap()
     };

@@ -99,6 +99,13 @@ impl WasmProfile {
             WasmProfile::Fast => "fast",
         }
     }
+
+    /// The profile named `name` (`deterministic`, `fast`), if any.
+    pub fn from_name(name: &str) -> Option<WasmProfile> {
+        [WasmProfile::Deterministic, WasmProfile::Fast]
+            .into_iter()
+            .find(|profile| profile.as_str() == name)
+    }
 }
 
 /// Kernel binary formats.

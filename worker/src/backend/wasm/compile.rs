@@ -210,11 +210,10 @@ pub(super) fn in_process(engine: &Engine, bytes: &[u8]) -> Result<Module, String
 /// PROFILE`, the kernel on stdin, the artefact on stdout, why it failed on stderr.
 pub fn child_main(args: &[OsString]) -> ExitCode {
     let parse = |arg: Option<&OsString>| arg.and_then(|a| a.to_str()?.parse::<u64>().ok());
-    let profile = match args.get(2).and_then(|a| a.to_str()) {
-        Some("deterministic") => Some(WasmProfile::Deterministic),
-        Some("fast") => Some(WasmProfile::Fast),
-        _ => None,
-    };
+    let profile = args
+        .get(2)
+        .and_then(|a| a.to_str())
+        .and_then(WasmProfile::from_name);
     let (Some(memory_bytes), Some(cpu_secs), Some(profile)) =
         (parse(args.first()), parse(args.get(1)), profile)
     else {

@@ -1,16 +1,9 @@
 //! The two wasm profiles: `deterministic` (fuel, canonical NaNs) and `fast` (neither).
 
-use super::tests::{invocation, kernel};
+use super::tests::{hash_slots, invocation, kernel, LIMITS};
 use super::*;
 use crate::backend::Slot;
 use dtee_schemas::result::EffectiveLimits;
-
-const LIMITS: EffectiveLimits = EffectiveLimits {
-    timeout_ms: 10_000,
-    memory_bytes: 1 << 24,
-    fuel: 1 << 40,
-    output_bytes: 1 << 20,
-};
 
 fn backend(profile: WasmProfile) -> WasmBackend {
     WasmBackend::with_profile(profile, 4, usize::MAX, CompileSettings::in_process(), 1).unwrap()
@@ -72,18 +65,7 @@ fn the_fast_profile_meters_no_fuel_and_stops_at_the_deadline() {
 fn a_host_primitive_charges_fuel_in_the_deterministic_profile_only() {
     // One unit of fuel: not enough for the host's SHA-256 of 100 KB when fuel is metered, and
     // nothing to a profile that meters none.
-    let slots = || {
-        vec![
-            Slot::Input {
-                name: "data".to_owned(),
-                data: vec![7u8; 100_000].into(),
-            },
-            Slot::Output {
-                name: "digest".to_owned(),
-                capacity: 32,
-            },
-        ]
-    };
+    let slots = || hash_slots(&[7u8; 100_000]);
     let limits = EffectiveLimits { fuel: 1, ..LIMITS };
     let metered = run(
         WasmProfile::Deterministic,
@@ -105,17 +87,7 @@ fn both_profiles_compute_the_same_bytes_and_host_primitives_work_unmetered() {
     for name in ["sha256", "sha256_host"] {
         let mut fuel = Vec::new();
         for profile in [WasmProfile::Deterministic, WasmProfile::Fast] {
-            let slots = vec![
-                Slot::Input {
-                    name: "data".to_owned(),
-                    data: data.clone().into(),
-                },
-                Slot::Output {
-                    name: "digest".to_owned(),
-                    capacity: 32,
-                },
-            ];
-            let done = run(profile, name, "sha256", slots, LIMITS).unwrap();
+            let done = run(profile, name, "sha256", hash_slots(&data), LIMITS).unwrap();
             assert_eq!(
                 done.written[1].as_deref(),
                 Some(expected.as_slice()),

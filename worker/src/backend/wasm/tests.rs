@@ -47,7 +47,7 @@ pub(super) fn invocation(entry: &str, slots: Vec<Slot>, limits: EffectiveLimits)
     }
 }
 
-const LIMITS: EffectiveLimits = EffectiveLimits {
+pub(super) const LIMITS: EffectiveLimits = EffectiveLimits {
     timeout_ms: 10_000,
     memory_bytes: 1 << 24,
     fuel: 1 << 40,
@@ -287,7 +287,17 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
 
 /// Runs the `sha256` entry of `name` over `data` (input "data", output "digest") with `fuel`.
 fn run_hash(name: &str, data: &[u8], fuel: u64) -> Result<Completed, KernelError> {
-    let slots = vec![
+    run_with(
+        name,
+        "sha256",
+        hash_slots(data),
+        EffectiveLimits { fuel, ..LIMITS },
+    )
+}
+
+/// The buffers of the `sha256` entry: input "data", output "digest".
+pub(super) fn hash_slots(data: &[u8]) -> Vec<Slot> {
+    vec![
         Slot::Input {
             name: "data".to_owned(),
             data: data.into(),
@@ -296,8 +306,7 @@ fn run_hash(name: &str, data: &[u8], fuel: u64) -> Result<Completed, KernelError
             name: "digest".to_owned(),
             capacity: 32,
         },
-    ];
-    run_with(name, "sha256", slots, EffectiveLimits { fuel, ..LIMITS })
+    ]
 }
 
 #[test]
