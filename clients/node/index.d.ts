@@ -236,6 +236,10 @@ export const DEFAULT_REDIS_URL: string;
 export const DEFAULT_NAMESPACE: string;
 export const DEFAULT_TIMEOUT_MS: number;
 export const DEFAULT_CANCEL_TTL_SECS: number;
+/** How many times a client publishes a nacked job again by default. */
+export const DEFAULT_NACK_RETRIES: number;
+/** The pause in ms before the `attempt`-th resend of a nacked job (100, 400, 1600, ..., at most 5000). */
+export function nackBackoffMs(attempt: number): number;
 export const HEADER_SUBMITTED_AT: string;
 
 /** The user name of an AMQP URL, `guest` when it has none. */
@@ -300,6 +304,8 @@ export class Client {
   readonly namespace: string;
   /** The AMQP user name: the tenant of the jobs this client publishes. */
   readonly user: string;
+  /** Resends of a nacked job before BrokerRefusedError (default DEFAULT_NACK_RETRIES; 0: none). */
+  nackRetries: number;
   /** Stores bytes under their digest (SET NX) and returns the digest. */
   putBlob(bytes: Uint8Array | ArrayBuffer): Promise<Digest>;
   /** Publishes (mandatory, confirmed) without waiting; returns the job id. */

@@ -58,7 +58,7 @@ pub enum ClientError {
         namespace: String,
     },
     /// The broker refused responsibility for the message.
-    #[error("the broker did not confirm the job (nack): the tenant's job queue is full (its length limit) or the broker could not store it; it was not accepted")]
+    #[error("the broker did not confirm the job (nack), again after the client's resends: the tenant's job queue is full (its length limit) or the broker could not store it; it was not accepted")]
     Nacked,
     /// The AMQP user's name cannot be carried by the jobs' routing keys.
     #[error("AMQP user {0:?} cannot submit jobs: a dtee user name is 1 to 64 of letters, digits, '_', '@' and '-' (no '.'), since jobs are published under `<user>.<routing key>`")]
@@ -96,6 +96,18 @@ pub struct Client {
     redis: RedisConn,
     /// The AMQP user, sent as `user_id` on every job: the job's tenant.
     user: String,
+    /// How many times a publish the broker nacked is sent again (see [`Client::set_nack_retries`]).
+    nack_retries: u32,
+}
+
+/// How many times [`Client`] sends a nacked job again by default.
+pub const DEFAULT_NACK_RETRIES: u32 = 2;
+
+/// The pause before the `attempt`-th resend of a nacked job: 100 ms, then 400 ms, then 1.6 s
+/// and so on, capped at 5 s.
+fn nack_backoff(attempt: u32) -> std::time::Duration {
+    let ms = 100u64.saturating_mul(4u64.saturating_pow(attempt.saturating_sub(1)));
+    std::time::Duration::from_millis(ms.min(5_000))
 }
 
 impl std::fmt::Debug for Client {
@@ -142,7 +154,19 @@ impl Client {
             channel,
             redis,
             user,
+            nack_retries: DEFAULT_NACK_RETRIES,
         })
+    }
+
+    /// Sets how many times a job the broker nacks is published again before
+    /// [`ClientError::Nacked`] is returned (default [`DEFAULT_NACK_RETRIES`], after 100 ms and
+    /// then 400 ms). A nack says the broker did not take the message: a job queue at its length
+    /// limit refuses every resend too, but a quorum queue also nacks when it could not register
+    /// the channel as a publisher in time (a busy broker), and a resend then goes through. A
+    /// job's id is its content, so a resend of a job the broker did keep after all is a
+    /// duplicate that the workers answer once. `0` reports the first nack at once.
+    pub fn set_nack_retries(&mut self, retries: u32) {
+        self.nack_retries = retries;
     }
 
     /// The tenant: the AMQP user, sent as `user_id` on every job.
@@ -306,27 +330,41 @@ impl Client {
             .with_message_id(message_id.into())
             .with_type(protocol::JOB_MESSAGE_TYPE.into())
             .with_delivery_mode(2);
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.config.namespace.jobs_exchange().into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(ClientError::NoRoute {
-                target: target.to_owned(),
-                namespace: self.config.namespace.to_string(),
-            }),
-            Confirmation::Nack(_) => Err(ClientError::Nacked),
+        let mut attempt = 0;
+        loop {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.config.namespace.jobs_exchange().into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties.clone(),
+                )
+                .await?
+                .await?;
+            match confirm {
+                Confirmation::Ack(None) | Confirmation::NotRequested => return Ok(()),
+                Confirmation::Ack(Some(_returned)) => {
+                    return Err(ClientError::NoRoute {
+                        target: target.to_owned(),
+                        namespace: self.config.namespace.to_string(),
+                    })
+                }
+                Confirmation::Nack(_) if attempt < self.nack_retries => {
+                    attempt += 1;
+                    tracing::debug!(
+                        message_id,
+                        attempt,
+                        "the broker nacked a job; sending it again"
+                    );
+                    tokio::time::sleep(nack_backoff(attempt)).await;
+                }
+                Confirmation::Nack(_) => return Err(ClientError::Nacked),
+            }
         }
     }
 
@@ -446,6 +484,16 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nack_resends_back_off_fourfold_up_to_five_seconds() {
+        let ms = |attempt| nack_backoff(attempt).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5)],
+            [100, 400, 1600, 5000, 5000]
+        );
+        assert_eq!(ms(u32::MAX), 5000);
+    }
 
     #[test]
     fn tls_and_cluster_urls_are_accepted_and_bad_schemes_refused() {

@@ -108,7 +108,10 @@ async fn a_full_tenant_queue_refuses_that_tenants_jobs_and_no_one_elses() {
             c.prefetch = 1;
         })
         .await;
-    let flood = env.tenant_client("dtee-test-full-flood").await;
+    let mut flood = env.tenant_client("dtee-test-full-flood").await;
+    // Each refusal is counted at the first nack, not after the client's resends (below, and
+    // in `a_nacked_job_is_sent_again_and_taken_once_the_queue_has_room`).
+    flood.set_nack_retries(0);
     let other = env.tenant_client("dtee-test-full-other").await;
     let spin = env.put_kernel("spin").await;
     let echo = env.put_kernel("echo").await;
@@ -117,20 +120,7 @@ async fn a_full_tenant_queue_refuses_that_tenants_jobs_and_no_one_elses() {
     // The operator's quota, as deploy/rabbitmq/definitions.json ships it (there with a larger
     // length): every job queue of the namespace holds at most 3 ready messages, and refuses
     // publishes beyond.
-    let policy = format!("{}-job-queue-length", env.namespace);
-    let pattern = format!("^{}\\.jobs\\.", regex_escape(env.namespace.as_str()));
-    assert!(rabbitmqctl(&[
-        "set_policy",
-        "-p",
-        "/",
-        "--apply-to",
-        "queues",
-        &policy,
-        &pattern,
-        r#"{"max-length": 3, "overflow": "reject-publish"}"#,
-    ]));
-    // Give the queues a moment to take the policy.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let policy = set_length_limit(&env, 3).await;
 
     let mut refused = 0;
     for nonce in 0..12 {
@@ -149,6 +139,106 @@ async fn a_full_tenant_queue_refuses_that_tenants_jobs_and_no_one_elses() {
 
     rabbitmqctl(&["clear_policy", "-p", "/", &policy]);
     worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+/// Limits every job queue of the test's namespace to `length` ready messages, refusing
+/// publishes beyond, and returns the policy's name.
+async fn set_length_limit(env: &TestEnv, length: u32) -> String {
+    let policy = format!("{}-job-queue-length", env.namespace);
+    let pattern = format!("^{}\\.jobs\\.", regex_escape(env.namespace.as_str()));
+    let definition = format!(r#"{{"max-length": {length}, "overflow": "reject-publish"}}"#);
+    assert!(rabbitmqctl(&[
+        "set_policy",
+        "-p",
+        "/",
+        "--apply-to",
+        "queues",
+        &policy,
+        &pattern,
+        &definition,
+    ]));
+    // Give the queues a moment to take the policy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    policy
+}
+
+/// A nack is not always final: a quorum queue also refuses a publish when it could not register
+/// the publisher in time on a busy broker. The client sends a nacked job again (twice by
+/// default, after 100 and 400 ms): a queue that is still full refuses each resend, and one that
+/// has room by then takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_job_is_sent_again_and_taken_once_the_queue_has_room() {
+    let env = TestEnv::new("fair-resend").await;
+    let echo = env.put_kernel("echo").await;
+    let mut tenant = env.tenant_client("dtee-test-resend").await;
+    // A worker declares the tenant's queue and stops: nothing consumes it afterwards.
+    let worker = env.start_worker().await;
+    make_tenant_queues(&env, &echo, &[&tenant]).await;
+    worker.shutdown().await.unwrap();
+    let queue = env.namespace.tenant_job_queue("wasm", tenant.tenant());
+    let policy = set_length_limit(&env, 1).await;
+    // A quorum queue takes publishes until it is over its limit (and tells its publishers so
+    // only then): fill it until it refuses one. Without resends, the first nack is the answer.
+    tenant.set_nack_retries(0);
+    let mut kept = 0;
+    let at_once = loop {
+        let started = Instant::now();
+        match tenant
+            .submit(&echo_job(echo.clone(), &format!("fill {kept}")))
+            .await
+        {
+            Ok(_) => kept += 1,
+            Err(ClientError::Nacked) => break started.elapsed(),
+            Err(error) => panic!("unexpected error: {error}"),
+        }
+        assert!(kept <= 5, "a queue limited to one job took {kept}");
+    };
+    assert!(kept >= 1);
+    assert_eq!(env.queue_depth_of(&queue).await, kept);
+
+    // With the default two resends, a queue that stays full refuses all three publishes, the
+    // last after the two pauses.
+    tenant.set_nack_retries(dtee_submitter::DEFAULT_NACK_RETRIES);
+    let started = Instant::now();
+    let refused = tenant
+        .submit(&echo_job(echo.clone(), "refused thrice"))
+        .await;
+    assert!(matches!(refused, Err(ClientError::Nacked)), "{refused:?}");
+    let after_resends = started.elapsed();
+    assert!(
+        after_resends >= Duration::from_millis(500) && after_resends > at_once,
+        "refused after {after_resends:?} (at once: {at_once:?}): the resends did not wait"
+    );
+    assert_eq!(
+        env.queue_depth_of(&queue).await,
+        kept,
+        "a refused job was kept"
+    );
+
+    // The queue gets room while the client pauses between resends: a resend is taken.
+    let tenant = std::sync::Arc::new(tenant);
+    let spec = echo_job(echo.clone(), "taken on a resend");
+    let submit = tokio::spawn({
+        let tenant = tenant.clone();
+        let spec = spec.clone();
+        async move { tenant.submit(&spec).await }
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let channel = env.client.connection().create_channel().await.unwrap();
+    channel
+        .queue_purge(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let id = submit.await.unwrap().expect("a resend was taken");
+    assert_eq!(id, dtee_schemas::job_id(&spec).unwrap());
+    assert_eq!(
+        env.queue_depth_of(&queue).await,
+        1,
+        "the resent job waits, once"
+    );
+
+    rabbitmqctl(&["clear_policy", "-p", "/", &policy]);
     env.cleanup().await;
 }
 

@@ -54,6 +54,14 @@ function parseCached(bytes) {
  * A connection to a dtee deployment: one AMQP connection and one Redis connection.
  * Create it with `Client.connect`, end it with `close()`.
  */
+/** How many times a client publishes a nacked job again by default (`client.nackRetries`). */
+export const DEFAULT_NACK_RETRIES = 2;
+
+/** The pause before the `attempt`-th resend of a nacked job: 100 ms, 400 ms, 1.6 s, ..., at most 5 s. */
+export function nackBackoffMs(attempt) {
+  return Math.min(100 * 4 ** (attempt - 1), 5_000);
+}
+
 export class Client {
   #connection;
   #redis;
@@ -70,6 +78,14 @@ export class Client {
     /** The AMQP user name: the tenant of every job this client publishes. */
     this.user = user;
     this.#waiter = new ResultWaiter(connection, { namespace, user, redis });
+    /**
+     * How many times a job the broker nacks is published again (after 100 ms, then 400 ms)
+     * before BrokerRefusedError. A queue at its length limit refuses every resend too, but a
+     * quorum queue also nacks when it could not register the publisher in time on a busy
+     * broker, and a resend then goes through. A resend of a job the broker kept after all is a
+     * duplicate the workers answer once. `0`: no resend.
+     */
+    this.nackRetries = DEFAULT_NACK_RETRIES;
   }
 
   /**
@@ -145,6 +161,17 @@ export class Client {
   }
 
   async #publish(prepared) {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.#publishOnce(prepared);
+      } catch (error) {
+        if (!(error instanceof BrokerRefusedError) || attempt >= this.nackRetries) throw error;
+        await new Promise((resolve) => setTimeout(resolve, nackBackoffMs(attempt + 1)));
+      }
+    }
+  }
+
+  async #publishOnce(prepared) {
     if (!isRoutableTenant(this.user)) throw new UnroutableUserError(this.user);
     const state = await this.#publishChannel();
     const exchange = `${this.namespace}.jobs`;
@@ -209,7 +236,7 @@ export class Client {
   /**
    * Publishes a job (its canonical bytes, mandatory, with a publisher confirm) and returns its
    * id without waiting for the result. Rejects with NoRouteError when no queue serves its
-   * routing key, BrokerRefusedError on a nack.
+   * routing key, BrokerRefusedError on a nack that lasted through `nackRetries` resends.
    * @param {import('./job.js').JobBuilder | object} jobOrSpec
    * @returns {Promise<string>} the job id
    */

@@ -1,6 +1,6 @@
 // dtee: the Node.js client. See README.md, and schemas/PROTOCOL.md for the wire protocol.
 
-export { Client, amqpUser, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, DEFAULT_NAMESPACE, DEFAULT_TIMEOUT_MS, DEFAULT_CANCEL_TTL_SECS, HEADER_SUBMITTED_AT } from './client.js';
+export { Client, amqpUser, DEFAULT_NACK_RETRIES, nackBackoffMs, DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, DEFAULT_NAMESPACE, DEFAULT_TIMEOUT_MS, DEFAULT_CANCEL_TTL_SECS, HEADER_SUBMITTED_AT } from './client.js';
 export { amqpUrls, loadTls } from './amqp.js';
 export { isClusterUrl, parseClusterUrl } from './redis.js';
 export { JobBuilder, job, jobId, prepareJob, jobRoutingKey, f32Bytes, readF32, JOB_SCHEMA } from './job.js';

@@ -14,9 +14,12 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { connectAmqp } from '../src/amqp.js';
 import {
+  BrokerRefusedError,
   CanonicalError,
   Client,
+  DEFAULT_NACK_RETRIES,
   InvalidJobError,
   JobFailedError,
   NoRouteError,
@@ -24,6 +27,7 @@ import {
   digestOf,
   f32Bytes,
   job,
+  loadTls,
   outputBytes,
   pae,
   parseStateKey,
@@ -482,6 +486,54 @@ liveTest('no_route', async () => {
   await assert.rejects(client.run(spec, { timeoutMs: 5_000 }), NoRouteError);
   // So is a platform no worker of the namespace attests with.
   await assert.rejects(client.submit((await saxpyJob([1], 'snp')).attestation('snp')), NoRouteError);
+});
+
+liveTest('nack_resent_then_refused', async () => {
+  // A quorum queue of this test's own, bound to the tenant's routing key for a target no worker
+  // serves, holds one job and refuses publishes beyond: each publish is nacked.
+  const client = await live();
+  const target = `nack-node-${randomUUID().slice(0, 8)}`;
+  const queue = `${env.namespace}.test.${target}`;
+  const { connection } = await connectAmqp(env.amqpUrl, loadTls(env.tls), {});
+  const channel = await connection.createChannel();
+  await channel.assertQueue(queue, {
+    durable: true,
+    arguments: { 'x-queue-type': 'quorum', 'x-max-length': 1, 'x-overflow': 'reject-publish' },
+  });
+  await channel.bindQueue(queue, `${env.namespace}.jobs`, `${client.user}.${target}`);
+  const echo = await kernel('echo');
+  const spec = (label) => job(echo, 'echo', { target }).output('out', 8).nonce(nonce(label));
+  try {
+    // A quorum queue takes publishes until it is over its limit: fill it until it refuses one.
+    // Without resends, the first nack is the answer.
+    client.nackRetries = 0;
+    let kept = 0;
+    let atOnce;
+    for (;;) {
+      const started = Date.now();
+      try {
+        await client.submit(spec(`fill-${kept}`));
+      } catch (error) {
+        assert.ok(error instanceof BrokerRefusedError, `${error}`);
+        atOnce = Date.now() - started;
+        break;
+      }
+      kept += 1;
+      assert.ok(kept <= 5, `a queue limited to one job took ${kept}`);
+    }
+    let started;
+    // The default: two resends, after 100 ms and 400 ms, each refused as well.
+    client.nackRetries = DEFAULT_NACK_RETRIES;
+    started = Date.now();
+    await assert.rejects(client.submit(spec('thrice')), BrokerRefusedError);
+    const afterResends = Date.now() - started;
+    assert.ok(afterResends >= 500 && afterResends > atOnce, `refused after ${afterResends} ms (at once: ${atOnce} ms)`);
+    assert.equal((await channel.checkQueue(queue)).messageCount, kept, 'a refused job was kept');
+  } finally {
+    client.nackRetries = DEFAULT_NACK_RETRIES;
+    await channel.deleteQueue(queue);
+    await connection.close();
+  }
 });
 
 liveTest('verify', async () => {

@@ -23,6 +23,7 @@ import {
   canonicalBytes,
   digestOf,
   job,
+  nackBackoffMs,
   jobRoutingKey,
   loadPolicy,
   normalizePolicy,
@@ -306,4 +307,8 @@ test('Redis Cluster URLs give their seed nodes and credentials', () => {
   for (const bad of ['redis://h:1', 'redis+cluster://', 'redis+cluster://h:port', 'redis+cluster://h:0', 'redis+cluster://u:p@,']) {
     assert.throws(() => parseClusterUrl(bad), DteeError, bad);
   }
+});
+
+test('nack resends back off fourfold up to five seconds', () => {
+  assert.deepEqual([1, 2, 3, 4, 5].map(nackBackoffMs), [100, 400, 1600, 5000, 5000]);
 });

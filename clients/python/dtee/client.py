@@ -34,6 +34,14 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 JOB_MESSAGE_TYPE = "dtee.job/v1"
 HEADER_SUBMITTED_AT = "dtee-submitted-unix-ms"
+#: How many times :meth:`Client.submit` publishes a nacked job again by default.
+DEFAULT_NACK_RETRIES = 2
+
+
+def nack_backoff(attempt: int) -> float:
+    """The pause, in seconds, before the ``attempt``-th resend of a nacked job: 0.1, 0.4, 1.6
+    and so on, capped at 5."""
+    return min(0.1 * 4 ** (attempt - 1), 5.0)
 
 JobLike = Job | Mapping[str, Any] | bytes | str
 
@@ -63,8 +71,15 @@ class Client:
         *,
         connection_name: str = "dtee python client",
         tls: Optional[Tls] = None,
+        nack_retries: int = DEFAULT_NACK_RETRIES,
     ):
         self.namespace = check_namespace(namespace)
+        #: How many times a job the broker nacks is published again (after 0.1 s, then 0.4 s)
+        #: before :class:`~dtee.errors.BrokerRefusedError`. A queue at its length limit refuses
+        #: every resend too, but a quorum queue also nacks when it could not register the
+        #: publisher in time on a busy broker, and a resend then goes through. A resend of a job
+        #: the broker kept after all is a duplicate the workers answer once. ``0``: no resend.
+        self.nack_retries = nack_retries
         tls = tls or Tls()
         parameters = amqp_parameters(amqp_url, tls, connection_name)
         #: The AMQP user: the tenant of every job this client submits.
@@ -191,8 +206,9 @@ class Client:
         sent in canonical form (a ``null`` anywhere is refused before anything is sent).
 
         Raises :class:`~dtee.errors.NoRouteError` when no queue serves the job's routing key,
-        :class:`~dtee.errors.BrokerRefusedError` on a nack or a closed channel.
-        Publishing the same job again is always safe.
+        :class:`~dtee.errors.BrokerRefusedError` on a nack (one that lasted through
+        :attr:`nack_retries` resends) or a closed channel. Publishing the same job again is
+        always safe.
         """
         body, job_id, spec = job_body(job)
         self._publish(body, job_id, routing_key_of(spec))
@@ -213,25 +229,33 @@ class Client:
             delivery_mode=2,
             headers={HEADER_SUBMITTED_AT: int(time.time() * 1000)},
         )
-        channel = self._publish_channel()
-        try:
-            channel.basic_publish(
-                exchange=f"{self.namespace}.jobs",
-                routing_key=routing_key,
-                body=body,
-                properties=properties,
-                mandatory=True,
-            )
-        except pika.exceptions.UnroutableError:
-            raise NoRouteError(routing_key, self.namespace) from None
-        except pika.exceptions.NackError:
-            raise BrokerRefusedError(
-                "the broker did not confirm the job (nack): the tenant's job queue is full or the "
-                "broker could not store it; it was not accepted"
-            ) from None
-        except pika.exceptions.AMQPError as error:
-            self._channel = None
-            raise self._broker_error(error, "publishing the job") from error
+        attempt = 0
+        while True:
+            channel = self._publish_channel()
+            try:
+                channel.basic_publish(
+                    exchange=f"{self.namespace}.jobs",
+                    routing_key=routing_key,
+                    body=body,
+                    properties=properties,
+                    mandatory=True,
+                )
+                return
+            except pika.exceptions.UnroutableError:
+                raise NoRouteError(routing_key, self.namespace) from None
+            except pika.exceptions.NackError:
+                if attempt < self.nack_retries:
+                    attempt += 1
+                    time.sleep(nack_backoff(attempt))
+                    continue
+                raise BrokerRefusedError(
+                    "the broker did not confirm the job (nack), again after the client's resends: "
+                    "the tenant's job queue is full or the broker could not store it; it was not "
+                    "accepted"
+                ) from None
+            except pika.exceptions.AMQPError as error:
+                self._channel = None
+                raise self._broker_error(error, "publishing the job") from error
 
     # -- waiting -------------------------------------------------------------------------------
 

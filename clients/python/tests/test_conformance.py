@@ -409,6 +409,53 @@ class LiveConformance(unittest.TestCase):
         # The client still works afterwards.
         self.assertTrue(self.saxpy()[1].succeeded)
 
+    def test_nack_resent_then_refused(self):
+        # A quorum queue of this test's own, bound to the tenant's routing key for a target no
+        # worker serves, holds one job and refuses publishes beyond: each publish is nacked.
+        client = self.client()
+        target = f"nack-py-{uuid.uuid4().hex[:8]}"
+        queue = f"{NAMESPACE}.test.{target}"
+        channel = client._connection.channel()
+        channel.queue_declare(
+            queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-max-length": 1, "x-overflow": "reject-publish"},
+        )
+        channel.queue_bind(queue, f"{NAMESPACE}.jobs", routing_key=f"{client.user}.{target}")
+        echo = self.kernel("echo.wasm")
+
+        def job(label):
+            return dtee.Job(echo, "echo", target=target).output("out", 8).nonce(fresh(label))
+
+        try:
+            # A quorum queue takes publishes until it is over its limit: fill it until it
+            # refuses one. Without resends, the first nack is the answer.
+            client.nack_retries = 0
+            kept = 0
+            while True:
+                started = time.monotonic()
+                try:
+                    client.submit(job(f"fill {kept}"))
+                except dtee.BrokerRefusedError:
+                    at_once = time.monotonic() - started
+                    break
+                kept += 1
+                self.assertLessEqual(kept, 5, "a queue limited to one job took more than five")
+            # The default: two resends, after 0.1 s and 0.4 s, each refused as well.
+            client.nack_retries = dtee.client.DEFAULT_NACK_RETRIES
+            started = time.monotonic()
+            with self.assertRaises(dtee.BrokerRefusedError):
+                client.submit(job("refused thrice"))
+            after_resends = time.monotonic() - started
+            self.assertGreaterEqual(after_resends, 0.5)
+            self.assertGreater(after_resends, at_once)
+            depth = channel.queue_declare(queue, passive=True).method.message_count
+            self.assertEqual(depth, kept, "a refused job was kept")
+        finally:
+            client.nack_retries = dtee.client.DEFAULT_NACK_RETRIES
+            channel.queue_delete(queue)
+            channel.close()
+
     def test_verify(self):
         _, result = self.saxpy()
         verdict = dtee.verify(result, SOFTWARE_POLICY)
