@@ -112,14 +112,16 @@ pub(super) async fn jobs_drained(
         .map(|idx| async move {
             let spec = job_spec(args, digest, tenant, run_id, idx);
             let (spec, expected) = with_input(client, spec, sha256, hot.clone(), idx).await?;
-            let id = dtee_schemas::job_id(&spec)?;
+            let job = dtee_submitter::PreparedJob::new(&spec)?;
             let watch = if reply {
-                let watch = waiter.watch_reply(&id).await?;
-                client.submit_replying(&spec, waiter.reply_to()).await?;
+                let watch = waiter.watch_reply(job.id()).await?;
+                client
+                    .submit_prepared(&job, Some(waiter.reply_to()))
+                    .await?;
                 watch
             } else {
-                let watch = waiter.watch_fresh(&id).await?;
-                client.submit(&spec).await?;
+                let watch = waiter.watch_fresh(job.id()).await?;
+                client.submit_prepared(&job, None).await?;
                 watch
             };
             anyhow::Ok((idx, watch, expected))

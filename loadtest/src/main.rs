@@ -454,14 +454,16 @@ async fn jobs_watched(
             let _permit = permit;
             let sent = Instant::now();
             let (spec, expected) = with_input(&client, spec, sha256, hot, idx).await?;
-            let id = dtee_schemas::job_id(&spec)?;
+            let job = dtee_submitter::PreparedJob::new(&spec)?;
             let result = if reply {
-                let watch = waiter.watch_reply(&id).await?;
-                client.submit_replying(&spec, waiter.reply_to()).await?;
+                let watch = waiter.watch_reply(job.id()).await?;
+                client
+                    .submit_prepared(&job, Some(waiter.reply_to()))
+                    .await?;
                 watch.result(timeout).await?
             } else {
-                let watch = waiter.watch_fresh(&id).await?;
-                client.submit(&spec).await?;
+                let watch = waiter.watch_fresh(job.id()).await?;
+                client.submit_prepared(&job, None).await?;
                 watch.result(timeout).await?
             };
             check_digest(&result, expected.as_ref(), idx)?;
@@ -530,10 +532,10 @@ async fn jobs_all(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::
             for idx in 0..args.jobs {
                 slots.acquire().await.expect("open").forget();
                 let spec = job_spec(&args, &digest, &tenant, run_id, idx);
-                let id = dtee_schemas::job_id(&spec).expect("job id");
-                sent.lock().await.insert(id, Instant::now());
+                let job = dtee_submitter::PreparedJob::new(&spec)?;
+                sent.lock().await.insert(job.id().clone(), Instant::now());
                 let client = Arc::clone(&client);
-                tasks.spawn(async move { client.submit(&spec).await });
+                tasks.spawn(async move { client.submit_prepared(&job, None).await });
                 while let Some(done) = tasks.try_join_next() {
                     done??;
                 }

@@ -108,6 +108,21 @@ fn null_path(value: &serde_json::Value, at: &str) -> Option<String> {
     }
 }
 
+/// A typed spec as it is sent: its canonical JSON and its id, with the checks [`parse_job`]
+/// makes of those bytes (no `null`, a canonical form, [`JobSpec::validate`]) made on the spec
+/// itself, so that a client does not parse back what it just wrote. Whatever this accepts,
+/// [`parse_job`] accepts with the same id (tests/fuzz.rs).
+pub fn serialize_job(spec: &JobSpec) -> Result<(Vec<u8>, Digest), JobParseError> {
+    let value = serde_json::to_value(spec).expect("a JobSpec always serializes");
+    if let Some(path) = null_path(&value, "") {
+        return Err(JobParseError::Null { path });
+    }
+    let body = canonical::to_canonical_vec(&value)?;
+    spec.validate()?;
+    let id = Digest::of(&body);
+    Ok((body, id))
+}
+
 /// The job id of a spec: the digest of its canonical JSON.
 pub fn job_id(spec: &JobSpec) -> Result<Digest, canonical::CanonicalError> {
     let value = serde_json::to_value(spec).expect("a JobSpec always serializes");

@@ -65,4 +65,75 @@ proptest! {
             prop_assert_eq!(parsed.id, dtee_schemas::canonical::canonical_digest(&job).unwrap());
         }
     }
+
+    /// A typed spec serialized without parsing it back ([`dtee_schemas::serialize_job`], what
+    /// the client sends) is accepted exactly when `parse_job` accepts its canonical JSON, with
+    /// the same bytes and id.
+    #[test]
+    fn serialize_job_agrees_with_parse_job(
+        value in json_value(),
+        field in prop::sample::select(vec!["kernel", "buffers", "params", "limits", "nonce", "launch", "attestation"]),
+    ) {
+        let mut job = serde_json::json!({
+            "schema": "dtee.job/v1",
+            "kernel": {"digest": format!("sha256:{}", "ab".repeat(32)), "format": "wasm", "entry": "run", "target": "wasm"},
+            "buffers": [{"kind": "output", "name": "out", "size": 8}]
+        });
+        job[field] = value;
+        if let Ok(spec) = serde_json::from_value::<dtee_schemas::JobSpec>(job) {
+            let written = serde_json::to_value(&spec).unwrap();
+            let reparsed = to_canonical_vec(&written)
+                .map_err(dtee_schemas::JobParseError::from)
+                .and_then(|body| dtee_schemas::parse_job(&body).map(|parsed| (body, parsed.id)));
+            match (dtee_schemas::serialize_job(&spec), reparsed) {
+                (Ok(direct), Ok(reparsed)) => prop_assert_eq!(direct, reparsed),
+                (Err(_), Err(_)) => {}
+                (direct, reparsed) => prop_assert!(
+                    false,
+                    "serialize_job: {:?}, parse_job: {:?}",
+                    direct.map(|(_, id)| id),
+                    reparsed.map(|(_, id)| id)
+                ),
+            }
+        }
+    }
+}
+
+/// Specs that fit the schema but break its rules are refused by `serialize_job` as `parse_job`
+/// refuses their JSON, and valid ones get the same bytes and id.
+#[test]
+fn serialize_job_refuses_what_parse_job_refuses() {
+    let kernel = serde_json::json!({"digest": format!("sha256:{}", "ab".repeat(32)), "format": "wasm", "entry": "run", "target": "wasm"});
+    let out = serde_json::json!({"kind": "output", "name": "out", "size": 8});
+    let cases = [
+        (serde_json::json!([out, out]), false),
+        (
+            serde_json::json!([{"kind": "output", "name": "", "size": 8}]),
+            false,
+        ),
+        (
+            serde_json::json!([{"kind": "input", "name": "in", "inline": "not base64!"}, out]),
+            false,
+        ),
+        (
+            serde_json::json!([{"kind": "input", "name": "in", "inline": "aGk="}, out]),
+            true,
+        ),
+        (serde_json::json!([out]), true),
+    ];
+    for (buffers, valid) in cases {
+        let job =
+            serde_json::json!({"schema": "dtee.job/v1", "kernel": kernel, "buffers": buffers});
+        let spec: dtee_schemas::JobSpec = serde_json::from_value(job.clone()).unwrap();
+        let body = to_canonical_vec(&job).unwrap();
+        let parsed = dtee_schemas::parse_job(&body);
+        assert_eq!(parsed.is_ok(), valid, "parse_job of {job}");
+        match dtee_schemas::serialize_job(&spec) {
+            Ok((direct, id)) => {
+                assert!(valid, "serialize_job accepted {job}");
+                assert_eq!((direct, id), (body, parsed.unwrap().id));
+            }
+            Err(error) => assert!(!valid, "serialize_job refused {job}: {error}"),
+        }
+    }
 }

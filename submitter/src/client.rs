@@ -100,6 +100,38 @@ pub struct Client {
     nack_retries: u32,
 }
 
+/// A job as it is sent: its canonical JSON, id and routing key, checked as the worker will
+/// check it ([`dtee_schemas::serialize_job`]).
+#[derive(Debug, Clone)]
+pub struct PreparedJob {
+    body: Vec<u8>,
+    id: Digest,
+    routing_key: String,
+}
+
+impl PreparedJob {
+    /// Serializes and checks `spec`: [`ClientError::InvalidJob`] for a job the worker would
+    /// refuse.
+    pub fn new(spec: &JobSpec) -> Result<PreparedJob, ClientError> {
+        let (body, id) = dtee_schemas::serialize_job(spec)?;
+        Ok(PreparedJob {
+            body,
+            id,
+            routing_key: dtee_schemas::protocol::job_routing_key(spec),
+        })
+    }
+
+    /// The job id.
+    pub fn id(&self) -> &Digest {
+        &self.id
+    }
+
+    /// The canonical JSON that is published.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 /// How many times [`Client`] sends a nacked job again by default.
 pub const DEFAULT_NACK_RETRIES: u32 = 2;
 
@@ -209,10 +241,27 @@ impl Client {
 
     /// Submits a job and returns its id once the broker confirmed it.
     pub async fn submit(&self, spec: &JobSpec) -> Result<Digest, ClientError> {
-        let value = serde_json::to_value(spec).expect("a JobSpec serializes");
-        let body = dtee_schemas::canonical::to_canonical_vec(&value)
-            .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.submit_canonical(&body, None).await
+        let job = PreparedJob::new(spec)?;
+        self.submit_prepared(&job, None).await?;
+        Ok(job.id)
+    }
+
+    /// Submits a job serialized and checked beforehand ([`PreparedJob::new`]), with its result
+    /// also routed to the waiter queue `reply_to` if given: for a caller that needs the id
+    /// before it submits (to watch it) without serializing the job twice.
+    pub async fn submit_prepared(
+        &self,
+        job: &PreparedJob,
+        reply_to: Option<&str>,
+    ) -> Result<(), ClientError> {
+        self.publish(
+            &job.body,
+            job.id.as_str(),
+            &job.routing_key,
+            Some(&self.user),
+            reply_to,
+        )
+        .await
     }
 
     /// Submits a job whose result should also reach `reply_to`, the queue of a waiter of this
@@ -223,28 +272,9 @@ impl Client {
         spec: &JobSpec,
         reply_to: &str,
     ) -> Result<Digest, ClientError> {
-        let value = serde_json::to_value(spec).expect("a JobSpec serializes");
-        let body = dtee_schemas::canonical::to_canonical_vec(&value)
-            .map_err(dtee_schemas::JobParseError::Canonical)?;
-        self.submit_canonical(&body, Some(reply_to)).await
-    }
-
-    /// Submits `body`, already canonical JSON: validated (as the worker will) and sent as is.
-    async fn submit_canonical(
-        &self,
-        body: &[u8],
-        reply_to: Option<&str>,
-    ) -> Result<Digest, ClientError> {
-        let parsed = dtee_schemas::parse_job(body)?;
-        self.publish(
-            body,
-            parsed.id.as_str(),
-            &dtee_schemas::protocol::job_routing_key(&parsed.spec),
-            Some(&self.user),
-            reply_to,
-        )
-        .await?;
-        Ok(parsed.id)
+        let job = PreparedJob::new(spec)?;
+        self.submit_prepared(&job, Some(reply_to)).await?;
+        Ok(job.id)
     }
 
     /// Submits a job given as JSON text: it is parsed, validated and sent in canonical form.

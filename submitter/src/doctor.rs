@@ -265,9 +265,11 @@ async fn canary_check(client: &Client) -> Check {
         let mut spec = dtee_submitter::builder::wasm_job(digest, "noop");
         spec.nonce = Some(format!("dtee doctor {:032x}", rand::random::<u128>()));
         let waiter = client.waiter().await?;
-        let id = dtee_schemas::job_id(&spec).expect("a job id");
-        let watch = waiter.watch_reply(&id).await?;
-        client.submit_replying(&spec, waiter.reply_to()).await?;
+        let job = dtee_submitter::PreparedJob::new(&spec)?;
+        let watch = waiter.watch_reply(job.id()).await?;
+        client
+            .submit_prepared(&job, Some(waiter.reply_to()))
+            .await?;
         let result = watch.result(Duration::from_secs(30)).await;
         waiter.close().await;
         result

@@ -14,5 +14,5 @@ mod client;
 pub mod secrets;
 mod waiter;
 
-pub use client::{Client, ClientConfig, ClientError, DEFAULT_NACK_RETRIES};
+pub use client::{Client, ClientConfig, ClientError, PreparedJob, DEFAULT_NACK_RETRIES};
 pub use waiter::{is_republished, ResultWaiter, Watch};
