@@ -307,10 +307,16 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let parsed = dtee_schemas::parse_job(&body).map_err(|e| usage(e.into()))?;
             // The result comes through the waiter's one reply binding: no binding per job.
             let watch = waiter.watch_reply(&parsed.id).await?;
-            let id = client
-                .submit_json_replying(&body, Some(waiter.reply_to()))
-                .await?;
-            eprintln!("submitted {id}");
+            let id = parsed.id;
+            // A result already cached is the answer: the job is not published again (§9).
+            if watch.is_cached() {
+                eprintln!("answered from the result cache: {id}");
+            } else {
+                client
+                    .submit_json_replying(&body, Some(waiter.reply_to()))
+                    .await?;
+                eprintln!("submitted {id}");
+            }
             let result = with_progress(&id, watch.result(seconds(*timeout)?)).await?;
             waiter.close().await;
             client.close().await;

@@ -289,6 +289,12 @@ impl Watch<'_> {
         &self.job_id
     }
 
+    /// Whether the result was already cached when watching began: [`Watch::result`] returns it
+    /// at once, and a caller about to submit the job need not (PROTOCOL.md §9, step 3).
+    pub fn is_cached(&self) -> bool {
+        self.cached.is_some()
+    }
+
     /// The result: from the cache if it was there when watching began, else the first one
     /// published, up to `timeout`.
     pub async fn result(mut self, timeout: Duration) -> Result<JobResult, ClientError> {

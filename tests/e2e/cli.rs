@@ -103,7 +103,24 @@ async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
     assert!(String::from_utf8_lossy(&submit.stderr).contains("kernel"));
     std::fs::remove_dir_all(&dir).unwrap();
 
+    // With no worker left, `dtee run` of the job answered above takes the cached result and
+    // publishes nothing (PROTOCOL.md §9, step 3): no job waits in a queue afterwards.
     worker.shutdown().await.unwrap();
+    let run = dtee(&env, &[&["run"][..], &job, &["--timeout", "5"]].concat());
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let result: dtee_schemas::JobResult = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(result.job_id.to_string(), job_id);
+    assert_eq!(
+        env.queue_depth("wasm").await,
+        0,
+        "the cached job was published"
+    );
+    assert!(String::from_utf8_lossy(&run.stderr).contains("answered from the result cache"));
     env.cleanup().await;
 }
 
