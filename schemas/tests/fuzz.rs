@@ -68,7 +68,8 @@ proptest! {
 
     /// A typed spec serialized without parsing it back ([`dtee_schemas::serialize_job`], what
     /// the client sends) is accepted exactly when `parse_job` accepts its canonical JSON, with
-    /// the same bytes and id.
+    /// the same bytes and id. Random values rarely make a valid spec (mostly `nonce` and small
+    /// `params` do), so the rule-breaking cases are the deterministic test below.
     #[test]
     fn serialize_job_agrees_with_parse_job(
         value in json_value(),
@@ -121,19 +122,44 @@ fn serialize_job_refuses_what_parse_job_refuses() {
         ),
         (serde_json::json!([out]), true),
     ];
-    for (buffers, valid) in cases {
-        let job =
-            serde_json::json!({"schema": "dtee.job/v1", "kernel": kernel, "buffers": buffers});
+    let param = |ty: &str, value: serde_json::Value| serde_json::json!([{"name": "a", "type": ty, "value": value}]);
+    let params = [
+        (param("f32", serde_json::json!(-0.0)), true),
+        (param("f64", serde_json::json!(1e300)), true),
+        (param("u32", serde_json::json!(4294967296u64)), false),
+        (param("i64", serde_json::json!(1e17)), false),
+        (param("u32", serde_json::json!(1.5)), false),
+    ];
+    let jobs = cases
+        .into_iter()
+        .map(|(buffers, valid)| (serde_json::json!({"schema": "dtee.job/v1", "kernel": kernel, "buffers": buffers}), valid))
+        .chain(params.into_iter().map(|(params, valid)| {
+            (serde_json::json!({"schema": "dtee.job/v1", "kernel": kernel, "buffers": [out], "params": params}), valid)
+        }));
+    for (job, valid) in jobs {
         let spec: dtee_schemas::JobSpec = serde_json::from_value(job.clone()).unwrap();
-        let body = to_canonical_vec(&job).unwrap();
-        let parsed = dtee_schemas::parse_job(&body);
+        // What parse_job sees: the JSON the typed spec writes.
+        let written = serde_json::to_value(&spec).unwrap();
+        let parsed = to_canonical_vec(&written)
+            .map_err(dtee_schemas::JobParseError::from)
+            .and_then(|body| dtee_schemas::parse_job(&body).map(|parsed| (body, parsed.id)));
         assert_eq!(parsed.is_ok(), valid, "parse_job of {job}");
         match dtee_schemas::serialize_job(&spec) {
-            Ok((direct, id)) => {
+            Ok(direct) => {
                 assert!(valid, "serialize_job accepted {job}");
-                assert_eq!((direct, id), (body, parsed.unwrap().id));
+                assert_eq!(direct, parsed.unwrap());
             }
             Err(error) => assert!(!valid, "serialize_job refused {job}: {error}"),
         }
     }
+    // A NaN parameter, which JSON cannot carry, is written as null and refused.
+    let mut spec: dtee_schemas::JobSpec = serde_json::from_value(
+        serde_json::json!({"schema": "dtee.job/v1", "kernel": kernel, "buffers": [out], "params": param("f32", 1.0.into())}),
+    )
+    .unwrap();
+    spec.params[0].value = f64::NAN;
+    assert!(matches!(
+        dtee_schemas::serialize_job(&spec),
+        Err(dtee_schemas::JobParseError::Null { .. })
+    ));
 }

@@ -58,7 +58,7 @@ pub enum ClientError {
         namespace: String,
     },
     /// The broker refused responsibility for the message.
-    #[error("the broker did not confirm the job (nack), again after the client's resends: the tenant's job queue is full (its length limit) or the broker could not store it; it was not accepted")]
+    #[error("the broker did not confirm the job (nack), nor any resend the client made: the tenant's job queue is full (its length limit) or the broker could not store it; it was not accepted")]
     Nacked,
     /// The AMQP user's name cannot be carried by the jobs' routing keys.
     #[error("AMQP user {0:?} cannot submit jobs: a dtee user name is 1 to 64 of letters, digits, '_', '@' and '-' (no '.'), since jobs are published under `<user>.<routing key>`")]
@@ -98,6 +98,8 @@ pub struct Client {
     user: String,
     /// How many times a publish the broker nacked is sent again (see [`Client::set_nack_retries`]).
     nack_retries: u32,
+    /// Resends made so far ([`Client::resends`]).
+    resends: std::sync::atomic::AtomicU64,
 }
 
 /// A job as it is sent: its canonical JSON, id and routing key, checked as the worker will
@@ -187,7 +189,14 @@ impl Client {
             redis,
             user,
             nack_retries: DEFAULT_NACK_RETRIES,
+            resends: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many times this client has published a nacked job again since it connected: a
+    /// count that keeps rising means a queue at its length limit or a broker in trouble.
+    pub fn resends(&self) -> u64 {
+        self.resends.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets how many times a job the broker nacks is published again before
@@ -386,6 +395,8 @@ impl Client {
                 }
                 Confirmation::Nack(_) if attempt < self.nack_retries => {
                     attempt += 1;
+                    self.resends
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(
                         message_id,
                         attempt,

@@ -289,8 +289,11 @@ impl Watch<'_> {
         &self.job_id
     }
 
-    /// Whether the result was already cached when watching began: [`Watch::result`] returns it
-    /// at once, and a caller about to submit the job need not (PROTOCOL.md §9, step 3).
+    /// Whether an answer was already in Redis when watching began: [`Watch::result`] returns it
+    /// at once. For [`ResultWaiter::watch_fresh`] and [`ResultWaiter::watch_reply`], which read
+    /// only the result key, that is the job's cached result, and a caller about to submit the
+    /// job need not (PROTOCOL.md §9, step 3); for [`ResultWaiter::watch`] it may also be a
+    /// failure that is not final, after which the job can run again.
     pub fn is_cached(&self) -> bool {
         self.cached.is_some()
     }

@@ -216,8 +216,11 @@ async fn a_nacked_job_is_sent_again_and_taken_once_the_queue_has_room() {
         "a refused job was kept"
     );
 
-    // The queue gets room while the client pauses between resends: a resend is taken. Four
-    // resends (the last 7.1 s after the first publish) leave a loaded machine time to purge.
+    assert_eq!(tenant.resends(), 2, "the two resends are counted");
+
+    // The queue gets room while the client pauses between resends: a resend is taken. The
+    // purge waits for the first nack (the client's resend count), and four resends (the last
+    // 7.1 s after the first publish) leave a loaded machine time to purge.
     tenant.set_nack_retries(4);
     let tenant = std::sync::Arc::new(tenant);
     let spec = echo_job(echo.clone(), "taken on a resend");
@@ -226,13 +229,21 @@ async fn a_nacked_job_is_sent_again_and_taken_once_the_queue_has_room() {
         let spec = spec.clone();
         async move { tenant.submit(&spec).await }
     });
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let nacked = Instant::now();
+    while tenant.resends() == 2 {
+        assert!(
+            nacked.elapsed() < Duration::from_secs(5),
+            "the job was never nacked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let channel = env.client.connection().create_channel().await.unwrap();
     channel
         .queue_purge(queue.as_str().into(), Default::default())
         .await
         .unwrap();
     let id = submit.await.unwrap().expect("a resend was taken");
+    assert!(tenant.resends() >= 3);
     assert_eq!(id, dtee_schemas::job_id(&spec).unwrap());
     assert_eq!(
         env.queue_depth_of(&queue).await,

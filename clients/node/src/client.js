@@ -161,9 +161,11 @@ export class Client {
   }
 
   async #publish(prepared) {
+    // Every resend carries the first publication's time, as the Rust and Python clients do.
+    const submittedAt = Date.now();
     for (let attempt = 0; ; attempt += 1) {
       try {
-        return await this.#publishOnce(prepared);
+        return await this.#publishOnce(prepared, submittedAt);
       } catch (error) {
         if (!(error instanceof BrokerRefusedError) || attempt >= this.nackRetries) throw error;
         await new Promise((resolve) => setTimeout(resolve, nackBackoffMs(attempt + 1)));
@@ -171,7 +173,7 @@ export class Client {
     }
   }
 
-  async #publishOnce(prepared) {
+  async #publishOnce(prepared, submittedAt) {
     if (!isRoutableTenant(this.user)) throw new UnroutableUserError(this.user);
     const state = await this.#publishChannel();
     const exchange = `${this.namespace}.jobs`;
@@ -205,7 +207,7 @@ export class Client {
               contentType: 'application/json',
               type: 'dtee.job/v1',
               deliveryMode: 2,
-              headers: { [HEADER_SUBMITTED_AT]: { '!': 'long', value: Date.now() } },
+              headers: { [HEADER_SUBMITTED_AT]: { '!': 'long', value: submittedAt } },
             },
             confirmed,
           );

@@ -249,7 +249,7 @@ class Client:
                     time.sleep(nack_backoff(attempt))
                     continue
                 raise BrokerRefusedError(
-                    "the broker did not confirm the job (nack), again after the client's resends: "
+                    "the broker did not confirm the job (nack), nor any resend the client made: "
                     "the tenant's job queue is full or the broker could not store it; it was not "
                     "accepted"
                 ) from None

@@ -74,12 +74,12 @@ class RedisSettings(unittest.TestCase):
         client.close()
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class NackBackoff(unittest.TestCase):
     def test_resends_back_off_fourfold_up_to_five_seconds(self):
         from dtee.client import nack_backoff
 
         self.assertEqual([nack_backoff(n) for n in (1, 2, 3, 4, 5)], [0.1, 0.4, 1.6, 5.0, 5.0])
+
+
+if __name__ == "__main__":
+    unittest.main()
