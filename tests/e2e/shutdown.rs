@@ -232,3 +232,38 @@ async fn a_killed_worker_returns_its_running_job_though_later_jobs_were_acknowle
     waiter.close().await;
     env.cleanup().await;
 }
+
+/// The worker measures its own binary at start-up (schemas/ATTESTATION.md) by streaming it
+/// through the hash: a worker that has answered a job never held the binary whole, so its peak
+/// resident memory stays below the binary's size (the debug build here is several hundred MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_measures_its_binary_without_holding_it_in_memory() {
+    let env = TestEnv::new("measure-rss").await;
+    env.start_worker().await.shutdown().await.unwrap(); // declare the topology
+    let echo = env.put_kernel("echo").await;
+    let mut worker = start_worker(&env, 1);
+    let mut spec = wasm_job(echo, "noop");
+    spec.nonce = Some("measured".to_owned());
+    let result = env.run(&spec).await; // started, measured and serving
+    assert!(result.succeeded(), "{result:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", worker.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    let binary = std::fs::metadata(dtee_tests::binary("dtee-worker"))
+        .unwrap()
+        .len();
+    assert!(
+        peak_kib * 1024 < binary,
+        "peak resident memory {peak_kib} KiB, binary {binary} bytes"
+    );
+    sigterm(&worker);
+    let status = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    env.cleanup().await;
+}

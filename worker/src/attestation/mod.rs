@@ -302,16 +302,53 @@ impl Attestor {
 /// nothing would be worse than none).
 pub fn measure(configuration: &serde_json::Value) -> Result<Digest, AttestationError> {
     use sha2::Digest as _;
-    let binary = std::env::current_exe()
-        .and_then(std::fs::read)
-        .map_err(|error| {
-            AttestationError::Failed(format!("reading the worker binary to measure it: {error}"))
-        })?;
+    let binary = binary_digest().map_err(|error| {
+        AttestationError::Failed(format!("reading the worker binary to measure it: {error}"))
+    })?;
     let config = dtee_schemas::canonical::to_canonical_vec(configuration).map_err(|error| {
         AttestationError::Failed(format!("canonicalizing the configuration: {error}"))
     })?;
     let mut hasher = sha2::Sha256::new();
-    hasher.update(sha2::Sha256::digest(&binary));
+    hasher.update(binary);
     hasher.update(sha2::Sha256::digest(&config));
     Ok(Digest::from_sha256(hasher.finalize().into()))
+}
+
+/// SHA-256 of the running executable, read once per process and streamed (a release binary
+/// with line tables is 160 MB; it is never held whole). `/proc/self/exe` is the file the process
+/// was started from even if its path has since been replaced (an upgrade in place); elsewhere
+/// the path the process was started from.
+fn binary_digest() -> std::io::Result<[u8; 32]> {
+    static DIGEST: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    if let Some(digest) = DIGEST.get() {
+        return Ok(*digest);
+    }
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open("/proc/self/exe")
+        .or_else(|_| std::env::current_exe().and_then(std::fs::File::open))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(*DIGEST.get_or_init(|| hasher.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_measurement_covers_the_running_binary_and_the_configuration() {
+        use sha2::Digest as _;
+        let config = serde_json::json!({"b": 1, "a": [true]});
+        let binary = sha2::Sha256::digest(std::fs::read("/proc/self/exe").unwrap());
+        let canonical = sha2::Sha256::digest(br#"{"a":[true],"b":1}"#);
+        let mut expected = sha2::Sha256::new();
+        expected.update(binary);
+        expected.update(canonical);
+        let expected = dtee_schemas::Digest::from_sha256(expected.finalize().into());
+        assert_eq!(super::measure(&config).unwrap(), expected);
+        // Read once: the second measurement is the same, and another configuration differs.
+        assert_eq!(super::measure(&config).unwrap(), expected);
+        assert_ne!(
+            super::measure(&serde_json::json!({"a": 2})).unwrap(),
+            expected
+        );
+    }
 }
