@@ -37,6 +37,15 @@ fn sigterm(child: &std::process::Child) {
     assert!(status.success());
 }
 
+/// Waits for the worker process to exit, and checks that it exited with success.
+async fn exits_cleanly(mut worker: std::process::Child) {
+    let status = tokio::task::spawn_blocking(move || worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit: {status}");
+}
+
 async fn until_depth(env: &TestEnv, depth: u32) {
     for _ in 0..600 {
         if env.queue_depth("wasm").await == depth {
@@ -70,7 +79,7 @@ async fn sigterm_lets_in_flight_jobs_finish_and_returns_the_rest() {
     let id = dtee_schemas::job_id(&spec).unwrap();
     let watch = waiter.watch_fresh(&id).await.unwrap();
     env.client.submit(&spec).await.unwrap();
-    let mut worker = start_worker(&env, 20);
+    let worker = start_worker(&env, 20);
     until_depth(&env, 0).await; // delivered
     sigterm(&worker);
     let result = watch.result(RESULT_TIMEOUT).await.unwrap();
@@ -79,24 +88,16 @@ async fn sigterm_lets_in_flight_jobs_finish_and_returns_the_rest() {
         Some(ErrorCode::ExecutionTimeout),
         "the job ran to its own end"
     );
-    let status = tokio::task::spawn_blocking(move || worker.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "clean exit: {status}");
+    exits_cleanly(worker).await;
     assert_eq!(env.queue_depth("wasm").await, 0, "answered and acked");
 
     // A job that would run for a minute, with a 1 s grace period: it goes back to the queue.
     let spec = spin_job(spin, 60_000, "returns");
     env.client.submit(&spec).await.unwrap();
-    let mut worker = start_worker(&env, 1);
+    let worker = start_worker(&env, 1);
     until_depth(&env, 0).await;
     sigterm(&worker);
-    let status = tokio::task::spawn_blocking(move || worker.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "clean exit: {status}");
+    exits_cleanly(worker).await;
     until_depth(&env, 1).await; // nothing lost: the unfinished job is back in the queue
     waiter.close().await;
     env.cleanup().await;
@@ -241,7 +242,7 @@ async fn a_worker_measures_its_binary_without_holding_it_in_memory() {
     let env = TestEnv::new("measure-rss").await;
     env.start_worker().await.shutdown().await.unwrap(); // declare the topology
     let echo = env.put_kernel("echo").await;
-    let mut worker = start_worker(&env, 1);
+    let worker = start_worker(&env, 1);
     let mut spec = wasm_job(echo, "noop");
     spec.nonce = Some("measured".to_owned());
     let result = env.run(&spec).await; // started, measured and serving
@@ -260,10 +261,6 @@ async fn a_worker_measures_its_binary_without_holding_it_in_memory() {
         "peak resident memory {peak_kib} KiB, binary {binary} bytes"
     );
     sigterm(&worker);
-    let status = tokio::task::spawn_blocking(move || worker.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "clean exit: {status}");
+    exits_cleanly(worker).await;
     env.cleanup().await;
 }
