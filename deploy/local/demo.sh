@@ -60,7 +60,7 @@ echo "== matmul: [[1,2],[3,4]] x [[5,6],[7,8]]"
   --param m:u32=2 --param n:u32=2 --param k:u32=2 --output c:16 | summary f32
 
 echo
-echo "== echo (WAT kernel), submitted twice: the second answer comes from the result cache"
+echo "== echo (WAT kernel), run twice: the second answer comes from the result cache (the job is not published again)"
 "$bin/dtee" run --kernel kernels/wasm/echo.wasm --entry echo --input in=text:hello --output out:16 | summary hex
 "$bin/dtee" run --kernel kernels/wasm/echo.wasm --entry echo --input in=text:hello --output out:16 | summary hex
 
