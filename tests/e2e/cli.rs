@@ -14,6 +14,16 @@ fn dtee(env: &TestEnv, args: &[&str]) -> std::process::Output {
         .expect("running dtee")
 }
 
+/// Checks a `dtee` run's exit code, showing its stderr when it differs.
+fn exits_with(output: &std::process::Output, code: i32) {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
     let env = TestEnv::new("cli").await;
@@ -48,12 +58,7 @@ async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
         "out:8",
     ];
     let submit = dtee(&env, &[&["submit"][..], &job].concat());
-    assert_eq!(
-        submit.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&submit.stderr)
-    );
+    exits_with(&submit, 0);
     let job_id = String::from_utf8(submit.stdout).unwrap().trim().to_owned();
     assert!(job_id.starts_with("sha256:"));
 
@@ -76,12 +81,7 @@ async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
             "30",
         ],
     );
-    assert_eq!(
-        run.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    exits_with(&run, 1);
     let result: dtee_schemas::JobResult = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(
         result.error_code(),
@@ -107,12 +107,7 @@ async fn the_cli_puts_submits_waits_and_runs_with_distinct_exit_codes() {
     // publishes nothing (PROTOCOL.md §9, step 3): no job waits in a queue afterwards.
     worker.shutdown().await.unwrap();
     let run = dtee(&env, &[&["run"][..], &job, &["--timeout", "5"]].concat());
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    exits_with(&run, 0);
     let result: dtee_schemas::JobResult = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(result.job_id.to_string(), job_id);
     assert_eq!(
@@ -527,12 +522,7 @@ fn print_job_connects_to_nothing_and_stores_nothing() {
             .unwrap()
     };
     let fast = print(&[]);
-    assert_eq!(
-        fast.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&fast.stderr)
-    );
+    exits_with(&fast, 0);
     let job: serde_json::Value = serde_json::from_slice(&fast.stdout).unwrap();
     assert_eq!(job["kernel"]["profile"], "fast");
     let refused = print(&["--fuel", "1000"]);
