@@ -52,6 +52,24 @@ pub fn canonical_digest(value: &Value) -> Result<Digest, CanonicalError> {
     Ok(Digest::of(&to_canonical_vec(value)?))
 }
 
+/// The order of RFC 8785 §3.2.3: by UTF-16 code units. The bytes two names share are skipped
+/// first (a common UTF-8 prefix, cut back to a character boundary, is a common UTF-16 prefix),
+/// so that names with a long common prefix cost a byte comparison each, not re-encoding.
+pub fn utf16_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    // The bytes before `common` are the same in both, so a position there is a character
+    // boundary in one exactly when it is one in the other (a leading byte gives its
+    // character's length).
+    let start = (0..=common)
+        .rev()
+        .find(|at| a.is_char_boundary(*at))
+        .unwrap_or(0);
+    match (a.get(start..), b.get(start..)) {
+        (Some(a), Some(b)) => a.encode_utf16().cmp(b.encode_utf16()),
+        _ => a.encode_utf16().cmp(b.encode_utf16()),
+    }
+}
+
 fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
@@ -72,7 +90,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
         Value::Object(map) => {
             // RFC 8785 §3.2.3: members sorted by the UTF-16 code units of their names.
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            entries.sort_by(|(a, _), (b, _)| utf16_order(a, b));
             out.push(b'{');
             for (idx, (key, item)) in entries.into_iter().enumerate() {
                 if idx > 0 {
@@ -200,24 +218,95 @@ fn write_string(string: &str, out: &mut Vec<u8>) {
 /// 64 bits that are not in canonical form (see the module documentation; integers that fit in
 /// 64 bits are kept exactly and checked by [`to_canonical_vec`]).
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue.deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    check_big_integer_tokens(bytes).map_err(<serde_json::Error as de::Error>::custom)?;
-    Ok(value)
+    parse_strict_within(bytes, usize::MAX).map_err(|error| match error {
+        StrictError::Json(error) => error,
+        StrictError::TooManyValues(_) => unreachable!("no text holds usize::MAX values"),
+    })
 }
 
-struct StrictValue;
+/// Why [`parse_strict_within`] refused a text.
+#[derive(Debug, thiserror::Error)]
+pub enum StrictError {
+    /// More values than the limit, which is given.
+    #[error("the text holds more than {0} JSON values")]
+    TooManyValues(usize),
+    /// Not JSON, duplicate keys, trailing garbage, or a big integer not in canonical form.
+    #[error(transparent)]
+    Json(serde_json::Error),
+}
 
-impl<'de> DeserializeSeed<'de> for StrictValue {
+/// [`parse_strict`], refusing text of more than `max_values` JSON values (every scalar, array
+/// and object counts one) as soon as the parser meets one more: a parsed value takes 32 bytes
+/// or more however short its text (`0,` is two bytes), so the count bounds what parsing
+/// allocates, not only the text's length.
+pub fn parse_strict_within(bytes: &[u8], max_values: usize) -> Result<Value, StrictError> {
+    let budget = Budget {
+        left: std::cell::Cell::new(max_values),
+        exceeded: std::cell::Cell::new(false),
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = StrictValue { budget: &budget }
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    match parsed {
+        Err(_) if budget.exceeded.get() => Err(StrictError::TooManyValues(max_values)),
+        Err(error) => Err(StrictError::Json(error)),
+        Ok(value) => {
+            check_big_integer_tokens(bytes)
+                .map_err(|error| StrictError::Json(de::Error::custom(error)))?;
+            Ok(value)
+        }
+    }
+}
+
+/// How many JSON values `value` holds, counting up to `limit + 1` at most: whether it holds
+/// more than `limit` is `count_values(value, limit) > limit`, with the same count as
+/// [`parse_strict_within`].
+pub fn count_values(value: &Value, limit: usize) -> usize {
+    fn walk(value: &Value, count: &mut usize, limit: usize) {
+        *count += 1;
+        if *count > limit {
+            return;
+        }
+        match value {
+            Value::Array(items) => items.iter().for_each(|item| walk(item, count, limit)),
+            Value::Object(members) => members.values().for_each(|item| walk(item, count, limit)),
+            _ => {}
+        }
+    }
+    let mut count = 0;
+    walk(value, &mut count, limit);
+    count.min(limit.saturating_add(1))
+}
+
+/// How many more values a text may hold, and whether it held more.
+struct Budget {
+    left: std::cell::Cell<usize>,
+    exceeded: std::cell::Cell<bool>,
+}
+
+/// One JSON value, strictly, within the budget.
+#[derive(Clone, Copy)]
+struct StrictValue<'a> {
+    budget: &'a Budget,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        match self.budget.left.get().checked_sub(1) {
+            Some(left) => self.budget.left.set(left),
+            None => {
+                self.budget.exceeded.set(true);
+                return Err(de::Error::custom("too many JSON values"));
+            }
+        }
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for StrictValue {
+impl<'de> Visitor<'de> for StrictValue<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -260,7 +349,7 @@ impl<'de> Visitor<'de> for StrictValue {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(StrictValue)? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -274,7 +363,7 @@ impl<'de> Visitor<'de> for StrictValue {
                     "duplicate object key {key:?}"
                 )));
             }
-            let item = access.next_value_seed(StrictValue)?;
+            let item = access.next_value_seed(self)?;
             map.insert(key, item);
         }
         Ok(Value::Object(map))

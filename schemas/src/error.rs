@@ -125,7 +125,6 @@ impl ErrorCode {
             | ErrorCode::KernelLinkFailed
             | ErrorCode::KernelTrapped
             | ErrorCode::KernelFailed
-            | ErrorCode::ExecutionTimeout
             | ErrorCode::FuelExhausted
             | ErrorCode::MemoryLimitExceeded
             | ErrorCode::OutputLimitExceeded
@@ -134,7 +133,10 @@ impl ErrorCode {
             // grow. Final, so the failure is recorded as the job's applied result and a
             // redelivery writes nothing.
             | ErrorCode::StateValueTooLarge => true,
-            ErrorCode::KernelNotFound
+            // A wall-clock deadline depends on how loaded the worker was, which another tenant
+            // may have caused: cached, it would let one tenant decide another's identical job.
+            ErrorCode::ExecutionTimeout
+            | ErrorCode::KernelNotFound
             | ErrorCode::KernelHashMismatch
             | ErrorCode::InputNotFound
             | ErrorCode::ExcessiveResourceRequirements

@@ -39,6 +39,12 @@ pub use error::ErrorCode;
 pub use job::JobSpec;
 pub use result::JobResult;
 
+/// The most JSON values (every scalar, array and object counts one) a job may hold. Far above
+/// what any worker runs (64 buffers and 64 parameters by default: a few hundred values), and it
+/// bounds what parsing a job allocates whatever its text: a parsed value takes at least 32
+/// bytes, and `0,` is two.
+pub const MAX_JOB_VALUES: usize = 100_000;
+
 /// Why a message is not a valid job.
 #[derive(Debug, thiserror::Error)]
 pub enum JobParseError {
@@ -55,6 +61,9 @@ pub enum JobParseError {
         /// Where, as `buffers[1].blob`; `the job` for a top-level `null`.
         path: String,
     },
+    /// More than [`MAX_JOB_VALUES`] JSON values, refused as soon as the parser meets one more.
+    #[error("the job holds more than {MAX_JOB_VALUES} JSON values")]
+    TooManyValues,
     /// JSON that does not fit the schema.
     #[error("does not match dtee.job/v1: {0}")]
     Schema(serde_json::Error),
@@ -76,8 +85,12 @@ pub struct ParsedJob {
 
 /// Parses a job message body: strict JSON, canonical id, schema, validation.
 pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
-    let value = canonical::parse_strict(body).map_err(JobParseError::Json)?;
-    if let Some(path) = null_path(&value, "") {
+    let value =
+        canonical::parse_strict_within(body, MAX_JOB_VALUES).map_err(|error| match error {
+            canonical::StrictError::TooManyValues(_) => JobParseError::TooManyValues,
+            canonical::StrictError::Json(error) => JobParseError::Json(error),
+        })?;
+    if let Some(path) = null_path(&value) {
         return Err(JobParseError::Null { path });
     }
     // The spec is read from the canonical form, so that validity depends only on the id: `1e8`
@@ -89,22 +102,62 @@ pub fn parse_job(body: &[u8]) -> Result<ParsedJob, JobParseError> {
     Ok(ParsedJob { id, spec, buffers })
 }
 
-/// Where the first `null` in `value` is, if there is one (objects in key order), written from
-/// `at` as `buffers[1].blob`.
-fn null_path(value: &serde_json::Value, at: &str) -> Option<String> {
+/// Where the first `null` in `value` is, if there is one (objects in key order), written as
+/// `buffers[1].blob`, or `the job` for a top-level `null`. Linear in the size of `value`: the
+/// path is written only once a `null` is found.
+fn null_path(value: &serde_json::Value) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut path = Vec::new();
+    if !find_null(value, &mut path) {
+        return None;
+    }
+    if path.is_empty() {
+        return Some("the job".to_owned());
+    }
+    let mut written = String::new();
+    for step in path.iter().rev() {
+        match step {
+            Step::Index(index) => {
+                let _ = write!(written, "[{index}]");
+            }
+            Step::Name(name) => {
+                if !written.is_empty() {
+                    written.push('.');
+                }
+                written.push_str(name);
+            }
+        }
+    }
+    Some(written)
+}
+
+/// One step of the path to a `null`.
+enum Step<'a> {
+    Index(usize),
+    Name(&'a str),
+}
+
+/// Whether `value` holds a `null`; if so, `path` holds the steps to the first one, innermost
+/// first.
+fn find_null<'a>(value: &'a serde_json::Value, path: &mut Vec<Step<'a>>) -> bool {
     use serde_json::Value;
+    let found = |step, item, path: &mut Vec<Step<'a>>| {
+        let hit = find_null(item, path);
+        if hit {
+            path.push(step);
+        }
+        hit
+    };
     match value {
-        Value::Null if at.is_empty() => Some("the job".to_owned()),
-        Value::Null => Some(at.to_owned()),
+        Value::Null => true,
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .find_map(|(index, item)| null_path(item, &format!("{at}[{index}]"))),
-        Value::Object(members) => members.iter().find_map(|(name, item)| {
-            let dot = if at.is_empty() { "" } else { "." };
-            null_path(item, &format!("{at}{dot}{name}"))
-        }),
-        _ => None,
+            .any(|(index, item)| found(Step::Index(index), item, path)),
+        Value::Object(members) => members
+            .iter()
+            .any(|(name, item)| found(Step::Name(name), item, path)),
+        _ => false,
     }
 }
 
@@ -114,7 +167,10 @@ fn null_path(value: &serde_json::Value, at: &str) -> Option<String> {
 /// [`parse_job`] accepts with the same id (tests/fuzz.rs).
 pub fn serialize_job(spec: &JobSpec) -> Result<(Vec<u8>, Digest), JobParseError> {
     let value = serde_json::to_value(spec).expect("a JobSpec always serializes");
-    if let Some(path) = null_path(&value, "") {
+    if canonical::count_values(&value, MAX_JOB_VALUES) > MAX_JOB_VALUES {
+        return Err(JobParseError::TooManyValues);
+    }
+    if let Some(path) = null_path(&value) {
         return Err(JobParseError::Null { path });
     }
     let body = canonical::to_canonical_vec(&value)?;

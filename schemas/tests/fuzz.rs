@@ -2,7 +2,7 @@
 //! parsing and validation, and canonical JSON. CI runs them with proptest's default bound (256
 //! cases each); `PROPTEST_CASES=100000 cargo test -p dtee-schemas --test fuzz` runs longer.
 
-use dtee_schemas::canonical::{parse_strict, to_canonical_vec};
+use dtee_schemas::canonical::{parse_strict, to_canonical_vec, utf16_order};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -27,6 +27,18 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
+    /// The fast member-name order is the UTF-16 code-unit order of RFC 8785, on names that
+    /// share prefixes and mix one- to four-byte characters.
+    #[test]
+    fn member_names_order_by_utf16_code_units(
+        prefix in "[a\u{e9}\u{e000}\u{1f600}]{0,6}",
+        a in "[a-z\u{e9}\u{7ff}\u{800}\u{e000}\u{ffff}\u{10000}\u{1f600}]{0,6}",
+        b in "[a-z\u{e9}\u{7ff}\u{800}\u{e000}\u{ffff}\u{10000}\u{1f600}]{0,6}",
+    ) {
+        let (a, b) = (format!("{prefix}{a}"), format!("{prefix}{b}"));
+        prop_assert_eq!(utf16_order(&a, &b), a.encode_utf16().cmp(b.encode_utf16()));
+    }
+
     /// Canonical JSON is valid strict JSON, means the same value, and is a fixed point.
     #[test]
     fn canonical_form_round_trips_and_is_idempotent(value in json_value()) {
@@ -162,4 +174,73 @@ fn serialize_job_refuses_what_parse_job_refuses() {
         dtee_schemas::serialize_job(&spec),
         Err(dtee_schemas::JobParseError::Null { .. })
     ));
+}
+
+/// A job's JSON values are counted as it is parsed: `[0,0,…]` takes two bytes of text per value
+/// and 32 bytes or more once parsed, so a 16 MiB message could otherwise take 256 MiB. Refused
+/// past `MAX_JOB_VALUES` by both `parse_job` and `serialize_job`, and accepted at the limit.
+#[test]
+fn a_job_of_too_many_json_values_is_refused_by_both_paths() {
+    use dtee_schemas::{JobParseError, MAX_JOB_VALUES};
+    let kernel = serde_json::json!({"digest": format!("sha256:{}", "ab".repeat(32)), "format": "wasm", "entry": "run", "target": "wasm"});
+    let out = serde_json::json!({"kind": "output", "name": "out", "size": 8});
+    let param =
+        |index: usize| serde_json::json!({"name": format!("p{index}"), "type": "u32", "value": 1});
+    // Top level, schema, kernel and its 4 fields, buffers and `out` with its 3 fields, params:
+    // 13 values, then 4 per parameter (the object and its three fields).
+    let job = |params: usize| serde_json::json!({"schema": "dtee.job/v1", "kernel": kernel, "buffers": [out], "params": (0..params).map(param).collect::<Vec<_>>()});
+    let fits = (MAX_JOB_VALUES - 13) / 4;
+    let cases = [(fits, true), (fits + 1, false)];
+    for (params, valid) in cases {
+        let value = job(params);
+        assert_eq!(
+            dtee_schemas::canonical::count_values(&value, MAX_JOB_VALUES) <= MAX_JOB_VALUES,
+            valid
+        );
+        let body = to_canonical_vec(&value).unwrap();
+        match dtee_schemas::parse_job(&body) {
+            Err(JobParseError::TooManyValues) => assert!(!valid, "{params} parameters refused"),
+            Err(error) => panic!("{params} parameters: {error}"),
+            Ok(parsed) => {
+                assert!(valid, "{params} parameters accepted");
+                assert_eq!(parsed.spec.params.len(), params);
+            }
+        }
+        let spec: dtee_schemas::JobSpec = serde_json::from_value(value).unwrap();
+        match dtee_schemas::serialize_job(&spec) {
+            Err(JobParseError::TooManyValues) => assert!(!valid),
+            Err(error) => panic!("{params} parameters: {error}"),
+            Ok((written, _)) => assert_eq!(written, body),
+        }
+    }
+    // Anything, not only a job: an array of MAX_JOB_VALUES zeros is one value too many.
+    let zeros = format!("[{}0]", "0,".repeat(MAX_JOB_VALUES - 1));
+    assert!(matches!(
+        dtee_schemas::parse_job(zeros.as_bytes()),
+        Err(JobParseError::TooManyValues)
+    ));
+    assert!(matches!(
+        dtee_schemas::canonical::parse_strict_within(zeros.as_bytes(), MAX_JOB_VALUES + 1),
+        Ok(Value::Array(items)) if items.len() == MAX_JOB_VALUES
+    ));
+}
+
+/// Finding the first `null` is linear in the job's size: its path is written once, when the
+/// `null` is found. Written for every value on the way (as it was), this job, a 1 MiB member
+/// name over 90,000 numbers, copied the name 90,000 times: 94 GB, hours of one worker thread
+/// for one message.
+#[test]
+fn the_first_null_of_a_large_job_is_found_without_copying_its_path_per_value() {
+    let name = "n".repeat(1 << 20);
+    let body = format!("{{\"{name}\":[{}null]}}", "0,".repeat(90_000));
+    let started = std::time::Instant::now();
+    let refused = dtee_schemas::parse_job(body.as_bytes());
+    // Generous: seconds against hours; a bound on the algorithm, not a benchmark.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    match refused {
+        Err(dtee_schemas::JobParseError::Null { path }) => {
+            assert_eq!(path, format!("{name}[90000]"));
+        }
+        other => panic!("expected the null to be found, got {other:?}"),
+    }
 }

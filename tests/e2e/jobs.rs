@@ -149,9 +149,10 @@ async fn one_worker_runs_a_job_delivered_twice_at_once_only_once() {
     let env = TestEnv::new("same-id").await;
     let worker = env.start_worker().await;
     let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
-    // Runs 400 ms and fails with execution_timeout, a final failure that is cached.
-    spec.limits.timeout_ms = Some(400);
-    spec.limits.fuel = Some(1_000_000_000_000);
+    // Runs a few hundred milliseconds and fails with fuel_exhausted, a final failure that is
+    // cached.
+    spec.limits.timeout_ms = Some(60_000);
+    spec.limits.fuel = Some(400_000_000);
     let body = serde_json::to_vec(&spec).unwrap();
     let id = dtee_schemas::parse_job(&body).unwrap().id;
     let waiter = env.client.waiter().await.unwrap();
@@ -161,7 +162,7 @@ async fn one_worker_runs_a_job_delivered_twice_at_once_only_once() {
     let result = watch.result(dtee_tests::RESULT_TIMEOUT).await.unwrap();
     assert_eq!(
         result.error_code(),
-        Some(dtee_schemas::ErrorCode::ExecutionTimeout)
+        Some(dtee_schemas::ErrorCode::FuelExhausted)
     );
     // Both deliveries are answered.
     let deadline = std::time::Instant::now() + dtee_tests::RESULT_TIMEOUT;

@@ -157,3 +157,91 @@ async fn limits_above_the_maximums_are_refused_not_lowered() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A job listing more buffers than the worker accepts is refused before anything about it is
+/// read from Redis: its prior answers are read in one round trip with the snapshot of every
+/// state binding it lists, so counting afterwards would let a message of 16 MiB make Redis
+/// read hundreds of thousands of keys first. Seen from outside: a worker with a lower maximum
+/// never reaches the result cache for such a job (its prior-answer stage counts a cached answer
+/// as deduplicated); what it publishes is still the cached success, since a failure that is
+/// not final never replaces a cached answer (PROTOCOL §6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_buffers_are_refused_before_the_cache_or_state_is_read() {
+    use dtee_schemas::job::AccessMode;
+    use dtee_submitter::builder::state;
+    let env = TestEnv::new("counted").await;
+    let tenant = env.client.tenant().to_owned();
+    let mut spec = echo_job(&env, "counted").await;
+    for index in 0..3 {
+        let key = format!("{tenant}/counted/{}/{index}", env.namespace);
+        spec.buffers.push(state(
+            &format!("s{index}"),
+            &key,
+            AccessMode::ReadOnly,
+            true,
+        ));
+    }
+    let worker = env.start_worker().await;
+    let first = env.run(&spec).await;
+    assert!(first.succeeded(), "{:?}", first.error);
+    worker.shutdown().await.unwrap();
+
+    // A new job with the same five buffers, and the cached one again.
+    let mut fresh = spec.clone();
+    fresh.nonce = Some("fresh".to_owned());
+    let worker = env.start_worker_with(|config| config.max_buffers = 4).await;
+    let refused = env.run(&fresh).await;
+    assert_eq!(
+        refused.error_code(),
+        Some(ErrorCode::ExcessiveResourceRequirements),
+        "{:?}",
+        refused.error
+    );
+    let message = refused.error.unwrap().message;
+    assert!(
+        message.contains("lists 5 buffers; this worker accepts at most 4"),
+        "{message}"
+    );
+    let again = env.run(&spec).await;
+    assert!(
+        again.succeeded(),
+        "the cached answer stands: {:?}",
+        again.error
+    );
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
+    assert_eq!(
+        Stats::get(&worker.stats.deduplicated),
+        0,
+        "the result cache was not read"
+    );
+    assert_eq!(Stats::get(&worker.stats.executed), 0);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+/// A wall-clock timeout is not cached as the job's answer: how far a kernel gets before its
+/// deadline depends on how loaded the worker is, which another tenant may cause, so the same
+/// job submitted again runs again (fuel, the deterministic bound, is cached: `jobs.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_is_not_cached_as_the_answer() {
+    let env = TestEnv::new("timeout-again").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
+    spec.limits.fuel = Some(1_000_000_000_000);
+    spec.limits.timeout_ms = Some(200);
+    for run in 1..=2 {
+        let result = env.run(&spec).await;
+        assert_eq!(result.error_code(), Some(ErrorCode::ExecutionTimeout));
+        assert!(
+            env.client
+                .cached_result(&result.job_id)
+                .await
+                .unwrap()
+                .is_none(),
+            "not in the result cache"
+        );
+        assert_eq!(Stats::get(&worker.stats.executed), run, "run {run} ran");
+    }
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

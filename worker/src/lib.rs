@@ -211,6 +211,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         gpus,
         turns: job::turns::Turns::default(),
         long_kernels: Default::default(),
+        compile_refusals: Default::default(),
         blob_cache: blob_cache::BlobCache::new(blob_cache_bytes),
         secrets: secret_link,
         session_broken: tokio::sync::Notify::new(),

@@ -91,8 +91,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<Self::Kernel>>>;
 
     /// Compiles `bytes`, whose digest the caller has checked is `digest`, within the backend's
-    /// compile bounds, and caches the outcome, a deterministic failure or a compile limit
-    /// included. `Err` only when the backend could not try (its compiler could not be run):
+    /// compile bounds, and caches the outcome, a deterministic failure included but not a
+    /// compile limit (`kernel_compile_limit_exceeded` depends on the worker's load: the job path
+    /// keeps it for the tenant that met it, `job::fetch::CompileRefusals`). `Err` only when the backend could not try (its compiler could not be run):
     /// nothing is cached and the caller retries. Blocking.
     fn prepare(
         &self,
@@ -265,6 +266,18 @@ impl Runner {
             Runner::Gpu(backend) => backend
                 .cached(digest)
                 .map(|prepared| prepared.as_ref().clone().map(AnyKernel::Gpu)),
+        }
+    }
+
+    /// What a digest compiles to differs between runners: the backend and, for wasm, its
+    /// profile.
+    pub(crate) fn compiled_as(&self) -> &'static str {
+        match self {
+            Runner::Wasm(backend) => match backend.profile() {
+                dtee_schemas::job::WasmProfile::Deterministic => "wasm",
+                dtee_schemas::job::WasmProfile::Fast => "wasm-fast",
+            },
+            Runner::Gpu(_) => "gpu",
         }
     }
 

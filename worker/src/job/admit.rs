@@ -103,9 +103,27 @@ impl Binding {
     }
 }
 
+/// Messages longer than this are admitted off the async runtime's threads: parsing one of
+/// 16 MiB (`DTEE_MAX_JOB_BYTES`) takes 150–200 ms here, long enough to hold up every other
+/// job's task on the thread.
+const ADMIT_INLINE_BYTES: usize = 256 << 10;
+
+/// [`admit`], on the job's task for a short message, and for a long one on a thread the async
+/// runtime gives up for the while (`block_in_place`; inline on a runtime of one thread).
+pub(crate) fn admit_message(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outcome> {
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if multi_thread && delivery.data.len() > ADMIT_INLINE_BYTES {
+        tokio::task::block_in_place(|| admit(ctx, delivery))
+    } else {
+        admit(ctx, delivery)
+    }
+}
+
 /// Admits a delivery, or answers it with a refusal (never cached: the refusal is about this
 /// message, not about the job id it claims).
-pub(crate) fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outcome> {
+fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outcome> {
     let started_at = unix_ms();
     let refuse_message = |message: String| {
         let failure = Failure::new(ErrorCode::InvalidJob, message);

@@ -29,7 +29,7 @@ pub(crate) async fn evaluate(
         tracing::debug!("an expired job was dead-lettered: acked without an answer");
         return Ok(None);
     }
-    let job = match admit::admit(ctx, delivery) {
+    let job = match admit::admit_message(ctx, delivery) {
         Ok(job) => job,
         Err(refused) => return Ok(Some(refused)),
     };

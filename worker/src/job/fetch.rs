@@ -1,5 +1,6 @@
 //! Fetching what a run needs: the kernel (compiled once per digest, in a compile slot and
-//! within the compile bounds, and kept in the backend's cache) and the input blobs, turned into
+//! within the compile bounds, and kept in the backend's cache; a compile limit is kept for the
+//! tenant that met it only, [`CompileRefusals`]) and the input blobs, turned into
 //! the backend's slots. Inputs are content-addressed, so they are fetched once per job and
 //! cannot change between attempts.
 //!
@@ -19,7 +20,7 @@ use super::outcome::Failure;
 use super::plan::Plan;
 use super::Kernel;
 use super::{Context, Halt};
-use crate::backend::{slot_capacity, Prepared, Slot};
+use crate::backend::{slot_capacity, KernelError, Prepared, Slot};
 use crate::failure::Transient;
 use crate::secrets::SecretValues;
 
@@ -28,7 +29,10 @@ pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result
     let digest = &job.parsed.spec.kernel.digest;
     let prepared = match plan.runner.cached(digest) {
         Some(prepared) => prepared,
-        None => compile(ctx, &job.tenant, digest, plan).await?,
+        None => match ctx.compile_refusals.get(&job.tenant, plan, digest) {
+            Some(refused) => Err(refused),
+            None => compile(ctx, &job.tenant, digest, plan).await?,
+        },
     };
     prepared.map_err(|error| {
         Halt::Fail(Failure::new(error.code, error.message).with_limits(plan.limits))
@@ -48,16 +52,76 @@ async fn compile(
     if let Some(prepared) = plan.runner.cached(digest) {
         return Ok(prepared);
     }
+    if let Some(refused) = ctx.compile_refusals.get(tenant, plan, digest) {
+        return Ok(Err(refused));
+    }
     let bytes = kernel_bytes(ctx, digest, plan).await?;
     let runner = plan.runner.clone();
-    let digest = digest.clone();
-    let prepared = tokio::task::spawn_blocking(move || runner.prepare(&digest, &bytes))
+    let compiled = digest.clone();
+    let prepared = tokio::task::spawn_blocking(move || runner.prepare(&compiled, &bytes))
         .await
         .map_err(|source| Transient::TaskLost {
             what: "compilation",
             source,
-        })?;
-    Ok(prepared.map_err(Transient::Prepare)?)
+        })?
+        .map_err(Transient::Prepare)?;
+    if let Err(error) = &prepared {
+        if error.code == ErrorCode::KernelCompileLimitExceeded {
+            ctx.compile_refusals.insert(tenant, plan, digest, error);
+        }
+    }
+    Ok(prepared)
+}
+
+/// Compile limits (`kernel_compile_limit_exceeded`) by tenant and digest. The backend's module
+/// cache keeps a kernel's deterministic outcome for every tenant, but not this one: whether a
+/// compile finishes within the worker's bounds depends on how loaded the worker is, which
+/// another tenant may have caused, so one tenant's refusal must not answer another's job. The
+/// tenant that met it gets it again for [`CompileRefusals::KEPT`] without the worker spending its
+/// bounds again; others compile the kernel themselves.
+#[derive(Debug, Default)]
+pub(crate) struct CompileRefusals {
+    entries: std::sync::Mutex<HashMap<RefusalKey, (std::time::Instant, KernelError)>>,
+}
+
+/// A tenant, what the kernel compiles to (`Runner::compiled_as`) and its digest.
+type RefusalKey = (String, &'static str, Digest);
+
+impl CompileRefusals {
+    /// How long a refusal is kept.
+    pub(crate) const KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+    /// The most refusals kept; the oldest goes first.
+    const CAPACITY: usize = 1024;
+
+    /// The refusal `tenant` met for `digest` on `plan`'s runner, if it is recent.
+    fn get(&self, tenant: &str, plan: &Plan, digest: &Digest) -> Option<KernelError> {
+        let key = (tenant.to_owned(), plan.runner.compiled_as(), digest.clone());
+        let mut entries = self.entries.lock().expect("compile refusals lock");
+        match entries.get(&key) {
+            Some((at, error)) if at.elapsed() < Self::KEPT => Some(error.clone()),
+            Some(_) => {
+                entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, tenant: &str, plan: &Plan, digest: &Digest, error: &KernelError) {
+        let mut entries = self.entries.lock().expect("compile refusals lock");
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, (at, _)| at.elapsed() < Self::KEPT);
+        }
+        if entries.len() >= Self::CAPACITY {
+            let oldest = entries
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(key, _)| key.clone());
+            oldest.map(|key| entries.remove(&key));
+        }
+        let key = (tenant.to_owned(), plan.runner.compiled_as(), digest.clone());
+        entries.insert(key, (std::time::Instant::now(), error.clone()));
+    }
 }
 
 /// The kernel's bytes, its length checked against the worker's size limit before they are read,

@@ -3,7 +3,8 @@
 //! 1. [`admit`] — size, strict parsing, the tenant and its state bindings; nothing is read
 //!    before this. Hands on an [`Admitted`] job: inputs decoded or named by digest, state keys
 //!    parsed and checked against the tenant.
-//! 2. [`prior`] — answers that exist before running: the result cache, the applied record of a
+//! 2. [`prior`] — once the job's buffers and parameters are counted ([`plan::counted`]), answers
+//!    that exist before running: the result cache, the applied record of a
 //!    committed job, a revocation.
 //! 3. [`plan`] — what this worker will run it with: target, format, resolved limits, the
 //!    attestation requirement. Hands on a [`plan::Plan`].
@@ -81,6 +82,8 @@ pub(crate) struct Context {
     pub secrets: crate::secrets::SecretLink,
     /// One delivery of a job id at a time on this worker (`turns`).
     pub turns: turns::Turns,
+    /// Compile limits met, by tenant and digest (`fetch`).
+    pub compile_refusals: fetch::CompileRefusals,
     /// Kernels too long for a short run on the job's task (`short_run`).
     pub long_kernels: short_run::LongKernels,
     /// Notified when a publication finds the result channel closed while the consumer channel
@@ -194,7 +197,7 @@ async fn attempt(ctx: &Context, delivery: &Delivery, acks: &Acks) -> Result<(), 
             }
         };
     }
-    let job = match admit::admit(ctx, delivery) {
+    let job = match admit::admit_message(ctx, delivery) {
         Ok(job) => job,
         Err(refused) => return deliver::deliver(ctx, delivery, acks, refused).await,
     };
@@ -221,6 +224,7 @@ async fn evaluate(ctx: &Context, job: &Admitted) -> Result<Outcome, Transient> {
 
 /// The stages after admission, top to bottom.
 async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
+    plan::counted(ctx, job)?;
     let first_snapshot = prior::answer(ctx, job).await?;
     let plan = plan::plan(ctx, job)?;
     let inputs = fetch::measure_inputs(ctx, job, &plan).await?;

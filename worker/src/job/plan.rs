@@ -60,10 +60,6 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
     let limits = resolve_limits(&ctx.config, spec).map_err(|error| {
         Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string())
     })?;
-    check_counts(&ctx.config, spec).map_err(|error| {
-        Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string())
-            .with_limits(limits)
-    })?;
     if let Some(requirement) = &spec.attestation {
         if !ctx.attestor.satisfies(requirement.platform) {
             return Err(Failure::new(
@@ -78,6 +74,20 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
         }
     }
     Ok(Plan { limits, runner })
+}
+
+/// Refuses a job listing more buffers or parameters than this worker accepts
+/// (`excessive_resource_requirements`, not final), before its prior answers are read: their
+/// state snapshot reads every binding the job lists, so the count is checked first.
+pub(crate) fn counted(ctx: &Context, job: &Admitted) -> Result<(), Failure> {
+    let spec = &job.parsed.spec;
+    check_counts(&ctx.config, spec).map_err(|error| {
+        let failure = Failure::new(ErrorCode::ExcessiveResourceRequirements, error.to_string());
+        match resolve_limits(&ctx.config, spec) {
+            Ok(limits) => failure.with_limits(limits),
+            Err(_) => failure,
+        }
+    })
 }
 
 /// A job listing more buffers or parameters than this worker accepts.

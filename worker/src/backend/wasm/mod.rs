@@ -199,13 +199,16 @@ impl Backend for WasmBackend {
             backend: "wasm",
             source: Box::new(error),
         })?);
-        // Compile-limit failures are cached too: the worker spends its bound once per digest.
-        let size = cached_size(&prepared, bytes.len());
-        self.cache.lock().expect("module cache lock").insert(
-            digest.clone(),
-            Arc::clone(&prepared),
-            size,
-        );
+        // A compile limit depends on how loaded the worker was, which another tenant may have
+        // caused: not kept for every tenant (the job path keeps it for the tenant that met it).
+        if !is_compile_limit(&prepared) {
+            let size = cached_size(&prepared, bytes.len());
+            self.cache.lock().expect("module cache lock").insert(
+                digest.clone(),
+                Arc::clone(&prepared),
+                size,
+            );
+        }
         Ok(prepared)
     }
 
@@ -218,6 +221,11 @@ impl Backend for WasmBackend {
     ) -> Result<Completed, KernelError> {
         self.run_within(prepared, invocation, invocation.limits)
     }
+}
+
+/// Whether `prepared` is a compile limit (`kernel_compile_limit_exceeded`).
+fn is_compile_limit(prepared: &Prepared) -> bool {
+    matches!(prepared, Err(error) if error.code == ErrorCode::KernelCompileLimitExceeded)
 }
 
 /// A short run's limits ([`WasmBackend::run_short`]): what a kernel may spend where the job's
