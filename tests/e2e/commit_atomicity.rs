@@ -183,6 +183,49 @@ async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
         (None, 0),
         "the commit wrote nothing"
     );
+
+    // A version of digits that INCR refuses ('05') is refused the same way, before the first
+    // write (a check of digits alone let the commit write `first` and then fail at the INCR).
+    let fourth = format!("{tenant}/{{g}}/{}/fourth", env.namespace);
+    let fourth_key = StateKey::parse(&fourth).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(fourth_key.version_key(&env.namespace))
+        .arg("05")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let entries = [
+        CommitEntry {
+            key: first_key.clone(),
+            seen_version: 0,
+            op: WriteOp::Set(b"hello".to_vec()),
+        },
+        CommitEntry {
+            key: fourth_key.clone(),
+            seen_version: 5,
+            op: WriteOp::Append(b"hello".to_vec()),
+        },
+    ];
+    let answer = store
+        .commit(
+            &first_key.hash_tag(),
+            &Digest::of(b"a commit over a version INCR refuses"),
+            &entries,
+            b"result",
+            Duration::from_secs(60),
+            1 << 20,
+        )
+        .await
+        .expect("commit script");
+    assert_eq!(
+        answer,
+        Commit::WrongType(fourth_key.version_key(&env.namespace))
+    );
+    assert_eq!(
+        env.client.state_get(&first_key).await.unwrap(),
+        (None, 0),
+        "the commit wrote nothing"
+    );
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

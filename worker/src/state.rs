@@ -23,6 +23,11 @@ const SNAPSHOT: &str = r#"
 -- last ARGV: the most bytes the values read may total. Over it, nothing is read and the answer
 -- is {'too_large', total}; a key that is not a string (the worker writes only strings) answers
 -- {'wrong_type', key}, and so does a version that is not a number, so that no read fails.
+-- A version as INCR writes it: '0', or at most 18 digits without a leading 0. INCR refuses
+-- anything else ('05' included), so a commit must never get to an INCR of one.
+local function canonical(v)
+  return string.len(v) <= 18 and (v == '0' or string.match(v, '^[1-9]%d*$') ~= nil)
+end
 local n = #ARGV - 1
 local total = 0
 local out = {}
@@ -32,7 +37,7 @@ for i = 1, n do
     if key_type ~= 'none' and key_type ~= 'string' then return {'wrong_type', key} end
   end
   local version = redis.call('GET', KEYS[2 * i]) or '0'
-  if not string.match(version, '^%d+$') or string.len(version) > 18 then
+  if not canonical(version) then
     return {'wrong_type', KEYS[2 * i]}
   end
   if ARGV[i] == '1' then total = total + redis.call('STRLEN', KEYS[2 * i - 1]) end
@@ -52,6 +57,11 @@ const COMMIT: &str = r#"
 -- operation (none, set, append), the bytes.
 -- Redis does not roll back a script that fails half-way, so every check that can fail (the
 -- applied record, the versions, the key types, the resulting sizes) runs before any write.
+-- A version as INCR writes it: '0', or at most 18 digits without a leading 0. INCR refuses
+-- anything else ('05' included), so a commit must never get to an INCR of one.
+local function canonical(v)
+  return string.len(v) <= 18 and (v == '0' or string.match(v, '^[1-9]%d*$') ~= nil)
+end
 local applied = redis.call('GET', KEYS[1])
 if applied then return {'applied', applied} end
 local max = tonumber(ARGV[3])
@@ -65,7 +75,7 @@ for i = 1, n do
     return {'wrong_type', key}
   end
   local raw = redis.call('GET', version_key) or '0'
-  if not string.match(raw, '^%d+$') or string.len(raw) > 18 then
+  if not canonical(raw) then
     return {'wrong_type', version_key}
   end
   if tonumber(raw) ~= tonumber(ARGV[3 * i + 1]) then return {'conflict', key} end

@@ -217,6 +217,9 @@ export class JobBuilder {
     checkName(name, 'buffer');
     given(key, `state ${name} key`);
     parseStateKey(key);
+    if (this.#buffers.some((b) => b.kind === 'state' && b.key === key)) {
+      refuse(`state key ${JSON.stringify(key)} is bound twice: bind each key once`);
+    }
     given(mode, `state ${name} mode`);
     if (!MODES.includes(mode)) refuse(`state ${name}: unknown mode ${JSON.stringify(mode)} (${MODES.join(', ')})`);
     given(mayBeAbsent, `state ${name} mayBeAbsent`);

@@ -55,6 +55,9 @@ test('the builder refuses what the worker would refuse', () => {
   assert.throws(() => job(KERNEL, 'main').state('s', 'nokey', 'read_only'), InvalidJobError);
   assert.throws(() => job(KERNEL, 'main').state('s', 'guest/x', 'rw'), InvalidJobError);
   assert.throws(() => job(KERNEL, 'main').state('s', 'guest/x', 'read_only', { maxSize: 0 }), InvalidJobError);
+  // Each state key once (a commit checks each binding on its own).
+  assert.throws(() => job(KERNEL, 'main').state('a', 'guest/x', 'append_only').state('b', 'guest/x', 'read_only'), InvalidJobError);
+  assert.doesNotThrow(() => job(KERNEL, 'main').state('a', 'guest/x', 'append_only').state('b', 'guest/y', 'read_only'));
   assert.throws(() => job(KERNEL, 'main').limits({ timeout: 5 }), InvalidJobError);
   assert.throws(() => job(KERNEL, 'main').limits({ fuel: 0 }), InvalidJobError);
   assert.throws(() => job(KERNEL, 'main', { profile: 'turbo' }), InvalidJobError);

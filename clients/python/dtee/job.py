@@ -184,6 +184,8 @@ class Job:
         ``read_write`` or ``append_only``. ``may_be_absent`` lets an absent key read as empty
         instead of failing the job; ``max_size`` bounds what the kernel may write."""
         StateKey.parse(key)
+        if any(b["kind"] == "state" and b["key"] == key for b in self._buffers):
+            raise InvalidJobError(f"state key {key!r} is bound twice: bind each key once")
         if mode not in STATE_MODES:
             raise InvalidJobError(f"state {name!r}: mode {mode!r} is not one of {STATE_MODES}")
         if not isinstance(may_be_absent, bool):

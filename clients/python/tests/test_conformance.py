@@ -205,6 +205,10 @@ class OfflineConformance(unittest.TestCase):
             lambda: dtee.Job(kernel, "echo", profile="turbo"),
             lambda: dtee.Job(kernel, "echo", format="ptx", profile="fast"),
             lambda: dtee.Job(kernel, "echo", profile="fast").limits(fuel=5),
+            # Each state key once (a commit checks each binding on its own).
+            lambda: dtee.Job(kernel, "echo")
+            .state("a", "guest/x", "append_only")
+            .state("b", "guest/x", "read_only"),
         ):
             with self.assertRaises(dtee.InvalidJobError):
                 build()

@@ -122,6 +122,11 @@ impl JobSpec {
     fn validate_buffers(&self) -> Result<Vec<CheckedBuffer>, ValidationError> {
         let mut names = HashSet::new();
         let mut state_tag: Option<String> = None;
+        // Each state key once: a commit checks each binding's resulting size and bumps its
+        // version on its own, so two bindings of one key could together pass what neither
+        // checks (two appends), and Redis would fail the commit half-way.
+        let mut state_keys: std::collections::HashMap<StateKey, usize> =
+            std::collections::HashMap::new();
         let mut checked = Vec::with_capacity(self.buffers.len());
         for (idx, buffer) in self.buffers.iter().enumerate() {
             let name = buffer.name();
@@ -176,6 +181,12 @@ impl JobSpec {
                 } => {
                     let key = StateKey::parse(key)
                         .map_err(|error| invalid(field("key"), error.to_string()))?;
+                    if let Some(first) = state_keys.insert(key.clone(), idx) {
+                        return Err(invalid(
+                            field("key"),
+                            format!("state key {key} is bound twice (buffers[{first}] and buffers[{idx}]): bind each key once"),
+                        ));
+                    }
                     match &state_tag {
                         None => state_tag = Some(key.hash_tag()),
                         Some(tag) if *tag != key.hash_tag() => {
@@ -491,6 +502,32 @@ mod tests {
             })),
             "limits.fuel"
         );
+    }
+
+    #[test]
+    fn a_state_key_is_bound_once() {
+        let state = |name: &str, key: &str, mode: &str| json!({"kind": "state", "name": name, "key": key, "mode": mode});
+        let mut value = base();
+        value["buffers"] = json!([
+            state("a", "alice/log", "append_only"),
+            state("b", "alice/other", "read_only"),
+            state("c", "alice/log", "append_only"),
+        ]);
+        let spec: JobSpec = serde_json::from_value(value).unwrap();
+        let error = spec.validate().unwrap_err();
+        assert_eq!(error.field, "buffers[2].key");
+        assert!(
+            error.problem.contains("buffers[0] and buffers[2]"),
+            "{}",
+            error.problem
+        );
+        let mut value = base();
+        value["buffers"] = json!([
+            state("a", "alice/log", "append_only"),
+            state("b", "alice/other", "read_write"),
+        ]);
+        let spec: JobSpec = serde_json::from_value(value).unwrap();
+        assert!(spec.validate().is_ok());
     }
 
     #[test]
