@@ -290,6 +290,19 @@ if [ "$(rcli dtee-admin "$pw_admin" PING)" = PONG ]; then
       expect allowed "${w[@]}" APPEND 'dtee:state:{alice}:x' y
       expect allowed "${w[@]}" EVALSHA "$sha" 1 'dtee:state:{alice}:x'
       expect allowed "${w[@]}" DEL 'dtee:worker:validate'
+      expect allowed "${w[@]}" SET 'dtee:applied:{alice}:sha256:00' r NX EX 60
+      expect allowed "${w[@]}" SET 'dtee:failure:sha256:00' f EX 60
+      expect allowed "${w[@]}" GET 'dtee:blob:sha256:00'
+      # Revocations are read-only to it, and the keeper's keys (release policies, sealed
+      # values, the keeper's public key, which clients may read to seal puts) are not its at
+      # all: a worker's login must not be able to choose who gets a tenant's secrets. (Blobs it
+      # reads through a script, which needs write access to the keys it names; a blob written
+      # by anyone is checked against its digest before use.)
+      expect denied "${w[@]}" SET 'dtee:revoked:alice:sha256:00' 1
+      expect denied "${w[@]}" SET 'dtee:secret-policy:{alice}' 'allow_software = true'
+      expect denied "${w[@]}" SET 'dtee:keeper:public-key' forged
+      expect denied "${w[@]}" GET 'dtee:keeper:public-key'
+      expect denied "${w[@]}" GET 'dtee:secrets:{alice}'
       expect denied "${w[@]}" SET 'other:key' x
       expect denied "${w[@]}" EVAL 'return 1' 0
       expect denied "${w[@]}" KEYS '*'

@@ -99,13 +99,17 @@ pub async fn release(
                 ),
             ));
         };
-        let value = seal(
+        let Ok(value) = seal(
             &worker_key,
             RELEASE_INFO,
             &release_aad(claims, secret),
             &value,
-        )
-        .expect("a checked key");
+        ) else {
+            return Ok(KeeperReply::refuse(
+                KeeperErrorCode::InvalidRequest,
+                "worker_hpke_key cannot be sealed to",
+            ));
+        };
         released.push(Released {
             secret: secret.clone(),
             value,

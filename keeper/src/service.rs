@@ -167,7 +167,18 @@ async fn answer(keeper: &Keeper, channel: &Channel, delivery: Delivery) {
         .map_or("ok", |error| code_name(error.code));
     metrics::counter!("dtee_keeper_requests_total", "op" => op, "outcome" => outcome).increment(1);
     let properties = &delivery.properties;
-    if let Some(reply_to) = properties.reply_to() {
+    // Answers go only to the keeper's reply queues (`<ns>.keeper.reply.<hex>`, what
+    // keeper::client declares): through the default exchange the keeper could otherwise be made
+    // to publish into any queue a requester names, a job queue included.
+    let reply_prefix = format!("{}.reply.", keeper.namespace.keeper_queue());
+    let reply_to = properties.reply_to().as_ref().filter(|queue| {
+        let ours = queue.as_str().starts_with(&reply_prefix);
+        if !ours {
+            warn!(reply_to = %queue.as_str(), "not answering into a queue that is not a keeper reply queue");
+        }
+        ours
+    });
+    if let Some(reply_to) = reply_to {
         let mut answer = BasicProperties::default().with_content_type("application/json".into());
         if let Some(id) = properties.correlation_id() {
             answer = answer.with_correlation_id(id.clone());
@@ -244,7 +255,17 @@ async fn handle(
             identity,
             signature,
         } => {
-            let policy = keeper.store.policy(&claims.tenant).await?;
+            let policy = match keeper.store.policy(&claims.tenant).await {
+                Ok(policy) => policy,
+                Err(StoreError::Corrupt(what)) => {
+                    warn!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, "release refused: {what} was not sealed by this keeper");
+                    return Ok(KeeperReply::refuse(
+                        KeeperErrorCode::SecretReleaseDenied,
+                        format!("{what} does not open under this keeper's key: it was not set through the keeper (or under another key); the owner must set it again"),
+                    ));
+                }
+                Err(error) => return Err(error),
+            };
             let now = dtee_schemas::run::unix_ms();
             let names: Vec<String> = claims
                 .secrets
@@ -315,8 +336,9 @@ async fn owner_request(
                 return Ok(not_found(tenant, &name, version));
             };
             info!(%tenant, secret = %name, version, "secret read by its owner");
-            let value = seal(&reply_key, GET_INFO, &owner_aad(tenant, &name), &plain)
-                .expect("a checked key");
+            let Ok(value) = seal(&reply_key, GET_INFO, &owner_aad(tenant, &name), &plain) else {
+                return invalid("reply_key cannot be sealed to");
+            };
             Ok(KeeperReply {
                 version: Some(version),
                 value: Some(value),

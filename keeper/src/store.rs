@@ -1,7 +1,9 @@
 //! Secrets at rest in Redis, encrypted under the keeper's at-rest key (ChaCha20-Poly1305, a
 //! random 96-bit nonce per value, associated data `<ns>/<tenant>/<name>/<version>`), so Redis
 //! holds no value in the clear and a value moved to another key, tenant or version does not
-//! decrypt. Keys follow the Redis Cluster rule: one tenant's keys share the tag `{<tenant>}`.
+//! decrypt. Release policies are sealed the same way (associated data
+//! `policy/<ns>/<tenant>`): Redis is shared with the workers, whose login can write there, and
+//! a policy written by anything but this keeper is refused, never read. Keys follow the Redis Cluster rule: one tenant's keys share the tag `{<tenant>}`.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -55,25 +57,49 @@ impl SecretStore {
         format!("{}/{tenant}/{name}/{version}", self.namespace).into_bytes()
     }
 
+    /// A release policy's associated data: no value's (a secret name has no `/`, and this has
+    /// three parts where a value's has four).
+    fn policy_aad(&self, tenant: &str) -> Vec<u8> {
+        format!("policy/{}/{tenant}", self.namespace).into_bytes()
+    }
+
+    /// `nonce || ciphertext` of `plain` under the at-rest key, bound to `aad`.
+    fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 12] = rand::random();
+        let mut stored = nonce.to_vec();
+        stored.extend(
+            self.cipher
+                .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
+                .expect("encryption of a bounded value"),
+        );
+        stored
+    }
+
+    /// What [`SecretStore::seal`] sealed with `aad`, or `None` when `stored` is not that (another
+    /// key, other associated data, or written by something else).
+    fn open(&self, aad: &[u8], stored: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if stored.len() <= 12 {
+            return None;
+        }
+        let (nonce, ciphertext) = stored.split_at(12);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
+    }
+
     /// Stores a new version and returns its number.
     pub async fn put(&self, tenant: &str, name: &str, value: &[u8]) -> Result<u64, StoreError> {
         let key = self.namespace.secret_key(tenant, name);
         let mut redis = self.redis.clone();
         let version: u64 = redis.hincr(&key, "next", 1).await?;
-        let nonce: [u8; 12] = rand::random();
-        let aad = self.aad(tenant, name, version);
-        let mut stored = nonce.to_vec();
-        stored.extend(
-            self.cipher
-                .encrypt(
-                    Nonce::from_slice(&nonce),
-                    Payload {
-                        msg: value,
-                        aad: &aad,
-                    },
-                )
-                .expect("encryption of a bounded value"),
-        );
+        let stored = self.seal(&self.aad(tenant, name, version), value);
         let created = dtee_schemas::run::unix_ms();
         redis::pipe()
             .atomic()
@@ -130,19 +156,10 @@ impl SecretStore {
         let Some(stored) = stored.filter(|stored| stored.len() > 12) else {
             return Ok(None);
         };
-        let (nonce, ciphertext) = stored.split_at(12);
-        let aad = self.aad(tenant, name, version);
         let value = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| StoreError::Corrupt(format!("{tenant}/{name} version {version}")))?;
-        Ok(Some((version, Zeroizing::new(value))))
+            .open(&self.aad(tenant, name, version), &stored)
+            .ok_or_else(|| StoreError::Corrupt(format!("{tenant}/{name} version {version}")))?;
+        Ok(Some((version, value)))
     }
 
     /// The tenant's secrets and their versions, without values.
@@ -193,18 +210,33 @@ impl SecretStore {
         Ok(doomed.len() as u64)
     }
 
-    /// Sets the tenant's release policy (already checked to parse).
+    /// Sets the tenant's release policy (already checked to parse), sealed under the at-rest
+    /// key like a value: whoever else can write to Redis (a worker's login, say) cannot write a
+    /// policy this keeper will read.
     pub async fn set_policy(&self, tenant: &str, policy: &str) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
+        let sealed = self.seal(&self.policy_aad(tenant), policy.as_bytes());
         redis
-            .set::<_, _, ()>(self.namespace.secret_policy_key(tenant), policy)
+            .set::<_, _, ()>(self.namespace.secret_policy_key(tenant), sealed)
             .await?;
         Ok(())
     }
 
-    /// The tenant's release policy, if it set one.
+    /// The tenant's release policy, if it set one; [`StoreError::Corrupt`] for one this keeper
+    /// did not seal for this tenant (written to Redis by something else, or another tenant's
+    /// moved here), which the caller must treat as no release at all.
     pub async fn policy(&self, tenant: &str) -> Result<Option<String>, StoreError> {
         let mut redis = self.redis.clone();
-        Ok(redis.get(self.namespace.secret_policy_key(tenant)).await?)
+        let stored: Option<Vec<u8>> = redis.get(self.namespace.secret_policy_key(tenant)).await?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let corrupt = || StoreError::Corrupt(format!("the release policy of {tenant}"));
+        let policy = self
+            .open(&self.policy_aad(tenant), &stored)
+            .ok_or_else(corrupt)?;
+        String::from_utf8(policy.to_vec())
+            .map(Some)
+            .map_err(|_| corrupt())
     }
 }

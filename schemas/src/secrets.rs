@@ -141,6 +141,10 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], SealError> {
     let bytes = hex::decode(text).map_err(|_| SealError::BadKey)?;
     let key: [u8; 32] = bytes.try_into().map_err(|_| SealError::BadKey)?;
     <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(&key).map_err(|_| SealError::BadKey)?;
+    // Any 32 bytes decode as a point, but sealing to a low-order one (all zeros, say) fails:
+    // HPKE refuses the all-zero shared secret. Seal once here, so that a key accepted is a key
+    // that can be sealed to.
+    seal(&key, b"dtee key check", b"", b"")?;
     Ok(key)
 }
 
@@ -410,6 +414,24 @@ mod tests {
             worker.open(&sealed, PUT_INFO, b"job a"),
             Err(SealError::Open)
         );
+    }
+
+    #[test]
+    fn a_low_order_key_is_refused_when_parsed_not_when_sealed_to() {
+        // Points of small order (all zeros, one, and the order-8 point that clamping keeps):
+        // sealing to them fails, so they are not keys.
+        let low_order = [
+            "00".repeat(32),
+            format!("01{}", "00".repeat(31)),
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800".to_owned(),
+        ];
+        for text in low_order {
+            let key: [u8; 32] = hex::decode(&text).unwrap().try_into().unwrap();
+            assert!(seal(&key, RELEASE_INFO, b"", b"x").is_err(), "{text}");
+            assert_eq!(parse_public_key(&text), Err(SealError::BadKey), "{text}");
+        }
+        let good = hex::encode(HpkeKeyPair::generate().public());
+        assert!(parse_public_key(&good).is_ok());
     }
 
     #[test]

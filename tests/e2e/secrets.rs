@@ -258,6 +258,40 @@ async fn a_release_follows_the_owners_policy() {
     // A policy that accepts the worker: released.
     secrets.set_policy(SOFTWARE).await.unwrap();
     assert!(run("accepted").await.succeeded());
+
+    // A policy written to Redis by anything but the keeper is refused, never read: here the
+    // plain text a worker's Redis login could SET, then another tenant's sealed policy moved
+    // under alice's key.
+    let mut redis = env.client.redis();
+    let alice_policy = env.namespace.secret_policy_key("dtee-test-alice");
+    let forgeries = [SOFTWARE.as_bytes().to_vec(), {
+        let (bob, bob_secrets) = tenant(&env, "dtee-test-bob").await;
+        bob_secrets.set_policy(SOFTWARE).await.unwrap();
+        let bobs: Vec<u8> = redis::cmd("GET")
+            .arg(env.namespace.secret_policy_key("dtee-test-bob"))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(!contains(&bobs, &encodings(SOFTWARE.as_bytes())), "sealed");
+        bob_secrets.close().await;
+        bob.close().await;
+        bobs
+    }];
+    for (index, forged) in forgeries.into_iter().enumerate() {
+        let _: () = redis::cmd("SET")
+            .arg(&alice_policy)
+            .arg(forged)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let nonce: &'static str = ["forged policy 0", "forged policy 1"][index];
+        let refused = run(nonce).await;
+        assert_eq!(refused.error_code(), Some(ErrorCode::SecretReleaseDenied));
+        let message = refused.error.unwrap().message;
+        assert!(message.contains("not set through the keeper"), "{message}");
+    }
+    secrets.set_policy(SOFTWARE).await.unwrap();
+    assert!(run("set again").await.succeeded());
     worker.shutdown().await.unwrap();
 
     // A TPM worker (swtpm) whose AK the policy pins gets the secret.
@@ -720,5 +754,77 @@ async fn the_cli_puts_lists_gets_deletes_and_runs_with_secrets() {
     worker.shutdown().await.unwrap();
     keeper.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
+    env.cleanup().await;
+}
+
+/// The keeper answers only into its own reply queues (`<ns>.keeper.reply.<…>`): through the
+/// default exchange it could otherwise be made to publish into any queue a requester names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keeper_answers_only_into_its_reply_queues() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::BasicProperties;
+    let env = TestEnv::new("keeper-reply-to").await;
+    let keeper = Keeper::start(&env, rand::random()).await;
+    let connection = dtee_tests::amqp_connect(&dtee_tests::amqp_url()).await;
+    let channel = connection.create_channel().await.unwrap();
+    let user = dtee_tests::amqp_url()
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| "guest".to_owned());
+    let elsewhere = format!("{}.not-a-reply-queue", env.namespace);
+    let ours = format!("{}.reply.test", env.namespace.keeper_queue());
+    for queue in [&elsewhere, &ours] {
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .basic_publish(
+                env.namespace.keeper_exchange().as_str().into(),
+                dtee_schemas::namespace::KEEPER_TENANT_KEY.into(),
+                BasicPublishOptions::default(),
+                br#"{"op":"list"}"#,
+                BasicProperties::default()
+                    .with_user_id(user.as_str().into())
+                    .with_reply_to(queue.as_str().into()),
+            )
+            .await
+            .unwrap();
+    }
+    let get = |queue: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+        }
+    };
+    let mut answered = false;
+    for _ in 0..200 {
+        if get(ours.clone()).await.is_some() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the keeper answers into its reply queue");
+    // Both requests were taken at once; give the other's answer time it would have needed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        get(elsewhere.clone()).await.is_none(),
+        "no answer in a queue that is not a keeper reply queue"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    keeper.stop().await;
     env.cleanup().await;
 }
