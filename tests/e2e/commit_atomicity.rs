@@ -154,29 +154,37 @@ async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
     // refuses before its first write: called here directly, with the versions the snapshot
     // would have seen.
     let store = StateStore::new(env.client.redis(), env.namespace.clone());
-    let entries = [
-        CommitEntry {
-            key: first_key.clone(),
-            seen_version: 0,
-            op: WriteOp::Set(b"hello".to_vec()),
-        },
-        CommitEntry {
-            key: second_key.clone(),
-            seen_version: 0,
-            op: WriteOp::Append(b"hello".to_vec()),
-        },
-    ];
-    let answer = store
-        .commit(
-            &first_key.hash_tag(),
-            &Digest::of(b"a commit between snapshot and list"),
-            &entries,
-            b"result",
-            Duration::from_secs(60),
-            1 << 20,
-        )
-        .await
-        .expect("commit script");
+    // Sets `first`, then appends to `second` (seen at `second_version`): the commit a job
+    // with both bindings makes.
+    let commit = |second: &StateKey, second_version: u64, job: &'static [u8]| {
+        let entries = [
+            CommitEntry {
+                key: first_key.clone(),
+                seen_version: 0,
+                op: WriteOp::Set(b"hello".to_vec()),
+            },
+            CommitEntry {
+                key: second.clone(),
+                seen_version: second_version,
+                op: WriteOp::Append(b"hello".to_vec()),
+            },
+        ];
+        let (store, tag) = (&store, first_key.hash_tag());
+        async move {
+            store
+                .commit(
+                    &tag,
+                    &Digest::of(job),
+                    &entries,
+                    b"result",
+                    Duration::from_secs(60),
+                    1 << 20,
+                )
+                .await
+                .expect("commit script")
+        }
+    };
+    let answer = commit(&second_key, 0, b"a commit between snapshot and list").await;
     assert_eq!(answer, Commit::WrongType(list_key));
     assert_eq!(
         env.client.state_get(&first_key).await.unwrap(),
@@ -194,29 +202,7 @@ async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let entries = [
-        CommitEntry {
-            key: first_key.clone(),
-            seen_version: 0,
-            op: WriteOp::Set(b"hello".to_vec()),
-        },
-        CommitEntry {
-            key: fourth_key.clone(),
-            seen_version: 5,
-            op: WriteOp::Append(b"hello".to_vec()),
-        },
-    ];
-    let answer = store
-        .commit(
-            &first_key.hash_tag(),
-            &Digest::of(b"a commit over a version INCR refuses"),
-            &entries,
-            b"result",
-            Duration::from_secs(60),
-            1 << 20,
-        )
-        .await
-        .expect("commit script");
+    let answer = commit(&fourth_key, 5, b"a commit over a version INCR refuses").await;
     assert_eq!(
         answer,
         Commit::WrongType(fourth_key.version_key(&env.namespace))
