@@ -74,6 +74,28 @@ pub enum ClientError {
     /// A message that is not a valid result arrived.
     #[error("malformed result: {0}")]
     MalformedResult(serde_json::Error),
+    /// What is stored as a job's result answers another job (its `job_id` differs): refused,
+    /// since a result stands only for the job it names (a worker or anyone else who can write
+    /// the result key could otherwise pass one job's genuine result off as another's).
+    #[error("the result stored for {expected} is the result of another job, {found}: refused")]
+    ResultOfAnotherJob {
+        /// The job whose result was asked for.
+        expected: Digest,
+        /// The job the stored result names.
+        found: Digest,
+    },
+}
+
+/// Parses a stored result of `job_id`, refusing one that names another job.
+pub(crate) fn stored_result(bytes: &[u8], job_id: &Digest) -> Result<JobResult, ClientError> {
+    let result: JobResult = serde_json::from_slice(bytes).map_err(ClientError::MalformedResult)?;
+    if result.job_id != *job_id {
+        return Err(ClientError::ResultOfAnotherJob {
+            expected: job_id.clone(),
+            found: result.job_id,
+        });
+    }
+    Ok(result)
 }
 
 impl ClientError {
@@ -273,9 +295,7 @@ impl Client {
             .arg(self.config.namespace.result_key(job_id))
             .query_async(&mut self.redis.clone())
             .await?;
-        bytes
-            .map(|bytes| serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult))
-            .transpose()
+        bytes.map(|bytes| stored_result(&bytes, job_id)).transpose()
     }
 
     /// A waiter with its own exclusive result queue, for the results of this client's own

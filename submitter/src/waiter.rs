@@ -222,8 +222,7 @@ impl ResultWaiter {
         };
         let found = result.or(if accept_failure { failure } else { None });
         if let Some(bytes) = found {
-            watch.cached =
-                Some(serde_json::from_slice(&bytes).map_err(ClientError::MalformedResult)?);
+            watch.cached = Some(crate::client::stored_result(&bytes, job_id)?);
         }
         Ok(watch)
     }

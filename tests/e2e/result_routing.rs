@@ -178,3 +178,64 @@ async fn a_reply_binding_brings_every_submitted_result_and_nobody_elses() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A result stands only for the job it names: one job's genuine result, stored in Redis or
+/// published under another job's id (as a worker, or anyone else who can write the result key
+/// or the results exchange, could), is not taken as that other job's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stored_or_published_for_another_job_is_not_taken() {
+    use dtee_submitter::builder::{inline_input, output};
+    use dtee_submitter::ClientError;
+    let env = TestEnv::new("another-job").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"genuine"), output("out", 16)];
+    let genuine = env.run(&spec).await;
+    assert!(genuine.succeeded());
+    let bytes = serde_json::to_vec(&genuine).unwrap();
+    spec.nonce = Some("another".to_owned());
+    let other = dtee_schemas::job_id(&spec).unwrap();
+
+    let key = env.namespace.result_key(&other);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&bytes)
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+    let refused = |error: ClientError| {
+        assert!(
+            matches!(&error, ClientError::ResultOfAnotherJob { expected, found }
+                if *expected == other && *found == genuine.job_id),
+            "{error}"
+        );
+    };
+    refused(env.client.cached_result(&other).await.unwrap_err());
+    let waiter = env.client.waiter().await.unwrap();
+    refused(waiter.watch(&other).await.err().expect("refused"));
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+
+    let watch = waiter.watch_fresh(&other).await.unwrap();
+    let channel = env.client.connection().create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            env.namespace.results_exchange().into(),
+            result_routing_key(Some(env.client.tenant()), &other).into(),
+            lapin::options::BasicPublishOptions::default(),
+            &bytes,
+            lapin::BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        watch.result(Duration::from_millis(1500)).await,
+        Err(ClientError::Timeout(_))
+    ));
+    waiter.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -6,15 +6,13 @@ import { amqpUser, connectAmqp, loadTls } from './amqp.js';
 import { commandOptionsFor, connectRedis, getMany } from './redis.js';
 import { digestOf, isDigest } from './digest.js';
 import { prepareJob } from './job.js';
-import { parseStrict } from './jcs.js';
 import { isRoutableTenant, isValidNamespace, parseStateKey } from './state.js';
-import { ResultWaiter } from './waiter.js';
+import { ResultWaiter, storedResult } from './waiter.js';
 import {
   BrokerRefusedError,
   DteeError,
   InvalidJobError,
   JobFailedError,
-  MalformedResultError,
   NoRouteError,
   UnroutableUserError,
 } from './errors.js';
@@ -40,14 +38,6 @@ function noNamespace(namespace, error) {
 
 function refuseBadDigest(jobId) {
   if (!isDigest(jobId)) throw new InvalidJobError(`${JSON.stringify(jobId)} is not a job id (sha256: and 64 lowercase hex digits)`);
-}
-
-function parseCached(bytes) {
-  try {
-    return parseStrict(bytes);
-  } catch (error) {
-    throw new MalformedResultError(`malformed result: ${error.message}`, { cause: error });
-  }
 }
 
 /**
@@ -338,7 +328,7 @@ export class Client {
   async cachedResult(jobId) {
     refuseBadDigest(jobId);
     const bytes = await this.#redis.get(commandOptionsFor(), `${this.namespace}:result:${jobId}`);
-    return bytes ? parseCached(bytes) : null;
+    return bytes ? storedResult(jobId, bytes) : null;
   }
 
   /**

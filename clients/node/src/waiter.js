@@ -22,6 +22,20 @@ function parseResult(bytes) {
   return result;
 }
 
+/**
+ * Parses what Redis holds as `jobId`'s result, refusing one that names another job: a result
+ * stands only for the job it names (whoever can write the result key could otherwise pass one
+ * job's genuine result off as another's).
+ * @internal
+ */
+export function storedResult(jobId, bytes) {
+  const result = parseResult(bytes);
+  if (result.job_id !== jobId) {
+    throw new MalformedResultError(`the result stored for ${jobId} is the result of another job, ${result.job_id}: refused`);
+  }
+  return result;
+}
+
 /** @internal */
 export class ResultWaiter {
   #connection;
@@ -90,6 +104,8 @@ export class ResultWaiter {
       }
       if (!this.#watchers.has(jobId)) return; // a duplicate, or a job nobody waits for any more
       result ??= parseResult(message.content);
+      // Published under one job's key with another's result: not an answer.
+      if (result.job_id !== jobId) return;
     } catch {
       return; // not a result: nothing to deliver
     }
@@ -132,7 +148,7 @@ export class ResultWaiter {
       if (acceptFailure) keys.push(`${this.#namespace}:failure:${jobId}`);
       const values = await getMany(this.#redis, options, keys);
       const found = values.find((value) => value !== null && value !== undefined);
-      if (found) watch.cached = parseResult(found);
+      if (found) watch.cached = storedResult(jobId, found);
     } catch (error) {
       await watch.cancel();
       throw error;

@@ -15,6 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { connectAmqp } from '../src/amqp.js';
+import { connectRedis } from '../src/redis.js';
 import {
   BrokerRefusedError,
   CanonicalError,
@@ -22,7 +23,9 @@ import {
   DEFAULT_NACK_RETRIES,
   InvalidJobError,
   JobFailedError,
+  MalformedResultError,
   NoRouteError,
+  TimeoutError,
   canonicalize,
   digestOf,
   f32Bytes,
@@ -454,6 +457,37 @@ liveTest('wait_after_result', async () => {
   } finally {
     await other.close();
   }
+});
+
+liveTest('result_of_another_job_refused', async () => {
+  const client = await live();
+  const spec = await saxpyJob([9, 9, 9, 9], 'genuine');
+  const genuine = await client.run(spec, { timeoutMs: TIMEOUT_MS });
+  const other = await saxpyJob([1, 1, 1, 1], 'another');
+  const otherId = other.id();
+  // Whoever can write Redis stores one job's genuine result as another job's.
+  const redis = await connectRedis(env.redisUrl, loadTls(env.tls));
+  const key = `${env.namespace}:result:${otherId}`;
+  try {
+    await redis.set(key, JSON.stringify(genuine), { EX: 60 });
+    await assert.rejects(client.cachedResult(otherId), MalformedResultError);
+    await assert.rejects(client.wait(otherId, { timeoutMs: 2_000 }), MalformedResultError);
+  } finally {
+    await redis.del(key);
+    await redis.quit().catch(() => redis.disconnect().catch(() => {}));
+  }
+  // Published under the other job's routing key, it is not taken as that job's answer.
+  const waiting = client.wait(otherId, { timeoutMs: 1_500 });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const { connection } = await connectAmqp(env.amqpUrl, loadTls(env.tls), {});
+  try {
+    const channel = await connection.createChannel();
+    channel.publish(`${env.namespace}.results`, `${client.user}.${otherId}`, Buffer.from(JSON.stringify(genuine)));
+    await channel.close();
+  } finally {
+    await connection.close();
+  }
+  await assert.rejects(waiting, TimeoutError);
 });
 
 liveTest('many_on_one_queue', async () => {

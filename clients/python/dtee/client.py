@@ -185,7 +185,7 @@ class Client:
     def cached_result(self, job_id: str) -> Optional[Result]:
         """The cached success or final failure of a job, if any (no waiting)."""
         value = self.redis.get(result_key(self.namespace, job_id))
-        return Result.from_json(value, from_cache=True) if value is not None else None
+        return Result.stored_for(job_id, value) if value is not None else None
 
     def check_topology(self) -> None:
         """Raises :class:`~dtee.errors.NamespaceNotFoundError` unless ``<ns>.jobs`` exists (a

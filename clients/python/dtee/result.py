@@ -67,7 +67,21 @@ class Result:
             raw = json.loads(body)
         except ValueError as error:
             raise MalformedResultError(f"a result that is not JSON: {error}") from None
+        except RecursionError:
+            raise MalformedResultError("a result nested deeper than Python parses") from None
         return cls(raw, bytes(body), from_cache)
+
+    @classmethod
+    def stored_for(cls, job_id: str, body: bytes | str) -> "Result":
+        """Parses what Redis holds as ``job_id``'s result, refusing one that names another job:
+        a result stands only for the job it names (whoever can write the result key could
+        otherwise pass one job's genuine result off as another's)."""
+        result = cls.from_json(body, from_cache=True)
+        if result.job_id != job_id:
+            raise MalformedResultError(
+                f"the result stored for {job_id} is the result of another job, {result.job_id}: refused"
+            )
+        return result
 
     # -- fields --------------------------------------------------------------------------------
 

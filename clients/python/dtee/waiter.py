@@ -81,6 +81,8 @@ class ResultWaiter:
         job_id = method.routing_key.rpartition(".")[2]
         if not jcs.is_digest(job_id):
             job_id = result.job_id
+        elif job_id != result.job_id:
+            return  # published under one job's key with another's result: not an answer
         for watch in self._watches.get(job_id, ()):
             if watch.result is None:  # the first message wins; duplicates are ignored
                 watch.result = result
@@ -129,7 +131,7 @@ class ResultWaiter:
                 if found is None and accept_failure:
                     found = values[i * step + 1]
                 if found is not None and watch.result is None:
-                    watch.result = Result.from_json(found, from_cache=True)
+                    watch.result = Result.stored_for(watch.job_id, found)
         except BaseException as error:
             self.withdraw(watches)
             if isinstance(error, pika.exceptions.AMQPError):

@@ -371,6 +371,32 @@ class LiveConformance(unittest.TestCase):
         self.assertEqual(again.raw, first.raw)
         self.assertEqual(again.output_bytes("out"), b"late")
 
+    def test_result_of_another_job_refused(self):
+        client = self.client()
+        _, genuine = self.saxpy()
+        other = dtee.Job(self.kernel("echo.wasm"), "echo").input_bytes("in", b"x").output("out", 8)
+        other.nonce(fresh("another"))
+        # Whoever can write Redis stores one job's genuine result as another job's.
+        key = f"{NAMESPACE}:result:{other.id}"
+        client.redis.set(key, genuine.body, ex=60)
+        try:
+            with self.assertRaises(dtee.MalformedResultError):
+                client.cached_result(other.id)
+            with self.assertRaises(dtee.MalformedResultError):
+                client.wait(other.id, timeout=2.0)
+        finally:
+            client.redis.delete(key)
+        # Published under the other job's routing key, it is not taken as that job's answer.
+        waiter = client.waiter
+        watch = waiter.watch(other.id, accept_failure=False)
+        channel = client._connection.channel()
+        channel.basic_publish(
+            f"{NAMESPACE}.results", f"{client.user}.{other.id}", genuine.body
+        )
+        channel.close()
+        with self.assertRaises(dtee.WaitTimeoutError):
+            waiter.wait([watch], timeout=1.5)
+
     def test_many_on_one_queue(self):
         client = self.client()
         kernel = self.kernel("echo.wasm")
