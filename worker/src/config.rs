@@ -72,6 +72,9 @@ pub struct Config {
     pub targets: Vec<String>,
     /// Kernels running at once.
     pub concurrency: usize,
+    /// Threads of the async runtime (`dtee-worker` builds its runtime with this many; a worker
+    /// run in another program's runtime ignores it).
+    pub runtime_threads: usize,
     /// Broker prefetch (unacknowledged deliveries in flight), per consumed queue.
     pub prefetch: u16,
     /// Tenant queues consumed at most.
@@ -203,6 +206,7 @@ impl Config {
             namespace,
             targets: args.targets,
             concurrency,
+            runtime_threads: args.runtime_threads.unwrap_or((cores / 2).max(1)),
             prefetch,
             max_tenant_queues: args.max_tenant_queues,
             result_ttl: Duration::from_secs(args.result_ttl_secs),
@@ -536,6 +540,13 @@ mod tests {
         let config = parse(&[]).unwrap();
         assert!(config.concurrency >= 1);
         assert_eq!(config.prefetch as usize, config.concurrency * 8);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(config.runtime_threads, (cores / 2).max(1));
+        assert_eq!(
+            parse(&["--runtime-threads", "3"]).unwrap().runtime_threads,
+            3
+        );
+        assert!(parse(&["--runtime-threads", "0"]).is_err());
         assert_eq!(config.targets, vec!["auto".to_owned()]);
     }
 }

@@ -39,6 +39,11 @@ pub struct Args {
     #[arg(long, env = "DTEE_CONCURRENCY")]
     #[arg(value_parser = setting(concurrency))]
     pub concurrency: Option<usize>,
+    /// Threads of the async runtime, which receives, checks, signs and publishes jobs (kernels
+    /// run on threads of their own). Default: half the cores, at least 1.
+    #[arg(long, env = "DTEE_RUNTIME_THREADS")]
+    #[arg(value_parser = setting(runtime_threads))]
+    pub runtime_threads: Option<usize>,
     /// Unacknowledged deliveries the broker may push to this worker (default: 8 per kernel slot).
     #[arg(long, env = "DTEE_PREFETCH")]
     #[arg(value_parser = at_least(1u16))]
@@ -363,6 +368,14 @@ fn concurrency(text: &str) -> Result<usize, String> {
         ));
     }
     Ok(slots)
+}
+
+fn runtime_threads(text: &str) -> Result<usize, String> {
+    let threads = whole_number(text, 1usize)?;
+    if threads > MAX_CONCURRENCY {
+        return Err(format!("must be at most {MAX_CONCURRENCY}"));
+    }
+    Ok(threads)
 }
 
 fn max_memory_bytes(text: &str) -> Result<u64, String> {
