@@ -212,7 +212,10 @@ async fn a_result_stored_or_published_for_another_job_is_not_taken() {
     };
     refused(env.client.cached_result(&other).await.unwrap_err());
     let waiter = env.client.waiter().await.unwrap();
-    refused(waiter.watch(&other).await.err().expect("refused"));
+    match waiter.watch(&other).await {
+        Ok(_) => panic!("a result of another job was taken"),
+        Err(error) => refused(error),
+    }
     let _: () = redis::cmd("DEL")
         .arg(&key)
         .query_async(&mut env.client.redis())
