@@ -226,6 +226,10 @@ run "sh -n deploy/compose/redis-start.sh" sh -n deploy/compose/redis-start.sh
 run "bash -n deploy/validate.sh" bash -n deploy/validate.sh
 run "bash -n deploy/validate-live-cluster.sh" bash -n deploy/validate-live-cluster.sh
 run "bash -n deploy/tls/make-certs.sh" bash -n deploy/tls/make-certs.sh
+if command -v erl >/dev/null; then
+  run "deploy/rabbitmq/advanced.config holds Erlang terms (consumer_timeout among them)" \
+    erl -noshell -eval '{ok, [[{rabbit, S}]]} = file:consult("deploy/rabbitmq/advanced.config"), 86400000 = proplists:get_value(consumer_timeout, S), halt().'
+fi
 
 # --- Redis ------------------------------------------------------------------------------------
 step "redis: redis.conf and users.acl in a throwaway redis-server"

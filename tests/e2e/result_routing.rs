@@ -242,3 +242,63 @@ async fn a_result_stored_or_published_for_another_job_is_not_taken() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A result the broker keeps refusing (here because the submitter bound a queue of its own
+/// that takes nothing, `x-max-length` 0 with `reject-publish`, to its result key) is left in
+/// Redis and the job acknowledged after a few resends, instead of holding the delivery, and the
+/// batched acks behind it, for as long as the submitter likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_broker_keeps_refusing_is_left_in_redis_and_the_job_acked() {
+    use dtee_submitter::builder::{inline_input, output};
+    use dtee_worker::stats::Stats;
+    let env = TestEnv::new("refused-result").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"refused"), output("out", 16)];
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let channel = env.client.connection().create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(0),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            env.namespace.results_exchange().into(),
+            result_routing_key(Some(env.client.tenant()), &id).into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    env.client.submit(&spec).await.unwrap();
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 1).await;
+    assert_eq!(Stats::get(&worker.stats.results_refused), 1);
+    let cached = env
+        .client
+        .cached_result(&id)
+        .await
+        .unwrap()
+        .expect("in Redis");
+    assert!(cached.succeeded());
+    assert_eq!(env.queue_depth("wasm").await, 0);
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

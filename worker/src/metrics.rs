@@ -111,6 +111,10 @@ impl Metrics {
             "Transient failures retried with backoff.",
         );
         describe_counter(
+            "dtee_results_refused_total",
+            "Results the broker refused (nack) on every try: left in Redis, the job acknowledged.",
+        );
+        describe_counter(
             "dtee_jobs_deduplicated_total",
             "Jobs answered from the result cache without running.",
         );
@@ -148,6 +152,9 @@ impl Metrics {
             }),
             (counter("dtee_jobs_retried_total", vec![]), |s| {
                 Stats::get(&s.retried)
+            }),
+            (counter("dtee_results_refused_total", vec![]), |s| {
+                Stats::get(&s.results_refused)
             }),
             (counter("dtee_jobs_deduplicated_total", vec![]), |s| {
                 Stats::get(&s.deduplicated)

@@ -36,6 +36,8 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// Deliveries acknowledged.
     pub acked: AtomicU64,
+    /// Results the broker refused on every try (left in Redis, the job acknowledged).
+    pub results_refused: AtomicU64,
     /// State commits applied.
     pub commits: AtomicU64,
     /// Commits refused because bound state changed since the snapshot (each re-runs the job).
@@ -66,6 +68,7 @@ impl Default for Stats {
             deduplicated: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            results_refused: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             already_applied: AtomicU64::new(0),

@@ -132,6 +132,11 @@ impl Telemetry {
         }
     }
 
+    /// The broker refused a result on every try.
+    pub(crate) fn result_refused(&self) {
+        Stats::bump(&self.stats.results_refused);
+    }
+
     /// A delivery was acknowledged.
     pub(crate) fn acked(&self) {
         Stats::bump(&self.stats.acked);

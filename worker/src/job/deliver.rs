@@ -3,9 +3,21 @@
 //! ack to the channel's [`Acks`] (which may send it together with others). If the worker dies anywhere before the ack, the broker
 //! redelivers the job and the cache answers it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::broker::acks::Acks;
+use crate::broker::publisher::PublishError;
+use tracing::warn;
+
+/// The waits before each resend of a result the broker nacked (a transient refusal, such as a
+/// quorum queue's publisher registration timing out under load, passes on a resend); after the
+/// last, the result is left in Redis and the job acknowledged: about 12 s in all.
+const RESULT_NACKS: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1600),
+    Duration::from_secs(5),
+];
 use lapin::message::Delivery;
 
 use super::outcome::{CachePolicy, Outcome, Verdict};
@@ -35,20 +47,42 @@ pub(crate) async fn deliver(
         .reply_to()
         .as_ref()
         .map(|queue| queue.as_str());
-    if let Err(error) = publisher
-        .publish(
-            user,
-            reply_to,
-            &outcome.job_id,
-            &outcome.body,
-            outcome.from_cache,
-        )
-        .await
-    {
-        if !publisher.is_open() {
-            ctx.session_broken.notify_one();
+    let mut nacks = 0;
+    loop {
+        let published = publisher
+            .publish(
+                user,
+                reply_to,
+                &outcome.job_id,
+                &outcome.body,
+                outcome.from_cache,
+            )
+            .await;
+        match published {
+            Ok(()) => break,
+            Err(PublishError::Nacked) if nacks < RESULT_NACKS.len() => {
+                tokio::time::sleep(RESULT_NACKS[nacks]).await;
+                nacks += 1;
+            }
+            Err(PublishError::Nacked) => {
+                // Every try refused: a queue bound for this result refuses messages (one its
+                // submitter declared with a length limit and reject-publish, say). Retrying
+                // for ever would hold the delivery, and the acks behind it, as long as the
+                // submitter likes; the answer is in Redis (a failure that is not final for
+                // DTEE_FAILURE_TTL_SECS), where a waiter that binds afterwards reads it.
+                warn!(job_id = %outcome.job_id, user = user.unwrap_or("_"), tries = nacks + 1, "the broker refused the result every time; it is left in Redis and the job acknowledged");
+                ctx.telemetry.result_refused();
+                acks.answered(delivery.delivery_tag, delivery.acker.clone());
+                ctx.telemetry.acked();
+                return Ok(());
+            }
+            Err(error) => {
+                if !publisher.is_open() {
+                    ctx.session_broken.notify_one();
+                }
+                return Err(Transient::Publish(error));
+            }
         }
-        return Err(Transient::Publish(error));
     }
     let status = match outcome.verdict {
         Verdict::Succeeded => Ok(()),
