@@ -38,6 +38,7 @@ extern "C" {
     fn hipDriverGetVersion(version: *mut i32) -> i32;
     fn hipGetErrorName(error: i32) -> *const c_char;
     fn hipModuleLoadData(module: *mut Module, image: *const c_void) -> i32;
+    fn hipModuleUnload(module: Module) -> i32;
     fn hipModuleGetFunction(function: *mut Function, module: Module, name: *const c_char) -> i32;
     fn hipMalloc(pointer: *mut *mut c_void, size: usize) -> i32;
     fn hipFree(pointer: *mut c_void) -> i32;
@@ -108,6 +109,30 @@ fn failed(kind: FailureKind, code: i32, what: &str) -> Failed {
         kind,
         message: format!("{what}: {}", name_of(code)),
         sticky,
+    }
+}
+
+/// A failure once the kernel was launched (waiting for it, copying back): whatever the code,
+/// the context may be unusable now, so the host exits and a fresh one takes the next job, as
+/// the CUDA driver's `failed_after_launch` does. The kernel's faults stay the kernel's.
+fn failed_after_launch(code: i32, what: &str) -> Failed {
+    Failed {
+        sticky: true,
+        ..failed(FailureKind::Device, code, what)
+    }
+}
+
+/// Two events, destroyed when dropped (the error paths included).
+struct Events([Event; 2]);
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        for event in self.0 {
+            if !event.is_null() {
+                // SAFETY: created by hipEventCreate and destroyed only here.
+                let _ = unsafe { hipEventDestroy(event) };
+            }
+        }
     }
 }
 
@@ -254,6 +279,15 @@ impl Driver for Hip {
                         "loading the code object",
                     ));
                 }
+                // At most 64 modules kept, as the CUDA driver does: each holds device memory
+                // (no more than its code object's bytes: hsaco.rs refuses writable and
+                // zero-filled segments).
+                if self.modules.len() >= 64 {
+                    for (_, old) in self.modules.drain() {
+                        // SAFETY: loaded above and no longer used.
+                        let _ = unsafe { hipModuleUnload(old) };
+                    }
+                }
                 self.modules.insert(request.kernel_digest.clone(), module);
                 module
             }
@@ -304,16 +338,17 @@ impl Driver for Hip {
             .chain(scalars.iter_mut().map(|s| s.as_mut_ptr().cast::<c_void>()))
             .collect();
         let launch = &request.launch;
-        let (mut start, mut end): (Event, Event) = (std::ptr::null_mut(), std::ptr::null_mut());
+        let mut events = Events([std::ptr::null_mut(), std::ptr::null_mut()]);
         // SAFETY: the function takes the buffers' pointers and the scalars (the job ABI); the
         // argument storage outlives the synchronisation.
         unsafe {
-            for event in [&mut start, &mut end] {
+            for event in &mut events.0 {
                 let code = hipEventCreate(event);
                 if code != HIP_SUCCESS {
                     return Err(failed(FailureKind::Device, code, "creating an event"));
                 }
             }
+            let [start, end] = events.0;
             let _ = hipEventRecord(start, std::ptr::null_mut());
             let code = hipModuleLaunchKernel(
                 function,
@@ -334,14 +369,13 @@ impl Driver for Hip {
             let _ = hipEventRecord(end, std::ptr::null_mut());
             let code = hipDeviceSynchronize();
             if code != HIP_SUCCESS {
-                return Err(failed(FailureKind::Device, code, "running the kernel"));
+                return Err(failed_after_launch(code, "running the kernel"));
             }
             let mut elapsed_ms = 0f32;
             let _ = hipEventElapsedTime(&mut elapsed_ms, start, end);
             ran.kernel_time_us = (f64::from(elapsed_ms) * 1000.0) as u64;
-            let _ = hipEventDestroy(start);
-            let _ = hipEventDestroy(end);
         }
+        drop(events);
         let copy_back = Instant::now();
         for (spec, pointer) in request.buffers.iter().zip(&allocations.0) {
             if !spec.copy_out {
@@ -351,7 +385,7 @@ impl Driver for Hip {
             // SAFETY: the allocation holds `device_bytes`.
             let code = unsafe { hipMemcpyDtoH(bytes.as_mut_ptr().cast(), *pointer, bytes.len()) };
             if code != HIP_SUCCESS {
-                return Err(failed(FailureKind::Device, code, "copying back"));
+                return Err(failed_after_launch(code, "copying back"));
             }
             ran.copied_bytes += bytes.len() as u64;
             ran.outputs.push(bytes);

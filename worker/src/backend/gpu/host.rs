@@ -134,9 +134,12 @@ impl DeviceHost {
         deadline: Duration,
         tenant: &str,
     ) -> Result<(Response, Vec<Vec<u8>>), HostError> {
-        let started = Instant::now();
         let mut state = self.state.lock().expect("host lock");
         self.ensure_running(&mut state)?;
+        // The job's time starts once a host is running: a host started now (because another
+        // job's fault ended the last one) is not this job's to pay for, nor to be blamed for
+        // should its deadline pass meanwhile.
+        let started = Instant::now();
         // Every way below that ends the host ends it during this job, but a failed send.
         state.ended_by = Some(tenant.to_owned());
         let running = state.running.as_mut().expect("a running host");

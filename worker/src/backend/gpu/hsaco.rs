@@ -13,6 +13,7 @@ use std::collections::HashMap;
 /// Every kernel of the code object `elf` with the size in bytes of each explicit argument:
 /// a `global_buffer` is a device pointer (8 bytes), a `by_value` argument its `.size`.
 pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
+    check_segments(elf)?;
     let metadata = metadata_note(elf)?;
     let mut reader = Reader {
         bytes: &metadata,
@@ -55,6 +56,64 @@ pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
         }
     }
     Ok(found)
+}
+
+/// Refuses a code object whose loaded segments hold memory a kernel could keep across jobs:
+/// writable memory other than the dynamic section (which the loader fills; `__device__`
+/// globals live in `.data`/`.bss`), or memory beyond the file's bytes (a zero-filled `.bss`).
+/// A loaded module is kept for the next jobs, so such memory would outlive the job, carry one
+/// run's values into another's (another tenant's, for a shared kernel) and count against no
+/// job's memory limit; what is left is read-only and no larger than the kernel's own bytes.
+fn check_segments(elf: &[u8]) -> Result<(), String> {
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const PF_W: u32 = 2;
+    let bad = || "a malformed ELF object".to_owned();
+    let get = |at: usize, n: usize| elf.get(at..at.checked_add(n)?);
+    let u16_at = |at: usize| get(at, 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()));
+    let u32_at = |at: usize| get(at, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |at: usize| get(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err("not a 64-bit little-endian ELF object".to_owned());
+    }
+    let table = usize::try_from(u64_at(0x20).ok_or_else(bad)?).map_err(|_| bad())?;
+    let (size, count) = (u16_at(0x36).ok_or_else(bad)?, u16_at(0x38).ok_or_else(bad)?);
+    // (flags, vaddr, filesz, memsz) of each segment of `kind`.
+    let segments = |kind: u32| -> Result<Vec<(u32, u64, u64, u64)>, String> {
+        let mut found = Vec::new();
+        for index in 0..usize::from(count) {
+            let header = table
+                .checked_add(index * usize::from(size))
+                .ok_or_else(bad)?;
+            if u32_at(header).ok_or_else(bad)? != kind {
+                continue;
+            }
+            let field = |offset: usize| u64_at(header + offset).ok_or_else(bad);
+            let flags = u32_at(header + 4).ok_or_else(bad)?;
+            found.push((flags, field(0x10)?, field(0x20)?, field(0x28)?));
+        }
+        Ok(found)
+    };
+    let dynamic = segments(PT_DYNAMIC)?;
+    for (flags, vaddr, filesz, memsz) in segments(PT_LOAD)? {
+        if memsz > filesz {
+            return Err(format!(
+                "the code object loads {} bytes of zero-filled memory (a .bss: __device__ \
+                 globals); GPU kernels keep state in the job's buffers only",
+                memsz - filesz
+            ));
+        }
+        let only_dynamic = dynamic
+            .iter()
+            .any(|&(_, at, _, dynamic_size)| at == vaddr && memsz <= dynamic_size);
+        if flags & PF_W != 0 && !only_dynamic {
+            return Err(format!(
+                "the code object loads {memsz} bytes of writable memory (__device__ globals); \
+                 GPU kernels keep state in the job's buffers only"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The largest metadata note read (real ones are a few KiB per kernel).
@@ -324,6 +383,40 @@ mod tests {
             assert_eq!(saxpy["saxpy"], [8, 8, 8, 4, 4], "{arch}");
             let matmul = entries(&read(&format!("matmul.{arch}.hsaco"))).unwrap();
             assert_eq!(matmul["matmul"], [8, 8, 8, 4, 4, 4], "{arch}");
+        }
+    }
+
+    #[test]
+    fn writable_or_zero_filled_segments_are_refused() {
+        let good = read("saxpy.gfx90a.hsaco");
+        assert!(entries(&good).is_ok());
+        // The program headers: (offset of each header, its type).
+        let table = u64::from_le_bytes(good[0x20..0x28].try_into().unwrap()) as usize;
+        let size = u16::from_le_bytes(good[0x36..0x38].try_into().unwrap()) as usize;
+        let count = u16::from_le_bytes(good[0x38..0x3a].try_into().unwrap()) as usize;
+        let loads: Vec<usize> = (0..count)
+            .map(|i| table + i * size)
+            .filter(|&at| u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) == 1)
+            .collect();
+        assert!(loads.len() >= 2);
+        // The first (read-only) load made writable: a .data.
+        let mut data = good.clone();
+        data[loads[0] + 4] |= 2;
+        assert!(entries(&data).unwrap_err().contains("writable"));
+        // Its memory made larger than its bytes: a .bss.
+        let mut bss = good.clone();
+        let memsz = loads[0] + 0x28;
+        let grown = u64::from_le_bytes(bss[memsz..memsz + 8].try_into().unwrap()) + (1 << 30);
+        bss[memsz..memsz + 8].copy_from_slice(&grown.to_le_bytes());
+        assert!(entries(&bss).unwrap_err().contains("zero-filled"));
+        // Every committed code object passes.
+        for kernel in [
+            "matmul", "oob", "reduce", "saxpy", "sha256", "shared", "spin", "vadd",
+        ] {
+            for arch in ["gfx90a", "gfx1100"] {
+                let name = format!("{kernel}.{arch}.hsaco");
+                assert!(check_segments(&read(&name)).is_ok(), "{name}");
+            }
         }
     }
 

@@ -19,6 +19,15 @@ pub fn entries(ptx: &str) -> Result<HashMap<String, Vec<u64>>, String> {
     if text.lines().any(|line| line.trim_start().starts_with('#')) {
         return Err("PTX with preprocessor lines is not accepted".to_owned());
     }
+    if declares_global(&text) {
+        return Err(
+            "the PTX declares a .global variable (a __device__ global): a loaded module is kept for \
+             the next jobs, so module-scope device memory would outlive the job, carry one run's \
+             values into another's, and count against no job's memory limit; keep state in the \
+             job's buffers"
+                .to_owned(),
+        );
+    }
     let mut found = HashMap::new();
     let mut rest = text.as_str();
     while let Some(at) = find_word(rest, ".entry") {
@@ -121,6 +130,29 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
     None
 }
 
+/// Whether `text` declares a variable in the `.global` state space: the directive `.global`
+/// standing as a word of its own (after whitespace or at the start), not the suffix of an
+/// instruction (`ld.global`) nor a parameter's pointer annotation (`.ptr.global`,
+/// `.ptr .global`).
+fn declares_global(text: &str) -> bool {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(".global") {
+        let start = from + at;
+        let end = start + ".global".len();
+        let before = text[..start].chars().next_back();
+        let after = text[end..].chars().next();
+        let annotation = text[..start].trim_end().ends_with(".ptr");
+        if before.is_none_or(char::is_whitespace)
+            && after.is_none_or(char::is_whitespace)
+            && !annotation
+        {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
 /// The sizes of the parameters in `list`, which starts at the entry's `(`.
 fn param_list(list: &str, entry: &str) -> Result<Vec<u64>, String> {
     let bad = |why: &str| format!("entry {entry:?}: {why}");
@@ -218,6 +250,21 @@ mod tests {
         assert_eq!(entry_params(&many, "k").unwrap(), [8]);
         let no_params = ".entry spin()\n{ ret; }";
         assert_eq!(entry_params(no_params, "spin").unwrap(), Vec::<u64>::new());
+        // Module-scope device memory: refused, however it is written; the state-space suffix
+        // of an instruction or a parameter's pointer annotation is not a declaration.
+        for global in [
+            ".global .align 4 .b8 hog[1073741824];\n.entry k(.param .u64 a)\n{}",
+            ".visible .global .u32 counter;\n.entry k(.param .u64 a)\n{}",
+            ".entry k(.param .u64 a)\n{}\n\t.global .f32 late[4];",
+        ] {
+            assert!(
+                entry_params(global, "k").unwrap_err().contains(".global"),
+                "{global}"
+            );
+        }
+        let uses = ".entry k(.param .u64 .ptr .global .align 4 a, .param .u64 b)\n{ ld.global.u32 %r1, [a]; \
+                    st.volatile.global.u32 [a], %r1; cvta.to.global.u64 %rd1, %rd2; }";
+        assert_eq!(entry_params(uses, "k").unwrap(), [8, 8]);
         for bad in [
             "#define X\n.entry k(.param .u64 a)\n{}",
             ".entry k(.param .u64 a\n{}",
