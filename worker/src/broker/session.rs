@@ -178,10 +178,17 @@ impl Session {
                 session.consume_queue(queue, tag).await?;
             }
         }
-        // A tenant queue that cannot be consumed must not keep the worker from connecting.
+        // A tenant queue that cannot be consumed must not keep the worker from connecting, but
+        // it stays watched: jobs waiting in it make the stall check report the worker not
+        // ready, instead of waiting unseen until the next session.
         for tenant_queue in tenant_queues.iter().filter(|_| !stall) {
             if let Err(error) = session.consume_tenant(config, tenant_queue, false).await {
                 tracing::warn!(queue = %tenant_queue, error = %format!("{error:#}"), "could not consume a tenant queue");
+                session.queues.push(
+                    config
+                        .namespace
+                        .tenant_job_queue(&tenant_queue.route, &tenant_queue.tenant),
+                );
             }
         }
         Ok((session, publisher))
@@ -238,7 +245,12 @@ impl Session {
         };
         let _ = channel.close(200, "declared".into()).await;
         let queue = declared.with_context(|| format!("declaring the queue of {tenant_queue}"))?;
-        announced.with_context(|| format!("announcing the queue of {tenant_queue}"))?;
+        if let Err(error) = announced {
+            // The queue is bound: the tenant's jobs go there now, whether or not the other
+            // workers heard of it, so this worker consumes it all the same (the others do not
+            // consume it until it is announced, which is not retried).
+            tracing::warn!(queue = %tenant_queue, %error, "could not announce a tenant queue; consuming it here");
+        }
         let tag = format!("{}.{}", config.worker_id, tenant_queue);
         self.consume_queue(queue, tag).await
     }

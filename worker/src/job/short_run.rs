@@ -35,9 +35,11 @@ pub(crate) const SHORT_RUN_BYTES: usize = 1 << 20;
 const SHORT_RUN_MEMORY_BYTES: u64 = 4 << 20;
 /// Wall-clock limit of a short run, milliseconds (the epoch ticks every 2 ms, so 2 to 4 ms).
 const SHORT_RUN_TIMEOUT_MS: u64 = 2;
-/// Kernels a tenant has that are remembered as too long for a short run; that tenant's set
-/// starts again when full, so one tenant's kernels never push out another's.
-const MAX_LONG_KERNELS_PER_TENANT: usize = 1024;
+/// Kernels a tenant has that are remembered as too long for a short run. A tenant that reaches
+/// this many has every kernel run on a blocking thread from then on: a short run holds one of
+/// the async runtime's threads for up to a few milliseconds, and a tenant with endless new
+/// long kernels (or one module's many exports) must not keep doing that to everyone's jobs.
+const MAX_LONG_KERNELS_PER_TENANT: usize = 64;
 /// Tenants with kernels remembered; every set starts again past this many.
 const MAX_TENANTS: usize = 4096;
 
@@ -67,12 +69,14 @@ impl LongKernels {
         self.remember(&job.tenant, Self::kernel(job));
     }
 
-    /// Whether `tenant` has `kernel` remembered; the key is made only for a tenant that has
-    /// any (most have none), so the common case allocates nothing.
+    /// Whether `tenant` has `kernel` remembered, or so many long kernels that every one of its
+    /// kernels counts as long; the key is made only for a tenant that has any (most have none),
+    /// so the common case allocates nothing.
     fn has(&self, tenant: &str, kernel: impl FnOnce() -> KernelKey) -> bool {
         let long = self.0.lock().expect("long kernels lock");
-        long.get(tenant)
-            .is_some_and(|kernels| kernels.contains(&kernel()))
+        long.get(tenant).is_some_and(|kernels| {
+            kernels.len() >= MAX_LONG_KERNELS_PER_TENANT || kernels.contains(&kernel())
+        })
     }
 
     fn remember(&self, tenant: &str, kernel: KernelKey) {
@@ -81,10 +85,9 @@ impl LongKernels {
             long.clear();
         }
         let kernels = long.entry(tenant.to_owned()).or_default();
-        if kernels.len() >= MAX_LONG_KERNELS_PER_TENANT {
-            kernels.clear();
+        if kernels.len() < MAX_LONG_KERNELS_PER_TENANT {
+            kernels.insert(kernel);
         }
-        kernels.insert(kernel);
     }
 }
 
@@ -174,10 +177,13 @@ mod tests {
             long.remember("mallory", kernel(n + 1));
         }
         assert!(long.has("alice", || kernel(0)));
-        assert!(!long.has("mallory", || kernel(0)), "per tenant");
+        assert!(!long.has("alice", || kernel(1)), "per tenant");
         let fast = || (kernel(0).0, kernel(0).1, WasmProfile::Fast);
         assert!(!long.has("alice", fast), "per profile");
+        // A tenant with that many long kernels gets no more short runs, for any kernel.
+        assert!(long.has("mallory", || kernel(1 << 20)));
+        assert!(long.has("mallory", fast));
         let sets = long.0.lock().unwrap();
-        assert!(sets["mallory"].len() <= MAX_LONG_KERNELS_PER_TENANT);
+        assert_eq!(sets["mallory"].len(), MAX_LONG_KERNELS_PER_TENANT);
     }
 }
