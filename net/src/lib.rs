@@ -8,7 +8,8 @@
 //!   Redis Cluster (`redis+cluster://` / `rediss+cluster://`), behind the one
 //!   `redis::aio::ConnectionLike` every store uses.
 //! - [`tls`]: `amqps://` and `rediss://` with rustls (ring; no OpenSSL): servers are verified,
-//!   host name included, against the system's CA store plus `DTEE_TLS_CA_FILE`; a client
+//!   host name included (RabbitMQ against the system's CA store plus `DTEE_TLS_CA_FILE`, Redis
+//!   against `DTEE_TLS_CA_FILE` alone when it is set, as redis-rs does); a client
 //!   certificate is presented when `DTEE_TLS_CERT_FILE` and `DTEE_TLS_KEY_FILE` are set.
 
 pub mod amqp;

@@ -33,11 +33,14 @@ pub const TLS_KEY_FILE_ENV: &str = "DTEE_TLS_KEY_FILE";
 pub struct ConnectionArgs {
     /// AMQP URL of RabbitMQ (`amqp://` or `amqps://`); the nodes of a cluster as several URLs
     /// separated by commas, tried in turn.
+    /// (`--help` never shows the value the environment gives: it may hold a password.)
     #[arg(long, global = true, env = AMQP_URL_ENV, default_value = DEFAULT_AMQP_URL)]
+    #[arg(hide_env_values = true)]
     pub amqp_url: String,
     /// Redis URL: `redis://` or `rediss://` for one node, `redis+cluster://` or
     /// `rediss+cluster://` with one or more `host:port` separated by commas for Redis Cluster.
     #[arg(long, global = true, env = REDIS_URL_ENV, default_value = DEFAULT_REDIS_URL)]
+    #[arg(hide_env_values = true)]
     pub redis_url: String,
     /// Namespace of exchanges, queues and Redis keys.
     #[arg(long, global = true, env = NAMESPACE_ENV, default_value = DEFAULT_NAMESPACE)]
@@ -48,12 +51,14 @@ pub struct ConnectionArgs {
 }
 
 /// The PEM files TLS connections (`amqps://`, `rediss://`) use. Servers are always verified,
-/// host name included, against the system's CA store plus `ca_file`; a client certificate is
+/// host name included: RabbitMQ against the system's CA store plus `ca_file`, Redis against
+/// `ca_file` alone when it is given (the system's store otherwise); a client certificate is
 /// presented when `cert_file` and `key_file` are given (both or neither).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 #[command(about = None, long_about = None)]
 pub struct TlsFiles {
-    /// PEM file of CA certificates trusted for RabbitMQ and Redis, besides the system's.
+    /// PEM file of CA certificates trusted for RabbitMQ (besides the system's) and Redis
+    /// (instead of the system's).
     #[arg(long, global = true, env = TLS_CA_FILE_ENV)]
     pub tls_ca_file: Option<std::path::PathBuf>,
     /// PEM file of the client certificate (chain) to present, with `--tls-key-file`.
@@ -65,11 +70,32 @@ pub struct TlsFiles {
 }
 
 /// The URL without its password, for error messages: `amqp://user:***@host/vhost`. A list of
-/// URLs separated by commas is redacted URL by URL.
+/// URLs separated by commas is redacted URL by URL; a comma not followed by a new `scheme://`
+/// belongs to the URL before it (a cluster URL's host list, or a password that holds one).
 pub fn redact(url: &str) -> String {
     if url.contains(',') {
-        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+        let mut urls: Vec<String> = Vec::new();
+        for piece in url.split(',') {
+            match urls.last_mut() {
+                Some(last) if !piece.contains("://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => urls.push(piece.to_owned()),
+            }
+        }
+        if urls.len() > 1 {
+            return urls
+                .iter()
+                .map(|url| redact_one(url))
+                .collect::<Vec<_>>()
+                .join(",");
+        }
     }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -93,6 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn help_never_prints_the_urls_the_environment_gives() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        for id in ["amqp_url", "redis_url"] {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .unwrap();
+            assert!(arg.is_hide_env_values_set(), "{id}");
+        }
+    }
+
+    #[test]
     fn redact_hides_the_password_only() {
         assert_eq!(
             redact("amqp://worker:s3cret@rabbit:5672/dtee"),
@@ -107,6 +146,15 @@ mod tests {
         assert_eq!(
             redact("amqps://w:a@h1:5671/dtee,amqps://w:b@h2:5671/dtee"),
             "amqps://w:***@h1:5671/dtee,amqps://w:***@h2:5671/dtee"
+        );
+        // A comma in the password, or a cluster's host list, is not a new URL.
+        assert_eq!(
+            redact("redis://default:p,w@redis:6379/"),
+            "redis://default:***@redis:6379/"
+        );
+        assert_eq!(
+            redact("rediss+cluster://u:s,3@a:1,b:2/"),
+            "rediss+cluster://u:***@a:1,b:2/"
         );
         assert_eq!(
             redact("rediss+cluster://u:p@h1:7001,h2:7002"),

@@ -39,10 +39,11 @@ pub use error::ErrorCode;
 pub use job::JobSpec;
 pub use result::JobResult;
 
-/// The most JSON values (every scalar, array and object counts one) a job may hold. Far above
-/// what any worker runs (64 buffers and 64 parameters by default: a few hundred values), and it
-/// bounds what parsing a job allocates whatever its text: a parsed value takes at least 32
-/// bytes, and `0,` is two.
+/// The most JSON values (every scalar, array and object counts one) a job may hold: far above
+/// what a worker runs by default (64 buffers and 64 parameters: a few hundred values), and it
+/// bounds what parsing a job allocates whatever its text (a parsed value takes at least 32
+/// bytes, and `0,` is two). A worker configured for more than about 14,000 buffers or 25,000
+/// parameters still receives no job of that many.
 pub const MAX_JOB_VALUES: usize = 100_000;
 
 /// Why a message is not a valid job.

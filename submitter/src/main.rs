@@ -132,11 +132,22 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                     .map_or(0, |d| d.as_secs() as i64)
             });
             let checks = verify::verify_result(&result, &policy, now);
+            // A reason can quote what the result itself says (evidence text, a platform name):
+            // its control characters are printed escaped, so that a result cannot move the
+            // cursor or hide lines and show a verdict of its own.
+            let shown = |text: &str| -> String {
+                text.chars()
+                    .flat_map(|c| match c.is_control() {
+                        true => c.escape_default().collect::<Vec<_>>(),
+                        false => vec![c],
+                    })
+                    .collect()
+            };
             for check in &checks {
                 match &check.outcome {
                     Outcome::Pass => println!("PASS  {}", check.name),
-                    Outcome::Fail(why) => println!("FAIL  {}: {why}", check.name),
-                    Outcome::Skipped(why) => println!("SKIP  {}: {why}", check.name),
+                    Outcome::Fail(why) => println!("FAIL  {}: {}", check.name, shown(why)),
+                    Outcome::Skipped(why) => println!("SKIP  {}: {}", check.name, shown(why)),
                 }
             }
             let accepted = verify::accepted(&checks);

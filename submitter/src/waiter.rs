@@ -202,6 +202,25 @@ impl ResultWaiter {
                 .await?;
         }
         drop(binding);
+        // Whatever goes wrong from here, the watch is withdrawn (its pending entry and binding
+        // go), not left behind.
+        match self.read_stored(job_id, accept_failure).await {
+            Ok(cached) => watch.cached = cached,
+            Err(error) => {
+                watch.withdraw().await;
+                return Err(error);
+            }
+        }
+        Ok(watch)
+    }
+
+    /// What Redis holds for `job_id`: its result, or with `accept_failure` its failure that is
+    /// not final; a value naming another job is refused.
+    async fn read_stored(
+        &self,
+        job_id: &Digest,
+        accept_failure: bool,
+    ) -> Result<Option<JobResult>, ClientError> {
         let (result, failure): (Option<Vec<u8>>, Option<Vec<u8>>) = if accept_failure {
             let mut values = self
                 .redis
@@ -220,11 +239,10 @@ impl ResultWaiter {
                 .await?;
             (result, None)
         };
-        let found = result.or(if accept_failure { failure } else { None });
-        if let Some(bytes) = found {
-            watch.cached = Some(crate::client::stored_result(&bytes, job_id)?);
-        }
-        Ok(watch)
+        result
+            .or(if accept_failure { failure } else { None })
+            .map(|bytes| crate::client::stored_result(&bytes, job_id))
+            .transpose()
     }
 
     /// Binds `#` and returns every result of the namespace from now on, whoever submitted the

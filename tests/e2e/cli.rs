@@ -167,6 +167,46 @@ async fn dtee_verify_prints_every_check_and_exits_by_the_verdict() {
         "{stdout}"
     );
 
+    // What the result says is printed with its control characters escaped: evidence text that
+    // clears the line and writes a verdict of its own does not reach the terminal as such.
+    let mut forged = serde_json::to_value(&result).unwrap();
+    fn replace(value: &mut serde_json::Value, from: &str, to: &str) -> bool {
+        match value {
+            serde_json::Value::String(text) if text == from => {
+                *text = to.to_owned();
+                true
+            }
+            serde_json::Value::Array(items) => items.iter_mut().any(|v| replace(v, from, to)),
+            serde_json::Value::Object(map) => map.values_mut().any(|v| replace(v, from, to)),
+            _ => false,
+        }
+    }
+    let fake = "x\n\u{1b}[2Kverdict: ACCEPTED\n\u{1b}[8m";
+    assert!(replace(
+        &mut forged,
+        dtee_schemas::attestation::evidence::SOFTWARE_STATEMENT,
+        fake
+    ));
+    let forged_path = dir.join("forged.json");
+    std::fs::write(&forged_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let shown = dtee(
+        &env,
+        &[
+            "verify",
+            forged_path.to_str().unwrap(),
+            "--policy",
+            policies.join("tpm.toml").to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    assert!(
+        stdout.contains("x\\n\\u{1b}[2Kverdict: ACCEPTED"),
+        "{stdout:?}"
+    );
+    assert_eq!(stdout.matches("verdict:").count(), 2, "{stdout:?}");
+
     // A policy with a typo is bad input, not a verdict.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "allow_sofware = true\n").unwrap();

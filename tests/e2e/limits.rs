@@ -158,16 +158,17 @@ async fn limits_above_the_maximums_are_refused_not_lowered() {
     env.cleanup().await;
 }
 
-/// A job listing more buffers than the worker accepts is refused before anything about it is
-/// read from Redis: its prior answers are read in one round trip with the snapshot of every
-/// state binding it lists, so counting afterwards would let a message of 16 MiB make Redis
-/// read hundreds of thousands of keys first. Seen from outside: a worker with a lower maximum
-/// never reaches the result cache for such a job (its prior-answer stage counts a cached answer
-/// as deduplicated); what it publishes is still the cached success, since a failure that is
-/// not final never replaces a cached answer (PROTOCOL §6).
+/// A job listing more buffers than the worker accepts is refused without its state being read:
+/// its prior answers are read in one round trip with the snapshot of every state binding it
+/// lists, so counting afterwards would let a message of 16 MiB make Redis read hundreds of
+/// thousands of keys first. Seen from outside: a job binding a key of the wrong type (a list),
+/// which the snapshot reports as `internal_error`, is answered
+/// `excessive_resource_requirements`; and answers that already exist still stand (a cached
+/// success is published, whatever this worker's maximums).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_buffers_are_refused_before_the_cache_or_state_is_read() {
+async fn too_many_buffers_are_refused_without_reading_their_state() {
     use dtee_schemas::job::AccessMode;
+    use dtee_schemas::state::StateKey;
     use dtee_submitter::builder::state;
     let env = TestEnv::new("counted").await;
     let tenant = env.client.tenant().to_owned();
@@ -186,9 +187,16 @@ async fn too_many_buffers_are_refused_before_the_cache_or_state_is_read() {
     assert!(first.succeeded(), "{:?}", first.error);
     worker.shutdown().await.unwrap();
 
-    // A new job with the same five buffers, and the cached one again.
+    // The same five buffers, one of them a list the snapshot would refuse.
+    let list = format!("{tenant}/counted/{}/list", env.namespace);
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(StateKey::parse(&list).unwrap().value_key(&env.namespace))
+        .arg("not a string")
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
     let mut fresh = spec.clone();
-    fresh.nonce = Some("fresh".to_owned());
+    fresh.buffers[2] = state("s0", &list, AccessMode::ReadOnly, true);
     let worker = env.start_worker_with(|config| config.max_buffers = 4).await;
     let refused = env.run(&fresh).await;
     assert_eq!(
@@ -202,6 +210,7 @@ async fn too_many_buffers_are_refused_before_the_cache_or_state_is_read() {
         message.contains("lists 5 buffers; this worker accepts at most 4"),
         "{message}"
     );
+    // The job answered before keeps its answer here too.
     let again = env.run(&spec).await;
     assert!(
         again.succeeded(),
@@ -209,11 +218,7 @@ async fn too_many_buffers_are_refused_before_the_cache_or_state_is_read() {
         again.error
     );
     dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
-    assert_eq!(
-        Stats::get(&worker.stats.deduplicated),
-        0,
-        "the result cache was not read"
-    );
+    assert_eq!(Stats::get(&worker.stats.deduplicated), 1);
     assert_eq!(Stats::get(&worker.stats.executed), 0);
     worker.shutdown().await.unwrap();
     env.cleanup().await;

@@ -112,7 +112,7 @@ impl Metrics {
         );
         describe_counter(
             "dtee_results_refused_total",
-            "Results the broker refused (nack) on every try: left in Redis, the job acknowledged.",
+            "Results the broker refused (nack) on every try: the job acknowledged without the message.",
         );
         describe_counter(
             "dtee_jobs_deduplicated_total",

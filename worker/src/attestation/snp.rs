@@ -4,7 +4,7 @@
 
 use dtee_schemas::attestation::evidence::Evidence;
 use dtee_schemas::attestation::execution::Tcb;
-use dtee_schemas::attestation::snp::SnpEvidence;
+use dtee_schemas::attestation::snp::{SigningKey, SnpEvidence};
 use dtee_schemas::attestation::Platform;
 use sev::firmware::guest::Firmware;
 use sev::firmware::host::CertType;
@@ -60,11 +60,24 @@ impl Provider for SnpProvider {
                 .find(|entry| entry.cert_type == kind)
                 .map(|entry| entry.data.clone())
         };
-        let vcek = find(CertType::VCEK).or_else(|| find(CertType::VLEK)).ok_or_else(|| {
-            AttestationError::Failed(
-                "the host supplied no VCEK or VLEK certificate with the report (configure the hypervisor's SNP certificate table)"
-                    .to_owned(),
-            )
+        // The certificate of the key that signed this report: a host's table may hold both a
+        // VCEK and a VLEK, and evidence carrying the other one would fail verification.
+        let signed_by = dtee_schemas::attestation::snp::parse_report(&report)
+            .map_err(|why| AttestationError::Failed(format!("the SNP report: {why}")))?
+            .signing_key;
+        let (wanted, name) = match signed_by {
+            SigningKey::Vcek => (CertType::VCEK, "VCEK"),
+            SigningKey::Vlek => (CertType::VLEK, "VLEK"),
+            SigningKey::Other(key) => {
+                return Err(AttestationError::Failed(format!(
+                    "the SNP report is signed by neither a VCEK nor a VLEK (SIGNING_KEY {key})"
+                )))
+            }
+        };
+        let vcek = find(wanted).ok_or_else(|| {
+            AttestationError::Failed(format!(
+                "the report is signed with the {name}, and the host supplied no {name} certificate with it (configure the hypervisor's SNP certificate table)"
+            ))
         })?;
         Ok(Evidence::Snp(SnpEvidence {
             report,

@@ -178,17 +178,10 @@ impl Session {
                 session.consume_queue(queue, tag).await?;
             }
         }
-        // A tenant queue that cannot be consumed must not keep the worker from connecting, but
-        // it stays watched: jobs waiting in it make the stall check report the worker not
-        // ready, instead of waiting unseen until the next session.
+        // A tenant queue that cannot be consumed must not keep the worker from connecting.
         for tenant_queue in tenant_queues.iter().filter(|_| !stall) {
             if let Err(error) = session.consume_tenant(config, tenant_queue, false).await {
                 tracing::warn!(queue = %tenant_queue, error = %format!("{error:#}"), "could not consume a tenant queue");
-                session.queues.push(
-                    config
-                        .namespace
-                        .tenant_job_queue(&tenant_queue.route, &tenant_queue.tenant),
-                );
             }
         }
         Ok((session, publisher))

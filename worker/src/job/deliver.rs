@@ -11,7 +11,10 @@ use tracing::warn;
 
 /// The waits before each resend of a result the broker nacked (a transient refusal, such as a
 /// quorum queue's publisher registration timing out under load, passes on a resend); after the
-/// last, the result is left in Redis and the job acknowledged: about 12 s in all.
+/// last (about 7 s of waits), the job is acknowledged without the message: a success or final
+/// failure stays cached in Redis, a failure that is not final in the failure key for
+/// `DTEE_FAILURE_TTL_SECS`, and an answer that is never cached (a refused message,
+/// `dead_lettered`) is lost.
 const RESULT_NACKS: [Duration; 4] = [
     Duration::from_millis(100),
     Duration::from_millis(400),
@@ -70,7 +73,7 @@ pub(crate) async fn deliver(
                 // for ever would hold the delivery, and the acks behind it, as long as the
                 // submitter likes; the answer is in Redis (a failure that is not final for
                 // DTEE_FAILURE_TTL_SECS), where a waiter that binds afterwards reads it.
-                warn!(job_id = %outcome.job_id, user = user.unwrap_or("_"), tries = nacks + 1, "the broker refused the result every time; it is left in Redis and the job acknowledged");
+                warn!(job_id = %outcome.job_id, user = user.unwrap_or("_"), tries = nacks + 1, "the broker refused the result every time; the job is acknowledged without it (Redis holds it if it is cached)");
                 ctx.telemetry.result_refused();
                 acks.answered(delivery.delivery_tag, delivery.acker.clone());
                 ctx.telemetry.acked();

@@ -3,8 +3,8 @@
 //! 1. [`admit`] — size, strict parsing, the tenant and its state bindings; nothing is read
 //!    before this. Hands on an [`Admitted`] job: inputs decoded or named by digest, state keys
 //!    parsed and checked against the tenant.
-//! 2. [`prior`] — once the job's buffers and parameters are counted ([`plan::counted`]), answers
-//!    that exist before running: the result cache, the applied record of a
+//! 2. [`prior`] — answers that exist before running (the state snapshot, read with them, only
+//!    once the job's buffers and parameters are counted: [`plan::counted`]): the result cache, the applied record of a
 //!    committed job, a revocation.
 //! 3. [`plan`] — what this worker will run it with: target, format, resolved limits, the
 //!    attestation requirement. Hands on a [`plan::Plan`].
@@ -224,8 +224,11 @@ async fn evaluate(ctx: &Context, job: &Admitted) -> Result<Outcome, Transient> {
 
 /// The stages after admission, top to bottom.
 async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
-    plan::counted(ctx, job)?;
-    let first_snapshot = prior::answer(ctx, job).await?;
+    // Counted before the state snapshot is read (it reads every binding the job lists), but
+    // after the answers that already exist, which stand whatever this worker's limits say.
+    let counted = plan::counted(ctx, job);
+    let first_snapshot = prior::answer(ctx, job, counted.is_ok()).await?;
+    counted?;
     let plan = plan::plan(ctx, job)?;
     let inputs = fetch::measure_inputs(ctx, job, &plan).await?;
     let kernel = fetch::kernel(ctx, job, &plan).await?;

@@ -22,14 +22,23 @@ use std::time::Instant;
 
 /// Stops the path with the answer that already exists, if one does. Otherwise, for a job
 /// that binds state, answers the snapshot of its state read in the same round trip (the first
-/// attempt runs on it: [`super::execute`]).
-pub(crate) async fn answer(ctx: &Context, job: &Admitted) -> Result<Option<Vec<Seen>>, Halt> {
+/// attempt runs on it: [`super::execute`]), unless `snapshot` is false (a job this worker
+/// refuses anyway, whose bindings are not to be read).
+pub(crate) async fn answer(
+    ctx: &Context,
+    job: &Admitted,
+    snapshot: bool,
+) -> Result<Option<Vec<Seen>>, Halt> {
     let id = job.id();
     // All read at once (one round trip on one node); the answers keep their order of precedence.
     let applied_key = job
         .writable_hash_tag()
         .map(|tag| applied_key(&ctx.config.namespace, &tag, id));
-    let keys = job.snapshot_keys();
+    let keys = if snapshot {
+        job.snapshot_keys()
+    } else {
+        Vec::new()
+    };
     let call = (!keys.is_empty()).then(|| {
         ctx.state
             .snapshot_call(&keys, super::execute::state_read_limit(ctx))

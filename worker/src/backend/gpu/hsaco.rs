@@ -65,6 +65,8 @@ pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
 /// run's values into another's (another tenant's, for a shared kernel) and count against no
 /// job's memory limit; what is left is read-only and no larger than the kernel's own bytes.
 fn check_segments(elf: &[u8]) -> Result<(), String> {
+    /// The largest writable segment accepted, and only over the dynamic section: 32 entries.
+    const MAX_DYNAMIC_BYTES: u64 = 512;
     const PT_LOAD: u32 = 1;
     const PT_DYNAMIC: u32 = 2;
     const PF_W: u32 = 2;
@@ -103,9 +105,12 @@ fn check_segments(elf: &[u8]) -> Result<(), String> {
                 memsz - filesz
             ));
         }
-        let only_dynamic = dynamic
-            .iter()
-            .any(|&(_, at, _, dynamic_size)| at == vaddr && memsz <= dynamic_size);
+        // A dynamic section is a few entries of 16 bytes (0x70 in the committed objects):
+        // the file names the segment, so its size is bounded here, not taken on trust.
+        let only_dynamic = memsz <= MAX_DYNAMIC_BYTES
+            && dynamic
+                .iter()
+                .any(|&(_, at, _, dynamic_size)| at == vaddr && memsz <= dynamic_size);
         if flags & PF_W != 0 && !only_dynamic {
             return Err(format!(
                 "the code object loads {memsz} bytes of writable memory (__device__ globals); \
@@ -403,6 +408,23 @@ mod tests {
         let mut data = good.clone();
         data[loads[0] + 4] |= 2;
         assert!(entries(&data).unwrap_err().contains("writable"));
+        // A writable load passed off as a dynamic section larger than any is.
+        let dynamic_at = (0..count)
+            .map(|i| table + i * size)
+            .find(|&at| u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) == 2)
+            .unwrap();
+        let writable_load = loads
+            .iter()
+            .copied()
+            .find(|&at| good[at + 4] & 2 != 0)
+            .unwrap();
+        let mut big = good.clone();
+        for header in [dynamic_at, writable_load] {
+            for field in [0x20, 0x28] {
+                big[header + field..header + field + 8].copy_from_slice(&4096u64.to_le_bytes());
+            }
+        }
+        assert!(entries(&big).unwrap_err().contains("writable"));
         // Its memory made larger than its bytes: a .bss.
         let mut bss = good.clone();
         let memsz = loads[0] + 0x28;

@@ -248,7 +248,9 @@ impl Backend for GpuBackend {
             .map_err(|why| refuse(ErrorCode::KernelLinkFailed, why))?;
         let copied_back = self.check_sizes(&buffers, limits)?;
         let request = Request {
-            kernel_digest: kernel.digest.to_string(),
+            // Modules are kept per tenant: whatever a module holds on the device between jobs
+            // is never another tenant's.
+            kernel_digest: format!("{}/{}", invocation.tenant, kernel.digest),
             kernel_bytes: kernel.bytes.len() as u64,
             entry: invocation.entry.clone(),
             launch,

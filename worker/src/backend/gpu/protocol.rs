@@ -49,7 +49,8 @@ impl ScalarArg {
 /// `copy_in` bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
-    /// The kernel's digest: the host keeps loaded modules by digest.
+    /// The key the host keeps the loaded module under: `<tenant>/<kernel digest>`, so that no
+    /// loaded module (nor anything it holds on the device) is shared between tenants.
     pub kernel_digest: String,
     /// Length of the kernel payload.
     pub kernel_bytes: u64,

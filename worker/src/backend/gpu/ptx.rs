@@ -131,9 +131,9 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
 }
 
 /// Whether `text` declares a variable in the `.global` state space: the directive `.global`
-/// standing as a word of its own (after whitespace or at the start), not the suffix of an
-/// instruction (`ld.global`) nor a parameter's pointer annotation (`.ptr.global`,
-/// `.ptr .global`).
+/// starting a token (after anything but a letter, digit, `_`, `$`, `%` or `.`: whitespace, `;`,
+/// `}`, the start), not the suffix of an instruction (`ld.global`) nor a parameter's pointer
+/// annotation (`.ptr .global`).
 fn declares_global(text: &str) -> bool {
     let mut from = 0;
     while let Some(at) = text[from..].find(".global") {
@@ -142,10 +142,10 @@ fn declares_global(text: &str) -> bool {
         let before = text[..start].chars().next_back();
         let after = text[end..].chars().next();
         let annotation = text[..start].trim_end().ends_with(".ptr");
-        if before.is_none_or(char::is_whitespace)
-            && after.is_none_or(char::is_whitespace)
-            && !annotation
-        {
+        let starts_token =
+            before.is_none_or(|c| !(c.is_ascii_alphanumeric() || "_$%.".contains(c)));
+        let ends_token = after.is_none_or(|c| !(c.is_ascii_alphanumeric() || "_$".contains(c)));
+        if starts_token && ends_token && !annotation {
             return true;
         }
         from = end;
@@ -256,6 +256,8 @@ mod tests {
             ".global .align 4 .b8 hog[1073741824];\n.entry k(.param .u64 a)\n{}",
             ".visible .global .u32 counter;\n.entry k(.param .u64 a)\n{}",
             ".entry k(.param .u64 a)\n{}\n\t.global .f32 late[4];",
+            ".address_size 64;.global .u32 counter;\n.entry k(.param .u64 a)\n{}",
+            ".entry k(.param .u64 a)\n{}.global.u32 counter;",
         ] {
             assert!(
                 entry_params(global, "k").unwrap_err().contains(".global"),
