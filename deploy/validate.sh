@@ -413,7 +413,7 @@ else
       'dtee-keeper	^dtee\.keeper$	^(dtee\.keeper|amq\.default)$	^dtee\.keeper$' \
       'dtee-monitor	^$	^$	^$' \
       'dtee-submitter	^(amq\.gen-|dtee\.keeper\.reply\.)	^(dtee\.jobs|dtee\.keeper|amq\.gen-.*)$	^(dtee\.results|amq\.gen-.*|dtee\.keeper\.reply\..*)$' \
-      'dtee-worker	^dtee\.	^dtee\.	^dtee\.' | sort)
+      'dtee-worker	^dtee\.	^dtee\.	^dtee\.(?!keeper$)' | sort)
     [ "$permissions" = "$expected_permissions" ] && ok "permissions on vhost dtee" || { fail "permissions on vhost dtee"; printf '%s\n' "$permissions" | sed 's/^/      /'; }
     if rabbitmqctl -s list_topic_permissions -p dtee 2>/dev/null | grep '^dtee-submitter	dtee.results	^\$	^{username}\\\.(sha256:\[0-9a-f\]{64}|reply\\\.amq\\\.gen-\[A-Za-z0-9_-\]{1,64})\$$' >/dev/null; then
       ok "topic permission: submitters bind only their own <user>.<job id> and <user>.reply.<queue> on dtee.results"
@@ -541,6 +541,30 @@ if [ "$live" = 1 ]; then
             --output digest:32 --timeout 30 > "$tmp/secret.json" 2>>"$tmp/secret.out" \
           && grep -q '"status": "succeeded"' "$tmp/secret.json"; then
         ok "secrets as dtee-keeper and dtee-submitter: put, policy set, and a job that reads the secret"
+        # A worker's login may publish requests to the keeper but not read them: the keeper's
+        # queue (and exchange, so no queue of its own bound to it) refuses it.
+        if [ -x clients/python/.venv/bin/python ]; then
+          if clients/python/.venv/bin/python - "$rpw_worker" <<'PY'
+import sys, pika
+params = pika.URLParameters(f"amqp://dtee-worker:{sys.argv[1]}@127.0.0.1:5672/dtee")
+with pika.BlockingConnection(params) as connection:
+    for attempt in ("consume", "bind"):
+        channel = connection.channel()
+        try:
+            if attempt == "consume":
+                channel.basic_consume("dtee.keeper", lambda *a: None)
+            else:
+                queue = channel.queue_declare("dtee.validate-keeper-tap", exclusive=True).method.queue
+                channel.queue_bind(queue, "dtee.keeper", "tenant")
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != 403:
+                sys.exit(f"{attempt}: {error}")
+        else:
+            sys.exit(f"a worker may {attempt} the keeper's requests")
+PY
+          then ok "dtee-worker can neither consume dtee.keeper nor bind a queue to it (ACCESS_REFUSED)"
+          else fail "dtee-worker reads the keeper's requests"; fi
+        fi
       else
         fail "secrets under the least-privilege users"; tail -n 5 "$tmp/secret.out" | sed 's/^/      /'
         tail -n 5 "$tmp/keeper.log" | sed 's/^/      /'
