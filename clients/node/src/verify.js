@@ -115,6 +115,42 @@ function sameJson(a, b) {
 }
 
 const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+
+// A record as the Rust verifier reads it (serde): the required fields, the defaulted ones with
+// their defaults, nothing else; absent and null are both "none". Throws on a missing field.
+function pick(value, required, defaults = {}) {
+  if (!isObject(value)) throw new Error('not an object');
+  const out = {};
+  for (const key of required) {
+    if (!(key in value)) throw new Error(`a field ${key} is missing`);
+    out[key] = value[key];
+  }
+  for (const [key, fallback] of Object.entries(defaults)) out[key] = value[key] ?? fallback;
+  return out;
+}
+const BINDING = ['name', 'key', 'version', 'digest'];
+const GPU_RESOURCES = { device_memory_bytes: 0, kernel_time_us: 0, copied_bytes: 0, copy_time_us: 0 };
+const records = {
+  state: (value) => {
+    if (value === undefined || value === null) return null;
+    const report = pick(value, [], { read: [], written: [] });
+    return { read: report.read.map((r) => pick(r, BINDING)), written: report.written.map((w) => pick(w, BINDING)) };
+  },
+  limits: (value) => (value === undefined || value === null ? null : pick(value, ['timeout_ms', 'memory_bytes', 'fuel', 'output_bytes'])),
+  resources: (value) =>
+    value === undefined || value === null ? null : pick(value, ['fuel_consumed', 'peak_memory_bytes', 'wall_time_us', 'output_bytes'], GPU_RESOURCES),
+};
+
+// Whether the statement's and the result's state, limits and resources are the same records,
+// read as the Rust verifier reads them (absent `read`/`written` are empty, absent GPU counters
+// 0, unknown fields ignored).
+function sameRecords(statement, result) {
+  try {
+    return Object.entries(records).every(([field, read]) => sameJson(read(statement[field]), read(result[field])));
+  } catch {
+    return false;
+  }
+}
 const isCount = (value) => Number.isSafeInteger(value) && value >= 0;
 
 // Why a statement does not have the shape of dtee.execution/v1, or null.
@@ -213,7 +249,8 @@ function commonChecks(result, policy, now) {
   const outputs = Array.isArray(result.outputs) ? result.outputs : [];
   const listed = outputs.map((o) => ({ name: o?.name, size: o?.size, digest: o?.digest }));
   const signedOutputs = statement.outputs.map((o) => ({ name: o.name, size: o.size, digest: o.digest }));
-  checks.push(check('result.outputs_listed', Array.isArray(result.outputs) && sameJson(listed, signedOutputs), () => "the result's outputs (names, sizes, digests) differ from the statement's"));
+  // Absent outputs are none, as Rust reads them (`#[serde(default)]`).
+  checks.push(check('result.outputs_listed', (result.outputs === undefined || Array.isArray(result.outputs)) && sameJson(listed, signedOutputs), () => "the result's outputs (names, sizes, digests) differ from the statement's"));
   let dataProblem = null;
   for (const output of outputs) {
     const bytes = decodeBase64(output?.data);
@@ -227,7 +264,7 @@ function commonChecks(result, policy, now) {
     }
   }
   checks.push(dataProblem ? fail('result.output_data', dataProblem) : pass('result.output_data'));
-  checks.push(check('result.state_limits_resources', sameJson(statement.state, result.state) && sameJson(statement.limits, result.limits) && sameJson(statement.resources, result.resources), () => 'state, limits or resources differ from the statement'));
+  checks.push(check('result.state_limits_resources', sameRecords(statement, result), () => 'state, limits or resources differ from the statement'));
   const e = result.execution;
   checks.push(check('result.execution', isObject(e) && e.execution_id === statement.execution_id && e.worker_id === worker.worker_id && e.started_at_unix_ms === statement.started_at_unix_ms && e.finished_at_unix_ms === statement.finished_at_unix_ms, () => 'the execution record differs from the statement'));
 

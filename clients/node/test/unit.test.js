@@ -224,6 +224,23 @@ test('native verification of a result made here', async () => {
   for (const [edit, expected] of cases) {
     assert.deepEqual(failedChecks(await verify(changed(edit), { allow_software: true })), expected, edit.toString());
   }
+  // What the Rust verifier reads as the same record is the same here: absent GPU counters are
+  // 0, unknown fields are ignored, an absent state report's list is empty.
+  const base = { fuel_consumed: 1, peak_memory_bytes: 2, wall_time_us: 3, output_bytes: 4 };
+  const pairs = [
+    [(s) => (s.resources = base), (r) => (r.resources = { ...base, device_memory_bytes: 0, kernel_time_us: 0 })],
+    [() => {}, (r) => (r.limits = { ...r.limits, unknown_field: 1 })],
+    [(s) => (s.state = { read: [], written: [] }), (r) => (r.state = { read: [] })],
+  ];
+  for (const [signedEdit, resultEdit] of pairs) {
+    const edited = forge({ tamper: signedEdit });
+    resultEdit(edited);
+    assert.deepEqual(failedChecks(await verify(edited, { allow_software: true })), [], resultEdit.toString());
+  }
+  // A difference that is one stays one.
+  const differs = forge({ tamper: (s) => (s.resources = base) });
+  differs.resources = { ...base, kernel_time_us: 7 };
+  assert.deepEqual(failedChecks(await verify(differs, { allow_software: true })), ['result.state_limits_resources']);
   // A statement signed with another schema, or that is not a statement at all.
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.schema = 'x') }), { allow_software: true })), ['statement.schema']);
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => delete s.worker }), { allow_software: true })), ['statement.parse']);
