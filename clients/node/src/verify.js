@@ -370,7 +370,9 @@ export async function verify(result, policy, options = {}) {
     const platform = evidence?.platform;
     if (platform === 'software') {
       checks.push(check('software.allowed', rules.allow_software, () => `the policy does not accept software evidence (${evidence.statement})`));
-      checks.push(check('software.measurement', evidence.measurement === identity.measurement, () => 'the evidence states another measurement than the identity'));
+      // Exactly these fields, as the Rust verifier reads software evidence (it refuses others).
+      const exact = Object.keys(evidence).sort().join(',') === 'measurement,platform,statement' && typeof evidence.statement === 'string';
+      checks.push(check('software.measurement', exact && evidence.measurement === identity.measurement, () => (exact ? 'the evidence states another measurement than the identity' : 'software evidence holds exactly platform, statement (a string) and measurement')));
     } else if (platform === 'tpm' || platform === 'snp') {
       if (!rules[platform]) {
         checks.push(fail(`${platform}.allowed`, `the policy has no [${platform}] section`));

@@ -237,6 +237,9 @@ test('native verification of a result made here', async () => {
     resultEdit(edited);
     assert.deepEqual(failedChecks(await verify(edited, { allow_software: true })), [], resultEdit.toString());
   }
+  // Software evidence with a field Rust's verifier refuses to read is refused here too.
+  const extra = forge({ evidence: { platform: 'software', statement: 'software identity: test', measurement: digestOf(Buffer.from('binary')), extra: 1 } });
+  assert.deepEqual(failedChecks(await verify(extra, { allow_software: true })), ['software.measurement']);
   // A difference that is one stays one.
   const differs = forge({ tamper: (s) => (s.resources = base) });
   differs.resources = { ...base, kernel_time_us: 7 };

@@ -540,8 +540,12 @@ def verify(
     if platform == "software":
         checks.add("software.allowed", policy.allow_software,
                    lambda: f"the policy does not accept software evidence ({evidence.get('statement')})")
-        checks.add("software.measurement", _same(evidence.get("measurement"), measurement),
-                   "the evidence states another measurement than the identity")
+        # Exactly these fields, as the Rust verifier reads software evidence (it refuses others).
+        exact = set(evidence) == {"platform", "statement", "measurement"} and isinstance(
+            evidence.get("statement"), str)
+        checks.add("software.measurement", exact and _same(evidence.get("measurement"), measurement),
+                   "the evidence states another measurement than the identity" if exact else
+                   "software evidence holds exactly platform, statement (a string) and measurement")
     elif platform in ("tpm", "snp"):
         section = policy.tpm if platform == "tpm" else policy.snp
         if section is None:

@@ -509,7 +509,11 @@ class LiveConformance(unittest.TestCase):
             sig[10] ^= 0x01
             signature["sig"] = base64.b64encode(bytes(sig)).decode()
 
+        def extra_evidence_field(raw):
+            raw["attestation"]["identity"]["evidence"]["extra"] = 1
+
         for label, change, check in (
+            ("an extra software evidence field", extra_evidence_field, "software.measurement"),
             ("output data changed", other_data, "result.output_data"),
             ("another job_id", other_job, "result.job_id"),
             ("a signature byte flipped", flip_signature, "envelope.signature"),
