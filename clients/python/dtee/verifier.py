@@ -230,6 +230,14 @@ class Policy:
         return "\n".join(lines) + "\n"
 
 
+def _reread(path: Path) -> Optional[Policy]:
+    """The policy the file holds now, or ``None`` if it cannot be read any more."""
+    try:
+        return Policy.load(path)
+    except PolicyError:
+        return None
+
+
 def _refuse_unknown(table: Mapping[str, Any], known: set[str], what: str) -> None:
     unknown = set(table) - known
     if unknown:
@@ -579,8 +587,9 @@ def _delegate(result: Result, policy: Policy, platform: str, now: int, dtee_bin:
     with tempfile.TemporaryDirectory(prefix="dtee-verify-") as tmp:
         result_path = Path(tmp, "result.json")
         result_path.write_bytes(result.to_json())
+        # The file it was read from, unless the policy changed since: then what it is now.
         policy_path = policy.path
-        if policy_path is None:
+        if policy_path is None or _reread(policy_path) != policy:
             policy_path = Path(tmp, "policy.toml")
             policy_path.write_text(policy.to_toml(), encoding="utf-8")
         try:

@@ -546,6 +546,12 @@ class LiveConformance(unittest.TestCase):
             self.assertFalse(refused[-1].passed, refused)
             refused = _delegate(result, dtee.Policy.load({}), "software", int(time.time()), DTEE_BIN)
             self.assertFalse(refused[-1].passed, refused)
+            # A policy read from a file and changed since is handed over as it is now.
+            changed = dtee.Policy.load(SOFTWARE_POLICY)
+            self.assertIsNotNone(changed.path)
+            changed.allow_software = False
+            refused = _delegate(result, changed, "software", int(time.time()), DTEE_BIN)
+            self.assertFalse(refused[-1].passed, refused)
 
 
 if __name__ == "__main__":
