@@ -58,6 +58,48 @@ pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
     Ok(found)
 }
 
+/// Little-endian fields of an ELF64 object, read at byte offsets; a read past its end is a
+/// malformed object.
+struct Elf<'a>(&'a [u8]);
+
+impl<'a> Elf<'a> {
+    /// An ELF64 little-endian object, or why not.
+    fn new(elf: &'a [u8]) -> Result<Elf<'a>, String> {
+        if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+            return Err("not a 64-bit little-endian ELF object".to_owned());
+        }
+        Ok(Elf(elf))
+    }
+
+    fn bytes(&self, at: u64, n: usize) -> Result<&'a [u8], String> {
+        let bad = || "a malformed ELF object".to_owned();
+        let at = usize::try_from(at).map_err(|_| bad())?;
+        self.0
+            .get(at..at.checked_add(n).ok_or_else(bad)?)
+            .ok_or_else(bad)
+    }
+
+    fn u16(&self, at: u64) -> Result<u64, String> {
+        Ok(u16::from_le_bytes(self.bytes(at, 2)?.try_into().unwrap()).into())
+    }
+
+    fn u32(&self, at: u64) -> Result<u64, String> {
+        Ok(u32::from_le_bytes(self.bytes(at, 4)?.try_into().unwrap()).into())
+    }
+
+    fn u64(&self, at: u64) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.bytes(at, 8)?.try_into().unwrap()))
+    }
+
+    /// `offset` into the `index`th entry of a header table at `table` of `entry_size` bytes.
+    fn entry(table: u64, entry_size: u64, index: u64, offset: u64) -> Result<u64, String> {
+        index
+            .checked_mul(entry_size)
+            .and_then(|at| at.checked_add(table)?.checked_add(offset))
+            .ok_or_else(|| "a malformed ELF object".to_owned())
+    }
+}
+
 /// Refuses a code object whose loaded segments hold memory a kernel could keep across jobs:
 /// writable memory other than the dynamic section (which the loader fills; `__device__`
 /// globals live in `.data`/`.bss`), or memory beyond the file's bytes (a zero-filled `.bss`).
@@ -67,32 +109,25 @@ pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
 fn check_segments(elf: &[u8]) -> Result<(), String> {
     /// The largest writable segment accepted, and only over the dynamic section: 32 entries.
     const MAX_DYNAMIC_BYTES: u64 = 512;
-    const PT_LOAD: u32 = 1;
-    const PT_DYNAMIC: u32 = 2;
-    const PF_W: u32 = 2;
-    let bad = || "a malformed ELF object".to_owned();
-    let get = |at: usize, n: usize| elf.get(at..at.checked_add(n)?);
-    let u16_at = |at: usize| get(at, 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()));
-    let u32_at = |at: usize| get(at, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |at: usize| get(at, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return Err("not a 64-bit little-endian ELF object".to_owned());
-    }
-    let table = usize::try_from(u64_at(0x20).ok_or_else(bad)?).map_err(|_| bad())?;
-    let (size, count) = (u16_at(0x36).ok_or_else(bad)?, u16_at(0x38).ok_or_else(bad)?);
+    const PT_LOAD: u64 = 1;
+    const PT_DYNAMIC: u64 = 2;
+    const PF_W: u64 = 2;
+    let elf = Elf::new(elf)?;
+    let (table, size, count) = (elf.u64(0x20)?, elf.u16(0x36)?, elf.u16(0x38)?);
     // (flags, vaddr, filesz, memsz) of each segment of `kind`.
-    let segments = |kind: u32| -> Result<Vec<(u32, u64, u64, u64)>, String> {
+    let segments = |kind: u64| -> Result<Vec<(u64, u64, u64, u64)>, String> {
         let mut found = Vec::new();
-        for index in 0..usize::from(count) {
-            let header = table
-                .checked_add(index * usize::from(size))
-                .ok_or_else(bad)?;
-            if u32_at(header).ok_or_else(bad)? != kind {
+        for index in 0..count {
+            let field = |offset| Elf::entry(table, size, index, offset);
+            if elf.u32(field(0)?)? != kind {
                 continue;
             }
-            let field = |offset: usize| u64_at(header + offset).ok_or_else(bad);
-            let flags = u32_at(header + 4).ok_or_else(bad)?;
-            found.push((flags, field(0x10)?, field(0x20)?, field(0x28)?));
+            found.push((
+                elf.u32(field(4)?)?,
+                elf.u64(field(0x10)?)?,
+                elf.u64(field(0x20)?)?,
+                elf.u64(field(0x28)?)?,
+            ));
         }
         Ok(found)
     };
@@ -128,37 +163,20 @@ const MAX_METADATA_BYTES: usize = 1 << 20;
 /// looked for in the section headers and the program headers alike, and every copy found must
 /// be the same bytes, so that whichever the runtime reads is the one checked here.
 fn metadata_note(elf: &[u8]) -> Result<Vec<u8>, String> {
-    let bad = || "a malformed ELF object".to_owned();
-    let bytes_at = |at: u64, n: usize| -> Result<&[u8], String> {
-        let at = usize::try_from(at).map_err(|_| bad())?;
-        elf.get(at..at.checked_add(n).ok_or_else(bad)?)
-            .ok_or_else(bad)
-    };
-    let u16_at = |at: u64| -> Result<u64, String> {
-        Ok(u16::from_le_bytes(bytes_at(at, 2)?.try_into().unwrap()).into())
-    };
-    let u32_at = |at: u64| -> Result<u64, String> {
-        Ok(u32::from_le_bytes(bytes_at(at, 4)?.try_into().unwrap()).into())
-    };
-    let u64_at = |at: u64| -> Result<u64, String> {
-        Ok(u64::from_le_bytes(bytes_at(at, 8)?.try_into().unwrap()))
-    };
-    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
-        return Err("not a 64-bit little-endian ELF object".to_owned());
-    }
+    let elf = Elf::new(elf)?;
     // (header table, entry size, count, the type of a note, where type, offset and size are).
     let tables = [
         (
-            u64_at(0x28)?,
-            u16_at(0x3a)?,
-            u16_at(0x3c)?,
+            elf.u64(0x28)?,
+            elf.u16(0x3a)?,
+            elf.u16(0x3c)?,
             7,
             (4, 0x18, 0x20),
         ), // SHT_NOTE
         (
-            u64_at(0x20)?,
-            u16_at(0x36)?,
-            u16_at(0x38)?,
+            elf.u64(0x20)?,
+            elf.u16(0x36)?,
+            elf.u16(0x38)?,
             4,
             (0, 0x08, 0x20),
         ), // PT_NOTE
@@ -166,13 +184,14 @@ fn metadata_note(elf: &[u8]) -> Result<Vec<u8>, String> {
     let mut found: Option<Vec<u8>> = None;
     for (table, entry_size, count, note_type, (type_at, offset_at, size_at)) in tables {
         for index in 0..count {
-            let header = table.checked_add(index * entry_size).ok_or_else(bad)?;
-            if u32_at(header.checked_add(type_at).ok_or_else(bad)?)? != note_type {
+            let field = |offset| Elf::entry(table, entry_size, index, offset);
+            if elf.u32(field(type_at)?)? != note_type {
                 continue;
             }
-            let offset = u64_at(header.checked_add(offset_at).ok_or_else(bad)?)?;
-            let size = u64_at(header.checked_add(size_at).ok_or_else(bad)?)?;
-            let notes = bytes_at(offset, usize::try_from(size).map_err(|_| bad())?)?;
+            let offset = elf.u64(field(offset_at)?)?;
+            let size = elf.u64(field(size_at)?)?;
+            let size = usize::try_from(size).map_err(|_| "a malformed ELF object".to_owned())?;
+            let notes = elf.bytes(offset, size)?;
             for desc in amdgpu_notes(notes)? {
                 if desc.len() > MAX_METADATA_BYTES {
                     return Err(format!(
