@@ -310,6 +310,22 @@ impl TestEnv {
         exists
     }
 
+    /// The consumers of the named queue; `None` if it does not exist.
+    pub async fn queue_consumers(&self, queue: &str) -> Option<u32> {
+        let channel = self.client.connection().create_channel().await.ok()?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let consumers = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .ok()
+            .map(|queue| queue.consumer_count());
+        let _ = channel.close(200, "ok".into()).await;
+        consumers
+    }
+
     /// Messages ready in the named queue (not counting unacknowledged ones); 0 if it does not
     /// exist.
     pub async fn queue_depth_of(&self, queue: &str) -> u32 {

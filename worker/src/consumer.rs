@@ -10,7 +10,7 @@ use futures_util::stream::StreamExt;
 use lapin::message::Delivery;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::session::{Session, TenantQueue};
 use crate::broker::tenants::Tenants;
@@ -94,6 +94,7 @@ impl Consumer {
                 },
                 _ = progress.tick() => {
                     self.disable_failed_devices().await;
+                    self.retry_tenant_queues().await;
                     let room = in_flight.len() < usize::from(self.ctx.config.prefetch);
                     self.check_progress(room).await;
                 }
@@ -166,7 +167,45 @@ impl Consumer {
     /// Consumes the queue of a tenant whose job came through a shared queue, and announces it
     /// to the other workers.
     async fn provision(&mut self, queue: TenantQueue) {
-        self.consume_tenant(queue, true).await;
+        if self.disabled_routes.contains(&queue.route) || !self.tenants.learn(&queue, true) {
+            return;
+        }
+        // Announced by this worker from now on, whatever fails (the next session declares and
+        // consumes every known queue).
+        self.tenants.announce_later(&queue);
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if let Err(error) = session.consume_tenant(&self.ctx.config, &queue).await {
+            // Not declared, so not bound: the tenant's jobs still reach the shared queue, and
+            // the next one provisions the queue again.
+            warn!(%queue, error = %format!("{error:#}"), "could not declare a tenant queue");
+            self.ctx.telemetry.tenant_queue_failed();
+            self.tenants.forget(&queue);
+            return;
+        }
+        info!(%queue, "consuming a tenant queue");
+        self.announce(&queue, true).await;
+    }
+
+    /// Announces a tenant queue this worker declared. A failure is tried again
+    /// ([`Consumer::retry_tenant_queues`]): until the others know the queue, its jobs wait for
+    /// this worker alone.
+    async fn announce(&mut self, queue: &TenantQueue, first: bool) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        match session.announce_tenant(&self.ctx.config, queue).await {
+            Ok(()) => self.tenants.announced(queue),
+            Err(error) => {
+                self.ctx.telemetry.tenant_queue_failed();
+                if first {
+                    warn!(%queue, error = %format!("{error:#}"), "could not announce a tenant queue; consuming it here, and trying again");
+                } else {
+                    debug!(%queue, error = %format!("{error:#}"), "announcing a tenant queue failed again");
+                }
+            }
+        }
     }
 
     /// A tenant queue announced on `<ns>.tenants` (by this worker or another): consumed if it
@@ -183,26 +222,49 @@ impl Consumer {
             warn!("ignoring a malformed tenant-queue announcement");
             return;
         };
-        self.consume_tenant(queue, false).await;
-    }
-
-    async fn consume_tenant(&mut self, queue: TenantQueue, announce: bool) {
-        if self.disabled_routes.contains(&queue.route) || !self.tenants.learn(&queue) {
+        self.tenants.announced(&queue);
+        if self.disabled_routes.contains(&queue.route) || !self.tenants.learn(&queue, false) {
             return;
         }
         let Some(session) = self.session.as_mut() else {
-            // The next session consumes every known queue.
             return;
         };
-        match session
-            .consume_tenant(&self.ctx.config, &queue, announce)
-            .await
-        {
+        match session.consume_tenant(&self.ctx.config, &queue).await {
             Ok(()) => info!(%queue, "consuming a tenant queue"),
             Err(error) => {
-                warn!(%queue, error = %format!("{error:#}"), "could not consume a tenant queue");
-                self.tenants.forget(&queue);
+                self.ctx.telemetry.tenant_queue_failed();
+                warn!(%queue, error = %format!("{error:#}"), "could not consume a tenant queue; trying again");
             }
+        }
+    }
+
+    /// Consumes the known tenant queues that this session does not (one that failed when
+    /// announced or at a reconnection), and sends the announcements that failed. Every
+    /// [`STALL_CHECK`]; a queue that keeps failing is counted each time
+    /// (`dtee_tenant_queue_failures_total`).
+    async fn retry_tenant_queues(&mut self) {
+        if hooks::active(&self.ctx.config, TestHook::StallConsumer) {
+            return;
+        }
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        for queue in self.tenants.queues() {
+            if self.disabled_routes.contains(&queue.route)
+                || session.consumes(&self.ctx.config, &queue)
+            {
+                continue;
+            }
+            match session.consume_tenant(&self.ctx.config, &queue).await {
+                Ok(()) => info!(%queue, "consuming a tenant queue"),
+                Err(error) => {
+                    self.ctx.telemetry.tenant_queue_failed();
+                    debug!(%queue, error = %format!("{error:#}"), "consuming a tenant queue failed again");
+                }
+            }
+        }
+        for queue in self.tenants.unannounced() {
+            self.announce(&queue, false).await;
         }
     }
 

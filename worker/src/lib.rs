@@ -202,6 +202,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         telemetry,
         kernel_slots: fair::FairSlots::new(config.concurrency),
         compile_slots: fair::FairSlots::new(config.compile.concurrency),
+        data_slots: fair::FairSlots::new(config.concurrency),
         state: state::StateStore::new(store.connection(), config.namespace.clone()),
         config,
         store,

@@ -44,6 +44,7 @@ pub struct Metrics {
     failed: Vec<(Counter, usize)>,
     limit_kills: Vec<(Counter, usize)>,
     in_flight: Gauge,
+    data_bytes: Gauge,
     evidence_age: Gauge,
     /// Each GPU device: its target's backend, its index there, its restarts and whether it is up.
     devices: Vec<(Arc<GpuBackend>, usize, Counter, Gauge)>,
@@ -143,6 +144,10 @@ impl Metrics {
             "dtee_rabbitmq_reconnects_total",
             "Reconnections to RabbitMQ after a lost connection.",
         );
+        describe_counter(
+            "dtee_tenant_queue_failures_total",
+            "Attempts to declare, consume or announce a tenant queue that failed (each is tried again).",
+        );
         let counters: Vec<(Counter, StatReader)> = vec![
             (counter("dtee_jobs_received_total", vec![]), |s| {
                 Stats::get(&s.received)
@@ -177,6 +182,9 @@ impl Metrics {
             (counter("dtee_rabbitmq_reconnects_total", vec![]), |s| {
                 Stats::get(&s.reconnects)
             }),
+            (counter("dtee_tenant_queue_failures_total", vec![]), |s| {
+                Stats::get(&s.tenant_queue_failures)
+            }),
         ];
         let failed = ErrorCode::ALL
             .iter()
@@ -205,6 +213,11 @@ impl Metrics {
             recorder.register_gauge(&Key::from_parts(name, labels), &metadata())
         };
         let in_flight = gauge("dtee_jobs_in_flight", "Deliveries being processed.", vec![]);
+        let data_bytes = gauge(
+            "dtee_job_data_bytes",
+            "Bytes of input blobs and state values read for jobs that have not finished running.",
+            vec![],
+        );
         let evidence_age = gauge(
             "dtee_evidence_age_seconds",
             "Age of the worker's current evidence.",
@@ -282,6 +295,7 @@ impl Metrics {
             failed,
             limit_kills,
             in_flight,
+            data_bytes,
             evidence_age,
             devices,
         }
@@ -301,6 +315,11 @@ impl Metrics {
         }
         self.in_flight
             .set(stats.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        self.data_bytes.set(
+            stats
+                .data_bytes_held
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

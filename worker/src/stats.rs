@@ -50,6 +50,14 @@ pub struct Stats {
     pub kernel_bytes_fetched: AtomicU64,
     /// Bytes of input blobs read from Redis (each distinct blob of a job once).
     pub input_bytes_fetched: AtomicU64,
+    /// Bytes of input blobs and state values read from Redis for jobs that have not finished
+    /// running (`job::reads`).
+    pub data_bytes_held: AtomicI64,
+    /// The most [`Stats::data_bytes_held`] has been.
+    pub data_bytes_peak: AtomicU64,
+    /// Attempts to declare, consume or announce a tenant queue that failed (each is tried
+    /// again).
+    pub tenant_queue_failures: AtomicU64,
 }
 
 impl Default for Stats {
@@ -75,6 +83,9 @@ impl Default for Stats {
             commit_micros: AtomicU64::new(0),
             kernel_bytes_fetched: AtomicU64::new(0),
             input_bytes_fetched: AtomicU64::new(0),
+            data_bytes_held: AtomicI64::new(0),
+            data_bytes_peak: AtomicU64::new(0),
+            tenant_queue_failures: AtomicU64::new(0),
         }
     }
 }

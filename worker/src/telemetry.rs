@@ -66,6 +66,11 @@ impl Telemetry {
         (self.stats.input_bytes_fetched).fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Declaring, consuming or announcing a tenant queue failed (it is tried again).
+    pub(crate) fn tenant_queue_failed(&self) {
+        Stats::bump(&self.stats.tenant_queue_failures);
+    }
+
     /// A job was answered from the result cache without running.
     pub(crate) fn answered_from_cache(&self) {
         Stats::bump(&self.stats.deduplicated);

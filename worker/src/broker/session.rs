@@ -178,9 +178,10 @@ impl Session {
                 session.consume_queue(queue, tag).await?;
             }
         }
-        // A tenant queue that cannot be consumed must not keep the worker from connecting.
+        // A tenant queue that cannot be consumed must not keep the worker from connecting; the
+        // consumer loop tries it again (`Consumer::retry_tenant_queues`).
         for tenant_queue in tenant_queues.iter().filter(|_| !stall) {
-            if let Err(error) = session.consume_tenant(config, tenant_queue, false).await {
+            if let Err(error) = session.consume_tenant(config, tenant_queue).await {
                 tracing::warn!(queue = %tenant_queue, error = %format!("{error:#}"), "could not consume a tenant queue");
             }
         }
@@ -210,13 +211,8 @@ impl Session {
         &mut self,
         config: &Config,
         tenant_queue: &TenantQueue,
-        announce: bool,
     ) -> anyhow::Result<()> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
+        let channel = self.side_channel().await?;
         let declared = topology::declare_tenant_queue(
             &channel,
             &config.namespace,
@@ -225,27 +221,41 @@ impl Session {
             config.delivery_limit,
         )
         .await;
-        let announced = match (&declared, announce) {
-            (Ok(_), true) => {
-                topology::announce_tenant_queue(
-                    &channel,
-                    &config.namespace,
-                    &tenant_queue.to_string(),
-                )
-                .await
-            }
-            _ => Ok(()),
-        };
         let _ = channel.close(200, "declared".into()).await;
         let queue = declared.with_context(|| format!("declaring the queue of {tenant_queue}"))?;
-        if let Err(error) = announced {
-            // The queue is bound: the tenant's jobs go there now, whether or not the other
-            // workers heard of it, so this worker consumes it all the same (the others do not
-            // consume it until it is announced, which is not retried).
-            tracing::warn!(queue = %tenant_queue, %error, "could not announce a tenant queue; consuming it here");
-        }
         let tag = format!("{}.{}", config.worker_id, tenant_queue);
         self.consume_queue(queue, tag).await
+    }
+
+    /// Announces a tenant queue on `<ns>.tenants` (on a channel of its own), with a confirm.
+    pub(crate) async fn announce_tenant(
+        &self,
+        config: &Config,
+        tenant_queue: &TenantQueue,
+    ) -> anyhow::Result<()> {
+        let channel = self.side_channel().await?;
+        let announced =
+            topology::announce_tenant_queue(&channel, &config.namespace, &tenant_queue.to_string())
+                .await;
+        let _ = channel.close(200, "announced".into()).await;
+        announced.with_context(|| format!("announcing the queue of {tenant_queue}"))
+    }
+
+    /// A channel for one declaration or announcement, which the broker may close on a refusal
+    /// without touching the consumer channel.
+    async fn side_channel(&self) -> anyhow::Result<lapin::Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .context("opening a channel")
+    }
+
+    /// Whether this session consumes `tenant_queue`.
+    pub(crate) fn consumes(&self, config: &Config, tenant_queue: &TenantQueue) -> bool {
+        let queue = config
+            .namespace
+            .tenant_job_queue(&tenant_queue.route, &tenant_queue.tenant);
+        self.queues.contains(&queue)
     }
 
     /// Messages ready in the queues this session consumes (0 if the broker cannot say).

@@ -14,6 +14,7 @@ use tracing::debug;
 use super::admit::Admitted;
 use super::outcome::{self, CachePolicy, Failure, Outcome, Success};
 use super::plan::Plan;
+use super::reads::Reads;
 use super::short_run;
 use super::Kernel;
 use super::{Context, Halt};
@@ -30,6 +31,7 @@ pub(crate) async fn execute(
     kernel: Kernel,
     mut slots: Vec<Slot>,
     mut first_snapshot: Option<Vec<Seen>>,
+    reads: &mut Reads,
 ) -> Result<Outcome, Halt> {
     let params = params_of(job);
     let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
@@ -40,7 +42,7 @@ pub(crate) async fn execute(
         // trip fewer), a later one on a fresh snapshot.
         let seen = match first_snapshot.take() {
             Some(seen) => seen,
-            None => snapshot(ctx, job).await?,
+            None => snapshot(ctx, job, reads).await?,
         };
         fill_state(job, plan, &seen, &mut slots)?;
         let invocation = Invocation {
@@ -183,17 +185,23 @@ fn refused_commit(
 }
 
 /// Reads the bound state in one atomic snapshot.
-async fn snapshot(ctx: &Context, job: &Admitted) -> Result<Vec<Seen>, Halt> {
+async fn snapshot(ctx: &Context, job: &Admitted, reads: &mut Reads) -> Result<Vec<Seen>, Halt> {
     if job.bindings.is_empty() {
         return Ok(Vec::new());
     }
     let started = Instant::now();
-    let snapshot = ctx
-        .state
-        .snapshot(&job.snapshot_keys(), state_read_limit(ctx))
-        .await?;
+    let full = state_read_limit(ctx);
+    let keys = job.snapshot_keys();
+    let mut snapshot = ctx.state.snapshot(&keys, reads.state_limit(full)).await?;
+    if matches!(snapshot, Snapshot::TooLarge(total) if total <= full) && !reads.holds_slot() {
+        // More than a job reads on its own: read again once it holds a data slot.
+        reads.take_slot().await;
+        snapshot = ctx.state.snapshot(&keys, full).await?;
+    }
     ctx.telemetry.state_read(started.elapsed());
-    seen_or_refused(ctx, snapshot)
+    let seen = seen_or_refused(ctx, snapshot)?;
+    reads.read_state(&seen);
+    Ok(seen)
 }
 
 /// The most bytes a job's readable state values may total: the same bound as its inputs

@@ -18,6 +18,7 @@ use dtee_schemas::{Digest, ErrorCode};
 use super::admit::Admitted;
 use super::outcome::Failure;
 use super::plan::Plan;
+use super::reads::Reads;
 use super::Kernel;
 use super::{Context, Halt};
 use crate::backend::{slot_capacity, KernelError, Prepared, Slot};
@@ -254,6 +255,7 @@ pub(crate) async fn slots(
     plan: &Plan,
     inputs: Inputs,
     secrets: &SecretValues,
+    reads: &mut Reads,
 ) -> Result<Vec<Slot>, Halt> {
     if let Some((name, digest)) = inputs.missing {
         return Err(Halt::Fail(
@@ -264,7 +266,9 @@ pub(crate) async fn slots(
             .with_limits(plan.limits),
         ));
     }
-    let blobs = blob_data(ctx, plan, &inputs).await?;
+    let to_read: u64 = inputs.blobs.iter().map(|(_, length)| *length as u64).sum();
+    reads.before_blobs(to_read).await;
+    let blobs = blob_data(ctx, plan, &inputs, reads).await?;
     let output_bytes = plan.limits.output_bytes;
     let format = job.parsed.spec.kernel.format;
     let buffers = &job.parsed.buffers;
@@ -324,6 +328,7 @@ async fn blob_data(
     ctx: &Context,
     plan: &Plan,
     inputs: &Inputs,
+    reads: &mut Reads,
 ) -> Result<HashMap<Digest, Arc<[u8]>>, Halt> {
     let wanted: Vec<(&Digest, usize)> = inputs
         .blobs
@@ -331,8 +336,9 @@ async fn blob_data(
         .map(|(digest, length)| (digest, *length))
         .collect();
     let read = ctx.store.blobs_bounded(&wanted).await?;
-    ctx.telemetry
-        .inputs_fetched(read.iter().map(Vec::len).sum());
+    let bytes = read.iter().map(Vec::len).sum();
+    ctx.telemetry.inputs_fetched(bytes);
+    reads.read_blobs(bytes as u64);
     let mut blobs = inputs.cached.clone();
     for ((digest, _), bytes) in wanted.into_iter().zip(read) {
         if !digest.matches(&bytes) {

@@ -24,6 +24,7 @@ mod fetch;
 pub(crate) mod outcome;
 pub(crate) mod plan;
 mod prior;
+mod reads;
 mod short_run;
 pub(crate) mod turns;
 
@@ -72,6 +73,9 @@ pub(crate) struct Context {
     pub kernel_slots: Arc<FairSlots>,
     /// Compile slots: at most `compile.concurrency` kernels compile at once, shared fairly.
     pub compile_slots: Arc<FairSlots>,
+    /// Data slots of the wasm backend: at most `concurrency` jobs hold more than a little input
+    /// or state read ahead of their run (`reads`).
+    pub data_slots: Arc<FairSlots>,
     /// Counters and histograms.
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.
@@ -227,9 +231,12 @@ async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
     // Counted before the state snapshot is read (it reads every binding the job lists), but
     // after the answers that already exist, which stand whatever this worker's limits say.
     let counted = plan::counted(ctx, job);
-    let first_snapshot = prior::answer(ctx, job, counted.is_ok()).await?;
+    // What the job reads ahead of its run, and its data slot once it reads much.
+    let mut reads = reads::Reads::new(ctx, &job.tenant);
+    let first_snapshot = prior::answer(ctx, job, counted.is_ok(), &mut reads).await?;
     counted?;
     let plan = plan::plan(ctx, job)?;
+    reads.runs_on(ctx, &plan.runner);
     let inputs = fetch::measure_inputs(ctx, job, &plan).await?;
     let kernel = fetch::kernel(ctx, job, &plan).await?;
     // Held (and zeroed when dropped) until the run is over.
@@ -241,6 +248,6 @@ async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
             Halt::Fail(failure) => Halt::Fail(failure.with_limits(plan.limits)),
             other => other,
         })?;
-    let slots = fetch::slots(ctx, job, &plan, inputs, &secrets).await?;
-    execute::execute(ctx, job, &plan, kernel, slots, first_snapshot).await
+    let slots = fetch::slots(ctx, job, &plan, inputs, &secrets, &mut reads).await?;
+    execute::execute(ctx, job, &plan, kernel, slots, first_snapshot, &mut reads).await
 }

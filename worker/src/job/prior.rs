@@ -14,20 +14,23 @@ use tracing::debug;
 
 use super::admit::Admitted;
 use super::outcome::{CachePolicy, Failure, Outcome};
+use super::reads::Reads;
 use super::{Context, Halt};
 use crate::failure::Transient;
-use crate::state::{read_snapshot, Seen};
+use crate::state::{read_snapshot, Seen, Snapshot};
 use crate::store::Prior;
 use std::time::Instant;
 
 /// Stops the path with the answer that already exists, if one does. Otherwise, for a job
 /// that binds state, answers the snapshot of its state read in the same round trip (the first
 /// attempt runs on it: [`super::execute`]), unless `snapshot` is false (a job this worker
-/// refuses anyway, whose bindings are not to be read).
+/// refuses anyway, whose bindings are not to be read). Values totalling more than a job reads
+/// without a data slot are not read here ([`super::reads`]): the first attempt reads them.
 pub(crate) async fn answer(
     ctx: &Context,
     job: &Admitted,
     snapshot: bool,
+    reads: &mut Reads,
 ) -> Result<Option<Vec<Seen>>, Halt> {
     let id = job.id();
     // All read at once (one round trip on one node); the answers keep their order of precedence.
@@ -39,10 +42,8 @@ pub(crate) async fn answer(
     } else {
         Vec::new()
     };
-    let call = (!keys.is_empty()).then(|| {
-        ctx.state
-            .snapshot_call(&keys, super::execute::state_read_limit(ctx))
-    });
+    let full = super::execute::state_read_limit(ctx);
+    let call = (!keys.is_empty()).then(|| ctx.state.snapshot_call(&keys, reads.state_limit(full)));
     let started = Instant::now();
     let (
         Prior {
@@ -83,7 +84,12 @@ pub(crate) async fn answer(
     };
     ctx.telemetry.state_read(started.elapsed());
     let snapshot = read_snapshot(reply, &keys).map_err(Transient::Redis)?;
-    super::execute::seen_or_refused(ctx, snapshot).map(Some)
+    if matches!(snapshot, Snapshot::TooLarge(total) if total <= full) {
+        return Ok(None);
+    }
+    let seen = super::execute::seen_or_refused(ctx, snapshot)?;
+    reads.read_state(&seen);
+    Ok(Some(seen))
 }
 
 /// The job's applied record under `hash_tag`, as the outcome to cache and publish.

@@ -87,6 +87,9 @@ pub struct GpuBackend {
     pool: Pool,
     /// One job at a time per device, handed out fairly between tenants.
     pub(crate) slots: Arc<FairSlots>,
+    /// One job per device may hold more than a little input or state read ahead of its run
+    /// (`job::reads`).
+    pub(crate) data_slots: Arc<FairSlots>,
     cache: Mutex<HashMap<Digest, Arc<Prepared<GpuKernel>>>>,
 }
 
@@ -146,6 +149,7 @@ impl GpuBackend {
             format: format_of(kind),
             limits: pool.limits(),
             slots: FairSlots::new(pool.devices().len()),
+            data_slots: FairSlots::new(pool.devices().len()),
             pool,
             cache: Mutex::new(HashMap::new()),
         })

@@ -1,0 +1,91 @@
+//! What jobs that wait hold in memory. A worker takes up to `DTEE_PREFETCH` deliveries of each
+//! queue while its kernel slots are busy; a job reads more than 1 MiB of input blobs, or of
+//! state values, only once it holds a data slot (one per kernel slot), so a burst of large jobs
+//! waiting for a slot does not make the worker read all of their data at once.
+
+use dtee_schemas::job::AccessMode;
+use dtee_schemas::state::StateKey;
+use dtee_schemas::JobSpec;
+use dtee_submitter::builder::{blob_input, output, state, wasm_job};
+use dtee_tests::TestEnv;
+use dtee_worker::stats::Stats;
+use sha2::Digest as _;
+
+/// 3 MiB: more than a job reads without a data slot.
+const LARGE: usize = 3 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_for_a_kernel_slot_read_large_inputs_and_state_one_at_a_time() {
+    let env = TestEnv::new("held-data").await;
+    let tenant = env.client.tenant().to_owned();
+    let worker = env.start_worker_with(|config| config.concurrency = 1).await;
+
+    // The only kernel slot is held by a kernel that spins until its deadline.
+    let mut spin = wasm_job(env.put_kernel("spin").await, "spin");
+    spin.limits.fuel = Some(1_000_000_000_000);
+    spin.limits.timeout_ms = Some(2_000);
+    spin.nonce = Some("held-data".to_owned());
+
+    // Meanwhile five jobs arrive, each reading 3 MiB of its own: three as a blob input, two as
+    // a read-only state value.
+    let sha256 = env.put_kernel("sha256").await;
+    let mut jobs: Vec<(JobSpec, Vec<u8>)> = Vec::new();
+    for index in 0..5u8 {
+        let data = vec![index.wrapping_mul(37).wrapping_add(1); LARGE];
+        let mut spec = wasm_job(sha256.clone(), "sha256");
+        let input = if index < 3 {
+            let (digest, _) = env.client.put_blob(&data).await.unwrap();
+            blob_input("data", digest)
+        } else {
+            let key = format!("{tenant}/held/{}/{index}", env.namespace);
+            env.client
+                .state_put(&StateKey::parse(&key).unwrap(), &data)
+                .await
+                .unwrap();
+            state("data", &key, AccessMode::ReadOnly, false)
+        };
+        spec.buffers = vec![input, output("digest", 32)];
+        jobs.push((spec, data));
+    }
+
+    let spinning = env.run(&spin);
+    let rest = async {
+        dtee_tests::eventually(|| Stats::get(&worker.stats.executed) >= 1).await;
+        futures_util::future::join_all(jobs.iter().map(|(spec, _)| env.run(spec))).await
+    };
+    let (spun, results) = tokio::join!(spinning, rest);
+    assert_eq!(
+        spun.error_code(),
+        Some(dtee_schemas::ErrorCode::ExecutionTimeout),
+        "{:?}",
+        spun.error
+    );
+    for ((_, data), result) in jobs.iter().zip(&results) {
+        assert!(result.succeeded(), "{:?}", result.error);
+        assert_eq!(
+            result.output("digest").unwrap().bytes().unwrap(),
+            sha2::Sha256::digest(data).to_vec()
+        );
+    }
+    // All five were delivered while the spin ran (prefetch 16), and each read its 3 MiB; but
+    // only the one holding the data slot had read it before the kernel slot was free.
+    let peak = Stats::get(&worker.stats.data_bytes_peak);
+    assert!(
+        peak >= LARGE as u64,
+        "the bytes read are counted: peak {peak}"
+    );
+    assert!(
+        peak < 2 * LARGE as u64,
+        "one job's data at a time, not the burst's: peak {peak} bytes"
+    );
+    assert_eq!(
+        worker
+            .stats
+            .data_bytes_held
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "what finished jobs read is released"
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -1,0 +1,132 @@
+//! What jobs that wait may hold in memory. A delivery can wait on a worker (for a kernel slot,
+//! a GPU) with up to `DTEE_MAX_INPUT_BYTES` of input blobs and as much again of state values,
+//! and a worker holds up to `DTEE_PREFETCH` deliveries of every queue it consumes: without a
+//! bound, one tenant's burst of large jobs could make a worker read gigabytes before any of
+//! them ran. So a job reads at most [`SMALL_READ_BYTES`] of blobs and [`SMALL_READ_BYTES`] of
+//! state on its own; anything larger is read only while the job holds a *data slot* of its
+//! runner, one per kernel slot (`DTEE_CONCURRENCY`) or GPU device, shared fairly between
+//! tenants like those, and kept until the job has run. The bytes read for jobs that have not
+//! finished are counted (`Stats::data_bytes_held`, the gauge `dtee_job_data_bytes`).
+
+use std::sync::Arc;
+
+use crate::backend::Runner;
+use crate::fair::{FairSlots, SlotPermit};
+use crate::state::Seen;
+
+use super::Context;
+
+/// The most bytes of input blobs, and separately of state values, a job reads without a data
+/// slot.
+pub(crate) const SMALL_READ_BYTES: u64 = 1 << 20;
+
+/// One job's reads: its data slot once it needs one, and the bytes it holds.
+#[derive(Debug)]
+pub(crate) struct Reads {
+    stats: Arc<crate::stats::Stats>,
+    tenant: String,
+    slots: Option<Arc<FairSlots>>,
+    permit: Option<SlotPermit>,
+    blob_bytes: u64,
+    state_bytes: u64,
+}
+
+impl Reads {
+    /// Nothing read yet, by `tenant`'s job.
+    pub(crate) fn new(ctx: &Context, tenant: &str) -> Reads {
+        Reads {
+            stats: Arc::clone(ctx.telemetry.stats()),
+            tenant: tenant.to_owned(),
+            slots: None,
+            permit: None,
+            blob_bytes: 0,
+            state_bytes: 0,
+        }
+    }
+
+    /// The job will run on `runner`: its data slots are the ones a large read waits for.
+    pub(crate) fn runs_on(&mut self, ctx: &Context, runner: &Runner) {
+        self.slots = Some(match runner {
+            Runner::Wasm(_) => Arc::clone(&ctx.data_slots),
+            Runner::Gpu(gpu) => Arc::clone(&gpu.data_slots),
+        });
+    }
+
+    /// Whether the job holds a data slot.
+    pub(crate) fn holds_slot(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// The most bytes of state values to read now: all the worker allows with a data slot,
+    /// [`SMALL_READ_BYTES`] without.
+    pub(crate) fn state_limit(&self, full: u64) -> u64 {
+        if self.holds_slot() {
+            full
+        } else {
+            full.min(SMALL_READ_BYTES)
+        }
+    }
+
+    /// Waits for a data slot before `bytes` of blobs are read, if they are more than
+    /// [`SMALL_READ_BYTES`].
+    pub(crate) async fn before_blobs(&mut self, bytes: u64) {
+        if bytes > SMALL_READ_BYTES {
+            self.take_slot().await;
+        }
+    }
+
+    /// Waits for a data slot (at once if it holds one). Without a runner (before the plan) a
+    /// job never reads more than [`SMALL_READ_BYTES`], so it never waits there.
+    pub(crate) async fn take_slot(&mut self) {
+        if self.permit.is_some() {
+            return;
+        }
+        if let Some(slots) = &self.slots {
+            self.permit = Some(slots.acquire(&self.tenant).await);
+        }
+    }
+
+    /// `bytes` of blobs were read.
+    pub(crate) fn read_blobs(&mut self, bytes: u64) {
+        self.blob_bytes = self.blob_bytes.saturating_add(bytes);
+        self.add(bytes);
+    }
+
+    /// The job's state values are now those of `seen` (a later snapshot replaces an earlier).
+    pub(crate) fn read_state(&mut self, seen: &[Seen]) {
+        let bytes: u64 = seen
+            .iter()
+            .filter_map(|seen| seen.value.as_ref())
+            .map(|value| value.len() as u64)
+            .sum();
+        self.sub(self.state_bytes);
+        self.state_bytes = bytes;
+        self.add(bytes);
+    }
+
+    fn add(&self, bytes: u64) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let now = self
+            .stats
+            .data_bytes_held
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(bytes);
+        let now = u64::try_from(now).unwrap_or(0);
+        self.stats
+            .data_bytes_peak
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: u64) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.stats
+            .data_bytes_held
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Reads {
+    fn drop(&mut self) {
+        self.sub(self.blob_bytes.saturating_add(self.state_bytes));
+    }
+}
