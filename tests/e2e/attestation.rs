@@ -178,6 +178,24 @@ async fn mutating_any_part_of_a_signed_result_fails_verification() {
                 r.execution.as_mut().unwrap().worker_id = "someone-else".to_owned();
             }),
         ),
+        (
+            "the backend the execution record names",
+            Box::new(|r: &mut JobResult| {
+                r.execution.as_mut().unwrap().backend = "cuda".to_owned();
+            }),
+        ),
+        (
+            "a device claimed in the execution record",
+            Box::new(|r: &mut JobResult| {
+                r.execution.as_mut().unwrap().device = Some(dtee_schemas::run::GpuDevice {
+                    vendor: "nvidia".to_owned(),
+                    name: "NVIDIA H200".to_owned(),
+                    arch: "sm_90".to_owned(),
+                    driver: "cuda 13000".to_owned(),
+                    ordinal: None,
+                });
+            }),
+        ),
     ];
     for (what, mutate) in mutations {
         let mut forged = result.clone();

@@ -141,6 +141,24 @@ const records = {
     value === undefined || value === null ? null : pick(value, ['fuel_consumed', 'peak_memory_bytes', 'wall_time_us', 'output_bytes'], GPU_RESOURCES),
 };
 
+// A GPU device record as the Rust verifier reads it (absent and null are none; the four named
+// fields and an optional ordinal, no other field); throws on anything else.
+const DEVICE = ['vendor', 'name', 'arch', 'driver'];
+function deviceRecord(value) {
+  if (value === undefined || value === null) return null;
+  if (!isObject(value) || Object.keys(value).some((key) => !DEVICE.includes(key) && key !== 'ordinal')) throw new Error('not a GPU device record');
+  return pick(value, DEVICE, { ordinal: null });
+}
+
+// Whether the result names the device the statement names.
+function sameDevice(result, statement) {
+  try {
+    return sameJson(deviceRecord(result), deviceRecord(statement));
+  } catch {
+    return false;
+  }
+}
+
 // Whether the statement's and the result's state, limits and resources are the same records,
 // read as the Rust verifier reads them (absent `read`/`written` are empty, absent GPU counters
 // 0, unknown fields ignored).
@@ -266,7 +284,16 @@ function commonChecks(result, policy, now) {
   checks.push(dataProblem ? fail('result.output_data', dataProblem) : pass('result.output_data'));
   checks.push(check('result.state_limits_resources', sameRecords(statement, result), () => 'state, limits or resources differ from the statement'));
   const e = result.execution;
-  checks.push(check('result.execution', isObject(e) && e.execution_id === statement.execution_id && e.worker_id === worker.worker_id && e.started_at_unix_ms === statement.started_at_unix_ms && e.finished_at_unix_ms === statement.finished_at_unix_ms, () => 'the execution record differs from the statement'));
+  const sameExecution =
+    isObject(e) &&
+    e.execution_id === statement.execution_id &&
+    e.worker_id === worker.worker_id &&
+    e.started_at_unix_ms === statement.started_at_unix_ms &&
+    e.finished_at_unix_ms === statement.finished_at_unix_ms &&
+    typeof e.backend === 'string' &&
+    e.backend === statement.tcb.backend &&
+    sameDevice(e.device, statement.tcb.device);
+  checks.push(check('result.execution', sameExecution, () => 'the execution record (id, worker, times, backend, device) differs from the statement'));
 
   if (policy.worker_measurements.length === 0) {
     checks.push(skip('policy.worker_measurement', 'the policy accepts any worker measurement'));

@@ -213,6 +213,8 @@ test('native verification of a result made here', async () => {
     [(r) => (r.attestation.envelope.payloadType = 'text/plain'), ['envelope.payload_type', 'envelope.signature']],
     [(r) => (r.limits.fuel = 4), ['result.state_limits_resources']],
     [(r) => (r.execution.finished_at_unix_ms = 3), ['result.execution']],
+    [(r) => (r.execution.backend = 'cuda'), ['result.execution']],
+    [(r) => (r.execution.device = { vendor: 'nvidia', name: 'NVIDIA H200', arch: 'sm_90', driver: 'cuda 13000' }), ['result.execution']],
     [(r) => (r.status = 'failed'), ['result.status']],
     [(r) => (r.outputs[0].size = 15), ['result.outputs_listed', 'result.output_data']],
     [(r) => (r.attestation.identity.worker_id = 'w-2'), ['statement.worker_identity']],
@@ -231,6 +233,10 @@ test('native verification of a result made here', async () => {
     [(s) => (s.resources = base), (r) => (r.resources = { ...base, device_memory_bytes: 0, kernel_time_us: 0 })],
     [() => {}, (r) => (r.limits = { ...r.limits, unknown_field: 1 })],
     [(s) => (s.state = { read: [], written: [] }), (r) => (r.state = { read: [] })],
+    [
+      (s) => (s.tcb.device = { vendor: 'amd', name: 'MI210', arch: 'gfx90a', driver: 'hip 50422' }),
+      (r) => (r.execution.device = { vendor: 'amd', name: 'MI210', arch: 'gfx90a', driver: 'hip 50422', ordinal: null }),
+    ],
   ];
   for (const [signedEdit, resultEdit] of pairs) {
     const edited = forge({ tamper: signedEdit });

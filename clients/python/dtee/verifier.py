@@ -386,6 +386,19 @@ def _resources(value: Any) -> Any:
     return _pick(value, ("fuel_consumed", "peak_memory_bytes", "wall_time_us", "output_bytes"), _GPU_RESOURCES)
 
 
+_DEVICE_FIELDS = ("vendor", "name", "arch", "driver")
+
+
+def _device(value: Any) -> Any:
+    """A GPU device record as the Rust verifier reads it: absent and null are none; the four
+    named fields and an optional ``ordinal``, and no other field."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not set(value) <= {*_DEVICE_FIELDS, "ordinal"}:
+        raise _Malformed(f"{value!r} is not a GPU device record")
+    return _pick(value, _DEVICE_FIELDS, {"ordinal": None})
+
+
 def _parse_statement(envelope: Mapping[str, Any]) -> dict[str, Any]:
     try:
         payload = _b64(envelope.get("payload"))
@@ -514,14 +527,24 @@ def verify(
     checks.add("result.state_limits_resources", same_records,
                "state, limits or resources differ from the statement")
     execution = raw.get("execution")
+    tcb = statement["tcb"] if isinstance(statement["tcb"], Mapping) else {}
+    try:
+        same_device = isinstance(execution, Mapping) and _same(
+            _device(execution.get("device")), _device(tcb.get("device"))
+        )
+    except _Malformed:
+        same_device = False
     checks.add(
         "result.execution",
         isinstance(execution, Mapping)
         and _same(execution.get("execution_id"), statement["execution_id"])
         and _same(execution.get("worker_id"), worker["worker_id"])
         and _same(execution.get("started_at_unix_ms"), statement["started_at_unix_ms"])
-        and _same(execution.get("finished_at_unix_ms"), statement["finished_at_unix_ms"]),
-        "the execution record differs from the statement",
+        and _same(execution.get("finished_at_unix_ms"), statement["finished_at_unix_ms"])
+        and isinstance(execution.get("backend"), str)
+        and _same(execution.get("backend"), tcb.get("backend"))
+        and same_device,
+        "the execution record (id, worker, times, backend, device) differs from the statement",
     )
 
     # The worker and its evidence.

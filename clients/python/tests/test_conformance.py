@@ -512,11 +512,20 @@ class LiveConformance(unittest.TestCase):
         def extra_evidence_field(raw):
             raw["attestation"]["identity"]["evidence"]["extra"] = 1
 
+        def other_backend(raw):
+            raw["execution"]["backend"] = "cuda"
+
+        def device_claimed(raw):
+            raw["execution"]["device"] = {"vendor": "nvidia", "name": "NVIDIA H200", "arch": "sm_90",
+                                          "driver": "cuda 13000"}
+
         for label, change, check in (
             ("an extra software evidence field", extra_evidence_field, "software.measurement"),
             ("output data changed", other_data, "result.output_data"),
             ("another job_id", other_job, "result.job_id"),
             ("a signature byte flipped", flip_signature, "envelope.signature"),
+            ("another backend named", other_backend, "result.execution"),
+            ("a device claimed", device_claimed, "result.execution"),
         ):
             with self.subTest(tampered=label):
                 verdict = dtee.verify(tampered(change), SOFTWARE_POLICY)

@@ -186,9 +186,12 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
             && e.worker_id == statement.worker.worker_id
             && e.started_at_unix_ms == statement.started_at_unix_ms
             && e.finished_at_unix_ms == statement.finished_at_unix_ms
+            && e.backend == statement.tcb.backend
+            && e.device == statement.tcb.device
     });
     checks.push(Check::from_bool("result.execution", execution_ok, || {
-        "the execution record differs from the statement".to_owned()
+        "the execution record (id, worker, times, backend, device) differs from the statement"
+            .to_owned()
     }));
 
     // The worker and its evidence.
