@@ -99,7 +99,7 @@ pub(super) async fn jobs_drained(
     let before = cpu::snapshot();
     let tenant = client.tenant().to_owned();
     let waiter = client.waiter().await?;
-    let reply = args.wait == "reply";
+    let wait = crate::Wait::of(args);
     let run_id: u64 = rand::random();
     let sha256 = args.workload == "sha256";
     let hot = hot_blob(&client, args).await?;
@@ -113,17 +113,7 @@ pub(super) async fn jobs_drained(
             let spec = job_spec(args, digest, tenant, run_id, idx);
             let (spec, expected) = with_input(client, spec, sha256, hot.clone(), idx).await?;
             let job = dtee_submitter::PreparedJob::new(&spec)?;
-            let watch = if reply {
-                let watch = waiter.watch_reply(job.id()).await?;
-                client
-                    .submit_prepared(&job, Some(waiter.reply_to()))
-                    .await?;
-                watch
-            } else {
-                let watch = waiter.watch_fresh(job.id()).await?;
-                client.submit_prepared(&job, None).await?;
-                watch
-            };
+            let watch = crate::submit_watched(client, waiter, &job, wait).await?;
             anyhow::Ok((idx, watch, expected))
         })
         .buffer_unordered(args.in_flight)

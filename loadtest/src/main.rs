@@ -108,9 +108,11 @@ struct JobsArgs {
     #[arg(long, default_value = "16")]
     prefetch: u16,
     /// How results are awaited: `reply` (a watch per job through the waiter's one reply
-    /// binding, as `dtee run` does), `per-job` (a binding per job id, as a client waiting for a
+    /// binding, publishing every job: `ResultWaiter::watch_reply_only`), `reply-read` (the
+    /// same, reading the result key before publishing, as `dtee run` does:
+    /// `ResultWaiter::watch_reply`), `per-job` (a binding per job id, as a client waiting for a
     /// job it did not submit does), or `all` (one binding to `#`, a monitor's view).
-    #[arg(long, default_value = "reply", value_parser = ["reply", "per-job", "all"])]
+    #[arg(long, default_value = "reply", value_parser = ["reply", "reply-read", "per-job", "all"])]
     wait: String,
     /// Drain mode: the shell command that starts one worker (for example
     /// `target/release/dtee-worker`), run with this run's connection settings and namespace.
@@ -266,11 +268,14 @@ async fn main() -> anyhow::Result<()> {
 
 async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
     if args.workload != "noop" && args.wait == "all" {
-        bail!("--workload {} needs --wait reply or per-job", args.workload);
+        bail!(
+            "--workload {} needs --wait reply, reply-read or per-job",
+            args.workload
+        );
     }
     if let Some(command) = &args.drain_worker {
         if args.wait == "all" {
-            bail!("--drain-worker needs --wait reply or per-job");
+            bail!("--drain-worker needs --wait reply, reply-read or per-job");
         }
         return drain::jobs_drained(cli, namespace, args, command).await;
     }
@@ -278,7 +283,7 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
     let mut report = if args.wait == "all" {
         jobs_all(cli, namespace, args).await?
     } else {
-        jobs_watched(cli, namespace, args, args.wait == "reply").await?
+        jobs_watched(cli, namespace, args).await?
     };
     report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
     Ok(report)
@@ -419,13 +424,8 @@ fn check_digest(
 }
 
 /// Every job watched on its own, as real clients wait: through the waiter's reply binding
-/// (`reply`), or with a binding per job id (`per-job`).
-async fn jobs_watched(
-    cli: &Cli,
-    namespace: &Namespace,
-    args: &JobsArgs,
-    reply: bool,
-) -> anyhow::Result<Report> {
+/// (`reply`, `reply-read`), or with a binding per job id (`per-job`).
+async fn jobs_watched(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Result<Report> {
     let (client, digest) = connect_and_store_kernel(cli, namespace, args).await?;
     let tenant = client.tenant().to_owned();
     let waiter = Arc::new(client.waiter().await?);
@@ -450,22 +450,16 @@ async fn jobs_watched(
         let sha256 = args.workload == "sha256";
         let gpu_elements = (args.workload == "vadd").then_some(args.gpu_elements);
         let hot = hot.clone();
+        let wait = Wait::of(args);
         tasks.spawn(async move {
             let _permit = permit;
             let sent = Instant::now();
             let (spec, expected) = with_input(&client, spec, sha256, hot, idx).await?;
             let job = dtee_submitter::PreparedJob::new(&spec)?;
-            let result = if reply {
-                let watch = waiter.watch_reply(job.id()).await?;
-                client
-                    .submit_prepared(&job, Some(waiter.reply_to()))
-                    .await?;
-                watch.result(timeout).await?
-            } else {
-                let watch = waiter.watch_fresh(job.id()).await?;
-                client.submit_prepared(&job, None).await?;
-                watch.result(timeout).await?
-            };
+            let result = submit_watched(&client, &waiter, &job, wait)
+                .await?
+                .result(timeout)
+                .await?;
             check_digest(&result, expected.as_ref(), idx)?;
             if let Some(elements) = gpu_elements {
                 gpu::check(&result, elements, idx)?;
@@ -489,6 +483,47 @@ async fn jobs_watched(
         elapsed,
         latencies,
     ))
+}
+
+/// How a watched job is awaited (`--wait`, other than `all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Through the waiter's reply binding, publishing whatever Redis holds.
+    Reply,
+    /// Through the reply binding, after reading the result key (not published if cached).
+    ReplyRead,
+    /// A binding per job id.
+    PerJob,
+}
+
+impl Wait {
+    pub(crate) fn of(args: &JobsArgs) -> Wait {
+        match args.wait.as_str() {
+            "reply" => Wait::Reply,
+            "reply-read" => Wait::ReplyRead,
+            _ => Wait::PerJob,
+        }
+    }
+}
+
+/// Watches for `job`'s result as `wait` says, then publishes it (unless `reply-read` found
+/// its result cached).
+pub(crate) async fn submit_watched<'w>(
+    client: &dtee_submitter::Client,
+    waiter: &'w dtee_submitter::ResultWaiter,
+    job: &dtee_submitter::PreparedJob,
+    wait: Wait,
+) -> anyhow::Result<dtee_submitter::Watch<'w>> {
+    let watch = match wait {
+        Wait::Reply => waiter.watch_reply_only(job.id()).await?,
+        Wait::ReplyRead => waiter.watch_reply(job.id()).await?,
+        Wait::PerJob => waiter.watch_fresh(job.id()).await?,
+    };
+    if !watch.is_cached() {
+        let reply_to = (wait != Wait::PerJob).then(|| waiter.reply_to());
+        client.submit_prepared(job, reply_to).await?;
+    }
+    Ok(watch)
 }
 
 /// `jobs`, `state` or `sha256`, the wait path, and `suffix`: `sha256/reply`, `jobs/reply/drain`.

@@ -160,6 +160,16 @@ impl ResultWaiter {
         self.watch_inner(job_id, false, false).await
     }
 
+    /// Like [`ResultWaiter::watch_reply`], without reading Redis: for a client that publishes
+    /// the job whatever Redis holds (a job with a fresh nonce, say). Nothing is missed: the
+    /// answer to a job published with `reply_to` comes through the reply queue in every case,
+    /// a cached result too (a worker answers a job whose result is cached from the cache). What
+    /// it saves is a Redis round trip per job; what it costs, when the result was cached, is
+    /// the publication and the worker's look-up (PROTOCOL.md §9).
+    pub async fn watch_reply_only(&self, job_id: &Digest) -> Result<Watch<'_>, ClientError> {
+        Ok(self.register(job_id, false))
+    }
+
     /// The queue to name in a job's `reply_to` ([`crate::Client::submit_replying`]).
     pub fn reply_to(&self) -> &str {
         &self.queue
@@ -171,25 +181,12 @@ impl ResultWaiter {
         accept_failure: bool,
         bind: bool,
     ) -> Result<Watch<'_>, ClientError> {
-        let binding = self.binding_lock.lock().await;
-        let (sender, receiver) = oneshot::channel();
-        let number = self
-            .next_waiter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.pending
-            .lock()
-            .expect("lock")
-            .entry(job_id.clone())
-            .or_default()
-            .push((number, bind, sender));
-        let mut watch = Watch {
-            waiter: self,
-            job_id: job_id.clone(),
-            number,
-            bound: bind,
-            receiver,
-            cached: None,
+        let binding = if bind {
+            Some(self.binding_lock.lock().await)
+        } else {
+            None
         };
+        let mut watch = self.register(job_id, bind);
         if bind {
             self.channel
                 .queue_bind(
@@ -212,6 +209,29 @@ impl ResultWaiter {
             }
         }
         Ok(watch)
+    }
+
+    /// A pending watch for `job_id`, registered with the dispatcher before anything is bound,
+    /// read or published.
+    fn register(&self, job_id: &Digest, bind: bool) -> Watch<'_> {
+        let (sender, receiver) = oneshot::channel();
+        let number = self
+            .next_waiter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pending
+            .lock()
+            .expect("lock")
+            .entry(job_id.clone())
+            .or_default()
+            .push((number, bind, sender));
+        Watch {
+            waiter: self,
+            job_id: job_id.clone(),
+            number,
+            bound: bind,
+            receiver,
+            cached: None,
+        }
     }
 
     /// What Redis holds for `job_id`: its result, or with `accept_failure` its failure that is
@@ -340,7 +360,13 @@ impl Watch<'_> {
     /// Withdraws this waiter; unbinds only when it bound the id and no other bound waiter
     /// watches the same id.
     async fn withdraw(&self) {
-        let _binding = self.waiter.binding_lock.lock().await;
+        // Only bindings need the lock (a bind and an unbind of one id must not interleave); a
+        // watch that bound nothing changes no binding's fate.
+        let _binding = if self.bound {
+            Some(self.waiter.binding_lock.lock().await)
+        } else {
+            None
+        };
         let bound_remain = {
             let mut pending = self.waiter.pending.lock().expect("lock");
             match pending.get_mut(&self.job_id) {

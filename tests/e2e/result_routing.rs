@@ -179,6 +179,41 @@ async fn a_reply_binding_brings_every_submitted_result_and_nobody_elses() {
     env.cleanup().await;
 }
 
+/// `watch_reply_only` reads nothing before the job is published (PROTOCOL §9: step 3 is
+/// optional on the reply path), and misses nothing: a job whose result is cached is answered
+/// from the cache through the reply queue, with the cached bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_watch_that_reads_nothing_gets_a_cached_answer_through_the_reply_queue() {
+    let env = TestEnv::new("reply-only").await;
+    let worker = env.start_worker().await;
+    let echo = env.put_kernel("echo").await;
+    let mut spec = wasm_job(echo, "echo");
+    spec.buffers = vec![
+        dtee_submitter::builder::inline_input("in", b"answered once"),
+        dtee_submitter::builder::output("out", 16),
+    ];
+    let waiter = env.client.waiter().await.unwrap();
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let job = dtee_submitter::PreparedJob::new(&spec).unwrap();
+        let watch = waiter.watch_reply_only(job.id()).await.unwrap();
+        assert!(!watch.is_cached(), "nothing was read");
+        env.client
+            .submit_prepared(&job, Some(waiter.reply_to()))
+            .await
+            .unwrap();
+        results.push(watch.result(RESULT_TIMEOUT).await.unwrap());
+    }
+    assert!(results[0].succeeded(), "{:?}", results[0]);
+    assert_eq!(results[0], results[1], "the second is the cached answer");
+    dtee_tests::eventually(|| dtee_worker::stats::Stats::get(&worker.stats.deduplicated) == 1)
+        .await;
+    assert_eq!(dtee_worker::stats::Stats::get(&worker.stats.executed), 1);
+    waiter.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
 /// A result stands only for the job it names: one job's genuine result, stored in Redis or
 /// published under another job's id (as a worker, or anyone else who can write the result key
 /// or the results exchange, could), is not taken as that other job's answer.
