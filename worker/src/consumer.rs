@@ -24,6 +24,10 @@ use crate::stats::Stats;
 const STALL_CHECK: Duration = Duration::from_secs(5);
 /// How long without a delivery, while messages wait, before the consumer counts as stalled.
 const STALL_IDLE: Duration = Duration::from_secs(10);
+/// Tenant queues tried again (consumed or announced) per progress check, at most.
+const RETRIES_PER_TICK: usize = 8;
+/// How long one such try, or an announcement, may take.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The consumer of one worker, and the background tasks that end with it.
 pub(crate) struct Consumer {
@@ -37,6 +41,9 @@ pub(crate) struct Consumer {
     pub tenants: Tenants,
     /// Routing keys no longer consumed: their GPU was given up.
     pub disabled_routes: std::collections::HashSet<String>,
+    /// Where the next round of tenant-queue retries starts (`retry_tenant_queues`), so that
+    /// every failing queue gets its turn.
+    pub retry_cursor: usize,
     /// What the probes report.
     pub health: Arc<Health>,
     /// The registry heartbeat, stopped (and the entry removed) at shutdown.
@@ -176,16 +183,34 @@ impl Consumer {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        if let Err(error) = session.consume_tenant(&self.ctx.config, &queue).await {
-            // Not declared, so not bound: the tenant's jobs still reach the shared queue, and
-            // the next one provisions the queue again.
-            warn!(%queue, error = %format!("{error:#}"), "could not declare a tenant queue");
-            self.ctx.telemetry.tenant_queue_failed();
-            self.tenants.forget(&queue);
-            return;
-        }
-        info!(%queue, "consuming a tenant queue");
+        let name = match session.declare_tenant(&self.ctx.config, &queue).await {
+            Ok(name) => name,
+            Err(error) => {
+                // Not declared, so not bound: the tenant's jobs still reach the shared queue,
+                // and the next one provisions the queue again.
+                warn!(%queue, error = %format!("{error:#}"), "could not declare a tenant queue");
+                self.ctx.telemetry.tenant_queue_failed();
+                self.tenants.forget(&queue);
+                return;
+            }
+        };
+        // Bound from here on: the tenant's jobs wait there. Announced first, so that the other
+        // workers serve it whatever happens here; a failure is tried again, like a failure to
+        // consume it (`retry_tenant_queues`).
         self.announce(&queue, true).await;
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        match session
+            .consume_declared(&self.ctx.config, &queue, name)
+            .await
+        {
+            Ok(()) => info!(%queue, "consuming a tenant queue"),
+            Err(error) => {
+                self.ctx.telemetry.tenant_queue_failed();
+                warn!(%queue, error = %format!("{error:#}"), "could not consume a tenant queue; trying again");
+            }
+        }
     }
 
     /// Announces a tenant queue this worker declared. A failure is tried again
@@ -195,7 +220,13 @@ impl Consumer {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        match session.announce_tenant(&self.ctx.config, queue).await {
+        let announced = tokio::time::timeout(
+            RETRY_TIMEOUT,
+            session.announce_tenant(&self.ctx.config, queue),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no confirm within {RETRY_TIMEOUT:?}")));
+        match announced {
             Ok(()) => self.tenants.announced(queue),
             Err(error) => {
                 self.ctx.telemetry.tenant_queue_failed();
@@ -249,13 +280,32 @@ impl Consumer {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        for queue in self.tenants.queues() {
-            if self.disabled_routes.contains(&queue.route)
-                || session.consumes(&self.ctx.config, &queue)
-            {
-                continue;
+        // The loop delivers nothing meanwhile: a few tries per tick, each within a bound, taking
+        // turns over the queues to try.
+        let missing: Vec<TenantQueue> = self
+            .tenants
+            .queues()
+            .into_iter()
+            .filter(|queue| {
+                !self.disabled_routes.contains(&queue.route)
+                    && !session.consumes(&self.ctx.config, queue)
+            })
+            .collect();
+        let start = self.retry_cursor % missing.len().max(1);
+        let mut tries = 0;
+        for queue in missing.iter().cycle().skip(start).take(missing.len()) {
+            if tries == RETRIES_PER_TICK {
+                break;
             }
-            match session.consume_tenant(&self.ctx.config, &queue).await {
+            tries += 1;
+            self.retry_cursor = self.retry_cursor.wrapping_add(1);
+            let consumed = tokio::time::timeout(
+                RETRY_TIMEOUT,
+                session.consume_tenant(&self.ctx.config, queue),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {RETRY_TIMEOUT:?}")));
+            match consumed {
                 Ok(()) => info!(%queue, "consuming a tenant queue"),
                 Err(error) => {
                     self.ctx.telemetry.tenant_queue_failed();
@@ -264,6 +314,10 @@ impl Consumer {
             }
         }
         for queue in self.tenants.unannounced() {
+            if tries == RETRIES_PER_TICK {
+                break;
+            }
+            tries += 1;
             self.announce(&queue, false).await;
         }
     }

@@ -223,6 +223,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         routing_keys,
         tenants,
         disabled_routes: std::collections::HashSet::new(),
+        retry_cursor: 0,
         health,
         registry,
         probes,

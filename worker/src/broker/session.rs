@@ -205,13 +205,13 @@ impl Session {
         Ok(())
     }
 
-    /// Declares a tenant's queue (on a channel of its own, so that a refusal cannot close the
-    /// consumer channel) and consumes it.
-    pub(crate) async fn consume_tenant(
-        &mut self,
+    /// Declares a tenant's queue and binds it (on a channel of its own, so that a refusal
+    /// cannot close the consumer channel); answers its name.
+    pub(crate) async fn declare_tenant(
+        &self,
         config: &Config,
         tenant_queue: &TenantQueue,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let channel = self.side_channel().await?;
         let declared = topology::declare_tenant_queue(
             &channel,
@@ -222,9 +222,28 @@ impl Session {
         )
         .await;
         let _ = channel.close(200, "declared".into()).await;
-        let queue = declared.with_context(|| format!("declaring the queue of {tenant_queue}"))?;
+        declared.with_context(|| format!("declaring the queue of {tenant_queue}"))
+    }
+
+    /// Consumes a tenant queue [`Session::declare_tenant`] declared.
+    pub(crate) async fn consume_declared(
+        &mut self,
+        config: &Config,
+        tenant_queue: &TenantQueue,
+        queue: String,
+    ) -> anyhow::Result<()> {
         let tag = format!("{}.{}", config.worker_id, tenant_queue);
         self.consume_queue(queue, tag).await
+    }
+
+    /// Declares a tenant's queue ([`Session::declare_tenant`]) and consumes it.
+    pub(crate) async fn consume_tenant(
+        &mut self,
+        config: &Config,
+        tenant_queue: &TenantQueue,
+    ) -> anyhow::Result<()> {
+        let queue = self.declare_tenant(config, tenant_queue).await?;
+        self.consume_declared(config, tenant_queue, queue).await
     }
 
     /// Announces a tenant queue on `<ns>.tenants` (on a channel of its own), with a confirm.

@@ -244,16 +244,17 @@ pub(crate) async fn declare_tenant_queue(
     Ok(queue)
 }
 
-/// Announces a tenant queue on `<ns>.tenants`, waiting for the broker's confirm.
+/// Announces a tenant queue on `<ns>.tenants`, waiting for the broker's confirm; a nack is an
+/// error (the announcement is not in the stream).
 pub(crate) async fn announce_tenant_queue(
     channel: &Channel,
     namespace: &Namespace,
     member: &str,
-) -> Result<(), lapin::Error> {
+) -> anyhow::Result<()> {
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
         .await?;
-    channel
+    let confirm = channel
         .basic_publish(
             namespace.tenants_announcements().as_str().into(),
             "".into(),
@@ -263,5 +264,10 @@ pub(crate) async fn announce_tenant_queue(
         )
         .await?
         .await?;
-    Ok(())
+    match confirm {
+        lapin::Confirmation::Nack(_) => {
+            anyhow::bail!("the broker refused the announcement (nack)")
+        }
+        _ => Ok(()),
+    }
 }

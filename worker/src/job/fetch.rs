@@ -166,12 +166,12 @@ async fn kernel_bytes(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Vec
 
 /// The job's input blobs, measured and within the worker's input limit: each distinct digest
 /// stored and its length, in first-listed order, and the first input whose blob is missing.
+/// Blobs in the worker's blob cache are measured there, not in Redis; no blob is held before
+/// [`slots`] reads it (in the job's data slot, if they are large: `super::reads`).
 #[derive(Debug)]
 pub(crate) struct Inputs {
     blobs: Vec<(Digest, usize)>,
     missing: Option<(String, Digest)>,
-    /// Blobs found in the worker's blob cache: not measured or read from Redis again.
-    cached: HashMap<Digest, Arc<[u8]>>,
 }
 
 /// Measures the job's inputs without reading any blob, and refuses a job whose inputs total
@@ -203,16 +203,20 @@ pub(crate) async fn measure_inputs(
             distinct.push(digest);
         }
     }
-    let cached: HashMap<Digest, Arc<[u8]>> = distinct
+    let cached: HashMap<&Digest, usize> = distinct
         .iter()
-        .filter_map(|digest| Some(((*digest).clone(), ctx.blob_cache.get(digest)?)))
+        .filter_map(|digest| Some((*digest, ctx.blob_cache.get(digest)?.len())))
         .collect();
-    distinct.retain(|digest| !cached.contains_key(*digest));
-    let lengths = ctx.store.blob_lengths(&distinct).await?;
+    let uncached: Vec<&Digest> = distinct
+        .iter()
+        .copied()
+        .filter(|digest| !cached.contains_key(digest))
+        .collect();
+    let lengths = ctx.store.blob_lengths(&uncached).await?;
     let mut length_of: HashMap<&Digest, Option<usize>> =
-        distinct.iter().copied().zip(lengths).collect();
-    for (digest, bytes) in &cached {
-        length_of.insert(digest, Some(bytes.len()));
+        uncached.iter().copied().zip(lengths).collect();
+    for (digest, length) in &cached {
+        length_of.insert(digest, Some(*length));
     }
     let total = listed.iter().fold(inline, |total, (_, digest)| {
         total.saturating_add(length_of[digest].unwrap_or(0))
@@ -238,11 +242,7 @@ pub(crate) async fn measure_inputs(
         .into_iter()
         .filter_map(|digest| Some((digest.clone(), length_of[digest]?)))
         .collect();
-    Ok(Inputs {
-        blobs,
-        missing,
-        cached,
-    })
+    Ok(Inputs { blobs, missing })
 }
 
 /// The job's buffers as backend slots, in job order: inputs with their bytes (each distinct blob
@@ -266,8 +266,8 @@ pub(crate) async fn slots(
             .with_limits(plan.limits),
         ));
     }
-    let to_read: u64 = inputs.blobs.iter().map(|(_, length)| *length as u64).sum();
-    reads.before_blobs(to_read).await;
+    let blob_bytes: u64 = inputs.blobs.iter().map(|(_, length)| *length as u64).sum();
+    reads.before_blobs(blob_bytes).await;
     let blobs = blob_data(ctx, plan, &inputs, reads).await?;
     let output_bytes = plan.limits.output_bytes;
     let format = job.parsed.spec.kernel.format;
@@ -330,16 +330,21 @@ async fn blob_data(
     inputs: &Inputs,
     reads: &mut Reads,
 ) -> Result<HashMap<Digest, Arc<[u8]>>, Halt> {
-    let wanted: Vec<(&Digest, usize)> = inputs
-        .blobs
-        .iter()
-        .map(|(digest, length)| (digest, *length))
-        .collect();
+    // From the blob cache where they still are; the rest from Redis, no further than the length
+    // measured.
+    let mut blobs = HashMap::new();
+    let mut wanted: Vec<(&Digest, usize)> = Vec::new();
+    for (digest, length) in &inputs.blobs {
+        match ctx.blob_cache.get(digest) {
+            Some(bytes) => {
+                blobs.insert(digest.clone(), bytes);
+            }
+            None => wanted.push((digest, *length)),
+        }
+    }
     let read = ctx.store.blobs_bounded(&wanted).await?;
-    let bytes = read.iter().map(Vec::len).sum();
-    ctx.telemetry.inputs_fetched(bytes);
-    reads.read_blobs(bytes as u64);
-    let mut blobs = inputs.cached.clone();
+    ctx.telemetry
+        .inputs_fetched(read.iter().map(Vec::len).sum());
     for ((digest, _), bytes) in wanted.into_iter().zip(read) {
         if !digest.matches(&bytes) {
             return Err(Halt::Fail(
@@ -357,5 +362,7 @@ async fn blob_data(
         ctx.blob_cache.insert(digest, &bytes);
         blobs.insert(digest.clone(), bytes);
     }
+    // Counted whether read or shared with the cache: the job holds them until it has run.
+    reads.read_blobs(blobs.values().map(|bytes| bytes.len() as u64).sum());
     Ok(blobs)
 }

@@ -6,7 +6,8 @@
 //! state on its own; anything larger is read only while the job holds a *data slot* of its
 //! runner, one per kernel slot (`DTEE_CONCURRENCY`) or GPU device, shared fairly between
 //! tenants like those, and kept until the job has run. The bytes read for jobs that have not
-//! finished are counted (`Stats::data_bytes_held`, the gauge `dtee_job_data_bytes`).
+//! finished are counted (`Stats::data_bytes_held`, the gauge `dtee_job_data_bytes`), blobs
+//! shared with the worker's blob cache included: a job keeps them after the cache lets go.
 
 use std::sync::Arc;
 
@@ -86,7 +87,7 @@ impl Reads {
         }
     }
 
-    /// `bytes` of blobs were read.
+    /// The job holds `bytes` of blobs (read, or shared with the blob cache).
     pub(crate) fn read_blobs(&mut self, bytes: u64) {
         self.blob_bytes = self.blob_bytes.saturating_add(bytes);
         self.add(bytes);
