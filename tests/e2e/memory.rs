@@ -89,3 +89,56 @@ async fn jobs_waiting_for_a_kernel_slot_read_large_inputs_and_state_one_at_a_tim
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// Between what a job reads on its own (1 MiB) and the worker's bound, state is read in a data
+/// slot and the job runs; over the bound it is refused with the bound it broke, unread, as
+/// before data slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_beyond_a_jobs_own_share_is_read_in_a_slot_and_over_the_bound_refused() {
+    const MIB: usize = 1 << 20;
+    let env = TestEnv::new("held-state").await;
+    let tenant = env.client.tenant().to_owned();
+    let worker = env
+        .start_worker_with(|config| config.max_input_bytes = 2 * MIB)
+        .await;
+    let sha256 = env.put_kernel("sha256").await;
+    let job = |key: &str| {
+        let mut spec = wasm_job(sha256.clone(), "sha256");
+        spec.buffers = vec![
+            state("data", key, AccessMode::ReadOnly, false),
+            output("digest", 32),
+        ];
+        spec
+    };
+    let (middle, over) = (
+        format!("{tenant}/held/{}/middle", env.namespace),
+        format!("{tenant}/held/{}/over", env.namespace),
+    );
+    let data = vec![5u8; MIB + MIB / 2];
+    for (key, value) in [(&middle, data.clone()), (&over, vec![6u8; 3 * MIB])] {
+        env.client
+            .state_put(&StateKey::parse(key).unwrap(), &value)
+            .await
+            .unwrap();
+    }
+    let ran = env.run(&job(&middle)).await;
+    assert!(ran.succeeded(), "{:?}", ran.error);
+    assert_eq!(
+        ran.output("digest").unwrap().bytes().unwrap(),
+        sha2::Sha256::digest(&data).to_vec()
+    );
+    let refused = env.run(&job(&over)).await;
+    let error = refused.error.expect("refused");
+    assert_eq!(
+        error.code,
+        dtee_schemas::ErrorCode::ExcessiveResourceRequirements
+    );
+    assert!(
+        error.message.contains("total 3145728 bytes") && error.message.contains("at most 2097152"),
+        "{}",
+        error.message
+    );
+    assert_eq!(Stats::get(&worker.stats.executed), 1, "only the first ran");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

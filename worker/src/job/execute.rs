@@ -192,9 +192,13 @@ async fn snapshot(ctx: &Context, job: &Admitted, reads: &mut Reads) -> Result<Ve
     let started = Instant::now();
     let full = state_read_limit(ctx);
     let keys = job.snapshot_keys();
+    if reads.large_state() {
+        reads.take_slot().await;
+    }
     let mut snapshot = ctx.state.snapshot(&keys, reads.state_limit(full)).await?;
     if matches!(snapshot, Snapshot::TooLarge(total) if total <= full) && !reads.holds_slot() {
         // More than a job reads on its own: read again once it holds a data slot.
+        reads.found_large_state();
         reads.take_slot().await;
         snapshot = ctx.state.snapshot(&keys, full).await?;
     }

@@ -85,6 +85,7 @@ pub(crate) async fn answer(
     ctx.telemetry.state_read(started.elapsed());
     let snapshot = read_snapshot(reply, &keys).map_err(Transient::Redis)?;
     if matches!(snapshot, Snapshot::TooLarge(total) if total <= full) {
+        reads.found_large_state();
         return Ok(None);
     }
     let seen = super::execute::seen_or_refused(ctx, snapshot)?;

@@ -30,6 +30,8 @@ pub(crate) struct Reads {
     permit: Option<SlotPermit>,
     blob_bytes: u64,
     state_bytes: u64,
+    /// A snapshot found more state than a job reads without a data slot.
+    large_state: bool,
 }
 
 impl Reads {
@@ -42,6 +44,7 @@ impl Reads {
             permit: None,
             blob_bytes: 0,
             state_bytes: 0,
+            large_state: false,
         }
     }
 
@@ -66,6 +69,17 @@ impl Reads {
         } else {
             full.min(SMALL_READ_BYTES)
         }
+    }
+
+    /// A snapshot found more state than [`Reads::state_limit`] allowed without a slot: the next
+    /// one is read in a data slot.
+    pub(crate) fn found_large_state(&mut self) {
+        self.large_state = true;
+    }
+
+    /// Whether the job's state is known to need a data slot.
+    pub(crate) fn large_state(&self) -> bool {
+        self.large_state
     }
 
     /// Waits for a data slot before `bytes` of blobs are read, if they are more than
