@@ -32,20 +32,24 @@ local n = #ARGV - 1
 local total = 0
 local out = {}
 for i = 1, n do
-  for _, key in ipairs({KEYS[2 * i - 1], KEYS[2 * i]}) do
-    local key_type = redis.call('TYPE', key)['ok']
-    if key_type ~= 'none' and key_type ~= 'string' then return {'wrong_type', key} end
-  end
+  local value_type = redis.call('TYPE', KEYS[2 * i - 1])['ok']
+  if value_type ~= 'none' and value_type ~= 'string' then return {'wrong_type', KEYS[2 * i - 1]} end
+  local version_type = redis.call('TYPE', KEYS[2 * i])['ok']
+  if version_type ~= 'none' and version_type ~= 'string' then return {'wrong_type', KEYS[2 * i]} end
   local version = redis.call('GET', KEYS[2 * i]) or '0'
   if not canonical(version) then
     return {'wrong_type', KEYS[2 * i]}
   end
-  if ARGV[i] == '1' then total = total + redis.call('STRLEN', KEYS[2 * i - 1]) end
-  out[i] = {version, redis.call('EXISTS', KEYS[2 * i - 1]), false}
+  local exists = 0
+  if value_type == 'string' then
+    exists = 1
+    if ARGV[i] == '1' then total = total + redis.call('STRLEN', KEYS[2 * i - 1]) end
+  end
+  out[i] = {version, exists, false}
 end
 if total > tonumber(ARGV[#ARGV]) then return {'too_large', tostring(total)} end
 for i = 1, n do
-  if ARGV[i] == '1' then out[i][3] = redis.call('GET', KEYS[2 * i - 1]) end
+  if ARGV[i] == '1' and out[i][2] == 1 then out[i][3] = redis.call('GET', KEYS[2 * i - 1]) end
 end
 return out
 "#;
