@@ -142,3 +142,121 @@ async fn state_beyond_a_jobs_own_share_is_read_in_a_slot_and_over_the_bound_refu
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// Results over 1 MiB wait for the broker in a result slot (one per kernel slot): finished
+/// results cannot pile up behind a broker that takes them slowly. Here the broker refuses every
+/// result (a queue bound to them that rejects publishes), so each is sent five times over about
+/// 7 s; between resends a result holds no slot and no copy (it is read again from the cache),
+/// so three such jobs on one kernel slot take about 7 s, not 21, and no more than one result
+/// is held at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
+    use dtee_submitter::builder::inline_input;
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    const MIB: usize = 1 << 20;
+    let env = TestEnv::new("held-results").await;
+    let worker = env.start_worker_with(|config| config.concurrency = 1).await;
+    let channel = env.client.connection().create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let refusing = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            refusing.name().clone(),
+            env.namespace.results_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let echo = env.put_kernel("echo").await;
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for index in 0..3u8 {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![
+            inline_input("in", &vec![index + 1; 2 * MIB]),
+            output("out", 2 * MIB as u64),
+        ];
+        ids.push(env.client.submit(&spec).await.unwrap());
+    }
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 3).await;
+    let took = started.elapsed();
+    assert_eq!(Stats::get(&worker.stats.results_refused), 3);
+    for id in &ids {
+        let cached = env.client.cached_result(id).await.unwrap().expect("cached");
+        assert!(cached.succeeded(), "{:?}", cached.error);
+    }
+    let peak = Stats::get(&worker.stats.result_bytes_peak);
+    assert!(
+        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
+        "one result of about 2.7 MiB held at a time: peak {peak} bytes"
+    );
+    assert_eq!(
+        Stats::get(&worker.stats.result_bytes_held),
+        0,
+        "every result slot was given back"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "refused results take turns between resends instead of holding the slot: {took:?}"
+    );
+    let _ = channel.close(200, "done".into()).await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+/// With a broker slow to take results (a test hook waits a second before each publication),
+/// large results are held one result slot at a time: the next large result's run keeps its
+/// kernel slot until the slot frees, so no more finished results wait than there are slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker_holds_one_large_result_per_result_slot() {
+    use dtee_submitter::builder::inline_input;
+    const MIB: usize = 1 << 20;
+    let env = TestEnv::new("slow-results").await;
+    let worker = env
+        .start_worker_with(|config| {
+            config.concurrency = 1;
+            config.test_hook = Some(dtee_worker::config::TestHook::SlowPublish);
+        })
+        .await;
+    let echo = env.put_kernel("echo").await;
+    let jobs: Vec<JobSpec> = (0..3u8)
+        .map(|index| {
+            let mut spec = wasm_job(echo.clone(), "echo");
+            spec.buffers = vec![
+                inline_input("in", &vec![index + 1; 2 * MIB]),
+                output("out", 2 * MIB as u64),
+            ];
+            spec
+        })
+        .collect();
+    let results = futures_util::future::join_all(jobs.iter().map(|spec| env.run(spec))).await;
+    for result in &results {
+        assert!(result.succeeded(), "{:?}", result.error);
+    }
+    let peak = Stats::get(&worker.stats.result_bytes_peak);
+    assert!(
+        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
+        "one result of about 2.7 MiB held at a time, not three: peak {peak} bytes"
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -55,6 +55,9 @@ pub enum TestHook {
     /// Panic in the job's own task, after admission, for a job whose nonce is
     /// `dtee-test-panic`, as a bug in the job path would.
     PanicInJob,
+    /// Wait a second before publishing each result, as a broker slow to take them would make
+    /// a worker wait.
+    SlowPublish,
 }
 
 /// The worker's typed configuration.

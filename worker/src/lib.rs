@@ -203,6 +203,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         kernel_slots: fair::FairSlots::new(config.concurrency),
         compile_slots: fair::FairSlots::new(config.compile.concurrency),
         data_slots: fair::FairSlots::new(config.concurrency),
+        result_slots: fair::FairSlots::new(
+            config.concurrency + gpus.values().map(|gpu| gpu.devices().len()).sum::<usize>(),
+        ),
         state: state::StateStore::new(store.connection(), config.namespace.clone()),
         config,
         store,

@@ -45,6 +45,7 @@ pub struct Metrics {
     limit_kills: Vec<(Counter, usize)>,
     in_flight: Gauge,
     data_bytes: Gauge,
+    result_bytes: Gauge,
     evidence_age: Gauge,
     /// Each GPU device: its target's backend, its index there, its restarts and whether it is up.
     devices: Vec<(Arc<GpuBackend>, usize, Counter, Gauge)>,
@@ -218,6 +219,11 @@ impl Metrics {
             "Bytes of input blobs and state values read for jobs that have not finished running.",
             vec![],
         );
+        let result_bytes = gauge(
+            "dtee_job_result_bytes",
+            "Bytes of results over 1 MiB held in result slots until the broker confirms them.",
+            vec![],
+        );
         let evidence_age = gauge(
             "dtee_evidence_age_seconds",
             "Age of the worker's current evidence.",
@@ -296,6 +302,7 @@ impl Metrics {
             limit_kills,
             in_flight,
             data_bytes,
+            result_bytes,
             evidence_age,
             devices,
         }
@@ -318,6 +325,11 @@ impl Metrics {
         self.data_bytes.set(
             stats
                 .data_bytes_held
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        );
+        self.result_bytes.set(
+            stats
+                .result_bytes_held
                 .load(std::sync::atomic::Ordering::Relaxed) as f64,
         );
         let now = SystemTime::now()

@@ -55,6 +55,10 @@ pub struct Stats {
     pub data_bytes_held: AtomicI64,
     /// The most [`Stats::data_bytes_held`] has been.
     pub data_bytes_peak: AtomicU64,
+    /// Bytes of results larger than 1 MiB held in result slots (`job::reads`).
+    pub result_bytes_held: AtomicU64,
+    /// The most [`Stats::result_bytes_held`] has been.
+    pub result_bytes_peak: AtomicU64,
     /// Attempts to declare, consume or announce a tenant queue that failed (each is tried
     /// again).
     pub tenant_queue_failures: AtomicU64,
@@ -85,6 +89,8 @@ impl Default for Stats {
             input_bytes_fetched: AtomicU64::new(0),
             data_bytes_held: AtomicI64::new(0),
             data_bytes_peak: AtomicU64::new(0),
+            result_bytes_held: AtomicU64::new(0),
+            result_bytes_peak: AtomicU64::new(0),
             tenant_queue_failures: AtomicU64::new(0),
         }
     }

@@ -50,6 +50,7 @@
 //! | `fuel` | the backends that meter instructions (wasm), while the kernel runs | `fuel_exhausted` |
 //! | kernels running at once | the caller (`kernel_slots`) | none: jobs wait |
 //! | input blobs and state values read ahead of a run, beyond 1 MiB of each | the caller (`data_slots`, one per kernel slot or device: `job::reads`) | none: jobs wait |
+//! | results over 1 MiB waiting for the broker | the caller (`result_slots`, one per kernel slot and device, taken before the kernel slot is given back: `job::reads`) | none: jobs wait |
 //! | the size of the serialized result | the caller, after `run` | `output_limit_exceeded` |
 //!
 //! A backend enforces its limits itself because only it can stop a kernel in the middle: the

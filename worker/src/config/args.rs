@@ -416,8 +416,10 @@ fn test_hook(text: &str) -> Result<Option<TestHook>, String> {
         "stall-consumer" => Ok(Some(TestHook::StallConsumer)),
         "panic-in-kernel" => Ok(Some(TestHook::PanicInKernel)),
         "panic-in-job" => Ok(Some(TestHook::PanicInJob)),
+        "slow-publish" => Ok(Some(TestHook::SlowPublish)),
         _ => Err(
-            "hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job".to_owned(),
+            "hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job, slow-publish"
+                .to_owned(),
         ),
     }
 }

@@ -51,6 +51,9 @@ pub(crate) async fn deliver(
         .as_ref()
         .map(|queue| queue.as_str());
     let mut nacks = 0;
+    if crate::hooks::active(&ctx.config, crate::hooks::TestHook::SlowPublish) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     loop {
         let published = publisher
             .publish(
@@ -64,8 +67,35 @@ pub(crate) async fn deliver(
         match published {
             Ok(()) => break,
             Err(PublishError::Nacked) if nacks < RESULT_NACKS.len() => {
+                // A large result gives its result slot back between resends and keeps no copy:
+                // it is read again from the result cache (`super::reads`).
+                let reread = outcome.held.is_some() && matches!(outcome.cache, CachePolicy::Final);
+                if reread {
+                    outcome.held = None;
+                    outcome.body = Vec::new();
+                }
                 tokio::time::sleep(RESULT_NACKS[nacks]).await;
                 nacks += 1;
+                if reread {
+                    let tenant = user.unwrap_or("_");
+                    let mut held = super::reads::HeldResult::slot(ctx, tenant).await;
+                    match ctx.store.cached_result(&outcome.job_id).await {
+                        Ok(Some(body)) => {
+                            held.count(body.len());
+                            outcome.body = body;
+                        }
+                        Ok(None) => {
+                            // Expired or evicted meanwhile: nothing left to send.
+                            warn!(job_id = %outcome.job_id, "the refused result left the cache before it could be sent again; the job is acknowledged without it");
+                            ctx.telemetry.result_refused();
+                            acks.answered(delivery.delivery_tag, delivery.acker.clone());
+                            ctx.telemetry.acked();
+                            return Ok(());
+                        }
+                        Err(error) => return Err(Transient::Redis(error)),
+                    }
+                    outcome.held = Some(Box::new(held));
+                }
             }
             Err(PublishError::Nacked) => {
                 // Every try refused: a queue bound for this result refuses messages (one its

@@ -14,12 +14,13 @@ use tracing::debug;
 use super::admit::Admitted;
 use super::outcome::{self, CachePolicy, Failure, Outcome, Success};
 use super::plan::Plan;
-use super::reads::Reads;
+use super::reads::{HeldResult, Reads, SMALL_READ_BYTES};
 use super::short_run;
 use super::Kernel;
 use super::{Context, Halt};
 use crate::backend::{Completed, Invocation, KernelError, ParamValue, Runner, Slot};
 use crate::failure::{Backoff, Transient};
+use crate::fair::SlotPermit;
 use crate::hooks::{self, TestHook};
 use crate::state::{Commit, CommitEntry, Seen, Snapshot, WriteOp};
 
@@ -53,7 +54,12 @@ pub(crate) async fn execute(
             launch: job.parsed.spec.launch,
             tenant: job.tenant.clone(),
         };
-        let completed = run_kernel(ctx, job, plan, &kernel, invocation).await?;
+        let (completed, kernel_slot) = run_kernel(ctx, job, plan, &kernel, invocation).await?;
+        // A run that wrote much keeps its kernel slot until its result has a result slot
+        // (`reads`); any other gives it back now.
+        let written: usize = completed.written.iter().flatten().map(Vec::len).sum();
+        // (Half of it: a result carries its outputs in base64, a third larger.)
+        let kernel_slot = (written as u64 > SMALL_READ_BYTES / 2).then_some(kernel_slot);
         let (entries, state) = writes(job, &seen, &completed);
         let writes_state = !state.written.is_empty();
         let usage = completed.usage;
@@ -70,23 +76,25 @@ pub(crate) async fn execute(
         let outcome = outcome::succeeded(ctx, job, success);
         check_result_size(ctx, &outcome, plan, usage, &device)?;
         let Some(hash_tag) = job.bindings.first().map(|b| b.key.hash_tag()) else {
-            return Ok(outcome);
+            return Ok(held(ctx, job, outcome, kernel_slot).await);
         };
         if !writes_state {
-            return Ok(outcome);
+            return Ok(held(ctx, job, outcome, kernel_slot).await);
         }
         match commit(ctx, job, &hash_tag, &entries, &outcome).await? {
             Commit::Committed => {
                 hooks::pause_after_commit(&ctx.config, job.id()).await;
-                return Ok(outcome);
+                return Ok(held(ctx, job, outcome, kernel_slot).await);
             }
             // A redelivery after a crash between commit and ack: nothing is applied again,
             // and the result recorded the first time is the answer.
             Commit::AlreadyApplied(first) => {
-                return Ok(Outcome::cached(job.id().clone(), first, CachePolicy::Final))
+                let first = Outcome::cached(job.id().clone(), first, CachePolicy::Final);
+                return Ok(held(ctx, job, first, kernel_slot).await);
             }
             Commit::Conflict(key) => {
                 debug!(job_id = %job.id(), %key, attempt, "state conflict; running again on fresh state");
+                drop(kernel_slot);
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             refused => {
@@ -255,16 +263,30 @@ fn fill_state(job: &Admitted, plan: &Plan, seen: &[Seen], slots: &mut [Slot]) ->
     Ok(())
 }
 
-/// Runs the kernel once, in a kernel slot: a short run here, or on a blocking thread.
+/// A result over 1 MiB takes a result slot while the run's kernel slot is still held, then the
+/// kernel slot goes (`reads`).
+async fn held(
+    ctx: &Context,
+    job: &Admitted,
+    mut outcome: Outcome,
+    kernel_slot: Option<SlotPermit>,
+) -> Outcome {
+    outcome.held = HeldResult::take(ctx, &job.tenant, outcome.body.len()).await;
+    drop(kernel_slot);
+    outcome
+}
+
+/// Runs the kernel once, in a kernel slot: a short run here, or on a blocking thread. Answers
+/// the slot with what the kernel wrote.
 async fn run_kernel(
     ctx: &Context,
     job: &Admitted,
     plan: &Plan,
     kernel: &Kernel,
     invocation: Invocation,
-) -> Result<Completed, Halt> {
+) -> Result<(Completed, SlotPermit), Halt> {
     // A GPU job waits for its device, not for a CPU kernel slot.
-    let _permit = match &plan.runner {
+    let permit = match &plan.runner {
         Runner::Wasm(_) => ctx.kernel_slots.acquire(&job.tenant).await,
         Runner::Gpu(gpu) => gpu.slots.acquire(&job.tenant).await,
     };
@@ -276,7 +298,9 @@ async fn run_kernel(
     };
     let error = completed.as_ref().err().map(|error| error.code);
     ctx.telemetry.kernel_stopped(started.elapsed(), error);
-    completed.map_err(|error| Halt::Fail(Failure::ran(error, plan.limits)))
+    completed
+        .map(|completed| (completed, permit))
+        .map_err(|error| Halt::Fail(Failure::ran(error, plan.limits)))
 }
 
 /// Runs the kernel on a blocking thread.

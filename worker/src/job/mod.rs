@@ -24,7 +24,7 @@ mod fetch;
 pub(crate) mod outcome;
 pub(crate) mod plan;
 mod prior;
-mod reads;
+pub(crate) mod reads;
 mod short_run;
 pub(crate) mod turns;
 
@@ -76,6 +76,9 @@ pub(crate) struct Context {
     /// Data slots of the wasm backend: at most `concurrency` jobs hold more than a little input
     /// or state read ahead of their run (`reads`).
     pub data_slots: Arc<FairSlots>,
+    /// Result slots: results over 1 MiB wait for the broker in one (`reads`); one per kernel
+    /// slot and GPU device.
+    pub result_slots: Arc<FairSlots>,
     /// Counters and histograms.
     pub telemetry: Telemetry,
     /// The worker's key, identity and attestation provider.

@@ -84,6 +84,9 @@ pub(crate) struct Outcome {
     /// a commit by another execution of the same job (say one orphaned by a lost connection)
     /// cannot both happen: whichever comes first is the job's answer.
     pub claim: Option<String>,
+    /// For a result larger than [`super::reads::SMALL_READ_BYTES`]: its result slot, held until
+    /// it is out (`super::reads::HeldResult`).
+    pub held: Option<Box<super::reads::HeldResult>>,
 }
 
 impl Outcome {
@@ -96,6 +99,7 @@ impl Outcome {
             cache,
             from_cache: true,
             claim: None,
+            held: None,
         }
     }
 
@@ -204,6 +208,7 @@ pub(crate) fn succeeded(ctx: &Context, job: &Admitted, success: Success) -> Outc
         cache: CachePolicy::Final,
         from_cache: false,
         claim: None,
+        held: None,
     }
 }
 
@@ -276,6 +281,7 @@ pub(crate) fn failed_as(
         cache,
         from_cache: false,
         claim,
+        held: None,
     }
 }
 

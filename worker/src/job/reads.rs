@@ -8,12 +8,22 @@
 //! tenants like those, and kept until the job has run. The bytes read for jobs that have not
 //! finished are counted (`Stats::data_bytes_held`, the gauge `dtee_job_data_bytes`), blobs
 //! shared with the worker's blob cache included: a job keeps them after the cache lets go.
+//!
+//! Results are bounded the same way. A result of more than [`SMALL_READ_BYTES`] waits to be
+//! published in a *result slot* (`Context::result_slots`: one per kernel slot and GPU device,
+//! fair between tenants), which it takes while its run still holds its kernel slot, so finished
+//! results cannot pile up behind a slow broker faster than they go out; between the resends of
+//! a result the broker refused, it gives the slot back and keeps no copy (it reads the cached
+//! result again). A result-slot holder waits for nothing but Redis and the broker, so holding a
+//! kernel slot while waiting for one cannot deadlock. Results held are counted too
+//! (`Stats::result_bytes_held`).
 
 use std::sync::Arc;
 
 use crate::backend::Runner;
 use crate::fair::{FairSlots, SlotPermit};
 use crate::state::Seen;
+use crate::stats::Stats;
 
 use super::Context;
 
@@ -143,5 +153,57 @@ impl Reads {
 impl Drop for Reads {
     fn drop(&mut self) {
         self.sub(self.blob_bytes.saturating_add(self.state_bytes));
+    }
+}
+
+/// A large result's result slot, and its bytes counted as held, until dropped.
+#[derive(Debug)]
+pub(crate) struct HeldResult {
+    _permit: SlotPermit,
+    stats: Arc<Stats>,
+    bytes: u64,
+}
+
+impl HeldResult {
+    /// Waits for a result slot for `tenant`'s result of `bytes` bytes (at once `None` for a
+    /// small one).
+    pub(crate) async fn take(ctx: &Context, tenant: &str, bytes: usize) -> Option<Box<HeldResult>> {
+        if bytes as u64 <= SMALL_READ_BYTES {
+            return None;
+        }
+        let mut held = HeldResult::slot(ctx, tenant).await;
+        held.count(bytes);
+        Some(Box::new(held))
+    }
+
+    /// Waits for a result slot for `tenant`, holding no bytes yet.
+    pub(crate) async fn slot(ctx: &Context, tenant: &str) -> HeldResult {
+        HeldResult {
+            _permit: ctx.result_slots.acquire(tenant).await,
+            stats: Arc::clone(ctx.telemetry.stats()),
+            bytes: 0,
+        }
+    }
+
+    /// The result held is `bytes` larger.
+    pub(crate) fn count(&mut self, bytes: usize) {
+        let bytes = bytes as u64;
+        self.bytes = self.bytes.saturating_add(bytes);
+        let now = self
+            .stats
+            .result_bytes_held
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(bytes);
+        self.stats
+            .result_bytes_peak
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for HeldResult {
+    fn drop(&mut self) {
+        self.stats
+            .result_bytes_held
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
