@@ -295,19 +295,48 @@ impl TestEnv {
 
     /// Whether the named queue exists.
     pub async fn queue_exists(&self, queue: &str) -> bool {
-        let Ok(channel) = self.client.connection().create_channel().await else {
-            return false;
-        };
-        let passive = QueueDeclareOptions {
-            passive: true,
+        self.queue_consumers(queue).await.is_some()
+    }
+
+    /// Binds to the results exchange, by `routing_key`, a queue that refuses every message
+    /// (length 0, `reject-publish`), so that the broker nacks every result routed there. The
+    /// queue lives as long as the returned channel.
+    pub async fn refuse_results(&self, routing_key: &str) -> lapin::Channel {
+        let channel = self
+            .client
+            .connection()
+            .create_channel()
+            .await
+            .expect("channel");
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-max-length".into(),
+            lapin::types::AMQPValue::LongLongInt(0),
+        );
+        arguments.insert(
+            "x-overflow".into(),
+            lapin::types::AMQPValue::LongString("reject-publish".into()),
+        );
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
             ..QueueDeclareOptions::default()
         };
-        let exists = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
+        let queue = channel
+            .queue_declare("".into(), exclusive, arguments)
             .await
-            .is_ok();
-        let _ = channel.close(200, "ok".into()).await;
-        exists
+            .expect("a refusing queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.namespace.results_exchange().into(),
+                routing_key.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("binding the refusing queue");
+        channel
     }
 
     /// The consumers of the named queue; `None` if it does not exist.

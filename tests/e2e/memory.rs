@@ -152,40 +152,10 @@ async fn state_beyond_a_jobs_own_share_is_read_in_a_slot_and_over_the_bound_refu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
     use dtee_submitter::builder::inline_input;
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::{AMQPValue, FieldTable};
     const MIB: usize = 1 << 20;
     let env = TestEnv::new("held-results").await;
     let worker = env.start_worker_with(|config| config.concurrency = 1).await;
-    let channel = env.client.connection().create_channel().await.unwrap();
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
-    arguments.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    let refusing = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            refusing.name().clone(),
-            env.namespace.results_exchange().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let refusing = env.refuse_results("#").await;
     let echo = env.put_kernel("echo").await;
     let started = std::time::Instant::now();
     let mut ids = Vec::new();
@@ -218,7 +188,7 @@ async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
         took < std::time::Duration::from_secs(15),
         "refused results take turns between resends instead of holding the slot: {took:?}"
     );
-    let _ = channel.close(200, "done".into()).await;
+    let _ = refusing.close(200, "done".into()).await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

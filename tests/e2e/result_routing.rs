@@ -291,38 +291,9 @@ async fn a_result_the_broker_keeps_refusing_is_left_in_redis_and_the_job_acked()
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
     spec.buffers = vec![inline_input("in", b"refused"), output("out", 16)];
     let id = dtee_schemas::job_id(&spec).unwrap();
-    let channel = env.client.connection().create_channel().await.unwrap();
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-max-length".into(),
-        lapin::types::AMQPValue::LongLongInt(0),
-    );
-    arguments.insert(
-        "x-overflow".into(),
-        lapin::types::AMQPValue::LongString("reject-publish".into()),
-    );
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            env.namespace.results_exchange().into(),
-            result_routing_key(Some(env.client.tenant()), &id).into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let _refusing = env
+        .refuse_results(&result_routing_key(Some(env.client.tenant()), &id))
+        .await;
     env.client.submit(&spec).await.unwrap();
     dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 1).await;
     assert_eq!(Stats::get(&worker.stats.results_refused), 1);
