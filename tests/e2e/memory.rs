@@ -179,11 +179,8 @@ async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
         peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
         "one result of about 2.7 MiB held at a time: peak {peak} bytes"
     );
-    assert_eq!(
-        Stats::get(&worker.stats.result_bytes_held),
-        0,
-        "every result slot was given back"
-    );
+    // The last result is dropped just after its ack is counted.
+    dtee_tests::eventually(|| Stats::get(&worker.stats.result_bytes_held) == 0).await;
     assert!(
         took < std::time::Duration::from_secs(15),
         "refused results take turns between resends instead of holding the slot: {took:?}"

@@ -14,7 +14,9 @@ use tracing::warn;
 /// last (about 7 s of waits), the job is acknowledged without the message: a success or final
 /// failure stays cached in Redis, a failure that is not final in the failure key for
 /// `DTEE_FAILURE_TTL_SECS`, and an answer that is never cached (a refused message,
-/// `dead_lettered`) is lost.
+/// `dead_lettered`) is lost. A result over 1 MiB keeps no copy between resends and is read
+/// again from the result cache; should the cache have lost it by then, the job is acknowledged
+/// without it too.
 const RESULT_NACKS: [Duration; 4] = [
     Duration::from_millis(100),
     Duration::from_millis(400),
@@ -82,11 +84,16 @@ pub(crate) async fn deliver(
                     match ctx.store.cached_result(&outcome.job_id).await {
                         Ok(Some(body)) => {
                             held.count(body.len());
+                            outcome.verdict = Verdict::of_bytes(&body);
                             outcome.body = body;
                         }
+                        // Nothing left to send: the cache lost it within seconds of writing it
+                        // (a result TTL of a few seconds, eviction under `maxmemory`, a failover
+                        // without DTEE_REDIS_WAIT_REPLICAS). Acknowledged without it, like a
+                        // result refused every time: evaluating the job again could loop for as
+                        // long as the broker refuses and the cache forgets.
                         Ok(None) => {
-                            // Expired or evicted meanwhile: nothing left to send.
-                            warn!(job_id = %outcome.job_id, "the refused result left the cache before it could be sent again; the job is acknowledged without it");
+                            warn!(job_id = %outcome.job_id, "a refused result left the result cache before it could be sent again; the job is acknowledged without it");
                             ctx.telemetry.result_refused();
                             acks.answered(delivery.delivery_tag, delivery.acker.clone());
                             ctx.telemetry.acked();

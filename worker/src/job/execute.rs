@@ -55,9 +55,14 @@ pub(crate) async fn execute(
             tenant: job.tenant.clone(),
         };
         let (completed, kernel_slot) = run_kernel(ctx, job, plan, &kernel, invocation).await?;
-        // A run that wrote much keeps its kernel slot until its result has a result slot
-        // (`reads`); any other gives it back now.
-        let written: usize = completed.written.iter().flatten().map(Vec::len).sum();
+        // A run that wrote large outputs keeps its kernel slot until its result has a result
+        // slot (`reads`); any other gives it back now.
+        let written: usize = slots
+            .iter()
+            .zip(&completed.written)
+            .filter(|(slot, _)| matches!(slot, Slot::Output { .. }))
+            .filter_map(|(_, bytes)| bytes.as_ref().map(Vec::len))
+            .sum();
         // (Half of it: a result carries its outputs in base64, a third larger.)
         let kernel_slot = (written as u64 > SMALL_READ_BYTES / 2).then_some(kernel_slot);
         let (entries, state) = writes(job, &seen, &completed);

@@ -44,7 +44,7 @@ pub(crate) enum Verdict {
 
 impl Verdict {
     /// The verdict of serialized result bytes, reading only `status` and `error.code`.
-    fn of_bytes(body: &[u8]) -> Verdict {
+    pub(crate) fn of_bytes(body: &[u8]) -> Verdict {
         #[derive(Deserialize)]
         struct Head {
             status: JobStatus,
