@@ -288,31 +288,43 @@ impl RedisConn {
         }
     }
 
-    /// [`RedisConn::get_many`] of `keys` and [`RedisConn::run_script`] of `call`, together: on
-    /// one node in one pipeline (one round trip; should Redis have lost the script, as after a
-    /// restart, both are sent again one after the other, which loads it); on a cluster at once,
-    /// each to its own node. Each is atomic on its own, not the two together.
-    pub async fn get_many_and_script<T: redis::FromRedisValue>(
+    /// The answers to `commands` ([`RedisConn::each`]) and `call`'s reply: in one pipeline (one
+    /// round trip) on one node; on a cluster, all at once.
+    pub async fn each_and_script<T: redis::FromRedisValue>(
         &self,
-        keys: &[String],
+        commands: Vec<Cmd>,
         call: &LuaCall<'_>,
-    ) -> RedisResult<(Vec<Option<Vec<u8>>>, T)> {
+    ) -> RedisResult<(Vec<redis::Value>, T)> {
         match self {
-            RedisConn::Single(connection) if !keys.is_empty() => {
+            RedisConn::Single(connection) if !commands.is_empty() => {
                 let mut pipe = redis::pipe();
-                pipe.add_command(redis::cmd("MGET").arg(keys).clone())
-                    .add_command(call.command("EVALSHA", call.lua.script.get_hash()));
-                match pipe.query_async(&mut connection.clone()).await {
+                for command in &commands {
+                    pipe.add_command(command.clone());
+                }
+                pipe.add_command(call.command("EVALSHA", call.lua.script.get_hash()));
+                match pipe
+                    .query_async::<Vec<redis::Value>>(&mut connection.clone())
+                    .await
+                {
                     Err(error)
                         if error.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                     {
-                        Ok((self.get_many(keys).await?, self.run_script(call).await?))
+                        Ok((self.each(commands).await?, self.run_script(call).await?))
                     }
-                    answer => answer,
+                    Err(error) => Err(error),
+                    Ok(mut answers) => {
+                        let script = answers.pop().ok_or_else(|| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "a pipeline answered nothing",
+                            ))
+                        })?;
+                        Ok((answers, redis::from_redis_value(script)?))
+                    }
                 }
             }
-            _ => futures_util::future::try_join(self.get_many(keys), self.run_script(call)).await,
+            _ => futures_util::future::try_join(self.each(commands), self.run_script(call)).await,
         }
     }
 

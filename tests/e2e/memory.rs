@@ -227,3 +227,50 @@ async fn a_slow_broker_holds_one_large_result_per_result_slot() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// Repeats of jobs whose large results are cached read those results in a result slot too: the
+/// prior look-up reads at most 1 MiB of a cached result, and a larger one is read whole only
+/// once the repeat holds a result slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_of_large_cached_results_read_them_one_slot_at_a_time() {
+    use dtee_submitter::builder::inline_input;
+    const MIB: usize = 1 << 20;
+    let env = TestEnv::new("cached-results").await;
+    let echo = env.put_kernel("echo").await;
+    let jobs: Vec<JobSpec> = (0..3u8)
+        .map(|index| {
+            let mut spec = wasm_job(echo.clone(), "echo");
+            spec.buffers = vec![
+                inline_input("in", &vec![index + 7; 2 * MIB]),
+                output("out", 2 * MIB as u64),
+            ];
+            spec
+        })
+        .collect();
+    let first = env.start_worker().await;
+    let originals = futures_util::future::join_all(jobs.iter().map(|spec| env.run(spec))).await;
+    first.shutdown().await.unwrap();
+    // A worker slow to publish answers the three repeats from the cache.
+    let worker = env
+        .start_worker_with(|config| {
+            config.concurrency = 1;
+            config.test_hook = Some(dtee_worker::config::TestHook::SlowPublish);
+        })
+        .await;
+    let repeats = futures_util::future::join_all(jobs.iter().map(|spec| env.run(spec))).await;
+    for (original, repeat) in originals.iter().zip(&repeats) {
+        assert!(original.succeeded(), "{:?}", original.error);
+        assert_eq!(original, repeat, "the cached answer");
+    }
+    // (The client read each answer from the cache; the worker answers the submissions too.)
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 3).await;
+    assert_eq!(Stats::get(&worker.stats.deduplicated), 3);
+    assert_eq!(Stats::get(&worker.stats.executed), 0);
+    let peak = Stats::get(&worker.stats.result_bytes_peak);
+    assert!(
+        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
+        "one cached result of about 2.7 MiB held at a time, not three: peak {peak} bytes"
+    );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

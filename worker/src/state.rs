@@ -244,7 +244,7 @@ impl StateStore {
     }
 
     /// The snapshot of `keys` (not empty) as a script call, for a caller that sends it together
-    /// with other reads ([`dtee_net::RedisConn::get_many_and_script`]) and reads the reply
+    /// with other reads ([`dtee_net::RedisConn::each_and_script`]) and reads the reply
     /// with [`read_snapshot`].
     pub fn snapshot_call(&self, keys: &[(&StateKey, bool)], max_bytes: u64) -> LuaCall<'_> {
         let mut invocation = self.snapshot.call();

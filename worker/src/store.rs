@@ -28,11 +28,20 @@ return lengths
 #[derive(Debug, Default)]
 pub struct Prior {
     /// The cached result.
-    pub cached: Option<Vec<u8>>,
+    pub cached: Option<Stored>,
     /// Whether the delivery's tenant revoked the job.
     pub revoked: bool,
     /// The applied record of a job that writes state: the result recorded with its commit.
-    pub applied: Option<Vec<u8>>,
+    pub applied: Option<Stored>,
+}
+
+/// A stored result read no further than a bound ([`Store::prior`]).
+#[derive(Debug)]
+pub enum Stored {
+    /// The whole value.
+    Whole(Vec<u8>),
+    /// A value larger than the bound: not read.
+    Larger,
 }
 
 /// The worker's view of Redis.
@@ -142,32 +151,76 @@ impl Store {
     /// one is named and set; with `snapshot`, that script's reply too (a job's state snapshot,
     /// read before it is known whether the job runs, to save a round trip when it does): in one
     /// round trip on one node; on a Redis Cluster key by key, all at once.
+    ///
+    /// The result and the applied record are read no further than `max_bytes`: a larger one
+    /// is [`Stored::Larger`], for the caller to read once it may hold it (`job::reads`).
     pub async fn prior(
         &self,
         tenant: &str,
         job_id: &Digest,
         applied_key: Option<String>,
         snapshot: Option<&LuaCall<'_>>,
+        max_bytes: u64,
     ) -> Result<(Prior, Option<redis::Value>), redis::RedisError> {
-        let mut keys = vec![
-            self.namespace.result_key(job_id),
-            self.namespace.revoked_key(tenant, job_id),
+        // GETRANGE answers at most `max_bytes` + 1 bytes, and "" for a missing key (a result is
+        // never empty).
+        let bounded = |key: String| {
+            redis::cmd("GETRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(max_bytes)
+                .clone()
+        };
+        let mut commands = vec![
+            bounded(self.namespace.result_key(job_id)),
+            redis::cmd("EXISTS")
+                .arg(self.namespace.revoked_key(tenant, job_id))
+                .clone(),
         ];
-        keys.extend(applied_key);
+        commands.extend(applied_key.map(bounded));
         let (values, snapshot) = match snapshot {
             Some(call) => {
-                let (values, reply) = self.redis.get_many_and_script(&keys, call).await?;
+                let (values, reply) = self.redis.each_and_script(commands, call).await?;
                 (values, Some(reply))
             }
-            None => (self.redis.get_many(&keys).await?, None),
+            None => (self.redis.each::<redis::Value>(commands).await?, None),
+        };
+        let stored = |value: Option<redis::Value>| -> Result<Option<Stored>, redis::RedisError> {
+            let bytes: Vec<u8> = match value {
+                Some(value) => redis::from_redis_value(value)?,
+                None => Vec::new(),
+            };
+            Ok(match bytes.len() as u64 {
+                0 => None,
+                length if length > max_bytes => Some(Stored::Larger),
+                _ => Some(Stored::Whole(bytes)),
+            })
         };
         let mut values = values.into_iter();
-        let prior = Prior {
-            cached: values.next().flatten(),
-            revoked: values.next().flatten().is_some(),
-            applied: values.next().flatten(),
+        let cached = stored(values.next())?;
+        let revoked: i64 = match values.next() {
+            Some(value) => redis::from_redis_value(value)?,
+            None => 0,
         };
-        Ok((prior, snapshot))
+        let applied = stored(values.next())?;
+        Ok((
+            Prior {
+                cached,
+                revoked: revoked > 0,
+                applied,
+            },
+            snapshot,
+        ))
+    }
+
+    /// The name of `job_id`'s result key.
+    pub fn result_key(&self, job_id: &Digest) -> String {
+        self.namespace.result_key(job_id)
+    }
+
+    /// The value of `key`, if any.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        self.redis.clone().get(key).await
     }
 
     /// The cached result of `job_id`, if any.

@@ -71,7 +71,10 @@ pub(crate) async fn deliver(
             Err(PublishError::Nacked) if nacks < RESULT_NACKS.len() => {
                 // A large result gives its result slot back between resends and keeps no copy:
                 // it is read again from the result cache (`super::reads`).
-                let reread = outcome.held.is_some() && matches!(outcome.cache, CachePolicy::Final);
+                // (In the result cache: a success or final failure this worker cached, or an
+                // answer it read from there or from the applied record and cached.)
+                let reread = outcome.held.is_some()
+                    && (matches!(outcome.cache, CachePolicy::Final) || outcome.from_cache);
                 if reread {
                     outcome.held = None;
                     outcome.body = Vec::new();

@@ -14,11 +14,11 @@ use tracing::debug;
 
 use super::admit::Admitted;
 use super::outcome::{CachePolicy, Failure, Outcome};
-use super::reads::Reads;
+use super::reads::{HeldResult, Reads, SMALL_READ_BYTES};
 use super::{Context, Halt};
 use crate::failure::Transient;
 use crate::state::{read_snapshot, Seen, Snapshot};
-use crate::store::Prior;
+use crate::store::{Prior, Stored};
 use std::time::Instant;
 
 /// Stops the path with the answer that already exists, if one does. Otherwise, for a job
@@ -54,24 +54,33 @@ pub(crate) async fn answer(
         snapshot,
     ) = ctx
         .store
-        .prior(&job.tenant, id, applied_key, call.as_ref())
+        .prior(
+            &job.tenant,
+            id,
+            applied_key.clone(),
+            call.as_ref(),
+            SMALL_READ_BYTES,
+        )
         .await?;
     if let Some(cached) = cached {
-        ctx.telemetry.answered_from_cache();
-        debug!(job_id = %id, "answered from the result cache");
-        return Err(Halt::Answer(Outcome::cached(
-            id.clone(),
-            cached,
-            CachePolicy::Never,
-        )));
+        // A large one is read whole in a result slot (`reads`); gone meanwhile, it answers
+        // nothing.
+        if let Some((body, held)) = whole(ctx, job, cached, ctx.store.result_key(id)).await? {
+            ctx.telemetry.answered_from_cache();
+            debug!(job_id = %id, "answered from the result cache");
+            let mut outcome = Outcome::cached(id.clone(), body, CachePolicy::Never);
+            outcome.held = held;
+            return Err(Halt::Answer(outcome));
+        }
     }
-    if let Some(first) = applied {
-        ctx.telemetry.found_applied();
-        return Err(Halt::Answer(Outcome::cached(
-            id.clone(),
-            first,
-            CachePolicy::Final,
-        )));
+    if let (Some(first), Some(key)) = (applied, applied_key) {
+        // An applied record does not expire before its job's redeliveries do.
+        if let Some((body, held)) = whole(ctx, job, first, key).await? {
+            ctx.telemetry.found_applied();
+            let mut outcome = Outcome::cached(id.clone(), body, CachePolicy::Final);
+            outcome.held = held;
+            return Err(Halt::Answer(outcome));
+        }
     }
     if revoked {
         return Err(Halt::Fail(Failure::new(
@@ -91,6 +100,27 @@ pub(crate) async fn answer(
     let seen = super::execute::seen_or_refused(ctx, snapshot)?;
     reads.read_state(&seen);
     Ok(Some(seen))
+}
+
+/// A stored result, whole: as read, or, if it was larger than a job reads on its own, read
+/// again under `key` in a result slot (`None` if it is gone by then).
+async fn whole(
+    ctx: &Context,
+    job: &Admitted,
+    stored: Stored,
+    key: String,
+) -> Result<Option<(Vec<u8>, Option<Box<HeldResult>>)>, Halt> {
+    match stored {
+        Stored::Whole(body) => Ok(Some((body, None))),
+        Stored::Larger => {
+            let mut held = HeldResult::slot(ctx, &job.tenant).await;
+            let body: Option<Vec<u8>> = ctx.store.get(&key).await?;
+            Ok(body.map(|body| {
+                held.count(body.len());
+                (body, Some(Box::new(held)))
+            }))
+        }
+    }
 }
 
 /// The job's applied record under `hash_tag`, as the outcome to cache and publish.
