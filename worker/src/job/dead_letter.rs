@@ -17,6 +17,7 @@ use lapin::types::AMQPValue;
 
 use super::admit::{self, Admitted};
 use super::outcome::{self, CachePolicy, Failure, Outcome};
+use super::reads::HeldResult;
 use super::{prior, Context};
 use crate::failure::Transient;
 
@@ -39,16 +40,24 @@ pub(crate) async fn evaluate(
 /// The answer to an admitted dead letter.
 async fn answer(ctx: &Context, delivery: &Delivery, job: &Admitted) -> Result<Outcome, Transient> {
     let id = job.id().clone();
+    // Dead letters are few: each reads its stored answers in a result slot, so that a large
+    // one is never read beside others (`super::reads`).
+    let slot = HeldResult::slot(ctx, &job.tenant).await;
     // A job whose state writes were committed before the crashes that dead-lettered it is
     // answered with the result recorded at the commit: its effects happened.
     if let Some(tag) = job.writable_hash_tag() {
-        if let Some(first) = prior::applied(ctx, &tag, &id).await? {
+        if let Some(mut first) = prior::applied(ctx, &tag, &id).await? {
+            first.held = slot.keep(first.body.len());
             return Ok(first);
         }
     }
     if let Some(cached) = ctx.store.cached_result(&id).await? {
-        return Ok(Outcome::cached(id, cached, CachePolicy::Never));
+        let held = slot.keep(cached.len());
+        let mut outcome = Outcome::cached(id, cached, CachePolicy::Never);
+        outcome.held = held;
+        return Ok(outcome);
     }
+    drop(slot);
     ctx.telemetry.dead_lettered();
     let failure = Failure::new(
         ErrorCode::DeadLettered,

@@ -185,6 +185,16 @@ impl HeldResult {
         }
     }
 
+    /// Keeps this slot for a result of `bytes` bytes if it is larger than
+    /// [`SMALL_READ_BYTES`]; gives it back otherwise.
+    pub(crate) fn keep(mut self, bytes: usize) -> Option<Box<HeldResult>> {
+        if bytes as u64 <= SMALL_READ_BYTES {
+            return None;
+        }
+        self.count(bytes);
+        Some(Box::new(self))
+    }
+
     /// The result held is `bytes` larger.
     pub(crate) fn count(&mut self, bytes: usize) {
         let bytes = bytes as u64;
