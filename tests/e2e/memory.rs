@@ -13,6 +13,31 @@ use sha2::Digest as _;
 
 /// 3 MiB: more than a job reads without a data slot.
 const LARGE: usize = 3 << 20;
+const MIB: usize = 1 << 20;
+
+/// Three echo jobs of 2 MiB each (bytes `fill`, `fill + 1`, `fill + 2`): results of about
+/// 2.7 MiB, over what a result holds without a result slot.
+fn large_echo_jobs(echo: &dtee_schemas::Digest, fill: u8) -> Vec<JobSpec> {
+    (0..3u8)
+        .map(|index| {
+            let mut spec = wasm_job(echo.clone(), "echo");
+            spec.buffers = vec![
+                dtee_submitter::builder::inline_input("in", &vec![fill + index; 2 * MIB]),
+                output("out", 2 * MIB as u64),
+            ];
+            spec
+        })
+        .collect()
+}
+
+/// The worker held one of those results at a time, not several.
+fn assert_one_result_held_at_a_time(worker: &dtee_worker::WorkerHandle) {
+    let peak = Stats::get(&worker.stats.result_bytes_peak);
+    assert!(
+        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
+        "one result of about 2.7 MiB held at a time, not three: peak {peak} bytes"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_waiting_for_a_kernel_slot_read_large_inputs_and_state_one_at_a_time() {
@@ -95,7 +120,6 @@ async fn jobs_waiting_for_a_kernel_slot_read_large_inputs_and_state_one_at_a_tim
 /// before data slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_beyond_a_jobs_own_share_is_read_in_a_slot_and_over_the_bound_refused() {
-    const MIB: usize = 1 << 20;
     let env = TestEnv::new("held-state").await;
     let tenant = env.client.tenant().to_owned();
     let worker = env
@@ -151,20 +175,13 @@ async fn state_beyond_a_jobs_own_share_is_read_in_a_slot_and_over_the_bound_refu
 /// is held at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
-    use dtee_submitter::builder::inline_input;
-    const MIB: usize = 1 << 20;
     let env = TestEnv::new("held-results").await;
     let worker = env.start_worker_with(|config| config.concurrency = 1).await;
     let refusing = env.refuse_results("#").await;
     let echo = env.put_kernel("echo").await;
     let started = std::time::Instant::now();
     let mut ids = Vec::new();
-    for index in 0..3u8 {
-        let mut spec = wasm_job(echo.clone(), "echo");
-        spec.buffers = vec![
-            inline_input("in", &vec![index + 1; 2 * MIB]),
-            output("out", 2 * MIB as u64),
-        ];
+    for spec in large_echo_jobs(&echo, 1) {
         ids.push(env.client.submit(&spec).await.unwrap());
     }
     dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 3).await;
@@ -174,11 +191,7 @@ async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
         let cached = env.client.cached_result(id).await.unwrap().expect("cached");
         assert!(cached.succeeded(), "{:?}", cached.error);
     }
-    let peak = Stats::get(&worker.stats.result_bytes_peak);
-    assert!(
-        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
-        "one result of about 2.7 MiB held at a time: peak {peak} bytes"
-    );
+    assert_one_result_held_at_a_time(&worker);
     // The last result is dropped just after its ack is counted.
     dtee_tests::eventually(|| Stats::get(&worker.stats.result_bytes_held) == 0).await;
     assert!(
@@ -195,8 +208,6 @@ async fn large_results_wait_for_the_broker_one_slot_at_a_time() {
 /// kernel slot until the slot frees, so no more finished results wait than there are slots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_broker_holds_one_large_result_per_result_slot() {
-    use dtee_submitter::builder::inline_input;
-    const MIB: usize = 1 << 20;
     let env = TestEnv::new("slow-results").await;
     let worker = env
         .start_worker_with(|config| {
@@ -205,25 +216,12 @@ async fn a_slow_broker_holds_one_large_result_per_result_slot() {
         })
         .await;
     let echo = env.put_kernel("echo").await;
-    let jobs: Vec<JobSpec> = (0..3u8)
-        .map(|index| {
-            let mut spec = wasm_job(echo.clone(), "echo");
-            spec.buffers = vec![
-                inline_input("in", &vec![index + 1; 2 * MIB]),
-                output("out", 2 * MIB as u64),
-            ];
-            spec
-        })
-        .collect();
+    let jobs = large_echo_jobs(&echo, 1);
     let results = futures_util::future::join_all(jobs.iter().map(|spec| env.run(spec))).await;
     for result in &results {
         assert!(result.succeeded(), "{:?}", result.error);
     }
-    let peak = Stats::get(&worker.stats.result_bytes_peak);
-    assert!(
-        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
-        "one result of about 2.7 MiB held at a time, not three: peak {peak} bytes"
-    );
+    assert_one_result_held_at_a_time(&worker);
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
@@ -233,20 +231,9 @@ async fn a_slow_broker_holds_one_large_result_per_result_slot() {
 /// once the repeat holds a result slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeats_of_large_cached_results_read_them_one_slot_at_a_time() {
-    use dtee_submitter::builder::inline_input;
-    const MIB: usize = 1 << 20;
     let env = TestEnv::new("cached-results").await;
     let echo = env.put_kernel("echo").await;
-    let jobs: Vec<JobSpec> = (0..3u8)
-        .map(|index| {
-            let mut spec = wasm_job(echo.clone(), "echo");
-            spec.buffers = vec![
-                inline_input("in", &vec![index + 7; 2 * MIB]),
-                output("out", 2 * MIB as u64),
-            ];
-            spec
-        })
-        .collect();
+    let jobs = large_echo_jobs(&echo, 7);
     let first = env.start_worker().await;
     let originals = futures_util::future::join_all(jobs.iter().map(|spec| env.run(spec))).await;
     first.shutdown().await.unwrap();
@@ -266,11 +253,7 @@ async fn repeats_of_large_cached_results_read_them_one_slot_at_a_time() {
     dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 3).await;
     assert_eq!(Stats::get(&worker.stats.deduplicated), 3);
     assert_eq!(Stats::get(&worker.stats.executed), 0);
-    let peak = Stats::get(&worker.stats.result_bytes_peak);
-    assert!(
-        peak > 2 * MIB as u64 && peak < 4 * MIB as u64,
-        "one cached result of about 2.7 MiB held at a time, not three: peak {peak} bytes"
-    );
+    assert_one_result_held_at_a_time(&worker);
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

@@ -220,13 +220,7 @@ impl Consumer {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        let announced = tokio::time::timeout(
-            RETRY_TIMEOUT,
-            session.announce_tenant(&self.ctx.config, queue),
-        )
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no confirm within {RETRY_TIMEOUT:?}")));
-        match announced {
+        match within_retry_timeout(session.announce_tenant(&self.ctx.config, queue)).await {
             Ok(()) => self.tenants.announced(queue),
             Err(error) => {
                 self.ctx.telemetry.tenant_queue_failed();
@@ -299,13 +293,7 @@ impl Consumer {
             }
             tries += 1;
             self.retry_cursor = self.retry_cursor.wrapping_add(1);
-            let consumed = tokio::time::timeout(
-                RETRY_TIMEOUT,
-                session.consume_tenant(&self.ctx.config, queue),
-            )
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {RETRY_TIMEOUT:?}")));
-            match consumed {
+            match within_retry_timeout(session.consume_tenant(&self.ctx.config, queue)).await {
                 Ok(()) => info!(%queue, "consuming a tenant queue"),
                 Err(error) => {
                     self.ctx.telemetry.tenant_queue_failed();
@@ -443,4 +431,13 @@ fn queue_wait(delivery: &Delivery) -> Option<Duration> {
     };
     let now_ms = crate::clock::unix_ms();
     Some(Duration::from_millis(now_ms.saturating_sub(sent_ms)))
+}
+
+/// `attempt`'s answer, or an error if it takes longer than [`RETRY_TIMEOUT`].
+async fn within_retry_timeout(
+    attempt: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::time::timeout(RETRY_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {RETRY_TIMEOUT:?}")))
 }

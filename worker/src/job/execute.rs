@@ -32,7 +32,7 @@ pub(crate) async fn execute(
     kernel: Kernel,
     mut slots: Vec<Slot>,
     mut first_snapshot: Option<Vec<Seen>>,
-    reads: &mut Reads,
+    reads: &mut Reads<'_>,
 ) -> Result<Outcome, Halt> {
     let params = params_of(job);
     let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
@@ -198,7 +198,7 @@ fn refused_commit(
 }
 
 /// Reads the bound state in one atomic snapshot.
-async fn snapshot(ctx: &Context, job: &Admitted, reads: &mut Reads) -> Result<Vec<Seen>, Halt> {
+async fn snapshot(ctx: &Context, job: &Admitted, reads: &mut Reads<'_>) -> Result<Vec<Seen>, Halt> {
     if job.bindings.is_empty() {
         return Ok(Vec::new());
     }

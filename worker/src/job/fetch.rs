@@ -255,7 +255,7 @@ pub(crate) async fn slots(
     plan: &Plan,
     inputs: Inputs,
     secrets: &SecretValues,
-    reads: &mut Reads,
+    reads: &mut Reads<'_>,
 ) -> Result<Vec<Slot>, Halt> {
     if let Some((name, digest)) = inputs.missing {
         return Err(Halt::Fail(
@@ -328,7 +328,7 @@ async fn blob_data(
     ctx: &Context,
     plan: &Plan,
     inputs: &Inputs,
-    reads: &mut Reads,
+    reads: &mut Reads<'_>,
 ) -> Result<HashMap<Digest, Arc<[u8]>>, Halt> {
     // From the blob cache where they still are; the rest from Redis, no further than the length
     // measured.

@@ -30,7 +30,7 @@ pub(crate) async fn answer(
     ctx: &Context,
     job: &Admitted,
     snapshot: bool,
-    reads: &mut Reads,
+    reads: &mut Reads<'_>,
 ) -> Result<Option<Vec<Seen>>, Halt> {
     let id = job.id();
     // All read at once (one round trip on one node); the answers keep their order of precedence.

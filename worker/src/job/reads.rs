@@ -33,9 +33,9 @@ pub(crate) const SMALL_READ_BYTES: u64 = 1 << 20;
 
 /// One job's reads: its data slot once it needs one, and the bytes it holds.
 #[derive(Debug)]
-pub(crate) struct Reads {
-    stats: Arc<crate::stats::Stats>,
-    tenant: String,
+pub(crate) struct Reads<'a> {
+    stats: &'a Stats,
+    tenant: &'a str,
     slots: Option<Arc<FairSlots>>,
     permit: Option<SlotPermit>,
     blob_bytes: u64,
@@ -44,12 +44,12 @@ pub(crate) struct Reads {
     large_state: bool,
 }
 
-impl Reads {
+impl<'a> Reads<'a> {
     /// Nothing read yet, by `tenant`'s job.
-    pub(crate) fn new(ctx: &Context, tenant: &str) -> Reads {
+    pub(crate) fn new(ctx: &'a Context, tenant: &'a str) -> Reads<'a> {
         Reads {
-            stats: Arc::clone(ctx.telemetry.stats()),
-            tenant: tenant.to_owned(),
+            stats: ctx.telemetry.stats(),
+            tenant,
             slots: None,
             permit: None,
             blob_bytes: 0,
@@ -107,7 +107,7 @@ impl Reads {
             return;
         }
         if let Some(slots) = &self.slots {
-            self.permit = Some(slots.acquire(&self.tenant).await);
+            self.permit = Some(slots.acquire(self.tenant).await);
         }
     }
 
@@ -130,6 +130,9 @@ impl Reads {
     }
 
     fn add(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         let now = self
             .stats
@@ -143,6 +146,9 @@ impl Reads {
     }
 
     fn sub(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         self.stats
             .data_bytes_held
@@ -150,7 +156,7 @@ impl Reads {
     }
 }
 
-impl Drop for Reads {
+impl Drop for Reads<'_> {
     fn drop(&mut self) {
         self.sub(self.blob_bytes.saturating_add(self.state_bytes));
     }
@@ -171,9 +177,7 @@ impl HeldResult {
         if bytes as u64 <= SMALL_READ_BYTES {
             return None;
         }
-        let mut held = HeldResult::slot(ctx, tenant).await;
-        held.count(bytes);
-        Some(Box::new(held))
+        HeldResult::slot(ctx, tenant).await.keep(bytes)
     }
 
     /// Waits for a result slot for `tenant`, holding no bytes yet.
