@@ -198,3 +198,52 @@ async fn with_wait_replicas_a_job_is_answered_only_once_replicas_hold_its_writes
     plain.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_key_of_a_foreign_type_fails_the_job_instead_of_retrying_for_ever() {
+    // Only workers write result keys; an operator's mistake (a list there) used to make every
+    // delivery of the job retry its look-up with backoff for as long as the key stayed.
+    let env = TestEnv::new("result-key-foreign").await;
+    let worker = env.start_worker().await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![inline_input("in", b"hello"), output("out", 16)];
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let result_key = env.namespace.result_key(&id);
+    let mut redis = env.client.redis();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&result_key)
+        .arg("not a result")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let waiter = env.client.waiter().await.unwrap();
+    // Through the reply queue: a watch that reads the result key first would meet the list too.
+    let watch = waiter.watch_reply_only(&id).await.unwrap();
+    env.client
+        .submit_replying(&spec, waiter.reply_to())
+        .await
+        .unwrap();
+    let result = watch
+        .result(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "not answered ({error:?}): {} transient retries",
+                Stats::get(&worker.stats.retried)
+            )
+        });
+    let error = result.error.expect("the job failed");
+    assert_eq!(error.code, ErrorCode::InternalError, "{}", error.message);
+    assert!(error.message.contains("never writes"), "{}", error.message);
+    assert_eq!(Stats::get(&worker.stats.retried), 0, "no transient retry");
+    waiter.close().await;
+    // Not cached: once the key is gone, the job runs.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&result_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(env.run(&spec).await.succeeded());
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

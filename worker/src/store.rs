@@ -223,15 +223,23 @@ impl Store {
         self.redis.clone().get(key).await
     }
 
-    /// The cached result of `job_id`, if any.
+    /// The cached result of `job_id`, if any. A result key holding another type than a
+    /// string (never a worker's doing) holds no result: the job's prior look-up answered
+    /// `internal_error` for it (`job::prior`), and a failure is then recorded under the
+    /// failure key instead of being retried for as long as the key stays.
     pub async fn cached_result(
         &self,
         job_id: &Digest,
     ) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        self.redis
+        match self
+            .redis
             .clone()
             .get(self.namespace.result_key(job_id))
             .await
+        {
+            Err(error) if is_wrong_type(&error) => Ok(None),
+            other => other,
+        }
     }
 
     /// Records a failure that is not final, replacing any earlier one, for `ttl`: waiters find
@@ -284,4 +292,17 @@ impl Store {
             .await?;
         Ok(stored.is_some())
     }
+}
+
+/// Whether `error` says a key holds a value of a type the command cannot read (`WRONGTYPE`,
+/// also inside a pipeline's answer), or a reply of another type than expected: what a key
+/// that the worker never wrote that way gives, which no retry changes.
+pub fn is_wrong_type(error: &redis::RedisError) -> bool {
+    // A pipeline's server errors are reached through `into_server_errors` only.
+    error.kind() == redis::ErrorKind::UnexpectedReturnType
+        || error.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, server)| server.code() == "WRONGTYPE")
+        })
 }

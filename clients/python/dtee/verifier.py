@@ -415,9 +415,47 @@ def _parse_statement(envelope: Mapping[str, Any]) -> dict[str, Any]:
     )
     _pick(statement["worker"], ("worker_id", "public_key", "measurement", "platform", "evidence_digest",
                                 "evidence_created_at_unix_ms"))
-    if not isinstance(statement["outputs"], list):
-        raise _Malformed("outputs is not a list")
+    problem = _statement_problem(statement)
+    if problem is not None:
+        raise _Malformed(problem)
     return statement
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer that fits a u64 (``bool`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+
+
+def _statement_problem(s: Mapping[str, Any]) -> Optional[str]:
+    """Why a statement that has every required field does not have the types of
+    ``dtee.execution/v1`` (as the Rust verifier reads it: a wrong type fails to parse), or
+    ``None``. The same checks as the Node.js verifier's."""
+    for key in ("schema", "execution_id", "status"):
+        if not isinstance(s[key], str):
+            return f"the statement has no string {key}"
+    if not jcs.is_digest(s["job_id"]):
+        return "the statement has no job_id digest"
+    if not isinstance(s["inputs"], list) or not isinstance(s["outputs"], list):
+        return "the statement has no inputs or outputs"
+    if not _is_count(s["started_at_unix_ms"]) or not _is_count(s["finished_at_unix_ms"]):
+        return "the statement has no timestamps"
+    w = s["worker"]
+    for key in ("worker_id", "public_key", "platform"):
+        if not isinstance(w[key], str):
+            return f"the statement's worker has no {key}"
+    if not jcs.is_digest(w["measurement"]) or not jcs.is_digest(w["evidence_digest"]):
+        return "the statement's worker has no measurement or evidence digest"
+    if not _is_count(w["evidence_created_at_unix_ms"]):
+        return "the statement's worker has no evidence time"
+    if not isinstance(s["tcb"], Mapping):
+        return "the statement has no tcb"
+    for o in s["outputs"]:
+        if (not isinstance(o, Mapping) or not isinstance(o.get("name"), str)
+                or not _is_count(o.get("size")) or not jcs.is_digest(o.get("digest"))):
+            return "a statement output is malformed"
+    if "error_code" in s and not isinstance(s["error_code"], str):
+        return "the error code is not a string"
+    return None
 
 
 def verify(

@@ -61,7 +61,8 @@ pub(crate) async fn answer(
             call.as_ref(),
             SMALL_READ_BYTES,
         )
-        .await?;
+        .await
+        .map_err(|error| foreign_value(error, id))?;
     if let Some(cached) = cached {
         // A large one is read whole in a result slot (`reads`); gone meanwhile, it answers
         // nothing.
@@ -131,4 +132,18 @@ pub(crate) async fn applied(
 ) -> Result<Option<Outcome>, Transient> {
     let first = ctx.state.applied(hash_tag, id).await?;
     Ok(first.map(|first| Outcome::cached(id.clone(), first, CachePolicy::Final)))
+}
+
+/// A Redis error of the prior look-ups as the path's answer. A key that holds a value of a
+/// type the worker never writes there (an operator's mistake) fails the job with
+/// `internal_error`, not cached, instead of retrying for ever what cannot change by itself;
+/// anything else is transient.
+fn foreign_value(error: redis::RedisError, id: &Digest) -> Halt {
+    if crate::store::is_wrong_type(&error) {
+        return Halt::Fail(Failure::new(
+            ErrorCode::InternalError,
+            format!("a redis key of job {id} (its cached result or applied record) holds a value the worker never writes there ({error}); nothing was read, nothing ran"),
+        ));
+    }
+    Halt::from(error)
 }

@@ -273,12 +273,22 @@ fn buffer_write(
     // Charge the output limit before allocating anything.
     let before = state.image_len(slot_idx);
     state.charge(end.saturating_sub(before))?;
-    let image = state.image_mut(slot_idx);
-    if end > before {
-        image.resize(end as usize, 0);
-    }
-    image[offset as usize..end as usize].copy_from_slice(source);
+    write_at(state.image_mut(slot_idx), offset as usize, source);
     Ok(len as i32)
+}
+
+/// Writes `source` into `image` at `offset`, growing it (a gap before `offset` reads as zeros).
+/// The bytes past the image's end are appended, not zero-filled first and then overwritten:
+/// a kernel that streams its output writes each byte once.
+fn write_at(image: &mut Vec<u8>, offset: usize, source: &[u8]) {
+    if offset >= image.len() {
+        image.resize(offset, 0);
+        image.extend_from_slice(source);
+    } else {
+        let (inside, beyond) = source.split_at(source.len().min(image.len() - offset));
+        image[offset..offset + inside.len()].copy_from_slice(inside);
+        image.extend_from_slice(beyond);
+    }
 }
 
 /// `buffer_set_len(idx, len) -> i32`: truncates or zero-fills a writable buffer to `len`.
@@ -413,5 +423,23 @@ mod tests {
         );
         assert_eq!(header_define(&header, "DTEE_ERR_ACCESS"), DTEE_ERR_ACCESS);
         assert_eq!(header_define(&header, "DTEE_ERR_RANGE"), DTEE_ERR_RANGE);
+    }
+
+    #[test]
+    fn writes_append_overwrite_and_zero_fill_gaps() {
+        let mut image = Vec::new();
+        write_at(&mut image, 0, b"abc");
+        assert_eq!(image, b"abc");
+        write_at(&mut image, 5, b"xy"); // past the end: the gap reads as zeros
+        assert_eq!(image, b"abc\0\0xy");
+        write_at(&mut image, 1, b"BC"); // inside
+        assert_eq!(image, b"aBC\0\0xy");
+        write_at(&mut image, 6, b"YZW"); // across the end
+        assert_eq!(image, b"aBC\0\0xYZW");
+        write_at(&mut image, 9, b""); // empty, at the end
+        write_at(&mut image, 2, b"");
+        assert_eq!(image, b"aBC\0\0xYZW");
+        write_at(&mut image, 11, b""); // empty past the end still grows it, as before
+        assert_eq!(image, b"aBC\0\0xYZW\0\0");
     }
 }
