@@ -112,9 +112,19 @@ impl ResultWaiter {
                     if let Some(sender) = all.lock().expect("lock").as_ref() {
                         let _ = sender.send((result.clone(), cached));
                     }
-                    let waiters = pending.lock().expect("lock").remove(&result.job_id);
-                    for (_, _, waiter) in waiters.into_iter().flatten() {
+                    let mut waiters = pending
+                        .lock()
+                        .expect("lock")
+                        .remove(&result.job_id)
+                        .unwrap_or_default();
+                    // The last waiter takes the result itself: one watch (the usual case)
+                    // copies nothing.
+                    let last = waiters.pop();
+                    for (_, _, waiter) in waiters {
                         let _ = waiter.send(result.clone());
+                    }
+                    if let Some((_, _, waiter)) = last {
+                        let _ = waiter.send(result);
                     }
                 }
             })

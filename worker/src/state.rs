@@ -264,10 +264,16 @@ impl StateStore {
         hash_tag: &str,
         job_id: &Digest,
     ) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        redis::cmd("GET")
+        // A key of another type (never a worker's doing) holds no applied record, as a result
+        // key of another type holds no result (`Store::cached_result`).
+        match redis::cmd("GET")
             .arg(applied_key(&self.namespace, hash_tag, job_id))
             .query_async(&mut self.redis.clone())
             .await
+        {
+            Err(error) if crate::store::is_wrong_type(&error) => Ok(None),
+            other => other,
+        }
     }
 
     /// Records `result` (a final failure) as the job's applied result unless the job was

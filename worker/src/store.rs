@@ -295,14 +295,13 @@ impl Store {
 }
 
 /// Whether `error` says a key holds a value of a type the command cannot read (`WRONGTYPE`,
-/// also inside a pipeline's answer), or a reply of another type than expected: what a key
-/// that the worker never wrote that way gives, which no retry changes.
+/// also inside a pipeline's answer): what a key that the worker never wrote that way gives,
+/// which no retry changes. Nothing else counts (a garbled reply may be transient).
 pub fn is_wrong_type(error: &redis::RedisError) -> bool {
     // A pipeline's server errors are reached through `into_server_errors` only.
-    error.kind() == redis::ErrorKind::UnexpectedReturnType
-        || error.clone().into_server_errors().is_some_and(|errors| {
-            errors
-                .iter()
-                .any(|(_, server)| server.code() == "WRONGTYPE")
-        })
+    error.clone().into_server_errors().is_some_and(|errors| {
+        errors
+            .iter()
+            .any(|(_, server)| server.code() == "WRONGTYPE")
+    })
 }

@@ -185,7 +185,7 @@ function statementProblem(s) {
   if (!isCount(w.evidence_created_at_unix_ms)) return "the statement's worker has no evidence time";
   if (!isObject(s.tcb)) return 'the statement has no tcb';
   for (const o of s.outputs) if (!isObject(o) || typeof o.name !== 'string' || !isCount(o.size) || !isDigest(o.digest)) return 'a statement output is malformed';
-  if (s.error_code !== undefined && typeof s.error_code !== 'string') return 'the error code is not a string';
+  if (s.error_code !== undefined && s.error_code !== null && typeof s.error_code !== 'string') return 'the error code is not a string';
   return null;
 }
 
@@ -263,7 +263,7 @@ function commonChecks(result, policy, now) {
   checks.push(check('statement.platform', worker.platform === platform, () => `the statement says ${worker.platform}, the evidence is ${platform}`));
   checks.push(check('result.job_id', statement.job_id === result.job_id, () => `the statement is about ${statement.job_id}, the result about ${result.job_id}`));
   const errorCode = isObject(result.error) ? result.error.code : undefined;
-  checks.push(check('result.status', statement.status === result.status && statement.error_code === errorCode, () => 'status or error code differ from the statement'));
+  checks.push(check('result.status', statement.status === result.status && (statement.error_code ?? undefined) === errorCode, () => 'status or error code differ from the statement'));
   const outputs = Array.isArray(result.outputs) ? result.outputs : [];
   const listed = outputs.map((o) => ({ name: o?.name, size: o?.size, digest: o?.digest }));
   const signedOutputs = statement.outputs.map((o) => ({ name: o.name, size: o.size, digest: o.digest }));

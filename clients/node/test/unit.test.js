@@ -253,6 +253,11 @@ test('native verification of a result made here', async () => {
   // A statement signed with another schema, or that is not a statement at all.
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.schema = 'x') }), { allow_software: true })), ['statement.schema']);
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => delete s.worker }), { allow_software: true })), ['statement.parse']);
+  // Fields of the wrong type are malformed, as the Rust verifier's parse fails on them; a null
+  // error code is an absent one, as serde reads an Option.
+  assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.started_at_unix_ms = '1') }), { allow_software: true })), ['statement.parse']);
+  assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.error_code = 3) }), { allow_software: true })), ['statement.parse']);
+  assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.error_code = null) }), { allow_software: true })), []);
 });
 
 test('TPM and SEV-SNP evidence is delegated to dtee verify', async (t) => {

@@ -453,7 +453,7 @@ def _statement_problem(s: Mapping[str, Any]) -> Optional[str]:
         if (not isinstance(o, Mapping) or not isinstance(o.get("name"), str)
                 or not _is_count(o.get("size")) or not jcs.is_digest(o.get("digest"))):
             return "a statement output is malformed"
-    if "error_code" in s and not isinstance(s["error_code"], str):
+    if s.get("error_code") is not None and not isinstance(s["error_code"], str):
         return "the error code is not a string"
     return None
 

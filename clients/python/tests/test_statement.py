@@ -44,6 +44,8 @@ class StatementTypes(unittest.TestCase):
         self.assertEqual(_parse_statement(envelope(STATEMENT))["execution_id"], "e1")
         with_code = dict(STATEMENT, status="failed", error_code="kernel_trap")
         self.assertEqual(_parse_statement(envelope(with_code))["error_code"], "kernel_trap")
+        # null is an absent error code, as serde reads an Option.
+        self.assertIsNone(_parse_statement(envelope(dict(STATEMENT, error_code=None)))["error_code"])
 
     def test_wrong_types_are_malformed(self):
         def at(path, value):

@@ -281,6 +281,8 @@ fn buffer_write(
 /// The bytes past the image's end are appended, not zero-filled first and then overwritten:
 /// a kernel that streams its output writes each byte once.
 fn write_at(image: &mut Vec<u8>, offset: usize, source: &[u8]) {
+    // One reservation for the new length, as `resize` to it made before.
+    image.reserve((offset + source.len()).saturating_sub(image.len()));
     if offset >= image.len() {
         image.resize(offset, 0);
         image.extend_from_slice(source);
