@@ -476,14 +476,16 @@ pub async fn eventually(condition: impl Fn() -> bool) {
 }
 
 /// A loopback TCP proxy that can take its upstream "down": [`OutageProxy::cut`] drops every
-/// connection through it and refuses new ones until [`OutageProxy::restore`]. Pointing a worker
-/// at it simulates a RabbitMQ or Redis outage without stopping the shared servers other tests
-/// use in parallel.
+/// connection through it and refuses new ones until [`OutageProxy::restore`];
+/// [`OutageProxy::freeze`] makes it silent instead, every connection open and nothing
+/// forwarded (a peer that hangs). Pointing a worker at it simulates a RabbitMQ or Redis outage
+/// without stopping the shared servers other tests use in parallel.
 #[derive(Debug)]
 pub struct OutageProxy {
     /// The address to connect to instead of the upstream.
     pub addr: std::net::SocketAddr,
     up: tokio::sync::watch::Sender<bool>,
+    frozen: tokio::sync::watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -495,11 +497,13 @@ impl OutageProxy {
             .expect("binding the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (up, _) = tokio::sync::watch::channel(true);
+        let (frozen, _) = tokio::sync::watch::channel(false);
         let upstream = upstream.to_owned();
-        let state = up.clone();
+        let (state, silence) = (up.clone(), frozen.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let mut watch = state.subscribe();
+                let mut frozen = silence.subscribe();
                 if !*watch.borrow_and_update() {
                     drop(inbound); // down: the client sees its connection closed at once
                     continue;
@@ -509,14 +513,24 @@ impl OutageProxy {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = watch.wait_for(|up| !*up) => {} // cut: drop both sides
+                    let silent = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = watch.wait_for(|up| !*up) => false, // cut: drop both sides
+                        _ = frozen.wait_for(|frozen| *frozen) => true,
+                    };
+                    if silent {
+                        // Both sides stay open, nothing goes through, until the proxy is cut.
+                        let _ = watch.wait_for(|up| !*up).await.map(|_| ());
                     }
                 });
             }
         });
-        OutageProxy { addr, up, accept }
+        OutageProxy {
+            addr,
+            up,
+            frozen,
+            accept,
+        }
     }
 
     /// `url` with its `host:port` replaced by the proxy's address, and the upstream it named.
@@ -535,6 +549,11 @@ impl OutageProxy {
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
         self.up.send_replace(false);
+    }
+
+    /// Stops forwarding on every connection, keeping them open: the peer hangs.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
     }
 
     /// Accepts and forwards connections again.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dtee_schemas::job::Limits;
 use dtee_schemas::ErrorCode;
 use dtee_submitter::builder::wasm_job;
-use dtee_tests::{TestEnv, RESULT_TIMEOUT};
+use dtee_tests::{OutageProxy, TestEnv, RESULT_TIMEOUT};
 
 fn start_worker(env: &TestEnv, grace_secs: u32) -> std::process::Child {
     worker_command(env, grace_secs)
@@ -262,5 +262,44 @@ async fn a_worker_measures_its_binary_without_holding_it_in_memory() {
     );
     sigterm(&worker);
     exits_cleanly(worker).await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_though_rabbitmq_and_redis_stop_answering() {
+    // Both servers go silent under a running worker (connections open, nothing answered), as a
+    // node does that hangs or is stopped without closing its sockets: each step of the
+    // shutdown (cancelling the consumers, leaving the registry, the last acks, closing the
+    // channel and the connection) gives up after a bound instead of waiting for ever.
+    let env = TestEnv::new("silent-shutdown").await;
+    let (amqp, amqp_url) = OutageProxy::in_front_of(&dtee_tests::amqp_url()).await;
+    let (redis, redis_url) = OutageProxy::in_front_of(&env.redis_url).await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.amqp_url = amqp_url;
+            c.redis_url = redis_url;
+        })
+        .await;
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![
+        dtee_submitter::builder::inline_input("in", b"hello"),
+        dtee_submitter::builder::output("out", 16),
+    ];
+    assert!(env.run(&spec).await.succeeded());
+    amqp.freeze();
+    redis.freeze();
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(60), worker.shutdown()).await;
+    assert!(
+        ended.is_ok(),
+        "the shutdown still waited after {:?}",
+        started.elapsed()
+    );
+    println!(
+        "shutdown against silent servers took {:?}",
+        started.elapsed()
+    );
+    amqp.cut();
+    redis.cut();
     env.cleanup().await;
 }

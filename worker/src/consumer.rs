@@ -403,10 +403,13 @@ impl Consumer {
             probe.abort();
         }
         let config = &self.ctx.config;
-        crate::registry::deregister(
-            self.ctx.store.connection(),
-            &config.namespace,
-            &config.worker_id,
+        crate::broker::session::bounded(
+            "leaving the registry",
+            crate::registry::deregister(
+                self.ctx.store.connection(),
+                &config.namespace,
+                &config.worker_id,
+            ),
         )
         .await;
         if let Some(current) = self.session {

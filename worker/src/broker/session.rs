@@ -333,23 +333,46 @@ impl Session {
 
     /// Stops the broker from delivering more.
     pub(crate) async fn cancel_consumers(&self) {
-        for tag in &self.consumer_tags {
-            let _ = self
-                .consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-        }
+        let cancels = async {
+            for tag in &self.consumer_tags {
+                let _ = self
+                    .consume
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+            }
+        };
+        bounded("cancelling the consumers", cancels).await;
     }
 
-    /// Closes the connection; unacknowledged deliveries return to their queues.
+    /// Closes the connection; unacknowledged deliveries return to their queues. Each step is
+    /// bounded by [`SHUTDOWN_STEP`]: a broker that does not answer (a node stopped under the
+    /// connection, a connection half gone) must not keep the worker from exiting.
     pub(crate) async fn close(self) {
         // Acknowledgements handed over by finished jobs go out before the channel closes.
-        self.acks.flush().await;
-        let _ = self.consume.close(200, "worker shutting down".into()).await;
-        let _ = self
-            .connection
-            .close(200, "worker shutting down".into())
-            .await;
+        bounded("sending the last acknowledgements", self.acks.flush()).await;
+        bounded(
+            "closing the consumer channel",
+            self.consume.close(200, "worker shutting down".into()),
+        )
+        .await;
+        bounded(
+            "closing the connection",
+            self.connection.close(200, "worker shutting down".into()),
+        )
+        .await;
+    }
+}
+
+/// How long each step of a shutdown may wait for the broker or Redis.
+pub(crate) const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// Waits for `step` at most [`SHUTDOWN_STEP`]; logs what was given up.
+pub(crate) async fn bounded<T>(what: &str, step: impl std::future::Future<Output = T>) {
+    if tokio::time::timeout(SHUTDOWN_STEP, step).await.is_err() {
+        tracing::warn!(
+            step = what,
+            "shutdown step took too long; going on without it"
+        );
     }
 }
 
