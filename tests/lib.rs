@@ -382,6 +382,24 @@ impl TestEnv {
     /// Deletes the namespace's queues, exchanges and Redis keys. Each deletion gets its own
     /// channel, so that one refusal cannot stop the others.
     pub async fn cleanup(self) {
+        // Best effort, and bounded: a broker that stopped answering (the cluster test stops
+        // nodes) must not hang the test after its assertions passed; leftovers are confined
+        // to this test's namespace.
+        if tokio::time::timeout(Duration::from_secs(60), self.remove_all())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "cleanup of {} gave up after 60 s: some of its queues or keys may be left",
+                self.namespace
+            );
+            return;
+        }
+        self.client.close().await;
+    }
+
+    /// Deletes the test's queues, exchanges and Redis keys.
+    async fn remove_all(&self) {
         let mut queues = vec![
             self.namespace.dead_letter_queue(),
             self.namespace.tenants_announcements(),
@@ -428,7 +446,6 @@ impl TestEnv {
         for chunk in keys.chunks(500) {
             let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await;
         }
-        self.client.close().await;
     }
 }
 
