@@ -248,6 +248,24 @@ impl TestEnv {
         dtee_worker::start(config).await.expect("starting a worker")
     }
 
+    /// A worker that reaches RabbitMQ and Redis through an [`OutageProxy`] each (returned:
+    /// RabbitMQ's, then Redis's), so that a test can take either away from it alone.
+    pub async fn start_worker_behind_proxies(
+        &self,
+        adjust: impl FnOnce(&mut Config),
+    ) -> (WorkerHandle, OutageProxy, OutageProxy) {
+        let (amqp, amqp_url) = OutageProxy::in_front_of(&amqp_url()).await;
+        let (redis, redis_url) = OutageProxy::in_front_of(&self.redis_url).await;
+        let worker = self
+            .start_worker_with(|c| {
+                c.amqp_url = amqp_url;
+                c.redis_url = redis_url;
+                adjust(c);
+            })
+            .await;
+        (worker, amqp, redis)
+    }
+
     /// Stores a kernel from kernels/wasm and returns its digest.
     pub async fn put_kernel(&self, name: &str) -> Digest {
         self.client

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use dtee_submitter::builder::{inline_input, output, wasm_job};
-use dtee_tests::{http_get as get, wait_for_status, OutageProxy, TestEnv};
+use dtee_tests::{http_get as get, wait_for_status, TestEnv};
 
 /// Sample values by series (name with labels), from the exposition text.
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -186,14 +186,8 @@ async fn readiness_follows_rabbitmq_and_redis_outages_and_jobs_wait_them_out() {
     // and brings back: a real outage for this worker, while the shared servers stay up for
     // the tests running beside it.
     let env = TestEnv::new("outage").await;
-    let (amqp, amqp_url) = OutageProxy::in_front_of(&dtee_tests::amqp_url()).await;
-    let (redis, redis_url) = OutageProxy::in_front_of(&env.redis_url).await;
-    let worker = env
-        .start_worker_with(|c| {
-            c.amqp_url = amqp_url;
-            c.redis_url = redis_url;
-            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-        })
+    let (worker, amqp, redis) = env
+        .start_worker_behind_proxies(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap()))
         .await;
     let addr = worker.metrics_addr.unwrap();
     wait_for_status(addr, "/readyz", 200).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dtee_schemas::job::Limits;
 use dtee_schemas::ErrorCode;
 use dtee_submitter::builder::wasm_job;
-use dtee_tests::{OutageProxy, TestEnv, RESULT_TIMEOUT};
+use dtee_tests::{TestEnv, RESULT_TIMEOUT};
 
 fn start_worker(env: &TestEnv, grace_secs: u32) -> std::process::Child {
     worker_command(env, grace_secs)
@@ -272,14 +272,7 @@ async fn a_shutdown_ends_though_rabbitmq_and_redis_stop_answering() {
     // shutdown (cancelling the consumers, leaving the registry, the last acks, closing the
     // channel and the connection) gives up after a bound instead of waiting for ever.
     let env = TestEnv::new("silent-shutdown").await;
-    let (amqp, amqp_url) = OutageProxy::in_front_of(&dtee_tests::amqp_url()).await;
-    let (redis, redis_url) = OutageProxy::in_front_of(&env.redis_url).await;
-    let worker = env
-        .start_worker_with(|c| {
-            c.amqp_url = amqp_url;
-            c.redis_url = redis_url;
-        })
-        .await;
+    let (worker, amqp, redis) = env.start_worker_behind_proxies(|_| {}).await;
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
     spec.buffers = vec![
         dtee_submitter::builder::inline_input("in", b"hello"),
