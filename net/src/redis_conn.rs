@@ -349,13 +349,37 @@ impl RedisConn {
                     .query_async(&mut connection.clone())
                     .await
             }
-            RedisConn::Cluster(_) => {
-                let commands = keys
-                    .iter()
-                    .map(|key| redis::cmd("GET").arg(key).clone())
-                    .collect();
-                self.each(commands).await
+            // `MGET` reads a key of another type as absent; one `GET` per key says `WRONGTYPE`,
+            // which is read the same way here.
+            RedisConn::Cluster(connection) => {
+                futures_util::future::try_join_all(keys.iter().map(|key| {
+                    let mut connection = connection.clone();
+                    async move {
+                        match redis::cmd("GET")
+                            .arg(key)
+                            .query_async(&mut connection)
+                            .await
+                        {
+                            Err(error) if is_wrong_type(&error) => Ok(None),
+                            other => other,
+                        }
+                    }
+                }))
+                .await
             }
+        }
+    }
+
+    /// `GET key`, reading a key that holds another type as absent (as `MGET` does): what every
+    /// reader of a key only dtee writes, as a string, wants from a value it never wrote.
+    pub async fn get_bytes(&self, key: &str) -> RedisResult<Option<Vec<u8>>> {
+        match redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.clone())
+            .await
+        {
+            Err(error) if is_wrong_type(&error) => Ok(None),
+            other => other,
         }
     }
 
@@ -400,6 +424,18 @@ impl RedisConn {
         }
         Ok(keys)
     }
+}
+
+/// Whether `error` says a key holds a value of a type the command cannot read (`WRONGTYPE`,
+/// also inside a pipeline's answer): what a key that dtee never wrote that way gives, which no
+/// retry changes. Nothing else counts (a garbled reply may be transient).
+pub fn is_wrong_type(error: &redis::RedisError) -> bool {
+    // A pipeline's server errors are reached through `into_server_errors` only.
+    error.clone().into_server_errors().is_some_and(|errors| {
+        errors
+            .iter()
+            .any(|(_, server)| server.code() == "WRONGTYPE")
+    })
 }
 
 /// The primaries of a cluster, from `CLUSTER NODES` (those not marked failed).

@@ -260,14 +260,14 @@ impl Client {
     /// The registry entries of the namespace's live workers, sorted by key; an entry this
     /// version cannot read is left out.
     pub async fn workers(&self) -> Result<Vec<WorkerEntry>, ClientError> {
-        let mut redis = self.redis.clone();
+        let redis = self.redis.clone();
         let mut keys = redis
             .scan_match(&self.config.namespace.worker_key_pattern())
             .await?;
         keys.sort();
         let mut entries = Vec::with_capacity(keys.len());
         for key in keys {
-            let body: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+            let body = redis.get_bytes(&key).await?;
             if let Some(entry) = body.and_then(|body| serde_json::from_slice(&body).ok()) {
                 entries.push(entry);
             }
@@ -291,9 +291,10 @@ impl Client {
 
     /// The cached final result of a job, if any.
     pub async fn cached_result(&self, job_id: &Digest) -> Result<Option<JobResult>, ClientError> {
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.config.namespace.result_key(job_id))
-            .query_async(&mut self.redis.clone())
+        // A key of another type is read as absent, as the worker reads it.
+        let bytes = self
+            .redis
+            .get_bytes(&self.config.namespace.result_key(job_id))
             .await?;
         bytes.map(|bytes| stored_result(&bytes, job_id)).transpose()
     }

@@ -263,9 +263,9 @@ impl ResultWaiter {
             (values.next().flatten(), values.next().flatten())
         } else {
             // A caller about to submit takes only the result key (§9): one key to read.
-            let result = redis::cmd("GET")
-                .arg(self.namespace.result_key(job_id))
-                .query_async(&mut self.redis.clone())
+            let result = self
+                .redis
+                .get_bytes(&self.namespace.result_key(job_id))
                 .await?;
             (result, None)
         };

@@ -1,7 +1,8 @@
 //! A state commit writes all of a job's bindings or none: everything that can refuse it (the
 //! versions, the key types, every value's resulting size) is checked before the first write,
 //! because Redis does not roll back a script that fails half-way. A refused commit answers the
-//! job at once and acks it; it is never retried.
+//! job at once and acks it; it is never retried. A job that may write state commits even when
+//! its run wrote nothing, so that its answer is recorded as the applied one.
 
 use std::time::{Duration, Instant};
 
@@ -212,6 +213,119 @@ async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
         (None, 0),
         "the commit wrote nothing"
     );
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_writes_nothing_still_records_the_job_as_applied() {
+    // Two executions of one job may overlap (a duplicate publish, a redelivery while the first
+    // still runs). A run of a job that may write state, but that wrote nothing, used to publish
+    // its answer without the applied record, so the other execution could still commit writes
+    // later: one id, two answers. The result's expiry shows the record: the applied record
+    // outlives the cached result, and a resubmission is answered from it.
+    let env = TestEnv::new("commit-no-write").await;
+    let worker = env
+        .start_worker_with(|c| c.result_ttl = Duration::from_secs(1))
+        .await;
+    let tenant = env.client.tenant().to_owned();
+    let balance = format!("{tenant}/{{g}}/{}/balance", env.namespace);
+    let balance_key = StateKey::parse(&balance).unwrap();
+    // `echo` copies `in` to `out` and leaves the read_write binding alone.
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![
+        inline_input("in", b"looked"),
+        dtee_submitter::builder::output("out", 16),
+        state("balance", &balance, AccessMode::ReadWrite, true),
+    ];
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let first = env.run(&spec).await;
+    assert!(first.succeeded(), "{:?}", first.error);
+    assert!(first.state.as_ref().unwrap().written.is_empty());
+    assert_eq!(
+        Stats::get(&worker.stats.commits),
+        1,
+        "a commit that writes nothing"
+    );
+    let started = Instant::now();
+    while env.client.cached_result(&id).await.unwrap().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the result expires"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The state moves on; the same job is submitted again.
+    env.client.state_put(&balance_key, b"25").await.unwrap();
+    let second = env.run(&spec).await;
+    assert_eq!(second, first, "the answer recorded the first time");
+    assert_eq!(Stats::get(&worker.stats.executed), 1, "run once");
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_is_not_final_gives_way_to_a_commit_recorded_meanwhile() {
+    // Another execution of the job (a delivery orphaned by a lost connection, say) commits its
+    // writes after this one's look-up of earlier answers and crashes before caching its
+    // result; this execution then fails for a reason that is not final. The state is applied,
+    // so the failure must not be the answer. The test hook holds the failure for three
+    // seconds, in which the test writes the applied record as the other execution would (a
+    // stand-in: its body is another job's real result, re-addressed to this job).
+    let env = TestEnv::new("commit-failure-gives-way").await;
+    let worker = env
+        .start_worker_with(|c| c.test_hook = Some(dtee_worker::config::TestHook::SlowFailure))
+        .await;
+    let tenant = env.client.tenant().to_owned();
+    let account = format!("{tenant}/{{g}}/{}/account", env.namespace);
+    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
+    stand_in.buffers = vec![
+        inline_input("in", b"committed elsewhere"),
+        dtee_submitter::builder::output("out", 32),
+    ];
+    let mut recorded = env.run(&stand_in).await;
+    assert!(recorded.succeeded());
+
+    // Spins past its 300 ms deadline: execution_timeout, which is not final.
+    let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
+    spec.buffers = vec![state("account", &account, AccessMode::ReadWrite, true)];
+    spec.limits.fuel = Some(1_000_000_000_000);
+    spec.limits.timeout_ms = Some(300);
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    recorded.job_id = id.clone();
+    let waiter = env.client.waiter().await.unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    env.client.submit(&spec).await.unwrap();
+    let timeout = ErrorCode::ALL
+        .iter()
+        .position(|code| *code == ErrorCode::ExecutionTimeout)
+        .unwrap();
+    dtee_tests::eventually(|| Stats::get(&worker.stats.run_errors_by_code[timeout]) == 1).await;
+    let applied = dtee_schemas::state::applied_key(
+        &env.namespace,
+        &StateKey::parse(&account).unwrap().hash_tag(),
+        &id,
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&applied)
+        .arg(serde_json::to_vec(&recorded).unwrap())
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+
+    let answer = watch.result(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        answer, recorded,
+        "the recorded result, not execution_timeout"
+    );
+    assert_eq!(env.client.cached_result(&id).await.unwrap(), Some(recorded));
+    let failure: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(env.namespace.failure_key(&id))
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+    assert!(failure.is_none(), "no failure recorded");
+    waiter.close().await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

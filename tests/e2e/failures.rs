@@ -236,6 +236,10 @@ async fn a_result_key_of_a_foreign_type_fails_the_job_instead_of_retrying_for_ev
     assert_eq!(error.code, ErrorCode::InternalError, "{}", error.message);
     assert!(error.message.contains("never writes"), "{}", error.message);
     assert_eq!(Stats::get(&worker.stats.retried), 0, "no transient retry");
+    // The client reads the list as no result too, as the worker does (`GET` alone would say
+    // WRONGTYPE), and a watch that reads the result key before it binds still starts.
+    assert!(env.client.cached_result(&id).await.unwrap().is_none());
+    assert!(!waiter.watch_fresh(&id).await.unwrap().is_cached());
     waiter.close().await;
     // Not cached: once the key is gone, the job runs.
     let _: i64 = redis::cmd("DEL")

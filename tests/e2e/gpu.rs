@@ -25,7 +25,7 @@ fn ptx() -> Vec<u8> {
     .expect("kernels/ptx/vadd.ptx (kernels/build.sh)")
 }
 
-async fn stand_in_job(env: &TestEnv, entry: &str, nonce: &str) -> JobSpec {
+pub(crate) async fn stand_in_job(env: &TestEnv, entry: &str, nonce: &str) -> JobSpec {
     let (digest, _) = env.client.put_blob(&ptx()).await.unwrap();
     let mut spec = wasm_job(digest, entry);
     spec.kernel.format = KernelFormat::Ptx;

@@ -10,6 +10,7 @@ mod dead_letter_reason;
 mod failures;
 mod fairness;
 mod gpu;
+mod gpu_host;
 mod hostile;
 mod jobs;
 mod limits;

@@ -58,6 +58,9 @@ pub enum TestHook {
     /// Wait a second before publishing each result, as a broker slow to take them would make
     /// a worker wait.
     SlowPublish,
+    /// Wait three seconds before caching a failure that is not final (after the kernel ran and
+    /// before the cache is read), so that a test can change Redis meanwhile.
+    SlowFailure,
 }
 
 /// The worker's typed configuration.

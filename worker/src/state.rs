@@ -266,14 +266,9 @@ impl StateStore {
     ) -> Result<Option<Vec<u8>>, redis::RedisError> {
         // A key of another type (never a worker's doing) holds no applied record, as a result
         // key of another type holds no result (`Store::cached_result`).
-        match redis::cmd("GET")
-            .arg(applied_key(&self.namespace, hash_tag, job_id))
-            .query_async(&mut self.redis.clone())
+        self.redis
+            .get_bytes(&applied_key(&self.namespace, hash_tag, job_id))
             .await
-        {
-            Err(error) if crate::store::is_wrong_type(&error) => Ok(None),
-            other => other,
-        }
     }
 
     /// Records `result` (a final failure) as the job's applied result unless the job was

@@ -231,15 +231,9 @@ impl Store {
         &self,
         job_id: &Digest,
     ) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        match self
-            .redis
-            .clone()
-            .get(self.namespace.result_key(job_id))
+        self.redis
+            .get_bytes(&self.namespace.result_key(job_id))
             .await
-        {
-            Err(error) if is_wrong_type(&error) => Ok(None),
-            other => other,
-        }
     }
 
     /// Records a failure that is not final, replacing any earlier one, for `ttl`: waiters find
@@ -292,16 +286,4 @@ impl Store {
             .await?;
         Ok(stored.is_some())
     }
-}
-
-/// Whether `error` says a key holds a value of a type the command cannot read (`WRONGTYPE`,
-/// also inside a pipeline's answer): what a key that the worker never wrote that way gives,
-/// which no retry changes. Nothing else counts (a garbled reply may be transient).
-pub fn is_wrong_type(error: &redis::RedisError) -> bool {
-    // A pipeline's server errors are reached through `into_server_errors` only.
-    error.clone().into_server_errors().is_some_and(|errors| {
-        errors
-            .iter()
-            .any(|(_, server)| server.code() == "WRONGTYPE")
-    })
 }

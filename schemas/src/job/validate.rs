@@ -107,8 +107,9 @@ impl JobSpec {
                 ))
             }
             (true, Some(launch))
-                if launch.block.iter().map(|&d| u64::from(d)).product::<u64>()
-                    > MAX_THREADS_PER_BLOCK =>
+                // u128: three u32 dimensions cannot overflow it.
+                if launch.block.iter().map(|&d| u128::from(d)).product::<u128>()
+                    > u128::from(MAX_THREADS_PER_BLOCK) =>
             {
                 Err(invalid(
                     "launch.block",

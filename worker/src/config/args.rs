@@ -200,7 +200,7 @@ pub struct Args {
     #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
     #[arg(value_parser = at_least(1u64))]
     pub applied_ttl_secs: u64,
-    /// Test hook, for the test suite only: `pause-after-commit`, `stall-consumer`.
+    /// Test hook, for the test suite only (see `TestHook`).
     #[arg(long, env = "DTEE_TEST_HOOK", hide = true, default_value = "")]
     #[arg(value_parser = setting(test_hook))]
     pub test_hook: ::std::option::Option<TestHook>,
@@ -417,8 +417,9 @@ fn test_hook(text: &str) -> Result<Option<TestHook>, String> {
         "panic-in-kernel" => Ok(Some(TestHook::PanicInKernel)),
         "panic-in-job" => Ok(Some(TestHook::PanicInJob)),
         "slow-publish" => Ok(Some(TestHook::SlowPublish)),
+        "slow-failure" => Ok(Some(TestHook::SlowFailure)),
         _ => Err(
-            "hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job, slow-publish"
+            "hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job, slow-publish, slow-failure"
                 .to_owned(),
         ),
     }

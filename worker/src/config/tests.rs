@@ -110,7 +110,7 @@ fn test_hooks_exist_only_with_the_feature() {
     {
         assert_eq!(
             error.to_string(),
-            "DTEE_TEST_HOOK=sleep is not valid: hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job, slow-publish"
+            "DTEE_TEST_HOOK=sleep is not valid: hooks: pause-after-commit, stall-consumer, panic-in-kernel, panic-in-job, slow-publish, slow-failure"
         );
         assert_eq!(result.unwrap().test_hook, Some(TestHook::StallConsumer));
     }

@@ -174,16 +174,28 @@ async fn cache(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
     match outcome.cache {
         CachePolicy::Never => {}
         CachePolicy::Failure => {
+            if crate::hooks::active(&ctx.config, crate::hooks::TestHook::SlowFailure) {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             // A final result cached meanwhile (another delivery of the same job succeeded)
             // wins over this failure.
-            match store.cached_result(&outcome.job_id).await? {
-                Some(existing) => outcome.adopt(existing),
-                None => {
-                    store
-                        .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
-                        .await?
+            if let Some(existing) = store.cached_result(&outcome.job_id).await? {
+                outcome.adopt(existing);
+                return Ok(());
+            }
+            // So does a commit of the job's writes by another execution that did not get as
+            // far as caching its result (it crashed in between, say): otherwise the state
+            // would be applied while the only answer published was a failure to retry.
+            if let Some(tag) = &outcome.claim {
+                if let Some(applied) = ctx.state.applied(tag, &outcome.job_id).await? {
+                    outcome.adopt(applied);
+                    cache_final(ctx, outcome).await?;
+                    return Ok(());
                 }
             }
+            store
+                .cache_failure(&outcome.job_id, &outcome.body, ctx.config.failure_ttl)
+                .await?
         }
         CachePolicy::Final => {
             if let Some(tag) = &outcome.claim {
@@ -196,14 +208,21 @@ async fn cache(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
                     outcome.adopt(applied);
                 }
             }
-            let stored = store
-                .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
-                .await?;
-            if !stored {
-                if let Some(existing) = store.cached_result(&outcome.job_id).await? {
-                    outcome.adopt(existing);
-                }
-            }
+            cache_final(ctx, outcome).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Caches a final result unless one is cached already, which it then adopts.
+async fn cache_final(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
+    let store = &ctx.store;
+    let stored = store
+        .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
+        .await?;
+    if !stored {
+        if let Some(existing) = store.cached_result(&outcome.job_id).await? {
+            outcome.adopt(existing);
         }
     }
     Ok(())

@@ -79,10 +79,11 @@ pub(crate) struct Outcome {
     pub cache: CachePolicy,
     /// Whether it came from a cache (the result cache or an applied record).
     pub from_cache: bool,
-    /// For a final failure of a job that binds writable state: the hash tag of its bound keys.
-    /// The failure is recorded in the job's applied record before it is cached, so that it and
-    /// a commit by another execution of the same job (say one orphaned by a lost connection)
-    /// cannot both happen: whichever comes first is the job's answer.
+    /// For a failure of a job that binds writable state: the hash tag of its bound keys. A
+    /// final failure is recorded in the job's applied record before it is cached, so that it
+    /// and a commit by another execution of the same job (say one orphaned by a lost
+    /// connection) cannot both happen: whichever comes first is the job's answer. A failure
+    /// that is not final gives way to a record already there.
     pub claim: Option<String>,
     /// For a result larger than [`super::reads::SMALL_READ_BYTES`]: its result slot, held until
     /// it is out (`super::reads::HeldResult`).
@@ -271,8 +272,8 @@ pub(crate) fn failed_as(
         failure.device.map(|d| *d),
     );
     let claim = match cache {
-        CachePolicy::Final => parsed.and_then(admit::writable_hash_tag),
-        CachePolicy::Never | CachePolicy::Failure => None,
+        CachePolicy::Final | CachePolicy::Failure => parsed.and_then(admit::writable_hash_tag),
+        CachePolicy::Never => None,
     };
     Outcome {
         job_id,

@@ -139,7 +139,7 @@ pub(crate) async fn applied(
 /// `internal_error`, not cached, instead of retrying for ever what cannot change by itself;
 /// anything else is transient.
 fn foreign_value(error: redis::RedisError, id: &Digest) -> Halt {
-    if crate::store::is_wrong_type(&error) {
+    if dtee_net::is_wrong_type(&error) {
         return Halt::Fail(Failure::new(
             ErrorCode::InternalError,
             format!("a redis key of job {id} (its cached result or applied record) holds a value the worker never writes there ({error}); nothing was read, nothing ran"),

@@ -15,8 +15,9 @@ use crate::backend::{Invocation, KernelError};
 impl GpuBackend {
     /// The launch geometry and shared memory against the target's devices.
     pub(super) fn check_launch(&self, launch: &Launch) -> Result<(), String> {
-        let threads: u64 = launch.block.iter().map(|&d| u64::from(d)).product();
-        if threads > u64::from(self.limits.max_threads_per_block) {
+        // u128: three u32 dimensions cannot overflow it.
+        let threads: u128 = launch.block.iter().map(|&d| u128::from(d)).product();
+        if threads > u128::from(self.limits.max_threads_per_block) {
             return Err(format!(
                 "the launch asks for {threads} threads per block; {} allows {}",
                 self.limits.device.name, self.limits.max_threads_per_block

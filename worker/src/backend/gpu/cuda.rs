@@ -205,8 +205,10 @@ impl Cuda {
                 // The driver's own trouble is not the kernel's fault (not a final answer).
                 let kind = match error.0 {
                     CUresult::CUDA_ERROR_OUT_OF_MEMORY => FailureKind::OutOfMemory,
+                    // As is a PTX newer than this driver reads: another worker's driver may.
                     CUresult::CUDA_ERROR_JIT_COMPILER_NOT_FOUND
-                    | CUresult::CUDA_ERROR_JIT_COMPILATION_DISABLED => FailureKind::Device,
+                    | CUresult::CUDA_ERROR_JIT_COMPILATION_DISABLED
+                    | CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => FailureKind::Device,
                     _ => FailureKind::KernelInvalid,
                 };
                 failed(kind, error, "loading the PTX")

@@ -6,7 +6,7 @@
 
 use std::io::{self, BufReader, BufWriter};
 
-use super::protocol::{self, DeviceInfo, FailureKind, Hello, Request, Response};
+use super::protocol::{self, DeviceInfo, FailureKind, Hello, Numbered, Request, Response};
 
 /// The GPU drivers a device host can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,10 +132,12 @@ pub fn probe(kind: DriverKind) -> Result<Vec<DeviceInfo>, String> {
 
 /// The device host's main loop, on standard input and output: says hello (the device, or why
 /// it could not be opened), then answers requests until its input closes. Exits after a sticky
-/// failure: the context is unusable, and the worker starts a fresh host.
+/// failure: the context is unusable, and the worker starts a fresh host. Exits at once when
+/// the worker that started it is gone.
 pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
+    exit_with_parent();
     let mut input = BufReader::new(io::stdin().lock());
-    let mut output = BufWriter::new(io::stdout().lock());
+    let mut output = BufWriter::new(protocol_output()?);
     let mut driver = match open(kind, ordinal) {
         Ok(driver) => {
             let hello = Hello {
@@ -149,7 +151,9 @@ pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
             return Ok(());
         }
     };
-    while let Some(request) = protocol::read_header::<Request>(&mut input)? {
+    while let Some(Numbered { id, body: request }) =
+        protocol::read_header::<Numbered<Request>>(&mut input)?
+    {
         // A job's bytes are wiped once it is answered, so that the next tenant's kernel finds
         // none of them in this process's memory (a GPU with unified addressing may read it).
         let kernel = Wiped(vec![protocol::read_payload(
@@ -192,12 +196,60 @@ pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
         };
         let outputs = Wiped(outputs);
         let payloads: Vec<&[u8]> = outputs.0.iter().map(Vec::as_slice).collect();
+        let response = Numbered { id, body: response };
         protocol::write_frame(&mut output, &response, &payloads)?;
         if sticky {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// The protocol's own descriptor: a copy of standard output, which then points to /dev/null.
+/// A kernel's `printf` (the driver writes it to standard output when the host synchronises)
+/// or a driver's own message could otherwise land among the frames: a broken stream at best,
+/// a forged answer at worst.
+#[allow(unsafe_code)]
+fn protocol_output() -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor, owned by the File from here on.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open and nothing else owns it.
+    let protocol = unsafe { std::fs::File::from_raw_fd(fd) };
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: dup2 onto descriptor 1, which this process keeps open for ever.
+    if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(protocol)
+}
+
+/// Ends this process (`_exit`, no clean-up that could wait for the device) once its parent,
+/// the worker, is gone: a host spinning on a kernel would otherwise keep the GPU busy after a
+/// worker crash, or after a shutdown that did not get to kill it. A thread polls the parent's
+/// pid: `PR_SET_PDEATHSIG` fires when the *thread* that spawned the host exits, and the worker
+/// spawns hosts from short-lived blocking threads.
+#[allow(unsafe_code)]
+fn exit_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    let watch = move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if std::os::unix::process::parent_id() != parent {
+            // SAFETY: _exit ends the process; nothing runs after it.
+            unsafe { libc::_exit(70) };
+        }
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("dtee-parent-watch".into())
+        .spawn(watch)
+    {
+        eprintln!("dtee device host: no parent watch ({error}); exiting");
+        // SAFETY: as above.
+        unsafe { libc::_exit(70) };
+    }
 }
 
 /// Buffers zeroed when dropped.

@@ -1,10 +1,16 @@
 //! The supervisor of one device host (`device.rs`): starts it, sends it one job at a time,
 //! waits for the answer no longer than the job's deadline, kills it (SIGKILL) when the deadline
-//! passes or after a sticky failure, and starts a fresh one for the next job. A host that keeps
-//! dying is given up: more than [`MAX_RESTARTS`] restarts within [`RESTART_WINDOW`] mark the
+//! passes or after a sticky failure, and starts a fresh one.
+//!
+//! A job whose own kernel ended the host (its deadline passed, or it faulted) pays for the
+//! fresh host itself: the host is started again before that job is answered, while the job
+//! still holds its tenant's device slot, so the slots' fair share between tenants bounds how
+//! much device time one tenant's faulting kernels cost the others. Those restarts never count
+//! against the device. Other ends (a host that died, a sticky failure of the device, a hello
+//! that did not come) do: more than [`MAX_RESTARTS`] of them within [`RESTART_WINDOW`] mark the
 //! device failed, and its jobs are answered `device_failed` without a host — unless every one
-//! of those restarts followed the same tenant's job (its kernels fault or overrun, the device is
-//! fine): one tenant cannot take a device away from the others.
+//! of them happened during the same tenant's jobs: one tenant cannot take a device away from
+//! the others.
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter};
@@ -14,7 +20,7 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::device::DriverKind;
-use super::protocol::{self, DeviceInfo, Hello, Request, Response};
+use super::protocol::{self, DeviceInfo, FailureKind, Hello, Numbered, Request, Response};
 
 /// The hidden subcommand that runs a device host.
 pub const DEVICE_HOST_COMMAND: &str = "__dtee-device-host";
@@ -44,10 +50,18 @@ enum Frame {
     Response(Response, Vec<Vec<u8>>),
 }
 
+/// What the reader thread may accept next: the answer to request `id`, with at most as many
+/// payloads as `copy_out` lists, each at most that long (checked before anything is allocated).
+struct Expected {
+    id: u64,
+    copy_out: Vec<u64>,
+}
+
 struct Running {
     child: Child,
     stdin: BufWriter<ChildStdin>,
     frames: mpsc::Receiver<io::Result<Frame>>,
+    expect: mpsc::Sender<Expected>,
 }
 
 impl Running {
@@ -70,6 +84,8 @@ struct State {
     restarts: VecDeque<(Instant, Option<String>)>,
     /// Who ended the host that the next start replaces.
     ended_by: Option<String>,
+    /// The number of the last request sent.
+    last_id: u64,
 }
 
 /// One device and the host process that drives it.
@@ -136,14 +152,31 @@ impl DeviceHost {
     ) -> Result<(Response, Vec<Vec<u8>>), HostError> {
         let mut state = self.state.lock().expect("host lock");
         self.ensure_running(&mut state)?;
-        // The job's time starts once a host is running: a host started now (because another
-        // job's fault ended the last one) is not this job's to pay for, nor to be blamed for
-        // should its deadline pass meanwhile.
+        // The job's time starts once a host is running: a host started now (because the last
+        // one died) is not this job's to pay for, nor to be blamed for should its deadline
+        // pass meanwhile.
         let started = Instant::now();
         // Every way below that ends the host ends it during this job, but a failed send.
         state.ended_by = Some(tenant.to_owned());
+        state.last_id += 1;
+        let id = state.last_id;
         let running = state.running.as_mut().expect("a running host");
-        if let Err(error) = protocol::write_frame(&mut running.stdin, request, payloads) {
+        let expected = Expected {
+            id,
+            copy_out: request
+                .buffers
+                .iter()
+                .filter(|buffer| buffer.copy_out)
+                .map(|buffer| buffer.device_bytes)
+                .collect(),
+        };
+        let numbered = Numbered { id, body: request };
+        let sent = running
+            .expect
+            .send(expected)
+            .map_err(|_| io::Error::other("the host's reader has stopped"))
+            .and_then(|()| protocol::write_frame(&mut running.stdin, &numbered, payloads));
+        if let Err(error) = sent {
             // The host had ended before this job reached it.
             let status = state.running.take().expect("running").kill();
             state.ended_by = None;
@@ -157,6 +190,9 @@ impl DeviceHost {
                 if response.sticky {
                     // The host exits by itself; reap it.
                     let _ = state.running.take().expect("running").kill();
+                    if matches!(response.failure, Some((FailureKind::KernelFault, _))) {
+                        self.restart_for_own_fault(&mut state);
+                    }
                 }
                 Ok((response, outputs))
             }
@@ -172,12 +208,33 @@ impl DeviceHost {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = state.running.take().expect("running").kill();
+                self.restart_for_own_fault(&mut state);
                 Err(HostError::Timeout(deadline.as_millis() as u64))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = state.running.take().expect("running").kill();
                 Err(HostError::Died(format!("it exited with {status}")))
             }
+        }
+    }
+
+    /// Starts the host again at once after the job's own kernel ended it (its deadline passed,
+    /// or it faulted): the job that caused it pays for the start, and the restart does not
+    /// count against the device. A start that fails is left to the next job (and counts).
+    fn restart_for_own_fault(&self, state: &mut State) {
+        state.ended_by = None;
+        if self.failed.get().is_some() {
+            return;
+        }
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        match self.spawn() {
+            Ok((running, _)) => state.running = Some(running),
+            Err(error) => tracing::warn!(
+                driver = self.kind.name(),
+                device = self.ordinal,
+                %error,
+                "a device host did not start again after a job's kernel ended the last one"
+            ),
         }
     }
 
@@ -225,8 +282,10 @@ impl DeviceHost {
         Ok(Some(info))
     }
 
+    #[allow(unsafe_code)]
     fn spawn(&self) -> Result<(Running, DeviceInfo), HostError> {
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command
             .arg(DEVICE_HOST_COMMAND)
             .arg("--driver")
             .arg(self.kind.name())
@@ -235,24 +294,48 @@ impl DeviceHost {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|error| {
-                HostError::Unavailable(format!(
-                    "starting {} {DEVICE_HOST_COMMAND}: {error}",
-                    self.program.display()
-                ))
-            })?;
+            // None of the worker's environment (its Redis and AMQP URLs may hold credentials,
+            // and a GPU with unified addressing may let a kernel read the host's memory) but
+            // what the drivers read.
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| host_variable(name)));
+        // No core file: a driver that aborts would dump the whole device mapping.
+        // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|error| {
+            HostError::Unavailable(format!(
+                "starting {} {DEVICE_HOST_COMMAND}: {error}",
+                self.program.display()
+            ))
+        })?;
         let stdin = BufWriter::new(child.stdin.take().expect("piped stdin"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, frames) = mpsc::channel();
-        std::thread::Builder::new()
+        let (expect, expectations) = mpsc::channel();
+        let reader = std::thread::Builder::new()
             .name(format!("dtee-device-host-{}", self.ordinal))
-            .spawn(move || read_frames(BufReader::new(stdout), sender))
-            .map_err(|error| HostError::Unavailable(format!("a reader thread: {error}")))?;
+            .spawn(move || read_frames(BufReader::new(stdout), sender, expectations));
+        if let Err(error) = reader {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(HostError::Unavailable(format!("a reader thread: {error}")));
+        }
         let running = Running {
             child,
             stdin,
             frames,
+            expect,
         };
         match running.frames.recv_timeout(HELLO_TIMEOUT) {
             Ok(Ok(Frame::Hello(Hello { device: Ok(info) }))) => Ok((running, info)),
@@ -293,8 +376,26 @@ impl Drop for DeviceHost {
     }
 }
 
+/// Whether a device host keeps the worker's environment variable `name`: the loader's and the
+/// GPU runtimes' own, nothing else.
+fn host_variable(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    matches!(
+        name.as_ref(),
+        "PATH" | "HOME" | "TMPDIR" | "LD_LIBRARY_PATH"
+    ) || ["CUDA_", "HIP_", "ROCM_", "HSA_", "AMD_", "NVIDIA_", "ROCR_"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
 /// The reader thread: hello, then responses with their payloads, until the host's output ends.
-fn read_frames(mut stdout: impl io::Read, sender: mpsc::Sender<io::Result<Frame>>) {
+/// A response must answer the request sent last (`expectations`, sent before each request),
+/// and its payloads must fit that request's `copy_out` buffers, before any is read.
+fn read_frames(
+    mut stdout: impl io::Read,
+    sender: mpsc::Sender<io::Result<Frame>>,
+    expectations: mpsc::Receiver<Expected>,
+) {
     match protocol::read_header::<Hello>(&mut stdout) {
         Ok(Some(hello)) => {
             if sender.send(Ok(Frame::Hello(hello))).is_err() {
@@ -308,10 +409,32 @@ fn read_frames(mut stdout: impl io::Read, sender: mpsc::Sender<io::Result<Frame>
         }
     }
     loop {
-        let frame = protocol::read_header::<Response>(&mut stdout).and_then(|header| {
-            let Some(response) = header else {
+        let frame = protocol::read_header::<Numbered<Response>>(&mut stdout).and_then(|header| {
+            let Some(Numbered { id, body: response }) = header else {
                 return Ok(None);
             };
+            let unasked = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+            let expected = expectations
+                .try_recv()
+                .map_err(|_| unasked(format!("an answer to no request (number {id})")))?;
+            if id != expected.id {
+                return Err(unasked(format!(
+                    "an answer to request {id} while request {} was waiting",
+                    expected.id
+                )));
+            }
+            if response.payloads.len() > expected.copy_out.len()
+                || response
+                    .payloads
+                    .iter()
+                    .zip(&expected.copy_out)
+                    .any(|(length, most)| length > most)
+            {
+                return Err(unasked(format!(
+                    "payloads of {:?} bytes for buffers of {:?} bytes",
+                    response.payloads, expected.copy_out
+                )));
+            }
             let mut outputs = Vec::with_capacity(response.payloads.len());
             for length in &response.payloads {
                 outputs.push(protocol::read_payload(&mut stdout, *length)?);

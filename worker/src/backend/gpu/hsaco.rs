@@ -13,6 +13,7 @@ use std::collections::HashMap;
 /// Every kernel of the code object `elf` with the size in bytes of each explicit argument:
 /// a `global_buffer` is a device pointer (8 bytes), a `by_value` argument its `.size`.
 pub fn entries(elf: &[u8]) -> Result<HashMap<String, Vec<u64>>, String> {
+    check_bounds(elf)?;
     check_segments(elf)?;
     let metadata = metadata_note(elf)?;
     let mut reader = Reader {
@@ -98,6 +99,38 @@ impl<'a> Elf<'a> {
             .and_then(|at| at.checked_add(table)?.checked_add(offset))
             .ok_or_else(|| "a malformed ELF object".to_owned())
     }
+}
+
+/// Refuses a code object with a segment or a section whose bytes lie beyond the file's end:
+/// `hipModuleLoadData` takes no length, so the runtime would read past the host's buffer.
+fn check_bounds(bytes: &[u8]) -> Result<(), String> {
+    const SHT_NOBITS: u64 = 8;
+    let elf = Elf::new(bytes)?;
+    let length = bytes.len() as u64;
+    let past_end = |offset: u64, size: u64| offset.checked_add(size).is_none_or(|end| end > length);
+    // (header table, entry size, count, where the offset and the size are, the type field).
+    let (table, size, count) = (elf.u64(0x20)?, elf.u16(0x36)?, elf.u16(0x38)?);
+    for index in 0..count {
+        let field = |offset| Elf::entry(table, size, index, offset);
+        if past_end(elf.u64(field(0x08)?)?, elf.u64(field(0x20)?)?) {
+            return Err(format!(
+                "segment {index} of the code object lies beyond its {length} bytes"
+            ));
+        }
+    }
+    let (table, size, count) = (elf.u64(0x28)?, elf.u16(0x3a)?, elf.u16(0x3c)?);
+    for index in 0..count {
+        let field = |offset| Elf::entry(table, size, index, offset);
+        if elf.u32(field(4)?)? == SHT_NOBITS {
+            continue;
+        }
+        if past_end(elf.u64(field(0x18)?)?, elf.u64(field(0x20)?)?) {
+            return Err(format!(
+                "section {index} of the code object lies beyond its {length} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a code object whose loaded segments hold memory a kernel could keep across jobs:
@@ -443,13 +476,26 @@ mod tests {
                 big[header + field..header + field + 8].copy_from_slice(&4096u64.to_le_bytes());
             }
         }
-        assert!(entries(&big).unwrap_err().contains("writable"));
+        // (Its 4096 bytes now run past the file's end, which `entries` refuses first.)
+        assert!(check_segments(&big).unwrap_err().contains("writable"));
+        assert!(entries(&big).is_err());
         // Its memory made larger than its bytes: a .bss.
         let mut bss = good.clone();
         let memsz = loads[0] + 0x28;
         let grown = u64::from_le_bytes(bss[memsz..memsz + 8].try_into().unwrap()) + (1 << 30);
         bss[memsz..memsz + 8].copy_from_slice(&grown.to_le_bytes());
         assert!(entries(&bss).unwrap_err().contains("zero-filled"));
+        // A segment's bytes, then a section's, said to run past the end of the file.
+        let mut long = good.clone();
+        let filesz = loads[0] + 0x20;
+        long[filesz..filesz + 8].copy_from_slice(&(good.len() as u64 + 1).to_le_bytes());
+        assert!(entries(&long).unwrap_err().contains("beyond"), "segment");
+        let sections = u64::from_le_bytes(good[0x28..0x30].try_into().unwrap()) as usize;
+        let section_size = u16::from_le_bytes(good[0x3a..0x3c].try_into().unwrap()) as usize;
+        let mut long = good.clone();
+        let last = sections + section_size; // section 1 (section 0 is the null section)
+        long[last + 0x20..last + 0x28].copy_from_slice(&(good.len() as u64).to_le_bytes());
+        assert!(entries(&long).unwrap_err().contains("beyond"), "section");
         // Every committed code object passes.
         for kernel in [
             "matmul", "oob", "reduce", "saxpy", "sha256", "shared", "spin", "vadd",

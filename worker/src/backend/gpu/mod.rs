@@ -64,8 +64,14 @@ use self::transfer::{buffer_specs, host_answer, match_outputs, refuse};
 use super::{Backend, Completed, Invocation, KernelError, PrepareError, Prepared};
 use crate::fair::FairSlots;
 
-/// Kernels kept per device (their bytes; the host keeps the loaded modules).
+/// Kernels kept per target (their bytes; the host keeps the loaded modules), at most this many
+/// and at most [`CACHE_BYTES`] of them: a kernel may be 64 MiB (`DTEE_MAX_KERNEL_BYTES`).
 const CACHE_ENTRIES: usize = 256;
+/// The most bytes of kernels kept per target.
+const CACHE_BYTES: usize = 256 << 20;
+
+/// Checked kernels (or why each was refused) by digest.
+type KernelCache = HashMap<Digest, Arc<Prepared<GpuKernel>>>;
 
 /// A GPU kernel: its bytes, checked to look like the format, kept by digest.
 #[derive(Debug, Clone)]
@@ -90,7 +96,8 @@ pub struct GpuBackend {
     /// One job per device may hold more than a little input or state read ahead of its run
     /// (`job::reads`).
     pub(crate) data_slots: Arc<FairSlots>,
-    cache: Mutex<HashMap<Digest, Arc<Prepared<GpuKernel>>>>,
+    /// Checked kernels by digest, with the bytes they hold.
+    cache: Mutex<(KernelCache, usize)>,
 }
 
 impl GpuBackend {
@@ -151,7 +158,7 @@ impl GpuBackend {
             slots: FairSlots::new(pool.devices().len()),
             data_slots: FairSlots::new(pool.devices().len()),
             pool,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new((HashMap::new(), 0)),
         })
     }
 
@@ -202,7 +209,12 @@ impl Backend for GpuBackend {
     }
 
     fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<GpuKernel>>> {
-        self.cache.lock().expect("cache lock").get(digest).cloned()
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .0
+            .get(digest)
+            .cloned()
     }
 
     fn prepare(
@@ -229,11 +241,23 @@ impl Backend for GpuBackend {
             })
         });
         let prepared = Arc::new(checked.map_err(|why| refuse(ErrorCode::KernelInvalid, why)));
+        let size = prepared
+            .as_ref()
+            .as_ref()
+            .map_or(0, |kernel| kernel.bytes.len());
         let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
+        let (entries, bytes) = &mut *cache;
+        if entries.len() >= CACHE_ENTRIES || *bytes + size > CACHE_BYTES {
+            entries.clear();
+            *bytes = 0;
         }
-        cache.insert(digest.clone(), Arc::clone(&prepared));
+        if size <= CACHE_BYTES
+            && entries
+                .insert(digest.clone(), Arc::clone(&prepared))
+                .is_none()
+        {
+            *bytes += size;
+        }
         Ok(prepared)
     }
 

@@ -127,6 +127,16 @@ pub struct Response {
     pub payloads: Vec<u64>,
 }
 
+/// A request or a response with the number that pairs them: the host answers each request
+/// under its number, and the worker takes no answer but one to the request it sent last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Numbered<T> {
+    /// The request's number, counted by the worker from 1 for each host.
+    pub id: u64,
+    /// The request or response.
+    pub body: T,
+}
+
 /// What a device host says first, once, when it starts: the device it drives.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
@@ -219,13 +229,21 @@ mod tests {
             }],
         };
         let mut bytes = Vec::new();
-        write_frame(&mut bytes, &request, &[b"abc", b"xy"]).unwrap();
+        let numbered = Numbered {
+            id: 7,
+            body: &request,
+        };
+        write_frame(&mut bytes, &numbered, &[b"abc", b"xy"]).unwrap();
         let mut reader = &bytes[..];
-        let back: Request = read_header(&mut reader).unwrap().unwrap();
+        let back: Numbered<Request> = read_header(&mut reader).unwrap().unwrap();
+        assert_eq!(back.id, 7);
+        let back = back.body;
         assert_eq!(back.entry, "vadd");
         assert_eq!(read_payload(&mut reader, 3).unwrap(), b"abc");
         assert_eq!(read_payload(&mut reader, 2).unwrap(), b"xy");
-        assert!(read_header::<Request>(&mut reader).unwrap().is_none());
+        assert!(read_header::<Numbered<Request>>(&mut reader)
+            .unwrap()
+            .is_none());
         assert_eq!(back.params[0].bytes(), 7u32.to_le_bytes());
     }
 }

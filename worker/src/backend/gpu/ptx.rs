@@ -28,6 +28,14 @@ pub fn entries(ptx: &str) -> Result<HashMap<String, Vec<u64>>, String> {
                 .to_owned(),
         );
     }
+    if declares_extern_function(&text) {
+        return Err(
+            "the PTX calls a function from outside the module (.extern .func: printf, malloc, \
+             assert…): the device heap would outlive the job, and a device-side printf reaches \
+             no one; GPU kernels take and give data through the job's buffers only"
+                .to_owned(),
+        );
+    }
     let mut found = HashMap::new();
     let mut rest = text.as_str();
     while let Some(at) = find_word(rest, ".entry") {
@@ -128,6 +136,21 @@ fn find_word(text: &str, word: &str) -> Option<usize> {
         from = end;
     }
     None
+}
+
+/// Whether `text` declares a function defined outside the module (`.extern .func`): the CUDA
+/// runtime's `vprintf`, `malloc`, `free`, `__assertfail`. (`.extern .shared`, dynamic shared
+/// memory, is the launch's.)
+fn declares_extern_function(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(at) = find_word(rest, ".extern") {
+        let after = rest[at + ".extern".len()..].trim_start();
+        if after.starts_with(".func") {
+            return true;
+        }
+        rest = after;
+    }
+    false
 }
 
 /// Whether `text` declares a variable in the `.global` state space: the directive `.global`
@@ -264,6 +287,19 @@ mod tests {
                 "{global}"
             );
         }
+        // Functions from outside the module (printf, malloc): refused; dynamic shared memory
+        // is not a function.
+        for external in [
+            ".extern .func (.param .b32 r) vprintf(.param .b64 a, .param .b64 b);\n.entry k(.param .u64 a)\n{}",
+            ".extern  .func  (.param .b64 r) malloc (.param .b64 n);\n.entry k(.param .u64 a)\n{}",
+        ] {
+            assert!(
+                entry_params(external, "k").unwrap_err().contains(".extern .func"),
+                "{external}"
+            );
+        }
+        let shared = ".extern .shared .align 4 .b8 dyn[];\n.entry k(.param .u64 a)\n{}";
+        assert_eq!(entry_params(shared, "k").unwrap(), [8]);
         let uses = ".entry k(.param .u64 .ptr .global .align 4 a, .param .u64 b)\n{ ld.global.u32 %r1, [a]; \
                     st.volatile.global.u32 [a], %r1; cvta.to.global.u64 %rd1, %rd2; }";
         assert_eq!(entry_params(uses, "k").unwrap(), [8, 8]);

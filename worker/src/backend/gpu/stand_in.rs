@@ -4,6 +4,8 @@
 //! RabbitMQ on machines without a GPU. The "kernel" is chosen by the job's entry point:
 //!
 //! - `copy`: copies buffer 0's bytes into buffer 1 (up to buffer 1's size);
+//! - `print`: writes buffer 0's bytes to standard output, as a kernel's `printf` reaches it
+//!   through the driver, then copies as `copy` does;
 //! - `fill`: fills every copied-back buffer with its index plus the first parameter (u32);
 //! - `vadd`: adds buffers 0 and 1 as f32 into buffer 2, for the first parameter's n elements
 //!   (the load generator's GPU workload);
@@ -71,6 +73,7 @@ impl Driver for StandIn {
         &self.info
     }
 
+    #[allow(unsafe_code)]
     fn run(&mut self, request: &Request, kernel: &[u8], inputs: &[Vec<u8>]) -> Result<Ran, Failed> {
         let started = Instant::now();
         if kernel.is_empty() {
@@ -90,7 +93,13 @@ impl Driver for StandIn {
             })
             .collect();
         match request.entry.as_str() {
-            "copy" => {
+            "print" | "copy" => {
+                if request.entry == "print" {
+                    if let Some(bytes) = buffers.first() {
+                        // SAFETY: writes initialised bytes to descriptor 1.
+                        unsafe { libc::write(1, bytes.as_ptr().cast(), bytes.len()) };
+                    }
+                }
                 if buffers.len() >= 2 {
                     let n = buffers[0].len().min(buffers[1].len());
                     let (source, target) = buffers.split_at_mut(1);
