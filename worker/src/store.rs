@@ -24,6 +24,16 @@ end
 return lengths
 ";
 
+/// KEYS[1]: a blob key; ARGV[1]: bytes a worker read there that do not hash to the key's
+/// digest. Deletes the key if it still holds exactly those bytes (not if anyone has stored
+/// something else since).
+const REMOVE_BAD_BLOB: &str = r"
+if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// What exists for a job before it runs ([`Store::prior`]).
 #[derive(Debug, Default)]
 pub struct Prior {
@@ -82,6 +92,23 @@ impl Store {
     /// The underlying connection (cheap to clone).
     pub fn connection(&self) -> RedisConn {
         self.redis.clone()
+    }
+
+    /// Deletes the blob stored under `digest` if it still holds `bad`, bytes that do not hash
+    /// to `digest` (replaced by a plain `SET`: any user that may store blobs can do that, since
+    /// Redis's ACLs cannot insist on `NX`). Uploads are `SET NX`, so until the key is gone even
+    /// its owner could not store the right bytes again; once it is, the next upload heals it.
+    /// Returns whether it was deleted.
+    pub async fn remove_bad_blob(
+        &self,
+        digest: &Digest,
+        bad: &[u8],
+    ) -> Result<bool, redis::RedisError> {
+        let script = dtee_net::Lua::new(REMOVE_BAD_BLOB);
+        let mut call = script.call();
+        call.key(self.namespace.blob_key(digest)).arg(bad);
+        let deleted: i64 = self.redis.run_script(&call).await?;
+        Ok(deleted == 1)
     }
 
     /// The lengths of the blobs stored under `digests`, in order, in one round trip and without

@@ -153,6 +153,7 @@ async fn kernel_bytes(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Vec
         .unwrap_or_default();
     ctx.telemetry.kernel_fetched(bytes.len());
     if !digest.matches(&bytes) {
+        remove_bad_blob(ctx, digest, &bytes).await;
         return Err(fail(
             ErrorCode::KernelHashMismatch,
             format!(
@@ -162,6 +163,19 @@ async fn kernel_bytes(ctx: &Context, digest: &Digest, plan: &Plan) -> Result<Vec
         ));
     }
     Ok(bytes)
+}
+
+/// Deletes a blob whose bytes do not hash to its digest, so that the next upload of the right
+/// bytes (`SET NX`) stores them; a failure to delete is only logged (the job's answer says
+/// what was wrong either way).
+async fn remove_bad_blob(ctx: &Context, digest: &Digest, bad: &[u8]) {
+    match ctx.store.remove_bad_blob(digest, bad).await {
+        Ok(true) => tracing::warn!(%digest, "deleted a blob whose bytes do not match its digest"),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%digest, %error, "could not delete a blob whose bytes do not match its digest")
+        }
+    }
 }
 
 /// The job's input blobs, measured and within the worker's input limit: each distinct digest
@@ -347,6 +361,7 @@ async fn blob_data(
         .inputs_fetched(read.iter().map(Vec::len).sum());
     for ((digest, _), bytes) in wanted.into_iter().zip(read) {
         if !digest.matches(&bytes) {
+            remove_bad_blob(ctx, digest, &bytes).await;
             return Err(Halt::Fail(
                 Failure::new(
                     ErrorCode::InputNotFound,
