@@ -263,6 +263,15 @@ def check_definitions(parsed, facts):
           and not re.search(length[0]["pattern"], f"{NAMESPACE}.dead"),
           "a policy limits the length of every job queue (refusing publishes beyond) and not "
           "the dead-letter queue")
+    # Any tenant can dead-letter its own messages at once (a per-message TTL of 0): the
+    # dead-letter queue is bounded too, dropping its oldest (refusing would leave at-least-once
+    # dead letters piling up in the job queues instead).
+    dead = [p for p in policies if re.search(p["pattern"], f"{NAMESPACE}.dead")
+            and p["apply-to"] == "queues"]
+    check(len(dead) == 1 and dead[0]["definition"].get("overflow") == "drop-head"
+          and isinstance(dead[0]["definition"].get("max-length"), int)
+          and isinstance(dead[0]["definition"].get("max-length-bytes"), int),
+          "a policy bounds the dead-letter queue in messages and bytes, dropping the oldest")
     limits = [p for p in d.get("parameters", []) if p["vhost"] == VHOST
               and p["component"] == "vhost-limits"]
     check(len(limits) == 1 and {"max-connections", "max-queues"} <= set(limits[0]["value"]),

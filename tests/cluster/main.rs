@@ -240,6 +240,31 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
         spec.nonce = Some(idx.to_string());
         spec
     };
+    // A job of its own after each stop (on another key than the counters), so that a commit
+    // follows the stop even when the load's jobs were all done before it: submitted, as the
+    // load's are, again after every error until accepted.
+    let probe = |name: &str| {
+        let mut spec = wasm_job(kernel.clone(), "increment");
+        let key = format!("{tenant}/failover/{}/probe-{name}", env.namespace);
+        spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
+        let namespace = env.namespace.clone();
+        tokio::spawn(async move {
+            loop {
+                let config = ClientConfig {
+                    amqp_url: amqp_url(),
+                    redis_url: redis_url(),
+                    namespace: namespace.clone(),
+                    tls: tls(),
+                };
+                if let Ok(client) = Client::connect(config).await {
+                    if client.submit(&spec).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     // A first job makes the tenant's own jobs queue, whose leader is then stopped.
     assert!(env.run(&spec_of(JOBS)).await.succeeded());
     let queue = env.namespace.tenant_job_queue("wasm", &tenant);
@@ -307,7 +332,9 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
         .push(vec!["start-rabbit".into(), leader.to_string()]);
     cluster(&["stop-rabbit", &leader.to_string()]);
     let stop_rabbit_took = stopped_rabbit.elapsed();
+    let probed = probe("rabbit");
     let rabbit_recovery = recovery(&workers, stopped_rabbit, before).await;
+    probed.await.unwrap();
 
     wait_for_commits(&workers, JOBS as u64 / 2).await;
     let counter_key = StateKey::parse(&format!("{tenant}/failover/{}/0", env.namespace)).unwrap();
@@ -326,7 +353,9 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
     // and the workers (DTEE_REDIS_WAIT_REPLICAS=1) answer nothing.
     let promoted_after = promotion(&mut redis, &value_key, primary).await;
     cluster(&["start-redis", &primary.to_string()]);
+    let probed = probe("redis");
     let redis_recovery = recovery(&workers, killed_redis, before).await;
+    probed.await.unwrap();
 
     let resubmitted = submitter.await.unwrap();
     // Every job's terminal result in the cache.

@@ -339,13 +339,13 @@ fn exec_runs_one_job_without_a_broker_and_its_result_verifies() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("state bindings are refused"));
 }
 
-/// Crash job `attempt`, submitted by `other` and the test's own tenant in turn: answered
-/// `device_failed`; returns the error's message.
-async fn crash_in_turn(env: &TestEnv, other: &dtee_submitter::Client, attempt: usize) -> String {
-    let client = if attempt.is_multiple_of(2) {
-        other
-    } else {
-        &env.client
+/// Crash job `attempt`, submitted by the test's own tenant and `others` in turn (as many
+/// tenants as it takes for a device's restarts to be the device's, `host::MIN_TENANTS`):
+/// answered `device_failed`; returns the error's message.
+async fn crash_in_turn(env: &TestEnv, others: &[dtee_submitter::Client], attempt: usize) -> String {
+    let client = match attempt % (others.len() + 1) {
+        0 => &env.client,
+        n => &others[n - 1],
     };
     let crash = stand_in_job(env, "crash", &format!("crash {attempt}")).await;
     let result = run_as(client, &crash).await;
@@ -370,20 +370,24 @@ async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consume
     let max = dtee_worker::backend::gpu::host::MAX_RESTARTS;
     // One tenant's crashing kernels, more than MAX_RESTARTS within a minute, cost that tenant
     // its jobs, not the device: another tenant's job still runs.
-    let other = env.tenant_client("dtee-test-gpu-other").await;
+    let others = [
+        env.tenant_client("dtee-test-gpu-other").await,
+        env.tenant_client("dtee-test-gpu-third").await,
+    ];
+    let other = &others[0];
     for attempt in 0..max + 2 {
         let crash = stand_in_job(&env, "crash", &format!("one tenant {attempt}")).await;
         let result = run_as(&env.client, &crash).await;
         assert_eq!(result.error_code(), Some(ErrorCode::DeviceFailed));
         assert!(!result.error.unwrap().message.contains("given up"));
     }
-    let served = run_as(&other, &stand_in_job(&env, "copy", "still up").await).await;
+    let served = run_as(other, &stand_in_job(&env, "copy", "still up").await).await;
     assert!(served.succeeded(), "{served:?}");
-    // Crashes that two tenants' jobs meet are the device's: past MAX_RESTARTS within a minute
-    // it is given up.
+    // Crashes that three tenants' jobs meet (host::MIN_TENANTS) are the device's: past
+    // MAX_RESTARTS within a minute it is given up.
     let mut given_up = None;
     for attempt in 0..=max + 1 {
-        let message = crash_in_turn(&env, &other, attempt).await;
+        let message = crash_in_turn(&env, &others, attempt).await;
         if message.contains("given up") {
             given_up = Some(attempt);
             break;
@@ -477,11 +481,14 @@ async fn every_device_of_a_target_runs_jobs_and_one_given_up_leaves_the_others_s
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    let other = env.tenant_client("dtee-test-gpu-devices-other").await;
+    let others = [
+        env.tenant_client("dtee-test-gpu-devices-other").await,
+        env.tenant_client("dtee-test-gpu-devices-third").await,
+    ];
     let mut given_up = Vec::new();
     for attempt in 0..2 * (dtee_worker::backend::gpu::host::MAX_RESTARTS + 1) {
-        // Two tenants' jobs crash it: the device's fault, not one tenant's.
-        let message = crash_in_turn(&env, &other, attempt).await;
+        // Three tenants' jobs crash it: the device's fault, not one tenant's.
+        let message = crash_in_turn(&env, &others, attempt).await;
         assert!(!message.contains("given up"), "{message}");
         given_up = down(&dtee_tests::http_get(addr, "/metrics").await.1);
         if !given_up.is_empty() {

@@ -70,6 +70,16 @@ local applied = redis.call('GET', KEYS[1])
 if applied then return {'applied', applied} end
 local max = tonumber(ARGV[3])
 local n = (#KEYS - 1) / 2
+-- A run that wrote nothing stands at its snapshot: only its applied record is written, so that
+-- no other execution of the job commits writes after it (no version is checked).
+local writes = false
+for i = 1, n do
+  if ARGV[3 * i + 2] ~= 'none' then writes = true end
+end
+if not writes then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return {'ok'}
+end
 for i = 1, n do
   local key, version_key = KEYS[2 * i], KEYS[2 * i + 1]
   local key_type = redis.call('TYPE', key)['ok']

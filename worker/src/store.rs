@@ -24,11 +24,13 @@ end
 return lengths
 ";
 
-/// KEYS[1]: a blob key; ARGV[1]: bytes a worker read there that do not hash to the key's
-/// digest. Deletes the key if it still holds exactly those bytes (not if anyone has stored
-/// something else since).
+/// KEYS[1]: a blob key; ARGV[1], ARGV[2]: the length and SHA-1 (hex) of bytes a worker read
+/// there that do not hash to the key's digest. Deletes the key if it still holds those bytes
+/// (not if anyone has stored something else since), without the bytes being sent back.
 const REMOVE_BAD_BLOB: &str = r"
-if redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1]).ok == 'string'
+   and redis.call('STRLEN', KEYS[1]) == tonumber(ARGV[1])
+   and redis.sha1hex(redis.call('GET', KEYS[1])) == ARGV[2] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -104,9 +106,12 @@ impl Store {
         digest: &Digest,
         bad: &[u8],
     ) -> Result<bool, redis::RedisError> {
+        use sha1::Digest as _;
         let script = dtee_net::Lua::new(REMOVE_BAD_BLOB);
         let mut call = script.call();
-        call.key(self.namespace.blob_key(digest)).arg(bad);
+        call.key(self.namespace.blob_key(digest))
+            .arg(bad.len())
+            .arg(hex::encode(sha1::Sha1::digest(bad)));
         let deleted: i64 = self.redis.run_script(&call).await?;
         Ok(deleted == 1)
     }

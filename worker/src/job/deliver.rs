@@ -34,10 +34,33 @@ pub(crate) async fn deliver(
     ctx: &Context,
     delivery: &Delivery,
     acks: &Acks,
+    outcome: Outcome,
+) -> Result<(), Transient> {
+    deliver_cached(ctx, delivery, acks, outcome, None).await
+}
+
+/// As [`deliver`], ending the job's `turn` once the outcome is cached, before it is published.
+pub(crate) async fn deliver_after_turn(
+    ctx: &Context,
+    delivery: &Delivery,
+    acks: &Acks,
+    outcome: Outcome,
+    turn: super::turns::Turn<'_>,
+) -> Result<(), Transient> {
+    deliver_cached(ctx, delivery, acks, outcome, Some(turn)).await
+}
+
+async fn deliver_cached(
+    ctx: &Context,
+    delivery: &Delivery,
+    acks: &Acks,
     mut outcome: Outcome,
+    turn: Option<super::turns::Turn<'_>>,
 ) -> Result<(), Transient> {
     cache(ctx, &mut outcome).await?;
     replicated(ctx).await?;
+    // The next delivery of the id finds this outcome in the cache from here on.
+    drop(turn);
     let publisher = ctx.publisher.read().expect("publisher lock").clone();
     let started = Instant::now();
     // The answer goes to the submitter of this delivery only (`<user_id>.<job id>`): a copy of

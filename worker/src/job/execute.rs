@@ -83,11 +83,11 @@ pub(crate) async fn execute(
         let Some(hash_tag) = job.bindings.first().map(|b| b.key.hash_tag()) else {
             return Ok(held(ctx, job, outcome, kernel_slot).await);
         };
-        // A job that may write state commits even when this run wrote nothing: the commit then
-        // writes nothing, but it still checks that no bound key changed since the snapshot and
-        // records the job as applied with this result. Otherwise another execution of the same
-        // job (a duplicate publish, a redelivery while this one runs) could commit writes after
-        // this answer was published, and one id would have two answers.
+        // A job that may write state commits even when this run wrote nothing: that commit
+        // writes and checks nothing (the run stands at its snapshot) but records the job as
+        // applied with this result, unless another execution of the job was recorded first.
+        // Otherwise that other execution (a duplicate publish, a redelivery while this one
+        // runs) could commit writes after this answer was published: one id, two answers.
         if !writes_state && job.writable_hash_tag().is_none() {
             return Ok(held(ctx, job, outcome, kernel_slot).await);
         }

@@ -213,11 +213,11 @@ async fn attempt(ctx: &Context, delivery: &Delivery, acks: &Acks) -> Result<(), 
     {
         panic!("dtee-test-hook: panic-in-job");
     }
-    // Held until the outcome is cached and published, so that another delivery of the id on
-    // this worker is answered from the cache instead of running again.
-    let _turn = ctx.turns.take(job.id()).await;
+    // Held until the outcome is cached, so that another delivery of the tenant's id on this
+    // worker is answered from the cache instead of running again (`turns`).
+    let turn = ctx.turns.take(&job.tenant, job.id()).await;
     let outcome = evaluate(ctx, &job).await?;
-    deliver::deliver(ctx, delivery, acks, outcome).await
+    deliver::deliver_after_turn(ctx, delivery, acks, outcome, turn).await
 }
 
 /// Decides the result of one admitted job. Errors are transient: the caller retries.

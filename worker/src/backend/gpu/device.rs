@@ -136,6 +136,7 @@ pub fn probe(kind: DriverKind) -> Result<Vec<DeviceInfo>, String> {
 /// the worker that started it is gone.
 pub fn serve(kind: DriverKind, ordinal: u32) -> io::Result<()> {
     exit_with_parent();
+    no_core_dumps();
     let mut input = BufReader::new(io::stdin().lock());
     let mut output = BufWriter::new(protocol_output()?);
     let mut driver = match open(kind, ordinal) {
@@ -225,6 +226,23 @@ fn protocol_output() -> io::Result<std::fs::File> {
         return Err(io::Error::last_os_error());
     }
     Ok(protocol)
+}
+
+/// No core file from a host (a driver that aborts would dump the device mapping and the job's
+/// bytes with it), and no other process of the same user may attach to it. Set here rather
+/// than between fork and exec, so that the worker spawns hosts without running code in a
+/// forked child.
+#[allow(unsafe_code)]
+fn no_core_dumps() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process, with valid arguments.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }
 
 /// Ends this process (`_exit`, no clean-up that could wait for the device) once its parent,

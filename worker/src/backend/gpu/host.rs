@@ -3,14 +3,15 @@
 //! passes or after a sticky failure, and starts a fresh one.
 //!
 //! A job whose own kernel ended the host (its deadline passed, or it faulted) pays for the
-//! fresh host itself: the host is started again before that job is answered, while the job
-//! still holds its tenant's device slot, so the slots' fair share between tenants bounds how
-//! much device time one tenant's faulting kernels cost the others. Those restarts never count
-//! against the device. Other ends (a host that died, a sticky failure of the device, a hello
-//! that did not come) do: more than [`MAX_RESTARTS`] of them within [`RESTART_WINDOW`] mark the
-//! device failed, and its jobs are answered `device_failed` without a host — unless every one
-//! of them happened during the same tenant's jobs: one tenant cannot take a device away from
-//! the others.
+//! fresh host itself: the host is started again before that job is answered
+//! ([`DeviceHost::restart_if_due`]), while the job still holds its tenant's device slot, so the
+//! slots' fair share between tenants bounds how much device time one tenant's kernels cost the
+//! others. A device that keeps ending its hosts is given up: more than [`MAX_RESTARTS`]
+//! restarts within [`RESTART_WINDOW`] mark it failed, and its jobs are answered
+//! `device_failed` without a host — but only when a host ended outside any job, or when the
+//! jobs during which the hosts ended were [`MIN_TENANTS`] tenants' or more. One tenant (or two
+//! colluding) whose kernels fault or overrun cannot take a device away from the others; a GPU
+//! that fails everyone's jobs is given up.
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter};
@@ -28,6 +29,9 @@ pub const DEVICE_HOST_COMMAND: &str = "__dtee-device-host";
 pub const MAX_RESTARTS: usize = 10;
 /// The window of [`MAX_RESTARTS`].
 pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How many tenants' jobs must have met the restarts of a window for the device to be given up
+/// (a host that ended outside any job counts as the device's fault at once).
+pub const MIN_TENANTS: usize = 3;
 /// How long a starting host may take to open its device and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -86,6 +90,10 @@ struct State {
     ended_by: Option<String>,
     /// The number of the last request sent.
     last_id: u64,
+    /// Whether the last job's own kernel ended the host, which that job starts again.
+    restart_due: bool,
+    /// The device the first host opened: every later host must open the same.
+    device: Option<DeviceInfo>,
 }
 
 /// One device and the host process that drives it.
@@ -190,9 +198,8 @@ impl DeviceHost {
                 if response.sticky {
                     // The host exits by itself; reap it.
                     let _ = state.running.take().expect("running").kill();
-                    if matches!(response.failure, Some((FailureKind::KernelFault, _))) {
-                        self.restart_for_own_fault(&mut state);
-                    }
+                    state.restart_due =
+                        matches!(response.failure, Some((FailureKind::KernelFault, _)));
                 }
                 Ok((response, outputs))
             }
@@ -208,7 +215,7 @@ impl DeviceHost {
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = state.running.take().expect("running").kill();
-                self.restart_for_own_fault(&mut state);
+                state.restart_due = true;
                 Err(HostError::Timeout(deadline.as_millis() as u64))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -218,23 +225,21 @@ impl DeviceHost {
         }
     }
 
-    /// Starts the host again at once after the job's own kernel ended it (its deadline passed,
-    /// or it faulted): the job that caused it pays for the start, and the restart does not
-    /// count against the device. A start that fails is left to the next job (and counts).
-    fn restart_for_own_fault(&self, state: &mut State) {
-        state.ended_by = None;
-        if self.failed.get().is_some() {
+    /// Starts the host again if the last job's own kernel ended it (its deadline passed, or it
+    /// faulted): called by that job, after its run is timed and before it is answered, so that
+    /// the job that caused the restart pays for it. A start that fails is left to the next job.
+    pub fn restart_if_due(&self) {
+        let mut state = self.state.lock().expect("host lock");
+        if !std::mem::take(&mut state.restart_due) {
             return;
         }
-        self.restarts.fetch_add(1, Ordering::Relaxed);
-        match self.spawn() {
-            Ok((running, _)) => state.running = Some(running),
-            Err(error) => tracing::warn!(
+        if let Err(error) = self.ensure_running(&mut state) {
+            tracing::warn!(
                 driver = self.kind.name(),
                 device = self.ordinal,
                 %error,
                 "a device host did not start again after a job's kernel ended the last one"
-            ),
+            );
         }
     }
 
@@ -260,12 +265,16 @@ impl DeviceHost {
             self.restarts.fetch_add(1, Ordering::Relaxed);
             // One tenant's kernels that fault or run past their deadlines end the host as
             // often as that tenant submits them: its own jobs pay for it, and the device stays
-            // up for the others. Failures that several tenants' jobs (or no job) met are the
-            // device's.
-            let first = &state.restarts[0].1;
-            let one_tenant =
-                first.is_some() && state.restarts.iter().all(|(_, cause)| cause == first);
-            if state.restarts.len() > MAX_RESTARTS && !one_tenant {
+            // up for the others. Ends that no job explains, or that many tenants' jobs met,
+            // are the device's.
+            let outside_jobs = state.restarts.iter().any(|(_, cause)| cause.is_none());
+            let tenants: std::collections::HashSet<_> = state
+                .restarts
+                .iter()
+                .filter_map(|(_, cause)| cause.as_ref())
+                .collect();
+            if state.restarts.len() > MAX_RESTARTS && (outside_jobs || tenants.len() >= MIN_TENANTS)
+            {
                 let why = format!(
                     "its device host was restarted {} times within {} s; the device is given up until the worker restarts",
                     state.restarts.len(),
@@ -278,11 +287,23 @@ impl DeviceHost {
         }
         state.started_once = true;
         let (running, info) = self.spawn()?;
+        // The same device as the first host's (a host's environment is not the worker's: see
+        // `host_variable`), or none.
+        if let Some(first) = &state.device {
+            if *first != info {
+                let _ = running.kill();
+                return Err(HostError::Unavailable(format!(
+                    "the device host opened {} where the first opened {}",
+                    info.device.name, first.device.name
+                )));
+            }
+        } else {
+            state.device = Some(info.clone());
+        }
         state.running = Some(running);
         Ok(Some(info))
     }
 
-    #[allow(unsafe_code)]
     fn spawn(&self) -> Result<(Running, DeviceInfo), HostError> {
         let mut command = Command::new(&self.program);
         command
@@ -299,20 +320,6 @@ impl DeviceHost {
             // what the drivers read.
             .env_clear()
             .envs(std::env::vars_os().filter(|(name, _)| host_variable(name)));
-        // No core file: a driver that aborts would dump the whole device mapping.
-        // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                let none = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = command.spawn().map_err(|error| {
             HostError::Unavailable(format!(
                 "starting {} {DEVICE_HOST_COMMAND}: {error}",

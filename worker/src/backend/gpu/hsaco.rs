@@ -105,11 +105,29 @@ impl<'a> Elf<'a> {
 /// `hipModuleLoadData` takes no length, so the runtime would read past the host's buffer.
 fn check_bounds(bytes: &[u8]) -> Result<(), String> {
     const SHT_NOBITS: u64 = 8;
+    // ELF64's own sizes: a loader steps through the tables by these, whatever the file says.
+    const PROGRAM_HEADER: u64 = 56;
+    const SECTION_HEADER: u64 = 64;
     let elf = Elf::new(bytes)?;
     let length = bytes.len() as u64;
     let past_end = |offset: u64, size: u64| offset.checked_add(size).is_none_or(|end| end > length);
-    // (header table, entry size, count, where the offset and the size are, the type field).
     let (table, size, count) = (elf.u64(0x20)?, elf.u16(0x36)?, elf.u16(0x38)?);
+    let (sections, section_size, section_count) = (elf.u64(0x28)?, elf.u16(0x3a)?, elf.u16(0x3c)?);
+    if size != PROGRAM_HEADER || (section_count > 0 && section_size != SECTION_HEADER) {
+        return Err(format!(
+            "header entries of {size} and {section_size} bytes; ELF64 has {PROGRAM_HEADER} and \
+             {SECTION_HEADER}"
+        ));
+    }
+    // Extended numbering (counts kept in section 0) is not read here, so it is refused.
+    if count == 0xffff || (section_count == 0 && sections != 0) {
+        return Err("extended ELF header numbering is not accepted".to_owned());
+    }
+    if past_end(table, count * size) || past_end(sections, section_count * section_size) {
+        return Err(format!(
+            "the code object's header tables lie beyond its {length} bytes"
+        ));
+    }
     for index in 0..count {
         let field = |offset| Elf::entry(table, size, index, offset);
         if past_end(elf.u64(field(0x08)?)?, elf.u64(field(0x20)?)?) {
@@ -118,9 +136,8 @@ fn check_bounds(bytes: &[u8]) -> Result<(), String> {
             ));
         }
     }
-    let (table, size, count) = (elf.u64(0x28)?, elf.u16(0x3a)?, elf.u16(0x3c)?);
-    for index in 0..count {
-        let field = |offset| Elf::entry(table, size, index, offset);
+    for index in 0..section_count {
+        let field = |offset| Elf::entry(sections, section_size, index, offset);
         if elf.u32(field(4)?)? == SHT_NOBITS {
             continue;
         }
@@ -496,6 +513,15 @@ mod tests {
         let last = sections + section_size; // section 1 (section 0 is the null section)
         long[last + 0x20..last + 0x28].copy_from_slice(&(good.len() as u64).to_le_bytes());
         assert!(entries(&long).unwrap_err().contains("beyond"), "section");
+        // Header entries of another size than ELF64's, which a loader would step through
+        // differently from this check.
+        let mut stride = good.clone();
+        stride[0x3a..0x3c].copy_from_slice(&0u16.to_le_bytes());
+        assert!(entries(&stride).unwrap_err().contains("header entries"));
+        // A section table said to run past the end of the file.
+        let mut table = good.clone();
+        table[0x3c..0x3e].copy_from_slice(&1000u16.to_le_bytes());
+        assert!(entries(&table).unwrap_err().contains("header tables"));
         // Every committed code object passes.
         for kernel in [
             "matmul", "oob", "reduce", "saxpy", "sha256", "shared", "spin", "vadd",

@@ -307,6 +307,9 @@ impl Backend for GpuBackend {
                 .device()
                 .host
                 .run(&request, &payloads, deadline, &invocation.tenant);
+            let wall_time_us = started.elapsed().as_micros() as u64;
+            // If this job's kernel ended the host, this job starts the next one (not timed).
+            lease.device().host.restart_if_due();
             // A device given up no longer has a job slot while others remain: its jobs wait
             // for theirs. (Once all are given up, jobs are answered `device_failed` at once and
             // the target's queues are no longer consumed.)
@@ -327,7 +330,7 @@ impl Backend for GpuBackend {
             {
                 continue;
             }
-            break (lease, answer, started.elapsed().as_micros() as u64);
+            break (lease, answer, wall_time_us);
         };
         let device = lease.device();
         let on_device = |mut error: KernelError| {
