@@ -334,7 +334,10 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
     let stop_rabbit_took = stopped_rabbit.elapsed();
     let probed = probe("rabbit");
     let rabbit_recovery = recovery(&workers, stopped_rabbit, before).await;
-    probed.await.unwrap();
+    tokio::time::timeout(RECOVERY_BOUND, probed)
+        .await
+        .expect("the probe job was submitted")
+        .unwrap();
 
     wait_for_commits(&workers, JOBS as u64 / 2).await;
     let counter_key = StateKey::parse(&format!("{tenant}/failover/{}/0", env.namespace)).unwrap();
@@ -355,7 +358,10 @@ async fn jobs_survive_a_rabbitmq_node_and_a_redis_primary_stopping_under_load() 
     cluster(&["start-redis", &primary.to_string()]);
     let probed = probe("redis");
     let redis_recovery = recovery(&workers, killed_redis, before).await;
-    probed.await.unwrap();
+    tokio::time::timeout(RECOVERY_BOUND, probed)
+        .await
+        .expect("the probe job was submitted")
+        .unwrap();
 
     let resubmitted = submitter.await.unwrap();
     // Every job's terminal result in the cache.

@@ -87,42 +87,33 @@ async fn overrun(env: &TestEnv, client: &dtee_submitter::Client, nonce: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_tenants_overrunning_kernels_do_not_take_the_device_away_but_three_do() {
-    // Kernels that run past their deadlines, more than MAX_RESTARTS of them within a minute,
-    // from two tenants: each job pays for its own fresh host, and the device stays up for the
-    // others. Two tenants (one tenant's two accounts, say) are not enough to take a device
-    // away; a device that ends the hosts of MIN_TENANTS tenants' jobs (a hung GPU fails
-    // everyone's) is given up.
+async fn kernels_that_overrun_their_deadline_never_take_the_device_away() {
+    // Three tenants' kernels that run past their deadlines (deadlines the jobs chose), more than
+    // MAX_RESTARTS of them within a minute: each job pays for its own fresh host, and none
+    // counts against the device, whoever submitted it (host::MIN_TENANTS tenants' kernel
+    // faults would give it up: tests/e2e/gpu.rs, with crashes).
     let env = TestEnv::new("gpu-overruns").await;
     let (worker, addr) = worker(&env).await;
-    let other = env.tenant_client("dtee-test-gpu-overrun").await;
+    let others = [
+        env.tenant_client("dtee-test-gpu-overrun").await,
+        env.tenant_client("dtee-test-gpu-overrun-third").await,
+    ];
     let max = dtee_worker::backend::gpu::host::MAX_RESTARTS;
-    assert_eq!(dtee_worker::backend::gpu::host::MIN_TENANTS, 3);
+    const { assert!(dtee_worker::backend::gpu::host::MIN_TENANTS <= 3) };
     for attempt in 0..max + 3 {
-        let client = if attempt % 2 == 0 {
-            &other
-        } else {
-            &env.client
+        let client = match attempt % 3 {
+            0 => &env.client,
+            n => &others[n - 1],
         };
         overrun(&env, client, &format!("overrun {attempt}")).await;
     }
     let started = Instant::now();
-    for client in [&env.client, &other] {
+    for client in [&env.client, &others[0], &others[1]] {
         let served = run_as(client, &stand_in_job(&env, "copy", "still up").await).await;
         assert!(served.succeeded(), "{served:?}");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(host_restarts(addr).await, max as u64 + 3);
-    // A third tenant's overrun within the minute: the device is given up.
-    let third = env.tenant_client("dtee-test-gpu-overrun-third").await;
-    overrun(&env, &third, "the third tenant").await;
-    let after = run_as(&env.client, &stand_in_job(&env, "copy", "given up").await).await;
-    assert_eq!(
-        after.error_code(),
-        Some(ErrorCode::DeviceFailed),
-        "{after:?}"
-    );
-    assert!(after.error.unwrap().message.contains("given up"));
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }

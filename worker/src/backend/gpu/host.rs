@@ -6,12 +6,15 @@
 //! fresh host itself: the host is started again before that job is answered
 //! ([`DeviceHost::restart_if_due`]), while the job still holds its tenant's device slot, so the
 //! slots' fair share between tenants bounds how much device time one tenant's kernels cost the
-//! others. A device that keeps ending its hosts is given up: more than [`MAX_RESTARTS`]
-//! restarts within [`RESTART_WINDOW`] mark it failed, and its jobs are answered
-//! `device_failed` without a host — but only when a host ended outside any job, or when the
-//! jobs during which the hosts ended were [`MIN_TENANTS`] tenants' or more. One tenant (or two
-//! colluding) whose kernels fault or overrun cannot take a device away from the others; a GPU
-//! that fails everyone's jobs is given up.
+//! others. A kernel that runs past its job's deadline (a deadline the job chose) never counts
+//! against the device. Other ends do: more than [`MAX_RESTARTS`] of them within
+//! [`RESTART_WINDOW`] mark the device failed, and its jobs are answered `device_failed`
+//! without a host — but only when one of them was the device's (a host that ended outside any
+//! job, a sticky failure of the device, a host that did not start), or when the jobs during
+//! which the hosts ended were [`MIN_TENANTS`] tenants' or more. One tenant (or two colluding)
+//! whose kernels fault cannot take a device away from the others; a GPU that fails everyone's
+//! jobs is given up. (One whose kernels all hang while fresh hosts still start is not: its jobs
+//! are answered `execution_timeout`, which is not final.)
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter};
@@ -79,15 +82,29 @@ impl Running {
     }
 }
 
+/// Why the host that a start replaces ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Ended {
+    /// Its job's kernel ran past the job's own deadline: never counted against the device.
+    Overrun,
+    /// During a job of this tenant (a kernel fault, a host that died): the kernel's fault or
+    /// the device's.
+    InJob(String),
+    /// Outside any job, or for a reason of the device's (a sticky device failure, a failed
+    /// send, a host that did not start).
+    #[default]
+    Device,
+}
+
 #[derive(Default)]
 struct State {
     running: Option<Running>,
     started_once: bool,
-    /// Restarts within the window, each with the tenant whose job ended the host before it
-    /// (`None`: the host ended outside a job, or the cause is not known).
-    restarts: VecDeque<(Instant, Option<String>)>,
-    /// Who ended the host that the next start replaces.
-    ended_by: Option<String>,
+    /// Restarts within the window that count against the device, each with why the host
+    /// before it ended.
+    restarts: VecDeque<(Instant, Ended)>,
+    /// Why the host that the next start replaces ended.
+    ended_by: Ended,
     /// The number of the last request sent.
     last_id: u64,
     /// Whether the last job's own kernel ended the host, which that job starts again.
@@ -165,7 +182,7 @@ impl DeviceHost {
         // pass meanwhile.
         let started = Instant::now();
         // Every way below that ends the host ends it during this job, but a failed send.
-        state.ended_by = Some(tenant.to_owned());
+        state.ended_by = Ended::InJob(tenant.to_owned());
         state.last_id += 1;
         let id = state.last_id;
         let running = state.running.as_mut().expect("a running host");
@@ -187,7 +204,7 @@ impl DeviceHost {
         if let Err(error) = sent {
             // The host had ended before this job reached it.
             let status = state.running.take().expect("running").kill();
-            state.ended_by = None;
+            state.ended_by = Ended::Device;
             return Err(HostError::Died(format!(
                 "sending it the job failed ({error}); it exited with {status}"
             )));
@@ -198,8 +215,15 @@ impl DeviceHost {
                 if response.sticky {
                     // The host exits by itself; reap it.
                     let _ = state.running.take().expect("running").kill();
-                    state.restart_due =
+                    let kernel_fault =
                         matches!(response.failure, Some((FailureKind::KernelFault, _)));
+                    state.restart_due = kernel_fault;
+                    if !kernel_fault {
+                        state.ended_by = Ended::Device;
+                    }
+                } else {
+                    // The job is over: whatever ends this host later ends it outside a job.
+                    state.ended_by = Ended::Device;
                 }
                 Ok((response, outputs))
             }
@@ -216,6 +240,7 @@ impl DeviceHost {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = state.running.take().expect("running").kill();
                 state.restart_due = true;
+                state.ended_by = Ended::Overrun;
                 Err(HostError::Timeout(deadline.as_millis() as u64))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -253,8 +278,10 @@ impl DeviceHost {
         }
         if state.started_once {
             let now = Instant::now();
-            let cause = state.ended_by.take();
-            state.restarts.push_back((now, cause));
+            let cause = std::mem::take(&mut state.ended_by);
+            if cause != Ended::Overrun {
+                state.restarts.push_back((now, cause));
+            }
             while state
                 .restarts
                 .front()
@@ -263,18 +290,22 @@ impl DeviceHost {
                 state.restarts.pop_front();
             }
             self.restarts.fetch_add(1, Ordering::Relaxed);
-            // One tenant's kernels that fault or run past their deadlines end the host as
-            // often as that tenant submits them: its own jobs pay for it, and the device stays
-            // up for the others. Ends that no job explains, or that many tenants' jobs met,
-            // are the device's.
-            let outside_jobs = state.restarts.iter().any(|(_, cause)| cause.is_none());
+            // One tenant's kernels that fault end the host as often as that tenant submits
+            // them: its own jobs pay for it, and the device stays up for the others. Ends that
+            // no job explains, or that many tenants' jobs met, are the device's.
+            let device = state
+                .restarts
+                .iter()
+                .any(|(_, cause)| *cause == Ended::Device);
             let tenants: std::collections::HashSet<_> = state
                 .restarts
                 .iter()
-                .filter_map(|(_, cause)| cause.as_ref())
+                .filter_map(|(_, cause)| match cause {
+                    Ended::InJob(tenant) => Some(tenant),
+                    _ => None,
+                })
                 .collect();
-            if state.restarts.len() > MAX_RESTARTS && (outside_jobs || tenants.len() >= MIN_TENANTS)
-            {
+            if state.restarts.len() > MAX_RESTARTS && (device || tenants.len() >= MIN_TENANTS) {
                 let why = format!(
                     "its device host was restarted {} times within {} s; the device is given up until the worker restarts",
                     state.restarts.len(),
@@ -292,10 +323,13 @@ impl DeviceHost {
         if let Some(first) = &state.device {
             if *first != info {
                 let _ = running.kill();
-                return Err(HostError::Unavailable(format!(
-                    "the device host opened {} where the first opened {}",
+                let why = format!(
+                    "a restarted device host opened {} where the first opened {}; the device is given up until the worker restarts",
                     info.device.name, first.device.name
-                )));
+                );
+                tracing::error!(driver = self.kind.name(), device = self.ordinal, "{why}");
+                let _ = self.failed.set(why.clone());
+                return Err(HostError::Unavailable(why));
             }
         } else {
             state.device = Some(info.clone());
@@ -390,9 +424,11 @@ fn host_variable(name: &std::ffi::OsStr) -> bool {
     matches!(
         name.as_ref(),
         "PATH" | "HOME" | "TMPDIR" | "LD_LIBRARY_PATH"
-    ) || ["CUDA_", "HIP_", "ROCM_", "HSA_", "AMD_", "NVIDIA_", "ROCR_"]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
+    ) || [
+        "CUDA_", "HIP_", "ROCM_", "HSA_", "AMD_", "NVIDIA_", "ROCR_", "GPU_",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
 }
 
 /// The reader thread: hello, then responses with their payloads, until the host's output ends.

@@ -529,6 +529,7 @@ mod tests {
             for arch in ["gfx90a", "gfx1100"] {
                 let name = format!("{kernel}.{arch}.hsaco");
                 assert!(check_segments(&read(&name)).is_ok(), "{name}");
+                assert!(entries(&read(&name)).is_ok(), "{name}");
             }
         }
     }
