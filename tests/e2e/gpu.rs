@@ -44,6 +44,20 @@ async fn stand_in_worker(env: &TestEnv) -> dtee_worker::WorkerHandle {
         .await
 }
 
+/// A worker serving wasm and the stand-in, with its metrics served.
+pub(crate) async fn stand_in_worker_with_metrics(
+    env: &TestEnv,
+) -> (dtee_worker::WorkerHandle, std::net::SocketAddr) {
+    let worker = env
+        .start_worker_with(|c| {
+            c.targets = vec!["wasm".to_owned(), "stand-in".to_owned()];
+            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+    let addr = worker.metrics_addr.unwrap();
+    (worker, addr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gpu_job_runs_on_the_device_host_and_its_result_names_the_device() {
     let env = TestEnv::new("gpu-run").await;
@@ -360,13 +374,7 @@ async fn crash_in_turn(env: &TestEnv, others: &[dtee_submitter::Client], attempt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_keeps_failing_is_given_up_and_its_queue_no_longer_consumed() {
     let env = TestEnv::new("gpu-give-up").await;
-    let worker = env
-        .start_worker_with(|c| {
-            c.targets = vec!["wasm".to_owned(), "stand-in".to_owned()];
-            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-        })
-        .await;
-    let addr = worker.metrics_addr.unwrap();
+    let (worker, addr) = stand_in_worker_with_metrics(&env).await;
     let max = dtee_worker::backend::gpu::host::MAX_RESTARTS;
     // One tenant's crashing kernels, more than MAX_RESTARTS within a minute, cost that tenant
     // its jobs, not the device: another tenant's job still runs.

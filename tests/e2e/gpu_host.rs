@@ -10,19 +10,7 @@ use dtee_schemas::ErrorCode;
 use dtee_tests::run_as;
 use dtee_tests::TestEnv;
 
-use crate::gpu::stand_in_job;
-
-/// A worker serving wasm and the stand-in, with its metrics served.
-async fn worker(env: &TestEnv) -> (dtee_worker::WorkerHandle, std::net::SocketAddr) {
-    let worker = env
-        .start_worker_with(|c| {
-            c.targets = vec!["wasm".to_owned(), "stand-in".to_owned()];
-            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-        })
-        .await;
-    let addr = worker.metrics_addr.unwrap();
-    (worker, addr)
-}
+use crate::gpu::{stand_in_job, stand_in_worker_with_metrics as worker};
 
 /// The stand-in device's host restarts so far, from the worker's metrics.
 async fn host_restarts(addr: std::net::SocketAddr) -> u64 {

@@ -157,56 +157,18 @@ async fn a_blob_overwritten_by_another_tenant_heals_on_the_owners_next_upload() 
     // (before, the junk stayed until an operator removed it, and every upload was a no-op).
     let env = TestEnv::new("blob-vandal").await;
     let worker = env.start_worker().await;
-    let mut vandal = env.client.redis();
-    let overwrite = |digest: &dtee_schemas::Digest| {
-        let key = env.namespace.blob_key(digest);
-        let mut vandal = env.client.redis();
-        async move {
-            let _: () = redis::cmd("SET")
-                .arg(&key)
-                .arg(b"junk".as_slice())
-                .query_async(&mut vandal)
-                .await
-                .unwrap();
-            key
-        }
-    };
     // The kernel (never compiled on this worker, so read from Redis).
     let kernel = env.put_kernel("echo").await;
     let mut spec = wasm_job(kernel.clone(), "echo");
     spec.buffers = vec![inline_input("in", b"inline"), output("out", 32)];
-    let key = overwrite(&kernel).await;
-    let result = env.run(&spec).await;
-    assert_eq!(
-        result.error_code(),
-        Some(ErrorCode::KernelHashMismatch),
-        "{result:?}"
-    );
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&key)
-        .query_async(&mut vandal)
-        .await
-        .unwrap();
-    assert!(!exists, "the kernel blob holding junk was deleted");
+    vandalise(&env, &kernel, &spec, ErrorCode::KernelHashMismatch).await;
     env.put_kernel("echo").await; // the owner uploads again, as `dtee run` does
     spec.nonce = Some("healed".to_owned());
     assert!(env.run(&spec).await.succeeded());
     // An input blob (never read on this worker, so not in its blob cache).
     let input = env.client.put_blob(b"an input blob").await.unwrap().0;
     spec.buffers[0] = dtee_submitter::builder::blob_input("in", input.clone());
-    let key = overwrite(&input).await;
-    let result = env.run(&spec).await;
-    assert_eq!(
-        result.error_code(),
-        Some(ErrorCode::InputNotFound),
-        "{result:?}"
-    );
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&key)
-        .query_async(&mut vandal)
-        .await
-        .unwrap();
-    assert!(!exists, "the input blob holding junk was deleted");
+    vandalise(&env, &input, &spec, ErrorCode::InputNotFound).await;
     env.client.put_blob(b"an input blob").await.unwrap();
     spec.nonce = Some("input healed".to_owned());
     let result = env.run(&spec).await;
@@ -216,4 +178,26 @@ async fn a_blob_overwritten_by_another_tenant_heals_on_the_owners_next_upload() 
     );
     worker.shutdown().await.unwrap();
     env.cleanup().await;
+}
+
+/// Overwrites the blob `digest` with junk (a plain SET, as any user that may store blobs can),
+/// runs `spec`, which names it, and checks that the job failed with `code` and that the worker
+/// deleted the junk.
+async fn vandalise(env: &TestEnv, digest: &dtee_schemas::Digest, spec: &JobSpec, code: ErrorCode) {
+    let key = env.namespace.blob_key(digest);
+    let mut vandal = env.client.redis();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(b"junk".as_slice())
+        .query_async(&mut vandal)
+        .await
+        .unwrap();
+    let result = env.run(spec).await;
+    assert_eq!(result.error_code(), Some(code), "{result:?}");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut vandal)
+        .await
+        .unwrap();
+    assert!(!exists, "the blob holding junk ({digest}) was deleted");
 }
