@@ -343,6 +343,7 @@ export interface Policy {
     allowed_measurements?: string[];
     vmpl?: number;
     allow_debug?: boolean;
+    allow_migration_agent?: boolean;
     min_report_version?: number;
     min_tcb?: { bootloader: number; tee: number; snp: number; microcode: number; fmc?: number };
     products?: Array<'milan' | 'genoa' | 'turin'>;

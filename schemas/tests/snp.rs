@@ -431,6 +431,30 @@ fn the_debug_bit_is_rejected_unless_allowed() {
         &snp::check_policy(&claims, &fixture.report_data(), &allow),
         &[],
     );
+
+    // A migration agent can export the guest's memory: refused the same way unless allowed.
+    let claims = SnpReportClaims {
+        guest_policy: 0x3001f | (1 << 18),
+        ..fixture.claims()
+    };
+    assert!(claims.migration_agent_allowed() && !claims.debug_allowed());
+    let checks = snp::check_policy(&claims, &fixture.report_data(), &fixture.policy());
+    assert_failed(&checks, &[check::DEBUG]);
+    let allow = SnpPolicy {
+        allow_migration_agent: true,
+        ..fixture.policy()
+    };
+    assert_failed(
+        &snp::check_policy(&claims, &fixture.report_data(), &allow),
+        &[],
+    );
+    // In a signed report: the bit fails the check, as the changed bytes fail the signature.
+    for fixture in FIXTURES {
+        let mut evidence = fixture.evidence();
+        evidence.report[0x08 + 2] |= 0x04;
+        let checks = verify(&evidence, &fixture.report_data(), &fixture.policy(), NOW);
+        assert_failed(&checks, &[check::REPORT_SIGNATURE, check::DEBUG]);
+    }
 }
 
 #[test]

@@ -426,3 +426,54 @@ async fn a_tpm_worker_result_verifies_under_its_pinned_ak_only() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// Re-signs `result`'s statement, changed by `change`, under a fresh key that takes the worker's
+/// place in the identity: what anyone can do with a software identity.
+fn re_signed(result: &JobResult, change: impl Fn(&mut serde_json::Value)) -> JobResult {
+    use dtee_schemas::attestation::dsse::{Envelope, EXECUTION_PAYLOAD_TYPE};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let public_key = hex::encode(key.verifying_key().to_bytes());
+    let mut forged = result.clone();
+    let attestation = forged.attestation.as_mut().unwrap();
+    let mut statement: serde_json::Value =
+        serde_json::from_slice(&attestation.envelope.payload_bytes().unwrap()).unwrap();
+    statement["worker"]["public_key"] = public_key.clone().into();
+    change(&mut statement);
+    let payload =
+        dtee_schemas::canonical::to_canonical_vec(&statement).expect("canonical statement");
+    attestation.envelope = Envelope::sign(EXECUTION_PAYLOAD_TYPE, &payload, &key);
+    attestation.identity.public_key = public_key;
+    forged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_software_identity_cannot_claim_a_hardware_root() {
+    let env = TestEnv::new("tcb-claims").await;
+    let worker = env.start_worker().await;
+    let result = echo_result(&env).await;
+    let policy = Policy {
+        allow_software: true,
+        ..Policy::default()
+    };
+    // Re-signed as it was under another software key: accepted (software identities are
+    // self-made, which is why a policy must allow them).
+    let honest = re_signed(&result, |_| {});
+    assert!(
+        accepted(&verify_result(&honest, &policy, now())),
+        "{:?}",
+        failed(&verify_result(&honest, &policy, now()))
+    );
+    // Claiming what only hardware gives is refused.
+    for flag in ["hardware_rooted", "memory_protected", "gpu_in_tcb"] {
+        let forged = re_signed(&result, |statement| {
+            statement["tcb"][flag] = true.into();
+        });
+        assert_eq!(
+            failed(&verify_result(&forged, &policy, now())),
+            vec!["statement.platform"],
+            "a software statement claiming {flag}"
+        );
+    }
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -194,3 +194,55 @@ async fn a_slow_compile_is_cut_at_its_deadline_and_does_not_hold_up_other_jobs()
     worker.shutdown().await.expect("shutdown");
     env.cleanup().await;
 }
+
+/// `bytes` (a WebAssembly module) with a custom section naming `n` at its end: the same code
+/// under another digest.
+fn renamed_module(mut bytes: Vec<u8>, n: u32) -> Vec<u8> {
+    let name = b"dtee-test";
+    let payload = n.to_le_bytes();
+    let mut section = Vec::new();
+    uleb(name.len() as u64, &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    bytes.push(0); // a custom section
+    uleb(section.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+/// The module cache is shared fairly: a tenant that streams new kernels through a worker evicts
+/// its own compiled kernels once it holds more than another tenant, not the other tenant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_stream_of_kernels_leaves_a_tenants_compiled_kernel() {
+    let env = TestEnv::new("compile-fair-cache").await;
+    let worker = env
+        .start_worker_with(|config| config.module_cache_size = 4)
+        .await;
+    let mut mine = wasm_job(env.put_kernel("echo").await, "noop");
+    mine.nonce = Some("first".to_owned());
+    let first = env.run(&mine).await;
+    assert!(first.succeeded(), "{:?}", first.error);
+
+    // Another tenant runs twelve kernels the worker has not seen, three times its cache.
+    let flood = env.tenant_client("dtee-test-cache-flood").await;
+    for n in 0..12 {
+        let bytes = renamed_module(dtee_tests::kernel("echo"), n);
+        let (digest, _) = flood.put_blob(&bytes).await.expect("storing a kernel");
+        let result = dtee_tests::run_as(&flood, &wasm_job(digest, "noop")).await;
+        assert!(result.succeeded(), "kernel {n}: {:?}", result.error);
+    }
+    flood.close().await;
+
+    // The first tenant's kernel is still compiled: not even fetched again.
+    let fetched = Stats::get(&worker.stats.kernel_bytes_fetched);
+    mine.nonce = Some("again".to_owned());
+    let again = env.run(&mine).await;
+    assert!(again.succeeded(), "{:?}", again.error);
+    assert_eq!(
+        Stats::get(&worker.stats.kernel_bytes_fetched),
+        fetched,
+        "another tenant's stream of kernels flushed this tenant's compiled kernel"
+    );
+    worker.shutdown().await.expect("shutdown");
+    env.cleanup().await;
+}

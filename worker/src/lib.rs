@@ -34,6 +34,7 @@ pub mod config;
 mod consumer;
 mod failure;
 mod fair;
+mod fair_cache;
 mod health;
 mod hooks;
 mod job;

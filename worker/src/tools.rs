@@ -301,7 +301,8 @@ fn run_one(
         });
     }
     let kernel_bytes = blob(&spec.kernel.digest)?;
-    let prepared = runner.prepare(&spec.kernel.digest, &kernel_bytes)?;
+    // One user: the cache's tenant is this command.
+    let prepared = runner.prepare("exec", &spec.kernel.digest, &kernel_bytes)?;
     let invocation = Invocation {
         entry: spec.kernel.entry.clone(),
         slots,

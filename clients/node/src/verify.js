@@ -24,7 +24,7 @@ export const EXECUTION_SCHEMA = 'dtee.execution/v1';
 
 const POLICY_KEYS = ['allow_software', 'worker_measurements', 'max_evidence_age_secs', 'tpm', 'snp'];
 const TPM_KEYS = ['allowed_aks', 'pcrs'];
-const SNP_KEYS = ['allowed_measurements', 'vmpl', 'allow_debug', 'min_report_version', 'min_tcb', 'products'];
+const SNP_KEYS = ['allowed_measurements', 'vmpl', 'allow_debug', 'allow_migration_agent', 'min_report_version', 'min_tcb', 'products'];
 
 /**
  * Checks a policy object and fills in its defaults; unknown keys are refused, as `dtee verify`
@@ -260,7 +260,12 @@ function commonChecks(result, policy, now) {
   }
   checks.push(check('statement.evidence_digest', evidenceDigest !== null && worker.evidence_digest === evidenceDigest, () => `the statement names evidence ${worker.evidence_digest}, the result carries ${evidenceDigest ?? 'no evidence'}`));
   const platform = isObject(evidence) ? evidence.platform : undefined;
-  checks.push(check('statement.platform', worker.platform === platform, () => `the statement says ${worker.platform}, the evidence is ${platform}`));
+  // The platform, and what the statement says it protected: no more than the evidence gives.
+  const tcb = isObject(statement.tcb) ? statement.tcb : {};
+  const tcbHonest = tcb.hardware_rooted === (platform === 'tpm' || platform === 'snp')
+    && tcb.memory_protected === (platform === 'snp')
+    && tcb.gpu_in_tcb === false;
+  checks.push(check('statement.platform', worker.platform === platform && tcbHonest, () => `the statement says ${worker.platform} (hardware_rooted ${tcb.hardware_rooted}, memory_protected ${tcb.memory_protected}, gpu_in_tcb ${tcb.gpu_in_tcb}), the evidence is ${platform}`));
   checks.push(check('result.job_id', statement.job_id === result.job_id, () => `the statement is about ${statement.job_id}, the result about ${result.job_id}`));
   const errorCode = isObject(result.error) ? result.error.code : undefined;
   checks.push(check('result.status', statement.status === result.status && (statement.error_code ?? undefined) === errorCode, () => 'status or error code differ from the statement'));

@@ -168,7 +168,7 @@ function forge({ evidence, tamper } = {}) {
       evidence_digest: digestOf(canonicalBytes(theEvidence)),
       evidence_created_at_unix_ms: created,
     },
-    tcb: { hardware_rooted: false, memory_protected: false, gpu_in_tcb: false, backend: 'wasm' },
+    tcb: { hardware_rooted: theEvidence.platform !== 'software', memory_protected: theEvidence.platform === 'snp', gpu_in_tcb: false, backend: 'wasm' },
   };
   tamper?.(statement);
   const payload = canonicalBytes(statement);
@@ -250,6 +250,10 @@ test('native verification of a result made here', async () => {
   const differs = forge({ tamper: (s) => (s.resources = base) });
   differs.resources = { ...base, kernel_time_us: 7 };
   assert.deepEqual(failedChecks(await verify(differs, { allow_software: true })), ['result.state_limits_resources']);
+  // A software statement claiming what only hardware gives, signed as well as any: refused.
+  for (const flag of ['hardware_rooted', 'memory_protected', 'gpu_in_tcb']) {
+    assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.tcb[flag] = true) }), { allow_software: true })), ['statement.platform'], flag);
+  }
   // A statement signed with another schema, or that is not a statement at all.
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.schema = 'x') }), { allow_software: true })), ['statement.schema']);
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => delete s.worker }), { allow_software: true })), ['statement.parse']);

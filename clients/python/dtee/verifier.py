@@ -158,7 +158,7 @@ def verify_envelope(envelope: Mapping[str, Any], public_key: bytes) -> Optional[
 
 _POLICY_KEYS = {"allow_software", "worker_measurements", "max_evidence_age_secs", "tpm", "snp"}
 _TPM_KEYS = {"allowed_aks", "pcrs"}
-_SNP_KEYS = {"allowed_measurements", "vmpl", "allow_debug", "min_report_version", "products", "min_tcb"}
+_SNP_KEYS = {"allowed_measurements", "vmpl", "allow_debug", "allow_migration_agent", "min_report_version", "products", "min_tcb"}
 
 
 @dataclass
@@ -524,8 +524,17 @@ def verify(
     checks.add("statement.evidence_digest", _same(worker["evidence_digest"], evidence_digest),
                lambda: f"the statement names evidence {worker['evidence_digest']}, the result carries {evidence_digest}")
     platform = evidence.get("platform")
-    checks.add("statement.platform", _same(worker["platform"], platform),
-               lambda: f"the statement says {worker['platform']}, the evidence is {platform}")
+    # The platform, and what the statement says it protected: no more than the evidence gives.
+    claimed = statement["tcb"] if isinstance(statement.get("tcb"), Mapping) else {}
+    tcb_honest = (
+        claimed.get("hardware_rooted") is (platform in ("tpm", "snp"))
+        and claimed.get("memory_protected") is (platform == "snp")
+        and claimed.get("gpu_in_tcb") is False
+    )
+    checks.add("statement.platform", _same(worker["platform"], platform) and tcb_honest,
+               lambda: f"the statement says {worker['platform']} (hardware_rooted "
+                       f"{claimed.get('hardware_rooted')}, memory_protected {claimed.get('memory_protected')}, "
+                       f"gpu_in_tcb {claimed.get('gpu_in_tcb')}), the evidence is {platform}")
     checks.add("result.job_id", _same(statement["job_id"], raw.get("job_id")),
                lambda: f"the statement is about {statement['job_id']}, the result about {raw.get('job_id')}")
     checks.add(

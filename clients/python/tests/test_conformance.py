@@ -519,6 +519,38 @@ class LiveConformance(unittest.TestCase):
             raw["execution"]["device"] = {"vendor": "nvidia", "name": "NVIDIA H200", "arch": "sm_90",
                                           "driver": "cuda 13000"}
 
+        def re_signed(flag):
+            # Signed anew under a fresh key, as anyone can with a software identity, claiming
+            # what only hardware gives.
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+            from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+            from dtee.verifier import pae
+
+            def change(raw):
+                key = Ed25519PrivateKey.generate()
+                public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+                envelope = raw["attestation"]["envelope"]
+                statement = json.loads(base64.b64decode(envelope["payload"]))
+                statement["worker"]["public_key"] = public
+                if flag:
+                    statement["tcb"][flag] = True
+                payload = jcs.canonicalize(statement)
+                envelope["payload"] = base64.b64encode(payload).decode()
+                envelope["signatures"] = [{
+                    "keyid": f"ed25519:{public}",
+                    "sig": base64.b64encode(key.sign(pae(envelope["payloadType"], payload))).decode(),
+                }]
+                raw["attestation"]["identity"]["public_key"] = public
+            return change
+
+        with self.subTest(re_signed="honestly"):
+            self.assertTrue(dtee.verify(tampered(re_signed(None)), {"allow_software": True}).accepted)
+        for flag in ("hardware_rooted", "memory_protected", "gpu_in_tcb"):
+            with self.subTest(re_signed=flag):
+                verdict = dtee.verify(tampered(re_signed(flag)), {"allow_software": True})
+                self.assertEqual([c.name for c in verdict.checks if not c.passed],
+                                 ["statement.platform"], str(verdict))
+
         for label, change, check in (
             ("an extra software evidence field", extra_evidence_field, "software.measurement"),
             ("output data changed", other_data, "result.output_data"),

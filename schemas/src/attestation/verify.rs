@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::dsse::EXECUTION_PAYLOAD_TYPE;
 use super::evidence::{Evidence, WorkerIdentity};
 use super::execution::{ExecutionStatement, OutputDigest, EXECUTION_SCHEMA};
+use super::platform::Platform;
 use super::Check;
 use crate::digest::Digest;
 use crate::result::JobResult;
@@ -113,14 +114,20 @@ pub fn verify_result(result: &JobResult, policy: &Policy, now_unix_secs: i64) ->
             )
         },
     ));
+    // The platform, and what the statement says that platform protected: a worker cannot
+    // claim more than its evidence gives (a software identity claiming a hardware root).
+    let platform = identity.evidence.platform();
+    let tcb = &statement.tcb;
     checks.push(Check::from_bool(
         "statement.platform",
-        statement.worker.platform == identity.evidence.platform().as_str(),
+        statement.worker.platform == platform.as_str()
+            && tcb.hardware_rooted == platform.is_hardware()
+            && tcb.memory_protected == (platform == Platform::Snp)
+            && !tcb.gpu_in_tcb,
         || {
             format!(
-                "the statement says {}, the evidence is {}",
-                statement.worker.platform,
-                identity.evidence.platform()
+                "the statement says {} (hardware_rooted {}, memory_protected {}, gpu_in_tcb {}), the evidence is {platform}",
+                statement.worker.platform, tcb.hardware_rooted, tcb.memory_protected, tcb.gpu_in_tcb
             )
         },
     ));

@@ -89,16 +89,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The kernel format this backend runs.
     fn format(&self) -> KernelFormat;
 
-    /// The prepared kernel for `digest`, if it is cached. Never blocks on compilation.
-    fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<Self::Kernel>>>;
+    /// The prepared kernel for `digest`, if it is cached, for a job of `tenant` (who is charged
+    /// for the entry from now on: the cache is shared fairly, `fair_cache`). Never blocks on
+    /// compilation.
+    fn cached(&self, tenant: &str, digest: &Digest) -> Option<Arc<Prepared<Self::Kernel>>>;
 
     /// Compiles `bytes`, whose digest the caller has checked is `digest`, within the backend's
     /// compile bounds, and caches the outcome, a deterministic failure included but not a
     /// compile limit (`kernel_compile_limit_exceeded` depends on the worker's load: the job path
     /// keeps it for the tenant that met it, `job::fetch::CompileRefusals`). `Err` only when the backend could not try (its compiler could not be run):
-    /// nothing is cached and the caller retries. Blocking.
+    /// nothing is cached and the caller retries. Blocking. The entry is charged to `tenant`.
     fn prepare(
         &self,
+        tenant: &str,
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<Arc<Prepared<Self::Kernel>>, PrepareError>;
@@ -260,13 +263,13 @@ pub(crate) enum AnyKernel {
 
 impl Runner {
     /// The prepared kernel for `digest`, if cached.
-    pub(crate) fn cached(&self, digest: &Digest) -> Option<Prepared<AnyKernel>> {
+    pub(crate) fn cached(&self, tenant: &str, digest: &Digest) -> Option<Prepared<AnyKernel>> {
         match self {
             Runner::Wasm(backend) => backend
-                .cached(digest)
+                .cached(tenant, digest)
                 .map(|prepared| prepared.as_ref().clone().map(AnyKernel::Wasm)),
             Runner::Gpu(backend) => backend
-                .cached(digest)
+                .cached(tenant, digest)
                 .map(|prepared| prepared.as_ref().clone().map(AnyKernel::Gpu)),
         }
     }
@@ -283,20 +286,21 @@ impl Runner {
         }
     }
 
-    /// Prepares `bytes` (blocking).
+    /// Prepares `bytes` (blocking), charging the cache entry to `tenant`.
     pub(crate) fn prepare(
         &self,
+        tenant: &str,
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<Prepared<AnyKernel>, PrepareError> {
         Ok(match self {
             Runner::Wasm(backend) => backend
-                .prepare(digest, bytes)?
+                .prepare(tenant, digest, bytes)?
                 .as_ref()
                 .clone()
                 .map(AnyKernel::Wasm),
             Runner::Gpu(backend) => backend
-                .prepare(digest, bytes)?
+                .prepare(tenant, digest, bytes)?
                 .as_ref()
                 .clone()
                 .map(AnyKernel::Gpu),

@@ -28,7 +28,7 @@ use crate::secrets::SecretValues;
 /// The job's kernel, compiled and linked: from the module cache, or from Redis by digest.
 pub(crate) async fn kernel(ctx: &Context, job: &Admitted, plan: &Plan) -> Result<Kernel, Halt> {
     let digest = &job.parsed.spec.kernel.digest;
-    let prepared = match plan.runner.cached(digest) {
+    let prepared = match plan.runner.cached(&job.tenant, digest) {
         Some(prepared) => prepared,
         None => match ctx.compile_refusals.get(&job.tenant, plan, digest) {
             Some(refused) => Err(refused),
@@ -50,7 +50,7 @@ async fn compile(
     plan: &Plan,
 ) -> Result<Prepared<Kernel>, Halt> {
     let _permit = ctx.compile_slots.acquire(tenant).await;
-    if let Some(prepared) = plan.runner.cached(digest) {
+    if let Some(prepared) = plan.runner.cached(tenant, digest) {
         return Ok(prepared);
     }
     if let Some(refused) = ctx.compile_refusals.get(tenant, plan, digest) {
@@ -59,7 +59,8 @@ async fn compile(
     let bytes = kernel_bytes(ctx, digest, plan).await?;
     let runner = plan.runner.clone();
     let compiled = digest.clone();
-    let prepared = tokio::task::spawn_blocking(move || runner.prepare(&compiled, &bytes))
+    let charged = tenant.to_owned();
+    let prepared = tokio::task::spawn_blocking(move || runner.prepare(&charged, &compiled, &bytes))
         .await
         .map_err(|source| Transient::TaskLost {
             what: "compilation",
@@ -219,7 +220,7 @@ pub(crate) async fn measure_inputs(
     }
     let cached: HashMap<&Digest, usize> = distinct
         .iter()
-        .filter_map(|digest| Some((*digest, ctx.blob_cache.get(digest)?.len())))
+        .filter_map(|digest| Some((*digest, ctx.blob_cache.peek_len(digest)?)))
         .collect();
     let uncached: Vec<&Digest> = distinct
         .iter()
@@ -282,7 +283,7 @@ pub(crate) async fn slots(
     }
     let blob_bytes: u64 = inputs.blobs.iter().map(|(_, length)| *length as u64).sum();
     reads.before_blobs(blob_bytes).await;
-    let blobs = blob_data(ctx, plan, &inputs, reads).await?;
+    let blobs = blob_data(ctx, &job.tenant, plan, &inputs, reads).await?;
     let output_bytes = plan.limits.output_bytes;
     let format = job.parsed.spec.kernel.format;
     let buffers = &job.parsed.buffers;
@@ -340,6 +341,7 @@ pub(crate) async fn slots(
 /// its digest.
 async fn blob_data(
     ctx: &Context,
+    tenant: &str,
     plan: &Plan,
     inputs: &Inputs,
     reads: &mut Reads<'_>,
@@ -349,7 +351,7 @@ async fn blob_data(
     let mut blobs = HashMap::new();
     let mut wanted: Vec<(&Digest, usize)> = Vec::new();
     for (digest, length) in &inputs.blobs {
-        match ctx.blob_cache.get(digest) {
+        match ctx.blob_cache.get(tenant, digest) {
             Some(bytes) => {
                 blobs.insert(digest.clone(), bytes);
             }
@@ -374,7 +376,7 @@ async fn blob_data(
             ));
         }
         let bytes: Arc<[u8]> = Arc::from(bytes);
-        ctx.blob_cache.insert(digest, &bytes);
+        ctx.blob_cache.insert(tenant, digest, &bytes);
         blobs.insert(digest.clone(), bytes);
     }
     // Counted whether read or shared with the cache: the job holds them until it has run.

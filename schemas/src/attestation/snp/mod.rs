@@ -21,7 +21,7 @@
 //! | `snp.ark_validity`, `snp.ask_validity`, `snp.vcek_validity` | notBefore ≤ now ≤ notAfter |
 //! | `snp.vcek_tcb` | the VCEK's TCB extensions equal the report's `reported_tcb` |
 //! | `snp.vcek_hwid` | the VCEK's hwID extension equals the report's `chip_id` |
-//! | `snp.debug` | the guest policy's DEBUG bit (19) is clear, unless the policy allows it |
+//! | `snp.debug` | the guest policy's DEBUG bit (19) and MIGRATE_MA bit (18) are clear, unless the policy allows each |
 //! | `snp.vmpl` | the report's VMPL equals the policy's |
 //! | `snp.report_data` | `report_data` equals the expected 64 bytes |
 //! | `snp.measurement` | the launch measurement is in the policy's allow-list |

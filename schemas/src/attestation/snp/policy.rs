@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check;
 use super::product::Product;
-use super::report::{SnpReportClaims, SnpTcb, POLICY_DEBUG_BIT};
+use super::report::{SnpReportClaims, SnpTcb, POLICY_DEBUG_BIT, POLICY_MIGRATE_MA_BIT};
 use crate::attestation::Check;
 
 /// What an SNP verifier accepts.
@@ -19,6 +19,9 @@ pub struct SnpPolicy {
     /// Whether a guest whose policy allows debugging (and so whose memory the host can read) is
     /// acceptable.
     pub allow_debug: bool,
+    /// Whether a guest whose policy allows a migration agent (which can export the guest's
+    /// memory to another machine) is acceptable.
+    pub allow_migration_agent: bool,
     /// Lowest accepted report version.
     pub min_report_version: u32,
     /// Lowest accepted reported TCB, if any.
@@ -34,6 +37,7 @@ impl Default for SnpPolicy {
             allowed_measurements: Vec::new(),
             vmpl: 0,
             allow_debug: false,
+            allow_migration_agent: false,
             min_report_version: 2,
             min_tcb: None,
             products: Product::ALL.to_vec(),
@@ -51,17 +55,24 @@ pub fn check_policy(
 ) -> Vec<Check> {
     let mut checks = Vec::with_capacity(5);
 
-    checks.push(Check::from_bool(
-        check::DEBUG,
-        !claims.debug_allowed() || policy.allow_debug,
-        || {
+    // Nothing but the guest reads its memory: neither a debugger nor a migration agent.
+    let debug = claims.debug_allowed() && !policy.allow_debug;
+    let migration = claims.migration_agent_allowed() && !policy.allow_migration_agent;
+    checks.push(Check::from_bool(check::DEBUG, !debug && !migration, || {
+        if debug {
             format!(
                 "guest policy {:#x} allows debugging (bit {POLICY_DEBUG_BIT}), so the host can \
                  read the guest's memory, and the policy does not allow that",
                 claims.guest_policy
             )
-        },
-    ));
+        } else {
+            format!(
+                "guest policy {:#x} allows a migration agent (bit {POLICY_MIGRATE_MA_BIT}), which \
+                 can export the guest's memory, and the policy does not allow that",
+                claims.guest_policy
+            )
+        }
+    }));
 
     checks.push(Check::from_bool(
         check::VMPL,

@@ -24,6 +24,8 @@ const SIG_RESERVED: usize = 0x330;
 const GUEST_POLICY: usize = 0x08;
 /// Bit of the guest policy that allows debugging.
 pub(super) const POLICY_DEBUG_BIT: u32 = 19;
+/// The guest policy bit that lets a migration agent (which can export guest memory) be bound.
+pub(super) const POLICY_MIGRATE_MA_BIT: u32 = 18;
 /// `SIG_ALGO` value for ECDSA P-384 with SHA-384.
 const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
 
@@ -118,6 +120,12 @@ impl SnpReportClaims {
     /// Whether the guest policy allows debugging (bit 19).
     pub fn debug_allowed(&self) -> bool {
         (self.guest_policy >> POLICY_DEBUG_BIT) & 1 == 1
+    }
+
+    /// Whether the guest policy allows a migration agent (bit 18), which can export the guest's
+    /// memory.
+    pub fn migration_agent_allowed(&self) -> bool {
+        (self.guest_policy >> POLICY_MIGRATE_MA_BIT) & 1 == 1
     }
 
     /// The measurement, lowercase hex.

@@ -65,13 +65,14 @@ use super::{Backend, Completed, Invocation, KernelError, PrepareError, Prepared}
 use crate::fair::FairSlots;
 
 /// Kernels kept per target (their bytes; the host keeps the loaded modules), at most this many
-/// and at most [`CACHE_BYTES`] of them: a kernel may be 64 MiB (`DTEE_MAX_KERNEL_BYTES`).
+/// and at most [`CACHE_BYTES`] of them: a kernel may be 64 MiB (`DTEE_MAX_KERNEL_BYTES`). Shared
+/// fairly by tenants (`fair_cache`): one that streams new kernels evicts its own.
 const CACHE_ENTRIES: usize = 256;
 /// The most bytes of kernels kept per target.
 const CACHE_BYTES: usize = 256 << 20;
 
 /// Checked kernels (or why each was refused) by digest.
-type KernelCache = HashMap<Digest, Arc<Prepared<GpuKernel>>>;
+type KernelCache = crate::fair_cache::FairCache<Arc<Prepared<GpuKernel>>>;
 
 /// A GPU kernel: its bytes, checked to look like the format, kept by digest.
 #[derive(Debug, Clone)]
@@ -96,8 +97,8 @@ pub struct GpuBackend {
     /// One job per device may hold more than a little input or state read ahead of its run
     /// (`job::reads`).
     pub(crate) data_slots: Arc<FairSlots>,
-    /// Checked kernels by digest, with the bytes they hold.
-    cache: Mutex<(KernelCache, usize)>,
+    /// Checked kernels by digest.
+    cache: Mutex<KernelCache>,
 }
 
 impl GpuBackend {
@@ -158,7 +159,7 @@ impl GpuBackend {
             slots: FairSlots::new(pool.devices().len()),
             data_slots: FairSlots::new(pool.devices().len()),
             pool,
-            cache: Mutex::new((HashMap::new(), 0)),
+            cache: Mutex::new(KernelCache::new(CACHE_ENTRIES, CACHE_BYTES)),
         })
     }
 
@@ -208,17 +209,13 @@ impl Backend for GpuBackend {
         self.format
     }
 
-    fn cached(&self, digest: &Digest) -> Option<Arc<Prepared<GpuKernel>>> {
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .0
-            .get(digest)
-            .cloned()
+    fn cached(&self, tenant: &str, digest: &Digest) -> Option<Arc<Prepared<GpuKernel>>> {
+        self.cache.lock().expect("cache lock").get(tenant, digest)
     }
 
     fn prepare(
         &self,
+        tenant: &str,
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<Arc<Prepared<GpuKernel>>, PrepareError> {
@@ -245,19 +242,12 @@ impl Backend for GpuBackend {
             .as_ref()
             .as_ref()
             .map_or(0, |kernel| kernel.bytes.len());
-        let mut cache = self.cache.lock().expect("cache lock");
-        let (entries, bytes) = &mut *cache;
-        if entries.len() >= CACHE_ENTRIES || *bytes + size > CACHE_BYTES {
-            entries.clear();
-            *bytes = 0;
-        }
-        if size <= CACHE_BYTES
-            && entries
-                .insert(digest.clone(), Arc::clone(&prepared))
-                .is_none()
-        {
-            *bytes += size;
-        }
+        self.cache.lock().expect("cache lock").insert(
+            tenant,
+            digest.clone(),
+            Arc::clone(&prepared),
+            size,
+        );
         Ok(prepared)
     }
 

@@ -23,7 +23,6 @@ use wasmtime::{Engine, InstancePre, Linker, Module, Store, Val, ValType};
 use super::{Backend, Completed, Invocation, KernelError, PrepareError};
 
 mod abi;
-mod cache;
 mod compile;
 mod engine;
 mod limits;
@@ -35,7 +34,7 @@ pub use compile::{
 pub use engine::EPOCH_TICK;
 pub use limits::HostState;
 
-use cache::ModuleCache;
+use crate::fair_cache::FairCache;
 use engine::EpochTicker;
 
 /// A compiled and linked kernel, or the deterministic reason it cannot run.
@@ -50,8 +49,8 @@ pub struct WasmBackend {
     engine: Engine,
     /// The host ABI, linked into every module at compilation.
     linker: Linker<HostState>,
-    /// Compiled modules (or their deterministic failures) by digest.
-    cache: Mutex<ModuleCache<InstancePre<HostState>>>,
+    /// Compiled modules (or their deterministic failures) by digest, shared fairly by tenants.
+    cache: Mutex<FairCache<Arc<Prepared>>>,
     /// How kernels are compiled, and within which bounds.
     compile: CompileSettings,
     /// Advances the engine's epoch while kernels run, until the backend is dropped.
@@ -103,7 +102,7 @@ impl WasmBackend {
             profile,
             engine,
             linker,
-            cache: Mutex::new(ModuleCache::new(module_cache_size, module_cache_bytes)),
+            cache: Mutex::new(FairCache::new(module_cache_size, module_cache_bytes)),
             compile,
             ticker,
         })
@@ -190,11 +189,19 @@ impl Backend for WasmBackend {
         KernelFormat::Wasm
     }
 
-    fn cached(&self, digest: &Digest) -> Option<Arc<Prepared>> {
-        self.cache.lock().expect("module cache lock").get(digest)
+    fn cached(&self, tenant: &str, digest: &Digest) -> Option<Arc<Prepared>> {
+        self.cache
+            .lock()
+            .expect("module cache lock")
+            .get(tenant, digest)
     }
 
-    fn prepare(&self, digest: &Digest, bytes: &[u8]) -> Result<Arc<Prepared>, PrepareError> {
+    fn prepare(
+        &self,
+        tenant: &str,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Arc<Prepared>, PrepareError> {
         let prepared = Arc::new(self.compile(bytes).map_err(|error| PrepareError {
             backend: "wasm",
             source: Box::new(error),
@@ -204,6 +211,7 @@ impl Backend for WasmBackend {
         if !is_compile_limit(&prepared) {
             let size = cached_size(&prepared, bytes.len());
             self.cache.lock().expect("module cache lock").insert(
+                tenant,
                 digest.clone(),
                 Arc::clone(&prepared),
                 size,

@@ -19,7 +19,7 @@ fn run(
 ) -> Result<Completed, KernelError> {
     let backend = backend(profile);
     let bytes = kernel(name);
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let prepared = backend.prepare("t", &Digest::of(&bytes), &bytes).unwrap();
     let prepared = prepared.as_ref().as_ref().expect("the kernel compiles");
     backend.run(prepared, &invocation(entry, slots, limits))
 }

@@ -28,7 +28,7 @@ fn run_with(
 /// The committed kernel `name`, compiled and linked by `backend`.
 pub(super) fn prepared(backend: &WasmBackend, name: &str) -> InstancePre<HostState> {
     let bytes = kernel(name);
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let prepared = backend.prepare("t", &Digest::of(&bytes), &bytes).unwrap();
     match prepared.as_ref() {
         Ok(prepared) => prepared.clone(),
         Err(error) => panic!("{name} does not compile: {}", error.message),
@@ -126,7 +126,7 @@ fn a_module_without_memory_is_a_link_failure() {
         0x03, 0x02, 0x01, 0x00, 0x07, 0x07, 0x01, 0x03, b'r', b'u', b'n', 0x00, 0x00, 0x0a, 0x06,
         0x01, 0x04, 0x00, 0x41, 0x00, 0x0b,
     ];
-    let prepared = backend.prepare(&Digest::of(&bytes), &bytes).unwrap();
+    let prepared = backend.prepare("t", &Digest::of(&bytes), &bytes).unwrap();
     assert_eq!(
         prepared.as_ref().as_ref().err().map(|e| e.code),
         Some(ErrorCode::KernelLinkFailed)
@@ -192,9 +192,9 @@ fn run_through<B: Backend>(
 ) -> Result<Completed, KernelError> {
     let digest = Digest::of(bytes);
     let prepared = backend
-        .cached(&digest)
-        .unwrap_or_else(|| backend.prepare(&digest, bytes).unwrap());
-    assert!(backend.cached(&digest).is_some(), "prepare caches");
+        .cached("t", &digest)
+        .unwrap_or_else(|| backend.prepare("t", &digest, bytes).unwrap());
+    assert!(backend.cached("t", &digest).is_some(), "prepare caches");
     backend.run(
         prepared.as_ref().as_ref().map_err(Clone::clone)?,
         invocation,
@@ -245,15 +245,17 @@ fn echo_through_the_backend_trait_copies_its_input() {
 fn the_cache_keeps_a_deterministic_failure() {
     let backend = WasmBackend::new(1, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     let digest = Digest::of(b"junk");
-    let prepared = backend.prepare(&digest, b"junk").unwrap();
+    let prepared = backend.prepare("t", &digest, b"junk").unwrap();
     assert_eq!(
         prepared.as_ref().as_ref().err().map(|e| e.code),
         Some(ErrorCode::KernelInvalid)
     );
-    assert!(backend.cached(&digest).is_some());
+    assert!(backend.cached("t", &digest).is_some());
     // Capacity 1: a second module evicts the first.
-    backend.prepare(&Digest::of(b"other"), b"other").unwrap();
-    assert!(backend.cached(&digest).is_none());
+    backend
+        .prepare("t", &Digest::of(b"other"), b"other")
+        .unwrap();
+    assert!(backend.cached("t", &digest).is_none());
 }
 
 #[test]
@@ -261,7 +263,7 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
     let bytes = kernel("echo");
     let probe = WasmBackend::new(16, usize::MAX, CompileSettings::in_process(), 1).unwrap();
     let size = cached_size(
-        &probe.prepare(&Digest::of(b"probe"), &bytes).unwrap(),
+        &probe.prepare("t", &Digest::of(b"probe"), &bytes).unwrap(),
         bytes.len(),
     );
     assert!(size > bytes.len(), "a compiled module has an image: {size}");
@@ -269,20 +271,20 @@ fn the_module_cache_is_bounded_in_bytes_of_compiled_modules() {
     // the least recently used, although the count bound (16) is far away.
     let backend = WasmBackend::new(16, size * 5 / 2, CompileSettings::in_process(), 1).unwrap();
     let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
-    assert!(backend.prepare(&a, &bytes).is_ok());
-    assert!(backend.prepare(&b, &bytes).is_ok());
+    assert!(backend.prepare("t", &a, &bytes).is_ok());
+    assert!(backend.prepare("t", &b, &bytes).is_ok());
     assert!(
-        backend.cached(&a).is_some(),
+        backend.cached("t", &a).is_some(),
         "using a leaves b least recently used"
     );
-    assert!(backend.prepare(&c, &bytes).is_ok());
-    assert!(backend.cached(&b).is_none(), "b was evicted");
-    assert!(backend.cached(&a).is_some() && backend.cached(&c).is_some());
+    assert!(backend.prepare("t", &c, &bytes).is_ok());
+    assert!(backend.cached("t", &b).is_none(), "b was evicted");
+    assert!(backend.cached("t", &a).is_some() && backend.cached("t", &c).is_some());
     assert_eq!(backend.cache.lock().unwrap().bytes(), 2 * size);
     // A module larger than the whole budget runs but is not kept.
     let small = WasmBackend::new(16, size - 1, CompileSettings::in_process(), 1).unwrap();
-    assert!(small.prepare(&a, &bytes).is_ok());
-    assert!(small.cached(&a).is_none());
+    assert!(small.prepare("t", &a, &bytes).is_ok());
+    assert!(small.cached("t", &a).is_none());
 }
 
 /// Runs the `sha256` entry of `name` over `data` (input "data", output "digest") with `fuel`.
