@@ -133,12 +133,17 @@ impl<V: Clone> FairCache<V> {
     }
 
     /// Keeps `value` (of `size` bytes) under `digest` for `tenant`, making room as the module
-    /// documentation says; a value over `max_bytes` alone is not kept, and replaces nothing.
+    /// documentation says. A digest already kept stays as it is (its value is the same: the
+    /// digest names the content), and `tenant` takes its part of it as a use would. A value
+    /// over `max_bytes` alone is not kept, and neither is one for which no entry may be
+    /// evicted (every candidate is also used by a tenant holding less than `tenant`).
     pub(crate) fn insert(&mut self, tenant: &str, digest: Digest, value: V, size: usize) {
+        if self.get(tenant, &digest).is_some() {
+            return;
+        }
         if size > self.max_bytes || self.capacity == 0 {
             return;
         }
-        self.remove(&digest);
         loop {
             let bound = if self.entries.len() >= self.capacity {
                 Bound::Entries
@@ -149,7 +154,7 @@ impl<V: Clone> FairCache<V> {
             };
             match self.victim(tenant, bound, size) {
                 Some(victim) => self.remove(&victim),
-                None => break,
+                None => return,
             }
         }
         self.clock += 1;
@@ -170,28 +175,58 @@ impl<V: Clone> FairCache<V> {
         );
     }
 
-    /// The entry to evict for room for `inserting`'s new entry of `size` bytes.
+    /// The entry to evict for room for `inserting`'s new entry of `size` bytes, if any may be.
+    ///
+    /// An entry may be evicted only if every tenant that uses it, the inserting one aside,
+    /// holds at least as much as the inserting tenant: room is taken from those who have more
+    /// (or as much), never from one who has less, whoever else shares the entry. Among those,
+    /// the entries of the tenant charged the most go first while it holds more than the
+    /// inserting tenant would with the new entry, and otherwise the inserting tenant's own;
+    /// within either, entries no other tenant uses first, then the least recently used. For
+    /// the byte bound, entries that free no bytes are not evicted.
     fn victim(&self, inserting: &str, bound: Bound, size: usize) -> Option<Digest> {
+        let measure =
+            |tenant: &Arc<str>| self.held.get(tenant).map_or(0, |held| bound.measure(*held));
         // The tenant charged the most (ties: the smaller name, for a stable choice).
         let (largest, most) = self
             .held
             .iter()
             .map(|(tenant, held)| (tenant, bound.measure(*held)))
             .max_by(|(a, x), (b, y)| x.cmp(y).then_with(|| b.cmp(a)))?;
-        let inserter = self.held.get_key_value(inserting);
-        let mine = inserter.map_or(0, |(_, held)| bound.measure(*held));
+        let mine = self
+            .held
+            .get(inserting)
+            .map_or(0, |held| bound.measure(*held));
         let with_new = mine.saturating_add(bound.measure(share(size, 1)));
-        let tenant: &Arc<str> = match inserter {
-            // The largest holder gives up room only while it holds more than the inserting
-            // tenant would with the new entry; otherwise the inserting tenant makes its own.
-            Some((me, _)) if most <= with_new => me,
-            _ => largest,
+        let evictable = |entry: &Entry<V>| {
+            (bound == Bound::Entries || entry.size > 0)
+                && entry
+                    .users
+                    .iter()
+                    .all(|user| &**user == inserting || measure(user) >= mine)
         };
-        // Its own entries first (used by it alone), least recently used first; then shared ones.
+        let lru_of = |tenant: &str| {
+            self.entries
+                .iter()
+                .filter(|(_, entry)| {
+                    entry.users.iter().any(|user| &**user == tenant) && evictable(entry)
+                })
+                .min_by_key(|(_, entry)| (entry.users.len() > 1, entry.used))
+                .map(|(digest, _)| digest.clone())
+        };
+        if &**largest != inserting && most > with_new {
+            if let Some(victim) = lru_of(largest) {
+                return Some(victim);
+            }
+        }
+        if let Some(victim) = lru_of(inserting) {
+            return Some(victim);
+        }
+        // Neither: any entry whose users all hold at least as much, least recently used first.
         self.entries
             .iter()
-            .filter(|(_, entry)| entry.users.contains(tenant))
-            .min_by_key(|(_, entry)| (entry.users.len() > 1, entry.used))
+            .filter(|(_, entry)| evictable(entry))
+            .min_by_key(|(_, entry)| entry.used)
             .map(|(digest, _)| digest.clone())
     }
 

@@ -16,9 +16,9 @@ fn the_least_recently_used_entry_of_one_tenant_is_evicted() {
     assert_eq!(cache.get("t", &b), None);
     assert_eq!(cache.get("t", &a), Some(1));
     assert_eq!(cache.get("t", &c), Some(3));
-    // Replacing an entry that is present evicts nothing.
+    // Inserting a digest already kept keeps it as it is, and evicts nothing.
     cache.insert("t", a.clone(), 4, 1);
-    assert_eq!(cache.get("t", &a), Some(4));
+    assert_eq!(cache.get("t", &a), Some(1));
     assert_eq!(cache.get("t", &c), Some(3));
 }
 
@@ -38,9 +38,10 @@ fn entries_are_evicted_until_the_bytes_fit() {
     cache.insert("t", d.clone(), 4, 11);
     assert!(cache.get("t", &d).is_none());
     assert_eq!(cache.bytes(), 10);
-    // Replacing an entry counts its new size only.
+    // Inserting a digest already kept changes nothing.
     cache.insert("t", a.clone(), 5, 2);
-    assert_eq!(cache.bytes(), 8);
+    assert_eq!(cache.bytes(), 10);
+    assert_eq!(cache.get("t", &a), Some(1));
     assert_eq!(cache.get("t", &c), Some(3));
     // A zero capacity keeps nothing.
     let mut none = FairCache::<u32>::new(0, 100);
@@ -212,4 +213,66 @@ fn an_entry_is_charged_to_at_most_max_users_tenants() {
         .held
         .values()
         .all(|held| held.bytes == 7 * PARTS / MAX_USERS));
+}
+
+#[test]
+fn two_accounts_sharing_everything_cannot_flush_a_third_tenants_entries() {
+    let mut cache = FairCache::<usize>::new(8, usize::MAX);
+    for n in 0..3 {
+        cache.insert("victim", digest(n), n, 1);
+    }
+    // Both attacking accounts use the victim's entries, so that none is the victim's alone...
+    for n in 0..3 {
+        cache.get("a1", &digest(n));
+        cache.get("a2", &digest(n));
+    }
+    // ...and each new entry of one is used at once by the other, so that neither ever holds
+    // an entry alone.
+    for n in 100..400 {
+        let (inserter, helper) = if n % 2 == 0 {
+            ("a1", "a2")
+        } else {
+            ("a2", "a1")
+        };
+        cache.insert(inserter, digest(n), n, 1);
+        cache.get(helper, &digest(n));
+    }
+    for n in 0..3 {
+        assert!(
+            cache.peek(&digest(n)).is_some(),
+            "the victim's entry {n} was flushed by two colluding accounts"
+        );
+    }
+}
+
+#[test]
+fn a_digest_inserted_again_keeps_its_users() {
+    let mut cache = FairCache::<usize>::new(2, usize::MAX);
+    cache.insert("victim", digest(0), 0, 1);
+    // Another tenant compiles the same kernel at the same time and inserts it too: the victim
+    // keeps its part of the entry, so the other tenant's stream cannot evict it as its own.
+    cache.insert("flood", digest(0), 0, 1);
+    for n in 1..50 {
+        cache.insert("flood", digest(n), n, 1);
+    }
+    assert_eq!(cache.get("victim", &digest(0)), Some(0));
+}
+
+#[test]
+fn entries_that_free_no_bytes_are_not_evicted_for_the_byte_bound() {
+    let mut cache = FairCache::<usize>::new(100, 10);
+    // Refusals kept at size 0 (as the GPU cache keeps them), and one entry with bytes.
+    for n in 0..5 {
+        cache.insert("t", digest(n), n, 0);
+    }
+    cache.insert("t", digest(10), 10, 8);
+    cache.insert("t", digest(11), 11, 8);
+    assert_eq!(cache.bytes(), 8);
+    for n in 0..5 {
+        assert!(
+            cache.peek(&digest(n)).is_some(),
+            "refusal {n} evicted for bytes"
+        );
+    }
+    assert!(cache.peek(&digest(10)).is_none() && cache.peek(&digest(11)).is_some());
 }

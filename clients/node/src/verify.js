@@ -184,6 +184,11 @@ function statementProblem(s) {
   if (!isDigest(w.measurement) || !isDigest(w.evidence_digest)) return "the statement's worker has no measurement or evidence digest";
   if (!isCount(w.evidence_created_at_unix_ms)) return "the statement's worker has no evidence time";
   if (!isObject(s.tcb)) return 'the statement has no tcb';
+  // As Rust's parse reads them: three booleans and the backend's name.
+  for (const flag of ['hardware_rooted', 'memory_protected', 'gpu_in_tcb']) {
+    if (typeof s.tcb[flag] !== 'boolean') return `tcb.${flag} is not a boolean`;
+  }
+  if (typeof s.tcb.backend !== 'string') return 'tcb.backend is not a string';
   for (const o of s.outputs) if (!isObject(o) || typeof o.name !== 'string' || !isCount(o.size) || !isDigest(o.digest)) return 'a statement output is malformed';
   if (s.error_code !== undefined && s.error_code !== null && typeof s.error_code !== 'string') return 'the error code is not a string';
   return null;
@@ -261,7 +266,7 @@ function commonChecks(result, policy, now) {
   checks.push(check('statement.evidence_digest', evidenceDigest !== null && worker.evidence_digest === evidenceDigest, () => `the statement names evidence ${worker.evidence_digest}, the result carries ${evidenceDigest ?? 'no evidence'}`));
   const platform = isObject(evidence) ? evidence.platform : undefined;
   // The platform, and what the statement says it protected: no more than the evidence gives.
-  const tcb = isObject(statement.tcb) ? statement.tcb : {};
+  const tcb = statement.tcb;
   const tcbHonest = tcb.hardware_rooted === (platform === 'tpm' || platform === 'snp')
     && tcb.memory_protected === (platform === 'snp')
     && tcb.gpu_in_tcb === false;

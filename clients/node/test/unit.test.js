@@ -261,6 +261,10 @@ test('native verification of a result made here', async () => {
   // error code is an absent one, as serde reads an Option.
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.started_at_unix_ms = '1') }), { allow_software: true })), ['statement.parse']);
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.error_code = 3) }), { allow_software: true })), ['statement.parse']);
+  // The tcb's flags are booleans and its backend a string, as Rust's parse reads them.
+  assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.tcb.hardware_rooted = 1) }), { allow_software: true })), ['statement.parse']);
+  assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => delete s.tcb.memory_protected }), { allow_software: true })), ['statement.parse']);
+  assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.tcb.backend = 1) }), { allow_software: true })), ['statement.parse']);
   assert.deepEqual(failedChecks(await verify(forge({ tamper: (s) => (s.error_code = null) }), { allow_software: true })), []);
 });
 

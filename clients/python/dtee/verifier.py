@@ -449,6 +449,12 @@ def _statement_problem(s: Mapping[str, Any]) -> Optional[str]:
         return "the statement's worker has no evidence time"
     if not isinstance(s["tcb"], Mapping):
         return "the statement has no tcb"
+    # As Rust's parse reads them: three booleans and the backend's name.
+    for flag in ("hardware_rooted", "memory_protected", "gpu_in_tcb"):
+        if not isinstance(s["tcb"].get(flag), bool):
+            return f"tcb.{flag} is not a boolean"
+    if not isinstance(s["tcb"].get("backend"), str):
+        return "tcb.backend is not a string"
     for o in s["outputs"]:
         if (not isinstance(o, Mapping) or not isinstance(o.get("name"), str)
                 or not _is_count(o.get("size")) or not jcs.is_digest(o.get("digest"))):
@@ -525,7 +531,7 @@ def verify(
                lambda: f"the statement names evidence {worker['evidence_digest']}, the result carries {evidence_digest}")
     platform = evidence.get("platform")
     # The platform, and what the statement says it protected: no more than the evidence gives.
-    claimed = statement["tcb"] if isinstance(statement.get("tcb"), Mapping) else {}
+    claimed = statement["tcb"]
     tcb_honest = (
         claimed.get("hardware_rooted") is (platform in ("tpm", "snp"))
         and claimed.get("memory_protected") is (platform == "snp")

@@ -30,7 +30,7 @@ STATEMENT = {
         "evidence_digest": DIGEST,
         "evidence_created_at_unix_ms": 3,
     },
-    "tcb": {"gpu_in_tcb": False},
+    "tcb": {"hardware_rooted": False, "memory_protected": False, "gpu_in_tcb": False, "backend": "wasm"},
 }
 
 
@@ -68,6 +68,10 @@ class StatementTypes(unittest.TestCase):
             ("a measurement that is no digest", at(["worker", "measurement"], "x")),
             ("a string evidence time", at(["worker", "evidence_created_at_unix_ms"], "3")),
             ("a tcb that is no object", at(["tcb"], [])),
+            ("a numeric tcb flag", at(["tcb", "hardware_rooted"], 1)),
+            ("a tcb without memory_protected", {**STATEMENT, "tcb": {"hardware_rooted": False, "gpu_in_tcb": False,
+                                                                     "backend": "wasm"}}),
+            ("a numeric backend", at(["tcb", "backend"], 1)),
             ("an output with a string size", at(["outputs"], [{"name": "out", "size": "16", "digest": DIGEST}])),
             ("an output that is no object", at(["outputs"], ["out"])),
             ("a numeric error code", dict(STATEMENT, error_code=3)),

@@ -88,6 +88,7 @@ pub struct Args {
     pub max_input_bytes: usize,
     /// Bytes of input blobs kept in memory by digest, so that inputs many jobs read are not
     /// fetched per job (0 turns the cache off); a blob over a quarter of it is not kept.
+    /// Shared fairly by tenants, like the module cache.
     #[arg(long, env = "DTEE_BLOB_CACHE_BYTES", default_value = "67108864")]
     pub blob_cache_bytes: usize,
     /// Most buffers (inputs, outputs and state) a job may list.
@@ -116,8 +117,8 @@ pub struct Args {
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     #[arg(value_parser = at_least(1usize))]
     pub module_cache_size: usize,
-    /// Bytes of compiled code and data the module cache keeps, for each wasm profile (least
-    /// recently used evicted).
+    /// Bytes of compiled code and data the module cache keeps, for each wasm profile (shared
+    /// fairly by tenants: room comes from those holding the most, least recently used first).
     #[arg(long, env = "DTEE_MODULE_CACHE_BYTES", default_value = "536870912")]
     #[arg(value_parser = at_least(1usize))]
     pub module_cache_bytes: usize,

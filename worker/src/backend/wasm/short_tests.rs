@@ -12,10 +12,12 @@ const LIMITS: EffectiveLimits = EffectiveLimits {
     output_bytes: 1 << 20,
 };
 
+/// Bounded by fuel and memory; the deadline is far, so that a loaded machine (a thread
+/// descheduled for milliseconds) cannot hand a run on: the deadline's own test sets it short.
 const SHORT: ShortRun = ShortRun {
     fuel: 100_000,
     memory_bytes: 4 << 20,
-    timeout_ms: 2,
+    timeout_ms: 10_000,
 };
 
 /// `entry` of the committed kernel `name`, run short within `short` and `limits`.
@@ -71,6 +73,7 @@ fn a_kernel_past_the_short_memory_is_handed_on_unless_its_own_limit_was_reached(
 fn a_kernel_past_the_short_deadline_is_handed_on_unless_its_own_deadline_passed() {
     let unmetered = ShortRun {
         fuel: u64::MAX,
+        timeout_ms: 2,
         ..SHORT
     };
     assert!(short("spin", "spin", LIMITS, unmetered).is_none());
