@@ -266,13 +266,27 @@ async fn a_run_that_writes_nothing_still_records_the_job_as_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_that_is_not_final_gives_way_to_a_commit_recorded_meanwhile() {
+    gives_way_to_a_recorded_commit("commit-failure-gives-way", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_found_by_a_failure_is_read_in_a_result_slot() {
+    // The same, with a recorded result of 1.5 MiB: the failing execution reads it as a repeat
+    // of the job would, in a result slot (counted in `result_bytes_peak`), not unbounded.
+    gives_way_to_a_recorded_commit("commit-failure-gives-way-large", 3 << 19).await;
+}
+
+/// A job whose execution fails for a reason that is not final while another execution's commit
+/// is recorded meanwhile: the recorded result is the answer. With `large` > 0, the recorded
+/// result's output is `large` bytes (a stand-in for another execution's large output).
+async fn gives_way_to_a_recorded_commit(test: &str, large: usize) {
     // Another execution of the job (a delivery orphaned by a lost connection, say) commits its
     // writes after this one's look-up of earlier answers and crashes before caching its
     // result; this execution then fails for a reason that is not final. The state is applied,
     // so the failure must not be the answer. The test hook holds the failure for three
     // seconds, in which the test writes the applied record as the other execution would (a
     // stand-in: its body is another job's real result, re-addressed to this job).
-    let env = TestEnv::new("commit-failure-gives-way").await;
+    let env = TestEnv::new(test).await;
     let worker = env
         .start_worker_with(|c| c.test_hook = Some(dtee_worker::config::TestHook::SlowFailure))
         .await;
@@ -293,6 +307,13 @@ async fn a_failure_that_is_not_final_gives_way_to_a_commit_recorded_meanwhile() 
     spec.limits.timeout_ms = Some(300);
     let id = dtee_schemas::job_id(&spec).unwrap();
     recorded.job_id = id.clone();
+    if large > 0 {
+        let data = vec![7u8; large];
+        recorded.outputs[0].size = large as u64;
+        recorded.outputs[0].digest = dtee_schemas::Digest::of(&data);
+        recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
+    }
+    let body = serde_json::to_vec(&recorded).unwrap();
     let waiter = env.client.waiter().await.unwrap();
     let watch = waiter.watch_fresh(&id).await.unwrap();
     env.client.submit(&spec).await.unwrap();
@@ -308,7 +329,7 @@ async fn a_failure_that_is_not_final_gives_way_to_a_commit_recorded_meanwhile() 
     );
     let _: () = redis::cmd("SET")
         .arg(&applied)
-        .arg(serde_json::to_vec(&recorded).unwrap())
+        .arg(&body)
         .query_async(&mut env.client.redis())
         .await
         .unwrap();
@@ -325,6 +346,16 @@ async fn a_failure_that_is_not_final_gives_way_to_a_commit_recorded_meanwhile() 
         .await
         .unwrap();
     assert!(failure.is_none(), "no failure recorded");
+    let peak = Stats::get(&worker.stats.result_bytes_peak);
+    if large > 0 {
+        assert!(
+            peak >= body.len() as u64,
+            "the recorded result ({} bytes) was not read in a result slot (peak {peak})",
+            body.len()
+        );
+    } else {
+        assert_eq!(peak, 0, "no result of this test needs a result slot");
+    }
     waiter.close().await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;

@@ -250,6 +250,32 @@ impl Store {
         self.namespace.result_key(job_id)
     }
 
+    /// The value of `key` read no further than `max_bytes` ([`Stored::Larger`] beyond); `None`
+    /// when absent. A key of another type holds nothing, as for [`Store::cached_result`].
+    pub async fn get_bounded(
+        &self,
+        key: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Stored>, redis::RedisError> {
+        // GETRANGE answers at most `max_bytes` + 1 bytes, and "" for a missing key (a result or
+        // an applied record is never empty).
+        let read: Result<Vec<u8>, redis::RedisError> = redis::cmd("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(max_bytes)
+            .query_async(&mut self.redis.clone())
+            .await;
+        let bytes = match read {
+            Err(error) if dtee_net::is_wrong_type(&error) => return Ok(None),
+            other => other?,
+        };
+        Ok(match bytes.len() as u64 {
+            0 => None,
+            length if length > max_bytes => Some(Stored::Larger),
+            _ => Some(Stored::Whole(bytes)),
+        })
+    }
+
     /// The value of `key`, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, redis::RedisError> {
         self.redis.clone().get(key).await

@@ -26,8 +26,10 @@ const RESULT_NACKS: [Duration; 4] = [
 use lapin::message::Delivery;
 
 use super::outcome::{CachePolicy, Outcome, Verdict};
+use super::reads::stored_answer;
 use super::Context;
 use crate::failure::Transient;
+use dtee_schemas::state::applied_key;
 
 /// Caches, publishes with a confirm, and acks.
 pub(crate) async fn deliver(
@@ -57,7 +59,12 @@ async fn deliver_cached(
     mut outcome: Outcome,
     turn: Option<super::turns::Turn<'_>>,
 ) -> Result<(), Transient> {
-    cache(ctx, &mut outcome).await?;
+    let tenant = delivery
+        .properties
+        .user_id()
+        .as_ref()
+        .map_or("_", |user| user.as_str());
+    cache(ctx, tenant, &mut outcome).await?;
     replicated(ctx).await?;
     // The next delivery of the id finds this outcome in the cache from here on.
     drop(turn);
@@ -192,7 +199,7 @@ pub(crate) fn ack_unanswered(ctx: &Context, delivery: &Delivery, acks: &Acks) {
 
 /// Caches the outcome as its policy says. Where another execution of the same job recorded a
 /// result first, the outcome adopts that one, so every result published for an id is the same.
-async fn cache(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
+async fn cache(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(), Transient> {
     let store = &ctx.store;
     match outcome.cache {
         CachePolicy::Never => {}
@@ -201,17 +208,22 @@ async fn cache(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
             // A final result cached meanwhile (another delivery of the same job succeeded)
-            // wins over this failure.
-            if let Some(existing) = store.cached_result(&outcome.job_id).await? {
+            // wins over this failure. Read as a repeat of the job reads it: a large one only
+            // in a result slot, which it holds until published (`super::reads`).
+            let cached = store.result_key(&outcome.job_id);
+            if let Some((existing, held)) = stored_answer(ctx, tenant, cached).await? {
                 outcome.adopt(existing);
+                outcome.held = held;
                 return Ok(());
             }
             // So does a commit of the job's writes by another execution that did not get as
             // far as caching its result (it crashed in between, say): otherwise the state
             // would be applied while the only answer published was a failure to retry.
-            if let Some(tag) = &outcome.claim {
-                if let Some(applied) = ctx.state.applied(tag, &outcome.job_id).await? {
+            if let Some(tag) = outcome.claim.clone() {
+                let key = applied_key(&ctx.config.namespace, &tag, &outcome.job_id);
+                if let Some((applied, held)) = stored_answer(ctx, tenant, key).await? {
                     outcome.adopt(applied);
+                    outcome.held = held;
                     cache_final(ctx, outcome).await?;
                     return Ok(());
                 }

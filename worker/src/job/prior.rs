@@ -111,17 +111,7 @@ async fn whole(
     stored: Stored,
     key: String,
 ) -> Result<Option<(Vec<u8>, Option<Box<HeldResult>>)>, Halt> {
-    match stored {
-        Stored::Whole(body) => Ok(Some((body, None))),
-        Stored::Larger => {
-            let mut held = HeldResult::slot(ctx, &job.tenant).await;
-            let body: Option<Vec<u8>> = ctx.store.get(&key).await?;
-            Ok(body.map(|body| {
-                held.count(body.len());
-                (body, Some(Box::new(held)))
-            }))
-        }
-    }
+    Ok(super::reads::larger_in_slot(ctx, &job.tenant, stored, &key).await?)
 }
 
 /// The job's applied record under `hash_tag`, as the outcome to cache and publish.

@@ -162,6 +162,41 @@ impl Drop for Reads<'_> {
     }
 }
 
+/// A stored answer (a cached result, an applied record) under `key`, for a job of `tenant`:
+/// read whole if it is at most [`SMALL_READ_BYTES`], and a larger one read whole only once a
+/// result slot is held (`None` when there is none, or none by then).
+pub(crate) async fn stored_answer(
+    ctx: &Context,
+    tenant: &str,
+    key: String,
+) -> Result<Option<(Vec<u8>, Option<Box<HeldResult>>)>, redis::RedisError> {
+    match ctx.store.get_bounded(&key, SMALL_READ_BYTES).await? {
+        None => Ok(None),
+        Some(stored) => larger_in_slot(ctx, tenant, stored, &key).await,
+    }
+}
+
+/// `stored` whole: as read, or, if it was larger than a job reads on its own, read again under
+/// `key` in a result slot of `tenant` (`None` if it is gone by then).
+pub(crate) async fn larger_in_slot(
+    ctx: &Context,
+    tenant: &str,
+    stored: crate::store::Stored,
+    key: &str,
+) -> Result<Option<(Vec<u8>, Option<Box<HeldResult>>)>, redis::RedisError> {
+    match stored {
+        crate::store::Stored::Whole(body) => Ok(Some((body, None))),
+        crate::store::Stored::Larger => {
+            let mut held = HeldResult::slot(ctx, tenant).await;
+            let body: Option<Vec<u8>> = ctx.store.get(key).await?;
+            Ok(body.map(|body| {
+                held.count(body.len());
+                (body, Some(Box::new(held)))
+            }))
+        }
+    }
+}
+
 /// A large result's result slot, and its bytes counted as held, until dropped.
 #[derive(Debug)]
 pub(crate) struct HeldResult {
