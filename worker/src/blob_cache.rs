@@ -55,11 +55,13 @@ impl BlobCache {
         if bytes.len() > self.capacity / 4 {
             return;
         }
-        let mut inner = self.inner.lock().expect("blob cache lock");
-        if inner.get(tenant, digest).is_some() {
-            return;
-        }
-        inner.insert(tenant, digest.clone(), Arc::clone(bytes), bytes.len());
+        // A blob already kept stays as it is (`FairCache::insert`).
+        self.inner.lock().expect("blob cache lock").insert(
+            tenant,
+            digest.clone(),
+            Arc::clone(bytes),
+            bytes.len(),
+        );
     }
 
     /// Bytes held.

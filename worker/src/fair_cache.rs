@@ -101,26 +101,16 @@ impl<V: Clone> FairCache<V> {
         let entry = self.entries.get_mut(digest)?;
         entry.used = clock;
         if entry.users.len() < MAX_USERS && !entry.users.iter().any(|user| &**user == tenant) {
-            let user = match self.held.get_key_value(tenant) {
-                Some((user, _)) => Arc::clone(user),
-                None => Arc::from(tenant),
-            };
-            for old in &entry.users {
-                charge(
-                    &mut self.held,
-                    old,
-                    share(entry.size, entry.users.len()),
-                    false,
-                );
+            let user = user_of(&self.held, tenant);
+            // The parts change: each user's old part off, then the new ones on.
+            let before = share(entry.size, entry.users.len());
+            for each in &entry.users {
+                charge(&mut self.held, each, before, false);
             }
             entry.users.push(user);
-            for new in &entry.users {
-                charge(
-                    &mut self.held,
-                    new,
-                    share(entry.size, entry.users.len()),
-                    true,
-                );
+            let after = share(entry.size, entry.users.len());
+            for each in &entry.users {
+                charge(&mut self.held, each, after, true);
             }
         }
         Some(entry.value.clone())
@@ -158,10 +148,7 @@ impl<V: Clone> FairCache<V> {
             }
         }
         self.clock += 1;
-        let user: Arc<str> = match self.held.get_key_value(tenant) {
-            Some((user, _)) => Arc::clone(user),
-            None => Arc::from(tenant),
-        };
+        let user = user_of(&self.held, tenant);
         charge(&mut self.held, &user, share(size, 1), true);
         self.bytes += size;
         self.entries.insert(
@@ -255,6 +242,14 @@ impl<V: Clone> FairCache<V> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// `tenant` as the cache names it: the name already charged, or a new one.
+fn user_of(held: &HashMap<Arc<str>, Held>, tenant: &str) -> Arc<str> {
+    match held.get_key_value(tenant) {
+        Some((user, _)) => Arc::clone(user),
+        None => Arc::from(tenant),
     }
 }
 
