@@ -338,7 +338,7 @@ export interface Policy {
   allow_software?: boolean;
   worker_measurements?: Digest[];
   max_evidence_age_secs?: number;
-  tpm?: { allowed_aks: string[]; pcrs?: Array<{ index: number; value: string }> };
+  tpm?: { allowed_aks: string[]; pcrs?: Array<{ index: number; value: string }>; measurement_pcr?: number };
   snp?: {
     allowed_measurements?: string[];
     vmpl?: number;

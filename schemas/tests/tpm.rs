@@ -38,6 +38,7 @@ fn policy(vector: &Vector) -> TpmPolicy {
             index: MEASUREMENT_PCR,
             value: tpm::measurement_pcr_value(&vector.measurement),
         }],
+        measurement_pcr: None,
     }
 }
 
@@ -318,6 +319,45 @@ fn rejects_a_required_pcr_that_does_not_match() {
         verify_failures(&vector, &vector.evidence, &not_quoted),
         ["tpm.pcr_values"]
     );
+}
+
+/// `tpm.measurement`: the quoted measurement PCR must hold the identity's measurement, also
+/// when the policy pins no PCR value (before, such a policy accepted any measurement the
+/// identity named, and `worker_measurements` trusted the identity's word).
+#[test]
+fn the_measurement_pcr_must_hold_the_identitys_measurement() {
+    let vector = vector();
+    let no_values = TpmPolicy {
+        pcrs: Vec::new(),
+        ..policy(&vector)
+    };
+    let check = tpm::verify_measurement(&vector.evidence, &vector.measurement, &no_values);
+    assert_eq!(check.outcome, Outcome::Pass, "{check:?}");
+    assert_eq!(check.name, "tpm.measurement");
+
+    let claimed = [0x33; 32];
+    let check = tpm::verify_measurement(&vector.evidence, &claimed, &no_values);
+    assert!(check.failed(), "{check:?}");
+    let Outcome::Fail(why) = &check.outcome else {
+        unreachable!()
+    };
+    assert!(why.contains("PCR 23"), "{why}");
+
+    // A worker extending PCR 16 needs a policy naming it; PCR 16 is not in this quote.
+    let pcr16 = TpmPolicy {
+        measurement_pcr: Some(16),
+        ..no_values.clone()
+    };
+    let check = tpm::verify_measurement(&vector.evidence, &vector.measurement, &pcr16);
+    let Outcome::Fail(why) = &check.outcome else {
+        panic!("{check:?}")
+    };
+    assert!(why.contains("PCR 16 is not quoted"), "{why}");
+    let pcr0 = TpmPolicy {
+        measurement_pcr: Some(0),
+        ..no_values
+    };
+    assert!(tpm::verify_measurement(&vector.evidence, &vector.measurement, &pcr0).failed());
 }
 
 #[test]

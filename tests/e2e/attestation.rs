@@ -1,6 +1,6 @@
 //! Every result carries a signed execution attestation; `verify_result` checks it offline.
 
-use dtee_schemas::attestation::verify::{accepted, verify_result, Policy};
+use dtee_schemas::attestation::verify::{accepted, verify_identity, verify_result, Policy};
 use dtee_schemas::attestation::Check;
 use dtee_schemas::job::{AttestationRequirement, PlatformRequirement};
 use dtee_schemas::{ErrorCode, JobResult};
@@ -362,15 +362,37 @@ async fn a_tpm_worker_result_verifies_under_its_pinned_ak_only() {
                 index: 23,
                 value: measurement_pcr_value(&measurement),
             }],
+            measurement_pcr: None,
         }),
         ..Policy::default()
     };
     let checks = verify_result(&result, &pinned, now());
     assert!(accepted(&checks), "{checks:#?}");
+
+    // The quoted PCR 23 states the measurement (`tpm.measurement`), also under a policy that
+    // pins no PCR value: an identity naming another measurement than the one the worker
+    // extended is refused.
+    let ak_only = Policy {
+        tpm: Some(TpmPolicy {
+            allowed_aks: vec![ak_fingerprint(&evidence.ak_public)],
+            pcrs: vec![],
+            measurement_pcr: None,
+        }),
+        ..Policy::default()
+    };
+    let key = identity.public_key_bytes().unwrap();
+    assert!(accepted(&verify_identity(identity, &key, &ak_only, now())));
+    let mut lying = identity.clone();
+    lying.measurement = dtee_schemas::Digest::of(b"another worker");
+    assert_eq!(
+        failed(&verify_identity(&lying, &key, &ak_only, now())),
+        vec!["tpm.measurement"]
+    );
     let other_ak = Policy {
         tpm: Some(TpmPolicy {
             allowed_aks: vec!["00".repeat(32)],
             pcrs: vec![],
+            measurement_pcr: None,
         }),
         ..Policy::default()
     };

@@ -77,9 +77,13 @@ fn quote_verifies_with_the_pinned_ak_and_measurement() {
             index: MEASUREMENT_PCR,
             value: tpm::measurement_pcr_value(&measurement),
         }],
+        measurement_pcr: Some(MEASUREMENT_PCR),
     };
     let checks = tpm::verify(&evidence, &worker_key, &policy);
     assert_eq!(failures(&checks), Vec::<String>::new());
+    assert!(!tpm::verify_measurement(&evidence, &measurement, &policy).failed());
+    let another = measurement_of("another worker");
+    assert!(tpm::verify_measurement(&evidence, &another, &policy).failed());
     assert!(
         checks.iter().all(|check| check.outcome == Outcome::Pass),
         "{checks:?}"
@@ -217,6 +221,7 @@ fn the_provider_trait_yields_tpm_evidence() {
             index: MEASUREMENT_PCR,
             value: tpm::measurement_pcr_value(&measurement.to_bytes()),
         }],
+        measurement_pcr: Some(MEASUREMENT_PCR),
     };
     assert_eq!(
         failures(&tpm::verify(&evidence, &key, &policy)),

@@ -23,7 +23,7 @@ export const EXECUTION_PAYLOAD_TYPE = 'application/vnd.dtee.execution+json';
 export const EXECUTION_SCHEMA = 'dtee.execution/v1';
 
 const POLICY_KEYS = ['allow_software', 'worker_measurements', 'max_evidence_age_secs', 'tpm', 'snp'];
-const TPM_KEYS = ['allowed_aks', 'pcrs'];
+const TPM_KEYS = ['allowed_aks', 'pcrs', 'measurement_pcr'];
 const SNP_KEYS = ['allowed_measurements', 'vmpl', 'allow_debug', 'allow_migration_agent', 'min_report_version', 'min_tcb', 'products'];
 
 /**

@@ -280,14 +280,14 @@ test('TPM and SEV-SNP evidence is delegated to dtee verify', async (t) => {
     t.skip(`no dtee binary at ${bin}`);
     return;
   }
-  // The binary runs the eight TPM checks; this made-up quote fails them.
+  // The binary runs the nine TPM checks; this made-up quote fails them.
   const verdict = await verify(tpm, { tpm: { allowed_aks: ['00'] } }, { dteeBin: bin });
   assert.equal(verdict.delegated, true);
   assert.equal(verdict.accepted, false);
   assert.ok(verdict.checks.some((c) => c.name === 'tpm.allowed' && c.passed));
   assert.deepEqual(
     verdict.checks.filter((c) => c.name.startsWith('tpm.') && c.name !== 'tpm.allowed').map((c) => c.name),
-    ['tpm.ak_pinned', 'tpm.ak_public', 'tpm.signature', 'tpm.quote_format', 'tpm.qualifying_data', 'tpm.pcr_selection', 'tpm.pcr_digest', 'tpm.pcr_values'],
+    ['tpm.ak_pinned', 'tpm.ak_public', 'tpm.signature', 'tpm.quote_format', 'tpm.qualifying_data', 'tpm.pcr_selection', 'tpm.pcr_digest', 'tpm.pcr_values', 'tpm.measurement'],
   );
 });
 

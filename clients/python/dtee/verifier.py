@@ -157,7 +157,7 @@ def verify_envelope(envelope: Mapping[str, Any], public_key: bytes) -> Optional[
 # -- policies ------------------------------------------------------------------------------------
 
 _POLICY_KEYS = {"allow_software", "worker_measurements", "max_evidence_age_secs", "tpm", "snp"}
-_TPM_KEYS = {"allowed_aks", "pcrs"}
+_TPM_KEYS = {"allowed_aks", "pcrs", "measurement_pcr"}
 _SNP_KEYS = {"allowed_measurements", "vmpl", "allow_debug", "allow_migration_agent", "min_report_version", "products", "min_tcb"}
 
 

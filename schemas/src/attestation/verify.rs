@@ -271,6 +271,11 @@ pub fn verify_identity(
             Some(tpm_policy) => {
                 checks.push(Check::pass("tpm.allowed"));
                 checks.extend(super::tpm::verify(evidence, &public_key, tpm_policy));
+                checks.push(super::tpm::verify_measurement(
+                    evidence,
+                    &identity.measurement.to_bytes(),
+                    tpm_policy,
+                ));
             }
         },
         Evidence::Snp(evidence) => match &policy.snp {

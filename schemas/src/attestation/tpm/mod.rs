@@ -37,6 +37,8 @@ pub use evidence::{
     ak_fingerprint, measurement_pcr_value, pcr_extend, PcrValue, TpmEvidence, PCR_BANK,
 };
 #[cfg(feature = "verify")]
-pub use verifier::{check_ak_public, verify, TpmPolicy};
+pub use verifier::{
+    check_ak_public, verify, verify_measurement, TpmPolicy, DEFAULT_MEASUREMENT_PCR,
+};
 #[cfg(feature = "verify")]
 pub use wire::{TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};

@@ -22,6 +22,48 @@ pub struct TpmPolicy {
     /// PCR values the quote must show (SHA-256 bank); may be empty.
     #[serde(default)]
     pub pcrs: Vec<PcrValue>,
+    /// The PCR the worker resets and extends with its measurement (`DTEE_TPM_PCR`); default
+    /// [`DEFAULT_MEASUREMENT_PCR`]. [`verify_measurement`] checks that it holds the identity's
+    /// measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement_pcr: Option<u32>,
+}
+
+/// The measurement PCR when a policy names none: 23, the worker's default `DTEE_TPM_PCR`.
+pub const DEFAULT_MEASUREMENT_PCR: u32 = 23;
+
+/// `tpm.measurement`: the quoted measurement PCR (the policy's `measurement_pcr`, default 23)
+/// holds SHA-256(32 zero bytes ‖ `measurement`), the value the worker sets before every quote.
+/// So the TPM, not only the identity's own word, states the measurement that a policy's
+/// `worker_measurements` then accepts or refuses. Meaningful only once [`verify`] passed:
+/// `evidence.pcrs` is what the quote's digest covers only then.
+pub fn verify_measurement(
+    evidence: &TpmEvidence,
+    measurement: &[u8; 32],
+    policy: &TpmPolicy,
+) -> Check {
+    let index = policy.measurement_pcr.unwrap_or(DEFAULT_MEASUREMENT_PCR);
+    let expected = super::evidence::measurement_pcr_value(measurement);
+    match evidence.pcrs.iter().find(|pcr| pcr.index == index) {
+        None => Check::fail(
+            "tpm.measurement",
+            format!(
+                "the measurement PCR {index} is not quoted (a worker with another DTEE_TPM_PCR \
+                 needs that index as the policy's measurement_pcr)"
+            ),
+        ),
+        Some(pcr) => Check::from_bool(
+            "tpm.measurement",
+            pcr.value.eq_ignore_ascii_case(&expected),
+            || {
+                format!(
+                    "PCR {index} is {}, not one extend of the identity's measurement from zero \
+                     ({expected})",
+                    pcr.value
+                )
+            },
+        ),
+    }
 }
 
 /// Whether a marshalled `TPMT_PUBLIC` is an attestation key [`verify`] accepts: ECC P-256,

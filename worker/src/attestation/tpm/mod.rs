@@ -275,6 +275,7 @@ impl TpmProvider {
                     }]
                 })
                 .unwrap_or_default(),
+            measurement_pcr: Some(self.pcr),
         };
         let _tpm = tpm_lock();
         let mut last_failure = String::new();
