@@ -321,6 +321,29 @@ fn rejects_a_required_pcr_that_does_not_match() {
     );
 }
 
+/// The `tpm.measurement` check of `verify_with_measurement`, by name.
+fn measurement_check(
+    vector: &Vector,
+    evidence: &TpmEvidence,
+    claimed: &[u8; 32],
+    policy: &TpmPolicy,
+) -> Check {
+    let checks = tpm::verify_with_measurement(evidence, &vector.worker_key, claimed, policy);
+    assert_eq!(checks.len(), 9);
+    checks
+        .into_iter()
+        .last()
+        .filter(|check| check.name == "tpm.measurement")
+        .unwrap()
+}
+
+fn failure(check: &Check) -> &str {
+    match &check.outcome {
+        Outcome::Fail(why) => why,
+        other => panic!("{} did not fail: {other:?}", check.name),
+    }
+}
+
 /// `tpm.measurement`: the quoted measurement PCR must hold the identity's measurement, also
 /// when the policy pins no PCR value (before, such a policy accepted any measurement the
 /// identity named, and `worker_measurements` trusted the identity's word).
@@ -331,33 +354,78 @@ fn the_measurement_pcr_must_hold_the_identitys_measurement() {
         pcrs: Vec::new(),
         ..policy(&vector)
     };
-    let check = tpm::verify_measurement(&vector.evidence, &vector.measurement, &no_values);
+    let check = measurement_check(&vector, &vector.evidence, &vector.measurement, &no_values);
     assert_eq!(check.outcome, Outcome::Pass, "{check:?}");
-    assert_eq!(check.name, "tpm.measurement");
 
     let claimed = [0x33; 32];
-    let check = tpm::verify_measurement(&vector.evidence, &claimed, &no_values);
-    assert!(check.failed(), "{check:?}");
-    let Outcome::Fail(why) = &check.outcome else {
-        unreachable!()
-    };
-    assert!(why.contains("PCR 23"), "{why}");
+    let check = measurement_check(&vector, &vector.evidence, &claimed, &no_values);
+    assert!(failure(&check).contains("PCR 23 is"), "{check:?}");
 
     // A worker extending PCR 16 needs a policy naming it; PCR 16 is not in this quote.
     let pcr16 = TpmPolicy {
         measurement_pcr: Some(16),
         ..no_values.clone()
     };
-    let check = tpm::verify_measurement(&vector.evidence, &vector.measurement, &pcr16);
-    let Outcome::Fail(why) = &check.outcome else {
-        panic!("{check:?}")
-    };
-    assert!(why.contains("PCR 16 is not quoted"), "{why}");
+    let check = measurement_check(&vector, &vector.evidence, &vector.measurement, &pcr16);
+    assert!(
+        failure(&check).contains("PCR 16 is not quoted"),
+        "{check:?}"
+    );
     let pcr0 = TpmPolicy {
         measurement_pcr: Some(0),
         ..no_values
     };
-    assert!(tpm::verify_measurement(&vector.evidence, &vector.measurement, &pcr0).failed());
+    assert!(measurement_check(&vector, &vector.evidence, &vector.measurement, &pcr0).failed());
+}
+
+/// PCR values the quote does not bind prove nothing: with a bad signature, or with the claimed
+/// value put in the evidence's list (first or after the real one), `tpm.measurement` fails.
+#[test]
+fn the_measurement_check_fails_when_the_quote_does_not_bind_the_values() {
+    let vector = vector();
+    let claimed = [0x33; 32];
+    let claimed_value = tpm::measurement_pcr_value(&claimed);
+    let no_values = TpmPolicy {
+        pcrs: Vec::new(),
+        ..policy(&vector)
+    };
+    let mut bad_signature = vector.evidence.clone();
+    let last = bad_signature.signature.len() - 1;
+    bad_signature.signature[last] ^= 1;
+    let check = measurement_check(&vector, &bad_signature, &vector.measurement, &no_values);
+    assert!(failure(&check).contains("does not bind"), "{check:?}");
+
+    let mut relabelled = vector.evidence.clone();
+    relabelled.pcrs[1].value = claimed_value.clone();
+    let check = measurement_check(&vector, &relabelled, &claimed, &no_values);
+    assert!(failure(&check).contains("does not bind"), "{check:?}");
+
+    for position in [0, 2] {
+        let mut extra = vector.evidence.clone();
+        extra.pcrs.insert(
+            position,
+            PcrValue {
+                index: MEASUREMENT_PCR,
+                value: claimed_value.clone(),
+            },
+        );
+        let check = measurement_check(&vector, &extra, &claimed, &no_values);
+        assert!(failure(&check).contains("does not bind"), "{check:?}");
+    }
+}
+
+/// `measurement_pcr` reads from a policy file, and an unknown key is still refused.
+#[test]
+fn a_policy_names_its_measurement_pcr() {
+    let policy: TpmPolicy =
+        serde_json::from_str(r#"{"allowed_aks": ["ab"], "measurement_pcr": 16}"#).unwrap();
+    assert_eq!(policy.measurement_pcr, Some(16));
+    let policy: TpmPolicy = serde_json::from_str(r#"{"allowed_aks": ["ab"]}"#).unwrap();
+    assert_eq!(policy.measurement_pcr, None);
+    assert!(
+        serde_json::from_str::<TpmPolicy>(r#"{"allowed_aks": [], "measurement_pcrs": 16}"#)
+            .is_err()
+    );
 }
 
 #[test]

@@ -81,9 +81,18 @@ fn quote_verifies_with_the_pinned_ak_and_measurement() {
     };
     let checks = tpm::verify(&evidence, &worker_key, &policy);
     assert_eq!(failures(&checks), Vec::<String>::new());
-    assert!(!tpm::verify_measurement(&evidence, &measurement, &policy).failed());
+    let with_measurement =
+        tpm::verify_with_measurement(&evidence, &worker_key, &measurement, &policy);
+    assert_eq!(failures(&with_measurement), Vec::<String>::new());
     let another = measurement_of("another worker");
-    assert!(tpm::verify_measurement(&evidence, &another, &policy).failed());
+    let failed = failures(&tpm::verify_with_measurement(
+        &evidence,
+        &worker_key,
+        &another,
+        &policy,
+    ));
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].starts_with("tpm.measurement: "), "{failed:?}");
     assert!(
         checks.iter().all(|check| check.outcome == Outcome::Pass),
         "{checks:?}"

@@ -64,6 +64,10 @@ export function normalizePolicy(policy, where = 'policy') {
     out[name] = structuredClone(table);
   }
   if (out.tpm && !Array.isArray(out.tpm.allowed_aks)) fail('[tpm] needs allowed_aks, a list of AK fingerprints');
+  const pcr = out.tpm?.measurement_pcr;
+  if (pcr !== undefined && pcr !== null && (!Number.isInteger(pcr) || pcr < 0 || pcr > 23)) {
+    fail('[tpm] measurement_pcr must be a PCR index, 0 to 23');
+  }
   return out;
 }
 

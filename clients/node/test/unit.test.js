@@ -110,6 +110,10 @@ test('policy files parse, and unknown keys are refused', async () => {
   assert.deepEqual(await loadPolicy(join(dir, 'software-dev.toml')), { allow_software: true, worker_measurements: [] });
   assert.throws(() => normalizePolicy({ allow_sofware: true }), VerifyError);
   assert.throws(() => normalizePolicy({ tpm: { allowed_aks: [], pcr: [] } }), VerifyError);
+  assert.equal(normalizePolicy({ tpm: { allowed_aks: [], measurement_pcr: 16 } }).tpm.measurement_pcr, 16);
+  for (const bad of ['16', -1, 24, 1.5]) {
+    assert.throws(() => normalizePolicy({ tpm: { allowed_aks: [], measurement_pcr: bad } }), VerifyError);
+  }
   assert.throws(() => normalizePolicy({ worker_measurements: ['sha256:ABC'] }), VerifyError);
   await assert.rejects(loadPolicy(join(dir, 'no-such-policy.toml')), VerifyError);
   const text = `

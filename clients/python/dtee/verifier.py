@@ -208,6 +208,11 @@ class Policy:
             _refuse_unknown(tpm, _TPM_KEYS, "[tpm]")
             if "allowed_aks" not in tpm:
                 raise PolicyError("[tpm] needs allowed_aks")
+            pcr = tpm.get("measurement_pcr")
+            if pcr is not None and (
+                not isinstance(pcr, int) or isinstance(pcr, bool) or not 0 <= pcr <= 23
+            ):
+                raise PolicyError("[tpm] measurement_pcr must be a PCR index, 0 to 23")
             tpm = dict(tpm)
         snp = policy.get("snp")
         if snp is not None:

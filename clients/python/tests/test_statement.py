@@ -80,5 +80,20 @@ class StatementTypes(unittest.TestCase):
                 _parse_statement(envelope(statement))
 
 
+class TpmPolicyKeys(unittest.TestCase):
+    """`[tpm] measurement_pcr` is read as the Rust verifier reads it: a PCR index."""
+
+    def test_measurement_pcr_is_a_pcr_index(self):
+        from dtee.verifier import Policy, PolicyError
+
+        policy = Policy.load({"tpm": {"allowed_aks": [], "measurement_pcr": 16}})
+        self.assertEqual(policy.tpm["measurement_pcr"], 16)
+        for bad in ("16", -1, 24, True, 1.5):
+            with self.subTest(bad=bad), self.assertRaises(PolicyError):
+                Policy.load({"tpm": {"allowed_aks": [], "measurement_pcr": bad}})
+        with self.assertRaises(PolicyError):
+            Policy.load({"tpm": {"allowed_aks": [], "measurement_pcrs": 16}})
+
+
 if __name__ == "__main__":
     unittest.main()

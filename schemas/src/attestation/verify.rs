@@ -270,9 +270,9 @@ pub fn verify_identity(
             )),
             Some(tpm_policy) => {
                 checks.push(Check::pass("tpm.allowed"));
-                checks.extend(super::tpm::verify(evidence, &public_key, tpm_policy));
-                checks.push(super::tpm::verify_measurement(
+                checks.extend(super::tpm::verify_with_measurement(
                     evidence,
+                    &public_key,
                     &identity.measurement.to_bytes(),
                     tpm_policy,
                 ));

@@ -212,8 +212,9 @@ pub struct Args {
     /// TPM TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
     #[arg(long, env = "DTEE_TPM_TCTI", default_value = "device:/dev/tpmrm0")]
     pub tpm_tcti: String,
-    /// PCR the worker extends with its measurement (23: resettable, for applications).
-    #[arg(long, env = "DTEE_TPM_PCR", default_value = "23")]
+    /// PCR the worker extends with its measurement (23: resettable, for applications; 16 also
+    /// works, and verifiers' policies then need `measurement_pcr = 16`).
+    #[arg(long, env = "DTEE_TPM_PCR", default_value_t = dtee_schemas::attestation::tpm::DEFAULT_MEASUREMENT_PCR)]
     #[arg(value_parser = setting(tpm_pcr))]
     pub tpm_pcr: u32,
     /// Seconds between evidence refreshes.

@@ -38,7 +38,7 @@ pub use evidence::{
 };
 #[cfg(feature = "verify")]
 pub use verifier::{
-    check_ak_public, verify, verify_measurement, TpmPolicy, DEFAULT_MEASUREMENT_PCR,
+    check_ak_public, verify, verify_with_measurement, TpmPolicy, DEFAULT_MEASUREMENT_PCR,
 };
 #[cfg(feature = "verify")]
 pub use wire::{TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};

@@ -23,8 +23,8 @@ pub struct TpmPolicy {
     #[serde(default)]
     pub pcrs: Vec<PcrValue>,
     /// The PCR the worker resets and extends with its measurement (`DTEE_TPM_PCR`); default
-    /// [`DEFAULT_MEASUREMENT_PCR`]. [`verify_measurement`] checks that it holds the identity's
-    /// measurement.
+    /// [`DEFAULT_MEASUREMENT_PCR`]. [`verify_with_measurement`] checks that it holds the
+    /// identity's measurement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement_pcr: Option<u32>,
 }
@@ -32,16 +32,44 @@ pub struct TpmPolicy {
 /// The measurement PCR when a policy names none: 23, the worker's default `DTEE_TPM_PCR`.
 pub const DEFAULT_MEASUREMENT_PCR: u32 = 23;
 
-/// `tpm.measurement`: the quoted measurement PCR (the policy's `measurement_pcr`, default 23)
-/// holds SHA-256(32 zero bytes ‖ `measurement`), the value the worker sets before every quote.
-/// So the TPM, not only the identity's own word, states the measurement that a policy's
-/// `worker_measurements` then accepts or refuses. Meaningful only once [`verify`] passed:
-/// `evidence.pcrs` is what the quote's digest covers only then.
-pub fn verify_measurement(
+/// The checks that bind `evidence.pcrs` to what the TPM signed: only when all of them pass is
+/// a PCR value in the evidence one the TPM quoted.
+const BINDING_CHECKS: [&str; 5] = [
+    "tpm.ak_public",
+    "tpm.signature",
+    "tpm.quote_format",
+    "tpm.pcr_selection",
+    "tpm.pcr_digest",
+];
+
+/// The checks of [`verify`], then `tpm.measurement`: the quoted measurement PCR (the policy's
+/// `measurement_pcr`, default 23) holds SHA-256(32 zero bytes ‖ `measurement`), the value the
+/// worker sets before every quote. So an identity cannot name another measurement than the one
+/// extended into a pinned TPM at quote time (which is as trustworthy as the software that may
+/// use that TPM: the PCR is resettable; ATTESTATION.md §9). `tpm.measurement` fails whenever a
+/// check binding the PCR values to the quote failed, since the values are then anyone's.
+pub fn verify_with_measurement(
     evidence: &TpmEvidence,
+    worker_public_key: &[u8],
     measurement: &[u8; 32],
     policy: &TpmPolicy,
-) -> Check {
+) -> Vec<Check> {
+    let mut checks = verify(evidence, worker_public_key, policy);
+    let unbound = checks
+        .iter()
+        .any(|check| check.failed() && BINDING_CHECKS.contains(&check.name.as_str()));
+    checks.push(if unbound {
+        Check::fail(
+            "tpm.measurement",
+            "the quote does not bind the PCR values (see the failed checks above)",
+        )
+    } else {
+        measurement_check(evidence, measurement, policy)
+    });
+    checks
+}
+
+fn measurement_check(evidence: &TpmEvidence, measurement: &[u8; 32], policy: &TpmPolicy) -> Check {
     let index = policy.measurement_pcr.unwrap_or(DEFAULT_MEASUREMENT_PCR);
     let expected = super::evidence::measurement_pcr_value(measurement);
     match evidence.pcrs.iter().find(|pcr| pcr.index == index) {

@@ -284,7 +284,16 @@ impl TpmProvider {
                 retrying_busy(|| self.quote_once(&qualifying_data, &selection, &indices, nonce))?;
             // The quote fails its own check only if another client changed a PCR between the
             // extend, the quote and the read: take it again.
-            let failures: Vec<String> = tpm_schema::verify(&evidence, worker_public_key, &policy)
+            let checks = match &self.measurement {
+                Some(measurement) => tpm_schema::verify_with_measurement(
+                    &evidence,
+                    worker_public_key,
+                    measurement,
+                    &policy,
+                ),
+                None => tpm_schema::verify(&evidence, worker_public_key, &policy),
+            };
+            let failures: Vec<String> = checks
                 .into_iter()
                 .filter(|check| check.failed())
                 .map(|check| format!("{}: {:?}", check.name, check.outcome))
