@@ -8,12 +8,13 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 
+use crate::shaped::Shape;
 use crate::{cpu, AmqpArgs, Report};
 
 pub(crate) async fn amqp(
@@ -30,7 +31,7 @@ pub(crate) async fn amqp(
 async fn amqp_baseline(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyhow::Result<Report> {
     let connection = connect(url, tls).await?;
     let setup = connection.create_channel().await?;
-    let queue = scratch_queue(&setup, "baseline").await?;
+    let queue = crate::shaped::quorum_queue(&setup, "baseline").await?;
 
     let consume = connection.create_channel().await?;
     consume
@@ -71,7 +72,13 @@ async fn amqp_baseline(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyho
             anyhow::Ok(latencies)
         })
     };
-    publish_timed(&publish, &queue, &payload, args.messages, &slots, started).await?;
+    let plain = |_, timestamp| {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_timestamp(timestamp);
+        (String::new(), queue.clone(), false, properties)
+    };
+    publish_timed(&publish, plain, &payload, args.messages, &slots, started).await?;
     let latencies = consumer_task.await??;
     let elapsed = started.elapsed();
     setup
@@ -92,32 +99,45 @@ pub(crate) async fn roundtrip(
     Ok(report)
 }
 
-/// Publishes `count` messages to `queue` with confirms (waiting for a slot before each, at most
-/// the semaphore's permits in flight), each timestamped with nanoseconds since `started`.
+/// Publishes `count` messages with confirms (waiting for a slot before each, at most the
+/// semaphore's permits in flight), each timestamped with nanoseconds since `started`; `message`
+/// gives each one's exchange, routing key, `mandatory` flag and properties.
 async fn publish_timed(
     publish: &lapin::Channel,
-    queue: &str,
+    message: impl Fn(usize, u64) -> (String, String, bool, BasicProperties),
     payload: &[u8],
     count: usize,
     slots: &Semaphore,
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut confirms = tokio::task::JoinSet::new();
-    for _ in 0..count {
+    for index in 0..count {
         slots.acquire().await?.forget();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_timestamp(started.elapsed().as_nanos() as u64);
+        let (exchange, key, mandatory, properties) =
+            message(index, started.elapsed().as_nanos() as u64);
         let confirm = publish
             .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
+                exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
                 payload,
                 properties,
             )
             .await?;
-        confirms.spawn(confirm);
+        confirms.spawn(async move {
+            match confirm.await? {
+                lapin::Confirmation::Ack(Some(_)) => {
+                    anyhow::bail!("a message was returned unroutable")
+                }
+                lapin::Confirmation::Nack(_) => {
+                    anyhow::bail!("the broker refused a message")
+                }
+                _ => Ok(()),
+            }
+        });
         while let Some(done) = confirms.try_join_next() {
             done??;
         }
@@ -137,29 +157,24 @@ async fn connect(url: &str, tls: &dtee_net::Tls) -> anyhow::Result<Connection> {
     )
 }
 
-async fn scratch_queue(channel: &lapin::Channel, role: &str) -> anyhow::Result<String> {
-    let queue = format!("dtee-loadtest.{role}.{:08x}", rand::random::<u32>());
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            quorum,
-        )
-        .await?;
-    Ok(queue)
-}
-
 async fn roundtrip_raw(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyhow::Result<Report> {
     let client = connect(url, tls).await?;
     let server = connect(url, tls).await?;
     let setup = client.create_channel().await?;
-    let jobs = scratch_queue(&setup, "jobs").await?;
-    let results = scratch_queue(&setup, "results").await?;
+    let shape = match args.shape.as_str() {
+        "plain" => Shape::plain(&setup).await?,
+        "dtee" => {
+            let uri: lapin::uri::AMQPUri = url
+                .split(',')
+                .next()
+                .unwrap_or(url)
+                .parse()
+                .map_err(|error| anyhow::anyhow!("{url}: {error}"))?;
+            Shape::dtee(&setup, &uri.authority.userinfo.username).await?
+        }
+        other => anyhow::bail!("--shape {other}: plain or dtee"),
+    };
+    let shape = Arc::new(shape);
 
     // The "worker": consume a job, publish a result with a confirm, then ack the job.
     let work = server.create_channel().await?;
@@ -171,7 +186,7 @@ async fn roundtrip_raw(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyho
         .await?;
     let mut job_consumer = work
         .basic_consume(
-            jobs.as_str().into(),
+            shape.job_queue.as_str().into(),
             "worker".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -179,19 +194,19 @@ async fn roundtrip_raw(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyho
         .await?;
     let result_body = vec![b'r'; 1700];
     let worker = {
-        let (answer, results) = (answer.clone(), results.clone());
+        let (answer, shape) = (answer.clone(), Arc::clone(&shape));
         tokio::spawn(async move {
             let mut answering = tokio::task::JoinSet::new();
             while let Some(delivery) = job_consumer.next().await {
                 let delivery = delivery?;
-                let (answer, results, body) =
-                    (answer.clone(), results.clone(), result_body.clone());
+                let (answer, shape, body) =
+                    (answer.clone(), Arc::clone(&shape), result_body.clone());
                 answering.spawn(async move {
-                    let properties = delivery.properties.clone();
+                    let (exchange, key, properties) = shape.result(&delivery.properties);
                     answer
                         .basic_publish(
-                            "".into(),
-                            results.as_str().into(),
+                            exchange.as_str().into(),
+                            key.as_str().into(),
                             BasicPublishOptions::default(),
                             &body,
                             properties,
@@ -212,7 +227,7 @@ async fn roundtrip_raw(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyho
     let listen = client.create_channel().await?;
     let mut result_consumer = listen
         .basic_consume(
-            results.as_str().into(),
+            shape.result_queue.as_str().into(),
             "client".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -243,16 +258,17 @@ async fn roundtrip_raw(url: &str, tls: &dtee_net::Tls, args: &AmqpArgs) -> anyho
             anyhow::Ok(latencies)
         })
     };
-    publish_timed(&publish, &jobs, &payload, args.messages, &slots, started).await?;
+    let job = |index, timestamp| shape.job(index, timestamp);
+    publish_timed(&publish, job, &payload, args.messages, &slots, started).await?;
     let latencies = listener.await??;
     let elapsed = started.elapsed();
     worker.abort();
-    for queue in [&jobs, &results] {
-        setup
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
+    shape.delete(&setup).await?;
     let _ = client.close(200, "done".into()).await;
     let _ = server.close(200, "done".into()).await;
-    Ok(Report::new("roundtrip", args.in_flight, elapsed, latencies))
+    let mode = match args.shape.as_str() {
+        "plain" => "roundtrip",
+        _ => "roundtrip/dtee-shape",
+    };
+    Ok(Report::new(mode, args.in_flight, elapsed, latencies))
 }

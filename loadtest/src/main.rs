@@ -27,6 +27,7 @@ mod baseline;
 mod cpu;
 mod drain;
 mod gpu;
+mod shaped;
 
 use baseline::{amqp, roundtrip};
 
@@ -137,6 +138,11 @@ struct AmqpArgs {
     /// Message size in bytes (a trivial job is about 300).
     #[arg(long, default_value = "300")]
     size: usize,
+    /// `roundtrip` only: `plain` (the default exchange and two quorum queues, bare properties)
+    /// or `dtee` (the exchanges, queue arguments, properties and headers of a dtee job and its
+    /// result, with no dtee code: what of RabbitMQ's cost per job is the protocol's shape).
+    #[arg(long, default_value = "plain")]
+    shape: String,
 }
 
 /// One measurement.
@@ -241,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
                     in_flight: args.in_flight,
                     prefetch: args.prefetch,
                     size: 300,
+                    shape: "plain".into(),
                 },
             )
             .await?;
