@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Trivial jobs through one or more worker binaries against the raw job round trip, in alternated
-# rounds of one session: each round runs `dtee-loadtest roundtrip` (lapin alone, no dtee) and then
+# rounds of one session: each round runs `dtee-loadtest roundtrip` (lapin alone, no dtee), the
+# same in dtee's broker shape (`--shape dtee`: dtee's exchanges, queue arguments and message
+# properties, no dtee code; reported beside the workers, against the plain trip), and then
 # `dtee-loadtest jobs` (noop jobs, the `reply` wait of `dtee run`) through each worker in turn,
 # each worker a fresh release process with two kernel slots in its own namespace.
 # Prints one line per run and, at the end, each one's medians: jobs/s, CPU µs per job by process
@@ -38,6 +40,8 @@ for round in $(seq 1 "$rounds"); do
   namespaces+=("$ns")
   report roundtrip "$(DTEE_NAMESPACE=$ns ./target/release/dtee-loadtest roundtrip \
     --messages "$jobs" --in-flight 256 --json | tail -1)"
+  report roundtrip/dtee-shape "$(DTEE_NAMESPACE=$ns ./target/release/dtee-loadtest roundtrip \
+    --messages "$jobs" --in-flight 256 --shape dtee --json | tail -1)"
   for index in "${!workers[@]}"; do
     worker_bin=${workers[$index]}
     ns="compare-$$-$round-$index"
