@@ -13,7 +13,7 @@
 
 use dtee_schemas::ErrorCode;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 
 use super::admit::{self, Admitted};
 use super::outcome::{self, CachePolicy, Failure, Outcome};
@@ -74,9 +74,15 @@ async fn answer(ctx: &Context, delivery: &Delivery, job: &Admitted) -> Result<Ou
 }
 
 /// Whether the broker dead-lettered the message because its per-message TTL (`expiration`)
-/// ran out: `x-first-death-reason` or any `x-death` entry says `expired`.
+/// ran out: `x-first-death-reason` or any `x-death` entry says `expired`. The dead-letter
+/// exchange routes such messages to a sink that drops them (PROTOCOL.md §4), so this catches
+/// only one that reached `<ns>.dead` all the same (an exchange declared otherwise).
 fn expired(delivery: &Delivery) -> bool {
-    let Some(headers) = delivery.properties.headers().as_ref() else {
+    expired_by(delivery.properties.headers().as_ref())
+}
+
+fn expired_by(headers: Option<&FieldTable>) -> bool {
+    let Some(headers) = headers else {
         return false;
     };
     let is_expired = |value: Option<&AMQPValue>| match value {
@@ -148,5 +154,37 @@ fn delivery_history(delivery: &Delivery) -> String {
         "no delivery history recorded".to_owned()
     } else {
         parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::LongString;
+
+    fn text(value: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(value))
+    }
+
+    #[test]
+    fn an_expired_dead_letter_is_recognised_by_either_header() {
+        let mut first = FieldTable::default();
+        first.insert("x-first-death-reason".into(), text("expired"));
+        assert!(expired_by(Some(&first)));
+
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), text("expired"));
+        let mut history = FieldTable::default();
+        history.insert("x-first-death-reason".into(), text("delivery_limit"));
+        history.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        assert!(expired_by(Some(&history)));
+
+        let mut limit = FieldTable::default();
+        limit.insert("x-first-death-reason".into(), text("delivery_limit"));
+        assert!(!expired_by(Some(&limit)));
+        assert!(!expired_by(None));
     }
 }
