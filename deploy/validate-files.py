@@ -215,7 +215,7 @@ def check_definitions(parsed, facts):
     expected = facts["job_queue_arguments"]
     exchanges = {(e["vhost"], e["name"]): e for e in d["exchanges"]}
     for name, kind in ((f"{NAMESPACE}.jobs", "topic"), (f"{NAMESPACE}.intake", "topic"),
-                       (f"{NAMESPACE}.results", "topic"), (f"{NAMESPACE}.dead", "headers")):
+                       (f"{NAMESPACE}.results", "topic"), (f"{NAMESPACE}.dead", "fanout")):
         e = exchanges.get((VHOST, name))
         check(e is not None and e["type"] == kind and e["durable"] and not e["auto_delete"],
               f"exchange {name}: durable {kind}")
@@ -240,34 +240,15 @@ def check_definitions(parsed, facts):
     dead = queues.get((VHOST, f"{NAMESPACE}.dead"))
     check(dead is not None and dead["arguments"] == {"x-queue-type": "quorum"},
           f"queue {NAMESPACE}.dead: quorum, no other arguments")
-    # The dead-letter exchange routes by the broker's first death reason: expired jobs to a
-    # queue that keeps nothing (a tenant's TTL-0 flood never reaches the shared dead-letter
-    # queue), every other reason to the dead-letter queue (worker/src/broker/topology.rs).
-    by_reason = {}
-    for b in d["bindings"]:
-        if b["source"] == f"{NAMESPACE}.dead" and b["destination_type"] == "queue":
-            a = b.get("arguments", {})
-            if a.get("x-match") == "any-with-x" and set(a) == {"x-match", "x-first-death-reason"}:
-                by_reason[a["x-first-death-reason"]] = b["destination"]
-            else:
-                by_reason.setdefault("unexpected", b["destination"])
-    check(by_reason == {"delivery_limit": f"{NAMESPACE}.dead", "rejected": f"{NAMESPACE}.dead",
-                        "maxlen": f"{NAMESPACE}.dead", "expired": f"{NAMESPACE}.dead.expired"},
-          f"{NAMESPACE}.dead routes each dead-letter reason by x-first-death-reason "
-          f"(any-with-x): expired to {NAMESPACE}.dead.expired, the others to {NAMESPACE}.dead",
-          f"{by_reason}")
-    sink = queues.get((VHOST, f"{NAMESPACE}.dead.expired"))
-    check(sink is not None and sink["durable"]
-          and sink["arguments"] == {"x-max-length": 0, "x-overflow": "drop-head"},
-          f"queue {NAMESPACE}.dead.expired keeps nothing (x-max-length 0, drop-head)")
+    check((VHOST, f"{NAMESPACE}.dead", f"{NAMESPACE}.dead", "") in bindings,
+          f"{NAMESPACE}.dead is bound to its exchange")
     tenants = queues.get((VHOST, f"{NAMESPACE}.tenants"))
     check(tenants is not None and tenants["arguments"] == {"x-queue-type": "stream"}
           and (VHOST, f"{NAMESPACE}.tenants", f"{NAMESPACE}.tenants", "") in bindings
           and exchanges.get((VHOST, f"{NAMESPACE}.tenants"), {}).get("type") == "fanout",
           f"the stream {NAMESPACE}.tenants, bound to its fanout exchange (tenant-queue announcements)")
     check(set(queues) == {(VHOST, f"{NAMESPACE}.jobs.{k}") for k in ROUTING_KEYS}
-          | {(VHOST, f"{NAMESPACE}.dead"), (VHOST, f"{NAMESPACE}.dead.expired"),
-             (VHOST, f"{NAMESPACE}.tenants")}, "no other queues")
+          | {(VHOST, f"{NAMESPACE}.dead"), (VHOST, f"{NAMESPACE}.tenants")}, "no other queues")
     check(not any(b["source"] == f"{NAMESPACE}.jobs" for b in d["bindings"]),
           f"nothing is bound to {NAMESPACE}.jobs",
           "its bindings are the tenants' own queues, which workers declare")

@@ -373,10 +373,9 @@ if ! rabbitmqctl -q await_startup --timeout 30 >/dev/null 2>&1; then
 else
   # Upgrade: the definitions of a dtee before per-tenant queues had a direct jobs exchange,
   # which an import cannot turn into a topic exchange. This vhost is the validation's own.
-  # Likewise a fanout dead-letter exchange (before dead letters were routed by reason).
-  if rabbitmqctl -s list_exchanges -p dtee name type 2>/dev/null | grep -x -e 'dtee.jobs	direct' -e 'dtee.dead	fanout' >/dev/null; then
+  if rabbitmqctl -s list_exchanges -p dtee name type 2>/dev/null | grep -x 'dtee.jobs	direct' >/dev/null; then
     rabbitmqctl -q delete_vhost dtee >/dev/null 2>&1 || true
-    ok "vhost dtee had an earlier dtee's exchange type (direct jobs or fanout dead-letter exchange): deleted, to be imported afresh"
+    ok "vhost dtee had an earlier dtee's direct jobs exchange: deleted, to be imported afresh"
   fi
   # The file goes through standard input: the broker, not this process, would read a path.
   imported=0
@@ -390,7 +389,7 @@ else
   if [ "$imported" = 1 ]; then
     ok "rabbitmqctl import_definitions"
     # The import runs asynchronously: wait for its objects.
-    want_queues="dtee.dead dtee.dead.expired dtee.jobs.wasm dtee.jobs.wasm.any-hardware dtee.jobs.wasm.snp dtee.jobs.wasm.tpm dtee.tenants"
+    want_queues="dtee.dead dtee.jobs.wasm dtee.jobs.wasm.any-hardware dtee.jobs.wasm.snp dtee.jobs.wasm.tpm dtee.tenants"
     queues=
     for _ in $(seq 1 60); do
       # Tenant queues (`dtee.jobs.<key>/<tenant>`) are the workers' own, and dtee.keeper the

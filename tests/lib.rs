@@ -420,7 +420,6 @@ impl TestEnv {
     async fn remove_all(&self) {
         let mut queues = vec![
             self.namespace.dead_letter_queue(),
-            self.namespace.expired_sink(),
             self.namespace.tenants_announcements(),
             self.namespace.keeper_queue(),
         ];

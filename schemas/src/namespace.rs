@@ -63,9 +63,7 @@ impl Namespace {
         format!("{}.results", self.0)
     }
 
-    /// Headers exchange that job queues dead-letter into: `<ns>.dead`. It routes by the
-    /// broker's `x-first-death-reason`: `expired` to [`Self::expired_sink`], every other reason
-    /// to [`Self::dead_letter_queue`].
+    /// Fanout exchange that job queues dead-letter into: `<ns>.dead`.
     pub fn dead_letter_exchange(&self) -> String {
         format!("{}.dead", self.0)
     }
@@ -73,13 +71,6 @@ impl Namespace {
     /// Quorum queue that holds dead-lettered jobs: `<ns>.dead`.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.0)
-    }
-
-    /// Queue that drops what reaches it (a length limit of 0, `drop-head`): where expired jobs
-    /// are dead-lettered, so that a tenant's messages with a per-message TTL of 0 never reach
-    /// the shared dead-letter queue: `<ns>.dead.expired`.
-    pub fn expired_sink(&self) -> String {
-        format!("{}.dead.expired", self.0)
     }
 
     /// Shared quorum queue of one routing key, for tenants without a queue of their own yet:

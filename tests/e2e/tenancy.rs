@@ -73,18 +73,13 @@ async fn an_expired_copy_of_another_tenants_job_decides_nothing() {
     spec.buffers = vec![state("counter", &key, AccessMode::ReadWrite, true)];
     let id = dtee_schemas::job_id(&spec).unwrap();
 
-    // Bob publishes a copy of Alice's job that expires after 50 ms: the broker dead-letters it
-    // into the expired sink, which keeps nothing; it never reaches the dead-letter queue.
+    // Bob publishes a copy of Alice's job that expires after 50 ms: the broker dead-letters it.
     publish_expiring(&env, "dtee-test-bob", &spec, 50).await;
-    for queue in env.job_queues("wasm").await {
-        until_depth(&env, &queue, 0).await;
-    }
+    let dead = env.namespace.dead_letter_queue();
+    until_depth(&env, &dead, 1).await;
     let worker = env.start_worker().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        env.queue_depth_of(&env.namespace.dead_letter_queue()).await,
-        0
-    );
+    until_depth(&env, &dead, 0).await; // handled and acked
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let cached = env.client.cached_result(&id).await.unwrap();
     assert!(
         cached.is_none(),

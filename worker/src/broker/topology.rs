@@ -10,11 +10,7 @@
 //! - `<ns>.tenants`, a fanout exchange and the stream bound to it: one message
 //!   `<routing key>/<tenant>` per tenant queue, read by every worker from its start;
 //! - `<ns>.results`, a durable topic exchange, routing key = `<user>.<job id>`;
-//! - `<ns>.dead`, a headers exchange, and the quorum queue `<ns>.dead` bound to it for the
-//!   dead-letter reasons `delivery_limit`, `rejected` and `maxlen`; `expired` goes to
-//!   `<ns>.dead.expired`, a queue that keeps nothing (a length limit of 0, `drop-head`), so
-//!   messages a tenant sends with a per-message TTL of 0 cannot fill the shared dead-letter
-//!   queue and push other tenants' dead letters out.
+//! - `<ns>.dead`, a fanout exchange, and the quorum queue `<ns>.dead` bound to it.
 //!
 //! Every job queue is a durable quorum queue with a delivery limit and dead-lettering
 //! (at-least-once) into `<ns>.dead`.
@@ -62,8 +58,10 @@ const DURABLE: ExchangeDeclareOptions = ExchangeDeclareOptions {
 };
 
 /// Declares the jobs exchange (a topic exchange whose alternate exchange is the intake
-/// exchange). A jobs exchange left by a dtee before per-tenant queues (a direct exchange
-/// without an alternate exchange) is replaced ([`declare_replacing`]).
+/// exchange) on a channel of its own. A jobs exchange left by a dtee before per-tenant queues
+/// (a direct exchange without an alternate exchange) makes the broker refuse the declaration
+/// and close the channel: it is then deleted and declared again. Only bindings are lost with
+/// it, and every worker declares its own again when it connects.
 async fn declare_jobs_exchange(
     connection: &Connection,
     namespace: &Namespace,
@@ -73,31 +71,16 @@ async fn declare_jobs_exchange(
         "alternate-exchange".into(),
         AMQPValue::LongString(LongString::from(namespace.intake_exchange())),
     );
-    declare_replacing(
-        connection,
-        &namespace.jobs_exchange(),
-        ExchangeKind::Topic,
-        arguments,
-    )
-    .await
-}
-
-/// Declares a durable exchange on a channel of its own. One left by an earlier dtee with
-/// another type or arguments makes the broker refuse the declaration and close the channel: it
-/// is then deleted and declared again. Only bindings are lost with it, and every worker
-/// declares its own again when it connects (a dead letter in transit meanwhile stays in its
-/// source queue: dead-lettering is at-least-once).
-async fn declare_replacing(
-    connection: &Connection,
-    name: &str,
-    kind: ExchangeKind,
-    arguments: FieldTable,
-) -> Result<(), lapin::Error> {
     let declare = |channel: Channel| {
-        let (arguments, kind) = (arguments.clone(), kind.clone());
+        let arguments = arguments.clone();
         async move {
             let declared = channel
-                .exchange_declare(name.into(), kind, DURABLE, arguments)
+                .exchange_declare(
+                    namespace.jobs_exchange().into(),
+                    ExchangeKind::Topic,
+                    DURABLE,
+                    arguments,
+                )
                 .await;
             let _ = channel.close(200, "declared".into()).await;
             declared
@@ -106,13 +89,16 @@ async fn declare_replacing(
     match declare(connection.create_channel().await?).await {
         Err(error) if is_precondition_failed(&error) => {
             warn!(
-                exchange = %name,
+                exchange = %namespace.jobs_exchange(),
                 %error,
-                "the exchange has another type or arguments (an earlier dtee's?); replacing it"
+                "the jobs exchange has another type or arguments (an earlier dtee's direct exchange?); replacing it"
             );
             let channel = connection.create_channel().await?;
             channel
-                .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+                .exchange_delete(
+                    namespace.jobs_exchange().into(),
+                    ExchangeDeleteOptions::default(),
+                )
                 .await?;
             let _ = channel.close(200, "deleted".into()).await;
             declare(connection.create_channel().await?).await
@@ -156,13 +142,14 @@ pub(crate) async fn declare(
             FieldTable::default(),
         )
         .await?;
-    declare_replacing(
-        connection,
-        &namespace.dead_letter_exchange(),
-        ExchangeKind::Headers,
-        FieldTable::default(),
-    )
-    .await?;
+    channel
+        .exchange_declare(
+            namespace.dead_letter_exchange().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
     let announcements = namespace.tenants_announcements();
     channel
         .exchange_declare(
@@ -180,7 +167,14 @@ pub(crate) async fn declare(
         "",
     )
     .await?;
-    declare_dead_letter_routes(channel, namespace).await?;
+    declare_bound(
+        channel,
+        &namespace.dead_letter_queue(),
+        queue_type("quorum"),
+        &namespace.dead_letter_exchange(),
+        "",
+    )
+    .await?;
     for route in routes {
         declare_bound(
             channel,
@@ -225,80 +219,6 @@ async fn declare_bound(
         )
         .await?;
     Ok(())
-}
-
-/// The dead-letter reasons answered from the shared dead-letter queue; `expired` is dropped.
-const ANSWERED_DEATHS: [&str; 3] = ["delivery_limit", "rejected", "maxlen"];
-
-/// The arguments of a binding to the dead-letter (headers) exchange that matches one
-/// `x-first-death-reason` (`any-with-x`: a plain `any` ignores `x-` headers).
-fn death_reason(reason: &str) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-match".into(),
-        AMQPValue::LongString(LongString::from("any-with-x")),
-    );
-    arguments.insert(
-        "x-first-death-reason".into(),
-        AMQPValue::LongString(LongString::from(reason)),
-    );
-    arguments
-}
-
-/// Declares the dead-letter queue and the expired sink, and binds them to the dead-letter
-/// exchange by reason. Every reason RabbitMQ dead-letters for is bound somewhere: a dead letter
-/// that routed nowhere would stay in its source queue (at-least-once), retried for ever.
-async fn declare_dead_letter_routes(
-    channel: &Channel,
-    namespace: &Namespace,
-) -> Result<(), lapin::Error> {
-    let (exchange, queue) = (
-        namespace.dead_letter_exchange(),
-        namespace.dead_letter_queue(),
-    );
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            queue_type("quorum"),
-        )
-        .await?;
-    for reason in ANSWERED_DEATHS {
-        bind_by(channel, &queue, &exchange, death_reason(reason)).await?;
-    }
-    let sink = namespace.expired_sink();
-    let mut keeps_nothing = FieldTable::default();
-    keeps_nothing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
-    keeps_nothing.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString(LongString::from("drop-head")),
-    );
-    channel
-        .queue_declare(
-            sink.as_str().into(),
-            QueueDeclareOptions::durable(),
-            keeps_nothing,
-        )
-        .await?;
-    bind_by(channel, &sink, &exchange, death_reason("expired")).await
-}
-
-/// Binds `queue` to the headers exchange `exchange` with `arguments`.
-async fn bind_by(
-    channel: &Channel,
-    queue: &str,
-    exchange: &str,
-    arguments: FieldTable,
-) -> Result<(), lapin::Error> {
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            arguments,
-        )
-        .await
 }
 
 /// Declares `tenant`'s own queue for `route` and binds it to the jobs exchange by

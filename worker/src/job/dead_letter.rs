@@ -74,9 +74,7 @@ async fn answer(ctx: &Context, delivery: &Delivery, job: &Admitted) -> Result<Ou
 }
 
 /// Whether the broker dead-lettered the message because its per-message TTL (`expiration`)
-/// ran out: `x-first-death-reason` or any `x-death` entry says `expired`. The dead-letter
-/// exchange routes such messages to a sink that drops them (PROTOCOL.md §4), so this catches
-/// only one that reached `<ns>.dead` all the same (an exchange declared otherwise).
+/// ran out: `x-first-death-reason` or any `x-death` entry says `expired`.
 fn expired(delivery: &Delivery) -> bool {
     expired_by(delivery.properties.headers().as_ref())
 }
