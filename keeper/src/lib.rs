@@ -27,7 +27,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-pub use release::{check_claims, MAX_SECRETS_PER_JOB};
+pub use release::{check_claims, check_signed, MAX_SECRETS_PER_JOB};
 
 /// What a keeper needs.
 #[derive(Debug, Clone)]
@@ -44,6 +44,10 @@ pub struct KeeperConfig {
     pub kek: Zeroizing<[u8; 32]>,
     /// Whether owners may read values back.
     pub allow_get: bool,
+    /// The AMQP users whose `release` requests are answered: the workers'. A release from any
+    /// other user (a tenant) is refused before anything is read, so that no tenant can learn
+    /// another's policy or secret names by asking in the other's name.
+    pub worker_users: Vec<String>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -158,6 +162,7 @@ pub async fn run(config: KeeperConfig, shutdown: watch::Receiver<bool>) -> anyho
         store: store::SecretStore::new(redis.clone(), config.namespace.clone(), &at_rest),
         key,
         allow_get: config.allow_get,
+        worker_users: config.worker_users.clone(),
         namespace: config.namespace.clone(),
         serving: AtomicBool::new(false),
     });

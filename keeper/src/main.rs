@@ -23,6 +23,15 @@ struct Args {
     /// Whether tenants may read their secrets back (`dtee secret get`).
     #[arg(long, env = "DTEE_KEEPER_ALLOW_GET", default_value_t = true, action = clap::ArgAction::Set)]
     allow_get: bool,
+    /// The AMQP users whose `release` requests are answered (the workers' users, comma
+    /// separated). Releases from any other user are refused before anything is read.
+    #[arg(
+        long,
+        env = "DTEE_KEEPER_WORKER_USERS",
+        default_value = "dtee-worker",
+        value_delimiter = ','
+    )]
+    worker_users: Vec<String>,
     /// Address for /metrics, /healthz and /readyz (e.g. 0.0.0.0:9465); none by default.
     #[arg(long, env = "DTEE_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -52,6 +61,7 @@ fn main() -> ExitCode {
             namespace: Namespace::new(args.connection.namespace.clone())?,
             kek,
             allow_get: args.allow_get,
+            worker_users: args.worker_users.clone(),
             metrics_addr: args.metrics_addr,
         };
         let runtime = tokio::runtime::Runtime::new()?;

@@ -11,20 +11,25 @@ use dtee_schemas::secrets::{
     is_valid_secret_name, parse_public_key, release_aad, seal, KeeperErrorCode, KeeperReply,
     ReleaseClaims, Released, RELEASE_CLOCK_SKEW_MS, RELEASE_INFO,
 };
+use dtee_schemas::state::is_valid_tenant;
 
 use crate::store::{SecretStore, StoreError};
 
 /// At most this many secrets in one request.
 pub const MAX_SECRETS_PER_JOB: usize = 16;
 
-/// Why a release is refused, before any secret is read.
-pub fn check_claims(
-    policy: Option<&str>,
+/// Why a release request is refused on its own, before anything is read for it: the tenant
+/// it names, its secret names and count, the worker's HPKE key, its time, and the identity
+/// key's signature over the claims.
+pub fn check_signed(
     claims: &ReleaseClaims,
     identity: &WorkerIdentity,
     signature: &str,
     now_ms: u64,
 ) -> Result<(), String> {
+    if !is_valid_tenant(&claims.tenant) {
+        return Err("the claims do not name a tenant".to_owned());
+    }
     if claims.secrets.is_empty() || claims.secrets.len() > MAX_SECRETS_PER_JOB {
         return Err(format!(
             "a release names 1 to {MAX_SECRETS_PER_JOB} secrets, not {}",
@@ -54,6 +59,22 @@ pub fn check_claims(
         decode_base64(signature).map_err(|_| "the signature is not base64".to_owned())?;
     verify_ed25519(&key, &claims.signed_bytes(), &signature)
         .map_err(|why| format!("the claims are not signed by the identity's key: {why}"))?;
+    Ok(())
+}
+
+/// Why a release is refused, before any secret is read: [`check_signed`], then the tenant's
+/// policy (`policy`: its text, if it set one) against the worker's identity.
+pub fn check_claims(
+    policy: Option<&str>,
+    claims: &ReleaseClaims,
+    identity: &WorkerIdentity,
+    signature: &str,
+    now_ms: u64,
+) -> Result<(), String> {
+    check_signed(claims, identity, signature, now_ms)?;
+    let key = identity
+        .public_key_bytes()
+        .ok_or("the identity's public key is not 32 bytes of hex")?;
     let Some(policy) = policy else {
         return Err(format!(
             "tenant {} has set no release policy (dtee secret policy set)",

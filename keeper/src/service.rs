@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Channel, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::release::{check_claims, release};
+use crate::release::{check_claims, check_signed, release};
 use crate::store::{SecretStore, StoreError};
 
 /// The largest request body.
@@ -37,6 +37,8 @@ pub struct Keeper {
     pub key: HpkeKeyPair,
     /// Whether owners may read values back (`get`).
     pub allow_get: bool,
+    /// The AMQP users whose `release` requests are answered (`KeeperConfig::worker_users`).
+    pub worker_users: Vec<String>,
     /// The namespace.
     pub namespace: Namespace,
     /// Consuming requests (for `/readyz`).
@@ -255,6 +257,26 @@ async fn handle(
             identity,
             signature,
         } => {
+            // `tenant` is the sender's user_id here: only a worker asks for releases. Anyone
+            // else, a tenant above all, learns nothing, and nothing is read for it.
+            if !keeper.worker_users.iter().any(|user| user == tenant) {
+                warn!(sender = %tenant, "release refused: the sender is not a worker user");
+                return Ok(KeeperReply::refuse(
+                    KeeperErrorCode::SecretReleaseDenied,
+                    "release requests are answered only for the workers' AMQP users \
+                     (DTEE_KEEPER_WORKER_USERS)",
+                ));
+            }
+            let now = dtee_schemas::run::unix_ms();
+            // The request itself (its tenant, secret names, key, time and the identity's
+            // signature) before the tenant's policy is read.
+            if let Err(why) = check_signed(&claims, &identity, &signature, now) {
+                warn!(worker = %identity.worker_id, %why, "release refused before any read");
+                return Ok(KeeperReply::refuse(
+                    KeeperErrorCode::SecretReleaseDenied,
+                    why,
+                ));
+            }
             let policy = match keeper.store.policy(&claims.tenant).await {
                 Ok(policy) => policy,
                 Err(StoreError::Corrupt(what)) => {
@@ -266,7 +288,6 @@ async fn handle(
                 }
                 Err(error) => return Err(error),
             };
-            let now = dtee_schemas::run::unix_ms();
             let names: Vec<String> = claims
                 .secrets
                 .iter()

@@ -30,6 +30,7 @@ impl Keeper {
             namespace: env.namespace.clone(),
             kek: zeroize::Zeroizing::new(kek),
             allow_get: true,
+            worker_users: vec![dtee_keeper::client::amqp_user(&dtee_tests::amqp_url())],
             metrics_addr: None,
         };
         let (stop, shutdown) = watch::channel(false);
@@ -343,6 +344,10 @@ fn keeper_process_at(
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
         .env("DTEE_REDIS_URL", &env.redis_url)
         .env("DTEE_KEEPER_KEK_FILE", kek_file)
+        .env(
+            "DTEE_KEEPER_WORKER_USERS",
+            dtee_keeper::client::amqp_user(&dtee_tests::amqp_url()),
+        )
         .env("DTEE_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -825,6 +830,101 @@ async fn the_keeper_answers_only_into_its_reply_queues() {
         "no answer in a queue that is not a keeper reply queue"
     );
     let _ = connection.close(200, "done".into()).await;
+    keeper.stop().await;
+    env.cleanup().await;
+}
+
+/// Only the workers' AMQP users get answers to `release` requests. A tenant that signs claims
+/// in another tenant's name with an identity of its own (anyone can make a software identity)
+/// is refused before anything is read: the answer says nothing of the other tenant's policy
+/// or secrets (before, it named the policy's failed checks, or that there was none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_ask_for_a_release_in_another_tenants_name() {
+    use dtee_schemas::job::encode_base64;
+    use dtee_schemas::secrets::{HpkeKeyPair, KeeperRequest, ReleaseClaims, SecretVersion};
+    let env = TestEnv::new("secrets-release-sender").await;
+    let keeper = Keeper::start(&env, rand::random()).await;
+    let (alice, secrets) = tenant(&env, "dtee-test-alice").await;
+    secrets.put("key", b"alice's").await.unwrap();
+    secrets
+        .set_policy(&format!("[tpm]\nallowed_aks = [\"{}\"]\n", "ab".repeat(32)))
+        .await
+        .unwrap();
+
+    // Bob's own software identity, signing claims for alice's secret.
+    let measurement = dtee_schemas::Digest::of(b"bob's worker");
+    let provider = dtee_worker::attestation::open_provider(
+        dtee_worker::attestation::ProviderChoice::Software,
+        &dtee_worker::attestation::ProviderSettings {
+            tpm_tcti: String::new(),
+            tpm_pcr: 23,
+        },
+        &measurement,
+    )
+    .unwrap();
+    let attestor = dtee_worker::attestation::Attestor::start("bob", measurement, provider).unwrap();
+    let claims = ReleaseClaims {
+        tenant: "dtee-test-alice".to_owned(),
+        job_id: dtee_schemas::Digest::of(b"any job"),
+        secrets: vec![SecretVersion {
+            name: "key".to_owned(),
+            version: 1,
+        }],
+        worker_hpke_key: HpkeKeyPair::generate().public_hex(),
+        issued_at_unix_ms: dtee_schemas::run::unix_ms(),
+    };
+    let request = KeeperRequest::Release {
+        signature: encode_base64(&attestor.sign(&claims.signed_bytes())),
+        identity: attestor.identity(),
+        claims,
+    };
+    let bob = dtee_keeper::client::KeeperClient::connect(
+        &tenant_amqp_url("dtee-test-bob"),
+        &dtee_tests::tls(),
+        env.namespace.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let reply = bob.request(&request).await.unwrap();
+    let error = reply.error.expect("refused");
+    assert_eq!(error.code, KeeperErrorCode::SecretReleaseDenied);
+    assert!(
+        error.message.contains("DTEE_KEEPER_WORKER_USERS"),
+        "{}",
+        error.message
+    );
+    for leak in ["tpm", "policy", "key", "dtee-test-alice"] {
+        assert!(!error.message.contains(leak), "{leak}: {}", error.message);
+    }
+    assert!(reply.released.is_none());
+    bob.close().await;
+
+    // The same request from a worker user is decided on alice's policy (here: refused, naming
+    // the failed check, which is the worker's to report to alice in her job's result).
+    let worker_user = dtee_keeper::client::KeeperClient::connect(
+        &dtee_tests::amqp_url(),
+        &dtee_tests::tls(),
+        env.namespace.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let error = worker_user
+        .request(&request)
+        .await
+        .unwrap()
+        .error
+        .expect("refused by the policy");
+    assert_eq!(error.code, KeeperErrorCode::SecretReleaseDenied);
+    assert!(
+        error.message.contains("tpm.allowed") || error.message.contains("software"),
+        "{}",
+        error.message
+    );
+    worker_user.close().await;
+    secrets.close().await;
+    alice.close().await;
     keeper.stop().await;
     env.cleanup().await;
 }
