@@ -23,7 +23,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::release::{check_claims, check_signed, release};
-use crate::store::{SecretStore, StoreError};
+use crate::store::{SecretStore, StoreError, MAX_SECRETS, MAX_VERSIONS};
+
+/// Requests the keeper takes at once.
+pub const KEEPER_PREFETCH: u16 = 16;
 
 /// The largest request body.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -62,7 +65,11 @@ pub async fn serve(
     .connection;
     let channel = connection.create_channel().await?;
     declare(&channel, &keeper.namespace).await?;
-    channel.basic_qos(64, BasicQosOptions::default()).await?;
+    // Each request is read whole before its size is checked (up to the broker's
+    // max_message_size), so the prefetch bounds what senders can make the keeper hold.
+    channel
+        .basic_qos(KEEPER_PREFETCH, BasicQosOptions::default())
+        .await?;
     let mut consumer = channel
         .basic_consume(
             keeper.namespace.keeper_queue().as_str().into(),
@@ -328,7 +335,12 @@ async fn owner_request(
             if plain.len() > MAX_SECRET_BYTES {
                 return invalid(format!("a secret is at most {MAX_SECRET_BYTES} bytes"));
             }
-            let version = store.put(tenant, &name, &plain).await?;
+            let Some(version) = store.put(tenant, &name, &plain).await? else {
+                return invalid(format!(
+                    "a secret keeps at most {MAX_VERSIONS} versions and a tenant at most \
+                     {MAX_SECRETS} secrets: delete old versions (dtee secret delete) first"
+                ));
+            };
             info!(%tenant, secret = %name, version, "secret stored");
             Ok(KeeperReply {
                 version: Some(version),

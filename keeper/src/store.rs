@@ -13,6 +13,12 @@ use dtee_schemas::secrets::{SecretInfo, VersionInfo};
 use redis::AsyncCommands;
 use zeroize::Zeroizing;
 
+/// Versions of one secret kept at most: a put beyond is refused until old ones are deleted.
+pub const MAX_VERSIONS: u64 = 64;
+
+/// Secrets of one tenant at most.
+pub const MAX_SECRETS: u64 = 1000;
+
 /// Why a stored value could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -94,10 +100,28 @@ impl SecretStore {
             .map(Zeroizing::new)
     }
 
-    /// Stores a new version and returns its number.
-    pub async fn put(&self, tenant: &str, name: &str, value: &[u8]) -> Result<u64, StoreError> {
+    /// Stores a new version and returns its number; `Ok(None)` (nothing stored) when the
+    /// secret already has [`MAX_VERSIONS`] versions or the tenant [`MAX_SECRETS`] secrets.
+    /// (Concurrent puts may each pass the count: the bounds hold within the keepers' request
+    /// concurrency.)
+    pub async fn put(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<Option<u64>, StoreError> {
         let key = self.namespace.secret_key(tenant, name);
         let mut redis = self.redis.clone();
+        let (fields, names, known): (u64, u64, bool) = redis::pipe()
+            .hlen(&key)
+            .scard(self.namespace.secret_names_key(tenant))
+            .sismember(self.namespace.secret_names_key(tenant), name)
+            .query_async(&mut redis)
+            .await?;
+        // `next`, then a `v:` and a `t:` field per version.
+        if fields.saturating_sub(1) / 2 >= MAX_VERSIONS || (!known && names >= MAX_SECRETS) {
+            return Ok(None);
+        }
         let version: u64 = redis.hincr(&key, "next", 1).await?;
         let stored = self.seal(&self.aad(tenant, name, version), value);
         let created = dtee_schemas::run::unix_ms();
@@ -108,22 +132,34 @@ impl SecretStore {
             .sadd(self.namespace.secret_names_key(tenant), name)
             .query_async::<()>(&mut redis)
             .await?;
-        Ok(version)
+        Ok(Some(version))
     }
 
-    /// The versions of `name`, oldest first (empty when there is none).
+    /// The versions of `name`, oldest first (empty when there is none). Reads the field names
+    /// and the `t:<n>` times only, never the values (`v:<n>`, up to a secret's size each).
     async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<VersionInfo>, StoreError> {
+        let key = self.namespace.secret_key(tenant, name);
         let mut redis = self.redis.clone();
-        // Values are binary (`v:<n>`); only the `t:<n>` fields are read as text.
-        let fields: Vec<(String, Vec<u8>)> = redis
-            .hgetall(self.namespace.secret_key(tenant, name))
+        let fields: Vec<String> = redis.hkeys(&key).await?;
+        let times: Vec<String> = fields
+            .into_iter()
+            .filter(|field| version_of(field, "t:").is_some())
+            .collect();
+        if times.is_empty() {
+            return Ok(Vec::new());
+        }
+        let created: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&times)
+            .query_async(&mut redis)
             .await?;
-        let mut versions: Vec<VersionInfo> = fields
+        let mut versions: Vec<VersionInfo> = times
             .iter()
-            .filter_map(|(field, value)| {
+            .zip(created)
+            .filter_map(|(field, created)| {
                 Some(VersionInfo {
                     version: version_of(field, "t:")?,
-                    created_at_unix_ms: std::str::from_utf8(value).ok()?.parse().ok()?,
+                    created_at_unix_ms: created?.parse().ok()?,
                 })
             })
             .collect();

@@ -928,3 +928,27 @@ async fn a_tenant_cannot_ask_for_a_release_in_another_tenants_name() {
     keeper.stop().await;
     env.cleanup().await;
 }
+
+/// A secret keeps at most 64 versions: the 65th put is refused, listing still reads every
+/// version's time (and no value), and once old versions are deleted a put is stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_keeps_at_most_64_versions() {
+    let env = TestEnv::new("secrets-versions").await;
+    let keeper = Keeper::start(&env, rand::random()).await;
+    let (alice, secrets) = tenant(&env, "dtee-test-alice").await;
+    for version in 1..=64u64 {
+        assert_eq!(secrets.put("many", b"v").await.unwrap(), version);
+    }
+    let refused = secrets.put("many", b"one too many").await.unwrap_err();
+    assert_eq!(refusal(refused), KeeperErrorCode::InvalidRequest);
+    let listed = secrets.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].versions.len(), 64);
+    assert!(listed[0].versions.iter().all(|v| v.created_at_unix_ms > 0));
+    assert_eq!(secrets.delete("many", Some(1)).await.unwrap(), 1);
+    assert_eq!(secrets.put("many", b"room again").await.unwrap(), 65);
+    secrets.close().await;
+    alice.close().await;
+    keeper.stop().await;
+    env.cleanup().await;
+}
