@@ -250,3 +250,58 @@ async fn a_timeout_is_not_cached_as_the_answer() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A read_write binding's `max_size` bounds the value the job leaves, not only where it writes:
+/// a value already longer than `max_size` cannot be written back (or copied) whole after a
+/// one-byte write at offset 0 (`output_limit_exceeded`, the value unchanged). Before, the write
+/// passed (its end was within `max_size`), the worker copied the whole value uncharged, and the
+/// commit stored 1 MiB under a binding of 16 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_write_value_longer_than_its_max_size_is_not_written_back() {
+    use dtee_schemas::job::{AccessMode, Buffer};
+    use dtee_schemas::state::StateKey;
+    let env = TestEnv::new("limits-rw-size").await;
+    let worker = env.start_worker().await;
+    let tenant = env.client.tenant().to_owned();
+    let big = format!("{tenant}/{}/big", env.namespace);
+    let key = StateKey::parse(&big).unwrap();
+    let value = vec![7u8; 1 << 20];
+    env.client.state_put(&key, &value).await.unwrap();
+    let mut spec = wasm_job(env.put_kernel("tee").await, "tee");
+    let mut first = dtee_submitter::builder::state("first", &big, AccessMode::ReadWrite, false);
+    if let Buffer::State { max_size, .. } = &mut first {
+        *max_size = Some(16);
+    }
+    spec.buffers = vec![inline_input("item", b"x"), first, output("second", 16)];
+    let result = env.run(&spec).await;
+    assert_eq!(
+        result.error_code(),
+        Some(ErrorCode::OutputLimitExceeded),
+        "{:?}",
+        result.error
+    );
+    let (stored, version) = env.client.state_get(&key).await.unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some(value.as_slice()),
+        "the value is unchanged"
+    );
+    assert_eq!(version, 1);
+
+    // A value within max_size is rewritten in place as before.
+    let short_name = format!("{tenant}/{}/short", env.namespace);
+    let short = StateKey::parse(&short_name).unwrap();
+    env.client.state_put(&short, b"0123").await.unwrap();
+    let mut first =
+        dtee_submitter::builder::state("first", &short_name, AccessMode::ReadWrite, false);
+    if let Buffer::State { max_size, .. } = &mut first {
+        *max_size = Some(16);
+    }
+    spec.buffers = vec![inline_input("item", b"x"), first, output("second", 16)];
+    let result = env.run(&spec).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    let (stored, _) = env.client.state_get(&short).await.unwrap();
+    assert_eq!(stored.as_deref(), Some(b"x123".as_slice()));
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

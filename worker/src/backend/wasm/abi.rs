@@ -266,12 +266,15 @@ fn buffer_write(
         return Ok(DTEE_ERR_RANGE);
     };
     let end = offset.saturating_add(len as u64);
-    state.check_capacity(slot_idx, capacity, end)?;
+    // The buffer's length after the write, not only the write's end: a read_write value
+    // already longer than the capacity stays so (it must be truncated first), and is not
+    // copied.
+    let before = state.image_len(slot_idx);
+    state.check_capacity(slot_idx, capacity, end.max(before))?;
     let source = mem
         .get(src..src.saturating_add(len))
         .ok_or_else(|| wasmtime::Error::new(Trap::MemoryOutOfBounds))?;
     // Charge the output limit before allocating anything.
-    let before = state.image_len(slot_idx);
     state.charge(end.saturating_sub(before))?;
     write_at(state.image_mut(slot_idx), offset as usize, source);
     Ok(len as i32)
@@ -311,7 +314,9 @@ fn buffer_set_len(mut caller: Caller<'_, HostState>, idx: i32, len: i64) -> wasm
     if len > before {
         state.charge(len - before)?;
     }
-    state.image_mut(slot_idx).resize(len as usize, 0);
+    // Copies at most `len` bytes of a read_write value: truncating a long one costs no copy of
+    // what goes.
+    state.image_of_len(slot_idx, len as usize);
     Ok(0)
 }
 

@@ -210,6 +210,19 @@ impl HostState {
             })
     }
 
+    /// Sets a writable slot's write image to `len` bytes: its first `len` bytes (of what it
+    /// wrote, or of the read_write value it starts from, copying no more), zero-filled beyond.
+    pub(super) fn image_of_len(&mut self, idx: usize, len: usize) {
+        let slot = &mut self.slots[idx];
+        let image =
+            slot.written
+                .get_or_insert_with(|| match (&slot.readable, slot.copy_on_write) {
+                    (Some(bytes), true) => bytes[..len.min(bytes.len())].to_vec(),
+                    _ => Vec::new(),
+                });
+        image.resize(len, 0);
+    }
+
     /// Trips the buffer's capacity when `end` lies past it.
     pub(super) fn check_capacity(
         &mut self,
