@@ -162,10 +162,10 @@ async fn a_slow_compile_is_cut_at_its_deadline_and_does_not_hold_up_other_jobs()
 
     // The worker keeps the failure for the digest and the tenant that met it: the same kernel
     // is not compiled again for that tenant.
-    let mut again = slow[0].clone();
-    again.nonce = Some("again".to_owned());
+    let mut again_spec = slow[0].clone();
+    again_spec.nonce = Some("again".to_owned());
     let fetched = Stats::get(&worker.stats.kernel_bytes_fetched);
-    let again = env.run(&again).await;
+    let again = env.run(&again_spec).await;
     assert_eq!(
         again.error_code(),
         Some(ErrorCode::KernelCompileLimitExceeded)
@@ -173,6 +173,21 @@ async fn a_slow_compile_is_cut_at_its_deadline_and_does_not_hold_up_other_jobs()
     // Answered from what the worker kept: the kernel was not even fetched again, let alone
     // compiled.
     assert_eq!(Stats::get(&worker.stats.kernel_bytes_fetched), fetched);
+    // Nor is the refusal written where another tenant waiting on the same stateless job would
+    // read it (the shared failure slot `<ns>:failure:<id>`), for the first run or the kept one.
+    let mut redis = env.client.redis();
+    for spec in [&slow[0], &slow[1], &again_spec] {
+        let id = dtee_schemas::job_id(spec).unwrap();
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(env.namespace.failure_key(&id))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(
+            stored.is_none(),
+            "a compile refusal was cached for every tenant"
+        );
+    }
 
     // Not for another tenant: whether a compile meets the deadline depends on the worker's
     // load, which the first tenant may have caused, so the second compiles the kernel itself

@@ -284,9 +284,16 @@ pub(crate) fn fallback_id(delivery: &Delivery) -> Digest {
 /// the short-lived failure slot. `cancelled` is the act of one tenant (its own revocation):
 /// it is cached, and claims the applied record, only under an id that is that tenant's own
 /// (a job binding its state); the same stateless job published by another tenant, or by this
-/// one once the revocation expired, must still run, so there it is never cached.
+/// one once the revocation expired, must still run, so there it is never cached. Nor is
+/// `kernel_compile_limit_exceeded` where the id is not the tenant's own: the worker keeps it
+/// for the tenant that met it (`fetch::CompileRefusals`), so in the shared failure slot one
+/// tenant's refusal would answer another tenant's wait on the same stateless job.
 pub(crate) fn cache_for(job: &Admitted, code: ErrorCode) -> CachePolicy {
-    if code == ErrorCode::Cancelled && !job.id_is_tenants_own() {
+    let tenants_own_act = matches!(
+        code,
+        ErrorCode::Cancelled | ErrorCode::KernelCompileLimitExceeded
+    );
+    if tenants_own_act && !job.id_is_tenants_own() {
         CachePolicy::Never
     } else if code.is_final() {
         CachePolicy::Final
