@@ -360,3 +360,62 @@ async fn gives_way_to_a_recorded_commit(test: &str, large: usize) {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A final failure of a state job claims the job's applied record; when another execution's
+/// commit was recorded meanwhile, that record is the answer, and a large one (1.5 MiB) is read
+/// in a result slot (`result_bytes_peak`), not answered whole by the claim (`SET NX GET`, as
+/// before) outside any slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_failure_reads_a_large_recorded_commit_in_a_result_slot() {
+    let env = TestEnv::new("claim-large").await;
+    let worker = env.start_worker().await;
+    let tenant = env.client.tenant().to_owned();
+    let account = format!("{tenant}/{{g}}/{}/account", env.namespace);
+    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
+    stand_in.buffers = vec![
+        inline_input("in", b"committed elsewhere"),
+        dtee_submitter::builder::output("out", 32),
+    ];
+    let mut recorded = env.run(&stand_in).await;
+    assert!(recorded.succeeded());
+
+    // Spins until its fuel runs out (seconds): fuel_exhausted, which is final.
+    let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
+    spec.buffers = vec![state("account", &account, AccessMode::ReadWrite, true)];
+    spec.limits.fuel = Some(4_000_000_000);
+    spec.limits.timeout_ms = Some(120_000);
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    recorded.job_id = id.clone();
+    let data = vec![7u8; 3 << 19];
+    recorded.outputs[0].size = data.len() as u64;
+    recorded.outputs[0].digest = Digest::of(&data);
+    recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
+    let body = serde_json::to_vec(&recorded).unwrap();
+    let waiter = env.client.waiter().await.unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    let executed = Stats::get(&worker.stats.executed);
+    env.client.submit(&spec).await.unwrap();
+    dtee_tests::eventually(|| Stats::get(&worker.stats.executed) > executed).await;
+    let applied = dtee_schemas::state::applied_key(
+        &env.namespace,
+        &StateKey::parse(&account).unwrap().hash_tag(),
+        &id,
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&applied)
+        .arg(&body)
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+    let answer = watch.result(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(answer, recorded, "the recorded result, not fuel_exhausted");
+    let peak = Stats::get(&worker.stats.result_bytes_peak);
+    assert!(
+        peak >= body.len() as u64,
+        "the recorded result ({} bytes) was not read in a result slot (peak {peak})",
+        body.len()
+    );
+    waiter.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

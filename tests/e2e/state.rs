@@ -450,6 +450,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
     // commits its writes, the other ends in a final failure (cancelled, timed out, dead-lettered).
     // The failure claims the job's applied record before it is cached, so whichever comes first
     // is the answer and the other defers to it.
+    use dtee_worker::state::Stored;
     use dtee_worker::state::{Commit, CommitEntry, StateStore, WriteOp};
     let env = TestEnv::new("claim").await;
     let store = StateStore::new(env.client.redis(), env.namespace.clone());
@@ -463,7 +464,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         .claim_applied(&key.hash_tag(), &job, b"failure", ttl)
         .await
         .unwrap();
-    assert_eq!(claimed, None, "the first claim records the failure");
+    assert!(claimed, "the first claim records the failure");
     let entry = CommitEntry {
         key: key.clone(),
         seen_version: 0,
@@ -473,7 +474,10 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
         .await
         .unwrap();
-    assert_eq!(commit, Commit::AlreadyApplied(b"failure".to_vec()));
+    assert_eq!(
+        commit,
+        Commit::AlreadyApplied(Stored::Whole(b"failure".to_vec()))
+    );
     assert_eq!(
         env.client.state_get(&key).await.unwrap(),
         (None, 0),
@@ -497,11 +501,51 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         .claim_applied(&key.hash_tag(), &job, b"failure", ttl)
         .await
         .unwrap();
-    assert_eq!(claimed, Some(b"success".to_vec()));
+    assert!(!claimed, "the commit's record stands");
+    assert_eq!(
+        store.applied(&key.hash_tag(), &job).await.unwrap(),
+        Some(b"success".to_vec())
+    );
     assert_eq!(
         env.client.state_get(&key).await.unwrap(),
         (Some(b"written".to_vec()), 1)
     );
+
+    // A record over 1 MiB is not read by the commit (nor answered whole by the claim): the
+    // worker reads it in a result slot.
+    let key = StateKey::parse(&format!("{tenant}/claim/{}/c", env.namespace)).unwrap();
+    let job = Digest::of(b"job c");
+    let large = vec![b'r'; (1 << 20) + 1];
+    assert!(store
+        .claim_applied(&key.hash_tag(), &job, &large, ttl)
+        .await
+        .unwrap());
+    let entry = CommitEntry {
+        key: key.clone(),
+        seen_version: 0,
+        op: WriteOp::Set(b"written".to_vec()),
+    };
+    let commit = store
+        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::AlreadyApplied(Stored::Larger));
+    let exactly = vec![b'r'; 1 << 20];
+    let job = Digest::of(b"job d");
+    assert!(store
+        .claim_applied(&key.hash_tag(), &job, &exactly, ttl)
+        .await
+        .unwrap());
+    let entry = CommitEntry {
+        key: key.clone(),
+        seen_version: 0,
+        op: WriteOp::Set(b"written".to_vec()),
+    };
+    let commit = store
+        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
+        .await
+        .unwrap();
+    assert_eq!(commit, Commit::AlreadyApplied(Stored::Whole(exactly)));
     env.cleanup().await;
 }
 

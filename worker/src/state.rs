@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+pub use crate::store::Stored;
 use dtee_net::RedisConn;
 use dtee_net::{Lua, LuaCall};
 use dtee_schemas::protocol::Namespace;
@@ -54,6 +55,10 @@ end
 return out
 "#;
 
+// The commit script reads an applied record whole only up to 1 MiB, the bound of
+// `job::reads::SMALL_READ_BYTES`, written into the script as a literal.
+const _: () = assert!(crate::job::reads::SMALL_READ_BYTES == 1 << 20);
+
 const COMMIT: &str = r#"
 -- KEYS[1]: the applied record; then the value and version key of each binding, in pairs.
 -- ARGV[1]: the result; ARGV[2]: the applied record's TTL in seconds; ARGV[3]: the largest value
@@ -66,8 +71,11 @@ const COMMIT: &str = r#"
 local function canonical(v)
   return string.len(v) <= 18 and (v == '0' or string.match(v, '^[1-9]%d*$') ~= nil)
 end
-local applied = redis.call('GET', KEYS[1])
-if applied then return {'applied', applied} end
+-- The applied record, read up to 1 MiB + 1 bytes (reads::SMALL_READ_BYTES): a larger one is
+-- only reported, and read by the worker in a result slot.
+local applied = redis.call('GETRANGE', KEYS[1], 0, 1048576)
+if string.len(applied) > 1048576 then return {'applied_large'} end
+if string.len(applied) > 0 then return {'applied', applied} end
 local max = tonumber(ARGV[3])
 local n = (#KEYS - 1) / 2
 -- A run that wrote nothing stands at its snapshot: only its applied record is written, so that
@@ -156,8 +164,9 @@ pub enum Commit {
     Committed,
     /// A bound key changed since the snapshot (the Redis key named).
     Conflict(String),
-    /// The job was applied before; this is the result recorded then.
-    AlreadyApplied(Vec<u8>),
+    /// The job was applied before; this is the result recorded then, read whole only up to
+    /// 1 MiB (a larger one is for the caller to read in a result slot).
+    AlreadyApplied(Stored),
     /// A write would make the value larger than the limit; nothing was written.
     TooLarge {
         /// The Redis key.
@@ -282,26 +291,26 @@ impl StateStore {
     }
 
     /// Records `result` (a final failure) as the job's applied result unless the job was
-    /// applied already; then the result recorded first is returned instead. A commit of the
-    /// same job afterwards answers already-applied with `result`, so it writes nothing.
+    /// applied already: `true` when it did. A commit of the same job afterwards answers
+    /// already-applied with `result`, so it writes nothing. When the job was applied already,
+    /// the caller reads the record first made (bounded, `job::reads::stored_answer`).
     pub async fn claim_applied(
         &self,
         hash_tag: &str,
         job_id: &Digest,
         result: &[u8],
         applied_ttl: Duration,
-    ) -> Result<Option<Vec<u8>>, redis::RedisError> {
-        // One atomic command (Redis 7): sets the record if absent, and answers the value it
-        // found, or nil when it set it.
-        redis::cmd("SET")
+    ) -> Result<bool, redis::RedisError> {
+        // Not `SET NX GET`, which would answer a large record whole outside any result slot.
+        let set: Option<String> = redis::cmd("SET")
             .arg(applied_key(&self.namespace, hash_tag, job_id))
             .arg(result)
             .arg("NX")
-            .arg("GET")
             .arg("EX")
             .arg(applied_ttl.as_secs().max(1))
             .query_async(&mut self.redis.clone())
-            .await
+            .await?;
+        Ok(set.is_some())
     }
 
     /// Commits a job's writes atomically, recording `result` as the job's applied result.
@@ -341,9 +350,10 @@ impl StateStore {
         match status.as_slice() {
             b"ok" => Ok(Commit::Committed),
             b"conflict" => Ok(Commit::Conflict(text(fields.get(1)))),
-            b"applied" => Ok(Commit::AlreadyApplied(
+            b"applied" => Ok(Commit::AlreadyApplied(Stored::Whole(
                 fields.get(1).and_then(as_bytes).unwrap_or_default(),
-            )),
+            ))),
+            b"applied_large" => Ok(Commit::AlreadyApplied(Stored::Larger)),
             b"too_large" => Ok(Commit::TooLarge {
                 key: text(fields.get(1)),
                 size: text(fields.get(2))

@@ -48,7 +48,7 @@ pub struct Prior {
 }
 
 /// A stored result read no further than a bound ([`Store::prior`]).
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// The whole value.
     Whole(Vec<u8>),

@@ -224,7 +224,7 @@ async fn cache(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(),
                 if let Some((applied, held)) = stored_answer(ctx, tenant, key).await? {
                     outcome.adopt(applied);
                     outcome.held = held;
-                    cache_final(ctx, outcome).await?;
+                    cache_final(ctx, tenant, outcome).await?;
                     return Ok(());
                 }
             }
@@ -233,31 +233,58 @@ async fn cache(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(),
                 .await?
         }
         CachePolicy::Final => {
-            if let Some(tag) = &outcome.claim {
-                let applied = ctx
-                    .state
-                    .claim_applied(tag, &outcome.job_id, &outcome.body, ctx.config.applied_ttl)
-                    .await?;
-                // Another execution committed this job's writes first: its result stands.
-                if let Some(applied) = applied {
-                    outcome.adopt(applied);
-                }
+            if let Some(tag) = outcome.claim.clone() {
+                claim_or_adopt(ctx, tenant, &tag, outcome).await?;
             }
-            cache_final(ctx, outcome).await?;
+            cache_final(ctx, tenant, outcome).await?;
         }
     }
     Ok(())
 }
 
-/// Caches a final result unless one is cached already, which it then adopts.
-async fn cache_final(ctx: &Context, outcome: &mut Outcome) -> Result<(), Transient> {
+/// Records a final failure as the job's applied result, or, when another execution committed
+/// the job's writes first, adopts the result recorded then (read bounded: a large one in a
+/// result slot). A record that expires between the two is claimed again.
+async fn claim_or_adopt(
+    ctx: &Context,
+    tenant: &str,
+    tag: &str,
+    outcome: &mut Outcome,
+) -> Result<(), Transient> {
+    let key = applied_key(&ctx.config.namespace, tag, &outcome.job_id);
+    for _ in 0..3 {
+        let ttl = ctx.config.applied_ttl;
+        if ctx
+            .state
+            .claim_applied(tag, &outcome.job_id, &outcome.body, ttl)
+            .await?
+        {
+            return Ok(());
+        }
+        if let Some((applied, held)) = stored_answer(ctx, tenant, key.clone()).await? {
+            outcome.adopt(applied);
+            outcome.held = held;
+            return Ok(());
+        }
+    }
+    Err(Transient::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "the job's applied record kept appearing and expiring",
+    ))))
+}
+
+/// Caches a final result unless one is cached already, which it then adopts (read bounded: a
+/// large one in a result slot).
+async fn cache_final(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(), Transient> {
     let store = &ctx.store;
     let stored = store
         .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
         .await?;
     if !stored {
-        if let Some(existing) = store.cached_result(&outcome.job_id).await? {
+        let key = store.result_key(&outcome.job_id);
+        if let Some((existing, held)) = stored_answer(ctx, tenant, key).await? {
             outcome.adopt(existing);
+            outcome.held = held;
         }
     }
     Ok(())

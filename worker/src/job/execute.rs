@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use dtee_schemas::job::{encode_base64, AccessMode, CheckedBuffer};
 use dtee_schemas::result::{OutputData, ResourceUsage, StateRead, StateReport, StateWritten};
 use dtee_schemas::run::GpuDevice;
+use dtee_schemas::state::applied_key;
 use dtee_schemas::{Digest, ErrorCode};
 use tracing::debug;
 
 use super::admit::Admitted;
 use super::outcome::{self, CachePolicy, Failure, Outcome, Success};
 use super::plan::Plan;
-use super::reads::{HeldResult, Reads, SMALL_READ_BYTES};
+use super::reads::{larger_in_slot, HeldResult, Reads, SMALL_READ_BYTES};
 use super::short_run;
 use super::Kernel;
 use super::{Context, Halt};
@@ -99,7 +100,17 @@ pub(crate) async fn execute(
             // A redelivery after a crash between commit and ack: nothing is applied again,
             // and the result recorded the first time is the answer.
             Commit::AlreadyApplied(first) => {
-                let first = Outcome::cached(job.id().clone(), first, CachePolicy::Final);
+                let key = applied_key(&ctx.config.namespace, &hash_tag, job.id());
+                let read = larger_in_slot(ctx, &job.tenant, first, &key)
+                    .await
+                    .map_err(Transient::from)?;
+                // Gone already (its lifetime ended since the commit saw it): run again.
+                let Some((first, slot)) = read else { continue };
+                let mut first = Outcome::cached(job.id().clone(), first, CachePolicy::Final);
+                if slot.is_some() {
+                    first.held = slot;
+                    return Ok(first);
+                }
                 return Ok(held(ctx, job, first, kernel_slot).await);
             }
             Commit::Conflict(key) => {
