@@ -7,7 +7,7 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use dtee_net::RedisConn;
+use dtee_net::{Lua, RedisConn};
 use dtee_schemas::namespace::Namespace;
 use dtee_schemas::secrets::{SecretInfo, VersionInfo};
 use redis::AsyncCommands;
@@ -35,7 +35,29 @@ pub struct SecretStore {
     redis: RedisConn,
     namespace: Namespace,
     cipher: ChaCha20Poly1305,
+    delete: Lua,
 }
+
+/// Deletes versions of a secret atomically. KEYS[1]: the secret's hash (`next`, `v:<n>`,
+/// `t:<n>`); KEYS[2]: the tenant's set of names. ARGV[1]: the name; ARGV[2]: a version, or
+/// `all`. Keeps `next`, so a version number is never given twice. Answers how many went.
+const DELETE: &str = r#"
+local deleted = 0
+local left = 0
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local version = string.match(field, '^t:(%d+)$')
+  if version then
+    if ARGV[2] == 'all' or ARGV[2] == version then
+      redis.call('HDEL', KEYS[1], 'v:' .. version, field)
+      deleted = deleted + 1
+    else
+      left = left + 1
+    end
+  end
+end
+if deleted > 0 and left == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return deleted
+"#;
 
 impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,6 +78,7 @@ impl SecretStore {
             redis,
             namespace,
             cipher: ChaCha20Poly1305::new(Key::from_slice(at_rest_key)),
+            delete: Lua::new(DELETE),
         }
     }
 
@@ -215,35 +238,21 @@ impl SecretStore {
         Ok(secrets)
     }
 
-    /// Deletes one version, or all; returns how many versions went.
+    /// Deletes one version, or all; returns how many versions went. One script, so that a
+    /// put running alongside either lands before it (and goes with "all") or after it (and
+    /// stays listed): the name leaves the tenant's set only when no version is left.
     pub async fn delete(
         &self,
         tenant: &str,
         name: &str,
         version: Option<u64>,
     ) -> Result<u64, StoreError> {
-        let key = self.namespace.secret_key(tenant, name);
-        let mut redis = self.redis.clone();
-        let existing = self.versions(tenant, name).await?;
-        let doomed: Vec<u64> = existing
-            .iter()
-            .map(|info| info.version)
-            .filter(|v| version.is_none_or(|wanted| wanted == *v))
-            .collect();
-        if doomed.is_empty() {
-            return Ok(0);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for v in &doomed {
-            pipe.hdel(&key, vec![format!("v:{v}"), format!("t:{v}")]);
-        }
-        if doomed.len() == existing.len() {
-            // Keep `next`, so a version number is never given twice.
-            pipe.srem(self.namespace.secret_names_key(tenant), name);
-        }
-        pipe.query_async::<()>(&mut redis).await?;
-        Ok(doomed.len() as u64)
+        let mut call = self.delete.call();
+        call.key(self.namespace.secret_key(tenant, name))
+            .key(self.namespace.secret_names_key(tenant))
+            .arg(name)
+            .arg(version.map_or_else(|| "all".to_owned(), |v| v.to_string()));
+        Ok(self.redis.run_script(&call).await?)
     }
 
     /// Sets the tenant's release policy (already checked to parse), sealed under the at-rest
