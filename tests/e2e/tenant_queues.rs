@@ -108,3 +108,84 @@ async fn a_tenant_queue_that_could_not_be_consumed_is_tried_again() {
     second.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A tenant cannot put jobs into another tenant's queue with a `CC` header: RabbitMQ before
+/// 4.0.3 routes `CC`/`BCC` keys without checking the publisher's topic permission for them, so
+/// the copy reaches the other tenant's queue, but the worker drops it there without running or
+/// answering it (it is not that tenant's job: another `user_id`, another routing key). The
+/// sender's own copy, under its own routing key, runs once and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cc_header_puts_nothing_into_another_tenants_queue() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, LongString};
+    use lapin::BasicProperties;
+    let env = TestEnv::new("tenant-cc").await;
+    let worker = env.start_worker().await;
+    let echo = env.put_kernel("echo").await;
+    // Bob's queue exists once his first job went through the shared queue.
+    let bob = env.tenant_client("dtee-test-bob").await;
+    assert!(run_as(&bob, &echo_job(echo.clone(), "bob"))
+        .await
+        .succeeded());
+    let bobs_queue = env.namespace.tenant_job_queue("wasm", "dtee-test-bob");
+    until_consumers(&env, &bobs_queue, 1).await;
+
+    let alice = env.tenant_client("dtee-test-alice").await;
+    assert!(run_as(&alice, &echo_job(echo.clone(), "alice"))
+        .await
+        .succeeded());
+    let spec = echo_job(echo, "alice, copied to bob");
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    let body =
+        dtee_schemas::canonical::to_canonical_vec(&serde_json::to_value(&spec).unwrap()).unwrap();
+    let waiter = alice.waiter().await.unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    let executed = Stats::get(&worker.stats.executed);
+    let channel = alice.connection().create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(
+            vec![AMQPValue::LongString(LongString::from(
+                "dtee-test-bob.wasm",
+            ))]
+            .into(),
+        ),
+    );
+    channel
+        .basic_publish(
+            env.namespace.jobs_exchange().as_str().into(),
+            "dtee-test-alice.wasm".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default()
+                .with_user_id("dtee-test-alice".into())
+                .with_message_id(id.as_str().into())
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let result = watch.result(Duration::from_secs(30)).await.unwrap();
+    assert!(result.succeeded(), "{:?}", result.error);
+    eventually(|| Stats::get(&worker.stats.misrouted) == 1).await;
+    assert_eq!(env.queue_depth_of(&bobs_queue).await, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        Stats::get(&worker.stats.executed),
+        executed + 1,
+        "only alice's own copy ran"
+    );
+    let _ = channel.close(200, "done".into()).await;
+    waiter.close().await;
+    alice.close().await;
+    bob.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

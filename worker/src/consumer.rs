@@ -106,10 +106,18 @@ impl Consumer {
                     self.check_progress(room).await;
                 }
                 next = current.consumers.next(), if !stall => match next {
-                    Some(Ok(delivery)) => {
+                    Some((owner, Ok(delivery))) => {
                         // Registered before anything else: no `multiple` ack may pass it.
                         let acks = current.acks.clone();
                         acks.received(delivery.delivery_tag);
+                        if let Some(owner) = owner.filter(|owner| !owner.owns(&delivery)) {
+                            // Another tenant's message in this tenant's queue: not run, not
+                            // answered (its sender's own copy, under its own routing key, is).
+                            warn!(queue = %owner, routing_key = %delivery.routing_key, "dropped a message that another tenant's CC or BCC header put into a tenant queue");
+                            self.ctx.telemetry.misrouted();
+                            job::ack_unanswered(&self.ctx, &delivery, &acks);
+                            continue;
+                        }
                         if let Some(queue) = self.tenants.missing(&delivery) {
                             self.provision(queue).await;
                         }
@@ -118,7 +126,7 @@ impl Consumer {
                         let task = job::handle(Arc::clone(&self.ctx), delivery, acks, shutdown_rx.clone());
                         in_flight.spawn(task);
                     }
-                    Some(Err(error)) => {
+                    Some((_, Err(error))) => {
                         warn!(%error, "lost the rabbitmq consumer; reconnecting");
                         self.drop_session().await;
                     }

@@ -149,6 +149,10 @@ impl Metrics {
             "dtee_tenant_queue_failures_total",
             "Attempts to declare, consume or announce a tenant queue that failed (each is tried again).",
         );
+        describe_counter(
+            "dtee_jobs_misrouted_total",
+            "Messages dropped from a tenant queue that another tenant's CC or BCC header routed there.",
+        );
         let counters: Vec<(Counter, StatReader)> = vec![
             (counter("dtee_jobs_received_total", vec![]), |s| {
                 Stats::get(&s.received)
@@ -185,6 +189,9 @@ impl Metrics {
             }),
             (counter("dtee_tenant_queue_failures_total", vec![]), |s| {
                 Stats::get(&s.tenant_queue_failures)
+            }),
+            (counter("dtee_jobs_misrouted_total", vec![]), |s| {
+                Stats::get(&s.misrouted)
             }),
         ];
         let failed = ErrorCode::ALL

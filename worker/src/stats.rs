@@ -62,6 +62,9 @@ pub struct Stats {
     /// Attempts to declare, consume or announce a tenant queue that failed (each is tried
     /// again).
     pub tenant_queue_failures: AtomicU64,
+    /// Messages dropped from a tenant queue they were routed into by another tenant's `CC` or
+    /// `BCC` header.
+    pub misrouted: AtomicU64,
 }
 
 impl Default for Stats {
@@ -92,6 +95,7 @@ impl Default for Stats {
             result_bytes_held: AtomicU64::new(0),
             result_bytes_peak: AtomicU64::new(0),
             tenant_queue_failures: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
         }
     }
 }

@@ -71,6 +71,11 @@ impl Telemetry {
         Stats::bump(&self.stats.tenant_queue_failures);
     }
 
+    /// A message in a tenant queue that is not that tenant's was dropped (`CC`/`BCC`).
+    pub(crate) fn misrouted(&self) {
+        Stats::bump(&self.stats.misrouted);
+    }
+
     /// A job was answered from the result cache without running.
     pub(crate) fn answered_from_cache(&self) {
         Stats::bump(&self.stats.deduplicated);

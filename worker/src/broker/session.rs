@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::stream::SelectAll;
+use std::sync::Arc;
+
+use futures_util::stream::{SelectAll, Stream};
+use futures_util::StreamExt as _;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
@@ -26,6 +29,20 @@ pub(crate) struct TenantQueue {
 }
 
 impl TenantQueue {
+    /// Whether `delivery` is a job of this queue's tenant for its routing key: published by the
+    /// tenant (`user_id`) under `<tenant>.<routing key>`. Anything else reached the queue
+    /// through the extra routing keys of a `CC` or `BCC` header, which RabbitMQ before 4.0.3
+    /// routes without checking the publisher's topic permission for them.
+    pub(crate) fn owns(&self, delivery: &lapin::message::Delivery) -> bool {
+        delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .is_some_and(|user| user.as_str() == self.tenant)
+            && delivery.routing_key.as_str()
+                == dtee_schemas::protocol::submit_routing_key(&self.tenant, &self.route)
+    }
+
     /// Parses a member of the tenant-queue set, `<routing key>/<tenant>`.
     pub(crate) fn parse(member: &str) -> Option<TenantQueue> {
         let (route, tenant) = member.split_once('/')?;
@@ -45,11 +62,21 @@ impl std::fmt::Display for TenantQueue {
     }
 }
 
+/// What the consumers yield: each delivery with the tenant queue it came from (`None` for a
+/// shared queue or the dead-letter queue).
+pub(crate) type Delivered = (
+    Option<Arc<TenantQueue>>,
+    lapin::Result<lapin::message::Delivery>,
+);
+
+/// One consumer's deliveries, each with its queue's owner.
+pub(crate) type Consumed = std::pin::Pin<Box<dyn Stream<Item = Delivered> + Send + Sync>>;
+
 /// One connection to RabbitMQ: the consumer channel and its consumers.
 pub(crate) struct Session {
     connection: lapin::Connection,
     consume: lapin::Channel,
-    pub(crate) consumers: SelectAll<lapin::Consumer>,
+    pub(crate) consumers: SelectAll<Consumed>,
     /// The acknowledgements of the consumer channel's deliveries.
     pub(crate) acks: super::acks::Acks,
     /// The tenant-queue announcements (`<ns>.tenants`), read from the stream's start.
@@ -175,7 +202,7 @@ impl Session {
                 // Not consumed, but watched by the stall check.
                 session.queues.push(queue);
             } else {
-                session.consume_queue(queue, tag).await?;
+                session.consume_queue(queue, tag, None).await?;
             }
         }
         // A tenant queue that cannot be consumed must not keep the worker from connecting; the
@@ -188,7 +215,12 @@ impl Session {
         Ok((session, publisher))
     }
 
-    async fn consume_queue(&mut self, queue: String, tag: String) -> anyhow::Result<()> {
+    async fn consume_queue(
+        &mut self,
+        queue: String,
+        tag: String,
+        owner: Option<TenantQueue>,
+    ) -> anyhow::Result<()> {
         let consumer = self
             .consume
             .basic_consume(
@@ -199,7 +231,10 @@ impl Session {
             )
             .await
             .with_context(|| format!("consuming {queue}"))?;
-        self.consumers.push(consumer);
+        let owner = owner.map(Arc::new);
+        self.consumers.push(Box::pin(
+            consumer.map(move |delivery| (owner.clone(), delivery)),
+        ));
         self.consumer_tags.push(tag);
         self.queues.push(queue);
         Ok(())
@@ -233,7 +268,8 @@ impl Session {
         queue: String,
     ) -> anyhow::Result<()> {
         let tag = format!("{}.{}", config.worker_id, tenant_queue);
-        self.consume_queue(queue, tag).await
+        self.consume_queue(queue, tag, Some(tenant_queue.clone()))
+            .await
     }
 
     /// Declares a tenant's queue ([`Session::declare_tenant`]) and consumes it.

@@ -19,6 +19,7 @@
 mod admit;
 mod dead_letter;
 mod deliver;
+pub(crate) use deliver::ack_unanswered;
 pub(crate) mod execute;
 mod fetch;
 pub(crate) mod outcome;
