@@ -189,3 +189,34 @@ async fn a_cc_header_puts_nothing_into_another_tenants_queue() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A tenant queue deleted under a running worker (by an operator, say) ends the worker's
+/// consumer; the worker notices, reconnects, and declares and consumes the queue again, so that
+/// the tenant's jobs do not wait in a queue nobody consumes once it is bound again. Before, the
+/// ended consumer was dropped without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tenant_queue_is_declared_and_consumed_again() {
+    let env = TestEnv::new("tenant-queue-deleted").await;
+    let worker = env.start_worker().await;
+    let echo = env.put_kernel("echo").await;
+    let bob = env.tenant_client("dtee-test-bob").await;
+    assert!(run_as(&bob, &echo_job(echo.clone(), "first"))
+        .await
+        .succeeded());
+    let bobs_queue = env.namespace.tenant_job_queue("wasm", "dtee-test-bob");
+    until_consumers(&env, &bobs_queue, 1).await;
+    let reconnects = Stats::get(&worker.stats.reconnects);
+
+    let channel = env.client.connection().create_channel().await.unwrap();
+    channel
+        .queue_delete(bobs_queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    eventually(|| Stats::get(&worker.stats.reconnects) > reconnects).await;
+    until_consumers(&env, &bobs_queue, 1).await;
+    assert!(run_as(&bob, &echo_job(echo, "again")).await.succeeded());
+    let _ = channel.close(200, "done".into()).await;
+    bob.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

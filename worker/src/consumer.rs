@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::broker::session::{Session, TenantQueue};
+use crate::broker::session::{Delivered, Session, TenantQueue};
 use crate::broker::tenants::Tenants;
 use crate::failure::Backoff;
 use crate::health::Health;
@@ -106,7 +106,7 @@ impl Consumer {
                     self.check_progress(room).await;
                 }
                 next = current.consumers.next(), if !stall => match next {
-                    Some((owner, Ok(delivery))) => {
+                    Some(Delivered::Delivery(owner, Ok(delivery))) => {
                         // Registered before anything else: no `multiple` ack may pass it.
                         let acks = current.acks.clone();
                         acks.received(delivery.delivery_tag);
@@ -126,10 +126,18 @@ impl Consumer {
                         let task = job::handle(Arc::clone(&self.ctx), delivery, acks, shutdown_rx.clone());
                         in_flight.spawn(task);
                     }
-                    Some((_, Err(error))) => {
+                    Some(Delivered::Delivery(_, Err(error))) => {
                         warn!(%error, "lost the rabbitmq consumer; reconnecting");
                         self.drop_session().await;
                     }
+                    // One consumer ended that this worker did not cancel (the broker did: its
+                    // queue was deleted, say): a new session declares and consumes every queue
+                    // again.
+                    Some(Delivered::Ended(tag)) if current.consumes_with(&tag) => {
+                        warn!(consumer = %tag, "the broker cancelled a consumer; reconnecting");
+                        self.drop_session().await;
+                    }
+                    Some(Delivered::Ended(_)) => {}
                     None => {
                         warn!("the broker cancelled the consumer; reconnecting");
                         self.drop_session().await;

@@ -64,10 +64,16 @@ impl std::fmt::Display for TenantQueue {
 
 /// What the consumers yield: each delivery with the tenant queue it came from (`None` for a
 /// shared queue or the dead-letter queue).
-pub(crate) type Delivered = (
-    Option<Arc<TenantQueue>>,
-    lapin::Result<lapin::message::Delivery>,
-);
+pub(crate) enum Delivered {
+    /// A delivery, or the consumer's error.
+    Delivery(
+        Option<Arc<TenantQueue>>,
+        lapin::Result<lapin::message::Delivery>,
+    ),
+    /// The consumer with this tag ended: cancelled by this worker ([`Session::cancel_routes`])
+    /// or by the broker (its queue deleted, say), which `SelectAll` would drop without a word.
+    Ended(String),
+}
 
 /// One consumer's deliveries, each with its queue's owner.
 pub(crate) type Consumed = std::pin::Pin<Box<dyn Stream<Item = Delivered> + Send + Sync>>;
@@ -232,8 +238,13 @@ impl Session {
             .await
             .with_context(|| format!("consuming {queue}"))?;
         let owner = owner.map(Arc::new);
+        let ended = tag.clone();
         self.consumers.push(Box::pin(
-            consumer.map(move |delivery| (owner.clone(), delivery)),
+            consumer
+                .map(move |delivery| Delivered::Delivery(owner.clone(), delivery))
+                .chain(futures_util::stream::once(async move {
+                    Delivered::Ended(ended)
+                })),
         ));
         self.consumer_tags.push(tag);
         self.queues.push(queue);
@@ -333,6 +344,12 @@ impl Session {
         }
         let _ = channel.close(200, "checked".into()).await;
         ready
+    }
+
+    /// Whether the consumer with `tag` is one this session still consumes with (not one it
+    /// cancelled itself).
+    pub(crate) fn consumes_with(&self, tag: &str) -> bool {
+        self.consumer_tags.iter().any(|consumed| consumed == tag)
     }
 
     /// Stops consuming the shared and tenant queues of `routes` (their device was given up).

@@ -165,6 +165,13 @@ pub(crate) async fn handle(
                     return;
                 }
                 Err(error) => {
+                    // The delivery's channel is gone (a lost session): the broker has put it
+                    // back in its queue, for this worker's next session or another worker, so
+                    // retrying here would only hold a task and count in flight for nothing.
+                    if delivery.acker.poisoned() {
+                        debug!(error = %Chain(&error), "transient failure after the delivery's channel closed: the broker redelivers it");
+                        return;
+                    }
                     ctx.telemetry.retrying();
                     let delay = backoff.next_delay();
                     warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "transient failure; will retry");
