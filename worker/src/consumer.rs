@@ -50,7 +50,14 @@ pub(crate) struct Consumer {
     pub registry: JoinHandle<()>,
     /// The probe server and the Redis watcher, stopped at shutdown.
     pub probes: Vec<JoinHandle<()>>,
+    /// When the last session opened: the reconnection backoff starts afresh only after a
+    /// session that lasted [`SETTLED`], so that one that the broker closes at once (a consume
+    /// it refuses, say) is not reopened in a tight loop.
+    pub last_opened: Option<std::time::Instant>,
 }
+
+/// How long a session must last before the next reconnection starts with a short delay again.
+const SETTLED: Duration = Duration::from_secs(10);
 
 impl Consumer {
     /// Consumes until `shutdown` turns `true`, then drains and closes.
@@ -156,6 +163,13 @@ impl Consumer {
     /// the worker is not ready meanwhile.
     async fn reconnect(&mut self, backoff: &mut Backoff) {
         self.health.amqp_connected.store(false, Ordering::Relaxed);
+        if self
+            .last_opened
+            .take()
+            .is_some_and(|opened| opened.elapsed() >= SETTLED)
+        {
+            *backoff = reconnect_backoff();
+        }
         tokio::time::sleep(backoff.next_delay()).await;
         self.health.tick();
         let routing_keys: Vec<String> = self
@@ -176,7 +190,7 @@ impl Consumer {
             Ok((opened, publisher)) => {
                 *self.ctx.publisher.write().expect("publisher lock") = publisher;
                 self.health.amqp_connected.store(true, Ordering::Relaxed);
-                *backoff = reconnect_backoff();
+                self.last_opened = Some(std::time::Instant::now());
                 self.ctx.telemetry.reconnected();
                 info!("reconnected to rabbitmq; consuming again");
                 self.session = Some(opened);

@@ -231,6 +231,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         health,
         registry,
         probes,
+        last_opened: Some(std::time::Instant::now()),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(consumer.run(shutdown.clone(), shutdown_rx));
