@@ -419,3 +419,61 @@ async fn a_final_failure_reads_a_large_recorded_commit_in_a_result_slot() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A job whose own result is over 1 MiB holds a result slot; when it finds a result cached by
+/// another run of the same id while caching its own, it reads that one (over 1 MiB too) in a
+/// result slot after giving its own back. On a worker with one kernel slot (so one result
+/// slot), waiting for a second slot while holding the first would wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_adopts_a_large_cached_one_on_a_worker_with_one_result_slot() {
+    use dtee_schemas::job::ScalarType;
+    use dtee_submitter::builder::{blob_input, output, param};
+    let env = TestEnv::new("adopt-large").await;
+    let worker = env.start_worker_with(|c| c.concurrency = 1).await;
+    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
+    stand_in.buffers = vec![inline_input("in", b"cached elsewhere"), output("out", 32)];
+    let mut recorded = env.run(&stand_in).await;
+    assert!(recorded.succeeded());
+
+    // matmul, 512 x 1024 times 1024 x 512: a 1 MiB output, a moment of compute.
+    let (m, n, k) = (512usize, 512usize, 1024usize);
+    let ones = vec![0u8; m * k * 4];
+    let (a, _) = env.client.put_blob(&ones).await.unwrap();
+    let (b, _) = env.client.put_blob(&vec![0u8; k * n * 4]).await.unwrap();
+    let mut spec = wasm_job(env.put_kernel("matmul").await, "matmul");
+    spec.buffers = vec![
+        blob_input("a", a),
+        blob_input("b", b),
+        output("c", (m * n * 4) as u64),
+    ];
+    spec.params = vec![
+        param("m", ScalarType::U32, m as f64),
+        param("n", ScalarType::U32, n as f64),
+        param("k", ScalarType::U32, k as f64),
+    ];
+    spec.limits.timeout_ms = Some(60_000);
+    let id = dtee_schemas::job_id(&spec).unwrap();
+    recorded.job_id = id.clone();
+    let data = vec![9u8; 3 << 19];
+    recorded.outputs[0].size = data.len() as u64;
+    recorded.outputs[0].digest = Digest::of(&data);
+    recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
+    let body = serde_json::to_vec(&recorded).unwrap();
+
+    let waiter = env.client.waiter().await.unwrap();
+    let watch = waiter.watch_fresh(&id).await.unwrap();
+    let executed = Stats::get(&worker.stats.executed);
+    env.client.submit(&spec).await.unwrap();
+    dtee_tests::eventually(|| Stats::get(&worker.stats.executed) > executed).await;
+    let _: () = redis::cmd("SET")
+        .arg(env.namespace.result_key(&id))
+        .arg(&body)
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+    let answer = watch.result(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(answer, recorded, "the result cached first");
+    waiter.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

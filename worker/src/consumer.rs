@@ -123,6 +123,9 @@ impl Consumer {
                             warn!(queue = %owner, routing_key = %delivery.routing_key, "dropped a message that another tenant's CC or BCC header put into a tenant queue");
                             self.ctx.telemetry.misrouted();
                             job::ack_unanswered(&self.ctx, &delivery, &acks);
+                            // Progress all the same: the stall check must not take a stream
+                            // of dropped copies for a consumer that stopped receiving.
+                            self.health.delivered();
                             continue;
                         }
                         if let Some(queue) = self.tenants.missing(&delivery) {
@@ -138,13 +141,21 @@ impl Consumer {
                         self.drop_session().await;
                     }
                     // One consumer ended that this worker did not cancel (the broker did: its
-                    // queue was deleted, say): a new session declares and consumes every queue
-                    // again.
-                    Some(Delivered::Ended(tag)) if current.consumes_with(&tag) => {
-                        warn!(consumer = %tag, "the broker cancelled a consumer; reconnecting");
-                        self.drop_session().await;
-                    }
-                    Some(Delivered::Ended(_)) => {}
+                    // queue was deleted, say). A tenant queue's is declared and consumed again
+                    // by the retries (`retry_tenant_queues`, within 5 s), so that the other
+                    // queues' deliveries stay where they are; for a shared queue or the
+                    // dead-letter queue, a new session declares and consumes everything again.
+                    Some(Delivered::Ended(tag, owner)) if current.consumes_with(&tag) => match owner {
+                        Some(queue) => {
+                            warn!(%queue, "the broker cancelled a tenant queue's consumer; consuming it again");
+                            current.forget_consumer(&tag);
+                        }
+                        None => {
+                            warn!(consumer = %tag, "the broker cancelled a consumer; reconnecting");
+                            self.drop_session().await;
+                        }
+                    },
+                    Some(Delivered::Ended(..)) => {}
                     None => {
                         warn!("the broker cancelled the consumer; reconnecting");
                         self.drop_session().await;

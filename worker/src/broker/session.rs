@@ -72,7 +72,8 @@ pub(crate) enum Delivered {
     ),
     /// The consumer with this tag ended: cancelled by this worker ([`Session::cancel_routes`])
     /// or by the broker (its queue deleted, say), which `SelectAll` would drop without a word.
-    Ended(String),
+    /// With the tenant queue it consumed, if it was one.
+    Ended(String, Option<Arc<TenantQueue>>),
 }
 
 /// One consumer's deliveries, each with its queue's owner.
@@ -238,12 +239,12 @@ impl Session {
             .await
             .with_context(|| format!("consuming {queue}"))?;
         let owner = owner.map(Arc::new);
-        let ended = tag.clone();
+        let (ended, ended_owner) = (tag.clone(), owner.clone());
         self.consumers.push(Box::pin(
             consumer
                 .map(move |delivery| Delivered::Delivery(owner.clone(), delivery))
                 .chain(futures_util::stream::once(async move {
-                    Delivered::Ended(ended)
+                    Delivered::Ended(ended, ended_owner)
                 })),
         ));
         self.consumer_tags.push(tag);
@@ -350,6 +351,21 @@ impl Session {
     /// cancelled itself).
     pub(crate) fn consumes_with(&self, tag: &str) -> bool {
         self.consumer_tags.iter().any(|consumed| consumed == tag)
+    }
+
+    /// Forgets the consumer with `tag` and its queue (it ended), so that the queue counts as
+    /// not consumed (`Session::consumes`) and is declared and consumed again.
+    pub(crate) fn forget_consumer(&mut self, tag: &str) {
+        if let Some(index) = self
+            .consumer_tags
+            .iter()
+            .position(|consumed| consumed == tag)
+        {
+            self.consumer_tags.remove(index);
+            if index < self.queues.len() {
+                self.queues.remove(index);
+            }
+        }
     }
 
     /// Stops consuming the shared and tenant queues of `routes` (their device was given up).

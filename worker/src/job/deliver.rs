@@ -26,7 +26,7 @@ const RESULT_NACKS: [Duration; 4] = [
 use lapin::message::Delivery;
 
 use super::outcome::{CachePolicy, Outcome, Verdict};
-use super::reads::stored_answer;
+use super::reads::{stored_answer, HeldResult};
 use super::Context;
 use crate::failure::Transient;
 use dtee_schemas::state::applied_key;
@@ -211,9 +211,7 @@ async fn cache(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(),
             // wins over this failure. Read as a repeat of the job reads it: a large one only
             // in a result slot, which it holds until published (`super::reads`).
             let cached = store.result_key(&outcome.job_id);
-            if let Some((existing, held)) = stored_answer(ctx, tenant, cached).await? {
-                outcome.adopt(existing);
-                outcome.held = held;
+            if adopt_stored(ctx, tenant, cached, outcome).await? {
                 return Ok(());
             }
             // So does a commit of the job's writes by another execution that did not get as
@@ -221,9 +219,7 @@ async fn cache(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(),
             // would be applied while the only answer published was a failure to retry.
             if let Some(tag) = outcome.claim.clone() {
                 let key = applied_key(&ctx.config.namespace, &tag, &outcome.job_id);
-                if let Some((applied, held)) = stored_answer(ctx, tenant, key).await? {
-                    outcome.adopt(applied);
-                    outcome.held = held;
+                if adopt_stored(ctx, tenant, key, outcome).await? {
                     cache_final(ctx, tenant, outcome).await?;
                     return Ok(());
                 }
@@ -261,9 +257,7 @@ async fn claim_or_adopt(
         {
             return Ok(());
         }
-        if let Some((applied, held)) = stored_answer(ctx, tenant, key.clone()).await? {
-            outcome.adopt(applied);
-            outcome.held = held;
+        if adopt_stored(ctx, tenant, key.clone(), outcome).await? {
             return Ok(());
         }
     }
@@ -282,10 +276,32 @@ async fn cache_final(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Resu
         .await?;
     if !stored {
         let key = store.result_key(&outcome.job_id);
-        if let Some((existing, held)) = stored_answer(ctx, tenant, key).await? {
-            outcome.adopt(existing);
-            outcome.held = held;
-        }
+        adopt_stored(ctx, tenant, key, outcome).await?;
     }
     Ok(())
+}
+
+/// Adopts what `key` holds, read as a repeat of the job reads it (`stored_answer`: a large one
+/// in a result slot); `true` if it held something. The result slot the outcome holds is given
+/// back first, since a task must never wait for a second slot while it holds one (with one
+/// slot per kernel slot, jobs doing so could wait on each other, or on themselves, for ever);
+/// when nothing is found, the outcome takes a slot for its own body again.
+async fn adopt_stored(
+    ctx: &Context,
+    tenant: &str,
+    key: String,
+    outcome: &mut Outcome,
+) -> Result<bool, Transient> {
+    drop(outcome.held.take());
+    match stored_answer(ctx, tenant, key).await? {
+        Some((body, held)) => {
+            outcome.adopt(body);
+            outcome.held = held;
+            Ok(true)
+        }
+        None => {
+            outcome.held = HeldResult::take(ctx, tenant, outcome.body.len()).await;
+            Ok(false)
+        }
+    }
 }

@@ -104,8 +104,15 @@ pub(crate) async fn execute(
                 let read = larger_in_slot(ctx, &job.tenant, first, &key)
                     .await
                     .map_err(Transient::from)?;
-                // Gone already (its lifetime ended since the commit saw it): run again.
-                let Some((first, slot)) = read else { continue };
+                // Gone already (its lifetime ended since the commit saw it): the whole job is
+                // tried again, as after any transient failure (not a state conflict).
+                let Some((first, slot)) = read else {
+                    return Err(Transient::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "the job's applied record expired while it was read",
+                    )))
+                    .into());
+                };
                 let mut first = Outcome::cached(job.id().clone(), first, CachePolicy::Final);
                 if slot.is_some() {
                     first.held = slot;
