@@ -26,9 +26,10 @@ const RESULT_NACKS: [Duration; 4] = [
 use lapin::message::Delivery;
 
 use super::outcome::{CachePolicy, Outcome, Verdict};
-use super::reads::{stored_answer, HeldResult};
+use super::reads::{stored_answer, SMALL_READ_BYTES};
 use super::Context;
 use crate::failure::Transient;
+use crate::store::Stored;
 use dtee_schemas::state::applied_key;
 
 /// Caches, publishes with a confirm, and acks.
@@ -276,32 +277,52 @@ async fn cache_final(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Resu
         .await?;
     if !stored {
         let key = store.result_key(&outcome.job_id);
-        adopt_stored(ctx, tenant, key, outcome).await?;
+        if !adopt_stored(ctx, tenant, key, outcome).await? {
+            // Gone between the two (its lifetime ended): this one is cached after all (should
+            // another be cached meanwhile, both are the job's answers, as with any race of two
+            // executions of a stateless job).
+            store
+                .cache_result(&outcome.job_id, &outcome.body, ctx.config.result_ttl)
+                .await?;
+        }
     }
     Ok(())
 }
 
-/// Adopts what `key` holds, read as a repeat of the job reads it (`stored_answer`: a large one
-/// in a result slot); `true` if it held something. The result slot the outcome holds is given
-/// back first, since a task must never wait for a second slot while it holds one (with one
-/// slot per kernel slot, jobs doing so could wait on each other, or on themselves, for ever);
-/// when nothing is found, the outcome takes a slot for its own body again.
+/// Adopts what `key` holds; `true` if it held something. Without a result slot the outcome
+/// reads it as a repeat of the job does (`stored_answer`: a large one in a result slot). With
+/// one, held for its own large body, it reads it in that same slot, counting both bodies until
+/// the old one goes: a task never waits for a second slot while it holds one (with one result
+/// slot per kernel slot, jobs doing so could wait on each other, or on themselves, for ever),
+/// and no large body is held without a slot.
 async fn adopt_stored(
     ctx: &Context,
     tenant: &str,
     key: String,
     outcome: &mut Outcome,
 ) -> Result<bool, Transient> {
-    drop(outcome.held.take());
-    match stored_answer(ctx, tenant, key).await? {
-        Some((body, held)) => {
-            outcome.adopt(body);
-            outcome.held = held;
-            Ok(true)
-        }
-        None => {
-            outcome.held = HeldResult::take(ctx, tenant, outcome.body.len()).await;
-            Ok(false)
-        }
+    let Some(mut held) = outcome.held.take() else {
+        let Some((body, held)) = stored_answer(ctx, tenant, key).await? else {
+            return Ok(false);
+        };
+        outcome.adopt(body);
+        outcome.held = held;
+        return Ok(true);
+    };
+    let found = match ctx.store.get_bounded(&key, SMALL_READ_BYTES).await? {
+        None => None,
+        Some(Stored::Whole(body)) => Some(body),
+        Some(Stored::Larger) => ctx.store.get(&key).await?,
+    };
+    let Some(body) = found else {
+        outcome.held = Some(held);
+        return Ok(false);
+    };
+    let large = body.len() as u64 > SMALL_READ_BYTES;
+    if large {
+        held.count(body.len());
     }
+    outcome.adopt(body);
+    outcome.held = large.then_some(held);
+    Ok(true)
 }
