@@ -276,6 +276,28 @@ async fn a_large_answer_found_by_a_failure_is_read_in_a_result_slot() {
     gives_way_to_a_recorded_commit("commit-failure-gives-way-large", 3 << 19).await;
 }
 
+/// Another execution's result for job `id`, as it would record it (a stand-in: a real result of
+/// an echo job, re-addressed to `id`), with an output of `large` bytes when `large` > 0; and its
+/// serialized body.
+async fn recorded_elsewhere(env: &TestEnv, id: &Digest, large: usize) -> (JobResult, Vec<u8>) {
+    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
+    stand_in.buffers = vec![
+        inline_input("in", b"committed elsewhere"),
+        dtee_submitter::builder::output("out", 32),
+    ];
+    let mut recorded = env.run(&stand_in).await;
+    assert!(recorded.succeeded());
+    recorded.job_id = id.clone();
+    if large > 0 {
+        let data = vec![7u8; large];
+        recorded.outputs[0].size = large as u64;
+        recorded.outputs[0].digest = Digest::of(&data);
+        recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
+    }
+    let body = serde_json::to_vec(&recorded).unwrap();
+    (recorded, body)
+}
+
 /// A job whose execution fails for a reason that is not final while another execution's commit
 /// is recorded meanwhile: the recorded result is the answer. With `large` > 0, the recorded
 /// result's output is `large` bytes (a stand-in for another execution's large output).
@@ -292,28 +314,13 @@ async fn gives_way_to_a_recorded_commit(test: &str, large: usize) {
         .await;
     let tenant = env.client.tenant().to_owned();
     let account = format!("{tenant}/{{g}}/{}/account", env.namespace);
-    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
-    stand_in.buffers = vec![
-        inline_input("in", b"committed elsewhere"),
-        dtee_submitter::builder::output("out", 32),
-    ];
-    let mut recorded = env.run(&stand_in).await;
-    assert!(recorded.succeeded());
-
     // Spins past its 300 ms deadline: execution_timeout, which is not final.
     let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
     spec.buffers = vec![state("account", &account, AccessMode::ReadWrite, true)];
     spec.limits.fuel = Some(1_000_000_000_000);
     spec.limits.timeout_ms = Some(300);
     let id = dtee_schemas::job_id(&spec).unwrap();
-    recorded.job_id = id.clone();
-    if large > 0 {
-        let data = vec![7u8; large];
-        recorded.outputs[0].size = large as u64;
-        recorded.outputs[0].digest = dtee_schemas::Digest::of(&data);
-        recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
-    }
-    let body = serde_json::to_vec(&recorded).unwrap();
+    let (recorded, body) = recorded_elsewhere(&env, &id, large).await;
     let waiter = env.client.waiter().await.unwrap();
     let watch = waiter.watch_fresh(&id).await.unwrap();
     env.client.submit(&spec).await.unwrap();
@@ -371,26 +378,13 @@ async fn a_final_failure_reads_a_large_recorded_commit_in_a_result_slot() {
     let worker = env.start_worker().await;
     let tenant = env.client.tenant().to_owned();
     let account = format!("{tenant}/{{g}}/{}/account", env.namespace);
-    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
-    stand_in.buffers = vec![
-        inline_input("in", b"committed elsewhere"),
-        dtee_submitter::builder::output("out", 32),
-    ];
-    let mut recorded = env.run(&stand_in).await;
-    assert!(recorded.succeeded());
-
     // Spins until its fuel runs out (seconds): fuel_exhausted, which is final.
     let mut spec = wasm_job(env.put_kernel("spin").await, "spin");
     spec.buffers = vec![state("account", &account, AccessMode::ReadWrite, true)];
     spec.limits.fuel = Some(4_000_000_000);
     spec.limits.timeout_ms = Some(120_000);
     let id = dtee_schemas::job_id(&spec).unwrap();
-    recorded.job_id = id.clone();
-    let data = vec![7u8; 3 << 19];
-    recorded.outputs[0].size = data.len() as u64;
-    recorded.outputs[0].digest = Digest::of(&data);
-    recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
-    let body = serde_json::to_vec(&recorded).unwrap();
+    let (recorded, body) = recorded_elsewhere(&env, &id, 3 << 19).await;
     let waiter = env.client.waiter().await.unwrap();
     let watch = waiter.watch_fresh(&id).await.unwrap();
     let executed = Stats::get(&worker.stats.executed);
@@ -430,11 +424,6 @@ async fn a_large_result_adopts_a_large_cached_one_on_a_worker_with_one_result_sl
     use dtee_submitter::builder::{blob_input, output, param};
     let env = TestEnv::new("adopt-large").await;
     let worker = env.start_worker_with(|c| c.concurrency = 1).await;
-    let mut stand_in = wasm_job(env.put_kernel("echo").await, "echo");
-    stand_in.buffers = vec![inline_input("in", b"cached elsewhere"), output("out", 32)];
-    let mut recorded = env.run(&stand_in).await;
-    assert!(recorded.succeeded());
-
     // matmul, 512 x 1024 times 1024 x 512: a 1 MiB output, a moment of compute.
     let (m, n, k) = (512usize, 512usize, 1024usize);
     let ones = vec![0u8; m * k * 4];
@@ -453,12 +442,7 @@ async fn a_large_result_adopts_a_large_cached_one_on_a_worker_with_one_result_sl
     ];
     spec.limits.timeout_ms = Some(60_000);
     let id = dtee_schemas::job_id(&spec).unwrap();
-    recorded.job_id = id.clone();
-    let data = vec![9u8; 3 << 19];
-    recorded.outputs[0].size = data.len() as u64;
-    recorded.outputs[0].digest = Digest::of(&data);
-    recorded.outputs[0].data = dtee_schemas::job::encode_base64(&data);
-    let body = serde_json::to_vec(&recorded).unwrap();
+    let (recorded, body) = recorded_elsewhere(&env, &id, 3 << 19).await;
 
     let waiter = env.client.waiter().await.unwrap();
     let watch = waiter.watch_fresh(&id).await.unwrap();
