@@ -456,6 +456,19 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
     let store = StateStore::new(env.client.redis(), env.namespace.clone());
     let tenant = env.client.tenant().to_owned();
     let ttl = Duration::from_secs(60);
+    // Commits `b"written"` to `key` (seen at version 0) for `job`, recording `b"success"`.
+    async fn commit_written(store: &StateStore, key: &StateKey, job: &Digest) -> Commit {
+        let entry = CommitEntry {
+            key: key.clone(),
+            seen_version: 0,
+            op: WriteOp::Set(b"written".to_vec()),
+        };
+        let ttl = Duration::from_secs(60);
+        store
+            .commit(&key.hash_tag(), job, &[entry], b"success", ttl, 1 << 29)
+            .await
+            .unwrap()
+    }
 
     // The failure first: the later commit writes nothing and answers with the failure.
     let key = StateKey::parse(&format!("{tenant}/claim/{}/a", env.namespace)).unwrap();
@@ -465,15 +478,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         .await
         .unwrap();
     assert!(claimed, "the first claim records the failure");
-    let entry = CommitEntry {
-        key: key.clone(),
-        seen_version: 0,
-        op: WriteOp::Set(b"written".to_vec()),
-    };
-    let commit = store
-        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
-        .await
-        .unwrap();
+    let commit = commit_written(&store, &key, &job).await;
     assert_eq!(
         commit,
         Commit::AlreadyApplied(Stored::Whole(b"failure".to_vec()))
@@ -487,15 +492,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
     // The commit first: the failure's claim returns the committed result instead.
     let key = StateKey::parse(&format!("{tenant}/claim/{}/b", env.namespace)).unwrap();
     let job = Digest::of(b"job b");
-    let entry = CommitEntry {
-        key: key.clone(),
-        seen_version: 0,
-        op: WriteOp::Set(b"written".to_vec()),
-    };
-    let commit = store
-        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
-        .await
-        .unwrap();
+    let commit = commit_written(&store, &key, &job).await;
     assert_eq!(commit, Commit::Committed);
     let claimed = store
         .claim_applied(&key.hash_tag(), &job, b"failure", ttl)
@@ -520,15 +517,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         .claim_applied(&key.hash_tag(), &job, &large, ttl)
         .await
         .unwrap());
-    let entry = CommitEntry {
-        key: key.clone(),
-        seen_version: 0,
-        op: WriteOp::Set(b"written".to_vec()),
-    };
-    let commit = store
-        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
-        .await
-        .unwrap();
+    let commit = commit_written(&store, &key, &job).await;
     assert_eq!(commit, Commit::AlreadyApplied(Stored::Larger));
     let exactly = vec![b'r'; 1 << 20];
     let job = Digest::of(b"job d");
@@ -536,15 +525,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         .claim_applied(&key.hash_tag(), &job, &exactly, ttl)
         .await
         .unwrap());
-    let entry = CommitEntry {
-        key: key.clone(),
-        seen_version: 0,
-        op: WriteOp::Set(b"written".to_vec()),
-    };
-    let commit = store
-        .commit(&key.hash_tag(), &job, &[entry], b"success", ttl, 1 << 29)
-        .await
-        .unwrap();
+    let commit = commit_written(&store, &key, &job).await;
     assert_eq!(commit, Commit::AlreadyApplied(Stored::Whole(exactly)));
     env.cleanup().await;
 }

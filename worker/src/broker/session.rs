@@ -39,8 +39,8 @@ impl TenantQueue {
             .user_id()
             .as_ref()
             .is_some_and(|user| user.as_str() == self.tenant)
-            && delivery.routing_key.as_str()
-                == dtee_schemas::protocol::submit_routing_key(&self.tenant, &self.route)
+            && dtee_schemas::protocol::split_submit_routing_key(delivery.routing_key.as_str())
+                == Some((self.tenant.as_str(), self.route.as_str()))
     }
 
     /// Parses a member of the tenant-queue set, `<routing key>/<tenant>`.
