@@ -513,15 +513,48 @@ pub async fn eventually(condition: impl Fn() -> bool) {
 /// A loopback TCP proxy that can take its upstream "down": [`OutageProxy::cut`] drops every
 /// connection through it and refuses new ones until [`OutageProxy::restore`];
 /// [`OutageProxy::freeze`] makes it silent instead, every connection open and nothing
-/// forwarded (a peer that hangs). Pointing a worker at it simulates a RabbitMQ or Redis outage
-/// without stopping the shared servers other tests use in parallel.
+/// forwarded (a peer that hangs); [`OutageProxy::delay`] makes it slow, every byte forwarded
+/// that much later in each direction (a distant or overloaded broker). Pointing a worker at it
+/// simulates a RabbitMQ or Redis outage without stopping the shared servers other tests use in
+/// parallel.
 #[derive(Debug)]
 pub struct OutageProxy {
     /// The address to connect to instead of the upstream.
     pub addr: std::net::SocketAddr,
     up: tokio::sync::watch::Sender<bool>,
     frozen: tokio::sync::watch::Sender<bool>,
+    latency: tokio::sync::watch::Sender<Duration>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, each chunk `latency` (as it is when the chunk is read) after it was
+/// read: a delay, not a bandwidth limit.
+async fn forward_late(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    latency: tokio::sync::watch::Receiver<Duration>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (chunks, mut due) = tokio::sync::mpsc::unbounded_channel();
+    let reader = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read @ 1..) = from.read(&mut buffer).await {
+            let when = tokio::time::Instant::now() + *latency.borrow();
+            if chunks.send((when, buffer[..read].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((when, chunk)) = due.recv().await {
+            tokio::time::sleep_until(when).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }
 
 impl OutageProxy {
@@ -533,10 +566,11 @@ impl OutageProxy {
         let addr = listener.local_addr().expect("proxy address");
         let (up, _) = tokio::sync::watch::channel(true);
         let (frozen, _) = tokio::sync::watch::channel(false);
+        let (latency, _) = tokio::sync::watch::channel(Duration::ZERO);
         let upstream = upstream.to_owned();
-        let (state, silence) = (up.clone(), frozen.clone());
+        let (state, silence, slowness) = (up.clone(), frozen.clone(), latency.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let mut watch = state.subscribe();
                 let mut frozen = silence.subscribe();
                 if !*watch.borrow_and_update() {
@@ -544,12 +578,22 @@ impl OutageProxy {
                     continue;
                 }
                 let upstream = upstream.clone();
+                let (up_late, down_late) = (slowness.subscribe(), slowness.subscribe());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    // Owned here, so that a frozen connection stays open after the copying stops.
+                    let (mut inbound_read, mut inbound_write) = inbound.into_split();
+                    let (mut outbound_read, mut outbound_write) = outbound.into_split();
+                    let copy = async {
+                        tokio::join!(
+                            forward_late(&mut inbound_read, &mut outbound_write, up_late),
+                            forward_late(&mut outbound_read, &mut inbound_write, down_late)
+                        )
+                    };
                     let silent = tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = copy => false,
                         _ = watch.wait_for(|up| !*up) => false, // cut: drop both sides
                         _ = frozen.wait_for(|frozen| *frozen) => true,
                     };
@@ -564,6 +608,7 @@ impl OutageProxy {
             addr,
             up,
             frozen,
+            latency,
             accept,
         }
     }
@@ -589,6 +634,11 @@ impl OutageProxy {
     /// Stops forwarding on every connection, keeping them open: the peer hangs.
     pub fn freeze(&self) {
         self.frozen.send_replace(true);
+    }
+
+    /// Forwards every byte read from now on `latency` later, in each direction.
+    pub fn delay(&self, latency: Duration) {
+        self.latency.send_replace(latency);
     }
 
     /// Accepts and forwards connections again.

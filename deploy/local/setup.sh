@@ -67,6 +67,16 @@ else
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     systemctl start rabbitmq-server
   else
+    # Each quorum queue (one per tenant and routing key) takes file handles: with su's soft
+    # limit of 1,024, RabbitMQ stops accepting connections at about a thousand of them.
+    # Debian's systemd unit sets LimitNOFILE=65536; without systemd, the environment file
+    # (sourced by RabbitMQ's scripts as the rabbitmq user) raises it as far as allowed.
+    env_file=/etc/rabbitmq/rabbitmq-env.conf
+    if ! grep -q "dtee: file handles" "$env_file" 2>/dev/null; then
+      mkdir -p /etc/rabbitmq
+      printf '%s\n' "# dtee: file handles for many quorum queues (deploy/local/setup.sh)" \
+        'ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true' >>"$env_file"
+    fi
     rabbitmq-server -detached
   fi
   wait_port 5672 120 rabbitmq

@@ -222,3 +222,76 @@ async fn a_deleted_tenant_queue_is_declared_and_consumed_again() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A worker that knows many tenant queues gets them all back after losing its connection, from
+/// a slow broker. Before, a new session consumed every known tenant queue one after the other
+/// (five round trips each) inside its 20 s set-up bound: past about a thousand queues on a
+/// local broker, or a hundred at 50 ms a round trip, no session could open again and the
+/// worker stayed disconnected for ever. Now the session opens with the shared queues and the
+/// tenant queues are consumed after it, 16 at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_knows_many_tenant_queues_reconnects_to_a_slow_broker() {
+    const QUEUES: usize = 120;
+    let env = TestEnv::new("many-tenant-queues").await;
+    let (worker, amqp, _redis) = env.start_worker_behind_proxies(|_| {}).await;
+    let tenants: Vec<String> = (0..QUEUES).map(|i| format!("dtee-many-{i}")).collect();
+    for tenant in &tenants {
+        env.acts_as(tenant);
+    }
+    // Announced as another worker would: this worker declares and consumes each one.
+    let channel = env.client.connection().create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for tenant in &tenants {
+        channel
+            .basic_publish(
+                env.namespace.tenants_announcements().as_str().into(),
+                "".into(),
+                lapin::options::BasicPublishOptions::default(),
+                format!("wasm/{tenant}").as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let queues: Vec<String> = tenants
+        .iter()
+        .map(|tenant| env.namespace.tenant_job_queue("wasm", tenant))
+        .collect();
+    for queue in &queues {
+        until_consumers(&env, queue, 1).await;
+    }
+
+    // 25 ms each way: 50 ms a round trip, 12 s for the queues one after the other.
+    amqp.delay(Duration::from_millis(25));
+    amqp.cut();
+    // Long enough for the proxy's connections to see the cut (a watch keeps the last value).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    amqp.restore();
+    for _ in 0..600 {
+        if Stats::get(&worker.stats.reconnects) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        Stats::get(&worker.stats.reconnects) >= 1,
+        "no session opened again within 60 s"
+    );
+    for queue in &queues {
+        until_consumers(&env, queue, 1).await;
+    }
+    // And it serves them: a job through the slow broker.
+    amqp.delay(Duration::ZERO);
+    let echo = env.put_kernel("echo").await;
+    assert!(run_as(&env.client, &echo_job(echo, "after"))
+        .await
+        .succeeded());
+    let _ = channel.close(200, "done".into()).await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::StreamExt;
+use futures_util::FutureExt as _;
 use lapin::message::Delivery;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -24,10 +25,27 @@ use crate::stats::Stats;
 const STALL_CHECK: Duration = Duration::from_secs(5);
 /// How long without a delivery, while messages wait, before the consumer counts as stalled.
 const STALL_IDLE: Duration = Duration::from_secs(10);
-/// Tenant queues tried again (consumed or announced) per progress check, at most.
-const RETRIES_PER_TICK: usize = 8;
+/// Tenant queues consumed again per progress check, at most (16 at a time).
+const TENANT_RETRIES_PER_TICK: usize = 64;
+/// Announcements sent again per progress check, at most (one after the other).
+const ANNOUNCEMENTS_PER_TICK: usize = 8;
 /// How long one such try, or an announcement, may take.
 const RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tenant queues a new session consumes between two liveness ticks, and announcements taken
+/// together.
+const TENANT_BATCH: usize = 64;
+/// How long a new session spends consuming the tenant queues the worker knows before the
+/// consumer loop goes on (the rest are tried by [`Consumer::retry_tenant_queues`]).
+const CATCH_UP: Duration = Duration::from_secs(20);
+
+/// How [`Consumer::consume_tenant_queues`] logs: a queue announced a moment ago (each success
+/// and failure), one tried again (each success), or the catch-up of a new session (a summary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tried {
+    First,
+    Again,
+    Quietly,
+}
 
 /// The consumer of one worker, and the background tasks that end with it.
 pub(crate) struct Consumer {
@@ -44,6 +62,8 @@ pub(crate) struct Consumer {
     /// Where the next round of tenant-queue retries starts (`retry_tenant_queues`), so that
     /// every failing queue gets its turn.
     pub retry_cursor: usize,
+    /// Where the next stall check's look at the tenant queues starts.
+    pub ready_cursor: usize,
     /// What the probes report.
     pub health: Arc<Health>,
     /// The registry heartbeat, stopped (and the entry removed) at shutdown.
@@ -189,13 +209,7 @@ impl Consumer {
             .filter(|route| !self.disabled_routes.contains(*route))
             .cloned()
             .collect();
-        let tenant_queues: Vec<TenantQueue> = self
-            .tenants
-            .queues()
-            .into_iter()
-            .filter(|queue| !self.disabled_routes.contains(&queue.route))
-            .collect();
-        let opened = Session::open(&self.ctx.config, &routing_keys, &tenant_queues).await;
+        let opened = Session::open(&self.ctx.config, &routing_keys).await;
         self.health.tick();
         match opened {
             Ok((opened, publisher)) => {
@@ -205,10 +219,89 @@ impl Consumer {
                 self.ctx.telemetry.reconnected();
                 info!("reconnected to rabbitmq; consuming again");
                 self.session = Some(opened);
+                self.consume_known_tenants().await;
             }
             Err(error) => {
                 warn!(error = %format!("{error:#}"), "reconnecting to rabbitmq failed; will retry")
             }
+        }
+    }
+
+    /// The known tenant queues of the routes served that the current session does not consume.
+    fn unconsumed_tenant_queues(&self) -> Vec<TenantQueue> {
+        let Some(session) = self.session.as_ref() else {
+            return Vec::new();
+        };
+        self.tenants
+            .queues()
+            .into_iter()
+            .filter(|queue| {
+                !self.disabled_routes.contains(&queue.route)
+                    && !session.consumes(&self.ctx.config, queue)
+            })
+            .collect()
+    }
+
+    /// Declares and consumes `queues` in the current session ([`Session::consume_tenants`]),
+    /// each try within [`RETRY_TIMEOUT`]; counts and logs what failed, and answers how many did.
+    async fn consume_tenant_queues(&mut self, queues: &[TenantQueue], tried: Tried) -> usize {
+        let Some(session) = self.session.as_mut() else {
+            return 0;
+        };
+        let failed = session
+            .consume_tenants(&self.ctx.config, queues, RETRY_TIMEOUT)
+            .await;
+        if tried != Tried::Quietly {
+            for queue in queues
+                .iter()
+                .filter(|queue| failed.iter().all(|(f, _)| f != *queue))
+            {
+                info!(%queue, "consuming a tenant queue");
+            }
+        }
+        for (queue, error) in &failed {
+            self.ctx.telemetry.tenant_queue_failed();
+            let error = format!("{error:#}");
+            if tried == Tried::First {
+                warn!(%queue, %error, "could not consume a tenant queue; trying again");
+            } else {
+                debug!(%queue, %error, "consuming a tenant queue failed (again)");
+            }
+        }
+        failed.len()
+    }
+
+    /// Consumes the tenant queues the worker knows in a new session, [`TENANT_BATCH`] between
+    /// two liveness ticks, for up to [`CATCH_UP`]; what is left, or failed, is tried again by
+    /// [`Consumer::retry_tenant_queues`]. Their tenants' jobs wait in them meanwhile.
+    async fn consume_known_tenants(&mut self) {
+        if hooks::active(&self.ctx.config, TestHook::StallConsumer) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let missing = self.unconsumed_tenant_queues();
+        let mut failed = 0usize;
+        for batch in missing.chunks(TENANT_BATCH) {
+            if self.session.is_none() || started.elapsed() >= CATCH_UP {
+                break;
+            }
+            failed += self.consume_tenant_queues(batch, Tried::Quietly).await;
+            self.health.tick();
+        }
+        let left = self.unconsumed_tenant_queues().len();
+        if left > 0 {
+            warn!(
+                failed,
+                left,
+                "not every known tenant queue is consumed yet; trying the rest again every {} s",
+                STALL_CHECK.as_secs()
+            );
+        } else if !missing.is_empty() {
+            info!(
+                queues = missing.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "consuming the known tenant queues"
+            );
         }
     }
 
@@ -275,78 +368,85 @@ impl Consumer {
     }
 
     /// A tenant queue announced on `<ns>.tenants` (by this worker or another): consumed if it
-    /// is of a served routing key and new here.
-    async fn announced(&mut self, announcement: Delivery) {
-        let _ = announcement
-            .acker
-            .ack(lapin::options::BasicAckOptions::default())
-            .await;
-        let Some(queue) = std::str::from_utf8(&announcement.data)
-            .ok()
-            .and_then(TenantQueue::parse)
-        else {
-            warn!("ignoring a malformed tenant-queue announcement");
-            return;
-        };
-        self.tenants.announced(&queue);
-        if self.disabled_routes.contains(&queue.route) || !self.tenants.learn(&queue, false) {
-            return;
-        }
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        match session.consume_tenant(&self.ctx.config, &queue).await {
-            Ok(()) => info!(%queue, "consuming a tenant queue"),
-            Err(error) => {
-                self.ctx.telemetry.tenant_queue_failed();
-                warn!(%queue, error = %format!("{error:#}"), "could not consume a tenant queue; trying again");
+    /// is of a served routing key and new here. The announcements already received are taken
+    /// with it (up to [`TENANT_BATCH`]), and their queues consumed together: a new worker reads
+    /// the whole stream at once.
+    async fn announced(&mut self, first: Delivery) {
+        let mut announcements = vec![first];
+        let mut lost = false;
+        if let Some(session) = self.session.as_mut() {
+            while announcements.len() < TENANT_BATCH {
+                match session.announcements.next().now_or_never() {
+                    Some(Some(Ok(next))) => announcements.push(next),
+                    Some(Some(Err(error))) => {
+                        warn!(%error, "lost the tenant-queue announcements; reconnecting");
+                        lost = true;
+                        break;
+                    }
+                    Some(None) => {
+                        warn!("the broker cancelled the tenant-queue announcements; reconnecting");
+                        lost = true;
+                        break;
+                    }
+                    None => break,
+                }
             }
+        }
+        // One acknowledgement for all of them (the stream's channel carries nothing else).
+        if let Some(last) = announcements.last() {
+            let _ = last
+                .acker
+                .ack(lapin::options::BasicAckOptions { multiple: true })
+                .await;
+        }
+        let mut new = Vec::new();
+        for announcement in &announcements {
+            let Some(queue) = std::str::from_utf8(&announcement.data)
+                .ok()
+                .and_then(TenantQueue::parse)
+            else {
+                warn!("ignoring a malformed tenant-queue announcement");
+                continue;
+            };
+            self.tenants.announced(&queue);
+            if !self.disabled_routes.contains(&queue.route) && self.tenants.learn(&queue, false) {
+                new.push(queue);
+            }
+        }
+        self.consume_tenant_queues(&new, Tried::First).await;
+        if lost {
+            self.drop_session().await;
         }
     }
 
     /// Consumes the known tenant queues that this session does not (one that failed when
-    /// announced or at a reconnection), and sends the announcements that failed. Every
+    /// announced or at a reconnection, or one the catch-up of a new session did not reach),
+    /// [`TENANT_RETRIES_PER_TICK`] at most, and sends the announcements that failed. Every
     /// [`STALL_CHECK`]; a queue that keeps failing is counted each time
     /// (`dtee_tenant_queue_failures_total`).
     async fn retry_tenant_queues(&mut self) {
         if hooks::active(&self.ctx.config, TestHook::StallConsumer) {
             return;
         }
-        let Some(session) = self.session.as_mut() else {
-            return;
-        };
-        // The loop delivers nothing meanwhile: a few tries per tick, each within a bound, taking
-        // turns over the queues to try.
-        let missing: Vec<TenantQueue> = self
-            .tenants
-            .queues()
-            .into_iter()
-            .filter(|queue| {
-                !self.disabled_routes.contains(&queue.route)
-                    && !session.consumes(&self.ctx.config, queue)
-            })
-            .collect();
+        // The loop delivers nothing meanwhile: a bounded number of tries per tick, each within
+        // a bound, taking turns over the queues to try.
+        let missing = self.unconsumed_tenant_queues();
         let start = self.retry_cursor % missing.len().max(1);
-        let mut tries = 0;
-        for queue in missing.iter().cycle().skip(start).take(missing.len()) {
-            if tries == RETRIES_PER_TICK {
-                break;
-            }
-            tries += 1;
-            self.retry_cursor = self.retry_cursor.wrapping_add(1);
-            match within_retry_timeout(session.consume_tenant(&self.ctx.config, queue)).await {
-                Ok(()) => info!(%queue, "consuming a tenant queue"),
-                Err(error) => {
-                    self.ctx.telemetry.tenant_queue_failed();
-                    debug!(%queue, error = %format!("{error:#}"), "consuming a tenant queue failed again");
-                }
-            }
-        }
-        for queue in self.tenants.unannounced() {
-            if tries == RETRIES_PER_TICK {
-                break;
-            }
-            tries += 1;
+        let tries: Vec<TenantQueue> = missing
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(missing.len().min(TENANT_RETRIES_PER_TICK))
+            .cloned()
+            .collect();
+        self.retry_cursor = self.retry_cursor.wrapping_add(tries.len());
+        self.consume_tenant_queues(&tries, Tried::Again).await;
+        for queue in self
+            .tenants
+            .unannounced()
+            .into_iter()
+            .take(ANNOUNCEMENTS_PER_TICK)
+        {
             self.announce(&queue, false).await;
         }
     }
@@ -383,7 +483,7 @@ impl Consumer {
 
     /// Ready messages in our queues, room to take them, and no delivery for [`STALL_IDLE`]
     /// means the consumer is stalled.
-    async fn check_progress(&self, room: bool) {
+    async fn check_progress(&mut self, room: bool) {
         let idle = self.health.idle_ms();
         if idle < STALL_IDLE.as_millis() as u64 || !room {
             return;
@@ -391,10 +491,9 @@ impl Consumer {
         let Some(current) = &self.session else {
             return;
         };
-        let waiting = current.ready_messages().await;
-        if waiting > 0 && !self.health.stalled.swap(true, Ordering::Relaxed) {
+        let waiting = current.messages_ready(&mut self.ready_cursor).await;
+        if waiting && !self.health.stalled.swap(true, Ordering::Relaxed) {
             warn!(
-                waiting,
                 idle_s = idle / 1000,
                 "the consumer looks stalled: messages wait, nothing is delivered"
             );

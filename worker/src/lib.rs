@@ -151,7 +151,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         .collect();
     // The tenant queues: the session reads their announcements from the start.
     let tenants = broker::tenants::Tenants::new(&routing_keys, config.max_tenant_queues);
-    let (session, publisher) = Session::open(&config, &routing_keys, &tenants.queues()).await?;
+    let (session, publisher) = Session::open(&config, &routing_keys).await?;
     let [wasm, wasm_fast] = [WasmProfile::Deterministic, WasmProfile::Fast].map(|profile| {
         WasmBackend::with_profile(
             profile,
@@ -228,6 +228,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<WorkerHandle> {
         tenants,
         disabled_routes: std::collections::HashSet::new(),
         retry_cursor: 0,
+        ready_cursor: 0,
         health,
         registry,
         probes,

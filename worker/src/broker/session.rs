@@ -3,10 +3,12 @@
 //! key's shared queue, per known tenant queue, and the dead-letter queue. The prefetch counts
 //! per consumer, so it also bounds what one tenant has in flight on this worker.
 
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use std::sync::Arc;
 
 use futures_util::stream::{SelectAll, Stream};
 use futures_util::StreamExt as _;
@@ -88,10 +90,23 @@ pub(crate) struct Session {
     pub(crate) acks: super::acks::Acks,
     /// The tenant-queue announcements (`<ns>.tenants`), read from the stream's start.
     pub(crate) announcements: lapin::Consumer,
-    consumer_tags: Vec<String>,
-    /// The queues consumed: the shared queues and the tenant queues.
-    queues: Vec<String>,
+    /// The queue of each consumer, by consumer tag.
+    consumed: BTreeMap<String, String>,
+    /// The queues consumed (those of `consumed`), for look-ups by name.
+    queues: HashSet<String>,
+    /// The shared queues and the dead-letter queue (consumed, or only watched by the stall
+    /// check with the stall-consumer test hook): checked first by [`Session::ready_messages`].
+    shared: Vec<String>,
+    /// Numbers the tenant-queue consumers' tags, so that a tag is never used twice in a session
+    /// (a consume given up on after its time may still have reached the broker, and the broker
+    /// closes the channel on a tag used again).
+    next_tag: AtomicU64,
 }
+
+/// Tenant queues declared and consumed at once by [`Session::consume_tenants`].
+const TENANT_QUEUES_AT_ONCE: usize = 16;
+/// Tenant queues whose ready messages one stall check reads, besides the shared queues.
+const READY_CHECKS: usize = 32;
 
 /// How long opening a session (connect, declare, consume) may take before it counts as failed:
 /// a broker that accepts the TCP connection and then says nothing must not hang the worker.
@@ -99,15 +114,16 @@ const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Session {
     /// Connects, declares the topology, opens the result publisher, and consumes every
-    /// routing key's queue and the dead-letter queue, within [`SESSION_OPEN_TIMEOUT`].
+    /// routing key's queue and the dead-letter queue, within [`SESSION_OPEN_TIMEOUT`]. Tenant
+    /// queues are not consumed here ([`Session::consume_tenants`]): however many a worker knows,
+    /// they must not keep a session from opening.
     pub(crate) async fn open(
         config: &Config,
         routing_keys: &[String],
-        tenant_queues: &[TenantQueue],
     ) -> anyhow::Result<(Session, ResultPublisher)> {
         tokio::time::timeout(
             SESSION_OPEN_TIMEOUT,
-            Self::open_unbounded(config, routing_keys, tenant_queues),
+            Self::open_unbounded(config, routing_keys),
         )
         .await
         .map_err(|_| {
@@ -122,7 +138,6 @@ impl Session {
     async fn open_unbounded(
         config: &Config,
         routing_keys: &[String],
-        tenant_queues: &[TenantQueue],
     ) -> anyhow::Result<(Session, ResultPublisher)> {
         let connected = super::connect(
             &config.amqp_url,
@@ -132,7 +147,7 @@ impl Session {
         .await
         .with_context(|| format!("connecting to rabbitmq at {}", redact(&config.amqp_url)))?;
         let node = connected.node;
-        let opened = Self::set_up(connected.connection, config, routing_keys, tenant_queues).await;
+        let opened = Self::set_up(connected.connection, config, routing_keys).await;
         if opened.is_err() {
             // A node that accepts connections but cannot serve the topology (one cut off from
             // its cluster's majority, say): the next attempt starts with another node.
@@ -145,7 +160,6 @@ impl Session {
         connection: lapin::Connection,
         config: &Config,
         routing_keys: &[String],
-        tenant_queues: &[TenantQueue],
     ) -> anyhow::Result<(Session, ResultPublisher)> {
         let setup = connection
             .create_channel()
@@ -186,8 +200,10 @@ impl Session {
             consumers: SelectAll::new(),
             acks: super::acks::Acks::start(),
             announcements,
-            consumer_tags: Vec::new(),
-            queues: Vec::new(),
+            consumed: BTreeMap::new(),
+            queues: HashSet::new(),
+            shared: Vec::new(),
+            next_tag: AtomicU64::new(0),
         };
         // Every worker also answers dead-lettered jobs, so that no submitter waits forever.
         let queues = routing_keys
@@ -205,39 +221,35 @@ impl Session {
         // The stall-consumer test hook consumes nothing: messages wait while the worker is up.
         let stall = hooks::active(config, TestHook::StallConsumer);
         for (queue, tag) in queues {
-            if stall {
-                // Not consumed, but watched by the stall check.
-                session.queues.push(queue);
-            } else {
-                session.consume_queue(queue, tag, None).await?;
+            // With the hook, not consumed but watched by the stall check.
+            if !stall {
+                let consumer = session.start_consumer(&queue, &tag).await?;
+                session.add_consumer(queue.clone(), tag, consumer, None);
             }
-        }
-        // A tenant queue that cannot be consumed must not keep the worker from connecting; the
-        // consumer loop tries it again (`Consumer::retry_tenant_queues`).
-        for tenant_queue in tenant_queues.iter().filter(|_| !stall) {
-            if let Err(error) = session.consume_tenant(config, tenant_queue).await {
-                tracing::warn!(queue = %tenant_queue, error = %format!("{error:#}"), "could not consume a tenant queue");
-            }
+            session.shared.push(queue);
         }
         Ok((session, publisher))
     }
 
-    async fn consume_queue(
-        &mut self,
-        queue: String,
-        tag: String,
-        owner: Option<TenantQueue>,
-    ) -> anyhow::Result<()> {
-        let consumer = self
-            .consume
+    async fn start_consumer(&self, queue: &str, tag: &str) -> anyhow::Result<lapin::Consumer> {
+        self.consume
             .basic_consume(
-                queue.as_str().into(),
-                tag.as_str().into(),
+                queue.into(),
+                tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .with_context(|| format!("consuming {queue}"))?;
+            .with_context(|| format!("consuming {queue}"))
+    }
+
+    fn add_consumer(
+        &mut self,
+        queue: String,
+        tag: String,
+        consumer: lapin::Consumer,
+        owner: Option<TenantQueue>,
+    ) {
         let owner = owner.map(Arc::new);
         let (ended, ended_owner) = (tag.clone(), owner.clone());
         self.consumers.push(Box::pin(
@@ -247,9 +259,8 @@ impl Session {
                     Delivered::Ended(ended, ended_owner)
                 })),
         ));
-        self.consumer_tags.push(tag);
-        self.queues.push(queue);
-        Ok(())
+        self.queues.insert(queue.clone());
+        self.consumed.insert(tag, queue);
     }
 
     /// Declares a tenant's queue and binds it (on a channel of its own, so that a refusal
@@ -279,19 +290,75 @@ impl Session {
         tenant_queue: &TenantQueue,
         queue: String,
     ) -> anyhow::Result<()> {
-        let tag = format!("{}.{}", config.worker_id, tenant_queue);
-        self.consume_queue(queue, tag, Some(tenant_queue.clone()))
-            .await
+        let tag = self.tenant_tag(config, tenant_queue);
+        let consumer = self.start_consumer(&queue, &tag).await?;
+        self.add_consumer(queue, tag, consumer, Some(tenant_queue.clone()));
+        Ok(())
     }
 
-    /// Declares a tenant's queue ([`Session::declare_tenant`]) and consumes it.
-    pub(crate) async fn consume_tenant(
+    /// Declares and consumes `tenant_queues` ([`Session::declare_tenant`]),
+    /// [`TENANT_QUEUES_AT_ONCE`] at a time, each within `each`; answers those that failed,
+    /// with why. A thousand queues take a second or two this way, where one after the other
+    /// they took longer than a session may take to open.
+    pub(crate) async fn consume_tenants(
         &mut self,
         config: &Config,
-        tenant_queue: &TenantQueue,
-    ) -> anyhow::Result<()> {
-        let queue = self.declare_tenant(config, tenant_queue).await?;
-        self.consume_declared(config, tenant_queue, queue).await
+        tenant_queues: &[TenantQueue],
+        each: Duration,
+    ) -> Vec<(TenantQueue, anyhow::Error)> {
+        // Made first, then polled: a stream mapping a closure to these futures would not be
+        // `Send` for every lifetime, as the spawned consumer loop must be.
+        let tries: Vec<_> = tenant_queues
+            .iter()
+            .map(|tenant_queue| self.try_tenant(config, tenant_queue, each))
+            .collect();
+        let attempts: Vec<_> = futures_util::stream::iter(tries)
+            .buffer_unordered(TENANT_QUEUES_AT_ONCE)
+            .collect()
+            .await;
+        let mut failed = Vec::new();
+        for (tenant_queue, outcome) in attempts {
+            match outcome {
+                Ok((queue, tag, consumer)) => {
+                    self.add_consumer(queue, tag, consumer, Some(tenant_queue.clone()))
+                }
+                Err(error) => failed.push((tenant_queue.clone(), error)),
+            }
+        }
+        failed
+    }
+
+    /// Declares `tenant_queue` and starts a consumer on it, within `each`.
+    async fn try_tenant<'a>(
+        &self,
+        config: &Config,
+        tenant_queue: &'a TenantQueue,
+        each: Duration,
+    ) -> (
+        &'a TenantQueue,
+        anyhow::Result<(String, String, lapin::Consumer)>,
+    ) {
+        let attempt = async {
+            let queue = self.declare_tenant(config, tenant_queue).await?;
+            let tag = self.tenant_tag(config, tenant_queue);
+            let consumer = self.start_consumer(&queue, &tag).await?;
+            anyhow::Ok((queue, tag, consumer))
+        };
+        let outcome = tokio::time::timeout(each, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "rabbitmq did not answer within {} ms",
+                    each.as_millis()
+                ))
+            });
+        (tenant_queue, outcome)
+    }
+
+    /// A consumer tag for `tenant_queue` that this session has not used.
+    fn tenant_tag(&self, config: &Config, tenant_queue: &TenantQueue) -> String {
+        let number = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{tenant_queue}.{number}", config.worker_id)
     }
 
     /// Announces a tenant queue on `<ns>.tenants` (on a channel of its own), with a confirm.
@@ -325,22 +392,49 @@ impl Session {
         self.queues.contains(&queue)
     }
 
-    /// Messages ready in the queues this session consumes (0 if the broker cannot say).
-    pub(crate) async fn ready_messages(&self) -> u64 {
+    /// Whether messages are ready in the queues this session consumes: the shared queues and
+    /// the dead-letter queue, then [`READY_CHECKS`] tenant queues from `cursor` on (which moves
+    /// on, so that successive checks go round them all without each reading a thousand).
+    /// `false` if the broker cannot say.
+    pub(crate) async fn messages_ready(&self, cursor: &mut usize) -> bool {
         let Ok(channel) = self.connection.create_channel().await else {
-            return 0;
+            return false;
         };
-        let mut ready = 0u64;
-        for queue in &self.queues {
+        let shared: HashSet<&String> = self.shared.iter().collect();
+        let mut tenant_queues: Vec<&String> = self
+            .queues
+            .iter()
+            .filter(|queue| !shared.contains(queue))
+            .collect();
+        tenant_queues.sort_unstable();
+        let start = *cursor % tenant_queues.len().max(1);
+        let checks = READY_CHECKS.min(tenant_queues.len());
+        *cursor = start + checks;
+        let to_check = self.shared.iter().chain(
+            tenant_queues
+                .iter()
+                .copied()
+                .cycle()
+                .skip(start)
+                .take(checks),
+        );
+        let mut ready = false;
+        for queue in to_check {
             let passive = lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
             };
-            if let Ok(queue) = channel
+            match channel
                 .queue_declare(queue.as_str().into(), passive, FieldTable::default())
                 .await
             {
-                ready += u64::from(queue.message_count());
+                Ok(queue) if queue.message_count() > 0 => {
+                    ready = true;
+                    break;
+                }
+                Ok(_) => {}
+                // A queue gone (deleted under the worker) closes the channel.
+                Err(_) => break,
             }
         }
         let _ = channel.close(200, "checked".into()).await;
@@ -350,21 +444,14 @@ impl Session {
     /// Whether the consumer with `tag` is one this session still consumes with (not one it
     /// cancelled itself).
     pub(crate) fn consumes_with(&self, tag: &str) -> bool {
-        self.consumer_tags.iter().any(|consumed| consumed == tag)
+        self.consumed.contains_key(tag)
     }
 
     /// Forgets the consumer with `tag` and its queue (it ended), so that the queue counts as
     /// not consumed (`Session::consumes`) and is declared and consumed again.
     pub(crate) fn forget_consumer(&mut self, tag: &str) {
-        if let Some(index) = self
-            .consumer_tags
-            .iter()
-            .position(|consumed| consumed == tag)
-        {
-            self.consumer_tags.remove(index);
-            if index < self.queues.len() {
-                self.queues.remove(index);
-            }
+        if let Some(queue) = self.consumed.remove(tag) {
+            self.queues.remove(&queue);
         }
     }
 
@@ -378,32 +465,34 @@ impl Session {
             .iter()
             .map(|route| namespace.job_queue(route))
             .collect();
-        let mut index = 0;
-        while index < self.queues.len() {
-            let queue = &self.queues[index];
-            let of_route = prefixes.iter().any(|prefix| {
+        let of_routes = |queue: &str| {
+            prefixes.iter().any(|prefix| {
                 queue == prefix
                     || queue
                         .strip_prefix(prefix.as_str())
                         .is_some_and(|rest| rest.starts_with('/'))
-            });
-            if of_route && index < self.consumer_tags.len() {
-                let tag = self.consumer_tags.remove(index);
-                self.queues.remove(index);
-                let _ = self
-                    .consume
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                    .await;
-            } else {
-                index += 1;
-            }
+            })
+        };
+        let cancelled: Vec<String> = self
+            .consumed
+            .iter()
+            .filter(|(_, queue)| of_routes(queue))
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        for tag in cancelled {
+            self.forget_consumer(&tag);
+            let _ = self
+                .consume
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
         }
+        self.shared.retain(|queue| !of_routes(queue));
     }
 
     /// Stops the broker from delivering more.
     pub(crate) async fn cancel_consumers(&self) {
         let cancels = async {
-            for tag in &self.consumer_tags {
+            for tag in self.consumed.keys() {
                 let _ = self
                     .consume
                     .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
