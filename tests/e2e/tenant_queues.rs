@@ -234,7 +234,7 @@ async fn a_worker_that_knows_many_tenant_queues_reconnects_to_a_slow_broker() {
     const QUEUES: usize = 120;
     let env = TestEnv::new("many-tenant-queues").await;
     let (worker, amqp, _redis) = env.start_worker_behind_proxies(|_| {}).await;
-    let tenants: Vec<String> = (0..QUEUES).map(|i| format!("dtee-many-{i}")).collect();
+    let tenants: Vec<String> = (0..QUEUES).map(|i| format!("dtee-test-many-{i}")).collect();
     for tenant in &tenants {
         env.acts_as(tenant);
     }
@@ -266,7 +266,8 @@ async fn a_worker_that_knows_many_tenant_queues_reconnects_to_a_slow_broker() {
         until_consumers(&env, queue, 1).await;
     }
 
-    // 25 ms each way: 50 ms a round trip, 12 s for the queues one after the other.
+    // 25 ms each way: 50 ms a round trip, 30 s for the queues one after the other (five round
+    // trips each), past the 20 s a session may take to open.
     amqp.delay(Duration::from_millis(25));
     amqp.cut();
     // Long enough for the proxy's connections to see the cut (a watch keeps the last value).
@@ -285,12 +286,11 @@ async fn a_worker_that_knows_many_tenant_queues_reconnects_to_a_slow_broker() {
     for queue in &queues {
         until_consumers(&env, queue, 1).await;
     }
-    // And it serves them: a job through the slow broker.
-    amqp.delay(Duration::ZERO);
+    // And it serves them: a job of one of those tenants, through its queue and the slow broker.
     let echo = env.put_kernel("echo").await;
-    assert!(run_as(&env.client, &echo_job(echo, "after"))
-        .await
-        .succeeded());
+    let tenant = env.tenant_client(&tenants[7]).await;
+    assert!(run_as(&tenant, &echo_job(echo, "after")).await.succeeded());
+    tenant.close().await;
     let _ = channel.close(200, "done".into()).await;
     worker.shutdown().await.unwrap();
     env.cleanup().await;

@@ -129,6 +129,7 @@ impl Consumer {
                 _ = progress.tick() => {
                     self.disable_failed_devices().await;
                     self.retry_tenant_queues().await;
+                    self.health.tick();
                     let room = in_flight.len() < usize::from(self.ctx.config.prefetch);
                     self.check_progress(room).await;
                 }
@@ -282,7 +283,8 @@ impl Consumer {
         let missing = self.unconsumed_tenant_queues();
         let mut failed = 0usize;
         for batch in missing.chunks(TENANT_BATCH) {
-            if self.session.is_none() || started.elapsed() >= CATCH_UP {
+            if !self.session.as_ref().is_some_and(Session::is_open) || started.elapsed() >= CATCH_UP
+            {
                 break;
             }
             failed += self.consume_tenant_queues(batch, Tried::Quietly).await;
@@ -392,6 +394,10 @@ impl Consumer {
                 }
             }
         }
+        if lost {
+            // Learned all the same: the next session consumes them.
+            self.drop_session().await;
+        }
         // One acknowledgement for all of them (the stream's channel carries nothing else).
         if let Some(last) = announcements.last() {
             let _ = last
@@ -414,9 +420,6 @@ impl Consumer {
             }
         }
         self.consume_tenant_queues(&new, Tried::First).await;
-        if lost {
-            self.drop_session().await;
-        }
     }
 
     /// Consumes the known tenant queues that this session does not (one that failed when
@@ -491,7 +494,13 @@ impl Consumer {
         let Some(current) = &self.session else {
             return;
         };
-        let waiting = current.messages_ready(&mut self.ready_cursor).await;
+        // Bounded: a broker slow to answer must not stop the loop's ticks.
+        let waiting = tokio::time::timeout(
+            RETRY_TIMEOUT,
+            current.messages_ready(&mut self.ready_cursor),
+        )
+        .await
+        .unwrap_or(false);
         if waiting && !self.health.stalled.swap(true, Ordering::Relaxed) {
             warn!(
                 idle_s = idle / 1000,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use futures_util::stream::{SelectAll, Stream};
+use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -95,12 +96,32 @@ pub(crate) struct Session {
     /// The queues consumed (those of `consumed`), for look-ups by name.
     queues: HashSet<String>,
     /// The shared queues and the dead-letter queue (consumed, or only watched by the stall
-    /// check with the stall-consumer test hook): checked first by [`Session::ready_messages`].
+    /// check with the stall-consumer test hook): checked first by [`Session::messages_ready`].
     shared: Vec<String>,
+    /// Consumes sent and not answered in their time ([`Session::try_tenant`]): their queues
+    /// count as consumed until the answer comes.
+    pending: Vec<PendingConsume>,
     /// Numbers the tenant-queue consumers' tags, so that a tag is never used twice in a session
     /// (a consume given up on after its time may still have reached the broker, and the broker
     /// closes the channel on a tag used again).
     next_tag: AtomicU64,
+}
+
+/// A consume sent to the broker and not answered in its time.
+struct PendingConsume {
+    queue: String,
+    tag: String,
+    owner: TenantQueue,
+    answer: tokio::task::JoinHandle<anyhow::Result<lapin::Consumer>>,
+}
+
+/// How one try at a tenant queue went ([`Session::try_tenant`]).
+enum Attempt {
+    /// Declared and consumed: the queue, the consumer tag and the consumer.
+    Consuming(String, String, lapin::Consumer),
+    /// Declared, and the consume sent but not answered yet.
+    Pending(PendingConsume),
+    Failed(anyhow::Error),
 }
 
 /// Tenant queues declared and consumed at once by [`Session::consume_tenants`].
@@ -203,6 +224,7 @@ impl Session {
             consumed: BTreeMap::new(),
             queues: HashSet::new(),
             shared: Vec::new(),
+            pending: Vec::new(),
             next_tag: AtomicU64::new(0),
         };
         // Every worker also answers dead-lettered jobs, so that no submitter waits forever.
@@ -306,6 +328,7 @@ impl Session {
         tenant_queues: &[TenantQueue],
         each: Duration,
     ) -> Vec<(TenantQueue, anyhow::Error)> {
+        self.adopt_pending();
         // Made first, then polled: a stream mapping a closure to these futures would not be
         // `Send` for every lifetime, as the spawned consumer loop must be.
         let tries: Vec<_> = tenant_queues
@@ -317,42 +340,84 @@ impl Session {
             .collect()
             .await;
         let mut failed = Vec::new();
-        for (tenant_queue, outcome) in attempts {
-            match outcome {
-                Ok((queue, tag, consumer)) => {
+        for (tenant_queue, attempt) in attempts {
+            match attempt {
+                Attempt::Consuming(queue, tag, consumer) => {
                     self.add_consumer(queue, tag, consumer, Some(tenant_queue.clone()))
                 }
-                Err(error) => failed.push((tenant_queue.clone(), error)),
+                Attempt::Pending(pending) => {
+                    self.pending.push(pending);
+                    failed.push((
+                        tenant_queue.clone(),
+                        anyhow::anyhow!("rabbitmq has not answered the consume yet"),
+                    ));
+                }
+                Attempt::Failed(error) => failed.push((tenant_queue.clone(), error)),
             }
         }
         failed
     }
 
-    /// Declares `tenant_queue` and starts a consumer on it, within `each`.
+    /// Declares `tenant_queue` and starts a consumer on it, within `each`. A consume sent is
+    /// never given up on: dropped before the broker's answer, lapin would still make the
+    /// consumer when the answer came, and nothing would read the messages the broker then
+    /// hands it. So it runs on a task of its own, and one not answered in time is kept
+    /// ([`Session::adopt_pending`]).
     async fn try_tenant<'a>(
         &self,
         config: &Config,
         tenant_queue: &'a TenantQueue,
         each: Duration,
-    ) -> (
-        &'a TenantQueue,
-        anyhow::Result<(String, String, lapin::Consumer)>,
-    ) {
-        let attempt = async {
-            let queue = self.declare_tenant(config, tenant_queue).await?;
-            let tag = self.tenant_tag(config, tenant_queue);
-            let consumer = self.start_consumer(&queue, &tag).await?;
-            anyhow::Ok((queue, tag, consumer))
-        };
-        let outcome = tokio::time::timeout(each, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "rabbitmq did not answer within {} ms",
-                    each.as_millis()
-                ))
-            });
-        (tenant_queue, outcome)
+    ) -> (&'a TenantQueue, Attempt) {
+        let started = std::time::Instant::now();
+        let late = || anyhow::anyhow!("rabbitmq did not answer within {} ms", each.as_millis());
+        let queue =
+            match tokio::time::timeout(each, self.declare_tenant(config, tenant_queue)).await {
+                Ok(Ok(queue)) => queue,
+                Ok(Err(error)) => return (tenant_queue, Attempt::Failed(error)),
+                Err(_) => return (tenant_queue, Attempt::Failed(late())),
+            };
+        let tag = self.tenant_tag(config, tenant_queue);
+        let (channel, name, consumer_tag) = (self.consume.clone(), queue.clone(), tag.clone());
+        let mut answer = tokio::spawn(async move {
+            channel
+                .basic_consume(
+                    name.as_str().into(),
+                    consumer_tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming {name}"))
+        });
+        let attempt =
+            match tokio::time::timeout(each.saturating_sub(started.elapsed()), &mut answer).await {
+                Ok(Ok(Ok(consumer))) => Attempt::Consuming(queue, tag, consumer),
+                Ok(Ok(Err(error))) => Attempt::Failed(error),
+                Ok(Err(error)) => Attempt::Failed(anyhow::anyhow!("consuming {queue}: {error}")),
+                Err(_) => Attempt::Pending(PendingConsume {
+                    queue,
+                    tag,
+                    owner: tenant_queue.clone(),
+                    answer,
+                }),
+            };
+        (tenant_queue, attempt)
+    }
+
+    /// Takes on the consumers of consumes answered since they were given up on in time
+    /// ([`Session::try_tenant`]); those the broker refused are forgotten, so that their queues
+    /// count as not consumed and are tried again.
+    pub(crate) fn adopt_pending(&mut self) {
+        for pending in std::mem::take(&mut self.pending) {
+            if !pending.answer.is_finished() {
+                self.pending.push(pending);
+                continue;
+            }
+            if let Some(Ok(Ok(consumer))) = pending.answer.now_or_never() {
+                self.add_consumer(pending.queue, pending.tag, consumer, Some(pending.owner));
+            }
+        }
     }
 
     /// A consumer tag for `tenant_queue` that this session has not used.
@@ -389,7 +454,12 @@ impl Session {
         let queue = config
             .namespace
             .tenant_job_queue(&tenant_queue.route, &tenant_queue.tenant);
-        self.queues.contains(&queue)
+        self.queues.contains(&queue) || self.pending.iter().any(|pending| pending.queue == queue)
+    }
+
+    /// Whether the consumer channel is still open (a new session's catch-up stops when not).
+    pub(crate) fn is_open(&self) -> bool {
+        self.consume.status().connected()
     }
 
     /// Whether messages are ready in the queues this session consumes: the shared queues and
@@ -409,7 +479,6 @@ impl Session {
         tenant_queues.sort_unstable();
         let start = *cursor % tenant_queues.len().max(1);
         let checks = READY_CHECKS.min(tenant_queues.len());
-        *cursor = start + checks;
         let to_check = self.shared.iter().chain(
             tenant_queues
                 .iter()
@@ -419,7 +488,9 @@ impl Session {
                 .take(checks),
         );
         let mut ready = false;
+        let mut checked = 0usize;
         for queue in to_check {
+            checked += 1;
             let passive = lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -438,6 +509,8 @@ impl Session {
             }
         }
         let _ = channel.close(200, "checked".into()).await;
+        // The tenant queues read move the window on; those not reached are read next time.
+        *cursor = start + checked.saturating_sub(self.shared.len());
         ready
     }
 
@@ -487,6 +560,14 @@ impl Session {
                 .await;
         }
         self.shared.retain(|queue| !of_routes(queue));
+        // A consume not answered yet: its consumer, once made, is dropped, which cancels it.
+        for pending in std::mem::take(&mut self.pending) {
+            if of_routes(&pending.queue) {
+                drop(pending.answer);
+            } else {
+                self.pending.push(pending);
+            }
+        }
     }
 
     /// Stops the broker from delivering more.
