@@ -206,3 +206,68 @@ fn is_zombie(pid: u32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z'))
     })
 }
+
+/// The process id of the device host that ran a stand-in `pid` job of `client`'s.
+async fn host_pid(env: &TestEnv, client: &dtee_submitter::Client, nonce: &str) -> u32 {
+    let result = run_as(client, &stand_in_job(env, "pid", nonce).await).await;
+    assert!(result.succeeded(), "{result:?}");
+    let out = result.output("out").unwrap().bytes().unwrap();
+    u32::from_le_bytes(out[..4].try_into().unwrap())
+}
+
+/// A job of another tenant than the last gets a fresh device host, and so a fresh GPU context:
+/// memory that a driver reuses between launches in one context (a kernel's local memory, AMD's
+/// scratch) is not cleared, and the next tenant's kernel could read it. Changes of tenant are
+/// not failures: more of them than MAX_RESTARTS within a minute leave the device up and are
+/// not counted as restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_gpu_job_runs_in_a_fresh_device_host() {
+    let env = TestEnv::new("gpu-fresh-host").await;
+    let (worker, addr) = worker(&env).await;
+    let bob = env.tenant_client("dtee-test-bob").await;
+    let first = host_pid(&env, &env.client, "a-1").await;
+    assert_eq!(
+        host_pid(&env, &env.client, "a-2").await,
+        first,
+        "one tenant's jobs share a host"
+    );
+    let mut last = first;
+    let mut seen = std::collections::HashSet::from([first]);
+    for round in 0..6 {
+        for (client, who) in [(&bob, "b"), (&env.client, "a")] {
+            let pid = host_pid(&env, client, &format!("{who}-round-{round}")).await;
+            assert_ne!(
+                pid, last,
+                "{who}'s job in round {round} ran in the last tenant's host"
+            );
+            assert!(seen.insert(pid), "a host ran for two tenants");
+            last = pid;
+        }
+    }
+    assert_eq!(
+        host_restarts(addr).await,
+        0,
+        "changes of tenant are no restarts"
+    );
+    bob.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+/// With `DTEE_GPU_SHARE_HOST`, tenants that trust each other share a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_share_a_device_host_when_the_worker_is_told_to() {
+    let env = TestEnv::new("gpu-shared-host").await;
+    let worker = env
+        .start_worker_with(|c| {
+            c.targets = vec!["wasm".to_owned(), "stand-in".to_owned()];
+            c.gpu_share_host = true;
+        })
+        .await;
+    let bob = env.tenant_client("dtee-test-bob").await;
+    let first = host_pid(&env, &env.client, "a").await;
+    assert_eq!(host_pid(&env, &bob, "b").await, first);
+    bob.close().await;
+    worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}

@@ -124,6 +124,9 @@ pub struct Config {
     pub max_limits: EffectiveLimits,
     /// Largest memory limit a GPU job may ask for (device allocations, bytes).
     pub max_device_memory_bytes: u64,
+    /// Whether a device host runs the jobs of different tenants one after the other, instead of
+    /// a fresh host for each change of tenant (`DTEE_GPU_SHARE_HOST`).
+    pub gpu_share_host: bool,
     /// Delivery limit of declared job queues.
     pub delivery_limit: u32,
     /// Time in-flight jobs get to finish on shutdown.
@@ -242,6 +245,7 @@ impl Config {
             default_limits,
             max_limits,
             max_device_memory_bytes: args.max_device_memory_bytes,
+            gpu_share_host: args.gpu_share_host,
             delivery_limit: args.delivery_limit,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             worker_id,

@@ -386,7 +386,7 @@ fn start_gpus(
             by_target.push((group.target, group.ordinals));
         }
         for (target, ordinals) in by_target {
-            match gpu::GpuBackend::start(kind, &ordinals, program.clone()) {
+            match gpu::GpuBackend::start(kind, &ordinals, program.clone(), config.gpu_share_host) {
                 Ok(backend) => {
                     for device in backend.devices() {
                         info!(%target, ordinal = device.ordinal, device = %device.info.device.name, arch = %device.info.device.arch, driver = %device.info.device.driver, "serving a GPU");

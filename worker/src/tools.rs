@@ -230,8 +230,8 @@ fn start_runner(config: &Config, target: &str, profile: WasmProfile) -> anyhow::
             bail!("no device here serves target {target}");
         };
         let ordinals = group.ordinals;
-        let backend =
-            GpuBackend::start(kind, &ordinals, program).map_err(|why| anyhow::anyhow!(why))?;
+        let backend = GpuBackend::start(kind, &ordinals, program, config.gpu_share_host)
+            .map_err(|why| anyhow::anyhow!(why))?;
         Ok(Runner::Gpu(Arc::new(backend)))
     } else if target == "wasm" {
         let mut compile = config.compile.clone();

@@ -160,6 +160,20 @@ pub struct Args {
     )]
     #[arg(value_parser = at_least(65536u64))]
     pub max_device_memory_bytes: u64,
+    /// Lets one device host (and its GPU context) run the jobs of different tenants one after
+    /// the other. By default a job of another tenant than the last gets a fresh host: memory
+    /// the driver reuses between launches in one context (a kernel's local memory, AMD's
+    /// scratch) is never cleared, so a kernel could read what the last tenant's left there.
+    /// Set `true` for pools whose tenants trust each other: it saves a context creation per
+    /// change of tenant.
+    #[arg(
+        long,
+        env = "DTEE_GPU_SHARE_HOST",
+        action = clap::ArgAction::Set,
+        default_value = "false",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub gpu_share_host: bool,
     /// Default fuel.
     #[arg(long, env = "DTEE_DEFAULT_FUEL", default_value = "10000000000")]
     #[arg(value_parser = at_least(1u64))]

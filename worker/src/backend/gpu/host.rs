@@ -87,6 +87,8 @@ impl Running {
 enum Ended {
     /// Its job's kernel ran past the job's own deadline: never counted against the device.
     Overrun,
+    /// A job of another tenant than its last came: ended on purpose, never counted.
+    TenantChange,
     /// During a job of this tenant (a kernel fault, a host that died): the kernel's fault or
     /// the device's.
     InJob(String),
@@ -111,6 +113,8 @@ struct State {
     restart_due: bool,
     /// The device the first host opened: every later host must open the same.
     device: Option<DeviceInfo>,
+    /// The tenant whose job the running host ran last (`None`: a fresh host).
+    tenant: Option<String>,
 }
 
 /// One device and the host process that drives it.
@@ -120,6 +124,8 @@ pub struct DeviceHost {
     program: std::path::PathBuf,
     state: Mutex<State>,
     restarts: AtomicU64,
+    /// Whether a host runs the jobs of different tenants one after the other.
+    share_host: bool,
     /// Set once, when the device is given up: read without the state lock, which a running
     /// job holds for as long as it runs.
     failed: OnceLock<String>,
@@ -136,14 +142,23 @@ impl std::fmt::Debug for DeviceHost {
 
 impl DeviceHost {
     /// A supervisor for device `ordinal` of `kind`, whose hosts run `program` (the worker's own
-    /// executable). Nothing starts until the first job.
-    pub fn new(kind: DriverKind, ordinal: u32, program: std::path::PathBuf) -> DeviceHost {
+    /// executable). Nothing starts until the first job. Unless `share_host`, a job of another
+    /// tenant than the last one's gets a fresh host (and GPU context): the driver does not
+    /// clear the memory it reuses between launches in a context (a kernel's local memory,
+    /// AMD's scratch), which the next kernel could read.
+    pub fn new(
+        kind: DriverKind,
+        ordinal: u32,
+        program: std::path::PathBuf,
+        share_host: bool,
+    ) -> DeviceHost {
         DeviceHost {
             kind,
             ordinal,
             program,
             state: Mutex::new(State::default()),
             restarts: AtomicU64::new(0),
+            share_host,
             failed: OnceLock::new(),
         }
     }
@@ -176,7 +191,15 @@ impl DeviceHost {
         tenant: &str,
     ) -> Result<(Response, Vec<Vec<u8>>), HostError> {
         let mut state = self.state.lock().expect("host lock");
+        if !self.share_host
+            && state.running.is_some()
+            && state.tenant.as_deref().is_some_and(|last| last != tenant)
+        {
+            let _ = state.running.take().expect("running").kill();
+            state.ended_by = Ended::TenantChange;
+        }
         self.ensure_running(&mut state)?;
+        state.tenant = Some(tenant.to_owned());
         // The job's time starts once a host is running: a host started now (because the last
         // one died) is not this job's to pay for, nor to be blamed for should its deadline
         // pass meanwhile.
@@ -279,6 +302,10 @@ impl DeviceHost {
         if state.started_once {
             let now = Instant::now();
             let cause = std::mem::take(&mut state.ended_by);
+            if cause == Ended::TenantChange {
+                // Not a restart: nothing failed.
+                return self.start_fresh(state);
+            }
             if cause != Ended::Overrun {
                 state.restarts.push_back((now, cause));
             }
@@ -316,7 +343,13 @@ impl DeviceHost {
                 return Err(HostError::Unavailable(why));
             }
         }
+        self.start_fresh(state)
+    }
+
+    /// Starts a host, which must open the device the first one opened.
+    fn start_fresh(&self, state: &mut State) -> Result<Option<DeviceInfo>, HostError> {
         state.started_once = true;
+        state.tenant = None;
         let (running, info) = self.spawn()?;
         // The same device as the first host's (a host's environment is not the worker's: see
         // `host_variable`), or none.

@@ -106,15 +106,18 @@ impl GpuBackend {
     /// and learns each device from its host. `program` is the worker's executable (a host is
     /// `program __dtee-device-host`). A device whose host does not start is left out, with a
     /// warning; no device at all is an error that gives every reason.
+    /// With `share_host`, a host runs the jobs of different tenants one after the other
+    /// ([`DeviceHost::new`]).
     pub fn start(
         kind: DriverKind,
         ordinals: &[u32],
         program: std::path::PathBuf,
+        share_host: bool,
     ) -> Result<GpuBackend, String> {
         let mut devices = Vec::with_capacity(ordinals.len());
         let mut reasons = Vec::new();
         for &ordinal in ordinals {
-            let host = DeviceHost::new(kind, ordinal, program.clone());
+            let host = DeviceHost::new(kind, ordinal, program.clone(), share_host);
             match host.start() {
                 Ok(info) => devices.push(Device {
                     ordinal,

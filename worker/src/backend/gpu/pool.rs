@@ -148,7 +148,7 @@ mod tests {
             ordinal,
             info,
             // Never started: these tests do not run jobs.
-            host: DeviceHost::new(DriverKind::StandIn, ordinal, "/nonexistent".into()),
+            host: DeviceHost::new(DriverKind::StandIn, ordinal, "/nonexistent".into(), false),
             retired: Default::default(),
         }
     }

@@ -9,6 +9,8 @@
 //! - `fill`: fills every copied-back buffer with its index plus the first parameter (u32);
 //! - `vadd`: adds buffers 0 and 1 as f32 into buffer 2, for the first parameter's n elements
 //!   (the load generator's GPU workload);
+//! - `pid`: writes the host's process id (u32, little-endian) at the start of every
+//!   copied-back buffer (which host ran the job);
 //! - `nap`: sleeps for the first parameter's milliseconds (at most a minute), then copies
 //!   nothing (a kernel that takes a while);
 //! - `sleep`: never returns (a kernel that spins: the worker's watchdog must kill the host);
@@ -127,6 +129,14 @@ impl Driver for StandIn {
                     for i in 0..limit {
                         let sum = f32_at(&ab[0], i) + f32_at(&ab[1], i);
                         out[0][4 * i..4 * i + 4].copy_from_slice(&sum.to_le_bytes());
+                    }
+                }
+            }
+            "pid" => {
+                let pid = std::process::id().to_le_bytes();
+                for (spec, buffer) in request.buffers.iter().zip(buffers.iter_mut()) {
+                    if spec.copy_out && buffer.len() >= pid.len() {
+                        buffer[..pid.len()].copy_from_slice(&pid);
                     }
                 }
             }
