@@ -409,13 +409,18 @@ impl Session {
     /// ([`Session::try_tenant`]); those the broker refused are forgotten, so that their queues
     /// count as not consumed and are tried again.
     pub(crate) fn adopt_pending(&mut self) {
-        for pending in std::mem::take(&mut self.pending) {
+        for mut pending in std::mem::take(&mut self.pending) {
             if !pending.answer.is_finished() {
                 self.pending.push(pending);
                 continue;
             }
-            if let Some(Ok(Ok(consumer))) = pending.answer.now_or_never() {
-                self.add_consumer(pending.queue, pending.tag, consumer, Some(pending.owner));
+            // Finished, but a poll may still say "not yet" (tokio's cooperative budget): kept.
+            match (&mut pending.answer).now_or_never() {
+                None => self.pending.push(pending),
+                Some(Ok(Ok(consumer))) => {
+                    self.add_consumer(pending.queue, pending.tag, consumer, Some(pending.owner))
+                }
+                Some(_) => {}
             }
         }
     }
@@ -491,6 +496,9 @@ impl Session {
         let mut checked = 0usize;
         for queue in to_check {
             checked += 1;
+            // The tenant queues read move the window on, as each is read (the caller may give
+            // up on a slow broker half way); those not reached are read next time.
+            *cursor = start + checked.saturating_sub(self.shared.len());
             let passive = lapin::options::QueueDeclareOptions {
                 passive: true,
                 ..Default::default()
@@ -509,8 +517,6 @@ impl Session {
             }
         }
         let _ = channel.close(200, "checked".into()).await;
-        // The tenant queues read move the window on; those not reached are read next time.
-        *cursor = start + checked.saturating_sub(self.shared.len());
         ready
     }
 
@@ -546,6 +552,15 @@ impl Session {
                         .is_some_and(|rest| rest.starts_with('/'))
             })
         };
+        // A consume of those routes not answered yet is awaited (a little) and its consumer
+        // taken on, to be cancelled with the others: dropped, it would hold the messages the
+        // broker had handed it until the session ends. One still not answered stays pending.
+        for pending in self.pending.iter_mut() {
+            if of_routes(&pending.queue) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut pending.answer).await;
+            }
+        }
+        self.adopt_pending();
         let cancelled: Vec<String> = self
             .consumed
             .iter()
@@ -560,14 +575,6 @@ impl Session {
                 .await;
         }
         self.shared.retain(|queue| !of_routes(queue));
-        // A consume not answered yet: its consumer, once made, is dropped, which cancels it.
-        for pending in std::mem::take(&mut self.pending) {
-            if of_routes(&pending.queue) {
-                drop(pending.answer);
-            } else {
-                self.pending.push(pending);
-            }
-        }
     }
 
     /// Stops the broker from delivering more.

@@ -15,6 +15,10 @@
 //! whose kernels fault cannot take a device away from the others; a GPU that fails everyone's
 //! jobs is given up. (One whose kernels all hang while fresh hosts still start is not: its jobs
 //! are answered `execution_timeout`, which is not final.)
+//!
+//! Unless the worker is told the tenants may share one (`DTEE_GPU_SHARE_HOST`), a job of
+//! another tenant than the last runs in a fresh host, so in a fresh GPU context: drivers do
+//! not clear the memory they reuse between launches in a context. Such a change is no restart.
 
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter};
@@ -195,8 +199,15 @@ impl DeviceHost {
             && state.running.is_some()
             && state.tenant.as_deref().is_some_and(|last| last != tenant)
         {
-            let _ = state.running.take().expect("running").kill();
-            state.ended_by = Ended::TenantChange;
+            let mut running = state.running.take().expect("running");
+            // A host that had ended by itself meanwhile is the device's to answer for.
+            let ended_alone = !matches!(running.child.try_wait(), Ok(None));
+            let _ = running.kill();
+            state.ended_by = if ended_alone {
+                Ended::Device
+            } else {
+                Ended::TenantChange
+            };
         }
         self.ensure_running(&mut state)?;
         state.tenant = Some(tenant.to_owned());
