@@ -101,16 +101,28 @@ pub struct TestEnv {
 /// The password of the RabbitMQ users that tests make for tenants.
 pub const TENANT_PASSWORD: &str = "dtee-test-password";
 
+/// Runs `f`, a blocking call (a child process run to its end), without holding up the async
+/// runtime's other tasks: on a multi-thread runtime through `block_in_place`, which hands the
+/// thread's queued tasks to another thread first. lapin's I/O loops are tasks of the runtime
+/// (third_party/lapin), so an in-process worker that a blocked thread held up could not answer
+/// the child that the test waits for.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Runs `rabbitmqctl -q` with `args`; whether it succeeded.
 pub fn rabbitmqctl(args: &[&str]) -> bool {
     let mut command = std::process::Command::new("rabbitmqctl");
     if let Ok(node) = std::env::var("DTEE_TEST_RABBITMQ_NODE") {
         command.arg("-n").arg(node);
     }
-    command
-        .arg("-q")
-        .args(args)
-        .output()
+    command.arg("-q").args(args);
+    blocking(|| command.output())
         .expect("running rabbitmqctl")
         .status
         .success()

@@ -146,11 +146,9 @@ fn restart_rabbitmq() {
         &["start_app"][..],
         &["await_startup"][..],
     ] {
-        let status = Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(args)
-            .status()
-            .expect("rabbitmqctl");
+        let status =
+            dtee_tests::blocking(|| Command::new("rabbitmqctl").arg("-q").args(args).status())
+                .expect("rabbitmqctl");
         assert!(status.success(), "rabbitmqctl {args:?}");
     }
 }

@@ -5,13 +5,13 @@ use std::process::Command;
 use dtee_tests::{binary, repo_root, TestEnv};
 
 fn dtee(env: &TestEnv, args: &[&str]) -> std::process::Output {
-    Command::new(binary("dtee"))
+    let mut command = Command::new(binary("dtee"));
+    command
         .args(args)
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
-        .env("DTEE_REDIS_URL", dtee_tests::redis_url())
-        .output()
-        .expect("running dtee")
+        .env("DTEE_REDIS_URL", dtee_tests::redis_url());
+    dtee_tests::blocking(|| command.output()).expect("running dtee")
 }
 
 /// Checks a `dtee` run's exit code, showing its stderr when it differs.
@@ -227,9 +227,7 @@ async fn dtee_verify_prints_every_check_and_exits_by_the_verdict() {
 
 /// Runs `dtee` with explicit connection flags (no TestEnv defaults).
 fn dtee_raw(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(binary("dtee"))
-        .args(args)
-        .output()
+    let output = dtee_tests::blocking(|| Command::new(binary("dtee")).args(args).output())
         .expect("run dtee");
     (
         output.status.code(),
@@ -367,19 +365,18 @@ async fn doctor_passes_on_a_healthy_set_up_and_says_what_is_wrong_otherwise() {
     let amqp = dtee_tests::amqp_url();
     let ns = env.namespace.to_string();
     let doctor = |namespace: &str, redis: &str| {
-        let output = Command::new(binary("dtee"))
-            .args([
-                "--amqp-url",
-                &amqp,
-                "--redis-url",
-                redis,
-                "--namespace",
-                namespace,
-                "doctor",
-                "--json",
-            ])
-            .output()
-            .expect("run dtee doctor");
+        let mut command = Command::new(binary("dtee"));
+        command.args([
+            "--amqp-url",
+            &amqp,
+            "--redis-url",
+            redis,
+            "--namespace",
+            namespace,
+            "doctor",
+            "--json",
+        ]);
+        let output = dtee_tests::blocking(|| command.output()).expect("run dtee doctor");
         let checks: Vec<serde_json::Value> =
             serde_json::from_slice(&output.stdout).expect("doctor --json prints JSON");
         (output.status.code(), checks)
@@ -485,13 +482,13 @@ async fn a_status_line_is_shown_while_waiting_on_a_terminal_only() {
         binary("dtee").display(),
         on_tty.display()
     );
-    let output = Command::new("script")
+    let mut script = Command::new("script");
+    script
         .args(["-qec", &command, "/dev/null"])
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
-        .env("DTEE_REDIS_URL", dtee_tests::redis_url())
-        .output()
-        .expect("script(1) from util-linux");
+        .env("DTEE_REDIS_URL", dtee_tests::redis_url());
+    let output = dtee_tests::blocking(|| script.output()).expect("script(1) from util-linux");
     let terminal = String::from_utf8_lossy(&output.stdout);
     assert!(terminal.contains("waiting for sha256:"), "{terminal:?}");
     assert!(

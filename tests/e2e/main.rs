@@ -1,6 +1,7 @@
 //! End-to-end tests against the real RabbitMQ and Redis. One binary, a module per theme;
 //! every test has its own namespace (see `dtee_tests::TestEnv`).
 
+mod amqp_client;
 mod attestation;
 mod cli;
 mod commit_atomicity;

@@ -91,10 +91,12 @@ async fn metrics_and_health_move_with_the_jobs() {
 
 /// Closes the worker's AMQP connections from the broker side, as a broker restart would.
 fn close_worker_connections(worker_id: &str) -> usize {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .expect("running rabbitmqctl");
+    let output = dtee_tests::blocking(|| {
+        std::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+    })
+    .expect("running rabbitmqctl");
     let listing = String::from_utf8_lossy(&output.stdout);
     let mut closed = 0;
     for line in listing
@@ -102,15 +104,17 @@ fn close_worker_connections(worker_id: &str) -> usize {
         .filter(|line| line.contains(&format!("dtee-worker {worker_id}")))
     {
         let pid = line.split_whitespace().next().unwrap();
-        let status = std::process::Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "close_connection",
-                pid,
-                "test: simulated broker restart",
-            ])
-            .status()
-            .unwrap();
+        let status = dtee_tests::blocking(|| {
+            std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "close_connection",
+                    pid,
+                    "test: simulated broker restart",
+                ])
+                .status()
+        })
+        .unwrap();
         assert!(status.success());
         closed += 1;
     }

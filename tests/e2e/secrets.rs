@@ -674,14 +674,14 @@ async fn the_cli_puts_lists_gets_deletes_and_runs_with_secrets() {
     let dir = std::env::temp_dir().join(format!("dtee-secret-cli-{}", env.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let dtee = |args: &[&str]| {
-        Command::new(binary("dtee"))
+        let mut command = Command::new(binary("dtee"));
+        command
             .args(args)
             .env("DTEE_NAMESPACE", env.namespace.as_str())
             .env("DTEE_AMQP_URL", tenant_amqp_url(user))
             .env("DTEE_REDIS_URL", &env.redis_url)
-            .env("CAROL_TOKEN", "from the environment")
-            .output()
-            .unwrap()
+            .env("CAROL_TOKEN", "from the environment");
+        dtee_tests::blocking(|| command.output()).unwrap()
     };
     let ok = |output: std::process::Output| {
         assert!(

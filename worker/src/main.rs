@@ -40,9 +40,9 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    // Half the cores by default: the runtime's threads hand work to lapin's I/O thread and to
-    // the kernel threads, and on 2 cores one runtime thread spent 9 % less CPU per trivial job
-    // than two at the same throughput (README, "Performance").
+    // Half the cores by default: the runtime's threads run the jobs' tasks and lapin's I/O
+    // loops (third_party/lapin) and hand kernels to threads of their own; on 2 cores one
+    // runtime thread spent less CPU per trivial job than two (README, "Performance").
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime_threads)
         .enable_all()

@@ -163,12 +163,22 @@ impl Channels {
     }
 
     pub(crate) fn set_connection_error(&self, error: Error) {
+        self.fail_connection(error, true);
+    }
+
+    /// [`Channels::set_connection_error`], logged only if `log` (dtee's patch: the I/O task
+    /// dropped with its runtime, when nothing is left to hear about it).
+    pub(crate) fn fail_connection(&self, error: Error, log: bool) {
         // Do nothing if we were already in error
         if let ConnectionState::Error = self.connection_status.set_state(ConnectionState::Error) {
             return;
         }
 
-        error!(%error, "Connection error");
+        if log {
+            error!(%error, "Connection error");
+        } else {
+            debug!(%error, "Connection error");
+        }
         if let Some(resolver) = self.frames.connection_resolver(0) {
             resolver.reject(error.clone());
         }

@@ -30,7 +30,7 @@ use tracing::{Instrument, Level, debug, error, trace};
 
 const FRAMES_STORAGE: usize = 32;
 
-/// Rounds of the I/O task that may find an event already queued (and so not yield) in a row.
+/// Rounds of the I/O task in a row without giving the runtime a turn, at most.
 const ROUNDS_BEFORE_YIELD: u32 = 16;
 
 /// The I/O loop while its task has it (dtee's patch): if the task is dropped before the loop is
@@ -55,6 +55,22 @@ impl<
         if let Some(mut io_loop) = self.0.take() {
             let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
             io_loop.clear_serialized_frames(error);
+        }
+    }
+}
+
+/// The I/O task's future, with a panic in it answered as `Err(())` (dtee's patch): the thread
+/// that waits for the task then says that it panicked, which a dropped task cannot tell it.
+struct CatchUnwind<F: Future>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = std::result::Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(_) => Poll::Ready(Err(())),
         }
     }
 }
@@ -282,18 +298,27 @@ impl<
                     );
                     drop(runtime_for_task.spawn(
                         async move {
-                            let _ = sender.send(driven.await);
+                            let _ = sender.send(CatchUnwind(Box::pin(driven)).await);
                         }
                         .instrument(loop_span.clone()),
                     ));
-                    let Ok((io_loop, returned, mut res)) = receiver.recv() else {
-                        // The runtime ended, or the task panicked, with the loop on it: fail
-                        // the connection and everything waiting on it, so that nothing waits
-                        // for a loop that is gone (the frames it held are dropped with it).
-                        let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
-                        channels.set_connection_error(error.clone());
-                        internal_rpc.stop();
-                        return Err(error);
+                    let (io_loop, returned, mut res) = match receiver.recv() {
+                        Ok(Ok(driven)) => driven,
+                        lost => {
+                            // The task panicked, or its runtime ended, with the loop on it:
+                            // fail the connection and everything waiting on it, so that
+                            // nothing waits for a loop that is gone (the frames the loop held
+                            // were failed with it, `Driving`). Quietly when the runtime
+                            // ended: nothing is left to hear about it.
+                            let panicked = matches!(lost, Ok(Err(())));
+                            if panicked {
+                                error!("the AMQP connection's I/O task panicked; the connection is lost");
+                            }
+                            let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
+                            channels.fail_connection(error.clone(), panicked);
+                            internal_rpc.stop();
+                            return Err(error);
+                        }
                     };
                     self = io_loop;
                     stream = returned;
@@ -401,6 +426,8 @@ impl<
                 if this.connecting() && io_err {
                     break;
                 }
+                // A round cut short by an error did not reach its yield.
+                YieldNow(false).await;
             }
         }
         let this = driving.0.take().expect("handed back once");
@@ -428,36 +455,41 @@ impl<
         );
         if !self.can_read() && !self.can_write() && self.should_continue(connection_killswitch) {
             trace!("io_loop cannot do anything for now, waiting for socket events.");
-            if self.rounds_since_yield >= ROUNDS_BEFORE_YIELD {
-                // Events already queued answer at once: give the runtime a turn now and then.
+            if self.socket_state.wait_async().await {
                 self.rounds_since_yield = 0;
-                YieldNow(false).await;
             }
-            self.rounds_since_yield += 1;
-            self.socket_state.wait_async().await;
-        } else {
-            // Let the runtime's other tasks run between two rounds of work.
+        }
+        // The task gives the runtime a turn after this many rounds in a row without one (rounds
+        // of work, or waits that an event already queued answered at once).
+        self.rounds_since_yield += 1;
+        // The contexts are not Send: they end before the task may yield.
+        {
+            let readable_context = &mut Context::from_waker(readable_waker);
+            let writable_context = &mut Context::from_waker(writable_waker);
+            self.poll_socket_events();
+            self.attempt_flush(stream.as_mut(), writable_context, connection_killswitch)?;
+            self.write(stream.as_mut(), writable_context, connection_killswitch)?;
+            self.check_connection_state();
+            if self.should_continue(connection_killswitch) {
+                self.read(stream, readable_context, connection_killswitch)?;
+            }
+            self.handle_frames(connection_killswitch)?;
+            self.check_connection_state();
+            trace!(
+                can_read=%self.socket_state.readable(),
+                can_write=%self.socket_state.writable(),
+                has_data=%self.has_data(),
+                status=?self.status,
+                "io_loop do_run done",
+            );
+        }
+        let more = self.can_read() || self.can_write();
+        if more || self.rounds_since_yield >= ROUNDS_BEFORE_YIELD {
+            // More to do at once (or many rounds without a turn): the runtime's other tasks
+            // run first; a round that will wait for an event gives its turn by waiting.
             self.rounds_since_yield = 0;
             YieldNow(false).await;
         }
-        let readable_context = &mut Context::from_waker(readable_waker);
-        let writable_context = &mut Context::from_waker(writable_waker);
-        self.poll_socket_events();
-        self.attempt_flush(stream.as_mut(), writable_context, connection_killswitch)?;
-        self.write(stream.as_mut(), writable_context, connection_killswitch)?;
-        self.check_connection_state();
-        if self.should_continue(connection_killswitch) {
-            self.read(stream, readable_context, connection_killswitch)?;
-        }
-        self.handle_frames(connection_killswitch)?;
-        self.check_connection_state();
-        trace!(
-            can_read=%self.socket_state.readable(),
-            can_write=%self.socket_state.writable(),
-            has_data=%self.has_data(),
-            status=?self.status,
-            "io_loop do_run done",
-        );
         Ok(())
     }
 

@@ -53,11 +53,23 @@ impl SocketState {
 
     /// Waits for the next socket event. dtee's patch (see `PATCHED.md`): the I/O loop runs as a
     /// task of the async runtime, and the event wakes the task instead of a blocked thread.
-    pub(crate) async fn wait_async(&mut self) {
-        match self.events.recv_async().await {
+    /// Answers whether the task had to wait (an event already queued answers at once).
+    pub(crate) async fn wait_async(&mut self) -> bool {
+        let mut suspended = false;
+        let received = {
+            let mut receiving = std::pin::pin!(self.events.recv_async());
+            std::future::poll_fn(|cx| {
+                let poll = receiving.as_mut().poll(cx);
+                suspended |= poll.is_pending();
+                poll
+            })
+            .await
+        };
+        match received {
             Ok(event) => self.handle_event(event),
             Err(err) => error!(?err, "waiting for socket event failed"),
         }
+        suspended
     }
 
     pub(crate) fn reset(&mut self) {
