@@ -105,7 +105,11 @@ async fn matmul_sha256_and_saxpy_outputs_match_rust_references() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identical_job_is_answered_from_the_cache_not_run_again() {
     let env = TestEnv::new("dedup").await;
-    let worker = env.start_worker().await;
+    // The usual order, prior answers first: with late answers (the default, tests/e2e/late.rs)
+    // a short stateless repeat runs and its run is discarded.
+    let worker = env
+        .start_worker_with(|config| config.late_answers = false)
+        .await;
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
     spec.buffers = vec![inline_input("in", b"hello dtee"), output("out", 64)];
 

@@ -14,6 +14,7 @@ mod gpu;
 mod gpu_host;
 mod hostile;
 mod jobs;
+mod late;
 mod limits;
 mod memory;
 mod operability;

@@ -109,7 +109,11 @@ async fn an_expired_copy_of_another_tenants_job_decides_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_cancels_only_its_own_jobs() {
     let env = TestEnv::new("tenancy-cancel").await;
-    let worker = env.start_worker().await;
+    // The usual order, revocation read before the run (tests/e2e/late.rs covers tenancy of
+    // revocations read after a short run).
+    let worker = env
+        .start_worker_with(|config| config.late_answers = false)
+        .await;
     let alice = env.tenant_client("dtee-test-alice").await;
     let bob = env.tenant_client("dtee-test-bob").await;
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");

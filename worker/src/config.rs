@@ -112,6 +112,8 @@ pub struct Config {
     pub max_state_value_bytes: u64,
     /// Fuel of a short first run of a WebAssembly kernel on the job's task (0: none).
     pub short_run_fuel: u64,
+    /// Whether short stateless jobs read their prior answers after the run (`job::late`).
+    pub late_answers: bool,
     /// Compiled modules kept in memory.
     pub module_cache_size: usize,
     /// Bytes of compiled modules kept in memory.
@@ -231,6 +233,7 @@ impl Config {
             max_result_bytes: args.max_result_bytes,
             max_state_value_bytes: args.max_state_value_bytes,
             short_run_fuel: args.short_run_fuel,
+            late_answers: args.late_answers,
             module_cache_size: args.module_cache_size,
             module_cache_bytes: args.module_cache_bytes,
             compile: CompileSettings {

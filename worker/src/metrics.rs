@@ -118,7 +118,11 @@ impl Metrics {
         );
         describe_counter(
             "dtee_jobs_deduplicated_total",
-            "Jobs answered from the result cache without running.",
+            "Jobs answered from the result cache (without running, or discarding a short run settled late).",
+        );
+        describe_counter(
+            "dtee_jobs_settled_late_total",
+            "Jobs whose cached result and revocation were read after a short run, with the caching of their result.",
         );
         describe_counter(
             "dtee_jobs_dead_lettered_total",
@@ -168,6 +172,9 @@ impl Metrics {
             }),
             (counter("dtee_jobs_deduplicated_total", vec![]), |s| {
                 Stats::get(&s.deduplicated)
+            }),
+            (counter("dtee_jobs_settled_late_total", vec![]), |s| {
+                Stats::get(&s.settled_late)
             }),
             (counter("dtee_jobs_dead_lettered_total", vec![]), |s| {
                 Stats::get(&s.dead_lettered)

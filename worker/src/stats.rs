@@ -30,8 +30,12 @@ pub struct Stats {
     pub succeeded: AtomicU64,
     /// Results published with status failed.
     pub failed: AtomicU64,
-    /// Jobs answered from the result cache without running.
+    /// Jobs answered from the result cache (without running, or, for a job settled late,
+    /// discarding a short run).
     pub deduplicated: AtomicU64,
+    /// Jobs whose cached result and revocation were read after a short run, in the round trip
+    /// that cached their result (`DTEE_LATE_ANSWERS`).
+    pub settled_late: AtomicU64,
     /// Transient failures retried.
     pub retried: AtomicU64,
     /// Deliveries acknowledged.
@@ -81,6 +85,7 @@ impl Default for Stats {
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
+            settled_late: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             results_refused: AtomicU64::new(0),

@@ -81,6 +81,11 @@ impl Telemetry {
         Stats::bump(&self.stats.deduplicated);
     }
 
+    /// A job's prior answers were read after a short run.
+    pub(crate) fn settled_late(&self) {
+        Stats::bump(&self.stats.settled_late);
+    }
+
     /// A job's writes were found committed already (a redelivery after a crash).
     pub(crate) fn found_applied(&self) {
         Stats::bump(&self.stats.already_applied);

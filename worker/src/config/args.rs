@@ -113,6 +113,18 @@ pub struct Args {
     /// is run again, from the start, on a blocking thread (0: every kernel on a blocking thread).
     #[arg(long, env = "DTEE_SHORT_RUN_FUEL", default_value = "2000000")]
     pub short_run_fuel: u64,
+    /// Whether a stateless job without secrets whose kernel is compiled here and known to
+    /// finish in a short run runs before its cached result and revocation are read, which are
+    /// then read in the round trip that caches its result (one round trip instead of two; the
+    /// run is discarded when either answers).
+    #[arg(
+        long,
+        env = "DTEE_LATE_ANSWERS",
+        action = clap::ArgAction::Set,
+        default_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub late_answers: bool,
     /// Compiled modules kept in memory, for each wasm profile (`deterministic`, `fast`).
     #[arg(long, env = "DTEE_MODULE_CACHE_SIZE", default_value = "128")]
     #[arg(value_parser = at_least(1usize))]

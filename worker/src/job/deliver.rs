@@ -105,7 +105,8 @@ async fn deliver_cached(
                 // (In the result cache: a success or final failure this worker cached, or an
                 // answer it read from there or from the applied record and cached.)
                 let reread = outcome.held.is_some()
-                    && (matches!(outcome.cache, CachePolicy::Final) || outcome.from_cache);
+                    && (matches!(outcome.cache, CachePolicy::Final | CachePolicy::Cached)
+                        || outcome.from_cache);
                 if reread {
                     outcome.held = None;
                     outcome.body = Vec::new();
@@ -203,7 +204,7 @@ pub(crate) fn ack_unanswered(ctx: &Context, delivery: &Delivery, acks: &Acks) {
 async fn cache(ctx: &Context, tenant: &str, outcome: &mut Outcome) -> Result<(), Transient> {
     let store = &ctx.store;
     match outcome.cache {
-        CachePolicy::Never => {}
+        CachePolicy::Never | CachePolicy::Cached => {}
         CachePolicy::Failure => {
             if crate::hooks::active(&ctx.config, crate::hooks::TestHook::SlowFailure) {
                 tokio::time::sleep(Duration::from_secs(3)).await;

@@ -322,6 +322,7 @@ async fn run_kernel(
     let started = Instant::now();
     let completed = match short_run::try_short(ctx, job, &plan.runner, kernel, &invocation) {
         Some(completed) => completed,
+        None if plan.short_only => return Err(Halt::NotShort),
         None => run_blocking(ctx, job, plan, kernel, invocation).await?,
     };
     let error = completed.as_ref().err().map(|error| error.code);

@@ -4,8 +4,9 @@
 //!    before this. Hands on an [`Admitted`] job: inputs decoded or named by digest, state keys
 //!    parsed and checked against the tenant.
 //! 2. [`prior`] — answers that exist before running (the state snapshot, read with them, only
-//!    once the job's buffers and parameters are counted: [`plan::counted`]): the result cache, the applied record of a
-//!    committed job, a revocation.
+//!    once the job's buffers and parameters are counted: [`plan::counted`]): the result cache,
+//!    the applied record of a committed job, a revocation. A short stateless job reads them
+//!    after a short run instead, in the round trip that caches its result: [`late`].
 //! 3. [`plan`] — what this worker will run it with: target, format, resolved limits, the
 //!    attestation requirement. Hands on a [`plan::Plan`].
 //! 4. [`fetch`] — the compiled kernel and the input blobs, as backend slots.
@@ -22,6 +23,7 @@ mod deliver;
 pub(crate) use deliver::ack_unanswered;
 pub(crate) mod execute;
 mod fetch;
+mod late;
 pub(crate) mod outcome;
 pub(crate) mod plan;
 mod prior;
@@ -112,6 +114,9 @@ pub(crate) enum Halt {
     Fail(Failure),
     /// Something outside the job failed: retry the whole attempt later.
     Retry(Transient),
+    /// A job run ahead of its prior answers ([`late`]) did not finish in a short run: it
+    /// takes the usual order instead. Never leaves [`run`].
+    NotShort,
 }
 
 impl From<Transient> for Halt {
@@ -234,6 +239,7 @@ async fn evaluate(ctx: &Context, job: &Admitted) -> Result<Outcome, Transient> {
         Ok(outcome) | Err(Halt::Answer(outcome)) => Ok(outcome),
         Err(Halt::Fail(failure)) => Ok(outcome::failed(ctx, job, failure)),
         Err(Halt::Retry(error)) => Err(error),
+        Err(Halt::NotShort) => unreachable!("run() takes the usual order after a late run"),
     }
 }
 
@@ -242,6 +248,16 @@ async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
     // Counted before the state snapshot is read (it reads every binding the job lists), but
     // after the answers that already exist, which stand whatever this worker's limits say.
     let counted = plan::counted(ctx, job);
+    if counted.is_ok() {
+        if let Ok(plan) = plan::plan(ctx, job) {
+            if late::eligible(ctx, job, &plan) {
+                match late::run(ctx, job, plan).await {
+                    Err(Halt::NotShort) => {}
+                    answered => return answered,
+                }
+            }
+        }
+    }
     // What the job reads ahead of its run, and its data slot once it reads much.
     let mut reads = reads::Reads::new(ctx, &job.tenant);
     let first_snapshot = prior::answer(ctx, job, counted.is_ok(), &mut reads).await?;

@@ -31,6 +31,9 @@ pub(crate) enum CachePolicy {
     /// In the short-lived failure slot, replacing what is there: a failure that may not
     /// recur when the job is resubmitted.
     Failure,
+    /// In the result cache already: a success or a final failure this execution cached when
+    /// it read the job's prior answers after the run ([`super::late`]).
+    Cached,
 }
 
 /// Whether a result is a success, and the code of a failure.
@@ -273,7 +276,7 @@ pub(crate) fn failed_as(
     );
     let claim = match cache {
         CachePolicy::Final | CachePolicy::Failure => parsed.and_then(admit::writable_hash_tag),
-        CachePolicy::Never => None,
+        CachePolicy::Never | CachePolicy::Cached => None,
     };
     Outcome {
         job_id,

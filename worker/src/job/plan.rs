@@ -21,6 +21,9 @@ pub(crate) struct Plan {
     pub limits: EffectiveLimits,
     /// The backend that runs the job.
     pub runner: Runner,
+    /// Whether the kernel may run only as a short run on the job's task, stopping the path
+    /// with [`super::Halt::NotShort`] otherwise ([`super::late`]).
+    pub short_only: bool,
 }
 
 /// Plans the run, or fails the job with the reason this worker cannot run it.
@@ -73,7 +76,11 @@ pub(crate) fn plan(ctx: &Context, job: &Admitted) -> Result<Plan, Failure> {
             .with_limits(limits));
         }
     }
-    Ok(Plan { limits, runner })
+    Ok(Plan {
+        limits,
+        runner,
+        short_only: false,
+    })
 }
 
 /// Refuses a job listing more buffers or parameters than this worker accepts

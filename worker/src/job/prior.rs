@@ -137,3 +137,12 @@ fn foreign_value(error: redis::RedisError, id: &Digest) -> Halt {
     }
     Halt::from(error)
 }
+
+/// As [`foreign_value`], for a result key found holding another type than a string after a
+/// short run ([`super::late`]): the run is discarded, nothing was cached.
+pub(crate) fn foreign_result(id: &Digest) -> Halt {
+    Halt::Fail(Failure::new(
+        ErrorCode::InternalError,
+        format!("the redis key of job {id}'s cached result holds a value the worker never writes there; nothing was read, nothing was cached"),
+    ))
+}

@@ -61,7 +61,7 @@ impl LongKernels {
         )
     }
 
-    fn contains(&self, job: &Admitted) -> bool {
+    pub(super) fn contains(&self, job: &Admitted) -> bool {
         self.has(&job.tenant, || Self::kernel(job))
     }
 
