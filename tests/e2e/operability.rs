@@ -20,8 +20,12 @@ fn samples(text: &str) -> HashMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_move_with_the_jobs() {
     let env = TestEnv::new("metrics").await;
+    // The usual order (a repeat answered from the cache does not run): late answers off.
     let worker = env
-        .start_worker_with(|c| c.metrics_addr = Some("127.0.0.1:0".parse().unwrap()))
+        .start_worker_with(|c| {
+            c.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+            c.late_answers = false;
+        })
         .await;
     let addr = worker.metrics_addr.expect("metrics served");
 
@@ -81,6 +85,7 @@ async fn metrics_and_health_move_with_the_jobs() {
     );
     assert_eq!(again["dtee_limit_kills_total{limit=\"fuel\"}"], 1.0);
     assert_eq!(again["dtee_kernel_execution_seconds_count"], 4.0);
+    assert_eq!(again["dtee_jobs_settled_late_total"], 0.0);
     // No job id or key ever becomes a label.
     let text = get(addr, "/metrics").await.1;
     assert!(!text.contains("sha256:"), "a digest leaked into a label");

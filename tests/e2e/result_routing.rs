@@ -185,7 +185,10 @@ async fn a_reply_binding_brings_every_submitted_result_and_nobody_elses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_watch_that_reads_nothing_gets_a_cached_answer_through_the_reply_queue() {
     let env = TestEnv::new("reply-only").await;
-    let worker = env.start_worker().await;
+    // The usual order: a short stateless repeat settled late would run (tests/e2e/late.rs).
+    let worker = env
+        .start_worker_with(|config| config.late_answers = false)
+        .await;
     let echo = env.put_kernel("echo").await;
     let mut spec = wasm_job(echo, "echo");
     spec.buffers = vec![

@@ -36,6 +36,36 @@ end
 return 0
 ";
 
+/// KEYS[1]: a job's result key; KEYS[2]: its revocation by the delivery's tenant. ARGV[1]: the
+/// most bytes of a cached result to answer (one more answers "larger"); ARGV[2]: "1" to cache
+/// ARGV[3] for ARGV[4] seconds unless a result is cached already. The answers of
+/// [`Store::late`], in the order of precedence of [`Store::prior`] (a cached result, then the
+/// revocation), all at once: nothing is cached for a revoked job. 4 when the result key holds
+/// another type than a string (never a worker's doing). Two calls in the usual case, as each
+/// costs Redis a few µs in a script (`SET … NX GET` answers what it did not replace: Redis 7).
+const LATE: &str = r"
+local function answer(cached)
+  if type(cached) == 'table' then
+    return {4, ''}
+  end
+  if cached and cached ~= '' then
+    local max = tonumber(ARGV[1])
+    if string.len(cached) > max then
+      cached = string.sub(cached, 1, max + 1)
+    end
+    return {1, cached}
+  end
+  return nil
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return answer(redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])) or {2, ''}
+end
+if ARGV[2] == '1' then
+  return answer(redis.pcall('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[4], 'GET')) or {0, ''}
+end
+return answer(redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])) or {3, ''}
+";
+
 /// What a job's prior answers said after it ran ([`Store::late`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Late {
@@ -76,6 +106,7 @@ pub enum Stored {
 pub struct Store {
     redis: RedisConn,
     namespace: Namespace,
+    late: dtee_net::Lua,
 }
 
 impl std::fmt::Debug for Store {
@@ -95,7 +126,11 @@ impl Store {
     ) -> Result<Store, redis::RedisError> {
         let redis =
             dtee_net::redis_conn::connect(url, tls, dtee_net::RedisOptions::default()).await?;
-        Ok(Store { redis, namespace })
+        Ok(Store {
+            redis,
+            namespace,
+            late: dtee_net::Lua::new(LATE),
+        })
     }
 
     /// Whether Redis answers.
@@ -265,15 +300,11 @@ impl Store {
         self.redis.is_cluster()
     }
 
-    /// The answers [`Store::prior`] reads, read after the job ran, in one round trip with
-    /// caching `result` (its bytes and lifetime) unless a result is cached already: a cached
-    /// result (read no further than `max_bytes`), then `tenant`'s revocation. The three commands
-    /// go in one pipeline, not a script (a script cost Redis 46 µs a call here, the pipeline's
-    /// commands under 8 µs in all), so the result is cached even when the job turns out to be
-    /// revoked: it is then deleted again (a second round trip, for revoked jobs only), before
-    /// anything is published. Until then another delivery of the id may find it, as it may
-    /// find any result cached while its tenant revokes it ("Cancellation" in PROTOCOL.md). One
-    /// node only: on a cluster the commands could run in another order.
+    /// The answers [`Store::prior`] reads, read after the job ran, in one round trip and at
+    /// once with caching `result` (its bytes and lifetime) when neither is there: a cached
+    /// result (read no further than `max_bytes`), then `tenant`'s revocation. One script, so
+    /// nothing is cached for a revoked job, even for a moment; one node only (the two keys lie
+    /// in different slots of a cluster).
     pub async fn late(
         &self,
         tenant: &str,
@@ -281,66 +312,22 @@ impl Store {
         result: Option<(&[u8], Duration)>,
         max_bytes: u64,
     ) -> Result<Late, redis::RedisError> {
-        let key = self.namespace.result_key(job_id);
-        // GETRANGE answers at most `max_bytes` + 1 bytes, and "" for a missing key (a result is
-        // never empty).
-        let mut commands = vec![
-            redis::cmd("GETRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(max_bytes)
-                .clone(),
-            redis::cmd("EXISTS")
-                .arg(self.namespace.revoked_key(tenant, job_id))
-                .clone(),
-        ];
-        if let Some((bytes, ttl)) = result {
-            commands.push(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(bytes)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1))
-                    .clone(),
-            );
-        }
-        let values = match self.redis.each::<redis::Value>(commands).await {
-            Err(error) if dtee_net::is_wrong_type(&error) => return Ok(Late::Foreign),
-            other => other?,
+        let mut call = self.late.call();
+        call.key(self.namespace.result_key(job_id))
+            .key(self.namespace.revoked_key(tenant, job_id))
+            .arg(max_bytes);
+        match result {
+            Some((bytes, ttl)) => call.arg("1").arg(bytes).arg(ttl.as_secs().max(1)),
+            None => call.arg("0"),
         };
-        let mut values = values.into_iter();
-        let cached: Vec<u8> = match values.next() {
-            Some(value) => redis::from_redis_value(value)?,
-            None => Vec::new(),
-        };
-        let revoked: i64 = match values.next() {
-            Some(value) => redis::from_redis_value(value)?,
-            None => 0,
-        };
-        let stored = matches!(values.next(), Some(redis::Value::Okay));
-        if !cached.is_empty() {
-            return Ok(Late::Cached(if cached.len() as u64 > max_bytes {
-                Stored::Larger
-            } else {
-                Stored::Whole(cached)
-            }));
-        }
-        if revoked > 0 {
-            if stored {
-                // Ours (SET NX stored it, and nothing else replaces a cached result).
-                redis::cmd("DEL")
-                    .arg(&key)
-                    .query_async::<()>(&mut self.redis.clone())
-                    .await?;
-            }
-            return Ok(Late::Revoked);
-        }
-        Ok(match (result.is_some(), stored) {
-            (true, true) => Late::Stored,
-            // Cached by another execution between the two reads: it is adopted when this
-            // outcome is cached the usual way.
-            (true, false) | (false, _) => Late::Nothing,
+        let (answer, cached): (i64, Vec<u8>) = self.redis.run_script(&call).await?;
+        Ok(match answer {
+            0 => Late::Stored,
+            1 if cached.len() as u64 > max_bytes => Late::Cached(Stored::Larger),
+            1 => Late::Cached(Stored::Whole(cached)),
+            2 => Late::Revoked,
+            3 => Late::Nothing,
+            _ => Late::Foreign,
         })
     }
 

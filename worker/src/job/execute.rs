@@ -318,13 +318,20 @@ async fn run_kernel(
         Runner::Wasm(_) => ctx.kernel_slots.acquire(&job.tenant).await,
         Runner::Gpu(gpu) => gpu.slots.acquire(&job.tenant).await,
     };
-    ctx.telemetry.kernel_started();
+    // A run counts once, however it ends: a short run stopped at its budget and run again (on
+    // a blocking thread here, or in the usual order after a late one) is one run.
+    if !plan.short_only {
+        ctx.telemetry.kernel_started();
+    }
     let started = Instant::now();
     let completed = match short_run::try_short(ctx, job, &plan.runner, kernel, &invocation) {
         Some(completed) => completed,
-        None if plan.short_only => return Err(Halt::NotShort),
+        None if plan.short_only => return Err(Halt::UsualOrder),
         None => run_blocking(ctx, job, plan, kernel, invocation).await?,
     };
+    if plan.short_only {
+        ctx.telemetry.kernel_started();
+    }
     let error = completed.as_ref().err().map(|error| error.code);
     ctx.telemetry.kernel_stopped(started.elapsed(), error);
     completed

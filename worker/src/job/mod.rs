@@ -114,9 +114,10 @@ pub(crate) enum Halt {
     Fail(Failure),
     /// Something outside the job failed: retry the whole attempt later.
     Retry(Transient),
-    /// A job run ahead of its prior answers ([`late`]) did not finish in a short run: it
-    /// takes the usual order instead. Never leaves [`run`].
-    NotShort,
+    /// A job run ahead of its prior answers ([`late`]) takes the usual order after all: its
+    /// kernel did not finish in a short run, or its answers could not be read or settled.
+    /// Never leaves [`run`].
+    UsualOrder,
 }
 
 impl From<Transient> for Halt {
@@ -239,7 +240,7 @@ async fn evaluate(ctx: &Context, job: &Admitted) -> Result<Outcome, Transient> {
         Ok(outcome) | Err(Halt::Answer(outcome)) => Ok(outcome),
         Err(Halt::Fail(failure)) => Ok(outcome::failed(ctx, job, failure)),
         Err(Halt::Retry(error)) => Err(error),
-        Err(Halt::NotShort) => unreachable!("run() takes the usual order after a late run"),
+        Err(Halt::UsualOrder) => unreachable!("run() takes the usual order after a late run"),
     }
 }
 
@@ -248,13 +249,11 @@ async fn run(ctx: &Context, job: &Admitted) -> Result<Outcome, Halt> {
     // Counted before the state snapshot is read (it reads every binding the job lists), but
     // after the answers that already exist, which stand whatever this worker's limits say.
     let counted = plan::counted(ctx, job);
-    if counted.is_ok() {
-        if let Ok(plan) = plan::plan(ctx, job) {
-            if late::eligible(ctx, job, &plan) {
-                match late::run(ctx, job, plan).await {
-                    Err(Halt::NotShort) => {}
-                    answered => return answered,
-                }
+    if counted.is_ok() && late::may(ctx, job) {
+        if let Some((plan, kernel)) = late::planned(ctx, job) {
+            match late::run(ctx, job, plan, kernel).await {
+                Err(Halt::UsualOrder) => {}
+                answered => return answered,
             }
         }
     }

@@ -22,7 +22,7 @@ pub(crate) struct Plan {
     /// The backend that runs the job.
     pub runner: Runner,
     /// Whether the kernel may run only as a short run on the job's task, stopping the path
-    /// with [`super::Halt::NotShort`] otherwise ([`super::late`]).
+    /// with [`super::Halt::UsualOrder`] otherwise ([`super::late`]).
     pub short_only: bool,
 }
 
