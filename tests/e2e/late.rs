@@ -211,6 +211,19 @@ async fn a_kernel_that_outgrows_its_short_run_reads_its_answers_before_running_o
     assert_eq!(Stats::get(&worker.stats.settled_late), 1);
     assert_eq!(Stats::get(&worker.stats.executed), 4);
 
+    // What outgrows a short run is remembered by tenant: Bob's small job is settled late (the
+    // module is compiled already), and his long one runs a short run that stops, then the
+    // usual order runs it to the end on a blocking thread, which counts as one run.
+    let bob = env.tenant_client("dtee-test-late-long-bob").await;
+    let result = dtee_tests::run_as(&bob, &job(16, "bob's short job")).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    let result = dtee_tests::run_as(&bob, &job(64 * 1024, "bob's long job")).await;
+    assert!(result.succeeded(), "{:?}", result.error);
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 7).await;
+    assert_eq!(Stats::get(&worker.stats.settled_late), 2, "bob's short job");
+    assert_eq!(Stats::get(&worker.stats.executed), 6, "one run each");
+    bob.close().await;
+
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
@@ -239,5 +252,82 @@ async fn with_late_answers_off_a_repeat_never_runs() {
     assert_eq!(Stats::get(&worker.stats.deduplicated), 1);
     assert_eq!(Stats::get(&worker.stats.settled_late), 0);
     worker.shutdown().await.unwrap();
+    env.cleanup().await;
+}
+
+/// A late script that Redis refuses (here an ACL without write access to the job's result key;
+/// a full or read-only Redis refuses it up front too) sends the job the usual order, which
+/// answers a cached job with reads alone: never `internal_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_sends_the_job_the_usual_order() {
+    let env = TestEnv::new("late-refused").await;
+    let echo = env.put_kernel("echo").await;
+    let job = |nonce: &str| {
+        let mut spec = wasm_job(echo.clone(), "echo");
+        spec.buffers = vec![inline_input("in", b"refused"), output("out", 8)];
+        spec.nonce = Some(nonce.to_owned());
+        spec
+    };
+    let (first, cached_job) = (job("first"), job("cached"));
+    let first_id = dtee_schemas::job_id(&first).unwrap();
+
+    // The second job's result is cached by a worker that may write it.
+    let full = env.start_worker().await;
+    let cached_result = published(&env.client, &cached_job).await;
+    assert!(cached_result.succeeded(), "{:?}", cached_result.error);
+    full.shutdown().await.unwrap();
+
+    // A Redis user that may read every key and write only the registry, blobs (whose scripts
+    // Redis checks as writes) and the first job's result. (A script's keys are checked before
+    // it runs, so the late script is refused whole here, as a full or read-only Redis refuses
+    // it.)
+    let user = format!("dtee-test-late-{:08x}", rand::random::<u32>());
+    let ns = env.namespace.as_str();
+    let mut admin = env.client.redis();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">dtee-test-late")
+        .arg("resetkeys")
+        .arg("%R~*")
+        .arg(format!("%RW~{ns}:worker:*"))
+        .arg(format!("%RW~{ns}:blob:*"))
+        .arg(format!("%RW~{}", env.namespace.result_key(&first_id)))
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let base = dtee_tests::redis_url();
+    assert!(!base.contains('@'), "the test adds its own credentials");
+    let url = base.replacen("://", &format!("://{user}:dtee-test-late@"), 1);
+    let worker = env.start_worker_with(|config| config.redis_url = url).await;
+
+    // The first job compiles the kernel and caches its result (the usual order).
+    assert!(published(&env.client, &first).await.succeeded());
+    // The second runs first; its script's write is refused; the usual order then finds the
+    // cached result.
+    let again = published(&env.client, &cached_job).await;
+    assert_eq!(
+        again, cached_result,
+        "the cached result, not internal_error"
+    );
+    dtee_tests::eventually(|| Stats::get(&worker.stats.acked) == 2).await;
+    assert_eq!(Stats::get(&worker.stats.settled_late), 0);
+    assert_eq!(Stats::get(&worker.stats.deduplicated), 1);
+    assert_eq!(
+        Stats::get(&worker.stats.executed),
+        2,
+        "it ran, and was discarded"
+    );
+
+    worker.shutdown().await.unwrap();
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     env.cleanup().await;
 }

@@ -41,29 +41,35 @@ return 0
 /// ARGV[3] for ARGV[4] seconds unless a result is cached already. The answers of
 /// [`Store::late`], in the order of precedence of [`Store::prior`] (a cached result, then the
 /// revocation), all at once: nothing is cached for a revoked job. 4 when the result key holds
-/// another type than a string (never a worker's doing). Two calls in the usual case, as each
-/// costs Redis a few µs in a script (`SET … NX GET` answers what it did not replace: Redis 7).
-const LATE: &str = r"
-local function answer(cached)
-  if type(cached) == 'table' then
-    return {4, ''}
-  end
-  if cached and cached ~= '' then
-    local max = tonumber(ARGV[1])
-    if string.len(cached) > max then
-      cached = string.sub(cached, 1, max + 1)
+/// another type than a string (never a worker's doing); any other error is the script's
+/// error. Two calls in the usual case (each call costs Redis a few µs in a script); a third,
+/// bounded, only when a result is cached already. The shebang makes Redis refuse the whole
+/// script up front, instead of its write alone, while it refuses writes (out of memory, a
+/// replica, a failed save): the worker then takes the usual order, which may still answer
+/// with reads alone.
+const LATE: &str = r"#!lua
+local function cached()
+  local value = redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])
+  if type(value) == 'table' then
+    if value.err and string.sub(value.err, 1, 9) == 'WRONGTYPE' then
+      return {4, ''}
     end
-    return {1, cached}
+    return redis.error_reply(value.err or 'unexpected reply')
+  end
+  if value ~= '' then
+    return {1, value}
   end
   return nil
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return answer(redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])) or {2, ''}
+  return cached() or {2, ''}
 end
 if ARGV[2] == '1' then
-  return answer(redis.pcall('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[4], 'GET')) or {0, ''}
+  if redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[4]) then
+    return {0, ''}
+  end
 end
-return answer(redis.pcall('GETRANGE', KEYS[1], 0, ARGV[1])) or {3, ''}
+return cached() or {3, ''}
 ";
 
 /// What a job's prior answers said after it ran ([`Store::late`]).
@@ -75,7 +81,7 @@ pub enum Late {
     Revoked,
     /// Nothing answered, and the result given is now cached.
     Stored,
-    /// Nothing answered, and nothing was cached.
+    /// Nothing answered, and nothing was cached (the caller caches the usual way).
     Nothing,
     /// The result key holds a value of a type the worker never writes there.
     Foreign,

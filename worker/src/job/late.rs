@@ -32,7 +32,7 @@
 
 use dtee_schemas::job::{CheckedBuffer, InputSource};
 use dtee_schemas::ErrorCode;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::admit::Admitted;
 use super::outcome::{self, CachePolicy, Failure, Outcome};
@@ -114,7 +114,7 @@ pub(crate) async fn run(
 
 /// Reads the prior answers and, when neither is there, caches `outcome` if its policy caches it
 /// in the result cache: the answer is whichever comes first in the order of [`super::prior`].
-async fn settle(ctx: &Context, job: &Admitted, mut outcome: Outcome) -> Result<Outcome, Halt> {
+async fn settle(ctx: &Context, job: &Admitted, outcome: Outcome) -> Result<Outcome, Halt> {
     let id = job.id();
     // A stateless job's outcome claims no applied record: `Final` is the result cache alone.
     let store = matches!(outcome.cache, CachePolicy::Final) && outcome.claim.is_none();
@@ -125,16 +125,32 @@ async fn settle(ctx: &Context, job: &Admitted, mut outcome: Outcome) -> Result<O
         .await
     {
         Ok(late) => late,
-        // Nothing was read or cached (a script runs whole or not at all, and Redis refuses one
-        // that may write while it is out of memory or read-only, where the usual order may
-        // still answer with reads alone); should the reply alone have been lost, the usual
-        // order finds the result cached and answers with it.
+        // Nothing was cached: Redis refuses the whole script while it refuses writes (out of
+        // memory, a replica), its one write is the last thing it does, and a refused write
+        // (an ACL without it) stops it there. The usual order may still answer with reads
+        // alone; should the reply alone have been lost, it finds the result cached and
+        // answers with it.
         Err(error) => {
-            debug!(job_id = %id, %error, "the answers after a short run could not be read; taking the usual order");
+            warn!(job_id = %id, %error, "the answers after a short run could not be read or settled; taking the usual order");
             return Err(Halt::UsualOrder);
         }
     };
-    ctx.telemetry.settled_late();
+    let settled = answer(ctx, job, outcome, late).await;
+    // Counted when the answers read late decided it.
+    if matches!(settled, Ok(_) | Err(Halt::Fail(_))) {
+        ctx.telemetry.settled_late();
+    }
+    settled
+}
+
+/// The answer `late` gives, `outcome` being the run's.
+async fn answer(
+    ctx: &Context,
+    job: &Admitted,
+    mut outcome: Outcome,
+    late: Late,
+) -> Result<Outcome, Halt> {
+    let id = job.id();
     match late {
         Late::Stored => {
             outcome.cache = CachePolicy::Cached;
