@@ -179,6 +179,7 @@ async fn a_key_of_the_wrong_type_fails_the_commit_before_any_write() {
                     &entries,
                     b"result",
                     Duration::from_secs(60),
+                    None,
                     1 << 20,
                 )
                 .await

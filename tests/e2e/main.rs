@@ -5,6 +5,7 @@ mod amqp_client;
 mod attestation;
 mod cli;
 mod commit_atomicity;
+mod commit_cache;
 mod compile;
 mod dead_letter;
 mod dead_letter_reason;

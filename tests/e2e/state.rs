@@ -311,6 +311,21 @@ async fn a_crash_between_commit_and_ack_applies_once_and_answers_the_first_resul
         .query_async(&mut env.client.redis())
         .await
         .unwrap();
+    // On one Redis node the commit cached the result in the same step.
+    let result_key = env.namespace.result_key(&id);
+    let cached: Vec<u8> = redis::cmd("GET")
+        .arg(&result_key)
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
+    assert_eq!(cached, recorded, "the commit cached its result");
+    // Where the result is cached after the commit (on a Redis Cluster), or left the cache
+    // since, the applied record answers: the cached copy is removed here to take that path.
+    let _: () = redis::cmd("DEL")
+        .arg(&result_key)
+        .query_async(&mut env.client.redis())
+        .await
+        .unwrap();
 
     // The redelivered job runs on a new worker: the commit says "already applied".
     let worker = env.start_worker().await;
@@ -465,7 +480,15 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
         };
         let ttl = Duration::from_secs(60);
         store
-            .commit(&key.hash_tag(), job, &[entry], b"success", ttl, 1 << 29)
+            .commit(
+                &key.hash_tag(),
+                job,
+                &[entry],
+                b"success",
+                ttl,
+                None,
+                1 << 29,
+            )
             .await
             .unwrap()
     }
@@ -493,7 +516,7 @@ async fn a_final_failure_and_a_commit_of_the_same_job_cannot_both_happen() {
     let key = StateKey::parse(&format!("{tenant}/claim/{}/b", env.namespace)).unwrap();
     let job = Digest::of(b"job b");
     let commit = commit_written(&store, &key, &job).await;
-    assert_eq!(commit, Commit::Committed);
+    assert_eq!(commit, Commit::Committed { cached: false });
     let claimed = store
         .claim_applied(&key.hash_tag(), &job, b"failure", ttl)
         .await

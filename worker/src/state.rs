@@ -60,10 +60,14 @@ return out
 const _: () = assert!(crate::job::reads::SMALL_READ_BYTES == 1 << 20);
 
 const COMMIT: &str = r#"
--- KEYS[1]: the applied record; then the value and version key of each binding, in pairs.
+-- KEYS[1]: the applied record; then the value and version key of each binding, in pairs; then,
+-- when ARGV[4] is not '0', the job's result key.
 -- ARGV[1]: the result; ARGV[2]: the applied record's TTL in seconds; ARGV[3]: the largest value
--- a binding may hold, in bytes; then, per binding: the version seen by the snapshot, the
--- operation (none, set, append), the bytes.
+-- a binding may hold, in bytes; ARGV[4]: the result's TTL in seconds when the commit caches it
+-- too, else '0'; then, per binding: the version seen by the snapshot, the operation (none, set,
+-- append), the bytes.
+-- A commit that caches the result sets it only where no result is cached (first result wins,
+-- as the worker's own SET NX does) and answers {'ok', '1'} if it did, {'ok', '0'} if not.
 -- Redis does not roll back a script that fails half-way, so every check that can fail (the
 -- applied record, the versions, the key types, the resulting sizes) runs before any write.
 -- A version as INCR writes it: '0', or at most 18 digits without a leading 0. INCR refuses
@@ -77,17 +81,23 @@ local applied = redis.call('GETRANGE', KEYS[1], 0, 1048576)
 if string.len(applied) > 1048576 then return {'applied_large'} end
 if string.len(applied) > 0 then return {'applied', applied} end
 local max = tonumber(ARGV[3])
+local cache = ARGV[4] ~= '0'
 local n = (#KEYS - 1) / 2
+if cache then n = (#KEYS - 2) / 2 end
+-- The applied record, then the result where it is cached here.
+local function record()
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  if not cache then return {'ok', '0'} end
+  if redis.call('SET', KEYS[#KEYS], ARGV[1], 'NX', 'EX', ARGV[4]) then return {'ok', '1'} end
+  return {'ok', '0'}
+end
 -- A run that wrote nothing stands at its snapshot: only its applied record is written, so that
 -- no other execution of the job commits writes after it (no version is checked).
 local writes = false
 for i = 1, n do
-  if ARGV[3 * i + 2] ~= 'none' then writes = true end
+  if ARGV[3 * i + 3] ~= 'none' then writes = true end
 end
-if not writes then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return {'ok'}
-end
+if not writes then return record() end
 for i = 1, n do
   local key, version_key = KEYS[2 * i], KEYS[2 * i + 1]
   local key_type = redis.call('TYPE', key)['ok']
@@ -100,8 +110,8 @@ for i = 1, n do
   if not canonical(raw) then
     return {'wrong_type', version_key}
   end
-  if tonumber(raw) ~= tonumber(ARGV[3 * i + 1]) then return {'conflict', key} end
-  local op, bytes = ARGV[3 * i + 2], ARGV[3 * i + 3]
+  if tonumber(raw) ~= tonumber(ARGV[3 * i + 2]) then return {'conflict', key} end
+  local op, bytes = ARGV[3 * i + 3], ARGV[3 * i + 4]
   local size = 0
   if op == 'set' then
     size = string.len(bytes)
@@ -111,17 +121,16 @@ for i = 1, n do
   if size > max then return {'too_large', key, tostring(size)} end
 end
 for i = 1, n do
-  local op = ARGV[3 * i + 2]
+  local op = ARGV[3 * i + 3]
   if op == 'set' then
-    redis.call('SET', KEYS[2 * i], ARGV[3 * i + 3])
+    redis.call('SET', KEYS[2 * i], ARGV[3 * i + 4])
     redis.call('INCR', KEYS[2 * i + 1])
   elseif op == 'append' then
-    redis.call('APPEND', KEYS[2 * i], ARGV[3 * i + 3])
+    redis.call('APPEND', KEYS[2 * i], ARGV[3 * i + 4])
     redis.call('INCR', KEYS[2 * i + 1])
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return {'ok'}
+return record()
 "#;
 
 /// One key as the snapshot saw it.
@@ -160,8 +169,11 @@ pub struct CommitEntry {
 /// The outcome of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Commit {
-    /// Applied.
-    Committed,
+    /// Applied; `cached` when the commit also cached the result (no result was cached before).
+    Committed {
+        /// Whether the result was cached in the same step.
+        cached: bool,
+    },
     /// A bound key changed since the snapshot (the Redis key named).
     Conflict(String),
     /// The job was applied before; this is the result recorded then, read whole only up to
@@ -313,9 +325,12 @@ impl StateStore {
         Ok(set.is_some())
     }
 
-    /// Commits a job's writes atomically, recording `result` as the job's applied result.
+    /// Commits a job's writes atomically, recording `result` as the job's applied result and,
+    /// with `cache_ttl`, caching it as the job's result in the same step unless one is cached
+    /// (one Redis node only: the result key lies in another slot of a cluster).
     /// Nothing is written when the job was applied already, a key changed, a key has the wrong
     /// type, or a value would grow past `max_value_bytes`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn commit(
         &self,
         hash_tag: &str,
@@ -323,6 +338,7 @@ impl StateStore {
         entries: &[CommitEntry],
         result: &[u8],
         applied_ttl: Duration,
+        cache_ttl: Option<Duration>,
         max_value_bytes: u64,
     ) -> Result<Commit, redis::RedisError> {
         let mut invocation = self.commit.call();
@@ -330,7 +346,8 @@ impl StateStore {
         invocation
             .arg(result)
             .arg(applied_ttl.as_secs().max(1))
-            .arg(max_value_bytes);
+            .arg(max_value_bytes)
+            .arg(cache_ttl.map_or(0, |ttl| ttl.as_secs().max(1)));
         for entry in entries {
             invocation
                 .key(entry.key.value_key(&self.namespace))
@@ -342,13 +359,18 @@ impl StateStore {
                 WriteOp::Append(bytes) => invocation.arg("append").arg(bytes.as_slice()),
             };
         }
+        if cache_ttl.is_some() {
+            invocation.key(self.namespace.result_key(job_id));
+        }
         let reply: Value = self.redis.run_script(&invocation).await?;
         let Value::Array(fields) = reply else {
             return Err(malformed("commit reply is not an array"));
         };
         let status = fields.first().and_then(as_bytes).unwrap_or_default();
         match status.as_slice() {
-            b"ok" => Ok(Commit::Committed),
+            b"ok" => Ok(Commit::Committed {
+                cached: fields.get(1).and_then(as_bytes).as_deref() == Some(b"1"),
+            }),
             b"conflict" => Ok(Commit::Conflict(text(fields.get(1)))),
             b"applied" => Ok(Commit::AlreadyApplied(Stored::Whole(
                 fields.get(1).and_then(as_bytes).unwrap_or_default(),

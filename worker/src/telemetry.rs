@@ -121,7 +121,7 @@ impl Telemetry {
             .commit_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         match commit {
-            Commit::Committed => Stats::bump(&self.stats.commits),
+            Commit::Committed { .. } => Stats::bump(&self.stats.commits),
             Commit::AlreadyApplied(_) => Stats::bump(&self.stats.already_applied),
             Commit::Conflict(_) => Stats::bump(&self.stats.conflicts),
             Commit::TooLarge { .. } | Commit::WrongType(_) => {}

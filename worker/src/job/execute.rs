@@ -93,8 +93,12 @@ pub(crate) async fn execute(
             return Ok(held(ctx, job, outcome, kernel_slot).await);
         }
         match commit(ctx, job, &hash_tag, &entries, &outcome).await? {
-            Commit::Committed => {
+            Commit::Committed { cached } => {
                 hooks::pause_after_commit(&ctx.config, job.id()).await;
+                let mut outcome = outcome;
+                if cached {
+                    outcome.cache = CachePolicy::Cached;
+                }
                 return Ok(held(ctx, job, outcome, kernel_slot).await);
             }
             // A redelivery after a crash between commit and ack: nothing is applied again,
@@ -177,6 +181,10 @@ async fn commit(
             entries,
             &outcome.body,
             ctx.config.applied_ttl,
+            // On one node the result is cached in the same step (a round trip fewer, and no
+            // moment where the job is applied but its result not cached); on a cluster the
+            // result key lies in another slot, and the result is cached after it.
+            (!ctx.store.is_cluster()).then_some(ctx.config.result_ttl),
             ctx.config.max_state_value_bytes,
         )
         .await?;

@@ -32,7 +32,8 @@ pub(crate) enum CachePolicy {
     /// recur when the job is resubmitted.
     Failure,
     /// In the result cache already: a success or a final failure this execution cached when
-    /// it read the job's prior answers after the run ([`super::late`]).
+    /// it read the job's prior answers after the run ([`super::late`]), or a success its
+    /// commit cached with the state ([`super::execute`]).
     Cached,
 }
 
