@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the cluster tests: starts deploy/local/cluster.sh's cluster (three RabbitMQ nodes, a Redis
 # Cluster of three primaries and three replicas, TLS with client certificates everywhere), runs
-# the end-to-end tests of jobs, state, attestation, cancellation, dead letters, result routing
-# and commit atomicity against it, the Python and Node.js client conformance suites, then the failover test (a RabbitMQ node and a Redis primary
+# the end-to-end tests of jobs, state, attestation, cancellation, dead letters, result routing,
+# commit atomicity and the commit's cached result against it, the Python and Node.js client conformance suites, then the failover test (a RabbitMQ node and a Redis primary
 # stopped under load), and stops the cluster. Run after `cargo build --workspace --bins`.
 #
 # DTEE_KEEP_CLUSTER=1 leaves the cluster running afterwards.
@@ -15,7 +15,7 @@ bash deploy/local/cluster.sh up >/dev/null
 eval "$(bash deploy/local/cluster.sh env)"
 
 cargo test -p dtee-tests --locked --test e2e -- \
-  jobs:: state:: attestation:: dead_letter result_routing:: commit_atomicity:: \
+  jobs:: state:: attestation:: dead_letter result_routing:: commit_atomicity:: commit_cache:: \
   hostile::a_cancelled_job_is_answered_cancelled_without_running
 # The Python and Node.js clients through the same cluster and TLS settings.
 bash clients/conformance/run.sh

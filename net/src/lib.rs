@@ -18,7 +18,7 @@ pub mod redis_conn;
 pub mod tls;
 
 pub use dtee_schemas::cli::TlsFiles;
-pub use redis_conn::{is_wrong_type, Lua, LuaCall, RedisConn, RedisOptions};
+pub use redis_conn::{is_cross_slot, is_wrong_type, Lua, LuaCall, RedisConn, RedisOptions};
 pub use tls::{Tls, TlsError};
 
 /// Whether `url` has the scheme `scheme` (case-insensitive, RFC 3986 §3.1).

@@ -438,6 +438,18 @@ pub fn is_wrong_type(error: &redis::RedisError) -> bool {
     })
 }
 
+/// Whether `error` is Redis's `CROSSSLOT`: a command or script named keys of more than one hash
+/// slot, which a Redis Cluster (or a proxy that shards keys behind one address) refuses whole,
+/// before running any of it.
+pub fn is_cross_slot(error: &redis::RedisError) -> bool {
+    error.code() == Some("CROSSSLOT")
+        || error.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, server)| server.code() == "CROSSSLOT")
+        })
+}
+
 /// The primaries of a cluster, from `CLUSTER NODES` (those not marked failed).
 async fn primaries(connection: &mut Cluster) -> RedisResult<Vec<(String, u16)>> {
     let nodes = connection

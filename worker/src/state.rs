@@ -9,6 +9,8 @@
 //!   one atomic step. It answers ok, conflict, or already-applied (with the result recorded the
 //!   first time).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::store::Stored;
@@ -18,6 +20,7 @@ use dtee_schemas::protocol::Namespace;
 use dtee_schemas::state::{applied_key, StateKey};
 use dtee_schemas::Digest;
 use redis::Value;
+use tracing::warn;
 
 const SNAPSHOT: &str = r#"
 -- KEYS: value and version key of each binding, in pairs. ARGV[i]: '1' to read value i; the
@@ -236,6 +239,9 @@ pub struct StateStore {
     namespace: Namespace,
     snapshot: Lua,
     commit: Lua,
+    /// Set once Redis refused a commit that named the result key beside the state keys
+    /// (`CROSSSLOT`): results are cached after the commit from then on.
+    no_cache_in_commit: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -254,6 +260,7 @@ impl StateStore {
             namespace,
             snapshot: Lua::new(SNAPSHOT),
             commit: Lua::new(COMMIT),
+            no_cache_in_commit: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -327,11 +334,49 @@ impl StateStore {
 
     /// Commits a job's writes atomically, recording `result` as the job's applied result and,
     /// with `cache_ttl`, caching it as the job's result in the same step unless one is cached
-    /// (one Redis node only: the result key lies in another slot of a cluster).
+    /// (one Redis node only: the result key lies in another slot of a cluster). Should Redis
+    /// refuse that as crossing slots (a proxy that shards keys behind one address), the commit
+    /// is made without it, and so is every later one: `Committed { cached: false }`, for the
+    /// caller to cache the result itself.
     /// Nothing is written when the job was applied already, a key changed, a key has the wrong
     /// type, or a value would grow past `max_value_bytes`.
     #[allow(clippy::too_many_arguments)]
     pub async fn commit(
+        &self,
+        hash_tag: &str,
+        job_id: &Digest,
+        entries: &[CommitEntry],
+        result: &[u8],
+        applied_ttl: Duration,
+        cache_ttl: Option<Duration>,
+        max_value_bytes: u64,
+    ) -> Result<Commit, redis::RedisError> {
+        let cache_ttl = cache_ttl.filter(|_| !self.no_cache_in_commit.load(Ordering::Relaxed));
+        let commit = |cache_ttl| {
+            self.commit_once(
+                hash_tag,
+                job_id,
+                entries,
+                result,
+                applied_ttl,
+                cache_ttl,
+                max_value_bytes,
+            )
+        };
+        match commit(cache_ttl).await {
+            // Refused whole, before the script ran: nothing was written.
+            Err(error) if cache_ttl.is_some() && dtee_net::is_cross_slot(&error) => {
+                if !self.no_cache_in_commit.swap(true, Ordering::Relaxed) {
+                    warn!(%error, "Redis refused a commit naming the result key beside the state keys (a proxy that shards keys behind one address?); results are cached after their commit from now on");
+                }
+                commit(None).await
+            }
+            answer => answer,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_once(
         &self,
         hash_tag: &str,
         job_id: &Digest,

@@ -55,7 +55,7 @@ pub struct Args {
     pub max_tenant_queues: usize,
     /// Result cache lifetime in seconds.
     #[arg(long, env = "DTEE_RESULT_TTL_SECS", default_value = "86400")]
-    #[arg(value_parser = at_least(1u64))]
+    #[arg(value_parser = setting(ttl_secs))]
     pub result_ttl_secs: u64,
     /// Redis replicas that must hold a job's writes (its state commit and cached result) before
     /// the result is published and the job acked (Redis `WAIT`; on a cluster, every primary's
@@ -71,7 +71,7 @@ pub struct Args {
     pub redis_wait_timeout_ms: u64,
     /// Lifetime, in seconds, of a failure that is not final (kernel_not_found, ...).
     #[arg(long, env = "DTEE_FAILURE_TTL_SECS", default_value = "60")]
-    #[arg(value_parser = at_least(1u64))]
+    #[arg(value_parser = setting(ttl_secs))]
     pub failure_ttl_secs: u64,
     /// Largest job message accepted, in bytes.
     #[arg(long, env = "DTEE_MAX_JOB_BYTES", default_value = "16777216")]
@@ -225,7 +225,7 @@ pub struct Args {
     pub state_max_attempts: u32,
     /// Seconds a job's applied record (exactly-once guard and first result) is kept.
     #[arg(long, env = "DTEE_APPLIED_TTL_SECS", default_value = "604800")]
-    #[arg(value_parser = at_least(1u64))]
+    #[arg(value_parser = setting(ttl_secs))]
     pub applied_ttl_secs: u64,
     /// Test hook, for the test suite only (see `TestHook`).
     #[arg(long, env = "DTEE_TEST_HOOK", hide = true, default_value = "")]
@@ -334,6 +334,20 @@ fn whole_ms_under_response_timeout(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(ms)
+}
+
+/// The longest lifetime a worker gives a Redis key, in seconds: ten years. Redis refuses an
+/// `EX` whose expiry in milliseconds overflows, and a write that fails on it after a commit's
+/// writes would make every job that binds state fail the same way.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// A key's lifetime in seconds: 1 to [`MAX_TTL_SECS`].
+fn ttl_secs(text: &str) -> Result<u64, String> {
+    let secs = whole_number(text, 1u64)?;
+    if secs > MAX_TTL_SECS {
+        return Err(format!("must be at most {MAX_TTL_SECS} (ten years)"));
+    }
+    Ok(secs)
 }
 
 fn at_least<T>(min: T) -> Setting<T>

@@ -58,6 +58,14 @@ fn every_parser_names_its_variable() {
             "DTEE_RESULT_TTL_SECS=0 is not valid: must be at least 1",
         ),
         (
+            &["--applied-ttl-secs", "315360001"],
+            "DTEE_APPLIED_TTL_SECS=315360001 is not valid: must be at most 315360000 (ten years)",
+        ),
+        (
+            &["--failure-ttl-secs", "99999999999999999"],
+            "DTEE_FAILURE_TTL_SECS=99999999999999999 is not valid: must be at most 315360000 (ten years)",
+        ),
+        (
             &["--tpm-pcr", "24"],
             "DTEE_TPM_PCR=24 is not valid: PCRs are 0 to 23",
         ),
