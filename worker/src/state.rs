@@ -351,63 +351,41 @@ impl StateStore {
         cache_ttl: Option<Duration>,
         max_value_bytes: u64,
     ) -> Result<Commit, redis::RedisError> {
-        let cache_ttl = cache_ttl.filter(|_| !self.no_cache_in_commit.load(Ordering::Relaxed));
-        let commit = |cache_ttl| {
-            self.commit_once(
-                hash_tag,
-                job_id,
-                entries,
-                result,
-                applied_ttl,
-                cache_ttl,
-                max_value_bytes,
-            )
-        };
-        match commit(cache_ttl).await {
-            // Refused whole, before the script ran: nothing was written.
-            Err(error) if cache_ttl.is_some() && dtee_net::is_cross_slot(&error) => {
-                if !self.no_cache_in_commit.swap(true, Ordering::Relaxed) {
-                    warn!(%error, "Redis refused a commit naming the result key beside the state keys (a proxy that shards keys behind one address?); results are cached after their commit from now on");
-                }
-                commit(None).await
-            }
-            answer => answer,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_once(
-        &self,
-        hash_tag: &str,
-        job_id: &Digest,
-        entries: &[CommitEntry],
-        result: &[u8],
-        applied_ttl: Duration,
-        cache_ttl: Option<Duration>,
-        max_value_bytes: u64,
-    ) -> Result<Commit, redis::RedisError> {
-        let mut invocation = self.commit.call();
-        invocation.key(applied_key(&self.namespace, hash_tag, job_id));
-        invocation
-            .arg(result)
-            .arg(applied_ttl.as_secs().max(1))
-            .arg(max_value_bytes)
-            .arg(cache_ttl.map_or(0, |ttl| ttl.as_secs().max(1)));
-        for entry in entries {
+        let mut cache_ttl = cache_ttl.filter(|_| !self.no_cache_in_commit.load(Ordering::Relaxed));
+        let reply = loop {
+            let mut invocation = self.commit.call();
+            invocation.key(applied_key(&self.namespace, hash_tag, job_id));
             invocation
-                .key(entry.key.value_key(&self.namespace))
-                .key(entry.key.version_key(&self.namespace));
-            invocation.arg(entry.seen_version);
-            match &entry.op {
-                WriteOp::None => invocation.arg("none").arg(""),
-                WriteOp::Set(bytes) => invocation.arg("set").arg(bytes.as_slice()),
-                WriteOp::Append(bytes) => invocation.arg("append").arg(bytes.as_slice()),
-            };
-        }
-        if cache_ttl.is_some() {
-            invocation.key(self.namespace.result_key(job_id));
-        }
-        let reply: Value = self.redis.run_script(&invocation).await?;
+                .arg(result)
+                .arg(applied_ttl.as_secs().max(1))
+                .arg(max_value_bytes)
+                .arg(cache_ttl.map_or(0, |ttl| ttl.as_secs().max(1)));
+            for entry in entries {
+                invocation
+                    .key(entry.key.value_key(&self.namespace))
+                    .key(entry.key.version_key(&self.namespace));
+                invocation.arg(entry.seen_version);
+                match &entry.op {
+                    WriteOp::None => invocation.arg("none").arg(""),
+                    WriteOp::Set(bytes) => invocation.arg("set").arg(bytes.as_slice()),
+                    WriteOp::Append(bytes) => invocation.arg("append").arg(bytes.as_slice()),
+                };
+            }
+            if cache_ttl.is_some() {
+                invocation.key(self.namespace.result_key(job_id));
+            }
+            match self.redis.run_script::<Value>(&invocation).await {
+                // Refused whole, before the script ran: nothing was written. Made again
+                // without the result key.
+                Err(error) if cache_ttl.is_some() && dtee_net::is_cross_slot(&error) => {
+                    if !self.no_cache_in_commit.swap(true, Ordering::Relaxed) {
+                        warn!(%error, "Redis refused a commit naming the result key beside the state keys (a proxy that shards keys behind one address?); results are cached after their commit from now on");
+                    }
+                    cache_ttl = None;
+                }
+                reply => break reply?,
+            }
+        };
         let Value::Array(fields) = reply else {
             return Err(malformed("commit reply is not an array"));
         };
