@@ -4,8 +4,10 @@
 # one of 1,000 counters (`--state-keys 1000`), through one release worker (two kernel slots).
 # With a second worker binary (e.g. one built from an earlier commit), each round runs both
 # workers, so that a change is compared within one session.
-# Prints one line per run (jobs/s and CPU per job by process, from /proc) and, at the end, the
-# median CPU per job of each workload and the difference: what the binding adds.
+# Prints one line per run (jobs/s and CPU per job by process, from /proc; on one Redis node also
+# Redis's own count of calls per job, by command, from INFO commandstats: exact where CPU time
+# is noisy, though it counts every client of that Redis) and, at the end, the median CPU per job
+# of each workload and the difference: what the binding adds.
 #
 # Usage: loadtest/state.sh [ROUNDS] [OTHER_WORKER_BINARY]   (default 3 rounds; the other binary
 # must be named dtee-worker, in another folder, for its CPU time to be found in /proc)
@@ -42,6 +44,13 @@ round_, worker, load, line = sys.argv[1:5]
 r = json.loads(line)
 cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_job"].items())
 print(f"{round_:<6} {worker[-28:]:<28} {load:<6} {r['per_second']:>9.0f}  {cpu}")
+redis = r.get("redis_per_job", {})
+if redis:
+    calls = ", ".join(f"{k} {v['calls']:.2f}" for k, v in redis.items())
+    total = sum(v["calls"] for v in redis.values())
+    scripts = redis.get("evalsha", {"us": 0})["us"]
+    print(f"{'':<6} {'':<28} {'':<6} {'':>9}  Redis per job: {total:.2f} calls (scripts' own "
+          f"calls included), scripts {scripts:.0f} µs ({calls})")
 PY
       done
     )
@@ -50,10 +59,17 @@ done
 python3 - "$out" <<'PY'
 import json, statistics, sys
 runs = {}
+redis = {}
 for line in open(sys.argv[1]):
     worker, load, record = line.split(" ", 2)
     r = json.loads(record)
     runs.setdefault(worker, {}).setdefault(load, []).append(r["cpu_us_per_job"])
+    counted = r.get("redis_per_job", {})
+    if counted:
+        redis.setdefault(worker, {}).setdefault(load, []).append({
+            "calls": sum(v["calls"] for v in counted.values()),
+            "scripts": counted.get("evalsha", {"us": 0})["us"],
+        })
 for worker, loads in runs.items():
     total = {load: statistics.median(c["total"] for c in cpus) for load, cpus in loads.items()}
     per = {}
@@ -64,4 +80,11 @@ for worker, loads in runs.items():
     added = ", ".join(f"{name} {v['state'] - v['noop']:+.0f}" for name, v in per.items())
     print(f"{worker}: median CPU per job noop {total['noop']:.0f} µs, state {total['state']:.0f} µs: "
           f"the binding adds {total['state'] - total['noop']:.0f} µs ({added})")
+    counted = redis.get(worker, {})
+    if "noop" in counted and "state" in counted:
+        calls = {load: statistics.median(c["calls"] for c in v) for load, v in counted.items()}
+        us = {load: statistics.median(c["scripts"] for c in v) for load, v in counted.items()}
+        print(f"{'':<{len(worker)}}  Redis's own count (INFO commandstats, medians per job): noop "
+              f"{calls['noop']:.2f} calls, scripts {us['noop']:.0f} µs; state {calls['state']:.2f} "
+              f"calls, scripts {us['state']:.0f} µs")
 PY

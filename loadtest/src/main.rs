@@ -27,6 +27,7 @@ mod baseline;
 mod cpu;
 mod drain;
 mod gpu;
+mod redis_stats;
 mod shaped;
 
 use baseline::{amqp, roundtrip};
@@ -159,6 +160,12 @@ struct Report {
     latency_ms_max: f64,
     /// CPU time per job of each process involved (user + system, from /proc), microseconds.
     cpu_us_per_job: std::collections::BTreeMap<String, f64>,
+    /// `jobs` on one Redis node: what Redis counted per job, by command (`INFO commandstats`,
+    /// every client of the server; a script counts under `evalsha`, its time including the
+    /// calls it makes, and each call it makes again under its own name). Not for the raw
+    /// baselines, which use no Redis.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    redis_per_job: std::collections::BTreeMap<String, redis_stats::PerJob>,
 }
 
 impl Report {
@@ -187,6 +194,7 @@ impl Report {
             latency_ms_p99: pick(0.99),
             latency_ms_max: pick(1.0),
             cpu_us_per_job: Default::default(),
+            redis_per_job: Default::default(),
         }
     }
 }
@@ -280,19 +288,30 @@ async fn jobs(cli: &Cli, namespace: &Namespace, args: &JobsArgs) -> anyhow::Resu
             args.workload
         );
     }
-    if let Some(command) = &args.drain_worker {
-        if args.wait == "all" {
-            bail!("--drain-worker needs --wait reply, reply-read or per-job");
-        }
-        return drain::jobs_drained(cli, namespace, args, command).await;
+    if args.drain_worker.is_some() && args.wait == "all" {
+        bail!("--drain-worker needs --wait reply, reply-read or per-job");
     }
-    let before = cpu::snapshot();
-    let mut report = if args.wait == "all" {
-        jobs_all(cli, namespace, args).await?
+    let tls = dtee_net::Tls::load(&cli.connection.tls)?;
+    let options = dtee_net::RedisOptions::default();
+    let redis = dtee_net::redis_conn::connect(&cli.connection.redis_url, &tls, options)
+        .await
+        .context("connecting to Redis")?;
+    let redis_before = redis_stats::snapshot(&redis).await;
+    let mut report = if let Some(command) = &args.drain_worker {
+        drain::jobs_drained(cli, namespace, args, command).await?
     } else {
-        jobs_watched(cli, namespace, args).await?
+        let before = cpu::snapshot();
+        let mut report = if args.wait == "all" {
+            jobs_all(cli, namespace, args).await?
+        } else {
+            jobs_watched(cli, namespace, args).await?
+        };
+        report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
+        report
     };
-    report.cpu_us_per_job = cpu::per_job(&before, &cpu::snapshot(), report.count);
+    let redis_after = redis_stats::snapshot(&redis).await;
+    report.redis_per_job =
+        redis_stats::per_job(redis_before.as_ref(), redis_after.as_ref(), report.count);
     Ok(report)
 }
 
