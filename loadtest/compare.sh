@@ -6,7 +6,8 @@
 # `dtee-loadtest jobs` (noop jobs, the `reply` wait of `dtee run`) through each worker in turn,
 # each worker a fresh release process with two kernel slots in its own namespace.
 # Prints one line per run and, at the end, each one's medians: jobs/s, CPU µs per job by process
-# (from /proc) and the ratios to the round trip that issue 13 sets goals for.
+# (from /proc), the ratios to the round trip that issue 13 sets goals for, and, on one Redis
+# node, the Redis calls per job that Redis itself counted (INFO commandstats).
 #
 # Usage: loadtest/compare.sh [ROUNDS] [WORKER_BINARY...]   (default 3 rounds and
 # target/release/dtee-worker; give an earlier build, named dtee-worker in another folder, to
@@ -31,6 +32,11 @@ import json, sys
 name, r = sys.argv[1], json.loads(sys.argv[2])
 cpu = ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_job"].items())
 print(f"{name[-34:]:<34} {r['per_second']:>7.0f}/s  p50 {r['latency_ms_p50']:6.1f} ms  CPU µs/job: {cpu}")
+redis = r.get("redis_per_job", {})
+if redis:
+    calls = ", ".join(f"{k} {v['calls']:.2f}" for k, v in redis.items())
+    print(f"{'':<34} Redis per job (its own count): {sum(v['calls'] for v in redis.values()):.2f} "
+          f"calls ({calls})")
 PY
 }
 
@@ -82,4 +88,8 @@ for name, rs in runs.items():
     print(f"{name[-34:]:<34} {rate:>7.0f}/s  CPU µs/job: {parts}")
     print(f"{'':<34} throughput {rate / raw_rate:.2f} of the round trip (goal ≥ 0.8), "
           f"CPU {cpu['total'] / raw_cpu:.2f}× (goal ≤ 1.3×)")
+    if all(r.get("redis_per_job") for r in rs):
+        calls = median(rs, lambda r: sum(v["calls"] for v in r["redis_per_job"].values()))
+        print(f"{'':<34} Redis calls per job (INFO commandstats, scripts' own calls included): "
+              f"{calls:.2f}")
 PY
