@@ -430,24 +430,23 @@ impl RedisConn {
 /// also inside a pipeline's answer): what a key that dtee never wrote that way gives, which no
 /// retry changes. Nothing else counts (a garbled reply may be transient).
 pub fn is_wrong_type(error: &redis::RedisError) -> bool {
-    // A pipeline's server errors are reached through `into_server_errors` only.
-    error.clone().into_server_errors().is_some_and(|errors| {
-        errors
-            .iter()
-            .any(|(_, server)| server.code() == "WRONGTYPE")
-    })
+    answered(error, "WRONGTYPE")
 }
 
 /// Whether `error` is Redis's `CROSSSLOT`: a command or script named keys of more than one hash
 /// slot, which a Redis Cluster (or a proxy that shards keys behind one address) refuses whole,
 /// before running any of it.
 pub fn is_cross_slot(error: &redis::RedisError) -> bool {
-    error.code() == Some("CROSSSLOT")
-        || error.clone().into_server_errors().is_some_and(|errors| {
-            errors
-                .iter()
-                .any(|(_, server)| server.code() == "CROSSSLOT")
-        })
+    error.code() == Some("CROSSSLOT") || answered(error, "CROSSSLOT")
+}
+
+/// Whether the server answered with an error of `code`, alone or inside a pipeline's answer
+/// (a pipeline's server errors are reached through `into_server_errors` only).
+fn answered(error: &redis::RedisError, code: &str) -> bool {
+    error
+        .clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, server)| server.code() == code))
 }
 
 /// The primaries of a cluster, from `CLUSTER NODES` (those not marked failed).
