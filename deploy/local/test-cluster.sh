@@ -15,7 +15,7 @@ bash deploy/local/cluster.sh up >/dev/null
 eval "$(bash deploy/local/cluster.sh env)"
 
 cargo test -p dtee-tests --locked --test e2e -- \
-  jobs:: state:: attestation:: dead_letter result_routing:: commit_atomicity:: commit_cache:: \
+  jobs:: state:: attestation:: dead_letter result_routing:: commit_atomicity:: commit_cache:: secret_policy:: \
   hostile::a_cancelled_job_is_answered_cancelled_without_running
 # The Python and Node.js clients through the same cluster and TLS settings.
 bash clients/conformance/run.sh

@@ -8,13 +8,14 @@
 //! keepers can serve one namespace, and a restart loses nothing.
 //!
 //! - [`client`]: [`client::KeeperClient`], used by `dtee` and by workers.
-//! - `service`: the request handlers; `release`: the release decision; `store`: Redis.
+//! - [`release`]: the release decision; [`store`]: the secrets and policies in Redis;
+//!   `service`: the request handlers.
 
 pub mod client;
 pub mod http;
-mod release;
+pub mod release;
 mod service;
-mod store;
+pub mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-pub use release::{check_claims, check_signed, MAX_SECRETS_PER_JOB};
+pub use release::{check_claims, check_signed, ReleaseRequest, MAX_SECRETS_PER_JOB};
 
 /// What a keeper needs.
 #[derive(Debug, Clone)]

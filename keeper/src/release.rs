@@ -100,18 +100,40 @@ pub fn check_claims(
     Ok(())
 }
 
-/// Seals each requested secret of the claims' tenant to the worker.
+/// Seals each requested secret of the claims' tenant to the worker. `checked` is the policy
+/// that [`check_claims`] accepted the request under; the values are read in one atomic step
+/// with the tenant's policy as it is then ([`SecretStore::release_read`]), and when that is
+/// another (the owner changed it in between), the request is decided again under it. So what
+/// is released is what the policy in force when the values were read allows: once an owner's
+/// `set_policy` is answered, no release decided under the policy it replaced is still to come.
 pub async fn release(
     store: &SecretStore,
-    claims: &ReleaseClaims,
+    request: &ReleaseRequest<'_>,
+    checked: Option<&str>,
+    now_ms: u64,
 ) -> Result<KeeperReply, StoreError> {
+    let ReleaseRequest {
+        claims,
+        identity,
+        signature,
+    } = *request;
     let worker_key = parse_public_key(&claims.worker_hpke_key).expect("checked by check_claims");
+    let read = store.release_read(&claims.tenant, &claims.secrets).await?;
+    let policy = match read.policy {
+        Ok(policy) => policy,
+        Err(what) => return Ok(unsealed_policy(&what)),
+    };
+    if policy.as_deref() != checked {
+        if let Err(why) = check_claims(policy.as_deref(), claims, identity, signature, now_ms) {
+            return Ok(KeeperReply::refuse(
+                KeeperErrorCode::SecretReleaseDenied,
+                format!("the tenant's release policy changed while the release was decided: {why}"),
+            ));
+        }
+    }
     let mut released = Vec::with_capacity(claims.secrets.len());
-    for secret in &claims.secrets {
-        let Some((_, value)) = store
-            .get(&claims.tenant, &secret.name, Some(secret.version))
-            .await?
-        else {
+    for (secret, value) in claims.secrets.iter().zip(read.values) {
+        let Some(value) = value else {
             return Ok(KeeperReply::refuse(
                 KeeperErrorCode::SecretNotFound,
                 format!(
@@ -140,4 +162,23 @@ pub async fn release(
         released: Some(released),
         ..KeeperReply::default()
     })
+}
+
+/// A worker's `release` request: what it claims, who it is, and its signature over the claims.
+#[derive(Clone, Copy, Debug)]
+pub struct ReleaseRequest<'a> {
+    /// The claims.
+    pub claims: &'a ReleaseClaims,
+    /// The worker's identity, with its evidence.
+    pub identity: &'a WorkerIdentity,
+    /// The identity key's signature over the claims (base64).
+    pub signature: &'a str,
+}
+
+/// The refusal of a release under a policy this keeper did not seal (`what` names it).
+pub fn unsealed_policy(what: &str) -> KeeperReply {
+    KeeperReply::refuse(
+        KeeperErrorCode::SecretReleaseDenied,
+        format!("{what} does not open under this keeper's key: it was not set through the keeper (or under another key); the owner must set it again"),
+    )
 }

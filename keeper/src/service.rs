@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Channel, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::release::{check_claims, check_signed, release};
+use crate::release::{check_claims, check_signed, release, unsealed_policy, ReleaseRequest};
 use crate::store::{SecretStore, StoreError, MAX_SECRETS, MAX_VERSIONS};
 
 /// Requests the keeper takes at once.
@@ -288,10 +288,7 @@ async fn handle(
                 Ok(policy) => policy,
                 Err(StoreError::Corrupt(what)) => {
                     warn!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, "release refused: {what} was not sealed by this keeper");
-                    return Ok(KeeperReply::refuse(
-                        KeeperErrorCode::SecretReleaseDenied,
-                        format!("{what} does not open under this keeper's key: it was not set through the keeper (or under another key); the owner must set it again"),
-                    ));
+                    return Ok(unsealed_policy(&what));
                 }
                 Err(error) => return Err(error),
             };
@@ -307,7 +304,12 @@ async fn handle(
                     why,
                 ));
             }
-            let reply = release(&keeper.store, &claims).await?;
+            let request = ReleaseRequest {
+                claims: &claims,
+                identity: &identity,
+                signature: &signature,
+            };
+            let reply = release(&keeper.store, &request, policy.as_deref(), now).await?;
             info!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, secrets = ?names, outcome = reply.error.as_ref().map_or("released", |e| code_name(e.code)), "release");
             Ok(reply)
         }

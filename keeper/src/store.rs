@@ -9,7 +9,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use dtee_net::{Lua, RedisConn};
 use dtee_schemas::namespace::Namespace;
-use dtee_schemas::secrets::{SecretInfo, VersionInfo};
+use dtee_schemas::secrets::{SecretInfo, SecretVersion, VersionInfo};
 use redis::AsyncCommands;
 use zeroize::Zeroizing;
 
@@ -28,6 +28,28 @@ pub enum StoreError {
     /// A stored value does not decrypt under this keeper's key (another key, or tampered).
     #[error("stored secret {0} does not decrypt under this keeper's key")]
     Corrupt(String),
+}
+
+/// What [`SecretStore::release_read`] read, at one instant.
+pub struct ReleaseRead {
+    /// The tenant's release policy, if it set one; `Err` (what is wrong) for one this keeper
+    /// did not seal for this tenant, which must be treated as no release at all.
+    pub policy: Result<Option<String>, String>,
+    /// The value of each requested version, in the order asked, `None` where there is none.
+    pub values: Vec<Option<Zeroizing<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for ReleaseRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the values.
+        f.debug_struct("ReleaseRead")
+            .field("policy", &self.policy)
+            .field(
+                "values_found",
+                &self.values.iter().filter(|v| v.is_some()).count(),
+            )
+            .finish()
+    }
 }
 
 /// The secrets of every tenant of one namespace.
@@ -212,13 +234,67 @@ impl SecretStore {
                 format!("v:{version}"),
             )
             .await?;
+        Ok(self
+            .open_value(tenant, name, version, stored)?
+            .map(|value| (version, value)))
+    }
+
+    /// A stored value of `name`'s `version` opened; `None` when there is none.
+    fn open_value(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u64,
+        stored: Option<Vec<u8>>,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         let Some(stored) = stored.filter(|stored| stored.len() > 12) else {
             return Ok(None);
         };
-        let value = self
-            .open(&self.aad(tenant, name, version), &stored)
-            .ok_or_else(|| StoreError::Corrupt(format!("{tenant}/{name} version {version}")))?;
-        Ok(Some((version, value)))
+        self.open(&self.aad(tenant, name, version), &stored)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("{tenant}/{name} version {version}")))
+    }
+
+    /// What a release is decided on, read in one atomic step (a `MULTI`; the keys share the
+    /// tenant's tag, so they lie in one slot of a cluster): the tenant's release policy, and
+    /// the value of each version in `secrets`, `None` where there is none. The policy is
+    /// `Err` (what is wrong) when this keeper did not seal it ([`SecretStore::policy`]); a value
+    /// it did not seal is [`StoreError::Corrupt`].
+    pub async fn release_read(
+        &self,
+        tenant: &str,
+        secrets: &[SecretVersion],
+    ) -> Result<ReleaseRead, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(self.namespace.secret_policy_key(tenant));
+        for secret in secrets {
+            pipe.hget(
+                self.namespace.secret_key(tenant, &secret.name),
+                format!("v:{}", secret.version),
+            );
+        }
+        let mut read: Vec<Option<Vec<u8>>> = pipe.query_async(&mut self.redis.clone()).await?;
+        if read.len() != secrets.len() + 1 {
+            return Err(StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "a release read answered with the wrong number of values",
+            ))));
+        }
+        let values = read
+            .split_off(1)
+            .into_iter()
+            .zip(secrets)
+            .map(|(stored, secret)| self.open_value(tenant, &secret.name, secret.version, stored))
+            .collect::<Result<Vec<_>, _>>()?;
+        let policy = match read.pop().flatten() {
+            None => Ok(None),
+            Some(stored) => match self.open_policy(tenant, &stored) {
+                Ok(policy) => Ok(Some(policy)),
+                Err(StoreError::Corrupt(what)) => Err(what),
+                Err(other) => return Err(other),
+            },
+        };
+        Ok(ReleaseRead { policy, values })
     }
 
     /// The tenant's secrets and their versions, without values.
@@ -273,15 +349,19 @@ impl SecretStore {
     pub async fn policy(&self, tenant: &str) -> Result<Option<String>, StoreError> {
         let mut redis = self.redis.clone();
         let stored: Option<Vec<u8>> = redis.get(self.namespace.secret_policy_key(tenant)).await?;
-        let Some(stored) = stored else {
-            return Ok(None);
-        };
+        match stored {
+            None => Ok(None),
+            Some(stored) => self.open_policy(tenant, &stored).map(Some),
+        }
+    }
+
+    /// A stored release policy opened: [`StoreError::Corrupt`] when this keeper did not seal
+    /// it for `tenant`.
+    fn open_policy(&self, tenant: &str, stored: &[u8]) -> Result<String, StoreError> {
         let corrupt = || StoreError::Corrupt(format!("the release policy of {tenant}"));
         let policy = self
-            .open(&self.policy_aad(tenant), &stored)
+            .open(&self.policy_aad(tenant), stored)
             .ok_or_else(corrupt)?;
-        String::from_utf8(policy.to_vec())
-            .map(Some)
-            .map_err(|_| corrupt())
+        String::from_utf8(policy.to_vec()).map_err(|_| corrupt())
     }
 }

@@ -23,6 +23,7 @@ mod profiles;
 mod resources;
 mod result_routing;
 mod scale;
+mod secret_policy;
 mod secrets;
 mod shutdown;
 mod state;
