@@ -65,8 +65,10 @@ pub async fn serve(
     .connection;
     let channel = connection.create_channel().await?;
     declare(&channel, &keeper.namespace).await?;
-    // Each request is read whole before its size is checked (up to the broker's
-    // max_message_size), so the prefetch bounds what senders can make the keeper hold.
+    // No request body over MAX_REQUEST_BYTES is kept (a larger one is dropped as it arrives
+    // and refused by its announced size), so the keeper holds at most KEEPER_PREFETCH of them
+    // at once, whatever the broker's max_message_size.
+    channel.set_max_body_size(Some(MAX_REQUEST_BYTES as u64));
     channel
         .basic_qos(KEEPER_PREFETCH, BasicQosOptions::default())
         .await?;
@@ -239,8 +241,12 @@ fn parse(delivery: &Delivery) -> Result<(String, KeeperRequest), String> {
     else {
         return Err("a keeper request needs a user_id that names a tenant".to_owned());
     };
-    if delivery.data.len() > MAX_REQUEST_BYTES {
-        return Err(format!("requests are at most {MAX_REQUEST_BYTES} bytes"));
+    // A larger body was dropped as it arrived (the consumer channel keeps none over the bound).
+    if delivery.body_size > MAX_REQUEST_BYTES as u64 || delivery.data.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "the request is {} bytes; requests are at most {MAX_REQUEST_BYTES}",
+            delivery.body_size
+        ));
     }
     let request = serde_json::from_slice(&delivery.data)
         .map_err(|error| format!("not a keeper request: {error}"))?;

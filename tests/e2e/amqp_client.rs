@@ -62,3 +62,86 @@ fn a_connection_whose_runtime_ended_fails_instead_of_hanging() {
         );
     });
 }
+
+/// A consumer channel with a body limit (`Channel::set_max_body_size`, the patch's) keeps the
+/// bodies up to the limit and drops larger ones as they arrive, frame by frame, handing their
+/// deliveries on with no data and the size the broker announced; the bodies that follow are
+/// kept again. The worker and the keeper so refuse an oversized message by its size without
+/// holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_drops_bodies_over_its_limit_and_tells_their_size() {
+    use futures_util::StreamExt as _;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let connection = Connection::connect(&dtee_tests::amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("connecting to RabbitMQ");
+    let publisher = connection.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let queue = publisher
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Up to the limit, one over, several frames over (frame_max is 128 KiB), then small again.
+    let bodies: Vec<Vec<u8>> = [10usize, 1000, 1001, 300_000, 7]
+        .iter()
+        .enumerate()
+        .map(|(idx, len)| vec![b'a' + idx as u8; *len])
+        .collect();
+    for body in &bodies {
+        publisher
+            .basic_publish(
+                "".into(),
+                queue.name().as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consumer_channel = connection.create_channel().await.unwrap();
+    consumer_channel.set_max_body_size(Some(1000));
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.name().as_str().into(),
+            "limited".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for body in &bodies {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("delivered")
+            .expect("consuming")
+            .unwrap();
+        assert_eq!(delivery.body_size, body.len() as u64);
+        if body.len() <= 1000 {
+            assert_eq!(&delivery.data, body, "kept whole");
+        } else {
+            assert!(
+                delivery.data.is_empty(),
+                "{} bytes kept",
+                delivery.data.len()
+            );
+        }
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = connection.close(200, "done".into()).await;
+}

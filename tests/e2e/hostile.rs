@@ -537,6 +537,15 @@ async fn thirty_five_hostile_jobs_get_their_codes_and_the_worker_survives() {
             case.what,
             result.error
         );
+        if case.body.len() > MAX_JOB_BYTES {
+            // Refused by the size the broker announced: the worker kept none of its body.
+            let message = &result.error.as_ref().unwrap().message;
+            assert!(
+                message.contains(&format!("the job is {} bytes", case.body.len())),
+                "{}: {message}",
+                case.what
+            );
+        }
     }
     waiter.close().await;
     // Still serving.

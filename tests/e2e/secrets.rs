@@ -829,6 +829,40 @@ async fn the_keeper_answers_only_into_its_reply_queues() {
         get(elsewhere.clone()).await.is_none(),
         "no answer in a queue that is not a keeper reply queue"
     );
+
+    // A request over 1 MiB is refused by the size the broker announced for it: the keeper's
+    // consumer channel dropped its body as it arrived.
+    let oversized = vec![b' '; 1024 * 1024 + 1];
+    channel
+        .basic_publish(
+            env.namespace.keeper_exchange().as_str().into(),
+            dtee_schemas::namespace::KEEPER_TENANT_KEY.into(),
+            BasicPublishOptions::default(),
+            &oversized,
+            BasicProperties::default()
+                .with_user_id(user.as_str().into())
+                .with_reply_to(ours.as_str().into()),
+        )
+        .await
+        .unwrap();
+    let mut answer = None;
+    for _ in 0..200 {
+        answer = get(ours.clone()).await;
+        if answer.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = answer.expect("the oversized request is answered");
+    let reply: dtee_schemas::secrets::KeeperReply =
+        serde_json::from_slice(&answer.delivery.data).unwrap();
+    let error = reply.error.expect("refused");
+    assert_eq!(error.code, KeeperErrorCode::InvalidRequest);
+    assert!(
+        error.message.contains("the request is 1048577 bytes"),
+        "{}",
+        error.message
+    );
     let _ = connection.close(200, "done".into()).await;
     keeper.stop().await;
     env.cleanup().await;

@@ -26,7 +26,14 @@ use crate::{
     types::*,
 };
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use std::{convert::TryFrom, fmt, sync::Arc};
+use std::{
+    convert::TryFrom,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 use tracing::{error, info, trace};
 
 /// Main entry point for most AMQP operations.
@@ -71,6 +78,10 @@ pub struct Channel {
     channel_closer: Option<Arc<ChannelCloser>>,
     _connection_closer: Option<Arc<ConnectionCloser>>,
     recovery_config: RecoveryConfig,
+    /// dtee's patch: the largest body kept of a consumer's delivery (0: no limit), and whether
+    /// the body arriving now is over it.
+    max_body_size: Arc<AtomicU64>,
+    dropping_body: Arc<AtomicBool>,
 }
 
 impl PartialEq for Channel {
@@ -136,7 +147,21 @@ impl Channel {
             channel_closer,
             _connection_closer: connection_closer,
             recovery_config,
+            max_body_size: Arc::default(),
+            dropping_body: Arc::default(),
         }
+    }
+
+    /// Keeps no body larger than `max` bytes of the deliveries to this channel's consumers
+    /// (dtee's patch; `None`, the default, keeps every body): such a body is dropped frame by
+    /// frame as it arrives, and its delivery comes with empty `data` and the announced size in
+    /// [`Delivery::body_size`], to be acknowledged or rejected like any other. Applies to the
+    /// deliveries whose content header arrives after the call; not to `basic_get` or returned
+    /// messages.
+    pub fn set_max_body_size(&self, max: Option<PayloadSize>) {
+        // Stored plus one, so that 0 can mean no limit.
+        self.max_body_size
+            .store(max.map_or(0, |max| max.saturating_add(1)), Ordering::Relaxed);
     }
 
     /// Return a snapshot of the current channel state.
@@ -577,6 +602,9 @@ impl Channel {
             size,
             |delivery_cause, confirm_mode| match delivery_cause {
                 DeliveryCause::Consume(consumer_tag) => {
+                    let over = self.max_body_size.load(Ordering::Relaxed);
+                    self.dropping_body
+                        .store(over != 0 && size >= over, Ordering::Relaxed);
                     self.consumers
                         .handle_content_header_frame(consumer_tag, size, properties);
                 }
@@ -606,6 +634,11 @@ impl Channel {
             payload.len() as PayloadSize,
             |delivery_cause, remaining_size, confirm_mode| match delivery_cause {
                 DeliveryCause::Consume(consumer_tag) => {
+                    let payload = if self.dropping_body.load(Ordering::Relaxed) {
+                        Vec::new()
+                    } else {
+                        payload
+                    };
                     self.consumers
                         .handle_body_frame(consumer_tag, remaining_size, payload);
                 }

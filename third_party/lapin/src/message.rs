@@ -5,7 +5,7 @@ use crate::{
     internal_rpc::InternalRPCHandle,
     protocol::AMQPError,
     types::ShortString,
-    types::{ChannelId, DeliveryTag, MessageCount, ReplyCode},
+    types::{ChannelId, DeliveryTag, MessageCount, PayloadSize, ReplyCode},
 };
 use std::ops::{Deref, DerefMut};
 
@@ -42,8 +42,14 @@ pub struct Delivery {
     /// message.
     pub properties: BasicProperties,
 
-    /// The payload of the message in binary format.
+    /// The payload of the message in binary format. Empty when the body was larger than
+    /// the channel's limit ([`crate::Channel::set_max_body_size`]; dtee's patch), and so
+    /// dropped as it arrived: [`Delivery::body_size`] then tells its size.
     pub data: Vec<u8>,
+
+    /// The size of the body the broker announced in the content header, in bytes (dtee's
+    /// patch): `data.len()`, unless the body was dropped for its size.
+    pub body_size: PayloadSize,
 
     /// The acker used to ack/nack the message
     pub acker: Acker,
@@ -68,6 +74,7 @@ impl Delivery {
             None,
             ErrorHolder::default(),
         );
+        this.body_size = data.len() as PayloadSize;
         this.data = data;
         this
     }
@@ -88,6 +95,7 @@ impl Delivery {
             redelivered,
             properties: BasicProperties::default(),
             data: Vec::default(),
+            body_size: 0,
             acker: Acker::new(channel_id, delivery_tag, internal_rpc, poison),
         }
     }

@@ -192,6 +192,9 @@ impl Session {
             .create_channel()
             .await
             .context("opening the consumer channel")?;
+        // A job body over DTEE_MAX_JOB_BYTES is dropped as it arrives, not held whole until
+        // its size is checked: the job is refused by the size the broker announced for it.
+        consume.set_max_body_size(Some(config.max_job_bytes as u64));
         consume
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await

@@ -130,10 +130,12 @@ fn admit(ctx: &Context, delivery: &Delivery) -> Result<Admitted, Outcome> {
         outcome::failed_unadmitted(ctx, fallback_id(delivery), None, failure, started_at)
     };
     let body = &delivery.data;
-    if body.len() > ctx.config.max_job_bytes {
+    // A body over the bound was dropped as it arrived (the consumer channel keeps none larger,
+    // `broker::session`): its size is what the broker announced.
+    let size = delivery.body_size.max(body.len() as u64);
+    if size > ctx.config.max_job_bytes as u64 {
         return Err(refuse_message(format!(
-            "the job is {} bytes; this worker accepts at most {}",
-            body.len(),
+            "the job is {size} bytes; this worker accepts at most {}",
             ctx.config.max_job_bytes
         )));
     }
