@@ -67,6 +67,18 @@ pub fn kernel(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 
+/// The peak resident memory of process `pid` so far (`VmHWM` in `/proc/<pid>/status`), bytes.
+pub fn peak_resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kb| kb.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .expect("VmHWM in kB")
+        * 1024
+}
+
 /// A built binary of the workspace (`dtee`, `dtee-worker`, `dtee-loadtest`). `cargo test`
 /// does not build other packages' binaries: run `cargo build --workspace --bins` first (as
 /// deploy/local/test.sh does).

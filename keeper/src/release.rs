@@ -13,6 +13,8 @@ use dtee_schemas::secrets::{
 };
 use dtee_schemas::state::is_valid_tenant;
 
+use tracing::warn;
+
 use crate::store::{SecretStore, StoreError};
 
 /// At most this many secrets in one request.
@@ -103,9 +105,10 @@ pub fn check_claims(
 /// Seals each requested secret of the claims' tenant to the worker. `checked` is the policy
 /// that [`check_claims`] accepted the request under; the values are read in one atomic step
 /// with the tenant's policy as it is then ([`SecretStore::release_read`]), and when that is
-/// another (the owner changed it in between), the request is decided again under it. So what
-/// is released is what the policy in force when the values were read allows: once an owner's
-/// `set_policy` is answered, no release decided under the policy it replaced is still to come.
+/// another (the owner changed it in between), the request is decided again under it. So
+/// every release is decided under the policy in force when its values were read: a value read
+/// after an owner's `set_policy` took effect is released only if the new policy accepts the
+/// worker. (A release whose values were read just before may still be answered after it.)
 pub async fn release(
     store: &SecretStore,
     request: &ReleaseRequest<'_>,
@@ -121,7 +124,10 @@ pub async fn release(
     let read = store.release_read(&claims.tenant, &claims.secrets).await?;
     let policy = match read.policy {
         Ok(policy) => policy,
-        Err(what) => return Ok(unsealed_policy(&what)),
+        Err(what) => {
+            warn!(tenant = %claims.tenant, job_id = %claims.job_id, worker = %identity.worker_id, "release refused: {what} was not sealed by this keeper");
+            return Ok(unsealed_policy(&what));
+        }
     };
     if policy.as_deref() != checked {
         if let Err(why) = check_claims(policy.as_deref(), claims, identity, signature, now_ms) {
@@ -132,8 +138,9 @@ pub async fn release(
         }
     }
     let mut released = Vec::with_capacity(claims.secrets.len());
-    for (secret, value) in claims.secrets.iter().zip(read.values) {
-        let Some(value) = value else {
+    for (secret, stored) in claims.secrets.iter().zip(read.values) {
+        // Opened only now that the release is decided, in the order asked.
+        let Some(value) = store.open_released(&claims.tenant, secret, stored)? else {
             return Ok(KeeperReply::refuse(
                 KeeperErrorCode::SecretNotFound,
                 format!(

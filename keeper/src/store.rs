@@ -35,8 +35,10 @@ pub struct ReleaseRead {
     /// The tenant's release policy, if it set one; `Err` (what is wrong) for one this keeper
     /// did not seal for this tenant, which must be treated as no release at all.
     pub policy: Result<Option<String>, String>,
-    /// The value of each requested version, in the order asked, `None` where there is none.
-    pub values: Vec<Option<Zeroizing<Vec<u8>>>>,
+    /// The value of each requested version as stored (sealed under the at-rest key), in the
+    /// order asked, `None` where there is none: opened by [`SecretStore::open_released`] once
+    /// the release is decided.
+    pub values: Vec<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for ReleaseRead {
@@ -239,6 +241,17 @@ impl SecretStore {
             .map(|value| (version, value)))
     }
 
+    /// A value [`SecretStore::release_read`] read for `secret`, opened; `None` when there was
+    /// none, [`StoreError::Corrupt`] when this keeper did not seal it.
+    pub fn open_released(
+        &self,
+        tenant: &str,
+        secret: &SecretVersion,
+        stored: Option<Vec<u8>>,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        self.open_value(tenant, &secret.name, secret.version, stored)
+    }
+
     /// A stored value of `name`'s `version` opened; `None` when there is none.
     fn open_value(
         &self,
@@ -258,8 +271,8 @@ impl SecretStore {
     /// What a release is decided on, read in one atomic step (a `MULTI`; the keys share the
     /// tenant's tag, so they lie in one slot of a cluster): the tenant's release policy, and
     /// the value of each version in `secrets`, `None` where there is none. The policy is
-    /// `Err` (what is wrong) when this keeper did not seal it ([`SecretStore::policy`]); a value
-    /// it did not seal is [`StoreError::Corrupt`].
+    /// `Err` (what is wrong) when this keeper did not seal it ([`SecretStore::policy`]). The
+    /// values are not opened here.
     pub async fn release_read(
         &self,
         tenant: &str,
@@ -280,12 +293,7 @@ impl SecretStore {
                 "a release read answered with the wrong number of values",
             ))));
         }
-        let values = read
-            .split_off(1)
-            .into_iter()
-            .zip(secrets)
-            .map(|(stored, secret)| self.open_value(tenant, &secret.name, secret.version, stored))
-            .collect::<Result<Vec<_>, _>>()?;
+        let values = read.split_off(1);
         let policy = match read.pop().flatten() {
             None => Ok(None),
             Some(stored) => match self.open_policy(tenant, &stored) {

@@ -257,3 +257,63 @@ async fn repeats_of_large_cached_results_read_them_one_slot_at_a_time() {
     worker.shutdown().await.unwrap();
     env.cleanup().await;
 }
+
+/// A job message over `DTEE_MAX_JOB_BYTES` is refused by the size RabbitMQ announced for it
+/// without the worker holding its body: the consumer channel drops it as it arrives, so the
+/// worker process's peak resident memory grows by far less than the message (before, the
+/// whole body was read first, and the peak grew by at least its size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
+    use std::process::{Command, Stdio};
+    const BODY: usize = 48 << 20;
+    let env = TestEnv::new("oversized-held").await;
+    // The topology first (the worker process declares it too, but not before the job below).
+    env.start_worker().await.shutdown().await.unwrap();
+    let mut worker = Command::new(dtee_tests::binary("dtee-worker"))
+        .env("DTEE_NAMESPACE", env.namespace.as_str())
+        .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
+        .env("DTEE_REDIS_URL", dtee_tests::redis_url())
+        .env("DTEE_ATTESTATION", "software")
+        .env("DTEE_CONCURRENCY", "1")
+        .env("DTEE_MAX_JOB_BYTES", "65536")
+        .env("DTEE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting dtee-worker");
+    // Serving, and warm: one ordinary job first.
+    let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
+    spec.buffers = vec![
+        dtee_submitter::builder::inline_input("in", b"warm"),
+        output("out", 64),
+    ];
+    assert!(env.run(&spec).await.succeeded());
+    let before = dtee_tests::peak_resident_bytes(worker.id());
+
+    let message_id = dtee_schemas::Digest::of(b"an oversized message");
+    let waiter = env.client.waiter().await.unwrap();
+    let watch = waiter.watch_fresh(&message_id).await.unwrap();
+    env.client
+        .publish_job(&vec![b' '; BODY], message_id.as_str(), "wasm")
+        .await
+        .unwrap();
+    let result = watch.result(dtee_tests::RESULT_TIMEOUT).await.unwrap();
+    assert_eq!(
+        result.error_code(),
+        Some(dtee_schemas::ErrorCode::InvalidJob)
+    );
+    let message = &result.error.as_ref().unwrap().message;
+    assert!(
+        message.contains(&format!("the job is {BODY} bytes")),
+        "{message}"
+    );
+    let grew = dtee_tests::peak_resident_bytes(worker.id()).saturating_sub(before);
+    assert!(
+        grew < (BODY / 4) as u64,
+        "the worker's peak memory grew by {grew} bytes for a {BODY}-byte message it refused"
+    );
+    waiter.close().await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    env.cleanup().await;
+}

@@ -17,9 +17,11 @@ use dtee_tests::TestEnv;
 const TENANT: &str = "dtee-test-alice";
 const SOFTWARE: &str = "allow_software = true\n";
 
-/// A worker's signed request for `TENANT`'s `key` version 1, with a software identity, and the
-/// key its values are sealed to.
-fn request() -> (
+/// A worker's signed request for `secrets` of `TENANT` (name and version), with a software
+/// identity, and the key its values are sealed to.
+fn request(
+    secrets: &[(&str, u64)],
+) -> (
     ReleaseClaims,
     dtee_schemas::attestation::evidence::WorkerIdentity,
     String,
@@ -41,10 +43,13 @@ fn request() -> (
     let claims = ReleaseClaims {
         tenant: TENANT.to_owned(),
         job_id: dtee_schemas::Digest::of(b"a job"),
-        secrets: vec![SecretVersion {
-            name: "key".to_owned(),
-            version: 1,
-        }],
+        secrets: secrets
+            .iter()
+            .map(|(name, version)| SecretVersion {
+                name: (*name).to_owned(),
+                version: *version,
+            })
+            .collect(),
         worker_hpke_key: hpke.public_hex(),
         issued_at_unix_ms: dtee_schemas::run::unix_ms(),
     };
@@ -52,16 +57,23 @@ fn request() -> (
     (claims, attestor.identity(), signature, hpke)
 }
 
-fn released_value(reply: &KeeperReply, claims: &ReleaseClaims, hpke: &HpkeKeyPair) -> Vec<u8> {
+/// The values released, each opened for the secret it is labelled with, in the order asked.
+fn released_values(
+    reply: &KeeperReply,
+    claims: &ReleaseClaims,
+    hpke: &HpkeKeyPair,
+) -> Vec<Vec<u8>> {
     let released = reply.released.as_ref().expect("released");
-    assert_eq!(released.len(), 1);
-    hpke.open(
-        &released[0].value,
-        RELEASE_INFO,
-        &release_aad(claims, &claims.secrets[0]),
-    )
-    .expect("opens with the worker's key")
-    .to_vec()
+    let names: Vec<&SecretVersion> = released.iter().map(|r| &r.secret).collect();
+    assert_eq!(names, claims.secrets.iter().collect::<Vec<_>>());
+    released
+        .iter()
+        .map(|r| {
+            hpke.open(&r.value, RELEASE_INFO, &release_aad(claims, &r.secret))
+                .expect("opens with the worker's key")
+                .to_vec()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +85,12 @@ async fn a_release_is_decided_under_the_policy_read_with_its_values() {
         store.put(TENANT, "key", b"alice's value").await.unwrap(),
         Some(1)
     );
-    let (claims, identity, signature, hpke) = request();
+    assert_eq!(
+        store.put(TENANT, "other", b"another value").await.unwrap(),
+        Some(1)
+    );
+    let both: [&[u8]; 2] = [b"another value", b"alice's value"];
+    let (claims, identity, signature, hpke) = request(&[("other", 1), ("key", 1)]);
     let asked = ReleaseRequest {
         claims: &claims,
         identity: &identity,
@@ -87,7 +104,7 @@ async fn a_release_is_decided_under_the_policy_read_with_its_values() {
     check_claims(Some(SOFTWARE), &claims, &identity, &signature, now).expect("accepted");
     let reply = release(&store, &asked, Some(SOFTWARE), now).await.unwrap();
     assert!(reply.error.is_none(), "{:?}", reply.error);
-    assert_eq!(released_value(&reply, &claims, &hpke), b"alice's value");
+    assert_eq!(released_values(&reply, &claims, &hpke), both);
 
     // Checked under the software policy, then the owner allowed only a TPM: refused, and
     // nothing released.
@@ -133,7 +150,21 @@ async fn a_release_is_decided_under_the_policy_read_with_its_values() {
     store.set_policy(TENANT, also_software).await.unwrap();
     let reply = release(&store, &asked, Some(SOFTWARE), now).await.unwrap();
     assert!(reply.error.is_none(), "{:?}", reply.error);
-    assert_eq!(released_value(&reply, &claims, &hpke), b"alice's value");
+    assert_eq!(released_values(&reply, &claims, &hpke), both);
 
+    // A version that is not there (after one that is): not found, nothing released.
+    let (claims, identity, signature, _) = request(&[("other", 1), ("key", 2)]);
+    let asked = ReleaseRequest {
+        claims: &claims,
+        identity: &identity,
+        signature: &signature,
+    };
+    let reply = release(&store, &asked, Some(also_software), now)
+        .await
+        .unwrap();
+    let error = reply.error.expect("not found");
+    assert_eq!(error.code, KeeperErrorCode::SecretNotFound);
+    assert!(error.message.contains("key version 2"), "{}", error.message);
+    assert!(reply.released.is_none());
     env.cleanup().await;
 }

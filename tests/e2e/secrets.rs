@@ -830,41 +830,95 @@ async fn the_keeper_answers_only_into_its_reply_queues() {
         "no answer in a queue that is not a keeper reply queue"
     );
 
-    // A request over 1 MiB is refused by the size the broker announced for it: the keeper's
-    // consumer channel dropped its body as it arrived.
-    let oversized = vec![b' '; 1024 * 1024 + 1];
+    let _ = connection.close(200, "done".into()).await;
+    keeper.stop().await;
+    env.cleanup().await;
+}
+
+/// A request over the keeper's 1 MiB bound is refused by the size RabbitMQ announced for it
+/// without the keeper holding its body: its consumer channel drops the body as it arrives, so
+/// the keeper process's peak resident memory grows by far less than the message (before, the
+/// whole body was read first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::BasicProperties;
+    const BODY: usize = 32 << 20;
+    let env = TestEnv::new("keeper-oversized").await;
+    let dir = std::env::temp_dir().join(format!("dtee-keeper-{}", env.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kek = dir.join("kek");
+    std::fs::write(&kek, hex::encode(rand::random::<[u8; 32]>())).unwrap();
+    let keeper = keeper_process(&env, &kek);
+    wait_for_keeper(&env).await;
+    let connection = dtee_tests::amqp_connect(&dtee_tests::amqp_url()).await;
+    let channel = connection.create_channel().await.unwrap();
+    let user = dtee_keeper::client::amqp_user(&dtee_tests::amqp_url());
+    let replies = format!("{}.reply.oversized", env.namespace.keeper_queue());
     channel
-        .basic_publish(
-            env.namespace.keeper_exchange().as_str().into(),
-            dtee_schemas::namespace::KEEPER_TENANT_KEY.into(),
-            BasicPublishOptions::default(),
-            &oversized,
-            BasicProperties::default()
-                .with_user_id(user.as_str().into())
-                .with_reply_to(ours.as_str().into()),
+        .queue_declare(
+            replies.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
         )
         .await
         .unwrap();
-    let mut answer = None;
-    for _ in 0..200 {
-        answer = get(ours.clone()).await;
-        if answer.is_some() {
-            break;
+    let ask = |body: Vec<u8>| {
+        let (channel, user, replies) = (channel.clone(), user.clone(), replies.clone());
+        let exchange = env.namespace.keeper_exchange();
+        async move {
+            channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    dtee_schemas::namespace::KEEPER_TENANT_KEY.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_user_id(user.as_str().into())
+                        .with_reply_to(replies.as_str().into()),
+                )
+                .await
+                .unwrap();
+            for _ in 0..400 {
+                let got = channel
+                    .basic_get(replies.as_str().into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap();
+                if let Some(got) = got {
+                    let reply: dtee_schemas::secrets::KeeperReply =
+                        serde_json::from_slice(&got.delivery.data).unwrap();
+                    return reply;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the keeper did not answer");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let answer = answer.expect("the oversized request is answered");
-    let reply: dtee_schemas::secrets::KeeperReply =
-        serde_json::from_slice(&answer.delivery.data).unwrap();
-    let error = reply.error.expect("refused");
+    };
+    // Serving, and warm: one ordinary request first.
+    assert!(ask(br#"{"op":"list"}"#.to_vec()).await.error.is_none());
+    let before = dtee_tests::peak_resident_bytes(keeper.id());
+    let error = ask(vec![b' '; BODY]).await.error.expect("refused");
     assert_eq!(error.code, KeeperErrorCode::InvalidRequest);
     assert!(
-        error.message.contains("the request is 1048577 bytes"),
+        error
+            .message
+            .contains(&format!("the request is {BODY} bytes")),
         "{}",
         error.message
     );
+    let grew = dtee_tests::peak_resident_bytes(keeper.id()).saturating_sub(before);
+    assert!(
+        grew < (BODY / 4) as u64,
+        "the keeper's peak memory grew by {grew} bytes for a {BODY}-byte request it refused"
+    );
     let _ = connection.close(200, "done".into()).await;
-    keeper.stop().await;
+    stop_process(keeper);
+    std::fs::remove_dir_all(&dir).unwrap();
     env.cleanup().await;
 }
 

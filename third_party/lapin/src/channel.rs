@@ -164,6 +164,14 @@ impl Channel {
             .store(max.map_or(0, |max| max.saturating_add(1)), Ordering::Relaxed);
     }
 
+    /// The limit [`Channel::set_max_body_size`] set, if any (dtee's patch).
+    pub fn max_body_size(&self) -> Option<PayloadSize> {
+        match self.max_body_size.load(Ordering::Relaxed) {
+            0 => None,
+            over => Some(over - 1),
+        }
+    }
+
     /// Return a snapshot of the current channel state.
     #[must_use]
     pub fn status(&self) -> &ChannelStatus {

@@ -89,6 +89,7 @@ impl Inner {
     ) {
         if let Some(message) = self.current_message.as_mut() {
             message.properties = properties;
+            message.body_size = size;
         }
         if size == 0 {
             self.new_delivery_complete(confirm_mode);
