@@ -12,7 +12,9 @@
 # Usage: loadtest/compare.sh [ROUNDS] [WORKER_BINARY...]   (default 3 rounds and
 # target/release/dtee-worker; give an earlier build, named dtee-worker in another folder, to
 # compare a change). DTEE_COMPARE_JOBS (5000) jobs per run; DTEE_COMPARE_ENV, extra environment
-# for every worker (e.g. DTEE_SHORT_RUN_FUEL=0).
+# for every worker (e.g. DTEE_SHORT_RUN_FUEL=0); DTEE_COMPARE_PREFETCH (16, the worker's default
+# on two kernel slots), the prefetch of the round trip's consumer and of every worker alike
+# (RabbitMQ's CPU per message falls as the window grows, so compare only like windows).
 # Needs release binaries: cargo build --release -p dtee-worker -p dtee-loadtest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ shift || true
 workers=("$@")
 if [ ${#workers[@]} -eq 0 ]; then workers=(./target/release/dtee-worker); fi
 jobs=${DTEE_COMPARE_JOBS:-5000}
+prefetch=${DTEE_COMPARE_PREFETCH:-16}
 out=$(mktemp)
 namespaces=()
 trap 'rm -f "$out"; loadtest/forget.sh "${namespaces[@]}"' EXIT
@@ -45,15 +48,16 @@ for round in $(seq 1 "$rounds"); do
   ns="compare-$$-$round-raw"
   namespaces+=("$ns")
   report roundtrip "$(DTEE_NAMESPACE=$ns ./target/release/dtee-loadtest roundtrip \
-    --messages "$jobs" --in-flight 256 --json | tail -1)"
+    --messages "$jobs" --in-flight 256 --prefetch "$prefetch" --json | tail -1)"
   report roundtrip/dtee-shape "$(DTEE_NAMESPACE=$ns ./target/release/dtee-loadtest roundtrip \
-    --messages "$jobs" --in-flight 256 --shape dtee --json | tail -1)"
+    --messages "$jobs" --in-flight 256 --prefetch "$prefetch" --shape dtee --json | tail -1)"
   for index in "${!workers[@]}"; do
     worker_bin=${workers[$index]}
     ns="compare-$$-$round-$index"
     namespaces+=("$ns")
     # shellcheck disable=SC2086 # DTEE_COMPARE_ENV is a list of NAME=VALUE words
-    env ${DTEE_COMPARE_ENV:-} DTEE_NAMESPACE="$ns" DTEE_CONCURRENCY=2 DTEE_ATTESTATION=software \
+    env DTEE_PREFETCH="$prefetch" ${DTEE_COMPARE_ENV:-} DTEE_NAMESPACE="$ns" DTEE_CONCURRENCY=2 \
+      DTEE_ATTESTATION=software \
       DTEE_LOG=warn DTEE_WORKER_ID="$ns" "$worker_bin" &
     worker=$!
     sleep 3
