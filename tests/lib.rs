@@ -67,6 +67,25 @@ pub fn kernel(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 
+/// A software identity (`DTEE_ATTESTATION=software`, no hardware) for worker `worker_id` with
+/// `measurement`, as a worker makes at start-up: for tests that sign as a worker would.
+pub fn software_attestor(
+    worker_id: &str,
+    measurement: dtee_schemas::Digest,
+) -> dtee_worker::attestation::Attestor {
+    let provider = dtee_worker::attestation::open_provider(
+        dtee_worker::attestation::ProviderChoice::Software,
+        &dtee_worker::attestation::ProviderSettings {
+            tpm_tcti: String::new(),
+            tpm_pcr: 23,
+        },
+        &measurement,
+    )
+    .expect("a software identity");
+    dtee_worker::attestation::Attestor::start(worker_id, measurement, provider)
+        .expect("an attestor")
+}
+
 /// The peak resident memory of process `pid` so far (`VmHWM` in `/proc/<pid>/status`), bytes.
 pub fn peak_resident_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

@@ -27,18 +27,7 @@ fn request(
     String,
     HpkeKeyPair,
 ) {
-    let measurement = dtee_schemas::Digest::of(b"a worker");
-    let provider = dtee_worker::attestation::open_provider(
-        dtee_worker::attestation::ProviderChoice::Software,
-        &dtee_worker::attestation::ProviderSettings {
-            tpm_tcti: String::new(),
-            tpm_pcr: 23,
-        },
-        &measurement,
-    )
-    .unwrap();
-    let attestor =
-        dtee_worker::attestation::Attestor::start("worker", measurement, provider).unwrap();
+    let attestor = dtee_tests::software_attestor("worker", dtee_schemas::Digest::of(b"a worker"));
     let hpke = HpkeKeyPair::generate();
     let claims = ReleaseClaims {
         tenant: TENANT.to_owned(),

@@ -940,17 +940,7 @@ async fn a_tenant_cannot_ask_for_a_release_in_another_tenants_name() {
         .unwrap();
 
     // Bob's own software identity, signing claims for alice's secret.
-    let measurement = dtee_schemas::Digest::of(b"bob's worker");
-    let provider = dtee_worker::attestation::open_provider(
-        dtee_worker::attestation::ProviderChoice::Software,
-        &dtee_worker::attestation::ProviderSettings {
-            tpm_tcti: String::new(),
-            tpm_pcr: 23,
-        },
-        &measurement,
-    )
-    .unwrap();
-    let attestor = dtee_worker::attestation::Attestor::start("bob", measurement, provider).unwrap();
+    let attestor = dtee_tests::software_attestor("bob", dtee_schemas::Digest::of(b"bob's worker"));
     let claims = ReleaseClaims {
         tenant: "dtee-test-alice".to_owned(),
         job_id: dtee_schemas::Digest::of(b"any job"),
