@@ -13,8 +13,9 @@
 # target/release/dtee-worker; give an earlier build, named dtee-worker in another folder, to
 # compare a change). DTEE_COMPARE_JOBS (5000) jobs per run; DTEE_COMPARE_ENV, extra environment
 # for every worker (e.g. DTEE_SHORT_RUN_FUEL=0); DTEE_COMPARE_PREFETCH (16, the worker's default
-# on two kernel slots), the prefetch of the round trip's consumer and of every worker alike
-# (RabbitMQ's CPU per message falls as the window grows, so compare only like windows).
+# on two kernel slots, at least 1), the prefetch of the round trip's consumer and of every worker
+# alike (RabbitMQ's CPU per message falls as the window grows, so compare only like windows). A
+# DTEE_PREFETCH in DTEE_COMPARE_ENV overrides it for the workers alone: unlike windows.
 # Needs release binaries: cargo build --release -p dtee-worker -p dtee-loadtest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ workers=("$@")
 if [ ${#workers[@]} -eq 0 ]; then workers=(./target/release/dtee-worker); fi
 jobs=${DTEE_COMPARE_JOBS:-5000}
 prefetch=${DTEE_COMPARE_PREFETCH:-16}
+if ! [[ $prefetch =~ ^[1-9][0-9]*$ ]] || [ "$prefetch" -gt 65535 ]; then
+  echo "DTEE_COMPARE_PREFETCH must be 1 to 65535, not '$prefetch'" >&2
+  exit 64
+fi
 out=$(mktemp)
 namespaces=()
 trap 'rm -f "$out"; loadtest/forget.sh "${namespaces[@]}"' EXIT

@@ -86,6 +86,24 @@ pub fn software_attestor(
         .expect("an attestor")
 }
 
+/// A child process that is killed and reaped when dropped, so that a test that fails part-way
+/// leaves no worker or keeper running (dropping a `Child` does not stop it).
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resets the peak resident memory that [`peak_resident_bytes`] reads to what process `pid`
+/// holds now (`/proc/<pid>/clear_refs`), so that a later peak measures what came after.
+pub fn reset_peak_resident(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting VmHWM");
+}
+
 /// The peak resident memory of process `pid` so far (`VmHWM` in `/proc/<pid>/status`), bytes.
 pub fn peak_resident_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

@@ -137,6 +137,21 @@ pub async fn release(
             ));
         }
     }
+    // Every version there, or nothing opened.
+    if let Some((secret, _)) = claims
+        .secrets
+        .iter()
+        .zip(&read.values)
+        .find(|(_, stored)| stored.is_none())
+    {
+        return Ok(KeeperReply::refuse(
+            KeeperErrorCode::SecretNotFound,
+            format!(
+                "tenant {} has no secret {} version {}",
+                claims.tenant, secret.name, secret.version
+            ),
+        ));
+    }
     let mut released = Vec::with_capacity(claims.secrets.len());
     for (secret, stored) in claims.secrets.iter().zip(read.values) {
         // Opened only now that the release is decided, in the order asked.

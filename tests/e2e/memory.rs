@@ -265,11 +265,13 @@ async fn repeats_of_large_cached_results_read_them_one_slot_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
     use std::process::{Command, Stdio};
+    // Under RabbitMQ 3.x's max_message_size (128 MiB; 4.x defaults to 16 MiB and would refuse
+    // the publish).
     const BODY: usize = 48 << 20;
     let env = TestEnv::new("oversized-held").await;
     // The topology first (the worker process declares it too, but not before the job below).
     env.start_worker().await.shutdown().await.unwrap();
-    let mut worker = Command::new(dtee_tests::binary("dtee-worker"))
+    let worker = Command::new(dtee_tests::binary("dtee-worker"))
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
         .env("DTEE_REDIS_URL", dtee_tests::redis_url())
@@ -281,6 +283,7 @@ async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting dtee-worker");
+    let worker = dtee_tests::Reaped(worker);
     // Serving, and warm: one ordinary job first.
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
     spec.buffers = vec![
@@ -288,7 +291,8 @@ async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
         output("out", 64),
     ];
     assert!(env.run(&spec).await.succeeded());
-    let before = dtee_tests::peak_resident_bytes(worker.id());
+    dtee_tests::reset_peak_resident(worker.0.id());
+    let before = dtee_tests::peak_resident_bytes(worker.0.id());
 
     let message_id = dtee_schemas::Digest::of(b"an oversized message");
     let waiter = env.client.waiter().await.unwrap();
@@ -307,13 +311,12 @@ async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
         message.contains(&format!("the job is {BODY} bytes")),
         "{message}"
     );
-    let grew = dtee_tests::peak_resident_bytes(worker.id()).saturating_sub(before);
+    let grew = dtee_tests::peak_resident_bytes(worker.0.id()).saturating_sub(before);
     assert!(
         grew < (BODY / 4) as u64,
         "the worker's peak memory grew by {grew} bytes for a {BODY}-byte message it refused"
     );
     waiter.close().await;
-    let _ = worker.kill();
-    let _ = worker.wait();
+    drop(worker);
     env.cleanup().await;
 }

@@ -844,13 +844,14 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
     use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
     use lapin::BasicProperties;
+    // Under RabbitMQ 3.x's max_message_size (128 MiB; 4.x defaults to 16 MiB).
     const BODY: usize = 32 << 20;
     let env = TestEnv::new("keeper-oversized").await;
     let dir = std::env::temp_dir().join(format!("dtee-keeper-{}", env.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let kek = dir.join("kek");
     std::fs::write(&kek, hex::encode(rand::random::<[u8; 32]>())).unwrap();
-    let keeper = keeper_process(&env, &kek);
+    let keeper = dtee_tests::Reaped(keeper_process(&env, &kek));
     wait_for_keeper(&env).await;
     let connection = dtee_tests::amqp_connect(&dtee_tests::amqp_url()).await;
     let channel = connection.create_channel().await.unwrap();
@@ -901,7 +902,8 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
     };
     // Serving, and warm: one ordinary request first.
     assert!(ask(br#"{"op":"list"}"#.to_vec()).await.error.is_none());
-    let before = dtee_tests::peak_resident_bytes(keeper.id());
+    dtee_tests::reset_peak_resident(keeper.0.id());
+    let before = dtee_tests::peak_resident_bytes(keeper.0.id());
     let error = ask(vec![b' '; BODY]).await.error.expect("refused");
     assert_eq!(error.code, KeeperErrorCode::InvalidRequest);
     assert!(
@@ -911,13 +913,13 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
         "{}",
         error.message
     );
-    let grew = dtee_tests::peak_resident_bytes(keeper.id()).saturating_sub(before);
+    let grew = dtee_tests::peak_resident_bytes(keeper.0.id()).saturating_sub(before);
     assert!(
         grew < (BODY / 4) as u64,
         "the keeper's peak memory grew by {grew} bytes for a {BODY}-byte request it refused"
     );
     let _ = connection.close(200, "done".into()).await;
-    stop_process(keeper);
+    drop(keeper);
     std::fs::remove_dir_all(&dir).unwrap();
     env.cleanup().await;
 }
