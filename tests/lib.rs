@@ -89,12 +89,32 @@ pub fn software_attestor(
 /// A child process that is killed and reaped when dropped, so that a test that fails part-way
 /// leaves no worker or keeper running (dropping a `Child` does not stop it).
 #[derive(Debug)]
-pub struct Reaped(pub std::process::Child);
+pub struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    /// Takes charge of `child`.
+    pub fn new(child: std::process::Child) -> Reaped {
+        Reaped(Some(child))
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("a child").id()
+    }
+
+    /// The child, no longer killed on drop: for a test that stops it itself and reads its
+    /// output.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("a child")
+    }
+}
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

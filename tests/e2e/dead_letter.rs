@@ -1,7 +1,7 @@
 //! A job that keeps killing workers is dead-lettered by the broker after its delivery limit,
 //! and still gets an answer: `dead_lettered`, with its delivery history (never cached).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dtee_schemas::job::Limits;
@@ -9,7 +9,7 @@ use dtee_schemas::ErrorCode;
 use dtee_submitter::builder::wasm_job;
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
 
-fn worker_process(env: &TestEnv) -> Child {
+fn worker_process(env: &TestEnv) -> dtee_tests::Reaped {
     Command::new(dtee_tests::binary("dtee-worker"))
         .env("DTEE_NAMESPACE", env.namespace.as_str())
         .env("DTEE_AMQP_URL", dtee_tests::amqp_url())
@@ -21,6 +21,7 @@ fn worker_process(env: &TestEnv) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(dtee_tests::Reaped::new)
         .expect("starting dtee-worker")
 }
 
@@ -61,10 +62,9 @@ async fn a_job_that_keeps_killing_workers_gets_a_dead_lettered_result() {
     until_depth(&env, &jobs, 1).await;
 
     for round in 1..=2 {
-        let mut worker = worker_process(&env);
+        let worker = worker_process(&env);
         until_depth(&env, &jobs, 0).await; // delivered to that worker
-        worker.kill().expect("SIGKILL");
-        worker.wait().unwrap();
+        drop(worker); // SIGKILL, and reaped
         if round == 1 {
             until_depth(&env, &jobs, 1).await; // returned to the queue
         }

@@ -283,7 +283,7 @@ async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting dtee-worker");
-    let worker = dtee_tests::Reaped(worker);
+    let worker = dtee_tests::Reaped::new(worker);
     // Serving, and warm: one ordinary job first.
     let mut spec = wasm_job(env.put_kernel("echo").await, "echo");
     spec.buffers = vec![
@@ -291,8 +291,8 @@ async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
         output("out", 64),
     ];
     assert!(env.run(&spec).await.succeeded());
-    dtee_tests::reset_peak_resident(worker.0.id());
-    let before = dtee_tests::peak_resident_bytes(worker.0.id());
+    dtee_tests::reset_peak_resident(worker.id());
+    let before = dtee_tests::peak_resident_bytes(worker.id());
 
     let message_id = dtee_schemas::Digest::of(b"an oversized message");
     let waiter = env.client.waiter().await.unwrap();
@@ -311,7 +311,7 @@ async fn an_oversized_job_is_refused_without_the_worker_holding_it() {
         message.contains(&format!("the job is {BODY} bytes")),
         "{message}"
     );
-    let grew = dtee_tests::peak_resident_bytes(worker.0.id()).saturating_sub(before);
+    let grew = dtee_tests::peak_resident_bytes(worker.id()).saturating_sub(before);
     assert!(
         grew < (BODY / 4) as u64,
         "the worker's peak memory grew by {grew} bytes for a {BODY}-byte message it refused"

@@ -1,7 +1,7 @@
 //! Secrets (PROTOCOL.md §12): a keeper (`dtee-keeper`, in-process or as its binary), workers and
 //! tenants on the real RabbitMQ, Redis and swtpm.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dtee_keeper::{run as run_keeper, KeeperConfig};
@@ -11,7 +11,7 @@ use dtee_schemas::{ErrorCode, JobResult, JobSpec};
 use dtee_submitter::builder::{output, secret, wasm_job};
 use dtee_submitter::secrets::{Secrets, SecretsError};
 use dtee_submitter::{Client, ClientConfig};
-use dtee_tests::{binary, run_as, statement_of, tenant_amqp_url, TestEnv};
+use dtee_tests::{binary, run_as, statement_of, tenant_amqp_url, Reaped, TestEnv};
 use sha2::Digest as _;
 use tokio::sync::watch;
 
@@ -325,8 +325,9 @@ fn tpm_tcti() -> String {
     format!("swtpm:host=127.0.0.1,port={port}")
 }
 
-/// The keeper as its binary, with its log captured.
-fn keeper_process(env: &TestEnv, kek_file: &std::path::Path) -> Child {
+/// The keeper as its binary, with its log captured; killed if the test fails before
+/// [`stop_process`].
+fn keeper_process(env: &TestEnv, kek_file: &std::path::Path) -> Reaped {
     keeper_process_at(env, kek_file, None)
 }
 
@@ -334,7 +335,7 @@ fn keeper_process_at(
     env: &TestEnv,
     kek_file: &std::path::Path,
     metrics: Option<std::net::SocketAddr>,
-) -> Child {
+) -> Reaped {
     let mut command = Command::new(binary("dtee-keeper"));
     if let Some(addr) = metrics {
         command.env("DTEE_METRICS_ADDR", addr.to_string());
@@ -352,10 +353,13 @@ fn keeper_process_at(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped::new)
         .expect("starting dtee-keeper")
 }
 
-fn stop_process(child: Child) -> String {
+/// Stops a process with SIGTERM and answers its log.
+fn stop_process(child: Reaped) -> String {
+    let child = child.into_inner();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -528,6 +532,7 @@ async fn a_secret_crosses_no_broker_store_log_or_result_in_the_clear() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(Reaped::new)
         .unwrap();
     let (alice, secrets) = tenant(&env, "dtee-test-alice").await;
 
@@ -643,6 +648,7 @@ async fn a_secret_crosses_no_broker_store_log_or_result_in_the_clear() {
     for result in [&result, &again] {
         assert!(!contains(&serde_json::to_vec(result).unwrap(), &needles));
     }
+    let worker = worker.into_inner();
     let _ = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
@@ -851,7 +857,7 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let kek = dir.join("kek");
     std::fs::write(&kek, hex::encode(rand::random::<[u8; 32]>())).unwrap();
-    let keeper = dtee_tests::Reaped(keeper_process(&env, &kek));
+    let keeper = keeper_process(&env, &kek);
     wait_for_keeper(&env).await;
     let connection = dtee_tests::amqp_connect(&dtee_tests::amqp_url()).await;
     let channel = connection.create_channel().await.unwrap();
@@ -902,8 +908,8 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
     };
     // Serving, and warm: one ordinary request first.
     assert!(ask(br#"{"op":"list"}"#.to_vec()).await.error.is_none());
-    dtee_tests::reset_peak_resident(keeper.0.id());
-    let before = dtee_tests::peak_resident_bytes(keeper.0.id());
+    dtee_tests::reset_peak_resident(keeper.id());
+    let before = dtee_tests::peak_resident_bytes(keeper.id());
     let error = ask(vec![b' '; BODY]).await.error.expect("refused");
     assert_eq!(error.code, KeeperErrorCode::InvalidRequest);
     assert!(
@@ -913,7 +919,7 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
         "{}",
         error.message
     );
-    let grew = dtee_tests::peak_resident_bytes(keeper.0.id()).saturating_sub(before);
+    let grew = dtee_tests::peak_resident_bytes(keeper.id()).saturating_sub(before);
     assert!(
         grew < (BODY / 4) as u64,
         "the keeper's peak memory grew by {grew} bytes for a {BODY}-byte request it refused"
