@@ -51,6 +51,23 @@ pub async fn amqp_connect(url: &str) -> lapin::Connection {
         .connection
 }
 
+/// Declares an exclusive, auto-deleted queue on `channel` (`name`, or a server-named one when
+/// empty): a test's own scratch queue, gone with its connection.
+pub async fn scratch_queue(channel: &lapin::Channel, name: &str) -> lapin::Queue {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declaring a scratch queue")
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -71,7 +71,7 @@ fn a_connection_whose_runtime_ended_fails_instead_of_hanging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_drops_bodies_over_its_limit_and_tells_their_size() {
     use futures_util::StreamExt as _;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions};
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
     use lapin::types::FieldTable;
 
     let connection = Connection::connect(&dtee_tests::amqp_url(), ConnectionProperties::default())
@@ -82,18 +82,7 @@ async fn a_channel_drops_bodies_over_its_limit_and_tells_their_size() {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let queue = publisher
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let queue = dtee_tests::scratch_queue(&publisher, "").await;
     // Up to the limit, one over, several frames over (frame_max is 128 KiB), then small again.
     let bodies: Vec<Vec<u8>> = [10usize, 1000, 1001, 300_000, 7]
         .iter()

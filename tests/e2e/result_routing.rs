@@ -9,7 +9,7 @@ use dtee_schemas::protocol::result_routing_key;
 use dtee_schemas::ErrorCode;
 use dtee_submitter::builder::{state, wasm_job};
 use dtee_tests::{TestEnv, RESULT_TIMEOUT};
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,18 +95,7 @@ async fn topic_permissions_keep_a_tenant_to_its_own_result_keys() {
         "dtee-test-route-c.#",
     ] {
         let channel = client.connection().create_channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let queue = dtee_tests::scratch_queue(&channel, "").await;
         let bound = channel
             .queue_bind(
                 queue.name().clone(),

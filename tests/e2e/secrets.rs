@@ -772,8 +772,7 @@ async fn the_cli_puts_lists_gets_deletes_and_runs_with_secrets() {
 /// default exchange it could otherwise be made to publish into any queue a requester names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keeper_answers_only_into_its_reply_queues() {
-    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
+    use lapin::options::{BasicGetOptions, BasicPublishOptions};
     use lapin::BasicProperties;
     let env = TestEnv::new("keeper-reply-to").await;
     let keeper = Keeper::start(&env, rand::random()).await;
@@ -786,18 +785,7 @@ async fn the_keeper_answers_only_into_its_reply_queues() {
     let elsewhere = format!("{}.not-a-reply-queue", env.namespace);
     let ours = format!("{}.reply.test", env.namespace.keeper_queue());
     for queue in [&elsewhere, &ours] {
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        dtee_tests::scratch_queue(&channel, queue).await;
         channel
             .basic_publish(
                 env.namespace.keeper_exchange().as_str().into(),
@@ -847,8 +835,7 @@ async fn the_keeper_answers_only_into_its_reply_queues() {
 /// whole body was read first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
-    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
+    use lapin::options::{BasicGetOptions, BasicPublishOptions};
     use lapin::BasicProperties;
     // Under RabbitMQ 3.x's max_message_size (128 MiB; 4.x defaults to 16 MiB).
     const BODY: usize = 32 << 20;
@@ -863,18 +850,7 @@ async fn an_oversized_request_is_refused_without_the_keeper_holding_it() {
     let channel = connection.create_channel().await.unwrap();
     let user = dtee_keeper::client::amqp_user(&dtee_tests::amqp_url());
     let replies = format!("{}.reply.oversized", env.namespace.keeper_queue());
-    channel
-        .queue_declare(
-            replies.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    dtee_tests::scratch_queue(&channel, &replies).await;
     let ask = |body: Vec<u8>| {
         let (channel, user, replies) = (channel.clone(), user.clone(), replies.clone());
         let exchange = env.namespace.keeper_exchange();
